@@ -1,0 +1,130 @@
+//! Who has seen what: the vector-clock digest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{SourceId, Timestamp};
+
+/// The newest timestamp seen from each source: a replica's digest.
+///
+/// Two replicas exchange clocks when they meet; each then sends the updates
+/// the other's clock lacks. A source that is missing counts as
+/// [`Timestamp::ZERO`] ("send everything").
+///
+/// ```
+/// use repred::{Clock, SourceId, Timestamp};
+///
+/// let a = SourceId::new("A")?;
+/// let mut clock = Clock::new();
+/// assert!(clock.observe(a, Timestamp::new(5, 0)));
+/// assert!(!clock.observe(a, Timestamp::new(4, 0)), "clocks never go back");
+/// assert_eq!(clock.get(a), Timestamp::new(5, 0));
+/// assert_eq!(clock.get(SourceId::new("B")?), Timestamp::ZERO);
+/// # Ok::<(), repred::InvalidSourceId>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Clock(BTreeMap<SourceId, Timestamp>);
+
+impl Clock {
+    /// An empty clock: nothing seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The newest timestamp seen from `source`, or [`Timestamp::ZERO`].
+    pub fn get(&self, source: SourceId) -> Timestamp {
+        self.0.get(&source).copied().unwrap_or(Timestamp::ZERO)
+    }
+
+    /// Raises `source` to `ts` if that is newer; returns whether it was.
+    pub fn observe(&mut self, source: SourceId, ts: Timestamp) -> bool {
+        if ts == Timestamp::ZERO {
+            return false;
+        }
+        let entry = self.0.entry(source).or_insert(Timestamp::ZERO);
+        if ts > *entry {
+            *entry = ts;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `(source, ts)` is already covered: seen, or older than seen.
+    pub fn has(&self, source: SourceId, ts: Timestamp) -> bool {
+        ts <= self.get(source)
+    }
+
+    /// Raises every source to the newer of the two clocks (the join).
+    pub fn merge(&mut self, other: &Clock) {
+        for (&source, &ts) in &other.0 {
+            self.observe(source, ts);
+        }
+    }
+
+    /// Whether this clock has seen everything `other` has.
+    pub fn covers(&self, other: &Clock) -> bool {
+        other.0.iter().all(|(&source, &ts)| self.has(source, ts))
+    }
+
+    /// The sources and their timestamps, in source order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (SourceId, Timestamp)> + '_ {
+        self.0.iter().map(|(&s, &t)| (s, t))
+    }
+
+    /// How many sources have been seen.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The newest timestamp of any source.
+    pub fn max(&self) -> Timestamp {
+        self.0.values().copied().max().unwrap_or(Timestamp::ZERO)
+    }
+}
+
+impl FromIterator<(SourceId, Timestamp)> for Clock {
+    fn from_iter<I: IntoIterator<Item = (SourceId, Timestamp)>>(iter: I) -> Self {
+        let mut clock = Clock::new();
+        for (source, ts) in iter {
+            clock.observe(source, ts);
+        }
+        clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> SourceId {
+        SourceId::new(name).unwrap()
+    }
+
+    #[test]
+    fn covers_is_pointwise() {
+        let t = Timestamp::new;
+        let big: Clock = [(id("A"), t(5, 0)), (id("B"), t(3, 0))].into_iter().collect();
+        let small: Clock = [(id("A"), t(4, 0))].into_iter().collect();
+        assert!(big.covers(&small));
+        assert!(!small.covers(&big));
+        assert!(big.covers(&Clock::new()));
+        let mut joined = small.clone();
+        joined.merge(&big);
+        assert_eq!(joined, big);
+    }
+
+    #[test]
+    fn zero_is_never_recorded() {
+        let mut c = Clock::new();
+        assert!(!c.observe(id("A"), Timestamp::ZERO));
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,330 @@
+//! The wire: length-prefixed frames in postcard.
+//!
+//! Every frame is `[length: u32 LE][kind: u8][body]`, where `length` counts the
+//! kind byte and the body. Bodies are postcard:
+//!
+//! | kind | frame    | body                                             |
+//! |------|----------|--------------------------------------------------|
+//! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
+//! | 2    | Updates  | one or more [`Envelope`]s, back to back          |
+//! | 3    | Snapshot | the sender's [`Clock`], then its whole state     |
+//! | 4    | Sync     | empty: the history before it is complete         |
+//! | 5    | Close    | a [`CloseReason`]                                |
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{Clock, Envelope, SourceId};
+
+/// The protocol version this crate speaks; a Hello with another is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes before a frame's body: the length prefix and the kind.
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// The kinds of frame, as their first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Hello = 1,
+    Updates = 2,
+    Snapshot = 3,
+    Sync = 4,
+    Close = 5,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Kind::Hello,
+            2 => Kind::Updates,
+            3 => Kind::Snapshot,
+            4 => Kind::Sync,
+            5 => Kind::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// What each side says first: who it is, what it has, how it takes part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's source id.
+    pub id: SourceId,
+    /// The sender's clock: what it has seen.
+    pub clock: Clock,
+    /// Application bytes, handed to the peer in its `Header` event.
+    pub meta: Vec<u8>,
+    /// Whether the sender will send updates on this stream.
+    pub sends: bool,
+    /// Whether the sender accepts updates on this stream.
+    pub receives: bool,
+}
+
+/// Why a stream was closed, as sent in a Close frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// A stream without tail finished its sync.
+    #[error("sync done and the stream does not tail")]
+    Done,
+    /// The application closed the stream.
+    #[error("closed by the application")]
+    Closed,
+    /// The replica was disposed of.
+    #[error("the replica was disposed of")]
+    Disposed,
+    /// The receiver of the frame misbehaved, in the closer's view.
+    #[error("protocol violation: {0}")]
+    Misbehaved(#[from] PeerMisbehaved),
+}
+
+/// What a peer did wrong: each closes the stream with this as the reason.
+///
+/// Nothing from the offending frame is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerMisbehaved {
+    /// A frame's length prefix exceeded the receiver's limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The receiver's limit ([`Config::max_frame`](crate::Config::max_frame)).
+        limit: u64,
+    },
+    /// A frame with a length of zero.
+    #[error("empty frame")]
+    EmptyFrame,
+    /// A frame kind this version does not know.
+    #[error("unknown frame kind {0}")]
+    UnknownFrame(u8),
+    /// A frame body that does not decode.
+    #[error("malformed {kind} frame: {detail}")]
+    Malformed {
+        /// The frame's kind.
+        kind: String,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// A protocol version this crate does not speak.
+    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u16),
+    /// Anything but Hello came first.
+    #[error("{0} frame before Hello")]
+    BeforeHello(String),
+    /// A second Hello.
+    #[error("second Hello on one stream")]
+    DuplicateHello,
+    /// A second Sync.
+    #[error("second Sync on one stream")]
+    DuplicateSync,
+    /// A Hello whose id is the reserved all-zero id.
+    #[error("Hello with the reserved source id")]
+    InvalidSource,
+    /// A snapshot whose clock is further in the future than the skew limit.
+    #[error("snapshot clock is {ahead_millis} ms ahead of the receiver (limit {limit_millis} ms)")]
+    ClockSkew {
+        /// How far ahead of the receiver's wall clock.
+        ahead_millis: u64,
+        /// The receiver's limit.
+        limit_millis: u64,
+    },
+}
+
+/// A decoded frame, borrowing its body from the input.
+#[derive(Debug)]
+pub(crate) enum Frame<U> {
+    Hello(Hello),
+    Updates(Vec<Envelope<U>>),
+    Snapshot { clock: Clock, state: U },
+    Sync,
+    Close(CloseReason),
+}
+
+fn malformed(kind: &str, err: postcard::Error) -> PeerMisbehaved {
+    PeerMisbehaved::Malformed { kind: kind.to_string(), detail: err.to_string() }
+}
+
+fn decode_all<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, PeerMisbehaved> {
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(kind, e))?;
+    if !rest.is_empty() {
+        return Err(PeerMisbehaved::Malformed {
+            kind: kind.to_string(),
+            detail: format!("{} bytes left over", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+/// Decodes one frame (without its length prefix). Nothing is applied here, so
+/// an error leaves everything as it was.
+pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, PeerMisbehaved> {
+    let (&kind, body) = frame.split_first().ok_or(PeerMisbehaved::EmptyFrame)?;
+    let kind = Kind::from_byte(kind).ok_or(PeerMisbehaved::UnknownFrame(kind))?;
+    Ok(match kind {
+        Kind::Hello => {
+            let (version, rest) =
+                postcard::take_from_bytes::<u16>(body).map_err(|e| malformed("Hello", e))?;
+            if version != PROTOCOL_VERSION {
+                return Err(PeerMisbehaved::UnknownVersion(version));
+            }
+            let hello: Hello = decode_all("Hello", rest)?;
+            if !hello.id.is_valid() {
+                return Err(PeerMisbehaved::InvalidSource);
+            }
+            Frame::Hello(hello)
+        }
+        Kind::Updates => {
+            let mut envelopes = Vec::new();
+            let mut rest = body;
+            while !rest.is_empty() {
+                let (envelope, tail) =
+                    postcard::take_from_bytes(rest).map_err(|e| malformed("Updates", e))?;
+                envelopes.push(envelope);
+                rest = tail;
+            }
+            if envelopes.is_empty() {
+                return Err(PeerMisbehaved::Malformed {
+                    kind: "Updates".into(),
+                    detail: "no updates".into(),
+                });
+            }
+            Frame::Updates(envelopes)
+        }
+        Kind::Snapshot => {
+            let (clock, state) = decode_all("Snapshot", body)?;
+            Frame::Snapshot { clock, state }
+        }
+        Kind::Sync => {
+            if !body.is_empty() {
+                return Err(PeerMisbehaved::Malformed {
+                    kind: "Sync".into(),
+                    detail: "Sync has no body".into(),
+                });
+            }
+            Frame::Sync
+        }
+        Kind::Close => Frame::Close(decode_all("Close", body)?),
+    })
+}
+
+/// Writes frames into a caller's buffer, length prefix first.
+pub(crate) struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn begin(out: &'a mut Vec<u8>, kind: Kind) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0, kind as u8]);
+        Self { out, start }
+    }
+
+    /// Appends `value`. A user type whose `Serialize` fails (or that
+    /// serializes a sequence of unknown length) is reported, not panicked on,
+    /// and leaves the buffer as it was before this value.
+    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), postcard::Error> {
+        let mark = self.out.len();
+        postcard::serialize_with_flavor(value, Append(self.out)).inspect_err(|_| {
+            self.out.truncate(mark);
+        })
+    }
+
+    /// Bytes in the body so far.
+    pub(crate) fn body_len(&self) -> usize {
+        self.out.len() - self.start - FRAME_HEADER_LEN
+    }
+
+    /// Fills in the length; returns the frame's total size.
+    pub(crate) fn finish(self) -> usize {
+        let len = self.out.len() - self.start - 4;
+        let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+        self.out[self.start..self.start + 4].copy_from_slice(&prefix);
+        len + 4
+    }
+
+    /// Drops the frame begun here.
+    pub(crate) fn abandon(self) {
+        self.out.truncate(self.start);
+    }
+}
+
+/// A postcard flavor that appends to a borrowed buffer, so that encoding
+/// reuses the caller's allocation and a failure cannot lose earlier frames.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a whole Hello frame.
+pub(crate) fn write_hello(out: &mut Vec<u8>, hello: &Hello) -> Result<usize, postcard::Error> {
+    let mut w = Writer::begin(out, Kind::Hello);
+    match w.put(&PROTOCOL_VERSION).and_then(|()| w.put(hello)) {
+        Ok(()) => Ok(w.finish()),
+        Err(e) => {
+            w.abandon();
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_kinds_and_versions_are_typed_errors() {
+        assert_eq!(decode::<u8>(&[9]).unwrap_err(), PeerMisbehaved::UnknownFrame(9));
+        assert_eq!(decode::<u8>(&[]).unwrap_err(), PeerMisbehaved::EmptyFrame);
+        let mut out = Vec::new();
+        let mut w = Writer::begin(&mut out, Kind::Hello);
+        w.put(&7u16).unwrap();
+        w.finish();
+        assert_eq!(decode::<u8>(&out[4..]).unwrap_err(), PeerMisbehaved::UnknownVersion(7));
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        let hello = Hello {
+            id: SourceId::new("A").unwrap(),
+            clock: Clock::new(),
+            meta: b"m".to_vec(),
+            sends: true,
+            receives: false,
+        };
+        let mut out = Vec::new();
+        let n = write_hello(&mut out, &hello).unwrap();
+        assert_eq!(n, out.len());
+        assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()) as usize, n - 4);
+        match decode::<u8>(&out[4..]).unwrap() {
+            Frame::Hello(h) => assert_eq!(h, hello),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut out = Vec::new();
+        let mut w = Writer::begin(&mut out, Kind::Close);
+        w.put(&CloseReason::Done).unwrap();
+        w.put(&1u8).unwrap();
+        w.finish();
+        assert!(matches!(decode::<u8>(&out[4..]), Err(PeerMisbehaved::Malformed { .. })));
+    }
+}

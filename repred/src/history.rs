@@ -1,0 +1,139 @@
+//! What a replica remembers to send: a bounded log of applied changes.
+
+use std::collections::VecDeque;
+
+use crate::{Clock, Envelope};
+
+/// One applied change, in the order this replica applied it.
+#[derive(Clone, Debug)]
+pub(crate) struct Record<U> {
+    pub(crate) envelope: Envelope<U>,
+    /// False for the change a received snapshot made: it has no single
+    /// origin stamp, so peers get it through a snapshot, never as history.
+    pub(crate) relayed: bool,
+}
+
+/// The log of applied changes, bounded by a number of records.
+///
+/// Records are numbered by a sequence that only grows; sessions and
+/// subscriptions keep a cursor into it instead of queues of their own, so
+/// memory is bounded by the log alone however slow a peer is. Per source, the
+/// log is in timestamp order, because a replica only accepts newer updates.
+///
+/// When the log is full the oldest record is dropped and the *horizon* (the
+/// newest dropped timestamp per source) rises. A peer whose clock does not
+/// cover the horizon may lack something that is gone, so it is sent a
+/// snapshot instead of history.
+#[derive(Debug)]
+pub(crate) struct History<U> {
+    records: VecDeque<Record<U>>,
+    first_seq: u64,
+    horizon: Clock,
+    horizon_generation: u64,
+    limit: usize,
+}
+
+impl<U> History<U> {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            records: VecDeque::new(),
+            first_seq: 0,
+            horizon: Clock::new(),
+            horizon_generation: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    pub(crate) fn push(&mut self, record: Record<U>) {
+        if self.records.len() >= self.limit {
+            self.evict_oldest();
+        }
+        self.records.push_back(record);
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.records.pop_front() {
+            self.first_seq += 1;
+            if old.relayed {
+                let e = &old.envelope;
+                if self.horizon.observe(e.source, e.ts) {
+                    self.horizon_generation += 1;
+                }
+            }
+        }
+    }
+
+    /// Everything up to `clock` may be missing from this log from now on.
+    pub(crate) fn raise_horizon(&mut self, clock: &Clock) {
+        if !self.horizon.covers(clock) {
+            self.horizon.merge(clock);
+            self.horizon_generation += 1;
+        }
+    }
+
+    pub(crate) fn horizon(&self) -> &Clock {
+        &self.horizon
+    }
+
+    /// Bumped whenever the horizon rises, so cursors notice cheaply.
+    pub(crate) fn horizon_generation(&self) -> u64 {
+        self.horizon_generation
+    }
+
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    pub(crate) fn end_seq(&self) -> u64 {
+        self.first_seq + self.records.len() as u64
+    }
+
+    pub(crate) fn get(&self, seq: u64) -> Option<&Record<U>> {
+        let index = seq.checked_sub(self.first_seq)?;
+        self.records.get(usize::try_from(index).ok()?)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The relayable records newer than `clock`, ordered by (timestamp, source).
+    pub(crate) fn since(&self, clock: &Clock) -> Vec<&Envelope<U>> {
+        let mut out: Vec<&Envelope<U>> = self
+            .records
+            .iter()
+            .filter(|r| r.relayed && !clock.has(r.envelope.source, r.envelope.ts))
+            .map(|r| &r.envelope)
+            .collect();
+        out.sort_unstable_by_key(|e| (e.ts, e.source));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SourceId, Timestamp};
+
+    fn record(source: &str, ts: u64) -> Record<u8> {
+        let envelope = Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0);
+        Record { envelope, relayed: true }
+    }
+
+    #[test]
+    fn eviction_raises_the_horizon_per_source() {
+        let mut h = History::new(2);
+        h.push(record("A", 1));
+        h.push(record("B", 2));
+        assert!(h.horizon().is_empty());
+        h.push(record("A", 3));
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.first_seq(), 1);
+        assert_eq!(h.end_seq(), 3);
+        let a = SourceId::new("A").unwrap();
+        assert_eq!(h.horizon().get(a), Timestamp::new(1, 0));
+        assert_eq!(h.horizon_generation(), 1);
+        assert!(h.get(0).is_none());
+        assert_eq!(h.get(2).unwrap().envelope.ts, Timestamp::new(3, 0));
+    }
+}

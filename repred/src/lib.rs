@@ -1,0 +1,69 @@
+//! repred: replicate application state between peers, with no leader.
+//!
+//! A user writes one commutative, idempotent merge, [`Reduce::reduce`], and a
+//! [`Replica`] does the rest: it stamps local updates, keeps a [`Clock`] of
+//! who has seen what, records a bounded history, and runs the per-peer
+//! protocol (Hello with the clock, the missing history or a snapshot, Sync,
+//! then live updates) as a pure state machine. Bytes and time are passed in;
+//! nothing here touches a socket, a thread or the wall clock, so the same
+//! core runs over QUIC (`repred-transport`), a file, or the in-memory
+//! [`Network`] used throughout the tests.
+//!
+//! ```
+//! use std::collections::BTreeSet;
+//! use repred::{Network, Reduce, Replica, SourceId};
+//!
+//! /// A grow-only set: the union is the merge.
+//! #[derive(Default, Debug, PartialEq)]
+//! struct Seen(BTreeSet<u32>);
+//!
+//! impl Reduce for Seen {
+//!     type Update = BTreeSet<u32>;
+//!     fn reduce(&mut self, update: BTreeSet<u32>) -> Option<BTreeSet<u32>> {
+//!         let new: BTreeSet<u32> = update.into_iter().filter(|x| self.0.insert(*x)).collect();
+//!         (!new.is_empty()).then_some(new)
+//!     }
+//!     fn snapshot(&self) -> BTreeSet<u32> {
+//!         self.0.clone()
+//!     }
+//! }
+//!
+//! let mut net = Network::new();
+//! let a = net.add(Replica::new(SourceId::new("A")?, Seen::default()));
+//! let b = net.add(Replica::new(SourceId::new("B")?, Seen::default()));
+//! net.update(a, [1, 2].into())?; // before linking: travels as history
+//! net.link(a, b);
+//! net.update(b, [3].into())?; // after: travels live
+//! net.pump();
+//! assert_eq!(net[a].state(), net[b].state());
+//! assert_eq!(net[a].clock(), net[b].clock());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod envelope;
+mod event;
+mod frame;
+mod history;
+mod network;
+mod reduce;
+mod replica;
+mod session;
+mod source;
+mod timestamp;
+
+pub use clock::Clock;
+pub use envelope::{Envelope, Signature};
+pub use event::{EndReason, Event, StreamId};
+pub use frame::{CloseReason, FRAME_HEADER_LEN, Hello, PROTOCOL_VERSION, PeerMisbehaved};
+pub use network::{LinkId, Network, NodeId};
+pub use reduce::Reduce;
+pub use replica::{
+    Change, Changes, Config, Delivery, Outcome, Rejection, Replica, ReplicaError, Stats,
+    Subscription,
+};
+pub use session::{SessionError, StreamOpts, StreamStats};
+pub use source::{InvalidSourceId, SourceId};
+pub use timestamp::{Stamp, Timestamp};

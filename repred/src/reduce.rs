@@ -1,0 +1,64 @@
+//! The user's side of the contract.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::Stamp;
+
+/// A state that merges updates: the one thing a user writes.
+///
+/// `reduce` must be a *join*: applying the same updates in any order, any
+/// number of times, gives the same state (commutative, associative and
+/// idempotent). It returns exactly the part of `update` that changed the
+/// state, or `None` when nothing changed; only that part is recorded and
+/// forwarded, so a no-op never travels.
+///
+/// `snapshot` is the whole state as one update: reducing it into an empty
+/// state rebuilds this one. A peer too far behind for history receives it.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use repred::Reduce;
+///
+/// /// A grow-only set of names.
+/// #[derive(Default)]
+/// struct Names(BTreeSet<String>);
+///
+/// impl Reduce for Names {
+///     type Update = BTreeSet<String>;
+///
+///     fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
+///         let added: BTreeSet<String> =
+///             update.into_iter().filter(|n| self.0.insert(n.clone())).collect();
+///         (!added.is_empty()).then_some(added)
+///     }
+///
+///     fn snapshot(&self) -> Self::Update {
+///         self.0.clone()
+///     }
+/// }
+///
+/// let mut names = Names::default();
+/// let change = names.reduce(["ann".to_string(), "bo".to_string()].into());
+/// assert_eq!(change.map(|c| c.len()), Some(2));
+/// assert_eq!(names.reduce(["ann".to_string()].into()), None, "nothing new");
+/// ```
+pub trait Reduce {
+    /// What travels between replicas: a change, or a whole state.
+    type Update: Clone + Serialize + DeserializeOwned;
+
+    /// Merges `update` into the state; returns the part that changed it.
+    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update>;
+
+    /// The whole state as one update.
+    fn snapshot(&self) -> Self::Update;
+
+    /// Writes the stamp of a local update into it, before it is reduced.
+    ///
+    /// Lattices that order concurrent writes by time (last-writer-wins
+    /// registers, counters per source) keep the stamp inside their updates,
+    /// so that a merged snapshot still knows which write won. Most reducers
+    /// ignore it, which is the default.
+    fn stamp(update: &mut Self::Update, stamp: Stamp) {
+        let _ = (update, stamp);
+    }
+}

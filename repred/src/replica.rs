@@ -1,0 +1,502 @@
+//! A replicated state: the state, its clock and its history.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::history::{History, Record};
+use crate::session::Stream;
+use crate::{Clock, Envelope, Event, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp};
+
+/// Limits and policies of a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Most records the history keeps. Beyond it the oldest are dropped and
+    /// peers that lack them get a snapshot instead. Default 65,536.
+    pub history_limit: usize,
+    /// How far ahead of this replica's wall clock a remote timestamp may be
+    /// before it is refused as forged. Default 60 s.
+    pub max_skew_millis: u64,
+    /// Largest frame accepted from a peer, in bytes. Default 16 MiB.
+    pub max_frame: usize,
+    /// Target size of one Updates frame, in bytes. Default 64 KiB.
+    pub batch_bytes: usize,
+    /// Most undrained events kept; older ones are dropped (and counted in
+    /// [`Stats::events_dropped`]). Default 4,096.
+    pub max_events: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            history_limit: 65_536,
+            max_skew_millis: 60_000,
+            max_frame: 16 << 20,
+            batch_bytes: 64 << 10,
+            max_events: 4_096,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::history_limit`].
+    pub fn history_limit(mut self, records: usize) -> Self {
+        self.history_limit = records;
+        self
+    }
+
+    /// Sets [`Config::max_skew_millis`].
+    pub fn max_skew_millis(mut self, millis: u64) -> Self {
+        self.max_skew_millis = millis;
+        self
+    }
+
+    /// Sets [`Config::max_frame`].
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Sets [`Config::batch_bytes`].
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+}
+
+/// Counters of what a replica did with updates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Local updates that changed the state.
+    pub local: u64,
+    /// Remote updates that changed the state.
+    pub applied: u64,
+    /// Remote updates that were new but changed nothing.
+    pub unchanged: u64,
+    /// Remote updates already seen (`ts <= clock[source]`): scuttlebutt's
+    /// `OldData`.
+    pub old: u64,
+    /// Remote updates refused (forged timestamp, reserved source).
+    pub rejected: u64,
+    /// Snapshots merged.
+    pub snapshots: u64,
+    /// Events dropped because nobody drained them.
+    pub events_dropped: u64,
+}
+
+/// What became of one remote update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It changed the state; the change is recorded and will be forwarded.
+    Applied,
+    /// It was new, so the clock advanced, but it changed nothing.
+    Unchanged,
+    /// It was already seen; nothing happened.
+    Old,
+    /// It was refused; nothing happened, the clock did not move.
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    /// Whether the update changed the state.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied)
+    }
+}
+
+/// Why a remote update was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Its timestamp is further ahead of our wall clock than
+    /// [`Config::max_skew_millis`]: accepting it would drag every later
+    /// timestamp of ours (and its source's) into the future.
+    #[error("timestamp is {ahead_millis} ms ahead of this replica (limit {limit_millis} ms)")]
+    ClockSkew {
+        /// How far ahead.
+        ahead_millis: u64,
+        /// The limit.
+        limit_millis: u64,
+    },
+    /// Timestamp zero is never issued.
+    #[error("timestamp zero is reserved")]
+    ZeroTimestamp,
+    /// The all-zero source id is reserved.
+    #[error("the all-zero source id is reserved")]
+    ReservedSource,
+}
+
+/// Errors of the replica's own API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The replica was disposed of and takes no more updates.
+    #[error("the replica was disposed of")]
+    Disposed,
+}
+
+/// A replicated state with its clock and history; the sans-IO heart of repred.
+///
+/// A replica never reads the clock or touches the network: wall time comes in
+/// as `now` (milliseconds), bytes come in through [`Replica::handle`] and go
+/// out through [`Replica::poll_transmit`]. Drive it in this order:
+///
+/// 1. inputs: [`update`](Replica::update) for local writes,
+///    [`handle`](Replica::handle) for bytes from a peer;
+/// 2. outputs: [`poll_transmit`](Replica::poll_transmit) on each stream until
+///    it returns 0, [`poll_event`](Replica::poll_event) until `None`, and
+///    [`changes`](Replica::changes) for each subscription.
+///
+/// ```
+/// use repred::{Network, Replica, SourceId};
+/// # use repred::Reduce;
+/// # #[derive(Default, PartialEq, Debug)]
+/// # struct Max(u64);
+/// # impl Reduce for Max {
+/// #     type Update = u64;
+/// #     fn reduce(&mut self, u: u64) -> Option<u64> { (u > self.0).then(|| { self.0 = u; u }) }
+/// #     fn snapshot(&self) -> u64 { self.0 }
+/// # }
+///
+/// let mut net = Network::new();
+/// let a = net.add(Replica::new(SourceId::new("A")?, Max::default()));
+/// let b = net.add(Replica::new(SourceId::new("B")?, Max::default()));
+/// net.link(a, b);
+/// net.update(a, 7)?;
+/// net.pump();
+/// assert_eq!(net[b].state(), &Max(7));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Replica<T: Reduce> {
+    pub(crate) core: Core<T>,
+    pub(crate) streams: BTreeMap<StreamId, Stream>,
+    pub(crate) next_stream: u64,
+}
+
+/// The replica less its streams, so a stream can borrow it while it is
+/// borrowed itself.
+pub(crate) struct Core<T: Reduce> {
+    pub(crate) id: SourceId,
+    pub(crate) state: T,
+    pub(crate) clock: Clock,
+    /// The newest timestamp issued or accepted: the hybrid clock's memory.
+    pub(crate) last: Timestamp,
+    pub(crate) history: History<T::Update>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) stats: Stats,
+    pub(crate) config: Config,
+    pub(crate) disposed: bool,
+}
+
+impl<T: Reduce> Core<T> {
+    pub(crate) fn emit(&mut self, event: Event) {
+        if self.events.len() >= self.config.max_events.max(1) {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn check(&self, now: u64, source: SourceId, ts: Timestamp) -> Result<(), Rejection> {
+        if !source.is_valid() {
+            return Err(Rejection::ReservedSource);
+        }
+        if ts == Timestamp::ZERO {
+            return Err(Rejection::ZeroTimestamp);
+        }
+        self.check_skew(now, ts)
+    }
+
+    fn check_skew(&self, now: u64, ts: Timestamp) -> Result<(), Rejection> {
+        let limit = now.saturating_add(self.config.max_skew_millis);
+        if ts.millis() > limit {
+            return Err(Rejection::ClockSkew {
+                ahead_millis: ts.millis() - now,
+                limit_millis: self.config.max_skew_millis,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
+        let (source, ts) = (envelope.source, envelope.ts);
+        if let Err(reason) = self.check(now, source, ts) {
+            self.stats.rejected += 1;
+            self.emit(Event::Rejected { source, ts, reason: reason.clone() });
+            return Outcome::Rejected(reason);
+        }
+        if self.clock.has(source, ts) {
+            self.stats.old += 1;
+            return Outcome::Old;
+        }
+        self.clock.observe(source, ts);
+        // An update in our own name that we do not remember comes from an
+        // earlier life of this id (a restart that lost its store): accept it
+        // and stamp everything after it.
+        self.last = self.last.max(ts);
+        match self.state.reduce(envelope.change) {
+            Some(change) => {
+                self.stats.applied += 1;
+                let envelope = Envelope { change, ..envelope };
+                self.history.push(Record { envelope, relayed: true });
+                Outcome::Applied
+            }
+            None => {
+                self.stats.unchanged += 1;
+                Outcome::Unchanged
+            }
+        }
+    }
+
+    pub(crate) fn merge_snapshot(
+        &mut self,
+        now: u64,
+        from: SourceId,
+        clock: &Clock,
+        state: T::Update,
+    ) -> Result<(), PeerMisbehaved> {
+        let newest = clock.max();
+        self.check_skew(now, newest).map_err(|_| PeerMisbehaved::ClockSkew {
+            ahead_millis: newest.millis().saturating_sub(now),
+            limit_millis: self.config.max_skew_millis,
+        })?;
+        self.stats.snapshots += 1;
+        self.clock.merge(clock);
+        self.last = self.last.max(newest);
+        // We now hold effects of updates we have no history for.
+        self.history.raise_horizon(clock);
+        if let Some(change) = self.state.reduce(state) {
+            let envelope = Envelope::new(from, Timestamp::ZERO, change);
+            self.history.push(Record { envelope, relayed: false });
+        }
+        Ok(())
+    }
+}
+
+impl<T: Reduce> Replica<T> {
+    /// A replica of `state` writing as `id`, with the default [`Config`].
+    pub fn new(id: SourceId, state: T) -> Self {
+        Self::with_config(id, state, Config::default())
+    }
+
+    /// A replica with explicit limits.
+    pub fn with_config(id: SourceId, state: T, config: Config) -> Self {
+        Self {
+            core: Core {
+                id,
+                state,
+                clock: Clock::new(),
+                last: Timestamp::ZERO,
+                history: History::new(config.history_limit),
+                events: VecDeque::new(),
+                stats: Stats::default(),
+                config,
+                disposed: false,
+            },
+            streams: BTreeMap::new(),
+            next_stream: 0,
+        }
+    }
+
+    /// This replica's source id.
+    pub fn id(&self) -> SourceId {
+        self.core.id
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &T {
+        &self.core.state
+    }
+
+    /// What this replica has seen, per source.
+    pub fn clock(&self) -> &Clock {
+        &self.core.clock
+    }
+
+    /// The limits this replica runs with.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Counters of applied, old and refused updates.
+    pub fn stats(&self) -> Stats {
+        self.core.stats
+    }
+
+    /// The newest timestamp this replica issued or accepted.
+    pub fn last_timestamp(&self) -> Timestamp {
+        self.core.last
+    }
+
+    /// Makes a local update at wall time `now` (milliseconds).
+    ///
+    /// Returns the stamp it was recorded under, or `None` when it changed
+    /// nothing (then nothing is recorded or sent).
+    pub fn update(
+        &mut self,
+        now: u64,
+        mut update: T::Update,
+    ) -> Result<Option<Stamp>, ReplicaError> {
+        let core = &mut self.core;
+        if core.disposed {
+            return Err(ReplicaError::Disposed);
+        }
+        let ts = core.last.next(now);
+        let stamp = Stamp { ts, source: core.id };
+        T::stamp(&mut update, stamp);
+        let Some(change) = core.state.reduce(update) else {
+            return Ok(None);
+        };
+        core.last = ts;
+        core.clock.observe(core.id, ts);
+        core.stats.local += 1;
+        core.history.push(Record { envelope: Envelope::new(core.id, ts, change), relayed: true });
+        Ok(Some(stamp))
+    }
+
+    /// Applies an update from elsewhere, as if it had arrived on a stream.
+    ///
+    /// `now` is this replica's wall time, against which forged timestamps
+    /// are judged.
+    pub fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
+        self.core.apply(now, envelope)
+    }
+
+    /// Every recorded change newer than `clock`, ordered by timestamp, then
+    /// source.
+    ///
+    /// Records older than the [horizon](Replica::horizon) may be gone; a
+    /// clock that does not cover the horizon needs a snapshot as well, which
+    /// streams arrange by themselves.
+    pub fn history(&self, clock: &Clock) -> Vec<&Envelope<T::Update>> {
+        self.core.history.since(clock)
+    }
+
+    /// Number of records in the history.
+    pub fn history_len(&self) -> usize {
+        self.core.history.len()
+    }
+
+    /// Per source, the newest update that may be missing from the history.
+    pub fn horizon(&self) -> &Clock {
+        self.core.history.horizon()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.core.events.pop_front()
+    }
+
+    /// A subscription to every change applied from now on, local or remote.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription { next: self.core.history.end_seq() }
+    }
+
+    /// A subscription that starts with the changes still in the history.
+    pub fn subscribe_from_start(&self) -> Subscription {
+        Subscription { next: self.core.history.first_seq() }
+    }
+
+    /// The changes a subscription has not seen yet, oldest first.
+    pub fn changes<'a>(&'a self, subscription: &'a mut Subscription) -> Changes<'a, T::Update> {
+        Changes { history: &self.core.history, subscription }
+    }
+
+    /// Whether [`dispose`](Replica::dispose) was called.
+    pub fn is_disposed(&self) -> bool {
+        self.core.disposed
+    }
+
+    /// Ends every stream (each sends a Close), then refuses local updates.
+    ///
+    /// Emits `End` and `Unstream(n)` per stream, then `Dispose`.
+    pub fn dispose(&mut self) {
+        if self.core.disposed {
+            return;
+        }
+        let open: Vec<StreamId> = self.open_streams().collect();
+        for id in open {
+            self.end_stream(id, crate::EndReason::Local(crate::CloseReason::Disposed));
+        }
+        self.core.disposed = true;
+        self.core.emit(Event::Dispose);
+    }
+}
+
+impl<T: Reduce + std::fmt::Debug> std::fmt::Debug for Replica<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.core.id)
+            .field("state", &self.core.state)
+            .field("clock", &self.core.clock)
+            .field("history", &self.core.history.len())
+            .field("streams", &self.streams.len())
+            .finish()
+    }
+}
+
+/// A reader's place in a replica's stream of applied changes.
+///
+/// It is a cursor, not a queue: a subscriber that falls further behind than
+/// the history keeps is told how many changes it missed and can re-read the
+/// whole state instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    next: u64,
+}
+
+/// One applied change, as a subscription sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change<'a, U> {
+    /// Where it came from: its origin, or for a snapshot, the peer that
+    /// sent it.
+    pub source: SourceId,
+    /// The origin's timestamp ([`Timestamp::ZERO`] for a snapshot).
+    pub ts: Timestamp,
+    /// What changed.
+    pub change: &'a U,
+    /// Whether it came from merging a peer's snapshot.
+    pub via_snapshot: bool,
+}
+
+/// What a subscription reads next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery<'a, U> {
+    /// A change.
+    Change(Change<'a, U>),
+    /// This many changes were dropped from the history before they were
+    /// read; the state still holds their effect.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
+/// Iterator over a subscription's unread changes.
+pub struct Changes<'a, U> {
+    history: &'a History<U>,
+    subscription: &'a mut Subscription,
+}
+
+impl<'a, U> Iterator for Changes<'a, U> {
+    type Item = Delivery<'a, U>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let first = self.history.first_seq();
+        if self.subscription.next < first {
+            let missed = first - self.subscription.next;
+            self.subscription.next = first;
+            return Some(Delivery::Lagged { missed });
+        }
+        let record = self.history.get(self.subscription.next)?;
+        self.subscription.next += 1;
+        let e = &record.envelope;
+        Some(Delivery::Change(Change {
+            source: e.source,
+            ts: e.ts,
+            change: &e.change,
+            via_snapshot: !record.relayed,
+        }))
+    }
+}

@@ -1,0 +1,606 @@
+//! The per-connection protocol: Hello, history or snapshot, Sync, live.
+
+use crate::frame::{self, Frame, Hello, Kind, Writer};
+use crate::replica::Core;
+use crate::{
+    Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
+};
+
+/// How a stream takes part.
+///
+/// The default exchanges both ways, waits for the peer's clock before
+/// sending history, and keeps tailing live updates after the sync.
+///
+/// ```
+/// use repred::StreamOpts;
+///
+/// // Persist a replica: send everything, expect nothing back.
+/// let log = StreamOpts::send_only();
+/// assert!(log.sends && !log.receives && !log.await_clock);
+/// // Replay a log into a replica.
+/// let replay = StreamOpts::receive_only();
+/// assert!(!replay.sends && replay.receives);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamOpts {
+    /// Send this replica's updates to the peer (scuttlebutt's `readable`).
+    pub sends: bool,
+    /// Accept the peer's updates (scuttlebutt's `writable`); when false,
+    /// incoming updates are ignored.
+    pub receives: bool,
+    /// Keep sending live updates after the sync; when false the stream
+    /// closes once synced.
+    pub tail: bool,
+    /// Wait for the peer's Hello, and send only what its clock lacks; when
+    /// false, send the whole history at once (for a peer that never talks
+    /// back, such as a file).
+    pub await_clock: bool,
+    /// Application bytes sent in the Hello, handed to the peer's `Header`.
+    pub meta: Vec<u8>,
+}
+
+impl Default for StreamOpts {
+    fn default() -> Self {
+        Self { sends: true, receives: true, tail: true, await_clock: true, meta: Vec::new() }
+    }
+}
+
+impl StreamOpts {
+    /// Sends everything at once, accepts nothing: a log writer.
+    pub fn send_only() -> Self {
+        Self { receives: false, await_clock: false, ..Self::default() }
+    }
+
+    /// Accepts updates, sends none: a log reader.
+    pub fn receive_only() -> Self {
+        Self { sends: false, ..Self::default() }
+    }
+
+    /// Sets [`StreamOpts::tail`].
+    pub fn tail(mut self, tail: bool) -> Self {
+        self.tail = tail;
+        self
+    }
+
+    /// Sets [`StreamOpts::meta`].
+    pub fn meta(mut self, meta: impl Into<Vec<u8>>) -> Self {
+        self.meta = meta.into();
+        self
+    }
+
+    /// Sets [`StreamOpts::await_clock`].
+    pub fn await_clock(mut self, await_clock: bool) -> Self {
+        self.await_clock = await_clock;
+        self
+    }
+}
+
+/// Errors from driving a stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer broke the protocol; the stream is closed with this reason
+    /// and nothing from the offending frame was applied.
+    #[error("peer misbehaved: {0}")]
+    Peer(#[from] PeerMisbehaved),
+    /// No such stream, or it has ended.
+    #[error("stream {0:?} is not open")]
+    NotOpen(StreamId),
+    /// An update of ours does not encode (its `Serialize` failed).
+    #[error("an update does not encode: {0}")]
+    Encode(String),
+    /// A frame of ours is larger than the limit.
+    #[error("an outgoing frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Its size.
+        len: usize,
+        /// [`Config::max_frame`](crate::Config::max_frame).
+        limit: usize,
+    },
+}
+
+impl From<postcard::Error> for SessionError {
+    fn from(e: postcard::Error) -> Self {
+        SessionError::Encode(e.to_string())
+    }
+}
+
+/// Counters of one stream, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamStats {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Updates sent (history and live).
+    pub updates_sent: u64,
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Updates received.
+    pub updates_received: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    id: SourceId,
+    sends: bool,
+    receives: bool,
+}
+
+/// One stream's protocol state; lives inside its replica.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    opts: StreamOpts,
+    recv: Vec<u8>,
+    peer: Option<Peer>,
+    /// What the peer is known to have: its Hello clock, plus everything
+    /// sent to it or received from it since.
+    known: Clock,
+    /// Whether the history send has begun (after the peer's clock, or at
+    /// once when not awaiting it).
+    started: bool,
+    /// The next history record to consider sending.
+    cursor: u64,
+    /// Sync goes out once the cursor passes this.
+    sync_at: u64,
+    horizon_generation: u64,
+    need_snapshot: bool,
+    hello_sent: bool,
+    sync_sent: bool,
+    sync_received: bool,
+    /// A Close still to be written before the stream goes away.
+    close_out: Option<CloseReason>,
+    /// No longer counted as open: ended locally, remotely or aborted.
+    ended: bool,
+    /// Synced without tail: to be closed with `Done`.
+    done: bool,
+    stats: StreamStats,
+}
+
+impl Stream {
+    fn new(opts: StreamOpts) -> Self {
+        Self {
+            opts,
+            recv: Vec::new(),
+            peer: None,
+            known: Clock::new(),
+            started: false,
+            cursor: 0,
+            sync_at: 0,
+            horizon_generation: 0,
+            need_snapshot: false,
+            hello_sent: false,
+            sync_sent: false,
+            sync_received: false,
+            close_out: None,
+            ended: false,
+            done: false,
+            stats: StreamStats::default(),
+        }
+    }
+
+    /// Whether updates of ours go to this peer at all.
+    fn sends_updates(&self) -> bool {
+        self.opts.sends && self.peer.is_none_or(|p| p.receives)
+    }
+
+    fn start<T: Reduce>(&mut self, core: &Core<T>) {
+        self.started = true;
+        self.cursor = core.history.first_seq();
+        self.sync_at = core.history.end_seq();
+        self.horizon_generation = core.history.horizon_generation();
+        self.need_snapshot = self.sends_updates() && !self.known.covers(core.history.horizon());
+    }
+
+    fn mark_sync(&mut self, id: StreamId, core: &mut Core<impl Reduce>, sent: bool) {
+        let flag = if sent { &mut self.sync_sent } else { &mut self.sync_received };
+        if *flag {
+            return;
+        }
+        *flag = true;
+        core.emit(if sent {
+            Event::SyncSent { stream: id }
+        } else {
+            Event::SyncReceived { stream: id }
+        });
+        if self.sync_sent && self.sync_received {
+            core.emit(Event::Synced { stream: id });
+            if !self.opts.tail {
+                self.done = true;
+            }
+        }
+    }
+
+    fn handle_frame<T: Reduce>(
+        &mut self,
+        id: StreamId,
+        core: &mut Core<T>,
+        now: u64,
+        bytes: &[u8],
+    ) -> Result<Flow, PeerMisbehaved> {
+        let frame = frame::decode::<T::Update>(bytes)?;
+        self.stats.frames_received += 1;
+        let peer = match (&frame, self.peer) {
+            (Frame::Hello(_), Some(_)) => return Err(PeerMisbehaved::DuplicateHello),
+            (Frame::Hello(_), None) | (Frame::Close(_), _) => None,
+            (other, None) => return Err(PeerMisbehaved::BeforeHello(frame_name(other).into())),
+            (_, Some(peer)) => Some(peer),
+        };
+        match frame {
+            Frame::Hello(hello) => {
+                let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
+                self.peer = Some(peer);
+                self.known.merge(&hello.clock);
+                core.emit(Event::Header {
+                    stream: id,
+                    id: hello.id,
+                    clock: hello.clock,
+                    meta: hello.meta,
+                });
+                if !self.started && self.opts.sends {
+                    self.start(core);
+                } else if self.started
+                    && self.sends_updates()
+                    && !self.known.covers(core.history.horizon())
+                {
+                    self.need_snapshot = true;
+                }
+                if !peer.sends {
+                    self.mark_sync(id, core, false);
+                }
+            }
+            Frame::Updates(envelopes) => {
+                self.stats.updates_received += envelopes.len() as u64;
+                if self.opts.receives {
+                    for envelope in envelopes {
+                        if envelope.source.is_valid() {
+                            self.known.observe(envelope.source, envelope.ts);
+                        }
+                        core.apply(now, envelope);
+                    }
+                }
+            }
+            Frame::Snapshot { clock, state } => {
+                if self.opts.receives {
+                    let from = peer.map_or(core.id, |p| p.id);
+                    core.merge_snapshot(now, from, &clock, state)?;
+                    self.known.merge(&clock);
+                }
+            }
+            Frame::Sync => {
+                if self.sync_received {
+                    if self.opts.receives && peer.is_some_and(|p| p.sends) {
+                        return Err(PeerMisbehaved::DuplicateSync);
+                    }
+                } else {
+                    self.mark_sync(id, core, false);
+                }
+            }
+            Frame::Close(reason) => return Ok(Flow::Closed(reason)),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Appends this stream's next frames to `out`; returns how many bytes.
+    fn transmit<T: Reduce>(
+        &mut self,
+        id: StreamId,
+        core: &mut Core<T>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, SessionError> {
+        let before = out.len();
+        if !self.hello_sent {
+            let hello = Hello {
+                id: core.id,
+                clock: core.clock.clone(),
+                meta: self.opts.meta.clone(),
+                sends: self.opts.sends,
+                receives: self.opts.receives,
+            };
+            frame::write_hello(out, &hello)?;
+            self.hello_sent = true;
+            self.stats.frames_sent += 1;
+        }
+        if let Some(reason) = self.close_out.take() {
+            let mut w = Writer::begin(out, Kind::Close);
+            w.put(&reason)?;
+            w.finish();
+            self.stats.frames_sent += 1;
+            self.count_sent(out.len() - before);
+            return Ok(out.len() - before);
+        }
+        if self.ended {
+            self.count_sent(out.len() - before);
+            return Ok(out.len() - before);
+        }
+        if self.started && self.sends_updates() {
+            self.send_snapshot_if_needed(core, out)?;
+            self.send_batch(core, out)?;
+        }
+        if self.started && !self.sync_sent && self.cursor >= self.sync_at {
+            Writer::begin(out, Kind::Sync).finish();
+            self.stats.frames_sent += 1;
+            self.mark_sync(id, core, true);
+        }
+        self.count_sent(out.len() - before);
+        Ok(out.len() - before)
+    }
+
+    fn count_sent(&mut self, bytes: usize) {
+        self.stats.bytes_sent += bytes as u64;
+    }
+
+    fn send_snapshot_if_needed<T: Reduce>(
+        &mut self,
+        core: &Core<T>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let history = &core.history;
+        let lagged = self.cursor < history.first_seq();
+        if lagged || self.horizon_generation != history.horizon_generation() {
+            self.horizon_generation = history.horizon_generation();
+            self.cursor = self.cursor.max(history.first_seq());
+            if !self.known.covers(history.horizon()) {
+                self.need_snapshot = true;
+            }
+        }
+        if !self.need_snapshot {
+            return Ok(());
+        }
+        let mut w = Writer::begin(out, Kind::Snapshot);
+        let written = w.put(&core.clock).and_then(|()| w.put(&core.state.snapshot()));
+        if let Err(e) = written {
+            w.abandon();
+            return Err(e.into());
+        }
+        let len = w.body_len() + 1;
+        if len > core.config.max_frame {
+            w.abandon();
+            return Err(SessionError::FrameTooLarge { len, limit: core.config.max_frame });
+        }
+        w.finish();
+        self.need_snapshot = false;
+        self.known.merge(&core.clock);
+        // The snapshot holds everything recorded so far.
+        self.cursor = history.end_seq();
+        self.stats.frames_sent += 1;
+        self.stats.snapshots_sent += 1;
+        Ok(())
+    }
+
+    fn send_batch<T: Reduce>(
+        &mut self,
+        core: &Core<T>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let history = &core.history;
+        let end = history.end_seq();
+        if self.cursor >= end {
+            return Ok(());
+        }
+        let mut w = Writer::begin(out, Kind::Updates);
+        let mut count = 0u64;
+        while self.cursor < end && w.body_len() < core.config.batch_bytes {
+            let Some(record) = history.get(self.cursor) else { break };
+            let e = &record.envelope;
+            if record.relayed && !self.known.has(e.source, e.ts) {
+                if let Err(err) = w.put(e) {
+                    w.abandon();
+                    return Err(err.into());
+                }
+                self.known.observe(e.source, e.ts);
+                count += 1;
+            }
+            self.cursor += 1;
+        }
+        if count == 0 {
+            w.abandon();
+        } else {
+            w.finish();
+            self.stats.frames_sent += 1;
+            self.stats.updates_sent += count;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a stream goes on after a frame.
+enum Flow {
+    Continue,
+    Closed(CloseReason),
+}
+
+fn frame_name<U>(frame: &Frame<U>) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "Hello",
+        Frame::Updates(_) => "Updates",
+        Frame::Snapshot { .. } => "Snapshot",
+        Frame::Sync => "Sync",
+        Frame::Close(_) => "Close",
+    }
+}
+
+/// Splits `data` into frames and handles each, stopping at the first error
+/// or Close. Returns how many bytes were consumed.
+fn handle_frames<T: Reduce>(
+    stream: &mut Stream,
+    id: StreamId,
+    core: &mut Core<T>,
+    now: u64,
+    data: &[u8],
+) -> (usize, Result<Flow, PeerMisbehaved>) {
+    let mut at = 0;
+    while data.len() - at >= 4 {
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&data[at..at + 4]);
+        let len = u32::from_le_bytes(prefix) as usize;
+        if len > core.config.max_frame {
+            let limit = core.config.max_frame as u64;
+            return (at, Err(PeerMisbehaved::FrameTooLarge { len: len as u64, limit }));
+        }
+        if len == 0 {
+            return (at, Err(PeerMisbehaved::EmptyFrame));
+        }
+        if data.len() - at - 4 < len {
+            break;
+        }
+        let body = &data[at + 4..at + 4 + len];
+        at += 4 + len;
+        match stream.handle_frame(id, core, now, body) {
+            Ok(Flow::Continue) => {}
+            other => return (at, other),
+        }
+    }
+    (at, Ok(Flow::Continue))
+}
+
+/// Streams: each is one peer's session with this replica.
+impl<T: Reduce> Replica<T> {
+    /// Opens a stream to a peer; its Hello is the first thing
+    /// [`poll_transmit`](Replica::poll_transmit) writes.
+    pub fn open(&mut self, opts: StreamOpts) -> Result<StreamId, crate::ReplicaError> {
+        if self.core.disposed {
+            return Err(crate::ReplicaError::Disposed);
+        }
+        let id = StreamId(self.next_stream);
+        self.next_stream += 1;
+        let mut stream = Stream::new(opts);
+        if !stream.opts.sends {
+            stream.started = true;
+            stream.cursor = self.core.history.end_seq();
+            stream.mark_sync(id, &mut self.core, true);
+        } else if !stream.opts.await_clock {
+            stream.start(&self.core);
+        }
+        if !stream.opts.receives {
+            stream.mark_sync(id, &mut self.core, false);
+        }
+        self.streams.insert(id, stream);
+        Ok(id)
+    }
+
+    /// Feeds bytes received on a stream: any split of the peer's output, in
+    /// order. Complete frames are handled at once; a partial one waits.
+    ///
+    /// On a protocol violation the stream ends, a Close with the reason is
+    /// queued for the peer, and nothing from the offending frame is applied;
+    /// the replica and its other streams go on.
+    pub fn handle(&mut self, id: StreamId, now: u64, bytes: &[u8]) -> Result<(), SessionError> {
+        let Replica { core, streams, .. } = self;
+        let stream = streams.get_mut(&id).filter(|s| !s.ended).ok_or(SessionError::NotOpen(id))?;
+        stream.stats.bytes_received += bytes.len() as u64;
+        let mut pending = std::mem::take(&mut stream.recv);
+        let (consumed, flow) = if pending.is_empty() {
+            let (consumed, flow) = handle_frames(stream, id, core, now, bytes);
+            pending.extend_from_slice(&bytes[consumed..]);
+            (consumed, flow)
+        } else {
+            pending.extend_from_slice(bytes);
+            let (consumed, flow) = handle_frames(stream, id, core, now, &pending);
+            pending.drain(..consumed);
+            (consumed, flow)
+        };
+        let _ = consumed;
+        stream.recv = pending;
+        let result = match flow {
+            Ok(Flow::Continue) => Ok(()),
+            Ok(Flow::Closed(reason)) => {
+                self.end_stream(id, EndReason::Remote(reason));
+                Ok(())
+            }
+            Err(e) => {
+                self.end_stream(id, EndReason::Local(CloseReason::Misbehaved(e.clone())));
+                Err(SessionError::Peer(e))
+            }
+        };
+        self.close_if_done(id);
+        result
+    }
+
+    /// Appends the stream's next frames to `out` and returns how many bytes
+    /// were added; call until it returns 0. A stream that has ended (or was
+    /// never opened) writes nothing.
+    ///
+    /// Frames are made on demand from the history, so a stream that is not
+    /// polled costs no memory: a slow peer is simply read from further back,
+    /// and one that falls behind the history gets a snapshot.
+    pub fn poll_transmit(
+        &mut self,
+        id: StreamId,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, SessionError> {
+        let Replica { core, streams, .. } = self;
+        let Some(stream) = streams.get_mut(&id) else { return Ok(0) };
+        let written = stream.transmit(id, core, out);
+        if stream.ended && stream.close_out.is_none() {
+            streams.remove(&id);
+        }
+        self.close_if_done(id);
+        written
+    }
+
+    /// Closes a stream, telling the peer (the Close is the stream's last
+    /// frame from [`poll_transmit`](Replica::poll_transmit)).
+    pub fn close(&mut self, id: StreamId) {
+        self.end_stream(id, EndReason::Local(CloseReason::Closed));
+    }
+
+    /// Drops a stream without telling the peer, as when a link is cut.
+    pub fn abort(&mut self, id: StreamId) {
+        self.end_stream(id, EndReason::Aborted);
+    }
+
+    /// How many streams are open.
+    pub fn stream_count(&self) -> usize {
+        self.streams.values().filter(|s| !s.ended).count()
+    }
+
+    /// The open streams.
+    pub fn open_streams(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.streams.iter().filter(|(_, s)| !s.ended).map(|(&id, _)| id)
+    }
+
+    /// A stream's counters, while it exists.
+    pub fn stream_stats(&self, id: StreamId) -> Option<StreamStats> {
+        self.streams.get(&id).map(|s| s.stats)
+    }
+
+    /// Whether both directions of a stream have synced.
+    pub fn is_synced(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.sync_sent && s.sync_received)
+    }
+
+    /// The source id of the peer on a stream, once its Hello arrived.
+    pub fn peer_id(&self, id: StreamId) -> Option<SourceId> {
+        self.streams.get(&id).and_then(|s| s.peer.map(|p| p.id))
+    }
+
+    fn close_if_done(&mut self, id: StreamId) {
+        if self.streams.get(&id).is_some_and(|s| s.done && !s.ended) {
+            self.end_stream(id, EndReason::Local(CloseReason::Done));
+        }
+    }
+
+    pub(crate) fn end_stream(&mut self, id: StreamId, reason: EndReason) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.ended {
+            return;
+        }
+        stream.ended = true;
+        stream.close_out = match &reason {
+            EndReason::Local(r) => Some(r.clone()),
+            EndReason::Remote(_) | EndReason::Aborted => None,
+        };
+        if stream.close_out.is_none() {
+            self.streams.remove(&id);
+        }
+        self.core.emit(Event::End { stream: id, reason });
+        let open = self.stream_count();
+        self.core.emit(Event::Unstream(open));
+    }
+}
