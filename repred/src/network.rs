@@ -68,9 +68,18 @@ impl<T: Reduce> Network<T> {
     /// Most steps [`pump`](Network::pump) takes before giving up.
     pub const MAX_STEPS: usize = 100_000;
 
-    /// An empty network at virtual time 1,000 ms.
+    /// Where virtual time starts: 2023-11-14, in Unix milliseconds, so that
+    /// timestamps look like real ones.
+    pub const EPOCH: u64 = 1_700_000_000_000;
+
+    /// An empty network at virtual time [`Network::EPOCH`].
     pub fn new() -> Self {
-        Self { nodes: Vec::new(), links: Vec::new(), now: 1_000, errors: Vec::new() }
+        Self::starting_at(Self::EPOCH)
+    }
+
+    /// An empty network at virtual time `now` (milliseconds).
+    pub fn starting_at(now: u64) -> Self {
+        Self { nodes: Vec::new(), links: Vec::new(), now, errors: Vec::new() }
     }
 
     /// Adds a replica.
