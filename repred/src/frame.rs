@@ -10,10 +10,15 @@
 //! | 3    | Snapshot | the sender's [`Clock`], then its whole state     |
 //! | 4    | Sync     | empty: the history before it is complete         |
 //! | 5    | Close    | a [`CloseReason`]                                |
+//! | 6    | Advance  | `(source, ts)` pairs: new to the sender, no-ops  |
+//!
+//! An Advance names updates the sender took in that changed nothing, because
+//! everything it had already sent covered them; the receiver's clock moves
+//! past them so that clocks converge along with states.
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{Clock, Envelope, SourceId};
+use crate::{Clock, Envelope, SourceId, Stamp};
 
 /// The protocol version this crate speaks; a Hello with another is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -30,6 +35,7 @@ pub(crate) enum Kind {
     Snapshot = 3,
     Sync = 4,
     Close = 5,
+    Advance = 6,
 }
 
 impl Kind {
@@ -40,6 +46,7 @@ impl Kind {
             3 => Kind::Snapshot,
             4 => Kind::Sync,
             5 => Kind::Close,
+            6 => Kind::Advance,
             _ => return None,
         })
     }
@@ -139,6 +146,7 @@ pub(crate) enum Frame<U> {
     Snapshot { clock: Clock, state: U },
     Sync,
     Close(CloseReason),
+    Advance(Vec<Stamp>),
 }
 
 fn malformed(kind: &str, err: postcard::Error) -> PeerMisbehaved {
@@ -205,6 +213,7 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             Frame::Sync
         }
         Kind::Close => Frame::Close(decode_all("Close", body)?),
+        Kind::Advance => Frame::Advance(decode_all("Advance", body)?),
     })
 }
 

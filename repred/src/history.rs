@@ -2,15 +2,37 @@
 
 use std::collections::VecDeque;
 
-use crate::{Clock, Envelope};
+use crate::{Clock, Envelope, SourceId, Stamp};
 
-/// One applied change, in the order this replica applied it.
+/// One entry of the log, in the order this replica took it in.
 #[derive(Clone, Debug)]
-pub(crate) struct Record<U> {
-    pub(crate) envelope: Envelope<U>,
-    /// False for the change a received snapshot made: it has no single
-    /// origin stamp, so peers get it through a snapshot, never as history.
-    pub(crate) relayed: bool,
+pub(crate) enum Record<U> {
+    /// An update that changed the state: relayed to peers and subscribers.
+    Change(Envelope<U>),
+    /// An update that was new but changed nothing: only the clock moved.
+    /// Peers are told of the advance (a few bytes, not the update) so that
+    /// clocks converge along with states; subscribers see nothing.
+    Advance(Stamp),
+    /// What merging a peer's snapshot changed. It has no single origin
+    /// stamp, so peers get it through a snapshot, never as history; only
+    /// subscribers see it.
+    Merge {
+        /// The peer that sent the snapshot.
+        from: SourceId,
+        /// What changed.
+        change: U,
+    },
+}
+
+impl<U> Record<U> {
+    /// The origin stamp, for records that travel as history.
+    pub(crate) fn stamp(&self) -> Option<Stamp> {
+        match self {
+            Record::Change(e) => Some(e.stamp()),
+            Record::Advance(stamp) => Some(*stamp),
+            Record::Merge { .. } => None,
+        }
+    }
 }
 
 /// The log of applied changes, bounded by a number of records.
@@ -54,9 +76,8 @@ impl<U> History<U> {
     fn evict_oldest(&mut self) {
         if let Some(old) = self.records.pop_front() {
             self.first_seq += 1;
-            if old.relayed {
-                let e = &old.envelope;
-                if self.horizon.observe(e.source, e.ts) {
+            if let Some(stamp) = old.stamp() {
+                if self.horizon.observe(stamp.source, stamp.ts) {
                     self.horizon_generation += 1;
                 }
             }
@@ -102,8 +123,10 @@ impl<U> History<U> {
         let mut out: Vec<&Envelope<U>> = self
             .records
             .iter()
-            .filter(|r| r.relayed && !clock.has(r.envelope.source, r.envelope.ts))
-            .map(|r| &r.envelope)
+            .filter_map(|r| match r {
+                Record::Change(e) if !clock.has(e.source, e.ts) => Some(e),
+                _ => None,
+            })
             .collect();
         out.sort_unstable_by_key(|e| (e.ts, e.source));
         out
@@ -116,8 +139,7 @@ mod tests {
     use crate::{SourceId, Timestamp};
 
     fn record(source: &str, ts: u64) -> Record<u8> {
-        let envelope = Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0);
-        Record { envelope, relayed: true }
+        Record::Change(Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0))
     }
 
     #[test]
@@ -134,6 +156,6 @@ mod tests {
         assert_eq!(h.horizon().get(a), Timestamp::new(1, 0));
         assert_eq!(h.horizon_generation(), 1);
         assert!(h.get(0).is_none());
-        assert_eq!(h.get(2).unwrap().envelope.ts, Timestamp::new(3, 0));
+        assert_eq!(h.get(2).unwrap().stamp().unwrap().ts, Timestamp::new(3, 0));
     }
 }

@@ -238,12 +238,12 @@ impl<T: Reduce> Core<T> {
         match self.state.reduce(envelope.change) {
             Some(change) => {
                 self.stats.applied += 1;
-                let envelope = Envelope { change, ..envelope };
-                self.history.push(Record { envelope, relayed: true });
+                self.history.push(Record::Change(Envelope { change, ..envelope }));
                 Outcome::Applied
             }
             None => {
                 self.stats.unchanged += 1;
+                self.history.push(Record::Advance(Stamp { ts, source }));
                 Outcome::Unchanged
             }
         }
@@ -267,10 +267,31 @@ impl<T: Reduce> Core<T> {
         // We now hold effects of updates we have no history for.
         self.history.raise_horizon(clock);
         if let Some(change) = self.state.reduce(state) {
-            let envelope = Envelope::new(from, Timestamp::ZERO, change);
-            self.history.push(Record { envelope, relayed: false });
+            self.history.push(Record::Merge { from, change });
         }
         Ok(())
+    }
+
+    /// A peer's word that `stamp` is new to us but changes nothing it sent
+    /// before: the clock moves, and the advance travels on.
+    pub(crate) fn advance(&mut self, now: u64, stamp: Stamp) -> Outcome {
+        if let Err(reason) = self.check(now, stamp.source, stamp.ts) {
+            self.stats.rejected += 1;
+            self.emit(Event::Rejected {
+                source: stamp.source,
+                ts: stamp.ts,
+                reason: reason.clone(),
+            });
+            return Outcome::Rejected(reason);
+        }
+        if !self.clock.observe(stamp.source, stamp.ts) {
+            self.stats.old += 1;
+            return Outcome::Old;
+        }
+        self.last = self.last.max(stamp.ts);
+        self.stats.unchanged += 1;
+        self.history.push(Record::Advance(stamp));
+        Outcome::Unchanged
     }
 }
 
@@ -351,7 +372,7 @@ impl<T: Reduce> Replica<T> {
         core.last = ts;
         core.clock.observe(core.id, ts);
         core.stats.local += 1;
-        core.history.push(Record { envelope: Envelope::new(core.id, ts, change), relayed: true });
+        core.history.push(Record::Change(Envelope::new(core.id, ts, change)));
         Ok(Some(stamp))
     }
 
@@ -489,14 +510,19 @@ impl<'a, U> Iterator for Changes<'a, U> {
             self.subscription.next = first;
             return Some(Delivery::Lagged { missed });
         }
-        let record = self.history.get(self.subscription.next)?;
-        self.subscription.next += 1;
-        let e = &record.envelope;
-        Some(Delivery::Change(Change {
-            source: e.source,
-            ts: e.ts,
-            change: &e.change,
-            via_snapshot: !record.relayed,
-        }))
+        loop {
+            let record = self.history.get(self.subscription.next)?;
+            self.subscription.next += 1;
+            let change = match record {
+                Record::Change(e) => {
+                    Change { source: e.source, ts: e.ts, change: &e.change, via_snapshot: false }
+                }
+                Record::Merge { from, change } => {
+                    Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }
+                }
+                Record::Advance(_) => continue,
+            };
+            return Some(Delivery::Change(change));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
 use crate::frame::{self, Frame, Hello, Kind, Writer};
+use crate::history::Record;
 use crate::replica::Core;
 use crate::{
     Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
@@ -281,6 +282,16 @@ impl Stream {
                     self.mark_sync(id, core, false);
                 }
             }
+            Frame::Advance(stamps) => {
+                if self.opts.receives {
+                    for stamp in stamps {
+                        if stamp.source.is_valid() {
+                            self.known.observe(stamp.source, stamp.ts);
+                        }
+                        core.advance(now, stamp);
+                    }
+                }
+            }
             Frame::Close(reason) => return Ok(Flow::Closed(reason)),
         }
         Ok(Flow::Continue)
@@ -385,16 +396,24 @@ impl Stream {
         }
         let mut w = Writer::begin(out, Kind::Updates);
         let mut count = 0u64;
+        // Advances go after the updates they follow, in a frame of their own.
+        let mut advances = Vec::new();
         while self.cursor < end && w.body_len() < core.config.batch_bytes {
             let Some(record) = history.get(self.cursor) else { break };
-            let e = &record.envelope;
-            if record.relayed && !self.known.has(e.source, e.ts) {
-                if let Err(err) = w.put(e) {
-                    w.abandon();
-                    return Err(err.into());
+            match record {
+                Record::Change(e) if !self.known.has(e.source, e.ts) => {
+                    if let Err(err) = w.put(e) {
+                        w.abandon();
+                        return Err(err.into());
+                    }
+                    self.known.observe(e.source, e.ts);
+                    count += 1;
                 }
-                self.known.observe(e.source, e.ts);
-                count += 1;
+                Record::Advance(stamp) if !self.known.has(stamp.source, stamp.ts) => {
+                    self.known.observe(stamp.source, stamp.ts);
+                    advances.push(*stamp);
+                }
+                _ => {}
             }
             self.cursor += 1;
         }
@@ -404,6 +423,12 @@ impl Stream {
             w.finish();
             self.stats.frames_sent += 1;
             self.stats.updates_sent += count;
+        }
+        if !advances.is_empty() {
+            let mut w = Writer::begin(out, Kind::Advance);
+            w.put(&advances)?;
+            w.finish();
+            self.stats.frames_sent += 1;
         }
         Ok(())
     }
@@ -422,6 +447,7 @@ fn frame_name<U>(frame: &Frame<U>) -> &'static str {
         Frame::Snapshot { .. } => "Snapshot",
         Frame::Sync => "Sync",
         Frame::Close(_) => "Close",
+        Frame::Advance(_) => "Advance",
     }
 }
 
