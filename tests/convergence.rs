@@ -131,10 +131,9 @@ fn run(n: usize, topology: Topology, limit: usize, ops: Vec<Op>) -> Result<(), T
             Op::Advance { millis } => net.advance(millis),
         }
     }
-    for i in 0..links.len() {
-        let (a, b, l) = links[i];
-        if !net.is_up(l) {
-            links[i].2 = net.link(nodes[a], nodes[b]);
+    for (a, b, l) in &mut links {
+        if !net.is_up(*l) {
+            *l = net.link(nodes[*a], nodes[*b]);
         }
     }
     net.pump();

@@ -1004,7 +1004,8 @@ fn d60_malformed_frames() {
     let hs = hello_peer.open(StreamOpts::default()).unwrap();
     let hello = drain(&mut hello_peer, hs);
 
-    let cases: Vec<(&str, Vec<u8>, fn(&PeerMisbehaved) -> bool)> = vec![
+    type Expect = fn(&PeerMisbehaved) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("unknown kind", frame(42, b""), |e| matches!(e, PeerMisbehaved::UnknownFrame(42))),
         ("update before hello", frame(2, &[1, 2, 3]), |e| {
             matches!(e, PeerMisbehaved::Malformed { .. } | PeerMisbehaved::BeforeHello(_))
