@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{SourceId, Stamp, Timestamp};
+use crate::{Signature, SourceId, Stamp, Timestamp};
 
 /// A change with its origin: `[change, ts, source]`, as in scuttlebutt.
 ///
@@ -31,8 +31,3 @@ impl<U> Envelope<U> {
         Stamp { ts: self.ts, source: self.source }
     }
 }
-
-/// A signature over an envelope, as bytes (its scheme is the signer's).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Signature(pub Vec<u8>);

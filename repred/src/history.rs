@@ -9,7 +9,11 @@ use crate::{Clock, Envelope, SourceId, Stamp};
 pub(crate) enum Record<U> {
     /// An update that changed the state: relayed to peers and subscribers.
     Change(Envelope<U>),
-    /// An update that was new but changed nothing: only the clock moved.
+    /// A signed update that was new but changed nothing: relayed verbatim,
+    /// so that peers can verify it and move their clocks; subscribers see
+    /// nothing.
+    Unchanged(Envelope<U>),
+    /// An unsigned update that was new but changed nothing: only the clock moved.
     /// Peers are told of the advance (a few bytes, not the update) so that
     /// clocks converge along with states; subscribers see nothing.
     Advance(Stamp),
@@ -28,7 +32,7 @@ impl<U> Record<U> {
     /// The origin stamp, for records that travel as history.
     pub(crate) fn stamp(&self) -> Option<Stamp> {
         match self {
-            Record::Change(e) => Some(e.stamp()),
+            Record::Change(e) | Record::Unchanged(e) => Some(e.stamp()),
             Record::Advance(stamp) => Some(*stamp),
             Record::Merge { .. } => None,
         }
@@ -124,7 +128,7 @@ impl<U> History<U> {
             .records
             .iter()
             .filter_map(|r| match r {
-                Record::Change(e) if !clock.has(e.source, e.ts) => Some(e),
+                Record::Change(e) | Record::Unchanged(e) if !clock.has(e.source, e.ts) => Some(e),
                 _ => None,
             })
             .collect();

@@ -51,11 +51,12 @@ mod network;
 mod reduce;
 mod replica;
 mod session;
+mod signing;
 mod source;
 mod timestamp;
 
 pub use clock::Clock;
-pub use envelope::{Envelope, Signature};
+pub use envelope::Envelope;
 pub use event::{EndReason, Event, StreamId};
 pub use frame::{CloseReason, FRAME_HEADER_LEN, Hello, PROTOCOL_VERSION, PeerMisbehaved};
 pub use network::{LinkId, Network, NodeId};
@@ -65,5 +66,6 @@ pub use replica::{
     Subscription,
 };
 pub use session::{SessionError, StreamOpts, StreamStats};
+pub use signing::{Identity, Signature, VerifyError, source_id_of};
 pub use source::{InvalidSourceId, SourceId};
 pub use timestamp::{Stamp, Timestamp};

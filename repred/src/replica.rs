@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::history::{History, Record};
 use crate::session::Stream;
-use crate::{Clock, Envelope, Event, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp};
+use crate::{
+    Clock, Envelope, Event, Identity, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp,
+    VerifyError,
+};
 
 /// Limits and policies of a replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +26,12 @@ pub struct Config {
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
+    /// Refuse updates that are not signed by their source's key. Signed
+    /// updates are verified whether or not this is set. Default off.
+    pub require_signatures: bool,
+    /// When set, only updates from these sources are accepted (besides our
+    /// own). Default: everyone.
+    pub allowed_sources: Option<std::collections::BTreeSet<SourceId>>,
 }
 
 impl Default for Config {
@@ -33,6 +42,8 @@ impl Default for Config {
             max_frame: 16 << 20,
             batch_bytes: 64 << 10,
             max_events: 4_096,
+            require_signatures: false,
+            allowed_sources: None,
         }
     }
 }
@@ -53,6 +64,18 @@ impl Config {
     /// Sets [`Config::max_frame`].
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// Sets [`Config::require_signatures`].
+    pub fn require_signatures(mut self, on: bool) -> Self {
+        self.require_signatures = on;
+        self
+    }
+
+    /// Sets [`Config::allowed_sources`].
+    pub fn allow_only(mut self, sources: impl IntoIterator<Item = SourceId>) -> Self {
+        self.allowed_sources = Some(sources.into_iter().collect());
         self
     }
 
@@ -125,6 +148,12 @@ pub enum Rejection {
     /// The all-zero source id is reserved.
     #[error("the all-zero source id is reserved")]
     ReservedSource,
+    /// The update's signature does not hold (scuttlebutt's `Unverified`).
+    #[error("unverified: {0}")]
+    Unverified(#[from] crate::VerifyError),
+    /// The source is not on [`Config::allowed_sources`].
+    #[error("the source is not on this replica's allow-list")]
+    NotAllowed,
 }
 
 /// Errors of the replica's own API.
@@ -134,6 +163,10 @@ pub enum ReplicaError {
     /// The replica was disposed of and takes no more updates.
     #[error("the replica was disposed of")]
     Disposed,
+    /// A signed update's change does not encode, so it cannot be signed. The
+    /// state has already taken the change; it will not travel.
+    #[error("the change does not encode, so it cannot be signed: {0}")]
+    Encode(String),
 }
 
 /// A replicated state with its clock and history; the sans-IO heart of repred.
@@ -187,6 +220,8 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) stats: Stats,
     pub(crate) config: Config,
     pub(crate) disposed: bool,
+    /// Signs local updates when set.
+    pub(crate) identity: Option<Identity>,
 }
 
 impl<T: Reduce> Core<T> {
@@ -205,7 +240,32 @@ impl<T: Reduce> Core<T> {
         if ts == Timestamp::ZERO {
             return Err(Rejection::ZeroTimestamp);
         }
+        if let Some(allowed) = &self.config.allowed_sources {
+            if source != self.id && !allowed.contains(&source) {
+                return Err(Rejection::NotAllowed);
+            }
+        }
         self.check_skew(now, ts)
+    }
+
+    /// Checks an envelope's signature, if it has one or one is required.
+    fn verify(&self, envelope: &Envelope<T::Update>) -> Result<(), Rejection> {
+        match &envelope.signature {
+            None if self.config.require_signatures => Err(VerifyError::Unsigned.into()),
+            None => Ok(()),
+            Some(sig) => {
+                // A change that does not re-encode cannot have been signed.
+                let bytes = postcard::to_allocvec(&envelope.change)
+                    .map_err(|_| Rejection::Unverified(VerifyError::BadSignature))?;
+                Ok(sig.verify(envelope.source, envelope.ts, &bytes)?)
+            }
+        }
+    }
+
+    fn reject(&mut self, source: SourceId, ts: Timestamp, reason: Rejection) -> Outcome {
+        self.stats.rejected += 1;
+        self.emit(Event::Rejected { source, ts, reason: reason.clone() });
+        Outcome::Rejected(reason)
     }
 
     fn check_skew(&self, now: u64, ts: Timestamp) -> Result<(), Rejection> {
@@ -222,30 +282,52 @@ impl<T: Reduce> Core<T> {
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         let (source, ts) = (envelope.source, envelope.ts);
         if let Err(reason) = self.check(now, source, ts) {
-            self.stats.rejected += 1;
-            self.emit(Event::Rejected { source, ts, reason: reason.clone() });
-            return Outcome::Rejected(reason);
+            return self.reject(source, ts, reason);
         }
         if self.clock.has(source, ts) {
             self.stats.old += 1;
             return Outcome::Old;
+        }
+        // Verified only once known to be new: duplicates cost no crypto.
+        if let Err(reason) = self.verify(&envelope) {
+            return self.reject(source, ts, reason);
         }
         self.clock.observe(source, ts);
         // An update in our own name that we do not remember comes from an
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
         self.last = self.last.max(ts);
+        if envelope.signature.is_some() {
+            // A signed change is relayed as its origin signed it, or the
+            // signature would not hold downstream.
+            let reduced = self.state.reduce(envelope.change.clone());
+            let applied = reduced.is_some();
+            self.history.push(if applied {
+                Record::Change(envelope)
+            } else {
+                Record::Unchanged(envelope)
+            });
+            return self.count(applied);
+        }
         match self.state.reduce(envelope.change) {
             Some(change) => {
-                self.stats.applied += 1;
                 self.history.push(Record::Change(Envelope { change, ..envelope }));
-                Outcome::Applied
+                self.count(true)
             }
             None => {
-                self.stats.unchanged += 1;
                 self.history.push(Record::Advance(Stamp { ts, source }));
-                Outcome::Unchanged
+                self.count(false)
             }
+        }
+    }
+
+    fn count(&mut self, applied: bool) -> Outcome {
+        if applied {
+            self.stats.applied += 1;
+            Outcome::Applied
+        } else {
+            self.stats.unchanged += 1;
+            Outcome::Unchanged
         }
     }
 
@@ -301,6 +383,14 @@ impl<T: Reduce> Replica<T> {
         Self::with_config(id, state, Config::default())
     }
 
+    /// A replica that signs its updates with `identity` and writes as the
+    /// id derived from its key.
+    pub fn with_identity(identity: Identity, state: T, config: Config) -> Self {
+        let mut replica = Self::with_config(identity.id(), state, config);
+        replica.core.identity = Some(identity);
+        replica
+    }
+
     /// A replica with explicit limits.
     pub fn with_config(id: SourceId, state: T, config: Config) -> Self {
         Self {
@@ -314,6 +404,7 @@ impl<T: Reduce> Replica<T> {
                 stats: Stats::default(),
                 config,
                 disposed: false,
+                identity: None,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -369,10 +460,16 @@ impl<T: Reduce> Replica<T> {
         let Some(change) = core.state.reduce(update) else {
             return Ok(None);
         };
+        let mut envelope = Envelope::new(core.id, ts, change);
+        if let Some(identity) = &core.identity {
+            let bytes = postcard::to_allocvec(&envelope.change)
+                .map_err(|e| ReplicaError::Encode(e.to_string()))?;
+            envelope.signature = Some(identity.sign(ts, &bytes));
+        }
         core.last = ts;
         core.clock.observe(core.id, ts);
         core.stats.local += 1;
-        core.history.push(Record::Change(Envelope::new(core.id, ts, change)));
+        core.history.push(Record::Change(envelope));
         Ok(Some(stamp))
     }
 
@@ -520,7 +617,7 @@ impl<'a, U> Iterator for Changes<'a, U> {
                 Record::Merge { from, change } => {
                     Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }
                 }
-                Record::Advance(_) => continue,
+                Record::Advance(_) | Record::Unchanged(_) => continue,
             };
             return Some(Delivery::Change(change));
         }

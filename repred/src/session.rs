@@ -401,7 +401,7 @@ impl Stream {
         while self.cursor < end && w.body_len() < core.config.batch_bytes {
             let Some(record) = history.get(self.cursor) else { break };
             match record {
-                Record::Change(e) if !self.known.has(e.source, e.ts) => {
+                Record::Change(e) | Record::Unchanged(e) if !self.known.has(e.source, e.ts) => {
                     if let Err(err) = w.put(e) {
                         w.abandon();
                         return Err(err.into());

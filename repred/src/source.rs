@@ -82,6 +82,14 @@ impl SourceId {
         Self(bytes)
     }
 
+    /// An id from hash output: never the reserved id.
+    pub(crate) fn from_hash(mut bytes: [u8; 16]) -> Self {
+        if bytes == [0; 16] {
+            bytes[15] = 1;
+        }
+        Self(bytes)
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0

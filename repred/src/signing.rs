@@ -1,0 +1,177 @@
+//! Signed updates and self-certifying source ids.
+//!
+//! With an [`Identity`], a replica's source id is derived from its public
+//! key (the first 16 bytes of its SHA-256), and every update it makes carries
+//! an ed25519 signature over `(source, ts, change)` together with that key.
+//! A receiver checks that the key hashes to the claimed id and that the
+//! signature holds, so nobody can write in another's name, and a relayed
+//! update is verified against its origin's key, not the relay's. No key needs
+//! sharing in advance.
+
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{SourceId, Timestamp};
+
+/// Domain separation: a repred update signature can never be mistaken for
+/// a signature of anything else made with the same key.
+const CONTEXT: &[u8] = b"repred update v1";
+
+/// A signing key pair; its public half names the source.
+///
+/// ```
+/// use repred::Identity;
+///
+/// let me = Identity::from_secret([7; 32]);
+/// assert_eq!(me.id(), Identity::from_secret([7; 32]).id(), "the id follows from the key");
+/// assert_ne!(me.id(), Identity::from_secret([8; 32]).id());
+/// ```
+#[derive(Clone)]
+pub struct Identity {
+    key: SigningKey,
+    id: SourceId,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Identity").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// An identity from 32 secret bytes (keep them secret, e.g. on disk
+    /// with owner-only permissions).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&secret);
+        let id = source_id_of(&key.verifying_key().to_bytes());
+        Self { key, id }
+    }
+
+    /// A fresh identity from the operating system's randomness.
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the operating system has no source of randomness");
+        Self::from_secret(secret)
+    }
+
+    /// The 32 secret bytes, to store.
+    pub fn secret(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// The source id this identity writes under.
+    pub fn id(&self) -> SourceId {
+        self.id
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs an update's `(source, ts, encoded change)`.
+    pub fn sign(&self, ts: Timestamp, change: &[u8]) -> Signature {
+        let sig = self.key.sign(&message(self.id, ts, change)).to_bytes();
+        let mut halves = ([0u8; 32], [0u8; 32]);
+        halves.0.copy_from_slice(&sig[..32]);
+        halves.1.copy_from_slice(&sig[32..]);
+        Signature { key: self.public_key(), sig: halves }
+    }
+}
+
+/// The source id that belongs to a public key.
+pub fn source_id_of(public_key: &[u8; 32]) -> SourceId {
+    let hash = Sha256::digest(public_key);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash[..16]);
+    SourceId::from_hash(bytes)
+}
+
+fn message(source: SourceId, ts: Timestamp, change: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CONTEXT.len() + 24 + change.len());
+    m.extend_from_slice(CONTEXT);
+    m.extend_from_slice(source.as_bytes());
+    m.extend_from_slice(&ts.to_raw().to_le_bytes());
+    m.extend_from_slice(change);
+    m
+}
+
+/// An origin's signature over an update, with the key it was made with.
+///
+/// The key travels with every signed update, so a receiver that never met
+/// the origin can still check it (96 bytes an update).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signature {
+    /// The origin's ed25519 public key; must hash to the update's source.
+    pub key: [u8; 32],
+    /// The ed25519 signature, in two halves (serde has no 64-byte arrays).
+    pub sig: ([u8; 32], [u8; 32]),
+}
+
+/// Why a signed update does not verify.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The replica requires signatures and the update has none.
+    #[error("the update is not signed")]
+    Unsigned,
+    /// The key does not hash to the claimed source id: someone is writing
+    /// in another's name.
+    #[error("the signing key does not belong to source {0}")]
+    KeyMismatch(SourceId),
+    /// The key is not a valid ed25519 point.
+    #[error("the signing key is malformed")]
+    BadKey,
+    /// The signature does not match the update.
+    #[error("the signature does not match the update")]
+    BadSignature,
+}
+
+impl Signature {
+    /// Checks this signature over an update of `source` at `ts` whose change
+    /// encodes (postcard) to `change`.
+    pub fn verify(
+        &self,
+        source: SourceId,
+        ts: Timestamp,
+        change: &[u8],
+    ) -> Result<(), VerifyError> {
+        if source_id_of(&self.key) != source {
+            return Err(VerifyError::KeyMismatch(source));
+        }
+        let key = VerifyingKey::from_bytes(&self.key).map_err(|_| VerifyError::BadKey)?;
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&self.sig.0);
+        bytes[32..].copy_from_slice(&self.sig.1);
+        let sig = ed25519_dalek::Signature::from_bytes(&bytes);
+        key.verify(&message(source, ts, change), &sig).map_err(|_| VerifyError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_for_its_update_and_source() {
+        let me = Identity::from_secret([1; 32]);
+        let ts = Timestamp::new(5, 0);
+        let sig = me.sign(ts, b"change");
+        assert_eq!(sig.verify(me.id(), ts, b"change"), Ok(()));
+        assert_eq!(sig.verify(me.id(), ts, b"chang3"), Err(VerifyError::BadSignature));
+        assert_eq!(
+            sig.verify(me.id(), Timestamp::new(6, 0), b"change"),
+            Err(VerifyError::BadSignature)
+        );
+        let other = Identity::from_secret([2; 32]).id();
+        assert_eq!(sig.verify(other, ts, b"change"), Err(VerifyError::KeyMismatch(other)));
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let me = Identity::from_secret([9; 32]);
+        assert!(!format!("{me:?}").contains("9, 9"));
+    }
+}
