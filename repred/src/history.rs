@@ -4,9 +4,11 @@ use std::collections::VecDeque;
 
 use crate::{Clock, Envelope, SourceId, Stamp};
 
-/// One entry of the log, in the order this replica took it in.
-#[derive(Clone, Debug)]
-pub(crate) enum Record<U> {
+/// One entry of a replica's log, in the order the replica took it in: what
+/// a durable store writes, and what [`Replica::restore`](crate::Replica::restore)
+/// reads back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Entry<U> {
     /// An update that changed the state: relayed to peers and subscribers.
     Change(Envelope<U>),
     /// A signed update that was new but changed nothing: relayed verbatim,
@@ -23,18 +25,20 @@ pub(crate) enum Record<U> {
     Merge {
         /// The peer that sent the snapshot.
         from: SourceId,
+        /// The sender's clock: the updates the snapshot holds.
+        clock: Clock,
         /// What changed.
         change: U,
     },
 }
 
-impl<U> Record<U> {
-    /// The origin stamp, for records that travel as history.
-    pub(crate) fn stamp(&self) -> Option<Stamp> {
+impl<U> Entry<U> {
+    /// The origin stamp, for entries that travel as history.
+    pub fn stamp(&self) -> Option<Stamp> {
         match self {
-            Record::Change(e) | Record::Unchanged(e) => Some(e.stamp()),
-            Record::Advance(stamp) => Some(*stamp),
-            Record::Merge { .. } => None,
+            Entry::Change(e) | Entry::Unchanged(e) => Some(e.stamp()),
+            Entry::Advance(stamp) => Some(*stamp),
+            Entry::Merge { .. } => None,
         }
     }
 }
@@ -52,7 +56,7 @@ impl<U> Record<U> {
 /// snapshot instead of history.
 #[derive(Debug)]
 pub(crate) struct History<U> {
-    records: VecDeque<Record<U>>,
+    records: VecDeque<Entry<U>>,
     first_seq: u64,
     horizon: Clock,
     horizon_generation: u64,
@@ -70,7 +74,7 @@ impl<U> History<U> {
         }
     }
 
-    pub(crate) fn push(&mut self, record: Record<U>) {
+    pub(crate) fn push(&mut self, record: Entry<U>) {
         if self.records.len() >= self.limit {
             self.evict_oldest();
         }
@@ -86,6 +90,12 @@ impl<U> History<U> {
                 }
             }
         }
+    }
+
+    /// Starts the log at `seq` (after a restore), empty.
+    pub(crate) fn start_at(&mut self, seq: u64) {
+        self.records.clear();
+        self.first_seq = seq;
     }
 
     /// Everything up to `clock` may be missing from this log from now on.
@@ -113,7 +123,7 @@ impl<U> History<U> {
         self.first_seq + self.records.len() as u64
     }
 
-    pub(crate) fn get(&self, seq: u64) -> Option<&Record<U>> {
+    pub(crate) fn get(&self, seq: u64) -> Option<&Entry<U>> {
         let index = seq.checked_sub(self.first_seq)?;
         self.records.get(usize::try_from(index).ok()?)
     }
@@ -128,7 +138,7 @@ impl<U> History<U> {
             .records
             .iter()
             .filter_map(|r| match r {
-                Record::Change(e) | Record::Unchanged(e) if !clock.has(e.source, e.ts) => Some(e),
+                Entry::Change(e) | Entry::Unchanged(e) if !clock.has(e.source, e.ts) => Some(e),
                 _ => None,
             })
             .collect();
@@ -142,8 +152,8 @@ mod tests {
     use super::*;
     use crate::{SourceId, Timestamp};
 
-    fn record(source: &str, ts: u64) -> Record<u8> {
-        Record::Change(Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0))
+    fn record(source: &str, ts: u64) -> Entry<u8> {
+        Entry::Change(Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0))
     }
 
     #[test]

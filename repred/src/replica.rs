@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::history::{History, Record};
+use crate::history::{Entry, History};
 use crate::session::Stream;
 use crate::{
     Clock, Envelope, Event, Identity, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp,
@@ -303,19 +303,19 @@ impl<T: Reduce> Core<T> {
             let reduced = self.state.reduce(envelope.change.clone());
             let applied = reduced.is_some();
             self.history.push(if applied {
-                Record::Change(envelope)
+                Entry::Change(envelope)
             } else {
-                Record::Unchanged(envelope)
+                Entry::Unchanged(envelope)
             });
             return self.count(applied);
         }
         match self.state.reduce(envelope.change) {
             Some(change) => {
-                self.history.push(Record::Change(Envelope { change, ..envelope }));
+                self.history.push(Entry::Change(Envelope { change, ..envelope }));
                 self.count(true)
             }
             None => {
-                self.history.push(Record::Advance(Stamp { ts, source }));
+                self.history.push(Entry::Advance(Stamp { ts, source }));
                 self.count(false)
             }
         }
@@ -349,7 +349,7 @@ impl<T: Reduce> Core<T> {
         // We now hold effects of updates we have no history for.
         self.history.raise_horizon(clock);
         if let Some(change) = self.state.reduce(state) {
-            self.history.push(Record::Merge { from, change });
+            self.history.push(Entry::Merge { from, clock: clock.clone(), change });
         }
         Ok(())
     }
@@ -372,7 +372,7 @@ impl<T: Reduce> Core<T> {
         }
         self.last = self.last.max(stamp.ts);
         self.stats.unchanged += 1;
-        self.history.push(Record::Advance(stamp));
+        self.history.push(Entry::Advance(stamp));
         Outcome::Unchanged
     }
 }
@@ -469,7 +469,7 @@ impl<T: Reduce> Replica<T> {
         core.last = ts;
         core.clock.observe(core.id, ts);
         core.stats.local += 1;
-        core.history.push(Record::Change(envelope));
+        core.history.push(Entry::Change(envelope));
         Ok(Some(stamp))
     }
 
@@ -494,6 +494,93 @@ impl<T: Reduce> Replica<T> {
     /// Number of records in the history.
     pub fn history_len(&self) -> usize {
         self.core.history.len()
+    }
+
+    /// The sequence number the next log entry will get. Sequence numbers
+    /// only grow, across restores too.
+    pub fn end_seq(&self) -> u64 {
+        self.core.history.end_seq()
+    }
+
+    /// The log entries from sequence number `from` on, for a durable store.
+    ///
+    /// Returns `Err(first)` when entries before `first` were already dropped
+    /// from the history: the store must then save a whole snapshot
+    /// ([`Reduce::snapshot`] of [`state`](Replica::state), with the
+    /// [`clock`](Replica::clock)) instead.
+    pub fn entries_from(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = (u64, &Entry<T::Update>)> + '_, u64> {
+        let history = &self.core.history;
+        if from < history.first_seq() {
+            return Err(history.first_seq());
+        }
+        Ok((from..history.end_seq()).filter_map(move |seq| Some((seq, history.get(seq)?))))
+    }
+
+    /// Rebuilds a replica from what a durable store kept: a base state with
+    /// its clock (a snapshot, or `T::default()` and an empty clock), the log
+    /// entries recorded after it, the newest timestamp ever issued, and the
+    /// sequence number of the first entry.
+    ///
+    /// Peers that lack updates from before the base are sent a snapshot, as
+    /// the entries before it are gone. The next local timestamp is greater
+    /// than `last` and every restored one, whatever the wall clock says.
+    pub fn restore(
+        id: SourceId,
+        base: T,
+        base_clock: Clock,
+        last: Timestamp,
+        first_seq: u64,
+        entries: impl IntoIterator<Item = Entry<T::Update>>,
+        config: Config,
+    ) -> Self {
+        let mut replica = Self::with_config(id, base, config);
+        let core = &mut replica.core;
+        core.history.start_at(first_seq);
+        core.history.raise_horizon(&base_clock);
+        core.last = last.max(base_clock.max());
+        core.clock = base_clock;
+        for entry in entries {
+            match &entry {
+                Entry::Change(e) | Entry::Unchanged(e) => {
+                    core.state.reduce(e.change.clone());
+                    core.clock.observe(e.source, e.ts);
+                    core.last = core.last.max(e.ts);
+                }
+                Entry::Advance(stamp) => {
+                    core.clock.observe(stamp.source, stamp.ts);
+                    core.last = core.last.max(stamp.ts);
+                }
+                Entry::Merge { clock, change, .. } => {
+                    core.state.reduce(change.clone());
+                    core.clock.merge(clock);
+                    core.history.raise_horizon(clock);
+                    core.last = core.last.max(clock.max());
+                }
+            }
+            core.history.push(entry);
+        }
+        replica
+    }
+
+    /// Like [`restore`](Replica::restore), for a replica that signs with
+    /// `identity`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_with_identity(
+        identity: Identity,
+        base: T,
+        base_clock: Clock,
+        last: Timestamp,
+        first_seq: u64,
+        entries: impl IntoIterator<Item = Entry<T::Update>>,
+        config: Config,
+    ) -> Self {
+        let mut replica =
+            Self::restore(identity.id(), base, base_clock, last, first_seq, entries, config);
+        replica.core.identity = Some(identity);
+        replica
     }
 
     /// Per source, the newest update that may be missing from the history.
@@ -611,13 +698,13 @@ impl<'a, U> Iterator for Changes<'a, U> {
             let record = self.history.get(self.subscription.next)?;
             self.subscription.next += 1;
             let change = match record {
-                Record::Change(e) => {
+                Entry::Change(e) => {
                     Change { source: e.source, ts: e.ts, change: &e.change, via_snapshot: false }
                 }
-                Record::Merge { from, change } => {
+                Entry::Merge { from, change, .. } => {
                     Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }
                 }
-                Record::Advance(_) | Record::Unchanged(_) => continue,
+                Entry::Advance(_) | Entry::Unchanged(_) => continue,
             };
             return Some(Delivery::Change(change));
         }

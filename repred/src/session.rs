@@ -1,7 +1,7 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
 use crate::frame::{self, Frame, Hello, Kind, Writer};
-use crate::history::Record;
+use crate::history::Entry;
 use crate::replica::Core;
 use crate::{
     Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
@@ -401,7 +401,7 @@ impl Stream {
         while self.cursor < end && w.body_len() < core.config.batch_bytes {
             let Some(record) = history.get(self.cursor) else { break };
             match record {
-                Record::Change(e) | Record::Unchanged(e) if !self.known.has(e.source, e.ts) => {
+                Entry::Change(e) | Entry::Unchanged(e) if !self.known.has(e.source, e.ts) => {
                     if let Err(err) = w.put(e) {
                         w.abandon();
                         return Err(err.into());
@@ -409,7 +409,7 @@ impl Stream {
                     self.known.observe(e.source, e.ts);
                     count += 1;
                 }
-                Record::Advance(stamp) if !self.known.has(stamp.source, stamp.ts) => {
+                Entry::Advance(stamp) if !self.known.has(stamp.source, stamp.ts) => {
                     self.known.observe(stamp.source, stamp.ts);
                     advances.push(*stamp);
                 }

@@ -1,0 +1,298 @@
+//! Crash-safe persistence for repred replicas, in an embedded redb file.
+//!
+//! The core stays free of I/O: a [`Store`] reads a replica's log through
+//! [`Replica::entries_from`] and writes every entry it has not written yet in
+//! one redb transaction (group commit: one fsync for the whole batch), and
+//! [`Store::load`] rebuilds the replica with [`Replica::restore`]. What a
+//! [`Store::save`] returned from is durable: after a crash or `kill -9` at any
+//! moment, a load holds it, with the same source id, and the next local
+//! timestamp is greater than every saved one even if the wall clock went back.
+//!
+//! The log on disk is compacted: once it holds more entries than the
+//! replica's history limit, the next save writes a snapshot of the state
+//! with its clock and drops the entries before it, so the file follows the
+//! size of the state, not the number of updates.
+//!
+//! ```
+//! use repred::{Reduce, Replica, SourceId};
+//! use repred_store::Store;
+//! # #[derive(Default, Debug, PartialEq)]
+//! # struct Max(u64);
+//! # impl Reduce for Max {
+//! #     type Update = u64;
+//! #     fn reduce(&mut self, u: u64) -> Option<u64> { (u > self.0).then(|| { self.0 = u; u }) }
+//! #     fn snapshot(&self) -> u64 { self.0 }
+//! # }
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path().join("node.redb"))?;
+//! let mut replica = store.load_or_create::<Max>("max", Default::default())?;
+//! replica.update(1_700_000_000_000, 42)?;
+//! store.save("max", &replica)?; // durable from here on
+//! drop((replica, store));
+//!
+//! let store = Store::open(dir.path().join("node.redb"))?;
+//! let replica = store.load_or_create::<Max>("max", Default::default())?;
+//! assert_eq!(replica.state(), &Max(42));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use repred::{Clock, Config, Entry, Reduce, Replica, SourceId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// name -> what is known of the replica as a whole.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("repred_meta");
+/// (name, disk sequence) -> one log entry.
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repred_entries");
+
+/// Errors of the store. None of them leaves a half-written replica behind:
+/// a save either commits whole or not at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process has the file open.
+    #[error("the store {0} is already open in another process")]
+    InUse(String),
+    /// The file is not a redb database, is truncated, or fails its checks.
+    #[error("the store {path} is corrupt or truncated: {detail}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What redb said.
+        detail: String,
+    },
+    /// A record in the store does not decode: written by an incompatible
+    /// version, or damaged.
+    #[error("a stored {what} of '{name}' does not decode: {detail}")]
+    Decode {
+        /// Which replica.
+        name: String,
+        /// What was being read.
+        what: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// A state or entry does not encode (its `Serialize` failed).
+    #[error("'{name}' does not encode: {detail}")]
+    Encode {
+        /// Which replica.
+        name: String,
+        /// What the encoder said.
+        detail: String,
+    },
+    /// A different replica (another source id) is saved under this name.
+    #[error("'{name}' holds replica {stored}, not {given}")]
+    WrongReplica {
+        /// The name.
+        name: String,
+        /// The id on disk.
+        stored: SourceId,
+        /// The id of the replica being saved.
+        given: SourceId,
+    },
+    /// Reading or writing failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Storage(e.into())
+}
+
+/// What is stored of a replica besides its log.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    id: SourceId,
+    /// Newest timestamp issued or accepted: the hybrid clock's high-water
+    /// mark, so that a restart never reissues one.
+    last: Timestamp,
+    /// Disk sequence of the first entry after the base.
+    base_seq: u64,
+    /// The next disk sequence.
+    next_seq: u64,
+    /// The base's clock; the base state itself is in `base`.
+    base_clock: Clock,
+    /// `T::snapshot()` of the base, postcard; empty for `T::default()`.
+    base: Vec<u8>,
+}
+
+/// A durable store of replicas, one redb file, many named replicas.
+pub struct Store {
+    db: Database,
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// A file that is not a store, or is truncated or damaged, is a
+    /// [`StoreError::Corrupt`], never a panic.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path_str = path.as_ref().display().to_string();
+        let db = match Database::create(path.as_ref()) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::InUse(path_str));
+            }
+            Err(e) => return Err(StoreError::Corrupt { path: path_str, detail: e.to_string() }),
+        };
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        txn.open_table(ENTRIES).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Self { db, path: path_str })
+    }
+
+    fn read_meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(META).map_err(storage)?;
+        let Some(bytes) = table.get(name).map_err(storage)? else { return Ok(None) };
+        postcard::from_bytes(bytes.value()).map(Some).map_err(|e| decode_error(name, "header", e))
+    }
+
+    /// Loads the replica saved under `name`, or `None` if there is none.
+    pub fn load<T: Reduce + Default>(
+        &self,
+        name: &str,
+        config: Config,
+    ) -> Result<Option<Replica<T>>, StoreError> {
+        let Some(meta) = self.read_meta(name)? else { return Ok(None) };
+        let mut base = T::default();
+        if !meta.base.is_empty() {
+            let snapshot: T::Update =
+                postcard::from_bytes(&meta.base).map_err(|e| decode_error(name, "snapshot", e))?;
+            base.reduce(snapshot);
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut entries = Vec::new();
+        for item in table.range((name, meta.base_seq)..(name, meta.next_seq)).map_err(storage)? {
+            let (_, value) = item.map_err(storage)?;
+            let entry: Entry<T::Update> =
+                postcard::from_bytes(value.value()).map_err(|e| decode_error(name, "entry", e))?;
+            entries.push(entry);
+        }
+        // The restored replica numbers its log as the disk does, so the next
+        // save appends where this one ended.
+        Ok(Some(Replica::restore(
+            meta.id,
+            base,
+            meta.base_clock,
+            meta.last,
+            meta.base_seq,
+            entries,
+            config,
+        )))
+    }
+
+    /// Loads the replica saved under `name`, or creates it with a fresh
+    /// random id and saves that id at once.
+    ///
+    /// The id lives in the store: a node whose store is deleted comes back
+    /// under a new id (the amnesia rule), so it can never reissue a
+    /// timestamp its old self already used. Its old updates stay valid and
+    /// come back from its peers like anyone else's.
+    pub fn load_or_create<T: Reduce + Default>(
+        &self,
+        name: &str,
+        config: Config,
+    ) -> Result<Replica<T>, StoreError> {
+        if let Some(replica) = self.load(name, config.clone())? {
+            return Ok(replica);
+        }
+        let replica = Replica::with_config(SourceId::random(), T::default(), config);
+        self.save(name, &replica)?;
+        Ok(replica)
+    }
+
+    /// Writes every entry of `replica` not yet saved, in one transaction,
+    /// and returns how many. When it returns, they are durable.
+    ///
+    /// The first save of a replica, a replica whose history dropped entries
+    /// before they were saved (saved too rarely for its history limit), and
+    /// a log on disk longer than the history limit are all saved as a fresh
+    /// snapshot instead (counted as one).
+    pub fn save<T: Reduce>(&self, name: &str, replica: &Replica<T>) -> Result<usize, StoreError> {
+        let old = self.read_meta(name)?;
+        if let Some(meta) = &old {
+            if meta.id != replica.id() {
+                return Err(StoreError::WrongReplica {
+                    name: name.to_string(),
+                    stored: meta.id,
+                    given: replica.id(),
+                });
+            }
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut written = 0;
+        let mut meta = {
+            let mut table = txn.open_table(ENTRIES).map_err(storage)?;
+            let appendable = old.filter(|m| {
+                // Entries on disk are keyed by the replica's own sequence
+                // numbers, so they must line up.
+                let on_disk = (m.next_seq - m.base_seq) as usize;
+                on_disk <= replica.config().history_limit && replica.end_seq() >= m.next_seq
+            });
+            match appendable.map(|m| (replica.entries_from(m.next_seq), m)) {
+                Some((Ok(entries), mut meta)) => {
+                    let mut buf = Vec::new();
+                    for (seq, entry) in entries {
+                        buf.clear();
+                        table
+                            .insert((name, seq), encode_into(name, entry, &mut buf)?)
+                            .map_err(storage)?;
+                        meta.next_seq = seq + 1;
+                        written += 1;
+                    }
+                    meta
+                }
+                _ => {
+                    // A snapshot: the state with its clock stands for every
+                    // entry so far, so the entries on disk go.
+                    table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(storage)?;
+                    written = 1;
+                    Meta {
+                        id: replica.id(),
+                        last: Timestamp::ZERO,
+                        base_seq: replica.end_seq(),
+                        next_seq: replica.end_seq(),
+                        base_clock: replica.clock().clone(),
+                        base: postcard::to_allocvec(&replica.state().snapshot()).map_err(|e| {
+                            StoreError::Encode { name: name.to_string(), detail: e.to_string() }
+                        })?,
+                    }
+                }
+            }
+        };
+        meta.last = meta.last.max(replica.last_timestamp());
+        let header = postcard::to_allocvec(&meta)
+            .map_err(|e| StoreError::Encode { name: name.to_string(), detail: e.to_string() })?;
+        txn.open_table(META).map_err(storage)?.insert(name, header.as_slice()).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(written)
+    }
+}
+
+fn encode_into<'b, U: Serialize>(
+    name: &str,
+    entry: &Entry<U>,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], StoreError> {
+    *buf = postcard::to_extend(entry, std::mem::take(buf))
+        .map_err(|e| StoreError::Encode { name: name.to_string(), detail: e.to_string() })?;
+    Ok(buf.as_slice())
+}
+
+fn decode_error(name: &str, what: &'static str, e: postcard::Error) -> StoreError {
+    StoreError::Decode { name: name.to_string(), what, detail: e.to_string() }
+}

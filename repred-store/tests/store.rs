@@ -1,0 +1,227 @@
+//! The store end to end: restarts, compaction, corruption, crashes.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use repred::{Config, Network, Reduce, Replica, SourceId, StreamOpts};
+use repred_store::{Store, StoreError};
+
+const NOW: u64 = 1_700_000_000_000;
+
+#[derive(Default, Debug, Clone, PartialEq)]
+struct Numbers(BTreeSet<u64>);
+
+impl Reduce for Numbers {
+    type Update = BTreeSet<u64>;
+
+    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
+        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
+        (!new.is_empty()).then_some(new)
+    }
+
+    fn snapshot(&self) -> BTreeSet<u64> {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn a_restart_resumes_with_state_clock_id_and_later_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (id, clock, last) = {
+        let store = Store::open(&path).unwrap();
+        let mut r = store.load_or_create::<Numbers>("n", Config::default()).unwrap();
+        for i in 0..100 {
+            r.update(NOW + 60_000, [i].into()).unwrap();
+            if i % 10 == 9 {
+                store.save("n", &r).unwrap();
+            }
+        }
+        (r.id(), r.clock().clone(), r.last_timestamp())
+    };
+    let store = Store::open(&path).unwrap();
+    let mut r = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
+    assert_eq!(r.id(), id);
+    assert_eq!(r.clock(), &clock);
+    assert_eq!(r.state().0.len(), 100);
+    // The wall clock went back a minute: timestamps still increase.
+    let t = r.update(NOW, [1_000].into()).unwrap().unwrap();
+    assert!(t.ts > last);
+    assert_eq!(store.save("n", &r).unwrap(), 1);
+}
+
+#[test]
+fn the_log_on_disk_is_compacted_into_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let config = Config::default().history_limit(64);
+    let store = Store::open(&path).unwrap();
+    let mut r = store.load_or_create::<Numbers>("n", config.clone()).unwrap();
+    for i in 0..5_000u64 {
+        r.update(NOW, [i % 300].into()).unwrap();
+        if i % 7 == 0 {
+            store.save("n", &r).unwrap();
+        }
+    }
+    // Saved too rarely for the history: a snapshot catches up.
+    for i in 0..200u64 {
+        r.update(NOW, [10_000 + i].into()).unwrap();
+    }
+    store.save("n", &r).unwrap();
+    let expected = r.state().clone();
+    let clock = r.clock().clone();
+    drop((r, store));
+    let store = Store::open(&path).unwrap();
+    let r = store.load::<Numbers>("n", config).unwrap().unwrap();
+    assert_eq!(r.state(), &expected);
+    assert_eq!(r.clock(), &clock);
+    assert!(r.history_len() <= 64);
+}
+
+#[test]
+fn a_restored_node_is_not_sent_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let mut net = Network::new();
+    let peer = net.add(Replica::new(SourceId::new("peer").unwrap(), Numbers::default()));
+    let store = Store::open(&path).unwrap();
+    let node = net.add(store.load_or_create::<Numbers>("n", Config::default()).unwrap());
+    let link = net.link(peer, node);
+    for i in 0..20 {
+        net.update(peer, [i].into()).unwrap();
+        net.update(node, [100 + i].into()).unwrap();
+    }
+    net.pump();
+    store.save("n", &net[node]).unwrap();
+    net.cut(link);
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let back = net.add(store.load::<Numbers>("n", Config::default()).unwrap().unwrap());
+    let l = net.link(peer, back);
+    net.pump();
+    let [(_, sp), (_, sb)] = net.streams(l);
+    assert_eq!(net[peer].stream_stats(sp).unwrap().updates_sent, 0);
+    assert_eq!(net[back].stream_stats(sb).unwrap().updates_sent, 0);
+    assert_eq!(net[back].state(), net[peer].state());
+}
+
+/// The amnesia rule: the id lives in the store, so a node whose store was
+/// deleted comes back as a new source; its old updates return from peers
+/// and its new ones are accepted everywhere.
+#[test]
+fn an_amnesiac_restart_gets_a_new_id_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let mut net = Network::new();
+    let peer = net.add(Replica::new(SourceId::new("peer").unwrap(), Numbers::default()));
+    let store = Store::open(&path).unwrap();
+    let old = net.add(store.load_or_create::<Numbers>("n", Config::default()).unwrap());
+    let old_id = net[old].id();
+    let link = net.link(peer, old);
+    net.update(old, [1].into()).unwrap();
+    net.pump();
+    net.cut(link);
+    drop(store);
+    std::fs::remove_file(&path).unwrap();
+
+    let store = Store::open(&path).unwrap();
+    let new = net.add(store.load_or_create::<Numbers>("n", Config::default()).unwrap());
+    assert_ne!(net[new].id(), old_id);
+    net.update(new, [2].into()).unwrap();
+    net.link(peer, new);
+    net.pump();
+    assert_eq!(net[new].state().0, [1, 2].into());
+    assert_eq!(net[peer].state(), net[new].state());
+}
+
+#[test]
+fn a_corrupt_or_truncated_store_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, b"this is not a database, just some bytes that go on for a while")
+        .unwrap();
+    assert!(matches!(Store::open(&garbage), Err(StoreError::Corrupt { .. })));
+
+    let path = dir.path().join("truncated.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let mut r = store.load_or_create::<Numbers>("n", Config::default()).unwrap();
+        for i in 0..1_000 {
+            r.update(NOW, [i].into()).unwrap();
+        }
+        store.save("n", &r).unwrap();
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    match Store::open(&path) {
+        Err(StoreError::Corrupt { .. }) => {}
+        // redb may recover a truncated file to its last good commit; then
+        // the replica must either load whole or fail to decode, not panic.
+        Ok(store) => {
+            let _ = store.load::<Numbers>("n", Config::default());
+        }
+        Err(e) => panic!("expected a corrupt-store error, got {e}"),
+    }
+}
+
+#[test]
+fn another_replica_under_the_same_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.redb")).unwrap();
+    store.load_or_create::<Numbers>("n", Config::default()).unwrap();
+    let stranger = Replica::new(SourceId::new("stranger").unwrap(), Numbers::default());
+    assert!(matches!(store.save("n", &stranger), Err(StoreError::WrongReplica { .. })));
+    let _ = StreamOpts::default();
+}
+
+/// A writer is killed with SIGKILL twenty times at random moments; every
+/// update it acknowledged before dying is there after each restart, and the
+/// numbers on disk are always a prefix: nothing lost, nothing out of order.
+#[test]
+fn kill_nine_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next_first = 0u64;
+    let mut acked = None;
+    for round in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let wait_for = 1 + seed % 40;
+        let batch = 1 + (seed >> 8) % 64;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_repred-store-writer"))
+            .arg(&path)
+            .arg(next_first.to_string())
+            .arg(batch.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the writer starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in 0..wait_for {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    let n: u64 = line.strip_prefix("ack ").unwrap().parse().unwrap();
+                    acked = Some(n);
+                }
+                other => panic!("round {round}: writer stopped early: {other:?}"),
+            }
+        }
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+
+        let store = Store::open(&path).unwrap();
+        let r = store.load::<Numbers>("numbers", Config::default()).unwrap().unwrap();
+        let have = &r.state().0;
+        let top = *have.last().unwrap();
+        assert!(top >= acked.unwrap(), "round {round}: ack {acked:?} lost (top {top})");
+        assert_eq!(have.len() as u64, top + 1, "round {round}: a prefix, nothing out of order");
+        next_first = top + 1;
+    }
+    std::io::stderr().flush().unwrap();
+}
