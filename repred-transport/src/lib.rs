@@ -1,0 +1,112 @@
+//! repred over QUIC: peers that replicate named objects with no leader.
+//!
+//! A [`Node`] is one QUIC endpoint (quinn, rustls with ring). It replicates
+//! any number of named objects, each a [`repred::Replica`] driven through the
+//! core's sans-IO session API: per connection, one bidirectional stream per
+//! object, whose first bytes name the object (one length byte, then the
+//! UTF-8 name) and whose rest is the core's frames. The transport adds
+//! nothing to the protocol; it moves bytes, reads the clock and picks peers.
+//!
+//! - **Admission**: every node has its own key pair and a certificate signed
+//!   by the cluster's certificate authority; both ends of a connection verify
+//!   the other against it (mutual TLS 1.3). See [`identity`].
+//! - **Membership**: a heartbeat map ([`Heartbeats`]) replicated like any
+//!   other object; [`Node::members`] watches the live set.
+//! - **Gossip**: each node keeps [`Builder::fanout`] connections to random
+//!   live peers, rotates one now and then, and dials with exponential backoff
+//!   and jitter; updates reach everyone by relays.
+//! - **Misbehaviour**: a peer that sends a frame the core refuses is
+//!   disconnected with a [`CloseCode`] as the QUIC application error code and
+//!   the reason in words; nothing of that frame is applied.
+//!
+//! ```no_run
+//! use std::collections::BTreeSet;
+//! use repred::Reduce;
+//! use repred_transport::Node;
+//! use tokio_stream::StreamExt;
+//!
+//! #[derive(Default)]
+//! struct Names(BTreeSet<String>);
+//!
+//! impl Reduce for Names {
+//!     type Update = BTreeSet<String>;
+//!     fn reduce(&mut self, u: BTreeSet<String>) -> Option<BTreeSet<String>> {
+//!         let new: BTreeSet<String> = u.into_iter().filter(|n| self.0.insert(n.clone())).collect();
+//!         (!new.is_empty()).then_some(new)
+//!     }
+//!     fn snapshot(&self) -> BTreeSet<String> {
+//!         self.0.clone()
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = Node::builder()
+//!     .listen("127.0.0.1:9000".parse()?)
+//!     .bootstrap(["127.0.0.1:9001".parse()?])
+//!     .spawn()
+//!     .await?;
+//! let names = node.replicate("names", Names::default())?;
+//! let mut changes = names.changes();
+//! names.update(["ann".to_string()].into()).await?;
+//! while let Some(Ok(applied)) = changes.next().await {
+//!     println!("{} added {:?}", applied.source, applied.change);
+//! }
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod close;
+pub mod identity;
+mod membership;
+mod node;
+mod object;
+
+use std::net::SocketAddr;
+
+pub use close::CloseCode;
+pub use identity::{Identity, IdentityError};
+pub use membership::{Beat, Heartbeats, Members};
+pub use node::{Builder, MEMBERS_OBJECT, Node, NodeStats};
+pub use object::{Applied, Changes, Handle, Lagged, Traffic};
+/// The QUIC implementation, re-exported for tools and tests that speak to a
+/// node directly.
+pub use quinn;
+
+/// Errors of the transport's API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The UDP socket could not be bound or set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The credentials could not be loaded or made.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A background task failed to run.
+    #[error("a background task failed: {0}")]
+    Task(String),
+    /// The builder's settings do not fit together.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// An object of this name is replicated already.
+    #[error("an object named {0:?} is replicated already")]
+    AlreadyReplicated(String),
+    /// The name cannot name an object.
+    #[error("invalid object name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Shutdown,
+}

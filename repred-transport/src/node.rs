@@ -1,0 +1,978 @@
+//! The node: one QUIC endpoint, its connections, and the gossip that picks
+//! them.
+//!
+//! Nothing here decides anything about the protocol: each stream is a pipe
+//! between a quinn stream and the core's `handle` / `poll_transmit`, and the
+//! rest is choosing whom to talk to.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use quinn::{Connection, RecvStream, SendStream};
+use repred::{Config, Reduce, Replica, SessionError, SourceId};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use crate::identity::{Identity, SERVER_NAME};
+use crate::membership::{Beat, Heartbeats, Members};
+use crate::object::{Handle, Object, Shared, now_ms};
+use crate::{CloseCode, Error};
+
+/// The name of the membership object on the wire.
+pub const MEMBERS_OBJECT: &str = "repred/members";
+
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 64 << 10;
+/// Bytes of frames gathered before a write: enough to fill packets, little
+/// enough that flow control, not this buffer, is what holds data back.
+const WRITE_BATCH: usize = 256 << 10;
+/// How long a stream may take to name its object.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sessions to say goodbye.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest reason text put in a CONNECTION_CLOSE.
+const MAX_REASON: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+    Stopped,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    fanout: usize,
+    heartbeat: Duration,
+    down_after: Duration,
+    rotate_every: Duration,
+    dial_timeout: Duration,
+    dial_attempts: usize,
+    max_connections: usize,
+    max_connections_per_peer: usize,
+    max_streams_per_connection: u32,
+    max_frame: usize,
+}
+
+/// Configures and starts a [`Node`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), repred_transport::Error> {
+/// use repred_transport::Node;
+///
+/// let node = Node::builder()
+///     .listen("127.0.0.1:9000".parse().unwrap())
+///     .bootstrap(["127.0.0.1:9001".parse().unwrap()])
+///     .data_dir("./.repred")
+///     .spawn()
+///     .await?;
+/// # node.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    bootstrap: Vec<SocketAddr>,
+    data_dir: PathBuf,
+    settings: Settings,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            advertise: None,
+            bootstrap: Vec::new(),
+            data_dir: PathBuf::from(".repred"),
+            settings: Settings {
+                fanout: 3,
+                heartbeat: Duration::from_secs(1),
+                down_after: Duration::from_secs(5),
+                rotate_every: Duration::from_secs(5),
+                dial_timeout: Duration::from_secs(3),
+                dial_attempts: 3,
+                max_connections: 64,
+                max_connections_per_peer: 4,
+                max_streams_per_connection: 64,
+                max_frame: Config::default().max_frame,
+            },
+        }
+    }
+}
+
+impl Builder {
+    /// The UDP address to listen on. Default `127.0.0.1:0` (any free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// The address peers should dial, when it is not the listening address
+    /// (a wildcard listen address, NAT). Default: the bound address, with a
+    /// wildcard IP replaced by 127.0.0.1.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// Peers to dial until gossip knows better. Ones that are not up yet are
+    /// retried.
+    pub fn bootstrap(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.bootstrap.extend(addrs);
+        self
+    }
+
+    /// Where the cluster's and this node's certificates live. Default
+    /// `./.repred`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// How many peers to keep connections to. Default 3.
+    pub fn fanout(mut self, peers: usize) -> Self {
+        self.settings.fanout = peers;
+        self
+    }
+
+    /// How often this node writes its heartbeat. Default 1 s.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.settings.heartbeat = every;
+        self
+    }
+
+    /// How old a peer's last heartbeat may be before it counts as down.
+    /// Default 5 s.
+    pub fn down_after(mut self, timeout: Duration) -> Self {
+        self.settings.down_after = timeout;
+        self
+    }
+
+    /// How often one connection is closed to make room for another random
+    /// peer. Default 5 s.
+    pub fn rotate_every(mut self, every: Duration) -> Self {
+        self.settings.rotate_every = every;
+        self
+    }
+
+    /// How long one dial attempt may take. Default 3 s.
+    pub fn dial_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.dial_timeout = timeout;
+        self
+    }
+
+    /// Most connections in all. Default 64.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.settings.max_connections = n;
+        self
+    }
+
+    /// Most connections from one peer address. Default 4.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.settings.max_connections_per_peer = n;
+        self
+    }
+
+    /// Most concurrent streams a peer may open on one connection (one per
+    /// replicated object is what a well-behaved peer uses). Default 64.
+    pub fn max_streams_per_connection(mut self, n: u32) -> Self {
+        self.settings.max_streams_per_connection = n;
+        self
+    }
+
+    /// Largest frame accepted from a peer, in bytes. Default 16 MiB.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.settings.max_frame = bytes;
+        self
+    }
+
+    /// Binds the socket, loads or creates the credentials, and starts the
+    /// node's tasks on the current tokio runtime.
+    pub async fn spawn(self) -> Result<Node, Error> {
+        let s = self.settings;
+        if s.heartbeat.is_zero() || s.down_after <= s.heartbeat || s.rotate_every.is_zero() {
+            return Err(Error::Config("need 0 < heartbeat < down_after and rotate_every > 0"));
+        }
+        let socket = std::net::UdpSocket::bind(self.listen)
+            .map_err(|source| Error::Bind { addr: self.listen, source })?;
+        let bound =
+            socket.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
+        let advertise = self.advertise.unwrap_or_else(|| {
+            let mut addr = bound;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(Ipv4Addr::LOCALHOST.into());
+            }
+            addr
+        });
+        let dir = self.data_dir.clone();
+        let port = bound.port();
+        let identity = tokio::task::spawn_blocking(move || Identity::load_or_create(&dir, port))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(s.max_streams_per_connection.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .keep_alive_interval(Some(s.heartbeat.min(s.down_after / 3)))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(s.down_after)
+                    .map_err(|_| Error::Config("down_after is too long for QUIC"))?,
+            ));
+        let transport = Arc::new(transport);
+        let mut server = identity.server_config(transport.clone())?;
+        server.max_incoming(s.max_connections);
+        let client = identity.client_config(transport)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| Error::Bind { addr: self.listen, source })?;
+        endpoint.set_default_client_config(client);
+
+        let id = identity.id();
+        let config = Config::default().max_frame(s.max_frame);
+        // Heartbeats are many and small; a short history and a snapshot for
+        // whoever falls behind it keep memory flat.
+        let members = Shared::new(
+            MEMBERS_OBJECT.to_string(),
+            Replica::with_config(id, Heartbeats::default(), config.clone().history_limit(1024)),
+        );
+        let registry: Registry =
+            BTreeMap::from([(MEMBERS_OBJECT.to_string(), members.clone() as Arc<dyn Object>)]);
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let inner = Arc::new(Inner {
+            id,
+            addr: advertise,
+            endpoint,
+            bootstrap: self.bootstrap,
+            config,
+            registry: watch::Sender::new(registry),
+            members: Handle { shared: members },
+            live: watch::Sender::new(Members::from([(id, advertise)])),
+            conns: Mutex::new(Conns::default()),
+            blocked: Mutex::new(HashSet::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            phase: watch::Sender::new(Phase::Running),
+            rng: Mutex::new(u64::from_le_bytes(seed) | 1),
+            violations: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            settings: s,
+        });
+        inner.heartbeat(false);
+        inner.spawn(accept_loop(inner.clone()));
+        inner.spawn(gossip_loop(inner.clone()));
+        Ok(Node { inner })
+    }
+}
+
+type Registry = BTreeMap<String, Arc<dyn Object>>;
+
+struct Conn {
+    conn: Connection,
+    remote: SocketAddr,
+    outgoing: bool,
+}
+
+#[derive(Default)]
+struct Conns {
+    map: HashMap<usize, Conn>,
+    next: usize,
+    dialing: HashSet<SocketAddr>,
+}
+
+struct Inner {
+    id: SourceId,
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    settings: Settings,
+    bootstrap: Vec<SocketAddr>,
+    config: Config,
+    /// Every replicated object by name; connections watch it to open a
+    /// stream for an object replicated after they came up.
+    registry: watch::Sender<Registry>,
+    members: Handle<Heartbeats>,
+    live: watch::Sender<Members>,
+    conns: Mutex<Conns>,
+    blocked: Mutex<HashSet<SocketAddr>>,
+    /// Every task of the node, so that dropping the node stops them all.
+    tasks: Mutex<JoinSet<()>>,
+    phase: watch::Sender<Phase>,
+    rng: Mutex<u64>,
+    violations: AtomicU64,
+    refused: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding a lock; if something did, the data
+    // (maps of handles) is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        lock(&self.tasks).spawn(task);
+    }
+
+    fn running(&self) -> bool {
+        *self.phase.borrow() == Phase::Running
+    }
+
+    fn is_blocked(&self, addr: SocketAddr) -> bool {
+        lock(&self.blocked).contains(&addr)
+    }
+
+    /// A random number below `n` (n > 0): which peer to dial or drop. Not
+    /// for secrets, so a xorshift seeded from the OS is plenty.
+    fn random_below(&self, n: usize) -> usize {
+        let mut state = lock(&self.rng);
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state % n as u64) as usize
+    }
+
+    fn shuffle<T>(&self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.random_below(i + 1));
+        }
+    }
+
+    fn heartbeat(&self, left: bool) {
+        let beat = Beat { addr: self.addr, seen_ms: now_ms(), left };
+        // Fails only once disposed, when nobody listens any more.
+        let _ = self.members.shared.update(BTreeMap::from([(self.id, beat)]));
+    }
+
+    fn refresh_members(&self) {
+        let down_after = self.settings.down_after.as_millis() as u64;
+        let mut live = self.members.read(|h| h.live(now_ms(), down_after));
+        // This node is up for as long as it runs, whatever its clock says.
+        if self.running() {
+            live.insert(self.id, self.addr);
+        }
+        self.live.send_if_modified(|old| {
+            let changed = *old != live;
+            *old = live;
+            changed
+        });
+    }
+
+    fn register(&self, conn: Connection, outgoing: bool) -> usize {
+        let mut conns = lock(&self.conns);
+        let key = conns.next;
+        conns.next += 1;
+        let remote = conn.remote_address();
+        conns.map.insert(key, Conn { conn, remote, outgoing });
+        key
+    }
+
+    fn unregister(&self, key: usize) {
+        lock(&self.conns).map.remove(&key);
+    }
+
+    /// Whether a new connection from `remote` would exceed a cap.
+    fn over_cap(&self, remote: SocketAddr) -> bool {
+        let conns = lock(&self.conns);
+        conns.map.len() >= self.settings.max_connections
+            || conns.map.values().filter(|c| c.remote == remote).count()
+                >= self.settings.max_connections_per_peer
+    }
+
+    /// Closes a connection whose peer broke the protocol. The typed reason
+    /// is the QUIC application close code; the reason bytes say it in words.
+    fn violation(&self, conn: &Connection, code: CloseCode, detail: &str) {
+        self.violations.fetch_add(1, Ordering::Relaxed);
+        let mut reason = format!("{code:?}: {detail}");
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        conn.close(code.varint(), reason.as_bytes());
+    }
+
+    /// Keeps `fanout` peers connected: live peers first, in random order,
+    /// then bootstrap addresses nobody has heard of yet.
+    fn maintain(self: &Arc<Self>) {
+        if !self.running() {
+            return;
+        }
+        let live = self.live.borrow().clone();
+        let blocked = lock(&self.blocked).clone();
+        let mut conns = lock(&self.conns);
+        let connected: HashSet<SocketAddr> = conns.map.values().map(|c| c.remote).collect();
+        let busy = connected.len() + conns.dialing.len();
+        let want = self.settings.fanout.saturating_sub(busy);
+        if want == 0 {
+            return;
+        }
+        let eligible = |a: &SocketAddr| {
+            *a != self.addr
+                && !connected.contains(a)
+                && !conns.dialing.contains(a)
+                && !blocked.contains(a)
+        };
+        let mut peers: Vec<SocketAddr> = live.values().copied().filter(eligible).collect();
+        let live_addrs: HashSet<SocketAddr> = live.values().copied().collect();
+        let mut boot: Vec<SocketAddr> = self
+            .bootstrap
+            .iter()
+            .copied()
+            .filter(|a| eligible(a) && !live_addrs.contains(a))
+            .collect();
+        boot.sort();
+        boot.dedup();
+        self.shuffle(&mut peers);
+        self.shuffle(&mut boot);
+        for addr in peers.into_iter().chain(boot).take(want) {
+            conns.dialing.insert(addr);
+            self.spawn(dial(self.clone(), addr));
+        }
+    }
+
+    /// Closes one random outgoing connection when there is a live peer we
+    /// are not connected to, so that over time every node talks to everyone.
+    fn rotate(&self) {
+        if !self.running() {
+            return;
+        }
+        let live = self.live.borrow().clone();
+        let conns = lock(&self.conns);
+        let connected: HashSet<SocketAddr> = conns.map.values().map(|c| c.remote).collect();
+        if connected.len() < self.settings.fanout {
+            return;
+        }
+        let spare = live
+            .values()
+            .any(|a| *a != self.addr && !connected.contains(a) && !conns.dialing.contains(a));
+        let outgoing: Vec<&Conn> = conns.map.values().filter(|c| c.outgoing).collect();
+        if !spare || outgoing.is_empty() {
+            return;
+        }
+        let victim = outgoing[self.random_below(outgoing.len())];
+        victim.conn.close(CloseCode::Rotated.varint(), b"rotating to another peer");
+    }
+
+    fn reap(&self) {
+        let mut tasks = lock(&self.tasks);
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+/// Why one dial attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("not dialing: blocked or shutting down")]
+    Refused,
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+async fn connect_once(inner: &Inner, addr: SocketAddr) -> Result<Connection, DialError> {
+    if !inner.running() || inner.is_blocked(addr) {
+        return Err(DialError::Refused);
+    }
+    let connecting = inner.endpoint.connect(addr, SERVER_NAME)?;
+    match timeout(inner.settings.dial_timeout, connecting).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DialError::Timeout),
+    }
+}
+
+/// Dials `addr` with exponential backoff and jitter, then runs the
+/// connection. Gossip dials again on a later tick if every attempt failed.
+async fn dial(inner: Arc<Inner>, addr: SocketAddr) {
+    let s = &inner.settings;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(s.heartbeat / 4)
+        .with_max_delay(s.heartbeat * 4)
+        .with_max_times(s.dial_attempts)
+        .with_jitter();
+    let result = (|| connect_once(&inner, addr))
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e| !matches!(e, DialError::Refused))
+        .await;
+    let key = match result {
+        Ok(conn) if inner.running() && !inner.is_blocked(addr) => Some(inner.register(conn, true)),
+        Ok(conn) => {
+            conn.close(CloseCode::Partitioned.varint(), b"refused");
+            None
+        }
+        Err(_) => None,
+    };
+    // Registered before it stops counting as dialing, so that gossip never
+    // sees neither and dials twice.
+    lock(&inner.conns).dialing.remove(&addr);
+    if let Some(key) = key {
+        run_connection(inner, key, true).await;
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    let mut phase = inner.phase.subscribe();
+    loop {
+        let incoming = tokio::select! {
+            incoming = inner.endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        let remote = incoming.remote_address();
+        if inner.is_blocked(remote) || inner.over_cap(remote) {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        }
+        let task_inner = inner.clone();
+        inner.spawn(async move {
+            let dial_timeout = task_inner.settings.dial_timeout;
+            // A handshake that fails (another cluster's certificate, a
+            // client without one) ends here: no connection, no streams.
+            let Ok(Ok(conn)) = timeout(dial_timeout, incoming).await else { return };
+            if task_inner.over_cap(remote) {
+                conn.close(CloseCode::TooManyConnections.varint(), b"too many connections");
+                return;
+            }
+            let key = task_inner.register(conn, false);
+            run_connection(task_inner, key, false).await;
+        });
+    }
+}
+
+async fn gossip_loop(inner: Arc<Inner>) {
+    let s = inner.settings.clone();
+    let mut beat = tokio::time::interval(s.heartbeat);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut rotate = tokio::time::interval_at(Instant::now() + s.rotate_every, s.rotate_every);
+    rotate.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut changed = inner.members.shared.wakeups();
+    let mut phase = inner.phase.subscribe();
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                inner.heartbeat(false);
+                inner.reap();
+                inner.refresh_members();
+                inner.maintain();
+            }
+            _ = rotate.tick() => inner.rotate(),
+            r = changed.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                inner.refresh_members();
+            }
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        }
+    }
+}
+
+/// Runs one connection: opens a stream per object (on the dialing side),
+/// accepts the peer's, and on shutdown lets them drain before closing.
+async fn run_connection(inner: Arc<Inner>, key: usize, outgoing: bool) {
+    let Some(conn) = lock(&inner.conns).map.get(&key).map(|c| c.conn.clone()) else { return };
+    let opened: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut registry = inner.registry.subscribe();
+    registry.mark_changed();
+    let mut phase = inner.phase.subscribe();
+    let mut streams: JoinSet<()> = JoinSet::new();
+    loop {
+        if !inner.running() {
+            if streams.is_empty() {
+                conn.close(CloseCode::Shutdown.varint(), b"node shutting down");
+                break;
+            }
+            tokio::select! {
+                _ = streams.join_next() => {}
+                _ = conn.closed() => break,
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = registry.changed(), if outgoing => {
+                if changed.is_err() {
+                    break;
+                }
+                let objects: Vec<(String, Arc<dyn Object>)> = registry
+                    .borrow_and_update()
+                    .iter()
+                    .map(|(n, o)| (n.clone(), o.clone()))
+                    .collect();
+                for (name, object) in objects {
+                    if lock(&opened).insert(name.clone()) {
+                        streams.spawn(open_stream(inner.clone(), conn.clone(), name, object));
+                    }
+                }
+            }
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let task = accept_stream(inner.clone(), conn.clone(), send, recv, opened.clone());
+                    streams.spawn(task);
+                }
+                Err(_) => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = phase.changed() => {}
+        }
+    }
+    inner.unregister(key);
+}
+
+fn preamble(name: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(name.len() + 1);
+    // Names are checked to fit in a byte when they are registered.
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes
+}
+
+async fn open_stream(inner: Arc<Inner>, conn: Connection, name: String, object: Arc<dyn Object>) {
+    let Ok((mut send, recv)) = conn.open_bi().await else { return };
+    if send.write_all(&preamble(&name)).await.is_err() {
+        return;
+    }
+    drive(&inner, &conn, object, send, recv).await;
+}
+
+/// Reads a stream's first bytes: the object's name, one length byte first.
+async fn read_preamble(recv: &mut RecvStream) -> Result<String, String> {
+    let read = async {
+        let mut len = [0u8; 1];
+        recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+        if len[0] == 0 {
+            return Err("empty object name".to_string());
+        }
+        let mut name = vec![0u8; usize::from(len[0])];
+        recv.read_exact(&mut name).await.map_err(|e| e.to_string())?;
+        String::from_utf8(name).map_err(|_| "object name is not UTF-8".to_string())
+    };
+    timeout(PREAMBLE_TIMEOUT, read).await.map_err(|_| "no object name in time".to_string())?
+}
+
+async fn accept_stream(
+    inner: Arc<Inner>,
+    conn: Connection,
+    send: SendStream,
+    mut recv: RecvStream,
+    opened: Arc<Mutex<HashSet<String>>>,
+) {
+    let name = match read_preamble(&mut recv).await {
+        Ok(name) => name,
+        Err(detail) => return inner.violation(&conn, CloseCode::BadPreamble, &detail),
+    };
+    if !lock(&opened).insert(name.clone()) {
+        return inner.violation(&conn, CloseCode::DuplicateStream, &name);
+    }
+    // An object this node has not replicated yet: the stream waits for it
+    // (the stream cap bounds how many can wait), so that nodes may call
+    // `replicate` in any order.
+    let mut registry = inner.registry.subscribe();
+    let mut phase = inner.phase.subscribe();
+    let object = tokio::select! {
+        found = registry.wait_for(|r| r.contains_key(&name)) => match found {
+            Ok(r) => r.get(&name).cloned(),
+            Err(_) => None,
+        },
+        _ = phase.wait_for(|p| *p != Phase::Running) => None,
+    };
+    if let Some(object) = object {
+        drive(&inner, &conn, object, send, recv).await;
+    }
+}
+
+/// Drops the core's stream when the task ends, however it ends (a task is
+/// aborted when its connection goes), keeping its counters.
+struct Forget {
+    object: Arc<dyn Object>,
+    stream: repred::StreamId,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.object.forget(self.stream);
+    }
+}
+
+/// Pipes one QUIC stream to and from one core session until either side
+/// ends it.
+///
+/// Reading and writing run side by side: a writer blocked by flow control
+/// must not stop the reader, or two peers each waiting for the other to
+/// read would deadlock. The writer only asks the core for frames when the
+/// previous ones were taken by the socket: that is the backpressure, and a
+/// slow peer costs a cursor into the history, not a queue.
+async fn drive(
+    inner: &Inner,
+    conn: &Connection,
+    object: Arc<dyn Object>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let Ok(stream) = object.open() else { return };
+    let _forget = Forget { object: object.clone(), stream };
+    let object = &*object;
+    let reader = async {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    if let Err(e) = object.handle(stream, &buf[..n]) {
+                        if let SessionError::Peer(e) = e {
+                            inner.violation(conn, CloseCode::from(&e), &e.to_string());
+                        }
+                        return;
+                    }
+                    if !object.has_stream(stream) {
+                        // The peer sent Close: the session is over.
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    object.abort(stream);
+                    return;
+                }
+            }
+        }
+    };
+    let writer = async {
+        let mut wake = object.wakeups();
+        let mut phase = inner.phase.subscribe();
+        let mut out = Vec::new();
+        let mut draining = false;
+        loop {
+            // Seen before polling: a change made while polling wakes us again.
+            wake.borrow_and_update();
+            out.clear();
+            loop {
+                match object.poll_transmit(stream, &mut out) {
+                    Ok(0) => break,
+                    Ok(_) if out.len() >= WRITE_BATCH => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        // One of our own updates does not encode: a bug on
+                        // this side, so the session ends, politely.
+                        object.close(stream);
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if send.write_all(&out).await.is_err() {
+                    object.abort(stream);
+                    return;
+                }
+                continue;
+            }
+            if !object.has_stream(stream) {
+                let _ = send.finish();
+                return;
+            }
+            if draining {
+                // Everything pending went out above; now the Close.
+                object.close(stream);
+                continue;
+            }
+            tokio::select! {
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = phase.wait_for(|p| *p != Phase::Running) => draining = true,
+            }
+        }
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Counters of a node's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Connections open now.
+    pub connections: usize,
+    /// Connections closed because the peer broke the protocol.
+    pub violations: u64,
+    /// Incoming connections refused (caps, blocked peers).
+    pub refused: u64,
+}
+
+/// A peer of a repred cluster: a QUIC endpoint that replicates named objects
+/// with the peers gossip picks.
+///
+/// Dropping a node stops it at once, as a crash would; [`Node::shutdown`]
+/// says goodbye first.
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A builder with the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// This node's id: the source id its updates carry, derived from its
+    /// certificate's public key.
+    pub fn id(&self) -> SourceId {
+        self.inner.id
+    }
+
+    /// The address peers dial to reach this node.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Replicates `initial` under `name` with every peer that replicates the
+    /// same name.
+    ///
+    /// Names are 1 to 255 bytes; those starting with `repred/` are the
+    /// transport's own. Both sides must use the same type for a name: a peer
+    /// whose frames do not decode is disconnected.
+    pub fn replicate<T>(&self, name: &str, initial: T) -> Result<Handle<T>, Error>
+    where
+        T: Reduce + Send + 'static,
+        T::Update: Send + Sync + 'static,
+    {
+        if name.is_empty() || name.len() > usize::from(u8::MAX) {
+            return Err(Error::InvalidName { name: name.into(), reason: "must be 1 to 255 bytes" });
+        }
+        if name.starts_with("repred/") {
+            return Err(Error::InvalidName { name: name.into(), reason: "repred/ is reserved" });
+        }
+        if !self.inner.running() {
+            return Err(Error::Shutdown);
+        }
+        let replica = Replica::with_config(self.inner.id, initial, self.inner.config.clone());
+        let shared = Shared::new(name.to_string(), replica);
+        let mut taken = false;
+        self.inner.registry.send_if_modified(|registry| {
+            taken = registry.contains_key(name);
+            if !taken {
+                registry.insert(name.to_string(), shared.clone() as Arc<dyn Object>);
+            }
+            !taken
+        });
+        if taken {
+            return Err(Error::AlreadyReplicated(name.to_string()));
+        }
+        Ok(Handle { shared })
+    }
+
+    /// The live members, this node included, updated whenever the set
+    /// changes.
+    pub fn members(&self) -> watch::Receiver<Members> {
+        self.inner.live.subscribe()
+    }
+
+    /// The membership object itself: every heartbeat this node has seen.
+    pub fn heartbeats(&self) -> Handle<Heartbeats> {
+        self.inner.members.clone()
+    }
+
+    /// The addresses of the peers connected now (either direction).
+    pub fn connected(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> =
+            lock(&self.inner.conns).map.values().map(|c| c.remote).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Counters of connections.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            connections: lock(&self.inner.conns).map.len(),
+            violations: self.inner.violations.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Fault injection: refuses connections to and from these peer
+    /// addresses, and closes the ones open now, as a network partition
+    /// would. For tests and drills; [`Node::unblock_all`] heals it.
+    pub fn block(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let blocked = {
+            let mut blocked = lock(&self.inner.blocked);
+            blocked.extend(addrs);
+            blocked.clone()
+        };
+        for c in lock(&self.inner.conns).map.values() {
+            if blocked.contains(&c.remote) {
+                c.conn.close(CloseCode::Partitioned.varint(), b"partitioned");
+            }
+        }
+    }
+
+    /// Lifts every [`Node::block`].
+    pub fn unblock_all(&self) {
+        lock(&self.inner.blocked).clear();
+    }
+
+    /// Leaves the cluster cleanly: writes a goodbye heartbeat (peers mark
+    /// this node down at once), lets every session send what it has and a
+    /// Close, closes every connection with [`CloseCode::Shutdown`] and the
+    /// endpoint with the same code. Bounded: sessions that do not finish in
+    /// two seconds are cut.
+    pub async fn shutdown(self) {
+        let inner = &self.inner;
+        if !inner.running() {
+            return;
+        }
+        inner.heartbeat(true);
+        inner.phase.send_replace(Phase::Draining);
+        let drained = async {
+            while !lock(&inner.conns).map.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = timeout(DRAIN_TIMEOUT, drained).await;
+        let objects: Vec<Arc<dyn Object>> = inner.registry.borrow().values().cloned().collect();
+        for object in objects {
+            object.dispose();
+        }
+        for c in lock(&inner.conns).map.values() {
+            c.conn.close(CloseCode::Shutdown.varint(), b"node shutting down");
+        }
+        inner.endpoint.close(CloseCode::Shutdown.varint(), b"node shut down");
+        let _ = timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+        inner.phase.send_replace(Phase::Stopped);
+        lock(&inner.tasks).abort_all();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The tasks hold the node's state alive; stopping them is what frees
+        // it. Their connections close as their last handles go.
+        lock(&self.inner.tasks).abort_all();
+    }
+}

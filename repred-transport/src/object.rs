@@ -1,0 +1,333 @@
+//! Replicated objects held by a node, and the handles users hold.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use repred::{
+    Clock, Delivery, Reduce, Replica, ReplicaError, SessionError, SourceId, Stamp, StreamId,
+    StreamOpts, StreamStats, Subscription, Timestamp,
+};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::Error;
+
+/// Wall-clock milliseconds since the Unix epoch: the `now` the core takes.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How many applied changes a slow [`Changes`] reader may fall behind
+/// before it is told it lagged.
+const CHANGES_CAPACITY: usize = 1024;
+
+/// One applied change, local or remote, with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied<U> {
+    /// The origin: the node that wrote it, or for a merged snapshot, the
+    /// peer that sent it.
+    pub source: SourceId,
+    /// The origin's timestamp ([`Timestamp::ZERO`] for a snapshot).
+    pub ts: Timestamp,
+    /// What changed: the part of the update that changed the state.
+    pub change: U,
+    /// Whether it came from merging a peer's snapshot.
+    pub via_snapshot: bool,
+}
+
+/// A [`Changes`] reader fell this many changes behind and missed them; the
+/// state still holds their effect, so re-read it with [`Handle::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("missed {0} changes")]
+pub struct Lagged(pub u64);
+
+/// Counters of an object's sessions, summed over every stream it had.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Streams ever opened.
+    pub sessions: u64,
+    /// Streams open now.
+    pub open: u64,
+    /// Updates sent (history and live).
+    pub updates_sent: u64,
+    /// Updates received.
+    pub updates_received: u64,
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Bytes of frames sent.
+    pub bytes_sent: u64,
+    /// Bytes of frames received.
+    pub bytes_received: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, s: &StreamStats) {
+        self.updates_sent += s.updates_sent;
+        self.updates_received += s.updates_received;
+        self.snapshots_sent += s.snapshots_sent;
+        self.bytes_sent += s.bytes_sent;
+        self.bytes_received += s.bytes_received;
+    }
+}
+
+/// What the node's connections need of an object, whatever its type: the
+/// sans-IO replica's stream API, behind a lock, plus a way to wait for work.
+pub(crate) trait Object: Send + Sync + 'static {
+    fn open(&self) -> Result<StreamId, ReplicaError>;
+    /// Feeds bytes from the peer. Wakes the writers: the peer's frames may
+    /// call for an answer, and applied changes are to be relayed.
+    fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError>;
+    fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError>;
+    /// Whether the core still has the stream (open, or with a Close to send).
+    fn has_stream(&self, stream: StreamId) -> bool;
+    fn close(&self, stream: StreamId);
+    fn abort(&self, stream: StreamId);
+    /// The stream's task ended: keep its counters, drop it.
+    fn forget(&self, stream: StreamId);
+    /// Bumped whenever a stream may have something new to send.
+    fn wakeups(&self) -> watch::Receiver<u64>;
+    fn dispose(&self);
+}
+
+struct Inner<T: Reduce> {
+    replica: Replica<T>,
+    /// Drained after every change into the broadcast channel.
+    subscription: Subscription,
+    /// Last known counters of each live stream: the core drops a stream's
+    /// counters when it ends, the traffic totals must not.
+    live: HashMap<StreamId, StreamStats>,
+    traffic: Traffic,
+}
+
+/// One replicated object: its replica and the channels around it.
+pub(crate) struct Shared<T: Reduce> {
+    name: String,
+    inner: Mutex<Inner<T>>,
+    wake: watch::Sender<u64>,
+    changes: broadcast::Sender<Applied<T::Update>>,
+}
+
+impl<T> Shared<T>
+where
+    T: Reduce + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    pub(crate) fn new(name: String, replica: Replica<T>) -> Arc<Self> {
+        let subscription = replica.subscribe();
+        let inner =
+            Inner { replica, subscription, live: HashMap::new(), traffic: Traffic::default() };
+        Arc::new(Self {
+            name,
+            inner: Mutex::new(inner),
+            wake: watch::Sender::new(0),
+            changes: broadcast::Sender::new(CHANGES_CAPACITY),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        // A panic in a user's reduce poisons the lock; the replica itself is
+        // only ever changed through its own methods, so it is still whole.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After anything that may have changed the state: publish the applied
+    /// changes, drop the events nobody reads, and wake the writers.
+    fn settle(&self, inner: &mut Inner<T>) {
+        let Inner { replica, subscription, .. } = inner;
+        let listening = self.changes.receiver_count() > 0;
+        for delivery in replica.changes(subscription) {
+            if let (Delivery::Change(c), true) = (delivery, listening) {
+                let _ = self.changes.send(Applied {
+                    source: c.source,
+                    ts: c.ts,
+                    change: c.change.clone(),
+                    via_snapshot: c.via_snapshot,
+                });
+            }
+        }
+        // Events are bounded by the core; the transport learns what it needs
+        // from handle's results, so they are simply drained.
+        while replica.poll_event().is_some() {}
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn remember(inner: &mut Inner<T>, stream: StreamId) {
+        if let Some(stats) = inner.replica.stream_stats(stream) {
+            inner.live.insert(stream, stats);
+        }
+    }
+
+    pub(crate) fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
+        let mut inner = self.lock();
+        let stamp = inner.replica.update(now_ms(), update).map_err(|_| Error::Shutdown)?;
+        if stamp.is_some() {
+            self.settle(&mut inner);
+        }
+        Ok(stamp)
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(self.lock().replica.state())
+    }
+}
+
+impl<T> Object for Shared<T>
+where
+    T: Reduce + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    fn open(&self) -> Result<StreamId, ReplicaError> {
+        let mut inner = self.lock();
+        let id = inner.replica.open(StreamOpts::default())?;
+        inner.traffic.sessions += 1;
+        Self::remember(&mut inner, id);
+        Ok(id)
+    }
+
+    fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError> {
+        let mut inner = self.lock();
+        let result = inner.replica.handle(stream, now_ms(), bytes);
+        Self::remember(&mut inner, stream);
+        self.settle(&mut inner);
+        result
+    }
+
+    fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError> {
+        let mut inner = self.lock();
+        let written = inner.replica.poll_transmit(stream, out);
+        Self::remember(&mut inner, stream);
+        written
+    }
+
+    fn has_stream(&self, stream: StreamId) -> bool {
+        // The core keeps an ended stream only while its Close is unsent;
+        // counters exist exactly as long as the stream does.
+        self.lock().replica.stream_stats(stream).is_some()
+    }
+
+    fn close(&self, stream: StreamId) {
+        let mut inner = self.lock();
+        inner.replica.close(stream);
+        self.settle(&mut inner);
+    }
+
+    fn abort(&self, stream: StreamId) {
+        let mut inner = self.lock();
+        inner.replica.abort(stream);
+        self.settle(&mut inner);
+    }
+
+    fn forget(&self, stream: StreamId) {
+        let mut inner = self.lock();
+        Self::remember(&mut inner, stream);
+        inner.replica.abort(stream);
+        if let Some(stats) = inner.live.remove(&stream) {
+            inner.traffic.add(&stats);
+        }
+        while inner.replica.poll_event().is_some() {}
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    fn dispose(&self) {
+        let mut inner = self.lock();
+        inner.replica.dispose();
+        self.settle(&mut inner);
+    }
+}
+
+/// A replicated object of a [`Node`](crate::Node): write to it, read it,
+/// and follow what changes, wherever the change was made.
+///
+/// Cheap to clone; every clone is the same object.
+pub struct Handle<T: Reduce> {
+    pub(crate) shared: Arc<Shared<T>>,
+}
+
+impl<T: Reduce> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<T: Reduce> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("name", &self.shared.name).finish_non_exhaustive()
+    }
+}
+
+impl<T> Handle<T>
+where
+    T: Reduce + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    /// The object's name, as peers know it.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Makes a local update and hands it to every connected peer.
+    ///
+    /// Returns its stamp, or `None` when it changed nothing (then nothing is
+    /// sent). Fails only after the node shut down.
+    pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
+        self.shared.update(update)
+    }
+
+    /// Reads the state. The object is locked while `f` runs: keep it short.
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        self.shared.read(f)
+    }
+
+    /// What this node has seen of the object, per source.
+    pub fn clock(&self) -> Clock {
+        self.shared.lock().replica.clock().clone()
+    }
+
+    /// The id this node writes under.
+    pub fn source(&self) -> SourceId {
+        self.shared.lock().replica.id()
+    }
+
+    /// Counters of the object's sessions with peers, over its whole life.
+    pub fn traffic(&self) -> Traffic {
+        let inner = self.shared.lock();
+        let mut total = inner.traffic;
+        for stats in inner.live.values() {
+            total.add(stats);
+        }
+        total.open = inner.live.len() as u64;
+        total
+    }
+
+    /// Every change applied from now on, local or remote, in the order this
+    /// node applied them.
+    pub fn changes(&self) -> Changes<T::Update> {
+        Changes { inner: BroadcastStream::new(self.shared.changes.subscribe()) }
+    }
+}
+
+/// The stream of a [`Handle`]'s applied changes.
+///
+/// Yields `Err(Lagged)` when the reader fell more than 1,024 changes behind.
+pub struct Changes<U> {
+    inner: BroadcastStream<Applied<U>>,
+}
+
+impl<U: Clone + Send + 'static> Stream for Changes<U> {
+    type Item = Result<Applied<U>, Lagged>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(|BroadcastStreamRecvError::Lagged(n)| Lagged(n))))
+    }
+}
