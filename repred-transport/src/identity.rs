@@ -51,7 +51,7 @@ const CA_NAME: &str = "repred cluster CA";
 /// Why an identity could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum IdentityError {
+pub enum CredentialsError {
     /// A file or directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -82,33 +82,33 @@ pub enum IdentityError {
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io { path: path.to_path_buf(), source }
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CredentialsError + '_ {
+    move |source| CredentialsError::Io { path: path.to_path_buf(), source }
 }
 
 /// A node's credentials: the cluster certificate it trusts and its own
 /// certificate and key.
-pub struct Identity {
+pub struct Credentials {
     id: SourceId,
     ca_cert: CertificateDer<'static>,
     cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
 }
 
-impl std::fmt::Debug for Identity {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key stays out of logs.
-        f.debug_struct("Identity").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Credentials").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
-impl Identity {
+impl Credentials {
     /// Loads the cluster from `dir`, creating it if this is the first node,
     /// and this node's certificate for `port`, issuing one if there is none
     /// (or if the one there was signed by another cluster).
     ///
     /// Blocking: it reads and writes files and generates keys.
-    pub fn load_or_create(dir: &Path, port: u16) -> Result<Self, IdentityError> {
+    pub fn load_or_create(dir: &Path, port: u16) -> Result<Self, CredentialsError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let (ca_cert, ca_key) = load_or_create_ca(dir)?;
         let node_path = dir.join(format!("node-{port}.pem"));
@@ -133,10 +133,15 @@ impl Identity {
         Ok(Self { id: id_from_public_key(&key_pair.public_key_der()), ca_cert, cert, key })
     }
 
-    /// Credentials from a cluster file and a node file read elsewhere (for
-    /// tools and tests that hold them in memory).
-    pub fn from_pem(ca_pem: &[u8], node_pem: &[u8]) -> Result<Self, IdentityError> {
-        let (ca_cert, _) = parse_cert_and_key(Path::new(CA_FILE), ca_pem)?;
+    /// Credentials from PEM held in memory: the cluster certificate to trust
+    /// (its key is not needed) and a node's certificate and key. For tools
+    /// and tests.
+    pub fn from_pem(ca_cert_pem: &[u8], node_pem: &[u8]) -> Result<Self, CredentialsError> {
+        let ca_cert =
+            CertificateDer::from_pem_slice(ca_cert_pem).map_err(|_| CredentialsError::Corrupt {
+                path: PathBuf::from(CA_FILE),
+                detail: "no certificate found".into(),
+            })?;
         let (cert, key) = parse_cert_and_key(Path::new("node"), node_pem)?;
         let key_pair = KeyPair::try_from(&key)?;
         Ok(Self { id: id_from_public_key(&key_pair.public_key_der()), ca_cert, cert, key })
@@ -153,7 +158,7 @@ impl Identity {
         &self.ca_cert
     }
 
-    fn roots(&self) -> Result<Arc<RootCertStore>, IdentityError> {
+    fn roots(&self) -> Result<Arc<RootCertStore>, CredentialsError> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_cert.clone())?;
         Ok(Arc::new(roots))
@@ -164,7 +169,7 @@ impl Identity {
     pub fn server_config(
         &self,
         transport: Arc<quinn::TransportConfig>,
-    ) -> Result<quinn::ServerConfig, IdentityError> {
+    ) -> Result<quinn::ServerConfig, CredentialsError> {
         let provider = provider();
         let verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone()).build()?;
@@ -187,7 +192,7 @@ impl Identity {
     pub fn client_config(
         &self,
         transport: Arc<quinn::TransportConfig>,
-    ) -> Result<quinn::ClientConfig, IdentityError> {
+    ) -> Result<quinn::ClientConfig, CredentialsError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots()?)
@@ -230,7 +235,7 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair), IdentityError> {
+fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair), CredentialsError> {
     let path = dir.join(CA_FILE);
     if !path.exists() {
         let key = KeyPair::generate()?;
@@ -241,7 +246,7 @@ fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair), I
     }
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let (cert, key) = parse_cert_and_key(&path, &bytes)?;
-    let key = KeyPair::try_from(&key).map_err(|e| IdentityError::Corrupt {
+    let key = KeyPair::try_from(&key).map_err(|e| CredentialsError::Corrupt {
         path: path.clone(),
         detail: format!("unusable private key: {e}"),
     })?;
@@ -250,7 +255,7 @@ fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair), I
 
 fn issue_node_cert(
     ca_key: &KeyPair,
-) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>, String), IdentityError> {
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>, String), CredentialsError> {
     let issuer = ca_params().self_signed(ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
@@ -274,8 +279,8 @@ fn issue_node_cert(
 fn parse_cert_and_key(
     path: &Path,
     bytes: &[u8],
-) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), IdentityError> {
-    let corrupt = |what: &str| IdentityError::Corrupt {
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), CredentialsError> {
+    let corrupt = |what: &str| CredentialsError::Corrupt {
         path: path.to_path_buf(),
         detail: format!("no {what} found (expected a CERTIFICATE and a PRIVATE KEY in PEM)"),
     };
@@ -314,7 +319,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Writes a private file (mode 0600 on Unix) completely and durably.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), CredentialsError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -330,7 +335,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
 /// Publishes `contents` at `path` only if nothing is there yet, atomically:
 /// a complete temporary file is hard-linked into place, which fails if the
 /// name exists. Returns whether this call created it.
-fn publish_new(path: &Path, contents: &[u8]) -> Result<bool, IdentityError> {
+fn publish_new(path: &Path, contents: &[u8]) -> Result<bool, CredentialsError> {
     let tmp = temp_path(path);
     write_private(&tmp, contents)?;
     let linked = fs::hard_link(&tmp, path);
@@ -343,7 +348,7 @@ fn publish_new(path: &Path, contents: &[u8]) -> Result<bool, IdentityError> {
             // overwrite, only a concurrent reader could see a partial file.
             match write_private(path, contents) {
                 Ok(()) => Ok(true),
-                Err(IdentityError::Io { source, .. })
+                Err(CredentialsError::Io { source, .. })
                     if source.kind() == io::ErrorKind::AlreadyExists =>
                 {
                     Ok(false)
@@ -355,7 +360,7 @@ fn publish_new(path: &Path, contents: &[u8]) -> Result<bool, IdentityError> {
 }
 
 /// Replaces `path` with `contents` atomically (write aside, rename over).
-fn replace_file(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CredentialsError> {
     let tmp = temp_path(path);
     write_private(&tmp, contents)?;
     fs::rename(&tmp, path).map_err(|e| {
@@ -371,12 +376,12 @@ mod tests {
     #[test]
     fn first_node_creates_the_cluster_and_later_nodes_reuse_it() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Identity::load_or_create(dir.path(), 1).unwrap();
-        let b = Identity::load_or_create(dir.path(), 2).unwrap();
+        let a = Credentials::load_or_create(dir.path(), 1).unwrap();
+        let b = Credentials::load_or_create(dir.path(), 2).unwrap();
         assert_eq!(a.ca_certificate(), b.ca_certificate());
         assert_ne!(a.id(), b.id());
         // The same port reuses its certificate, hence its id.
-        let a2 = Identity::load_or_create(dir.path(), 1).unwrap();
+        let a2 = Credentials::load_or_create(dir.path(), 1).unwrap();
         assert_eq!(a.id(), a2.id());
         assert!(signed_by(&a.cert, &b.ca_cert));
     }
@@ -387,10 +392,10 @@ mod tests {
         let handles: Vec<_> = (0..6)
             .map(|port| {
                 let dir = dir.path().to_path_buf();
-                std::thread::spawn(move || Identity::load_or_create(&dir, port).unwrap())
+                std::thread::spawn(move || Credentials::load_or_create(&dir, port).unwrap())
             })
             .collect();
-        let ids: Vec<Identity> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ids: Vec<Credentials> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert!(ids.iter().all(|i| i.ca_cert == ids[0].ca_cert), "two clusters were made");
         let leftovers = fs::read_dir(dir.path())
             .unwrap()
@@ -402,10 +407,10 @@ mod tests {
     #[test]
     fn a_node_certificate_of_another_cluster_is_reissued() {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        Identity::load_or_create(one.path(), 7).unwrap();
-        Identity::load_or_create(two.path(), 7).unwrap();
+        Credentials::load_or_create(one.path(), 7).unwrap();
+        Credentials::load_or_create(two.path(), 7).unwrap();
         fs::copy(one.path().join("node-7.pem"), two.path().join("node-7.pem")).unwrap();
-        let again = Identity::load_or_create(two.path(), 7).unwrap();
+        let again = Credentials::load_or_create(two.path(), 7).unwrap();
         assert!(signed_by(&again.cert, &again.ca_cert));
     }
 
@@ -413,7 +418,7 @@ mod tests {
     fn a_corrupt_cluster_file_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(CA_FILE), b"not pem").unwrap();
-        let err = Identity::load_or_create(dir.path(), 1).unwrap_err();
-        assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+        let err = Credentials::load_or_create(dir.path(), 1).unwrap_err();
+        assert!(matches!(err, CredentialsError::Corrupt { .. }), "{err}");
     }
 }

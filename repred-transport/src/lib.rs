@@ -66,7 +66,7 @@ mod object;
 use std::net::SocketAddr;
 
 pub use close::CloseCode;
-pub use identity::{Identity, IdentityError};
+pub use identity::{Credentials, CredentialsError};
 pub use membership::{Beat, Heartbeats, Members};
 pub use node::{Builder, MEMBERS_OBJECT, Node, NodeStats};
 pub use object::{Applied, Changes, Handle, Lagged, Traffic};
@@ -88,7 +88,7 @@ pub enum Error {
     },
     /// The credentials could not be loaded or made.
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Credentials(#[from] CredentialsError),
     /// A background task failed to run.
     #[error("a background task failed: {0}")]
     Task(String),

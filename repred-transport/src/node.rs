@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
-use crate::identity::{Identity, SERVER_NAME};
+use crate::identity::{Credentials, SERVER_NAME};
 use crate::membership::{Beat, Heartbeats, Members};
 use crate::object::{Handle, Object, Shared, now_ms};
 use crate::{CloseCode, Error};
@@ -213,7 +213,7 @@ impl Builder {
         });
         let dir = self.data_dir.clone();
         let port = bound.port();
-        let identity = tokio::task::spawn_blocking(move || Identity::load_or_create(&dir, port))
+        let identity = tokio::task::spawn_blocking(move || Credentials::load_or_create(&dir, port))
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
 

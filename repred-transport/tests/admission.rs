@@ -1,0 +1,199 @@
+//! Who gets in, and what happens to those who misbehave once in.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Counters, eventually, spawn};
+use repred::{Replica, SourceId, StreamOpts, Timestamp};
+use repred_transport::identity::{CA_FILE, SERVER_NAME};
+use repred_transport::quinn::{self, ConnectionError};
+use repred_transport::{CloseCode, Credentials};
+
+/// A bare quinn client holding `credentials`, for speaking to a node
+/// without a node.
+fn raw_client(credentials: &Credentials) -> quinn::Endpoint {
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(credentials.client_config(transport).unwrap());
+    endpoint
+}
+
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    out.push(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The frames a real replica named `id` writes first, having made
+/// `updates`: Hello, then (when there are any) Updates, then Sync. Made by
+/// the core itself, so these tests do not depend on the frames' layout.
+fn core_frames(id: SourceId, updates: &[BTreeMap<String, u64>]) -> Vec<Vec<u8>> {
+    let mut replica = Replica::new(id, Counters::default());
+    for u in updates {
+        replica.update(1_000, u.clone()).unwrap();
+    }
+    let stream = replica.open(StreamOpts::default().await_clock(false)).unwrap();
+    let mut out = Vec::new();
+    while replica.poll_transmit(stream, &mut out).unwrap() > 0 {}
+    let mut frames = Vec::new();
+    let mut rest = &out[..];
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        frames.push(rest[..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    frames
+}
+
+fn hello_frame(id: SourceId) -> Vec<u8> {
+    core_frames(id, &[]).remove(0)
+}
+
+/// A valid Updates frame with junk appended inside it.
+fn updates_then_junk(id: SourceId, update: BTreeMap<String, u64>) -> Vec<u8> {
+    let frames = core_frames(id, &[update]);
+    let updates = frames.iter().find(|f| f[4] == 2).expect("an Updates frame");
+    frame(2, &[&updates[5..], &[0xff, 0xff, 0xff][..]].concat())
+}
+
+fn preamble(name: &str) -> Vec<u8> {
+    let mut out = vec![name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
+/// Connects with valid credentials, sends `bytes` on a stream of the
+/// "counters" object, and returns how the node closed the connection.
+async fn send_garbage(client: &quinn::Endpoint, node: SocketAddr, bytes: &[u8]) -> ConnectionError {
+    let conn = client.connect(node, SERVER_NAME).unwrap().await.expect("valid credentials connect");
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&preamble("counters")).await.unwrap();
+    // The node may close before everything is written; that is the point.
+    let _ = send.write_all(bytes).await;
+    tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed in time")
+}
+
+fn close_code(err: &ConnectionError) -> (Option<CloseCode>, String) {
+    match err {
+        ConnectionError::ApplicationClosed(close) => (
+            CloseCode::from_code(close.error_code.into_inner()),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_an_admitted_peer_closes_its_session_with_a_typed_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &[]).await;
+    let b = spawn(dir.path(), &[a.addr()]).await;
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    let on_b = b.replicate("counters", Counters::default()).unwrap();
+    on_a.update(Counters::set("before", 1)).await.unwrap();
+    eventually("b has a's write", Duration::from_secs(10), || {
+        (on_b.read(|s| s.0.contains_key("before")), on_b.read(Counters::clone))
+    })
+    .await;
+
+    // Port 1 is never bound by a test node: its certificate is the raw
+    // client's, issued by the same cluster.
+    let client = raw_client(&Credentials::load_or_create(dir.path(), 1).unwrap());
+    let intruder = SourceId::new("intruder").unwrap();
+    let cases: [(&str, Vec<u8>, CloseCode); 4] = [
+        ("corrupt", [hello_frame(intruder), frame(1, &[0xff; 9])].concat(), CloseCode::Malformed),
+        ("oversized", u32::MAX.to_le_bytes().to_vec(), CloseCode::FrameTooLarge),
+        ("out of order", frame(4, &[]), CloseCode::BeforeHello),
+        (
+            "a good update followed by junk in one frame",
+            [hello_frame(intruder), updates_then_junk(intruder, Counters::set("evil", 99))]
+                .concat(),
+            CloseCode::Malformed,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let err = send_garbage(&client, a.addr(), &bytes).await;
+        let (code, reason) = close_code(&err);
+        assert_eq!(code, Some(want), "{what}: {reason}");
+        assert!(!reason.is_empty(), "{what}: the reason is said in words too");
+        eprintln!("{what}: closed with {want:?} ({:#x}): {reason}", want.code());
+    }
+    assert_eq!(a.stats().violations, 4);
+    assert!(on_a.read(|s| !s.0.contains_key("evil")), "nothing of a refused frame is applied");
+    assert_eq!(on_a.clock().get(intruder), Timestamp::ZERO);
+
+    // Everyone else is still served.
+    on_b.update(Counters::set("after", 2)).await.unwrap();
+    eventually("a and b still converge", Duration::from_secs(10), || {
+        let (sa, sb) = (on_a.read(Counters::clone), on_b.read(Counters::clone));
+        (sa == sb && sa.0.contains_key("after"), (sa, sb))
+    })
+    .await;
+    client.close(0u8.into(), b"done");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+fn ca_cert_pem(dir: &Path) -> Vec<u8> {
+    // Only the certificate: an outsider who saw it does not have the key.
+    let pem = std::fs::read_to_string(dir.join(CA_FILE)).unwrap();
+    let end = pem.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    pem.as_bytes()[..end].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_node_is_refused_and_learns_nothing() {
+    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = spawn(ours.path(), &[]).await;
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    on_a.update(Counters::set("secret", 42)).await.unwrap();
+
+    // A whole node of another cluster, told to bootstrap from ours.
+    let x = spawn(theirs.path(), &[a.addr()]).await;
+    let on_x = x.replicate("counters", Counters::default()).unwrap();
+    // Long enough for several dial rounds with backoff.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(x.members().borrow().len(), 1, "the outsider saw no member");
+    assert_eq!(a.members().borrow().len(), 1, "the outsider never became a member");
+    assert!(x.connected().is_empty() && a.connected().is_empty());
+    assert_eq!(on_x.read(Counters::clone), Counters::default(), "the outsider learned nothing");
+    assert_eq!(x.heartbeats().read(|h| h.0.len()), 1);
+
+    // An outsider that trusts our certificate (it is no secret) but holds
+    // its own cluster's credentials: the handshake fails on our side, no
+    // stream is ever read.
+    let foreign_node_pem = std::fs::read(theirs.path().join("node-1.pem")).ok();
+    let foreign_node_pem = match foreign_node_pem {
+        Some(pem) => pem,
+        None => {
+            Credentials::load_or_create(theirs.path(), 1).unwrap();
+            std::fs::read(theirs.path().join("node-1.pem")).unwrap()
+        }
+    };
+    let impostor = Credentials::from_pem(&ca_cert_pem(ours.path()), &foreign_node_pem).unwrap();
+    let client = raw_client(&impostor);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let conn = client.connect(a.addr(), SERVER_NAME).unwrap().await?;
+        // TLS 1.3 lets a client finish before the server checks its
+        // certificate; the server's refusal arrives right after.
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let _ = send
+            .write_all(&[preamble("counters"), hello_frame(SourceId::new("x").unwrap())].concat())
+            .await;
+        let mut buf = [0u8; 1];
+        recv.read_exact(&mut buf).await.map_err(|_| ConnectionError::LocallyClosed)?;
+        Ok::<_, ConnectionError>(buf)
+    })
+    .await
+    .expect("refused in time");
+    assert!(outcome.is_err(), "the impostor read a byte: {outcome:?}");
+    assert_eq!(a.stats().connections, 0);
+    x.shutdown().await;
+    a.shutdown().await;
+}
