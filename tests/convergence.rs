@@ -47,7 +47,7 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
-fn scenario() -> impl Strategy<Value = (usize, Topology, usize, Vec<Op>)> {
+fn scenario() -> impl Strategy<Value = (usize, Topology, usize, bool, Vec<Op>)> {
     (2usize..6).prop_flat_map(|n| {
         let topology = prop_oneof![
             Just(Topology::Line),
@@ -56,7 +56,9 @@ fn scenario() -> impl Strategy<Value = (usize, Topology, usize, Vec<Op>)> {
             prop::collection::vec((0..n, 0..n), 1..8).prop_map(Topology::Random),
         ];
         let limit = prop_oneof![Just(3usize), Just(8), Just(65_536)];
-        (Just(n), topology, limit, prop::collection::vec(op(n), 1..80))
+        // Many sources make Hellos carry clock digests instead of clocks.
+        let many_sources = any::<bool>();
+        (Just(n), topology, limit, many_sources, prop::collection::vec(op(n), 1..80))
     })
 }
 
@@ -75,7 +77,13 @@ fn edges(n: usize, topology: &Topology) -> Vec<(usize, usize)> {
     edges
 }
 
-fn run(n: usize, topology: Topology, limit: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(
+    n: usize,
+    topology: Topology,
+    limit: usize,
+    many_sources: bool,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     let mut net = Network::new();
     let nodes: Vec<NodeId> = (0..n)
         .map(|i| {
@@ -83,6 +91,18 @@ fn run(n: usize, topology: Topology, limit: usize, ops: Vec<Op>) -> Result<(), T
             net.add(Replica::with_config(id(&format!("n{i}")), Model::default(), config))
         })
         .collect();
+    if many_sources {
+        // Forty other writers, seen by some nodes only.
+        let now = net.now();
+        for s in 0..40u64 {
+            let source = id(&format!("w{s}"));
+            let ts = repred::Timestamp::new(now, 1);
+            let stamp = repred::Stamp { ts, source };
+            let update = Model::stamped(&format!("w{}", s % 5), "x", stamp);
+            let node = nodes[(s as usize) % n];
+            net[node].apply(now, repred::Envelope::new(source, ts, update));
+        }
+    }
     let edges = edges(n, &topology);
     let mut links: Vec<(usize, usize, LinkId)> =
         edges.iter().map(|&(a, b)| (a, b, net.link(nodes[a], nodes[b]))).collect();
@@ -138,7 +158,8 @@ fn run(n: usize, topology: Topology, limit: usize, ops: Vec<Op>) -> Result<(), T
     }
     net.pump();
     prop_assert!(net.errors().is_empty(), "protocol errors: {:?}", net.errors());
-    let total: u64 = written.iter().sum();
+    let seeded = if many_sources { 40 } else { 0 };
+    let total: u64 = written.iter().sum::<u64>() + seeded;
     for (i, &node) in nodes.iter().enumerate() {
         let r = &net[node];
         prop_assert_eq!(r.state(), net[nodes[0]].state(), "state of n{}", i);
@@ -156,7 +177,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
-    fn replicas_converge_under_any_delivery((n, topology, limit, ops) in scenario()) {
-        run(n, topology, limit, ops)?;
+    fn replicas_converge_under_any_delivery((n, topology, limit, many, ops) in scenario()) {
+        run(n, topology, limit, many, ops)?;
     }
 }

@@ -84,6 +84,21 @@ impl Clock {
         self.0.is_empty()
     }
 
+    /// A 16-byte fingerprint of the whole clock (SHA-256 of its encoding):
+    /// equal clocks have equal digests, so two replicas can tell that they
+    /// are in sync without sending the clocks themselves.
+    pub fn digest(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (source, ts) in self.iter() {
+            hasher.update(source.as_bytes());
+            hasher.update(ts.to_raw().to_le_bytes());
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&hasher.finalize()[..16]);
+        out
+    }
+
     /// The newest timestamp of any source.
     pub fn max(&self) -> Timestamp {
         self.0.values().copied().max().unwrap_or(Timestamp::ZERO)

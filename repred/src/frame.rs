@@ -11,10 +11,17 @@
 //! | 4    | Sync     | empty: the history before it is complete         |
 //! | 5    | Close    | a [`CloseReason`]                                |
 //! | 6    | Advance  | `(source, ts)` pairs: new to the sender, no-ops  |
+//! | 7    | Clock    | the sender's whole [`Clock`]                     |
 //!
 //! An Advance names updates the sender took in that changed nothing, because
 //! everything it had already sent covered them; the receiver's clock moves
 //! past them so that clocks converge along with states.
+//!
+//! A Hello carries the sender's clock whole when it is small, and otherwise
+//! only its digest (16 bytes): replicas that are already equal learn it from
+//! the digests and exchange nothing more than Hello and Sync, whatever the
+//! number of sources. When the digests differ, each side that sent a digest
+//! follows up with a Clock frame, one round trip later.
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -36,6 +43,7 @@ pub(crate) enum Kind {
     Sync = 4,
     Close = 5,
     Advance = 6,
+    Clock = 7,
 }
 
 impl Kind {
@@ -47,6 +55,7 @@ impl Kind {
             4 => Kind::Sync,
             5 => Kind::Close,
             6 => Kind::Advance,
+            7 => Kind::Clock,
             _ => return None,
         })
     }
@@ -57,14 +66,50 @@ impl Kind {
 pub struct Hello {
     /// The sender's source id.
     pub id: SourceId,
-    /// The sender's clock: what it has seen.
-    pub clock: Clock,
+    /// The sender's clock, or its digest when large.
+    pub clock: ClockSummary,
     /// Application bytes, handed to the peer in its `Header` event.
     pub meta: Vec<u8>,
     /// Whether the sender will send updates on this stream.
     pub sends: bool,
     /// Whether the sender accepts updates on this stream.
     pub receives: bool,
+}
+
+/// A clock as a Hello carries it: whole when small, else a fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockSummary {
+    /// The whole clock.
+    Full(Clock),
+    /// Its [`Clock::digest`] and number of sources.
+    Digest {
+        /// How many sources the clock has.
+        sources: u64,
+        /// [`Clock::digest`].
+        hash: [u8; 16],
+    },
+}
+
+impl ClockSummary {
+    /// Clocks with at most this many sources travel whole in a Hello.
+    pub const INLINE_SOURCES: usize = 32;
+
+    /// The summary of `clock` that a Hello carries.
+    pub fn of(clock: &Clock) -> Self {
+        if clock.len() <= Self::INLINE_SOURCES {
+            ClockSummary::Full(clock.clone())
+        } else {
+            ClockSummary::Digest { sources: clock.len() as u64, hash: clock.digest() }
+        }
+    }
+
+    /// The digest of the clock summarised.
+    pub fn hash(&self) -> [u8; 16] {
+        match self {
+            ClockSummary::Full(clock) => clock.digest(),
+            ClockSummary::Digest { hash, .. } => *hash,
+        }
+    }
 }
 
 /// Why a stream was closed, as sent in a Close frame.
@@ -147,6 +192,7 @@ pub(crate) enum Frame<U> {
     Sync,
     Close(CloseReason),
     Advance(Vec<Stamp>),
+    Clock(Clock),
 }
 
 fn malformed(kind: &str, err: postcard::Error) -> PeerMisbehaved {
@@ -214,6 +260,7 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
         }
         Kind::Close => Frame::Close(decode_all("Close", body)?),
         Kind::Advance => Frame::Advance(decode_all("Advance", body)?),
+        Kind::Clock => Frame::Clock(decode_all("Clock", body)?),
     })
 }
 
@@ -312,7 +359,7 @@ mod tests {
     fn hello_round_trips() {
         let hello = Hello {
             id: SourceId::new("A").unwrap(),
-            clock: Clock::new(),
+            clock: ClockSummary::Full(Clock::new()),
             meta: b"m".to_vec(),
             sends: true,
             receives: false,

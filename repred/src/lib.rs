@@ -58,7 +58,9 @@ mod timestamp;
 pub use clock::Clock;
 pub use envelope::Envelope;
 pub use event::{EndReason, Event, StreamId};
-pub use frame::{CloseReason, FRAME_HEADER_LEN, Hello, PROTOCOL_VERSION, PeerMisbehaved};
+pub use frame::{
+    ClockSummary, CloseReason, FRAME_HEADER_LEN, Hello, PROTOCOL_VERSION, PeerMisbehaved,
+};
 pub use history::Entry;
 pub use network::{LinkId, Network, NodeId};
 pub use reduce::Reduce;

@@ -1,6 +1,6 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
-use crate::frame::{self, Frame, Hello, Kind, Writer};
+use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::replica::Core;
 use crate::{
@@ -152,6 +152,13 @@ pub(crate) struct Stream {
     horizon_generation: u64,
     need_snapshot: bool,
     hello_sent: bool,
+    /// Our clock as our Hello summarises it, fixed when the stream opens.
+    hello: ClockSummary,
+    /// When our Hello carried only a digest: the clock it stood for, to
+    /// adopt as the peer's if the digests match.
+    hello_clock: Option<Clock>,
+    /// The peer needs our whole clock: its digest differed from ours.
+    owe_clock: bool,
     sync_sent: bool,
     sync_received: bool,
     /// A Close still to be written before the stream goes away.
@@ -164,8 +171,13 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    fn new(opts: StreamOpts) -> Self {
+    fn new(opts: StreamOpts, clock: &Clock) -> Self {
+        let hello = ClockSummary::of(clock);
+        let hello_clock = matches!(hello, ClockSummary::Digest { .. }).then(|| clock.clone());
         Self {
+            hello,
+            hello_clock,
+            owe_clock: false,
             opts,
             recv: Vec::new(),
             peer: None,
@@ -196,6 +208,17 @@ impl Stream {
         self.sync_at = core.history.end_seq();
         self.horizon_generation = core.history.horizon_generation();
         self.need_snapshot = self.sends_updates() && !self.known.covers(core.history.horizon());
+    }
+
+    /// The peer's clock is known: what it has, and so where to start.
+    fn peer_clock<T: Reduce>(&mut self, core: &Core<T>, clock: &Clock) {
+        self.known.merge(clock);
+        if !self.started && self.opts.sends {
+            self.start(core);
+        } else if self.started && self.sends_updates() && !self.known.covers(core.history.horizon())
+        {
+            self.need_snapshot = true;
+        }
     }
 
     fn mark_sync(&mut self, id: StreamId, core: &mut Core<impl Reduce>, sent: bool) {
@@ -236,25 +259,36 @@ impl Stream {
             Frame::Hello(hello) => {
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
-                self.known.merge(&hello.clock);
+                let equal = hello.clock.hash() == self.hello.hash();
+                // Whoever sent a digest owes the whole clock when they differ;
+                // both sides reach the same verdict from the same two digests.
+                self.owe_clock = !equal && self.hello_clock.is_some();
+                let peer_clock = match hello.clock {
+                    ClockSummary::Full(clock) => Some(clock),
+                    ClockSummary::Digest { .. } if equal => {
+                        Some(self.hello_clock.take().unwrap_or_else(|| match &self.hello {
+                            ClockSummary::Full(clock) => clock.clone(),
+                            ClockSummary::Digest { .. } => Clock::new(),
+                        }))
+                    }
+                    ClockSummary::Digest { .. } => None,
+                };
+                self.hello_clock = None;
                 core.emit(Event::Header {
                     stream: id,
                     id: hello.id,
-                    clock: hello.clock,
+                    clock: peer_clock.clone().unwrap_or_default(),
                     meta: hello.meta,
                 });
-                if !self.started && self.opts.sends {
-                    self.start(core);
-                } else if self.started
-                    && self.sends_updates()
-                    && !self.known.covers(core.history.horizon())
-                {
-                    self.need_snapshot = true;
+                // Without it, history waits for the peer's Clock frame.
+                if let Some(clock) = peer_clock {
+                    self.peer_clock(core, &clock);
                 }
                 if !peer.sends {
                     self.mark_sync(id, core, false);
                 }
             }
+            Frame::Clock(clock) => self.peer_clock(core, &clock),
             Frame::Updates(envelopes) => {
                 self.stats.updates_received += envelopes.len() as u64;
                 if self.opts.receives {
@@ -308,13 +342,20 @@ impl Stream {
         if !self.hello_sent {
             let hello = Hello {
                 id: core.id,
-                clock: core.clock.clone(),
+                clock: self.hello.clone(),
                 meta: self.opts.meta.clone(),
                 sends: self.opts.sends,
                 receives: self.opts.receives,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
+            self.stats.frames_sent += 1;
+        }
+        if self.owe_clock && !self.ended {
+            let mut w = Writer::begin(out, Kind::Clock);
+            w.put(&core.clock)?;
+            w.finish();
+            self.owe_clock = false;
             self.stats.frames_sent += 1;
         }
         if let Some(reason) = self.close_out.take() {
@@ -448,6 +489,7 @@ fn frame_name<U>(frame: &Frame<U>) -> &'static str {
         Frame::Sync => "Sync",
         Frame::Close(_) => "Close",
         Frame::Advance(_) => "Advance",
+        Frame::Clock(_) => "Clock",
     }
 }
 
@@ -495,7 +537,7 @@ impl<T: Reduce> Replica<T> {
         }
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
-        let mut stream = Stream::new(opts);
+        let mut stream = Stream::new(opts, &self.core.clock);
         if !stream.opts.sends {
             stream.started = true;
             stream.cursor = self.core.history.end_seq();
