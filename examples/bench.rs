@@ -1,0 +1,145 @@
+//! Scenario benchmarks that print markdown tables.
+//!
+//!     cargo run --release --example bench -- <scenario>
+//!
+//! Scenarios: `memory` (10M updates over 1,000 keys into one replica: RSS
+//! and history size per million), `digest` (bytes of one anti-entropy
+//! exchange between equal replicas at 10 to 100,000 sources).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use repred::{Config, Envelope, Network, Reduce, Replica, SourceId, Timestamp};
+
+const NOW: u64 = 1_700_000_000_000;
+
+/// key -> newest value: the shape of an LWW map without the stamps.
+#[derive(Default, Clone, PartialEq, Debug)]
+struct Registers(BTreeMap<u64, u64>);
+
+impl Reduce for Registers {
+    type Update = BTreeMap<u64, u64>;
+
+    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
+        let mut changed = BTreeMap::new();
+        for (k, v) in update {
+            let slot = self.0.entry(k).or_insert(0);
+            if v > *slot {
+                *slot = v;
+                changed.insert(k, v);
+            }
+        }
+        (!changed.is_empty()).then_some(changed)
+    }
+
+    fn snapshot(&self) -> Self::Update {
+        self.0.clone()
+    }
+}
+
+/// (current, peak) resident set size in KiB, from /proc.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn memory() {
+    println!("### memory: 10,000,000 updates over 1,000 keys into one replica\n");
+    println!("`cargo run --release --example bench -- memory` (default history limit)\n");
+    println!("| updates | RSS (MiB) | peak RSS (MiB) | history records | seconds |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut r = Replica::new(
+        SourceId::new("writer").unwrap_or_else(|_| SourceId::random()),
+        Registers::default(),
+    );
+    let start = Instant::now();
+    let (_, base_peak) = rss_kib();
+    let mut first_peak = 0;
+    let mut last_peak = 0;
+    for million in 1..=10u64 {
+        for i in 0..1_000_000u64 {
+            let n = (million - 1) * 1_000_000 + i + 1;
+            let _ = r.update(NOW + n / 10_000, [(n % 1_000, n)].into());
+        }
+        let (rss, peak) = rss_kib();
+        if million == 1 {
+            first_peak = peak;
+        }
+        last_peak = peak;
+        println!(
+            "| {million}M | {:.1} | {:.1} | {} | {:.2} |",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            r.history_len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "\npeak growth from 1M to 10M updates: {:.1} MiB (process start: {:.1} MiB)\n",
+        (last_peak - first_peak) as f64 / 1024.0,
+        base_peak as f64 / 1024.0
+    );
+}
+
+fn digest() {
+    println!("### digest: one anti-entropy exchange between equal replicas\n");
+    println!("`cargo run --release --example bench -- digest`\n");
+    println!("| sources | frames | bytes both ways | bytes per source |");
+    println!("|---:|---:|---:|---:|");
+    for sources in [10usize, 100, 1_000, 10_000, 100_000] {
+        let mut net = Network::new();
+        let config = Config::default();
+        let a =
+            net.add(Replica::with_config(SourceId::random(), Registers::default(), config.clone()));
+        let b = net.add(Replica::with_config(SourceId::random(), Registers::default(), config));
+        for s in 0..sources {
+            let source = SourceId::random();
+            let e = Envelope::new(
+                source,
+                Timestamp::new(NOW, 1),
+                [(s as u64 % 1_000, s as u64 + 1)].into(),
+            );
+            net[a].apply(NOW, e.clone());
+            net[b].apply(NOW, e);
+        }
+        let link = net.link(a, b);
+        net.pump();
+        let [(_, sa), (_, sb)] = net.streams(link);
+        let (x, y) = (
+            net[a].stream_stats(sa).unwrap_or_default(),
+            net[b].stream_stats(sb).unwrap_or_default(),
+        );
+        let bytes = x.bytes_sent + y.bytes_sent;
+        println!(
+            "| {sources} | {} | {bytes} | {:.3} |",
+            x.frames_sent + y.frames_sent,
+            bytes as f64 / sources as f64
+        );
+    }
+    println!();
+}
+
+fn main() -> ExitCode {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    match scenario.as_str() {
+        "memory" => memory(),
+        "digest" => digest(),
+        "all" => {
+            digest();
+            memory();
+        }
+        other => {
+            eprintln!("unknown scenario {other:?}; one of: memory, digest, all");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
