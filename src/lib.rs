@@ -54,8 +54,8 @@ impl Reduce for Model {
     fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
         let mut changed = BTreeMap::new();
         for (key, write) in update {
-            // An unstamped write can only come from a broken peer: it cannot
-            // be ordered, so it is dropped.
+            // Stamps are filled in before reduce; one still unset cannot be
+            // ordered, so it is dropped.
             let Some(stamp) = write.stamp else { continue };
             let newer = self.0.get(&key).is_none_or(|(old, _)| stamp > *old);
             if newer {
@@ -76,6 +76,14 @@ impl Reduce for Model {
     fn stamp(update: &mut Self::Update, stamp: Stamp) {
         for write in update.values_mut() {
             write.stamp.get_or_insert(stamp);
+        }
+    }
+
+    fn unstamp(change: &mut Self::Update, stamp: Stamp) {
+        for write in change.values_mut() {
+            if write.stamp == Some(stamp) {
+                write.stamp = None;
+            }
         }
     }
 }

@@ -52,13 +52,23 @@ pub trait Reduce {
     /// The whole state as one update.
     fn snapshot(&self) -> Self::Update;
 
-    /// Writes the stamp of a local update into it, before it is reduced.
+    /// Fills in the stamp of the update that carries `update`, before it is
+    /// reduced: called on every update, local and remote.
     ///
     /// Lattices that order concurrent writes by time (last-writer-wins
-    /// registers, counters per source) keep the stamp inside their updates,
-    /// so that a merged snapshot still knows which write won. Most reducers
-    /// ignore it, which is the default.
+    /// registers, counters per source) keep stamps inside their updates, so
+    /// that a merged snapshot still knows which write won. A part whose stamp
+    /// is the carrying update's own can leave it unset on the wire; this
+    /// fills it back in. It must only fill unset stamps, never overwrite one.
+    /// Most reducers ignore stamps, which is the default.
     fn stamp(update: &mut Self::Update, stamp: Stamp) {
         let _ = (update, stamp);
+    }
+
+    /// The reverse of [`stamp`](Reduce::stamp), on a change about to be
+    /// recorded and sent: unsets the stamps equal to the carrying update's,
+    /// so they do not travel twice. The default does nothing.
+    fn unstamp(change: &mut Self::Update, stamp: Stamp) {
+        let _ = (change, stamp);
     }
 }

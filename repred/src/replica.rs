@@ -300,8 +300,9 @@ impl<T: Reduce> Core<T> {
         if envelope.signature.is_some() {
             // A signed change is relayed as its origin signed it, or the
             // signature would not hold downstream.
-            let reduced = self.state.reduce(envelope.change.clone());
-            let applied = reduced.is_some();
+            let mut change = envelope.change.clone();
+            T::stamp(&mut change, Stamp { ts, source });
+            let applied = self.state.reduce(change).is_some();
             self.history.push(if applied {
                 Entry::Change(envelope)
             } else {
@@ -309,8 +310,12 @@ impl<T: Reduce> Core<T> {
             });
             return self.count(applied);
         }
-        match self.state.reduce(envelope.change) {
-            Some(change) => {
+        let stamp = Stamp { ts, source };
+        let mut change = envelope.change;
+        T::stamp(&mut change, stamp);
+        match self.state.reduce(change) {
+            Some(mut change) => {
+                T::unstamp(&mut change, stamp);
                 self.history.push(Entry::Change(Envelope { change, ..envelope }));
                 self.count(true)
             }
@@ -457,9 +462,10 @@ impl<T: Reduce> Replica<T> {
         let ts = core.last.next(now);
         let stamp = Stamp { ts, source: core.id };
         T::stamp(&mut update, stamp);
-        let Some(change) = core.state.reduce(update) else {
+        let Some(mut change) = core.state.reduce(update) else {
             return Ok(None);
         };
+        T::unstamp(&mut change, stamp);
         let mut envelope = Envelope::new(core.id, ts, change);
         if let Some(identity) = &core.identity {
             let bytes = postcard::to_allocvec(&envelope.change)
