@@ -466,6 +466,45 @@ impl Inner {
         victim.conn.close(CloseCode::Rotated.varint(), b"rotating to another peer");
     }
 
+    /// Dials one random peer that is known but counts as down (and did not
+    /// say goodbye). Nodes on either side of a healed partition think the
+    /// other side is down; without a probe they would meet again only
+    /// through a bootstrap address.
+    fn probe(self: &Arc<Self>) {
+        if !self.running() {
+            return;
+        }
+        let live = self.live.borrow().clone();
+        let live_addrs: HashSet<SocketAddr> = live.values().copied().collect();
+        let known: Vec<SocketAddr> = self.members.read(|h| {
+            h.0.iter()
+                .filter(|(id, b)| !b.left && !live.contains_key(id))
+                .map(|(_, b)| b.addr)
+                .collect()
+        });
+        let blocked = lock(&self.blocked).clone();
+        let mut conns = lock(&self.conns);
+        let connected: HashSet<SocketAddr> = conns.map.values().map(|c| c.remote).collect();
+        let mut down: Vec<SocketAddr> = known
+            .into_iter()
+            .filter(|a| {
+                *a != self.addr
+                    && !live_addrs.contains(a)
+                    && !connected.contains(a)
+                    && !conns.dialing.contains(a)
+                    && !blocked.contains(a)
+            })
+            .collect();
+        down.sort();
+        down.dedup();
+        if down.is_empty() {
+            return;
+        }
+        let addr = down[self.random_below(down.len())];
+        conns.dialing.insert(addr);
+        self.spawn(dial(self.clone(), addr));
+    }
+
     fn reap(&self) {
         let mut tasks = lock(&self.tasks);
         while tasks.try_join_next().is_some() {}
@@ -574,7 +613,10 @@ async fn gossip_loop(inner: Arc<Inner>) {
                 inner.refresh_members();
                 inner.maintain();
             }
-            _ = rotate.tick() => inner.rotate(),
+            _ = rotate.tick() => {
+                inner.rotate();
+                inner.probe();
+            }
             r = changed.changed() => {
                 if r.is_err() {
                     return;

@@ -110,7 +110,7 @@ pub(crate) struct Shared<T: Reduce> {
     name: String,
     inner: Mutex<Inner<T>>,
     wake: watch::Sender<u64>,
-    changes: broadcast::Sender<Applied<T::Update>>,
+    changes: broadcast::Sender<Result<Applied<T::Update>, Lagged>>,
 }
 
 impl<T> Shared<T>
@@ -142,14 +142,21 @@ where
         let Inner { replica, subscription, .. } = inner;
         let listening = self.changes.receiver_count() > 0;
         for delivery in replica.changes(subscription) {
-            if let (Delivery::Change(c), true) = (delivery, listening) {
-                let _ = self.changes.send(Applied {
+            if !listening {
+                continue;
+            }
+            let item = match delivery {
+                Delivery::Change(c) => Ok(Applied {
                     source: c.source,
                     ts: c.ts,
                     change: c.change.clone(),
                     via_snapshot: c.via_snapshot,
-                });
-            }
+                }),
+                // More changes in one go than the history keeps: readers
+                // are told, as they would be by the channel.
+                Delivery::Lagged { missed } => Err(Lagged(missed)),
+            };
+            let _ = self.changes.send(item);
         }
         // Events are bounded by the core; the transport learns what it needs
         // from handle's results, so they are simply drained.
@@ -319,15 +326,15 @@ where
 ///
 /// Yields `Err(Lagged)` when the reader fell more than 1,024 changes behind.
 pub struct Changes<U> {
-    inner: BroadcastStream<Applied<U>>,
+    inner: BroadcastStream<Result<Applied<U>, Lagged>>,
 }
 
 impl<U: Clone + Send + 'static> Stream for Changes<U> {
     type Item = Result<Applied<U>, Lagged>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner)
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(|BroadcastStreamRecvError::Lagged(n)| Lagged(n))))
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|r| r.unwrap_or_else(|BroadcastStreamRecvError::Lagged(n)| Err(Lagged(n))))
+        })
     }
 }
