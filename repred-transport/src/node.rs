@@ -730,6 +730,9 @@ async fn accept_stream(
     let mut registry = inner.registry.subscribe();
     let mut phase = inner.phase.subscribe();
     let object = tokio::select! {
+        // A known object wins over shutdown: the session then drains and
+        // ends with a Close like any other.
+        biased;
         found = registry.wait_for(|r| r.contains_key(&name)) => match found {
             Ok(r) => r.get(&name).cloned(),
             Err(_) => None,

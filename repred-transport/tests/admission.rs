@@ -197,3 +197,49 @@ async fn another_clusters_node_is_refused_and_learns_nothing() {
     x.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_each_session_with_a_reason_and_the_connection_with_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &[]).await;
+    let _on_a = a.replicate("counters", Counters::default()).unwrap();
+    let client = raw_client(&Credentials::load_or_create(dir.path(), 1).unwrap());
+    let conn = client.connect(a.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[preamble("counters"), hello_frame(SourceId::new("c").unwrap())].concat())
+        .await
+        .unwrap();
+
+    // The session is up once the node's Hello arrives.
+    let mut first = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut first))
+        .await
+        .expect("a Hello in time")
+        .unwrap();
+    assert_eq!(first[4], 1, "the node's first frame is its Hello");
+    let mut hello_body = vec![0u8; u32::from_le_bytes(first[..4].try_into().unwrap()) as usize - 1];
+    recv.read_exact(&mut hello_body).await.unwrap();
+
+    let shutdown = tokio::spawn(a.shutdown());
+    // The rest of the node's side of the session, ending in a Close.
+    let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("the session ends in time")
+        .expect("the node finishes its side");
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        frames.push((rest[4], rest[5..4 + len].to_vec()));
+        rest = &rest[4 + len..];
+    }
+    let (kind, body) = frames.last().expect("frames");
+    assert_eq!(*kind, 5, "the last frame is a Close");
+    let reason: repred::CloseReason = postcard::from_bytes(body).unwrap();
+    assert_eq!(reason, repred::CloseReason::Closed);
+    // As a polite peer does, finish our side; the node then closes.
+    send.finish().unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap();
+    assert_eq!(close_code(&closed).0, Some(CloseCode::Shutdown));
+    tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
+}
