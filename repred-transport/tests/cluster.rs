@@ -229,3 +229,37 @@ async fn a_healed_partition_converges_and_resends_only_what_is_missing() {
         n.shutdown().await;
     }
 }
+
+/// A measurement, not a check: `cargo test --release -p repred-transport
+/// --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run in release"]
+async fn bulk_throughput() {
+    const N: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &[]).await;
+    let b = spawn(dir.path(), &[a.addr()]).await;
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    let on_b = b.replicate("counters", Counters::default()).unwrap();
+    eventually("connected", Duration::from_secs(10), || (!a.connected().is_empty(), ())).await;
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        on_a.update(Counters::set(&format!("k{i}"), 1)).await.unwrap();
+    }
+    let written = started.elapsed();
+    eventually("b has everything", Duration::from_secs(120), || {
+        let n = on_b.read(|s| s.0.len()) as u64;
+        (n == N, n)
+    })
+    .await;
+    let done = started.elapsed();
+    let t = on_a.traffic();
+    eprintln!(
+        "{N} updates: written locally in {written:?}, all at b after {done:?} ({:.0} updates/s), {} bytes in {} updates sent",
+        N as f64 / done.as_secs_f64(),
+        t.bytes_sent,
+        t.updates_sent
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
