@@ -38,7 +38,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use repred::{Clock, Config, Entry, Reduce, Replica, SourceId, Timestamp};
@@ -104,7 +106,7 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
 }
 
 /// What is stored of a replica besides its log.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Meta {
     id: SourceId,
     /// Newest timestamp issued or accepted: the hybrid clock's high-water
@@ -124,6 +126,9 @@ struct Meta {
 pub struct Store {
     db: Database,
     path: String,
+    /// Each replica's header as on disk (or about to be): read once, then
+    /// kept, since this process is the file's only writer.
+    metas: Mutex<HashMap<String, Meta>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -150,7 +155,7 @@ impl Store {
         txn.open_table(META).map_err(storage)?;
         txn.open_table(ENTRIES).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Self { db, path: path_str })
+        Ok(Self { db, path: path_str, metas: Mutex::new(HashMap::new()) })
     }
 
     fn read_meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
@@ -167,6 +172,7 @@ impl Store {
         config: Config,
     ) -> Result<Option<Replica<T>>, StoreError> {
         let Some(meta) = self.read_meta(name)? else { return Ok(None) };
+        self.metas().insert(name.to_string(), meta.clone());
         let mut base = T::default();
         if !meta.base.is_empty() {
             let snapshot: T::Update =
@@ -218,13 +224,34 @@ impl Store {
     /// Writes every entry of `replica` not yet saved, in one transaction,
     /// and returns how many. When it returns, they are durable.
     ///
+    /// The same as [`prepare`](Store::prepare) then [`commit`](Store::commit).
+    pub fn save<T: Reduce>(&self, name: &str, replica: &Replica<T>) -> Result<usize, StoreError> {
+        let batch = self.prepare(name, replica)?;
+        self.commit(batch)
+    }
+
+    /// Encodes what `replica` has not saved yet, without writing: fast, so
+    /// it can run while the replica is locked, leaving the slow commit for
+    /// after the lock is released. Commit batches in the order they were
+    /// prepared.
+    ///
     /// The first save of a replica, a replica whose history dropped entries
     /// before they were saved (saved too rarely for its history limit), and
     /// a log on disk longer than the history limit are all saved as a fresh
-    /// snapshot instead (counted as one).
-    pub fn save<T: Reduce>(&self, name: &str, replica: &Replica<T>) -> Result<usize, StoreError> {
-        let old = self.read_meta(name)?;
-        if let Some(meta) = &old {
+    /// snapshot instead (counted as one entry).
+    pub fn prepare<T: Reduce>(
+        &self,
+        name: &str,
+        replica: &Replica<T>,
+    ) -> Result<Batch, StoreError> {
+        let mut metas = self.metas();
+        if !metas.contains_key(name) {
+            if let Some(meta) = self.read_meta(name)? {
+                metas.insert(name.to_string(), meta);
+            }
+        }
+        let old = metas.get(name);
+        if let Some(meta) = old {
             if meta.id != replica.id() {
                 return Err(StoreError::WrongReplica {
                     name: name.to_string(),
@@ -233,64 +260,104 @@ impl Store {
                 });
             }
         }
-        let txn = self.db.begin_write().map_err(storage)?;
-        let mut written = 0;
-        let mut meta = {
-            let mut table = txn.open_table(ENTRIES).map_err(storage)?;
-            let appendable = old.filter(|m| {
-                // Entries on disk are keyed by the replica's own sequence
-                // numbers, so they must line up.
-                let on_disk = (m.next_seq - m.base_seq) as usize;
-                on_disk <= replica.config().history_limit && replica.end_seq() >= m.next_seq
-            });
-            match appendable.map(|m| (replica.entries_from(m.next_seq), m)) {
-                Some((Ok(entries), mut meta)) => {
-                    let mut buf = Vec::new();
-                    for (seq, entry) in entries {
-                        buf.clear();
-                        table
-                            .insert((name, seq), encode_into(name, entry, &mut buf)?)
-                            .map_err(storage)?;
-                        meta.next_seq = seq + 1;
-                        written += 1;
-                    }
-                    meta
+        let encode_error = |e: postcard::Error| StoreError::Encode {
+            name: name.to_string(),
+            detail: e.to_string(),
+        };
+        let appendable = old.filter(|m| {
+            // Entries on disk are keyed by the replica's own sequence
+            // numbers, so they must line up.
+            let on_disk = (m.next_seq - m.base_seq) as usize;
+            on_disk <= replica.config().history_limit && replica.end_seq() >= m.next_seq
+        });
+        let mut batch = match appendable.map(|m| (replica.entries_from(m.next_seq), m)) {
+            Some((Ok(entries), meta)) => {
+                let mut meta = meta.clone();
+                let mut encoded = Vec::new();
+                for (seq, entry) in entries {
+                    encoded.push((seq, postcard::to_allocvec(entry).map_err(encode_error)?));
+                    meta.next_seq = seq + 1;
                 }
-                _ => {
-                    // A snapshot: the state with its clock stands for every
-                    // entry so far, so the entries on disk go.
-                    table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(storage)?;
-                    written = 1;
-                    Meta {
-                        id: replica.id(),
-                        last: Timestamp::ZERO,
-                        base_seq: replica.end_seq(),
-                        next_seq: replica.end_seq(),
-                        base_clock: replica.clock().clone(),
-                        base: postcard::to_allocvec(&replica.state().snapshot()).map_err(|e| {
-                            StoreError::Encode { name: name.to_string(), detail: e.to_string() }
-                        })?,
-                    }
-                }
+                Batch { name: name.to_string(), meta, entries: encoded, snapshot: false }
+            }
+            _ => {
+                // A snapshot: the state with its clock stands for every entry
+                // so far, so the entries on disk go.
+                let base =
+                    postcard::to_allocvec(&replica.state().snapshot()).map_err(encode_error)?;
+                let meta = Meta {
+                    id: replica.id(),
+                    last: Timestamp::ZERO,
+                    base_seq: replica.end_seq(),
+                    next_seq: replica.end_seq(),
+                    base_clock: replica.clock().clone(),
+                    base,
+                };
+                Batch { name: name.to_string(), meta, entries: Vec::new(), snapshot: true }
             }
         };
-        meta.last = meta.last.max(replica.last_timestamp());
-        let header = postcard::to_allocvec(&meta)
+        batch.meta.last = old.map_or(Timestamp::ZERO, |m| m.last).max(replica.last_timestamp());
+        // Later batches continue from this one, before it is even committed.
+        metas.insert(name.to_string(), batch.meta.clone());
+        Ok(batch)
+    }
+
+    /// Writes a prepared batch in one transaction (one fsync); returns how
+    /// many entries it held. When it returns, they are durable.
+    pub fn commit(&self, batch: Batch) -> Result<usize, StoreError> {
+        let result = self.write(&batch);
+        if result.is_err() {
+            // The disk did not move: forget what the batch assumed.
+            self.metas().remove(&batch.name);
+        }
+        result
+    }
+
+    fn write(&self, batch: &Batch) -> Result<usize, StoreError> {
+        let name = batch.name.as_str();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(storage)?;
+            if batch.snapshot {
+                table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(storage)?;
+            }
+            for (seq, bytes) in &batch.entries {
+                table.insert((name, *seq), bytes.as_slice()).map_err(storage)?;
+            }
+        }
+        let header = postcard::to_allocvec(&batch.meta)
             .map_err(|e| StoreError::Encode { name: name.to_string(), detail: e.to_string() })?;
         txn.open_table(META).map_err(storage)?.insert(name, header.as_slice()).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(written)
+        Ok(batch.len())
+    }
+
+    fn metas(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
+        // The map only caches what is on disk; a panic while it was held
+        // cannot leave it worse than stale, and commit errors clear it.
+        self.metas.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-fn encode_into<'b, U: Serialize>(
-    name: &str,
-    entry: &Entry<U>,
-    buf: &'b mut Vec<u8>,
-) -> Result<&'b [u8], StoreError> {
-    *buf = postcard::to_extend(entry, std::mem::take(buf))
-        .map_err(|e| StoreError::Encode { name: name.to_string(), detail: e.to_string() })?;
-    Ok(buf.as_slice())
+/// What [`Store::prepare`] encoded, ready for [`Store::commit`].
+#[derive(Debug)]
+pub struct Batch {
+    name: String,
+    meta: Meta,
+    entries: Vec<(u64, Vec<u8>)>,
+    snapshot: bool,
+}
+
+impl Batch {
+    /// How many entries it holds (a snapshot counts as one).
+    pub fn len(&self) -> usize {
+        if self.snapshot { 1 } else { self.entries.len() }
+    }
+
+    /// Whether it holds nothing new.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn decode_error(name: &str, what: &'static str, e: postcard::Error) -> StoreError {

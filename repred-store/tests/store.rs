@@ -225,3 +225,26 @@ fn kill_nine_loses_nothing_acknowledged() {
     }
     std::io::stderr().flush().unwrap();
 }
+
+/// Prepared under a lock, committed after it: batches prepared back to back
+/// and committed in order hold everything.
+#[test]
+fn prepared_batches_commit_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = Store::open(&path).unwrap();
+    let mut r = store.load_or_create::<Numbers>("n", Config::default()).unwrap();
+    r.update(NOW, [1].into()).unwrap();
+    let first = store.prepare("n", &r).unwrap();
+    r.update(NOW, [2].into()).unwrap();
+    r.update(NOW, [3].into()).unwrap();
+    let second = store.prepare("n", &r).unwrap();
+    assert_eq!((first.len(), second.len()), (1, 2));
+    assert_eq!(store.commit(first).unwrap(), 1);
+    assert_eq!(store.commit(second).unwrap(), 2);
+    assert!(store.prepare("n", &r).unwrap().is_empty());
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let back = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
+    assert_eq!(back.state().0, [1, 2, 3].into());
+}
