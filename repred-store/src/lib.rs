@@ -245,20 +245,20 @@ impl Store {
         replica: &Replica<T>,
     ) -> Result<Batch, StoreError> {
         let mut metas = self.metas();
-        if !metas.contains_key(name) {
-            if let Some(meta) = self.read_meta(name)? {
-                metas.insert(name.to_string(), meta);
-            }
+        if !metas.contains_key(name)
+            && let Some(meta) = self.read_meta(name)?
+        {
+            metas.insert(name.to_string(), meta);
         }
         let old = metas.get(name);
-        if let Some(meta) = old {
-            if meta.id != replica.id() {
-                return Err(StoreError::WrongReplica {
-                    name: name.to_string(),
-                    stored: meta.id,
-                    given: replica.id(),
-                });
-            }
+        if let Some(meta) = old
+            && meta.id != replica.id()
+        {
+            return Err(StoreError::WrongReplica {
+                name: name.to_string(),
+                stored: meta.id,
+                given: replica.id(),
+            });
         }
         let encode_error = |e: postcard::Error| StoreError::Encode {
             name: name.to_string(),

@@ -84,10 +84,10 @@ impl<U> History<U> {
     fn evict_oldest(&mut self) {
         if let Some(old) = self.records.pop_front() {
             self.first_seq += 1;
-            if let Some(stamp) = old.stamp() {
-                if self.horizon.observe(stamp.source, stamp.ts) {
-                    self.horizon_generation += 1;
-                }
+            if let Some(stamp) = old.stamp()
+                && self.horizon.observe(stamp.source, stamp.ts)
+            {
+                self.horizon_generation += 1;
             }
         }
     }

@@ -240,10 +240,11 @@ impl<T: Reduce> Core<T> {
         if ts == Timestamp::ZERO {
             return Err(Rejection::ZeroTimestamp);
         }
-        if let Some(allowed) = &self.config.allowed_sources {
-            if source != self.id && !allowed.contains(&source) {
-                return Err(Rejection::NotAllowed);
-            }
+        if let Some(allowed) = &self.config.allowed_sources
+            && source != self.id
+            && !allowed.contains(&source)
+        {
+            return Err(Rejection::NotAllowed);
         }
         self.check_skew(now, ts)
     }
