@@ -47,6 +47,9 @@ mod envelope;
 mod event;
 mod frame;
 mod history;
+pub mod lattice;
+#[cfg(feature = "laws")]
+pub mod laws;
 mod network;
 mod reduce;
 mod replica;
@@ -62,6 +65,9 @@ pub use frame::{
     ClockSummary, CloseReason, FRAME_HEADER_LEN, Hello, PROTOCOL_VERSION, PeerMisbehaved,
 };
 pub use history::Entry;
+pub use lattice::{
+    EventLog, GCounter, GSet, LatticeMap, LwwMap, LwwRegister, Max, Min, OrSet, PnCounter, Stamped,
+};
 pub use network::{LinkId, Network, NodeId};
 pub use reduce::Reduce;
 pub use replica::{

@@ -1,0 +1,93 @@
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Reduce, Stamp};
+
+/// key -> lattice, merged key by key; a key's change carries only that
+/// key's part.
+///
+/// ```
+/// use repred::{LatticeMap, Max, Reduce};
+///
+/// type Scores = LatticeMap<String, Max<u32>>;
+/// let mut scores = Scores::default();
+/// scores.reduce(Scores::update("ann".to_string(), Max::new(3)));
+/// assert_eq!(scores.reduce(Scores::update("ann".to_string(), Max::new(2))), None);
+/// assert_eq!(scores.get("ann").and_then(|m| m.get()), Some(&3));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatticeMap<K: Ord, L>(BTreeMap<K, L>);
+
+impl<K: Ord, L> Default for LatticeMap<K, L> {
+    fn default() -> Self {
+        LatticeMap(BTreeMap::new())
+    }
+}
+
+impl<K: Ord, L: Reduce> LatticeMap<K, L> {
+    /// An update of one key.
+    pub fn update(key: K, update: L::Update) -> BTreeMap<K, L::Update> {
+        BTreeMap::from([(key, update)])
+    }
+
+    /// The lattice at `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&L>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.0.get(key)
+    }
+
+    /// The keys and their lattices, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &L)> {
+        self.0.iter()
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K, L> Reduce for LatticeMap<K, L>
+where
+    K: Ord + Clone + Serialize + DeserializeOwned,
+    L: Reduce + Default,
+{
+    type Update = BTreeMap<K, L::Update>;
+
+    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
+        let mut changed = BTreeMap::new();
+        for (key, part) in update {
+            let slot = self.0.entry(key.clone()).or_default();
+            if let Some(change) = slot.reduce(part) {
+                changed.insert(key, change);
+            }
+        }
+        (!changed.is_empty()).then_some(changed)
+    }
+
+    fn snapshot(&self) -> Self::Update {
+        self.0.iter().map(|(k, l)| (k.clone(), l.snapshot())).collect()
+    }
+
+    fn stamp(update: &mut Self::Update, stamp: Stamp) {
+        for part in update.values_mut() {
+            L::stamp(part, stamp);
+        }
+    }
+
+    fn unstamp(change: &mut Self::Update, stamp: Stamp) {
+        for part in change.values_mut() {
+            L::unstamp(part, stamp);
+        }
+    }
+}

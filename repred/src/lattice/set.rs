@@ -1,0 +1,216 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Reduce, Stamp};
+
+/// A set that only grows: the union is the merge.
+///
+/// ```
+/// use repred::{GSet, Reduce};
+///
+/// let mut names: GSet<String> = GSet::default();
+/// assert_eq!(names.reduce(GSet::from(["ann".to_string(), "bo".to_string()])).map(|c| c.len()), Some(2));
+/// assert_eq!(names.reduce(GSet::from(["ann".to_string()])), None);
+/// assert!(names.contains(&"bo".to_string()));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GSet<T: Ord>(BTreeSet<T>);
+
+impl<T: Ord> Default for GSet<T> {
+    fn default() -> Self {
+        GSet(BTreeSet::new())
+    }
+}
+
+impl<T: Ord, const N: usize> From<[T; N]> for GSet<T> {
+    fn from(items: [T; N]) -> Self {
+        GSet(items.into_iter().collect())
+    }
+}
+
+impl<T: Ord> FromIterator<T> for GSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        GSet(iter.into_iter().collect())
+    }
+}
+
+impl<T: Ord> GSet<T> {
+    /// An update adding one element.
+    pub fn add(item: T) -> Self {
+        GSet(BTreeSet::from([item]))
+    }
+
+    /// Whether `item` is in the set.
+    pub fn contains(&self, item: &T) -> bool {
+        self.0.contains(item)
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    /// How many elements.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for GSet<T> {
+    type Update = GSet<T>;
+
+    fn reduce(&mut self, update: GSet<T>) -> Option<GSet<T>> {
+        let added: BTreeSet<T> =
+            update.0.into_iter().filter(|x| self.0.insert(x.clone())).collect();
+        (!added.is_empty()).then_some(GSet(added))
+    }
+
+    fn snapshot(&self) -> GSet<T> {
+        self.clone()
+    }
+}
+
+/// An update of an [`OrSet`]: tagged adds and removed tags.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrSetUpdate<T> {
+    /// Elements added, each with the stamp of its add as a unique tag
+    /// (`None`: the carrying update's stamp).
+    pub adds: Vec<(T, Option<Stamp>)>,
+    /// Tags of adds that were observed and removed.
+    pub removes: Vec<Stamp>,
+}
+
+impl<T> Default for OrSetUpdate<T> {
+    fn default() -> Self {
+        OrSetUpdate { adds: Vec::new(), removes: Vec::new() }
+    }
+}
+
+/// An observed-remove set: a remove takes out the adds it has seen, so an
+/// element added again (or concurrently elsewhere) stays. Removed tags are
+/// kept as tombstones, so a late copy of a removed add cannot resurrect it.
+///
+/// ```
+/// use repred::{OrSet, Network, Replica, SourceId};
+///
+/// let mut net = Network::new();
+/// let a = net.add(Replica::new(SourceId::new("a")?, OrSet::default()));
+/// let b = net.add(Replica::new(SourceId::new("b")?, OrSet::default()));
+/// net.link(a, b);
+/// net.update(a, OrSet::add("milk".to_string()))?;
+/// net.pump();
+/// let remove = net[b].state().remove(&"milk".to_string());
+/// net.update(b, remove)?;
+/// net.pump();
+/// assert!(!net[a].state().contains(&"milk".to_string()));
+/// net.update(a, OrSet::add("milk".to_string()))?; // re-adding works
+/// net.pump();
+/// assert!(net[b].state().contains(&"milk".to_string()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrSet<T: Ord> {
+    /// element -> tags of its live adds.
+    live: BTreeMap<T, BTreeSet<Stamp>>,
+    /// Tags of adds that were removed.
+    tombstones: BTreeSet<Stamp>,
+}
+
+impl<T: Ord> Default for OrSet<T> {
+    fn default() -> Self {
+        OrSet { live: BTreeMap::new(), tombstones: BTreeSet::new() }
+    }
+}
+
+impl<T: Ord + Clone> OrSet<T> {
+    /// An update adding `item`.
+    pub fn add(item: T) -> OrSetUpdate<T> {
+        OrSetUpdate { adds: vec![(item, None)], removes: Vec::new() }
+    }
+
+    /// An update removing `item` as this replica sees it (empty if absent).
+    pub fn remove(&self, item: &T) -> OrSetUpdate<T> {
+        let removes =
+            self.live.get(item).map(|tags| tags.iter().copied().collect()).unwrap_or_default();
+        OrSetUpdate { adds: Vec::new(), removes }
+    }
+
+    /// Whether `item` is in the set.
+    pub fn contains(&self, item: &T) -> bool {
+        self.live.contains_key(item)
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.live.keys()
+    }
+
+    /// How many elements.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
+    type Update = OrSetUpdate<T>;
+
+    fn reduce(&mut self, update: OrSetUpdate<T>) -> Option<OrSetUpdate<T>> {
+        let mut changed = OrSetUpdate::default();
+        for tag in update.removes {
+            if self.tombstones.insert(tag) {
+                // Where the add was seen, it goes; where not yet, the
+                // tombstone stops it when it comes.
+                self.live.retain(|_, tags| {
+                    tags.remove(&tag);
+                    !tags.is_empty()
+                });
+                changed.removes.push(tag);
+            }
+        }
+        for (item, tag) in update.adds {
+            let Some(tag) = tag else { continue };
+            if self.tombstones.contains(&tag) {
+                continue;
+            }
+            if self.live.entry(item.clone()).or_default().insert(tag) {
+                changed.adds.push((item, Some(tag)));
+            }
+        }
+        (!changed.adds.is_empty() || !changed.removes.is_empty()).then_some(changed)
+    }
+
+    fn snapshot(&self) -> OrSetUpdate<T> {
+        let adds = self
+            .live
+            .iter()
+            .flat_map(|(item, tags)| tags.iter().map(move |t| (item.clone(), Some(*t))))
+            .collect();
+        OrSetUpdate { adds, removes: self.tombstones.iter().copied().collect() }
+    }
+
+    fn stamp(update: &mut OrSetUpdate<T>, stamp: Stamp) {
+        for (_, tag) in &mut update.adds {
+            tag.get_or_insert(stamp);
+        }
+    }
+
+    fn unstamp(change: &mut OrSetUpdate<T>, stamp: Stamp) {
+        for (_, tag) in &mut change.adds {
+            if *tag == Some(stamp) {
+                *tag = None;
+            }
+        }
+    }
+}
