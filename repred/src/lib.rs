@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+pub mod doc;
 mod envelope;
 mod event;
 mod frame;

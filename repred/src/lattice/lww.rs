@@ -78,7 +78,7 @@ impl<T> LwwRegister<T> {
     }
 
     /// The stamp of the winning write.
-    pub fn stamp(&self) -> Option<Stamp> {
+    pub fn written_at(&self) -> Option<Stamp> {
         self.write.as_ref().and_then(|w| w.stamp)
     }
 }
