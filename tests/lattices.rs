@@ -67,8 +67,8 @@ fn sets_are_lawful() {
     let or_update = (
         prop::collection::vec((0u8..4).prop_map(|x| (x, None)), 0..3),
         prop::collection::vec(
-            (1u64..6, source())
-                .prop_map(|(t, source)| Stamp { ts: Timestamp::new(1_000 + t, 0), source }),
+            (0u8..4, 0u64..6, source())
+                .prop_map(|(x, t, source)| (x, Stamp { ts: Timestamp::new(1_000 + t, 0), source })),
             0..3,
         ),
     )

@@ -423,11 +423,13 @@ impl Position {
 pub struct Seq<V> {
     order: LwwMap<RowId, Position>,
     values: LwwMap<RowId, V>,
+    /// The items sorted, derived from `order`: neighbours in O(log n).
+    sorted: BTreeSet<(Position, RowId)>,
 }
 
 impl<V> Default for Seq<V> {
     fn default() -> Self {
-        Seq { order: LwwMap::default(), values: LwwMap::default() }
+        Seq { order: LwwMap::default(), values: LwwMap::default(), sorted: BTreeSet::new() }
     }
 }
 
@@ -479,17 +481,26 @@ impl<V> Seq<V> {
         self.order.get(id)
     }
 
-    /// The neighbour after `id` in order.
+    fn first(&self) -> Option<&Position> {
+        self.sorted.first().map(|(p, _)| p)
+    }
+
+    fn last(&self) -> Option<&Position> {
+        self.sorted.last().map(|(p, _)| p)
+    }
+
+    /// The position of the item after `id` in order.
     fn next_after(&self, id: &str) -> Option<&Position> {
-        let ids = self.ids();
-        let at = ids.iter().position(|x| x.as_str() == id)?;
-        ids.get(at + 1).and_then(|n| self.position(n))
+        let key = (self.position(id)?.clone(), id.to_string());
+        self.sorted
+            .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+            .next()
+            .map(|(p, _)| p)
     }
 
     fn prev_before(&self, id: &str) -> Option<&Position> {
-        let ids = self.ids();
-        let at = ids.iter().position(|x| x.as_str() == id)?;
-        at.checked_sub(1).and_then(|p| self.position(ids[p]))
+        let key = (self.position(id)?.clone(), id.to_string());
+        self.sorted.range(..key).next_back().map(|(p, _)| p)
     }
 
     fn place(id: RowId, at: Position, value: Option<V>) -> SeqUpdate<V> {
@@ -499,14 +510,12 @@ impl<V> Seq<V> {
 
     /// An update appending `value` as item `id`.
     pub fn push(&self, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        let last = self.ids().last().and_then(|l| self.position(l));
-        Self::place(id.into(), Position::between(last, None), Some(value))
+        Self::place(id.into(), Position::between(self.last(), None), Some(value))
     }
 
     /// An update prepending `value` as item `id`.
     pub fn unshift(&self, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        let first = self.ids().first().and_then(|f| self.position(f));
-        Self::place(id.into(), Position::between(None, first), Some(value))
+        Self::place(id.into(), Position::between(None, self.first()), Some(value))
     }
 
     /// An update inserting `value` as item `id` right after `anchor` (at the
@@ -514,7 +523,7 @@ impl<V> Seq<V> {
     pub fn insert_after(&self, anchor: &str, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
         let lo = self.position(anchor);
         let hi = lo.and_then(|_| self.next_after(anchor));
-        let lo = lo.or_else(|| self.ids().last().and_then(|l| self.position(l)));
+        let lo = lo.or_else(|| self.last());
         Self::place(id.into(), Position::between(lo, hi), Some(value))
     }
 
@@ -523,7 +532,7 @@ impl<V> Seq<V> {
     pub fn insert_before(&self, anchor: &str, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
         let hi = self.position(anchor);
         let lo = hi.and_then(|_| self.prev_before(anchor));
-        let hi = hi.or_else(|| self.ids().first().and_then(|f| self.position(f)));
+        let hi = hi.or_else(|| self.first());
         Self::place(id.into(), Position::between(lo, hi), Some(value))
     }
 
@@ -553,7 +562,22 @@ where
     type Update = SeqUpdate<V>;
 
     fn reduce(&mut self, update: SeqUpdate<V>) -> Option<SeqUpdate<V>> {
+        let before: Vec<(RowId, Option<Position>)> = update
+            .order
+            .iter()
+            .map(|(id, _)| (id.clone(), self.order.get(id.as_str()).cloned()))
+            .collect();
         let order = self.order.reduce(update.order).unwrap_or_default();
+        if !order.is_empty() {
+            for (id, old) in before {
+                if let Some(old) = old {
+                    self.sorted.remove(&(old, id.clone()));
+                }
+                if let Some(new) = self.order.get(id.as_str()) {
+                    self.sorted.insert((new.clone(), id));
+                }
+            }
+        }
         let values = self.values.reduce(update.values).unwrap_or_default();
         (!order.is_empty() || !values.is_empty()).then_some(SeqUpdate { order, values })
     }

@@ -215,26 +215,28 @@ where
 {
     type Update = Writes<K, V>;
 
-    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
-        let mut changed = Vec::new();
-        for (key, write) in update {
-            let Some(stamp) = write.stamp else { continue };
-            match self.entries.get_mut(&key) {
+    fn reduce(&mut self, mut update: Self::Update) -> Option<Self::Update> {
+        // The change is the update less what lost: filtered in place, so a
+        // write that wins costs no allocation.
+        update.retain(|(key, write)| {
+            let Some(stamp) = write.stamp else { return false };
+            match self.entries.get_mut(key) {
                 Some((old, value)) if stamp > *old => {
                     self.live = self.live + usize::from(write.value.is_some())
                         - usize::from(value.is_some());
                     *old = stamp;
                     value.clone_from(&write.value);
+                    true
                 }
-                Some(_) => continue,
+                Some(_) => false,
                 None => {
                     self.live += usize::from(write.value.is_some());
                     self.entries.insert(key.clone(), (stamp, write.value.clone()));
+                    true
                 }
             }
-            changed.push((key, write));
-        }
-        (!changed.is_empty()).then_some(changed)
+        });
+        (!update.is_empty()).then_some(update)
     }
 
     fn snapshot(&self) -> Self::Update {

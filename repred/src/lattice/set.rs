@@ -83,8 +83,9 @@ pub struct OrSetUpdate<T> {
     /// Elements added, each with the stamp of its add as a unique tag
     /// (`None`: the carrying update's stamp).
     pub adds: Vec<(T, Option<Stamp>)>,
-    /// Tags of adds that were observed and removed.
-    pub removes: Vec<Stamp>,
+    /// Adds that were observed and removed: the element and its add's tag
+    /// (one update may add several elements under one stamp).
+    pub removes: Vec<(T, Stamp)>,
 }
 
 impl<T> Default for OrSetUpdate<T> {
@@ -119,8 +120,8 @@ impl<T> Default for OrSetUpdate<T> {
 pub struct OrSet<T: Ord> {
     /// element -> tags of its live adds.
     live: BTreeMap<T, BTreeSet<Stamp>>,
-    /// Tags of adds that were removed.
-    tombstones: BTreeSet<Stamp>,
+    /// Adds that were removed.
+    tombstones: BTreeSet<(Stamp, T)>,
 }
 
 impl<T: Ord> Default for OrSet<T> {
@@ -137,8 +138,11 @@ impl<T: Ord + Clone> OrSet<T> {
 
     /// An update removing `item` as this replica sees it (empty if absent).
     pub fn remove(&self, item: &T) -> OrSetUpdate<T> {
-        let removes =
-            self.live.get(item).map(|tags| tags.iter().copied().collect()).unwrap_or_default();
+        let removes = self
+            .live
+            .get(item)
+            .map(|tags| tags.iter().map(|t| (item.clone(), *t)).collect())
+            .unwrap_or_default();
         OrSetUpdate { adds: Vec::new(), removes }
     }
 
@@ -168,20 +172,22 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
 
     fn reduce(&mut self, update: OrSetUpdate<T>) -> Option<OrSetUpdate<T>> {
         let mut changed = OrSetUpdate::default();
-        for tag in update.removes {
-            if self.tombstones.insert(tag) {
+        for (item, tag) in update.removes {
+            if self.tombstones.insert((tag, item.clone())) {
                 // Where the add was seen, it goes; where not yet, the
                 // tombstone stops it when it comes.
-                self.live.retain(|_, tags| {
+                if let Some(tags) = self.live.get_mut(&item) {
                     tags.remove(&tag);
-                    !tags.is_empty()
-                });
-                changed.removes.push(tag);
+                    if tags.is_empty() {
+                        self.live.remove(&item);
+                    }
+                }
+                changed.removes.push((item, tag));
             }
         }
         for (item, tag) in update.adds {
             let Some(tag) = tag else { continue };
-            if self.tombstones.contains(&tag) {
+            if self.tombstones.contains(&(tag, item.clone())) {
                 continue;
             }
             if self.live.entry(item.clone()).or_default().insert(tag) {
@@ -197,7 +203,10 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
             .iter()
             .flat_map(|(item, tags)| tags.iter().map(move |t| (item.clone(), Some(*t))))
             .collect();
-        OrSetUpdate { adds, removes: self.tombstones.iter().copied().collect() }
+        OrSetUpdate {
+            adds,
+            removes: self.tombstones.iter().map(|(t, x)| (x.clone(), *t)).collect(),
+        }
     }
 
     fn stamp(update: &mut OrSetUpdate<T>, stamp: Stamp) {
