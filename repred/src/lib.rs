@@ -1,5 +1,31 @@
 //! repred: replicate application state between peers, with no leader.
 //!
+//! Annotate your own state struct and it becomes a replicated type: each
+//! field a lattice (or your own merge function), changes travel field by
+//! field, and every replica converges.
+//!
+//! ```
+//! use repred::{GSet, LwwRegister, Max, Network, Replica, Replicated, SourceId};
+//!
+//! #[derive(Replicated, Default, Debug, PartialEq)]
+//! struct Player {
+//!     name: LwwRegister<String>,
+//!     best: Max<u32>,
+//!     badges: GSet<String>,
+//! }
+//!
+//! let mut net = Network::new();
+//! let a = net.add(Replica::new(SourceId::new("a")?, Player::default()));
+//! let b = net.add(Replica::new(SourceId::new("b")?, Player::default()));
+//! net.link(a, b);
+//! net.update(a, PlayerChange { best: Some(Max::new(42)), ..Default::default() })?;
+//! net.update(b, PlayerChange { name: Some(LwwRegister::set("bo".into())), ..Default::default() })?;
+//! net.pump();
+//! assert_eq!(net[a].state(), net[b].state());
+//! assert_eq!(net[a].state().best.get(), Some(&42));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! A user writes one commutative, idempotent merge, [`Reduce::reduce`], and a
 //! [`Replica`] does the rest: it stamps local updates, keeps a [`Clock`] of
 //! who has seen what, records a bounded history, and runs the per-peer
@@ -79,3 +105,12 @@ pub use session::{SessionError, StreamOpts, StreamStats};
 pub use signing::{Identity, Signature, VerifyError, source_id_of};
 pub use source::{InvalidSourceId, SourceId};
 pub use timestamp::{Stamp, Timestamp};
+
+#[cfg(feature = "derive")]
+pub use repred_derive::Replicated;
+
+/// What generated code refers to; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}

@@ -42,6 +42,11 @@ use crate::Stamp;
 /// assert_eq!(change.map(|c| c.len()), Some(2));
 /// assert_eq!(names.reduce(["ann".to_string()].into()), None, "nothing new");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a lattice: it does not implement `repred::Reduce`",
+    label = "not a lattice",
+    note = "use a stock lattice (`repred::Max<T>`, `repred::LwwRegister<T>`, `repred::GSet<T>`, ...), derive `Replicated` for it, or implement `Reduce`"
+)]
 pub trait Reduce {
     /// What travels between replicas: a change, or a whole state.
     type Update: Clone + Serialize + DeserializeOwned;

@@ -1,0 +1,110 @@
+//! `#[replicated(...)]` attributes, read with `parse_nested_meta`.
+
+use syn::spanned::Spanned;
+use syn::{Attribute, Path, Type};
+
+use crate::check::Ctxt;
+
+pub const REPLICATED: &str = "replicated";
+pub const REDUCE: &str = "reduce";
+pub const UPDATE: &str = "update";
+pub const SNAPSHOT: &str = "snapshot";
+pub const SKIP: &str = "skip";
+
+/// A value with the span of the key that set it, for "duplicate" errors.
+pub struct Set<T> {
+    pub value: T,
+    pub key: proc_macro2::Span,
+}
+
+/// The container's attributes.
+#[derive(Default)]
+pub struct Container {
+    pub reduce: Option<Set<Path>>,
+    pub update: Option<Set<Type>>,
+    pub snapshot: Option<Set<Path>>,
+}
+
+fn set<T>(cx: &mut Ctxt, slot: &mut Option<Set<T>>, value: T, key: &Path) {
+    let name = key.get_ident().map(ToString::to_string).unwrap_or_default();
+    if slot.is_some() {
+        cx.error(key.span(), format!("duplicate `{name}` in #[replicated(...)]: give it once"));
+    } else {
+        *slot = Some(Set { value, key: key.span() });
+    }
+}
+
+impl Container {
+    pub fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = Container::default();
+        for attr in attrs.iter().filter(|a| a.path().is_ident(REPLICATED)) {
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident(REDUCE) {
+                    let path: Path = meta.value()?.parse()?;
+                    set(cx, &mut out.reduce, path, &meta.path);
+                } else if meta.path.is_ident(UPDATE) {
+                    let ty: Type = meta.value()?.parse()?;
+                    set(cx, &mut out.update, ty, &meta.path);
+                } else if meta.path.is_ident(SNAPSHOT) {
+                    let path: Path = meta.value()?.parse()?;
+                    set(cx, &mut out.snapshot, path, &meta.path);
+                } else if meta.path.is_ident(SKIP) {
+                    cx.error(meta.path.span(), "`skip` goes on a field, not on the struct");
+                } else {
+                    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                    cx.error(
+                        meta.path.span(),
+                        format!(
+                            "unknown key `{key}` in #[replicated(...)]: expected `reduce = path::to_fn`, `update = Type` or `snapshot = path::to_fn`"
+                        ),
+                    );
+                    // Skip a value the unknown key may have.
+                    if meta.input.peek(syn::Token![=]) {
+                        let _: syn::Expr = meta.value()?.parse()?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                cx.push(e);
+            }
+        }
+        out
+    }
+}
+
+/// A field's attributes.
+#[derive(Default)]
+pub struct Field {
+    pub skip: Option<proc_macro2::Span>,
+}
+
+impl Field {
+    pub fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
+        let mut out = Field::default();
+        for attr in attrs.iter().filter(|a| a.path().is_ident(REPLICATED)) {
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident(SKIP) {
+                    if out.skip.is_some() {
+                        cx.error(meta.path.span(), "duplicate `skip` in #[replicated(...)]: give it once");
+                    }
+                    out.skip = Some(meta.path.span());
+                } else {
+                    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                    cx.error(
+                        meta.path.span(),
+                        format!("unknown key `{key}` in #[replicated(...)] on a field: the only one is `skip`"),
+                    );
+                    if meta.input.peek(syn::Token![=]) {
+                        let _: syn::Expr = meta.value()?.parse()?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                cx.push(e);
+            }
+        }
+        out
+    }
+}

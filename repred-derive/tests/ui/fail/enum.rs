@@ -1,0 +1,9 @@
+use repred::Replicated;
+
+#[derive(Replicated)]
+enum Light {
+    On,
+    Off,
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use repred::Replicated;
+
+#[derive(Replicated, Default)]
+#[replicated(reduce = merge)]
+struct Counter {
+    n: u64,
+}
+
+fn merge(c: &mut Counter, n: u64) -> Option<u64> {
+    (n > c.n).then(|| {
+        c.n = n;
+        n
+    })
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use repred::Replicated;
+
+#[derive(Replicated)]
+struct Nothing;
+
+fn main() {}
