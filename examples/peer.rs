@@ -107,6 +107,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .listen(local(args.port))
         .bootstrap(args.bootstrap.iter().map(|&p| local(p)))
         .data_dir(&args.data_dir)
+        // The shared board survives restarts: it lives in node-<port>.redb.
+        .durable(true)
         .heartbeat(Duration::from_secs(1))
         .spawn()
         .await

@@ -171,9 +171,40 @@ impl Store {
         name: &str,
         config: Config,
     ) -> Result<Option<Replica<T>>, StoreError> {
+        self.load_with(name, T::default, config)
+    }
+
+    /// Loads the replica saved under `name` onto `base` (merged with it), or
+    /// creates one from `base` under a fresh id and saves it at once: for
+    /// states without a `Default`.
+    pub fn load_onto<T: Reduce>(
+        &self,
+        name: &str,
+        base: T,
+        config: Config,
+    ) -> Result<Replica<T>, StoreError> {
+        if self.read_meta(name)?.is_none() {
+            let replica = Replica::with_config(SourceId::random(), base, config);
+            self.save(name, &replica)?;
+            return Ok(replica);
+        }
+        // This process is the file's only writer: what was there is there.
+        self.load_with(name, move || base, config)?.ok_or_else(|| StoreError::Decode {
+            name: name.to_string(),
+            what: "header",
+            detail: "vanished while loading".to_string(),
+        })
+    }
+
+    fn load_with<T: Reduce>(
+        &self,
+        name: &str,
+        base: impl FnOnce() -> T,
+        config: Config,
+    ) -> Result<Option<Replica<T>>, StoreError> {
         let Some(meta) = self.read_meta(name)? else { return Ok(None) };
         self.metas().insert(name.to_string(), meta.clone());
-        let mut base = T::default();
+        let mut base = base();
         if !meta.base.is_empty() {
             let snapshot: T::Update =
                 postcard::from_bytes(&meta.base).map_err(|e| decode_error(name, "snapshot", e))?;
@@ -313,9 +344,34 @@ impl Store {
         result
     }
 
+    /// Writes several prepared batches (of different replicas, or of one in
+    /// order) in one transaction: one fsync for all of them.
+    pub fn commit_all(&self, batches: Vec<Batch>) -> Result<usize, StoreError> {
+        let result = self.write_all(&batches);
+        if result.is_err() {
+            let mut metas = self.metas();
+            for b in &batches {
+                metas.remove(&b.name);
+            }
+        }
+        result
+    }
+
     fn write(&self, batch: &Batch) -> Result<usize, StoreError> {
-        let name = batch.name.as_str();
+        self.write_all(std::slice::from_ref(batch))
+    }
+
+    fn write_all(&self, batches: &[Batch]) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
+        for batch in batches {
+            Self::write_batch(&txn, batch)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(batches.iter().map(Batch::len).sum())
+    }
+
+    fn write_batch(txn: &redb::WriteTransaction, batch: &Batch) -> Result<(), StoreError> {
+        let name = batch.name.as_str();
         {
             let mut table = txn.open_table(ENTRIES).map_err(storage)?;
             if batch.snapshot {
@@ -328,8 +384,7 @@ impl Store {
         let header = postcard::to_allocvec(&batch.meta)
             .map_err(|e| StoreError::Encode { name: name.to_string(), detail: e.to_string() })?;
         txn.open_table(META).map_err(storage)?.insert(name, header.as_slice()).map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        Ok(batch.len())
+        Ok(())
     }
 
     fn metas(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {

@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod close;
+mod durable;
 pub mod identity;
 mod membership;
 mod node;
@@ -109,4 +110,7 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,
+    /// The node's store could not be opened, read or written.
+    #[error("storage: {0}")]
+    Storage(String),
 }

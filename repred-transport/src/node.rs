@@ -19,10 +19,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
+use crate::durable::Durable;
 use crate::identity::{Credentials, SERVER_NAME};
 use crate::membership::{Beat, Heartbeats, Members};
 use crate::object::{Handle, Object, Shared, now_ms};
 use crate::{CloseCode, Error};
+use repred_store::Store;
 
 /// The name of the membership object on the wire.
 pub const MEMBERS_OBJECT: &str = "repred/members";
@@ -81,6 +83,7 @@ pub struct Builder {
     advertise: Option<SocketAddr>,
     bootstrap: Vec<SocketAddr>,
     data_dir: PathBuf,
+    durable: bool,
     settings: Settings,
 }
 
@@ -91,6 +94,7 @@ impl Default for Builder {
             advertise: None,
             bootstrap: Vec::new(),
             data_dir: PathBuf::from(".repred"),
+            durable: false,
             settings: Settings {
                 fanout: 3,
                 heartbeat: Duration::from_secs(1),
@@ -126,6 +130,17 @@ impl Builder {
     /// retried.
     pub fn bootstrap(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.bootstrap.extend(addrs);
+        self
+    }
+
+    /// Keeps every replicated object (not the membership) in
+    /// `<data_dir>/node-<port>.redb`: [`Handle::update`](crate::Handle::update)
+    /// then returns once the update is on disk, and a node restarted on the
+    /// same data directory and port resumes each object with its state,
+    /// clock and source id, so peers send it nothing it already has.
+    /// Default off: state lives in memory only.
+    pub fn durable(mut self, on: bool) -> Self {
+        self.durable = on;
         self
     }
 
@@ -213,9 +228,20 @@ impl Builder {
         });
         let dir = self.data_dir.clone();
         let port = bound.port();
+        let store_path = self.durable.then(|| dir.join(format!("node-{port}.redb")));
         let identity = tokio::task::spawn_blocking(move || Credentials::load_or_create(&dir, port))
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
+        let durable = match store_path {
+            Some(path) => {
+                let store = tokio::task::spawn_blocking(move || Store::open(path))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                Some(Durable::new(store))
+            }
+            None => None,
+        };
 
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -267,8 +293,12 @@ impl Builder {
             rng: Mutex::new(u64::from_le_bytes(seed) | 1),
             violations: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            durable: durable.clone(),
             settings: s,
         });
+        if let Some(durable) = durable {
+            inner.spawn(durable.run());
+        }
         inner.heartbeat(false);
         inner.spawn(accept_loop(inner.clone()));
         inner.spawn(gossip_loop(inner.clone()));
@@ -311,6 +341,8 @@ struct Inner {
     rng: Mutex<u64>,
     violations: AtomicU64,
     refused: AtomicU64,
+    /// The node's store, when durable.
+    durable: Option<Arc<Durable>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -916,8 +948,21 @@ impl Node {
         if !self.inner.running() {
             return Err(Error::Shutdown);
         }
-        let replica = Replica::with_config(self.inner.id, initial, self.inner.config.clone());
-        let shared = Shared::new(name.to_string(), replica);
+        let config = self.inner.config.clone();
+        let durable = self.inner.durable.clone();
+        let replica = match &durable {
+            // Loading is a few small reads; done in place, before any peer
+            // can see the object.
+            Some(d) => d
+                .store()
+                .load_onto(name, initial, config)
+                .map_err(|e| Error::Storage(e.to_string()))?,
+            None => Replica::with_config(self.inner.id, initial, config),
+        };
+        let shared = Shared::with_store(name.to_string(), replica, durable.clone());
+        if let Some(d) = &durable {
+            d.register(&(shared.clone() as Arc<dyn crate::durable::Persist>));
+        }
         let mut taken = false;
         self.inner.registry.send_if_modified(|registry| {
             taken = registry.contains_key(name);

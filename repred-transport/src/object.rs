@@ -16,6 +16,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::Error;
+use crate::durable::{Durable, Persist};
+use repred_store::{Batch, Store, StoreError};
 
 /// Wall-clock milliseconds since the Unix epoch: the `now` the core takes.
 pub(crate) fn now_ms() -> u64 {
@@ -109,6 +111,8 @@ struct Inner<T: Reduce> {
 pub(crate) struct Shared<T: Reduce> {
     name: String,
     inner: Mutex<Inner<T>>,
+    /// The node's store, when the node is durable.
+    durable: Option<Arc<Durable>>,
     wake: watch::Sender<u64>,
     changes: broadcast::Sender<Result<Applied<T::Update>, Lagged>>,
 }
@@ -119,11 +123,21 @@ where
     T::Update: Send + Sync + 'static,
 {
     pub(crate) fn new(name: String, replica: Replica<T>) -> Arc<Self> {
+        Self::with_store(name, replica, None)
+    }
+
+    /// An object whose log the node's store keeps.
+    pub(crate) fn with_store(
+        name: String,
+        replica: Replica<T>,
+        durable: Option<Arc<Durable>>,
+    ) -> Arc<Self> {
         let subscription = replica.subscribe();
         let inner =
             Inner { replica, subscription, live: HashMap::new(), traffic: Traffic::default() };
         Arc::new(Self {
             name,
+            durable,
             inner: Mutex::new(inner),
             wake: watch::Sender::new(0),
             changes: broadcast::Sender::new(CHANGES_CAPACITY),
@@ -170,13 +184,17 @@ where
         }
     }
 
-    pub(crate) fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
+    /// A local update; with a store, also the ticket of the commit that
+    /// will hold it.
+    pub(crate) fn update(&self, update: T::Update) -> Result<(Option<Stamp>, Option<u64>), Error> {
         let mut inner = self.lock();
         let stamp = inner.replica.update(now_ms(), update).map_err(|_| Error::Shutdown)?;
+        let mut ticket = None;
         if stamp.is_some() {
             self.settle(&mut inner);
+            ticket = self.durable.as_ref().map(|d| d.request());
         }
-        Ok(stamp)
+        Ok((stamp, ticket))
     }
 
     pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
@@ -202,6 +220,10 @@ where
         let result = inner.replica.handle(stream, now_ms(), bytes);
         Self::remember(&mut inner, stream);
         self.settle(&mut inner);
+        if let Some(durable) = &self.durable {
+            // Remote changes are saved promptly too, though nobody waits.
+            durable.request();
+        }
         result
     }
 
@@ -284,9 +306,16 @@ where
     /// Makes a local update and hands it to every connected peer.
     ///
     /// Returns its stamp, or `None` when it changed nothing (then nothing is
-    /// sent). Fails only after the node shut down.
+    /// sent). On a durable node ([`Builder::durable`](crate::Builder::durable))
+    /// it returns only once the update is on disk: an update whose `update`
+    /// returned survives a crash. Concurrent updates share one commit. Fails
+    /// after the node shut down, or when the store cannot be written.
     pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
-        self.shared.update(update)
+        let (stamp, ticket) = self.shared.update(update)?;
+        if let (Some(ticket), Some(durable)) = (ticket, &self.shared.durable) {
+            durable.wait(ticket).await?;
+        }
+        Ok(stamp)
     }
 
     /// Reads the state. The object is locked while `f` runs: keep it short.
@@ -336,5 +365,15 @@ impl<U: Clone + Send + 'static> Stream for Changes<U> {
         Pin::new(&mut self.inner).poll_next(cx).map(|item| {
             item.map(|r| r.unwrap_or_else(|BroadcastStreamRecvError::Lagged(n)| Err(Lagged(n))))
         })
+    }
+}
+
+impl<T> Persist for Shared<T>
+where
+    T: Reduce + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    fn prepare(&self, store: &Store) -> Result<Batch, StoreError> {
+        store.prepare(&self.name, &self.lock().replica)
     }
 }
