@@ -369,6 +369,39 @@ fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CredentialsError> {
     })
 }
 
+/// Loads this node's signing key from `path`, or creates it (32 random
+/// bytes, owner-only) the first time.
+pub(crate) fn signing_key(path: &Path) -> Result<repred::Identity, CredentialsError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let secret: [u8; 32] =
+                bytes.as_slice().try_into().map_err(|_| CredentialsError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: format!("a signing key is 32 bytes, found {}", bytes.len()),
+                })?;
+            Ok(repred::Identity::from_secret(secret))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let identity = repred::Identity::generate();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let written = options.open(path).and_then(|mut f| {
+                f.write_all(&identity.secret())?;
+                f.sync_all()
+            });
+            match written {
+                Ok(()) => Ok(identity),
+                // Another process made it first: use theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => signing_key(path),
+                Err(e) => Err(io_err(path)(e)),
+            }
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,6 +318,20 @@ where
         Ok(stamp)
     }
 
+    /// Applies an update made elsewhere (imported from a file, bridged from
+    /// another system) as if a peer had sent it: checked like any remote
+    /// update (timestamp skew, signature, allow-list), then passed on to
+    /// the peers.
+    pub fn apply(&self, envelope: repred::Envelope<T::Update>) -> repred::Outcome {
+        let mut inner = self.shared.lock();
+        let outcome = inner.replica.apply(now_ms(), envelope);
+        self.shared.settle(&mut inner);
+        if let Some(durable) = &self.shared.durable {
+            durable.request();
+        }
+        outcome
+    }
+
     /// Reads the state. The object is locked while `f` runs: keep it short.
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         self.shared.read(f)
