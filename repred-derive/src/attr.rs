@@ -34,6 +34,17 @@ fn set<T>(cx: &mut Ctxt, slot: &mut Option<Set<T>>, value: T, key: &Path) {
     }
 }
 
+/// Reports an unknown key where it stands, and steps over its value so
+/// that the keys after it are still read (and their mistakes reported).
+fn unknown(cx: &mut Ctxt, meta: &syn::meta::ParseNestedMeta, expected: &str) -> syn::Result<()> {
+    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+    cx.error(meta.path.span(), format!("unknown key `{key}` in #[replicated(...)]: {expected}"));
+    if meta.input.peek(syn::Token![=]) {
+        let _: syn::Expr = meta.value()?.parse()?;
+    }
+    Ok(())
+}
+
 impl Container {
     pub fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
         let mut out = Container::default();
@@ -51,17 +62,11 @@ impl Container {
                 } else if meta.path.is_ident(SKIP) {
                     cx.error(meta.path.span(), "`skip` goes on a field, not on the struct");
                 } else {
-                    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
-                    cx.error(
-                        meta.path.span(),
-                        format!(
-                            "unknown key `{key}` in #[replicated(...)]: expected `reduce = path::to_fn`, `update = Type` or `snapshot = path::to_fn`"
-                        ),
-                    );
-                    // Skip a value the unknown key may have.
-                    if meta.input.peek(syn::Token![=]) {
-                        let _: syn::Expr = meta.value()?.parse()?;
-                    }
+                    unknown(
+                        cx,
+                        &meta,
+                        "expected `reduce = path::to_fn`, `update = Type` or `snapshot = path::to_fn`",
+                    )?;
                 }
                 Ok(())
             });
@@ -86,18 +91,14 @@ impl Field {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident(SKIP) {
                     if out.skip.is_some() {
-                        cx.error(meta.path.span(), "duplicate `skip` in #[replicated(...)]: give it once");
+                        cx.error(
+                            meta.path.span(),
+                            "duplicate `skip` in #[replicated(...)]: give it once",
+                        );
                     }
                     out.skip = Some(meta.path.span());
                 } else {
-                    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
-                    cx.error(
-                        meta.path.span(),
-                        format!("unknown key `{key}` in #[replicated(...)] on a field: the only one is `skip`"),
-                    );
-                    if meta.input.peek(syn::Token![=]) {
-                        let _: syn::Expr = meta.value()?.parse()?;
-                    }
+                    unknown(cx, &meta, "on a field, the only one is `skip`")?;
                 }
                 Ok(())
             });
