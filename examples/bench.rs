@@ -6,36 +6,18 @@
 //! and history size per million), `digest` (bytes of one anti-entropy
 //! exchange between equal replicas at 10 to 100,000 sources).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use repred::{Config, Envelope, Network, Reduce, Replica, SourceId, Timestamp};
+use repred::{Config, Envelope, LatticeMap, Max, Network, Replica, SourceId, Timestamp};
 
 const NOW: u64 = 1_700_000_000_000;
 
-/// key -> newest value: the shape of an LWW map without the stamps.
-#[derive(Default, Clone, PartialEq, Debug)]
-struct Registers(BTreeMap<u64, u64>);
+/// key -> largest value: a map of max registers, from the stock lattices.
+type Registers = LatticeMap<u64, Max<u64>>;
 
-impl Reduce for Registers {
-    type Update = BTreeMap<u64, u64>;
-
-    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
-        let mut changed = BTreeMap::new();
-        for (k, v) in update {
-            let slot = self.0.entry(k).or_insert(0);
-            if v > *slot {
-                *slot = v;
-                changed.insert(k, v);
-            }
-        }
-        (!changed.is_empty()).then_some(changed)
-    }
-
-    fn snapshot(&self) -> Self::Update {
-        self.0.clone()
-    }
+fn write(key: u64, value: u64) -> std::collections::BTreeMap<u64, Max<u64>> {
+    Registers::update(key, Max::new(value))
 }
 
 /// (current, peak) resident set size in KiB, from /proc.
@@ -67,7 +49,7 @@ fn memory() {
     for million in 1..=10u64 {
         for i in 0..1_000_000u64 {
             let n = (million - 1) * 1_000_000 + i + 1;
-            let _ = r.update(NOW + n / 10_000, [(n % 1_000, n)].into());
+            let _ = r.update(NOW + n / 10_000, write(n % 1_000, n));
         }
         let (rss, peak) = rss_kib();
         if million == 1 {
@@ -105,7 +87,7 @@ fn digest() {
             let e = Envelope::new(
                 source,
                 Timestamp::new(NOW, 1),
-                [(s as u64 % 1_000, s as u64 + 1)].into(),
+                write(s as u64 % 1_000, s as u64 + 1),
             );
             net[a].apply(NOW, e.clone());
             net[b].apply(NOW, e);

@@ -2,37 +2,19 @@
 //!
 //! `cargo bench -p repred-store --bench store`
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use repred::{Config, Reduce};
+use repred::{Config, LatticeMap, Max};
 use repred_store::Store;
 
 const NOW: u64 = 1_700_000_000_000;
 
-/// key -> newest value: a map of max registers, 1,000 keys.
-#[derive(Default)]
-struct Registers(BTreeMap<u64, u64>);
+/// key -> largest value: a map of max registers, from the stock lattices.
+type Registers = LatticeMap<u64, Max<u64>>;
 
-impl Reduce for Registers {
-    type Update = BTreeMap<u64, u64>;
-
-    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
-        let mut changed = BTreeMap::new();
-        for (k, v) in update {
-            let slot = self.0.entry(k).or_insert(0);
-            if v > *slot {
-                *slot = v;
-                changed.insert(k, v);
-            }
-        }
-        (!changed.is_empty()).then_some(changed)
-    }
-
-    fn snapshot(&self) -> Self::Update {
-        self.0.clone()
-    }
+fn write(key: u64, value: u64) -> std::collections::BTreeMap<u64, Max<u64>> {
+    Registers::update(key, Max::new(value))
 }
 
 /// Makes `updates` local updates, saving every `batch`; returns the time.
@@ -46,7 +28,7 @@ fn run(updates: u64, batch: u64) -> Duration {
     let mut made = 0;
     while made < updates {
         for _ in 0..batch {
-            r.update(NOW, [(value % 1_000, value)].into()).expect("an update");
+            r.update(NOW, write(value % 1_000, value)).expect("an update");
             value += 1;
         }
         made += batch;
