@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
-use repred::{Clock, Config, Entry, Reduce, Replica, SourceId, Timestamp};
+use repred::{Clock, Config, Entry, Identity, Reduce, Replica, SourceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// name -> what is known of the replica as a whole.
@@ -183,16 +183,58 @@ impl Store {
         base: T,
         config: Config,
     ) -> Result<Replica<T>, StoreError> {
-        if self.read_meta(name)?.is_none() {
-            let replica = Replica::with_config(SourceId::random(), base, config);
+        self.load_or_start(name, base, config, None)
+    }
+
+    /// Like [`load_onto`](Store::load_onto), for a replica that signs with
+    /// `identity`: its source id is the identity's, and a stored replica of
+    /// another id is refused ([`StoreError::WrongReplica`]). Keep the
+    /// identity's secret beside the store: without it, the stored id can no
+    /// longer sign.
+    pub fn load_onto_signed<T: Reduce>(
+        &self,
+        name: &str,
+        identity: Identity,
+        base: T,
+        config: Config,
+    ) -> Result<Replica<T>, StoreError> {
+        self.load_or_start(name, base, config, Some(identity))
+    }
+
+    fn load_or_start<T: Reduce>(
+        &self,
+        name: &str,
+        base: T,
+        config: Config,
+        identity: Option<Identity>,
+    ) -> Result<Replica<T>, StoreError> {
+        let Some(meta) = self.read_meta(name)? else {
+            let replica = match identity {
+                Some(identity) => Replica::with_identity(identity, base, config),
+                None => Replica::with_config(SourceId::random(), base, config),
+            };
             self.save(name, &replica)?;
             return Ok(replica);
+        };
+        if let Some(identity) = &identity
+            && identity.id() != meta.id
+        {
+            return Err(StoreError::WrongReplica {
+                name: name.to_string(),
+                stored: meta.id,
+                given: identity.id(),
+            });
         }
         // This process is the file's only writer: what was there is there.
-        self.load_with(name, move || base, config)?.ok_or_else(|| StoreError::Decode {
-            name: name.to_string(),
-            what: "header",
-            detail: "vanished while loading".to_string(),
+        let replica =
+            self.load_with(name, move || base, config)?.ok_or_else(|| StoreError::Decode {
+                name: name.to_string(),
+                what: "header",
+                detail: "vanished while loading".to_string(),
+            })?;
+        Ok(match identity {
+            Some(identity) => replica.signing_with(identity),
+            None => replica,
         })
     }
 

@@ -151,7 +151,8 @@ impl Builder {
     /// Signs every update this node makes to its objects with an ed25519 key
     /// kept in `<data_dir>/signing-<port>.key`; the objects' source id is
     /// then derived from that key, so nobody can write in this node's name.
-    /// Not yet combined with [`durable`](Builder::durable). Default off.
+    /// With [`durable`](Builder::durable), keep the key with the store: the
+    /// stored objects can only be signed by it. Default off.
     pub fn signing(mut self, on: bool) -> Self {
         self.signing = on;
         self
@@ -249,9 +250,6 @@ impl Builder {
         });
         let dir = self.data_dir.clone();
         let port = bound.port();
-        if self.durable && self.signing {
-            return Err(Error::Config("signing and durable cannot be combined yet"));
-        }
         let store_path = self.durable.then(|| dir.join(format!("node-{port}.redb")));
         let key_path = self.signing.then(|| dir.join(format!("signing-{port}.key")));
         let identity = tokio::task::spawn_blocking(move || Credentials::load_or_create(&dir, port))
@@ -305,7 +303,12 @@ impl Builder {
         // whoever falls behind it keep memory flat.
         let members = Shared::new(
             MEMBERS_OBJECT.to_string(),
-            Replica::with_config(id, Heartbeats::default(), config.clone().history_limit(1024)),
+            Replica::with_config(
+                id,
+                Heartbeats::default(),
+                // Membership is authenticated by TLS, not by signatures.
+                config.clone().history_limit(1024).require_signatures(false),
+            ),
         );
         let registry: Registry =
             BTreeMap::from([(MEMBERS_OBJECT.to_string(), members.clone() as Arc<dyn Object>)]);
@@ -990,10 +993,13 @@ impl Node {
         let replica = match &durable {
             // Loading is a few small reads; done in place, before any peer
             // can see the object.
-            Some(d) => d
-                .store()
-                .load_onto(name, initial, config)
-                .map_err(|e| Error::Storage(e.to_string()))?,
+            Some(d) => match &self.inner.signer {
+                Some(identity) => {
+                    d.store().load_onto_signed(name, identity.clone(), initial, config)
+                }
+                None => d.store().load_onto(name, initial, config),
+            }
+            .map_err(|e| Error::Storage(e.to_string()))?,
             None => match &self.inner.signer {
                 Some(identity) => Replica::with_identity(identity.clone(), initial, config),
                 None => Replica::with_config(self.inner.id, initial, config),

@@ -76,3 +76,47 @@ async fn a_crashed_durable_node_resumes_with_everything_acknowledged() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Durable and signing together: after a crash, the restarted node still
+/// signs as itself, and a peer that requires signatures takes its updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_durable_node_signs_as_itself_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = fast(dir.path()).require_signatures(true).spawn().await.unwrap();
+    let on_b = b.replicate("counters", Counters::default()).unwrap();
+    let start = |listen: SocketAddr| {
+        let dir = dir.path().to_path_buf();
+        let b = b.addr();
+        async move {
+            for _ in 0..50 {
+                let built = fast(&dir).durable(true).signing(true).listen(listen).bootstrap([b]);
+                if let Ok(node) = built.spawn().await {
+                    return node;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the node did not start");
+        }
+    };
+    let a = start("127.0.0.1:0".parse().unwrap()).await;
+    let port = a.addr().port();
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    for i in 1..=10 {
+        on_a.update(Counters::set(&format!("k{i}"), i)).await.unwrap();
+    }
+    let source = on_a.source();
+    drop((on_a, a));
+
+    let a = start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    assert_eq!(on_a.source(), source);
+    assert_eq!(on_a.read(|c| c.0.len()), 10);
+    on_a.update(Counters::set("after", 11)).await.unwrap();
+    eventually("b took all 11 signed updates", Duration::from_secs(15), || {
+        let n = on_b.read(|c| c.0.len());
+        (n == 11, (n, on_b.traffic(), on_a.traffic()))
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -572,22 +572,16 @@ impl<T: Reduce> Replica<T> {
         replica
     }
 
-    /// Like [`restore`](Replica::restore), for a replica that signs with
-    /// `identity`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore_with_identity(
-        identity: Identity,
-        base: T,
-        base_clock: Clock,
-        last: Timestamp,
-        first_seq: u64,
-        entries: impl IntoIterator<Item = Entry<T::Update>>,
-        config: Config,
-    ) -> Self {
-        let mut replica =
-            Self::restore(identity.id(), base, base_clock, last, first_seq, entries, config);
-        replica.core.identity = Some(identity);
-        replica
+    /// This replica, signing its updates with `identity` from now on
+    /// (after a [`restore`](Replica::restore) of a signing replica).
+    ///
+    /// # Panics
+    /// If the identity's id is not this replica's: a replica cannot change
+    /// its source id.
+    pub fn signing_with(mut self, identity: Identity) -> Self {
+        assert_eq!(identity.id(), self.core.id, "the identity must be this replica's source");
+        self.core.identity = Some(identity);
+        self
     }
 
     /// Per source, the newest update that may be missing from the history.
