@@ -1,7 +1,8 @@
 //! `#[replicated(...)]` attributes, read with `parse_nested_meta`.
 
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Path, Type};
+use syn::{Attribute, Ident, LitStr, Path, Token, Type, WherePredicate};
 
 use crate::check::Ctxt;
 
@@ -10,6 +11,12 @@ pub const REDUCE: &str = "reduce";
 pub const UPDATE: &str = "update";
 pub const SNAPSHOT: &str = "snapshot";
 pub const SKIP: &str = "skip";
+pub const BOUND: &str = "bound";
+pub const CHANGE: &str = "change";
+
+/// What the struct-level keys are, for "unknown key" messages.
+const CONTAINER_KEYS: &str = "expected `reduce = path::to_fn`, `update = Type`, \
+                              `snapshot = path::to_fn`, `bound = \"T: Trait\"` or `change = Name`";
 
 /// A value with the span of the key that set it, for "duplicate" errors.
 pub struct Set<T> {
@@ -23,6 +30,11 @@ pub struct Container {
     pub reduce: Option<Set<Path>>,
     pub update: Option<Set<Type>>,
     pub snapshot: Option<Set<Path>>,
+    /// Extra where-predicates for the generated impl, as in serde's
+    /// `bound`: what the user's reduce function needs of the generics.
+    pub bound: Option<Set<Vec<WherePredicate>>>,
+    /// The name of the companion change type, instead of `<Name>Change`.
+    pub change: Option<Set<Ident>>,
 }
 
 fn set<T>(cx: &mut Ctxt, slot: &mut Option<Set<T>>, value: T, key: &Path) {
@@ -34,11 +46,31 @@ fn set<T>(cx: &mut Ctxt, slot: &mut Option<Set<T>>, value: T, key: &Path) {
     }
 }
 
+/// The key a user most likely meant by a name other libraries use.
+fn synonym(key: &str) -> Option<&'static str> {
+    match key {
+        "merge" | "join" | "with" | "reduce_with" => Some(REDUCE),
+        "changes" | "change_type" | "delta" | "rename" => Some(CHANGE),
+        "update_type" | "delta_type" | "message" => Some(UPDATE),
+        "state" | "snap" | "full" => Some(SNAPSHOT),
+        "bounds" | "where" => Some(BOUND),
+        "ignore" | "local" | "skip_replication" | "skip_serializing" | "transient" => Some(SKIP),
+        _ => None,
+    }
+}
+
 /// Reports an unknown key where it stands, and steps over its value so
 /// that the keys after it are still read (and their mistakes reported).
 fn unknown(cx: &mut Ctxt, meta: &syn::meta::ParseNestedMeta, expected: &str) -> syn::Result<()> {
     let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
-    cx.error(meta.path.span(), format!("unknown key `{key}` in #[replicated(...)]: {expected}"));
+    let hint = match synonym(&key) {
+        Some(known) => format!(" (did you mean `{known}`?)"),
+        None => String::new(),
+    };
+    cx.error(
+        meta.path.span(),
+        format!("unknown key `{key}` in #[replicated(...)]{hint}: {expected}"),
+    );
     if meta.input.peek(syn::Token![=]) {
         let _: syn::Expr = meta.value()?.parse()?;
     }
@@ -59,14 +91,23 @@ impl Container {
                 } else if meta.path.is_ident(SNAPSHOT) {
                     let path: Path = meta.value()?.parse()?;
                     set(cx, &mut out.snapshot, path, &meta.path);
+                } else if meta.path.is_ident(BOUND) {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    let parser = Punctuated::<WherePredicate, Token![,]>::parse_terminated;
+                    match lit.parse_with(parser) {
+                        Ok(preds) => set(cx, &mut out.bound, preds.into_iter().collect(), &meta.path),
+                        Err(e) => cx.error(
+                            lit.span(),
+                            format!("`bound` takes where-predicates, e.g. bound = \"T: Ord + Clone\": {e}"),
+                        ),
+                    }
+                } else if meta.path.is_ident(CHANGE) {
+                    let name: Ident = meta.value()?.parse()?;
+                    set(cx, &mut out.change, name, &meta.path);
                 } else if meta.path.is_ident(SKIP) {
                     cx.error(meta.path.span(), "`skip` goes on a field, not on the struct");
                 } else {
-                    unknown(
-                        cx,
-                        &meta,
-                        "expected `reduce = path::to_fn`, `update = Type` or `snapshot = path::to_fn`",
-                    )?;
+                    unknown(cx, &meta, CONTAINER_KEYS)?;
                 }
                 Ok(())
             });

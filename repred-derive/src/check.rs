@@ -1,6 +1,9 @@
 //! Errors, collected so that a user sees every mistake in one compile.
 
 use proc_macro2::Span;
+use syn::Type;
+
+use crate::ast::Input;
 
 /// Collects errors; `check` combines them into one.
 #[derive(Default)]
@@ -30,4 +33,62 @@ impl Ctxt {
         }
         Err(first)
     }
+}
+
+/// Checks the combination of attributes; returns whether to generate.
+pub fn validate(cx: &mut Ctxt, input: &Input) -> bool {
+    let a = &input.attrs;
+    let before = cx.len();
+    match (&a.reduce, &a.update) {
+        (Some(reduce), None) => cx.error(
+            reduce.key,
+            "`reduce` needs `update = Type` too: the type your reduce function takes and returns, \
+             e.g. #[replicated(reduce = merge, update = MyUpdate)]",
+        ),
+        (None, Some(update)) => cx.error(
+            update.key,
+            "`update` goes with `reduce = path::to_fn`, your merge function; without them each \
+             field must be a lattice",
+        ),
+        (Some(_), Some(update)) => {
+            if !is_self(&update.value) && a.snapshot.is_none() {
+                cx.error(
+                    update.key,
+                    "add `snapshot = path::to_fn` (a `fn(&Self) -> Update` giving the whole state \
+                     as one update), or use `update = Self` to send the state itself",
+                );
+            }
+            if let Some(change) = &a.change {
+                cx.error(
+                    change.key,
+                    "`change` names the change type of field-wise replication; with your own \
+                     `reduce`, the change type is your `update`",
+                );
+            }
+            for f in &input.fields {
+                if let Some(skip) = f.attrs.skip {
+                    cx.error(
+                        skip,
+                        "`skip` only applies to field-wise replication; with your own `reduce`, \
+                         leave the field out in your function",
+                    );
+                }
+            }
+        }
+        (None, None) => {
+            if let Some(snapshot) = &a.snapshot {
+                cx.error(
+                    snapshot.key,
+                    "`snapshot` goes with `reduce` and `update`; field-wise replication makes its \
+                     own",
+                );
+            }
+        }
+    }
+    cx.len() == before
+}
+
+/// Whether the update type is written `Self`: the state travels as is.
+pub fn is_self(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
 }

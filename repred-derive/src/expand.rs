@@ -1,19 +1,21 @@
 //! Code generation.
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use std::collections::BTreeSet;
+
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{DeriveInput, Type, WhereClause};
+use syn::{DeriveInput, GenericParam, Type, WhereClause};
 
 use crate::ast::Input;
-use crate::check::Ctxt;
+use crate::check::{self, Ctxt};
 
 /// The whole expansion: the impls, or the errors plus a stub impl so that
 /// the user is not buried in follow-on errors.
 pub fn derive(input: &DeriveInput) -> TokenStream {
     let mut cx = Ctxt::default();
     let parsed = Input::from_syn(&mut cx, input);
-    let output = parsed.as_ref().and_then(|p| validate(&mut cx, p).then(|| generate(p)));
+    let output = parsed.as_ref().and_then(|p| check::validate(&mut cx, p).then(|| generate(p)));
     match (cx.check(), output) {
         (Ok(()), Some(tokens)) => tokens,
         (Err(errors), _) => {
@@ -26,45 +28,6 @@ pub fn derive(input: &DeriveInput) -> TokenStream {
     }
 }
 
-/// Checks the combination of attributes; returns whether to generate.
-fn validate(cx: &mut Ctxt, input: &Input) -> bool {
-    let a = &input.attrs;
-    let before = cx.len();
-    match (&a.reduce, &a.update) {
-        (Some(reduce), None) => cx.error(
-            reduce.key,
-            "`reduce` needs `update = Type` too: the type your reduce function takes and returns, \
-             e.g. #[replicated(reduce = merge, update = MyUpdate)]",
-        ),
-        (None, Some(update)) => cx.error(
-            update.key,
-            "`update` goes with `reduce = path::to_fn`, your merge function; without them each \
-             field must be a lattice",
-        ),
-        (Some(_), Some(update)) => {
-            let is_self = matches!(&update.value, Type::Path(p) if p.path.is_ident("Self"));
-            if !is_self && a.snapshot.is_none() {
-                cx.error(
-                    update.key,
-                    "add `snapshot = path::to_fn` (a `fn(&Self) -> Update` giving the whole state \
-                     as one update), or use `update = Self` to send the state itself",
-                );
-            }
-            for f in &input.fields {
-                if let Some(skip) = f.attrs.skip {
-                    cx.error(skip, "`skip` only applies to field-wise replication; with your own `reduce`, leave fields out in the function");
-                }
-            }
-        }
-        (None, None) => {
-            if let Some(snapshot) = &a.snapshot {
-                cx.error(snapshot.key, "`snapshot` goes with `reduce` and `update`; field-wise replication makes its own");
-            }
-        }
-    }
-    cx.len() == before
-}
-
 fn generate(input: &Input) -> TokenStream {
     match (&input.attrs.reduce, &input.attrs.update) {
         (Some(reduce), Some(update)) => custom(input, &reduce.value, &update.value),
@@ -72,22 +35,50 @@ fn generate(input: &Input) -> TokenStream {
     }
 }
 
+/// Locals of generated code, invisible to the user's tokens (mixed-site
+/// hygiene): `reduce = update` must name the user's `fn update`, not our
+/// parameter.
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+/// The user's `bound = "..."` predicates.
+fn user_bounds(input: &Input) -> Vec<TokenStream> {
+    let bound = input.attrs.bound.iter().flat_map(|b| &b.value);
+    bound.map(|p| quote!(#p)).collect()
+}
+
 fn custom(input: &Input, reduce: &syn::Path, update: &Type) -> TokenStream {
     let ident = input.ident;
-    let (impl_g, ty_g, where_c) = input.generics.split_for_impl();
+    let (impl_g, ty_g, _) = input.generics.split_for_impl();
+    let (state, upd, reduce_fn, snapshot_fn) =
+        (local("state"), local("update"), local("reduce"), local("snapshot"));
+    // What `Reduce::Update` demands, asked of the generics on the impl
+    // rather than of the user's struct. Only with type parameters: on a
+    // concrete type the trait's own bound reports a missing derive better.
+    let mut predicates = Vec::new();
+    if input.generics.type_params().next().is_some() {
+        predicates.push(quote_spanned! {update.span()=>
+            #update: ::core::clone::Clone
+                + ::repred::__private::serde::Serialize
+                + ::repred::__private::serde::de::DeserializeOwned
+        });
+    }
+    predicates.extend(user_bounds(input));
+    let where_c = with_predicates(input, predicates);
     // Spanned at the user's path: a wrong signature is reported there.
-    let reduce_fn = quote_spanned! {reduce.span()=>
-        let reduce: fn(&mut Self, #update) -> ::core::option::Option<#update> = #reduce;
+    let reduce_check = quote_spanned! {reduce.span()=>
+        let #reduce_fn: fn(&mut Self, #update) -> ::core::option::Option<#update> = #reduce;
     };
     let snapshot = match &input.attrs.snapshot {
         Some(path) => {
             let path = &path.value;
             quote_spanned! {path.span()=>
-                let snapshot: fn(&Self) -> #update = #path;
-                snapshot(self)
+                let #snapshot_fn: fn(&Self) -> #update = #path;
+                #snapshot_fn(#state)
             }
         }
-        None => quote! { ::core::clone::Clone::clone(self) },
+        None => quote! { ::core::clone::Clone::clone(#state) },
     };
     let update_ty = quote_spanned! {update.span()=> #update};
     quote! {
@@ -96,12 +87,13 @@ fn custom(input: &Input, reduce: &syn::Path, update: &Type) -> TokenStream {
             impl #impl_g ::repred::Reduce for #ident #ty_g #where_c {
                 type Update = #update_ty;
 
-                fn reduce(&mut self, update: #update) -> ::core::option::Option<#update> {
-                    #reduce_fn
-                    reduce(self, update)
+                fn reduce(&mut self, #upd: #update) -> ::core::option::Option<#update> {
+                    #reduce_check
+                    #reduce_fn(self, #upd)
                 }
 
                 fn snapshot(&self) -> #update {
+                    let #state = self;
                     #snapshot
                 }
             }
@@ -118,15 +110,69 @@ fn with_predicates(input: &Input, predicates: Vec<TokenStream>) -> WhereClause {
     clause.clone()
 }
 
+/// Every identifier in `tokens`, lifetimes as `'a`.
+fn mentioned(tokens: TokenStream, out: &mut BTreeSet<String>) {
+    let mut quote = false;
+    for tt in tokens {
+        match tt {
+            TokenTree::Group(g) => mentioned(g.stream(), out),
+            TokenTree::Ident(i) if quote => {
+                out.insert(format!("'{i}"));
+            }
+            TokenTree::Ident(i) => {
+                out.insert(i.to_string());
+            }
+            TokenTree::Punct(p) => {
+                quote = p.as_char() == '\'';
+                continue;
+            }
+            TokenTree::Literal(_) => {}
+        }
+        quote = false;
+    }
+}
+
+/// The struct's type and lifetime parameters that no replicated field
+/// mentions: the change type carries none of those fields, so it needs a
+/// marker for them (an unused parameter is an error). Const parameters may
+/// go unused.
+fn unused_params(input: &Input) -> Vec<TokenStream> {
+    let mut seen = BTreeSet::new();
+    for f in input.replicated() {
+        mentioned(f.ty.to_token_stream(), &mut seen);
+    }
+    input
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Type(t) if !seen.contains(&t.ident.to_string()) => {
+                let t = &t.ident;
+                Some(quote!(#t))
+            }
+            GenericParam::Lifetime(l) if !seen.contains(&l.lifetime.to_string()) => {
+                let l = &l.lifetime;
+                Some(quote!(&#l ()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn field_wise(input: &Input) -> TokenStream {
     let ident = input.ident;
     let vis = input.vis;
-    let change = format_ident!("{}Change", ident);
+    let change = match &input.attrs.change {
+        Some(name) => name.value.clone(),
+        None => format_ident!("{}Change", ident, span = ident.span()),
+    };
     let generics = input.generics;
     let (impl_g, ty_g, _) = generics.split_for_impl();
     let fields: Vec<_> = input.replicated().collect();
     let names: Vec<_> = fields.iter().map(|f| f.ident).collect();
     let types: Vec<_> = fields.iter().map(|f| f.ty).collect();
+    // Spanned at each field's type: a field that is not a lattice is
+    // reported there, once, with `Reduce`'s own "not a lattice" message.
     let lattice_bounds: Vec<TokenStream> =
         types.iter().map(|ty| quote_spanned! {ty.span()=> #ty: ::repred::Reduce}).collect();
     let skip_bounds: Vec<TokenStream> = input
@@ -151,7 +197,25 @@ fn field_wise(input: &Input) -> TokenStream {
     let eq_where = with(quote!(::core::cmp::PartialEq));
     let mut reduce_preds = lattice_bounds.clone();
     reduce_preds.extend(skip_bounds);
+    reduce_preds.extend(user_bounds(input));
     let reduce_where = with_predicates(input, reduce_preds);
+
+    let unused = unused_params(input);
+    let marker = local_marker();
+    let (marker_decl, marker_init) = if unused.is_empty() {
+        (quote!(), quote!())
+    } else {
+        // `fn() -> ..`: covariant, and Send/Sync whatever the parameters.
+        (
+            quote! {
+                #[doc(hidden)]
+                #[serde(skip)]
+                #vis #marker: ::core::marker::PhantomData<fn() -> (#(#unused,)*)>,
+            },
+            quote!(#marker: ::core::marker::PhantomData,),
+        )
+    };
+
     let decls = fields.iter().map(|f| {
         let (name, ty, fvis, carried) = (f.ident, f.ty, f.vis, &f.carried);
         // Users who deny missing docs must not trip over generated fields.
@@ -170,33 +234,48 @@ fn field_wise(input: &Input) -> TokenStream {
          field does not carry the others. Made by `#[derive(Replicated)]`."
     );
     let change_name = change.to_string();
+    let (upd, chg, part, stamp, other, f) = (
+        local("update"),
+        local("change"),
+        local("part"),
+        local("stamp"),
+        local("other"),
+        local("f"),
+    );
     quote! {
         #[doc = #doc]
         #[derive(::repred::__private::serde::Serialize, ::repred::__private::serde::Deserialize)]
         #[serde(crate = "::repred::__private::serde", bound = "")]
         #vis struct #change #generics #bounded {
             #(#decls,)*
+            #marker_decl
         }
 
         const _: () = {
             #[automatically_derived]
             impl #impl_g ::core::clone::Clone for #change #ty_g #bounded {
                 fn clone(&self) -> Self {
-                    Self { #(#names: ::core::clone::Clone::clone(&self.#names),)* }
+                    Self {
+                        #(#names: ::core::clone::Clone::clone(&self.#names),)*
+                        #marker_init
+                    }
                 }
             }
 
             #[automatically_derived]
             impl #impl_g ::core::default::Default for #change #ty_g #bounded {
                 fn default() -> Self {
-                    Self { #(#names: ::core::option::Option::None,)* }
+                    Self {
+                        #(#names: ::core::option::Option::None,)*
+                        #marker_init
+                    }
                 }
             }
 
             #[automatically_derived]
             impl #impl_g ::core::fmt::Debug for #change #ty_g #debug_where {
-                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    f.debug_struct(#change_name)
+                fn fmt(&self, #f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    #f.debug_struct(#change_name)
                         #(.field(::core::stringify!(#names), &self.#names))*
                         .finish()
                 }
@@ -204,8 +283,8 @@ fn field_wise(input: &Input) -> TokenStream {
 
             #[automatically_derived]
             impl #impl_g ::core::cmp::PartialEq for #change #ty_g #eq_where {
-                fn eq(&self, other: &Self) -> bool {
-                    true #(&& self.#names == other.#names)*
+                fn eq(&self, #other: &Self) -> bool {
+                    true #(&& self.#names == #other.#names)*
                 }
             }
 
@@ -213,40 +292,48 @@ fn field_wise(input: &Input) -> TokenStream {
             impl #impl_g ::repred::Reduce for #ident #ty_g #reduce_where {
                 type Update = #change #ty_g;
 
-                fn reduce(&mut self, update: Self::Update) -> ::core::option::Option<Self::Update> {
-                    let change = #change {
-                        #(#names: match update.#names {
-                            ::core::option::Option::Some(part) => ::repred::Reduce::reduce(&mut self.#names, part),
+                fn reduce(&mut self, #upd: Self::Update) -> ::core::option::Option<Self::Update> {
+                    let #chg = #change {
+                        #(#names: match #upd.#names {
+                            ::core::option::Option::Some(#part) => ::repred::Reduce::reduce(&mut self.#names, #part),
                             ::core::option::Option::None => ::core::option::Option::None,
                         },)*
+                        #marker_init
                     };
-                    if true #(&& change.#names.is_none())* {
+                    if true #(&& #chg.#names.is_none())* {
                         ::core::option::Option::None
                     } else {
-                        ::core::option::Option::Some(change)
+                        ::core::option::Option::Some(#chg)
                     }
                 }
 
                 fn snapshot(&self) -> Self::Update {
                     #change {
                         #(#names: ::core::option::Option::Some(::repred::Reduce::snapshot(&self.#names)),)*
+                        #marker_init
                     }
                 }
 
-                fn stamp(update: &mut Self::Update, stamp: ::repred::Stamp) {
-                    #(if let ::core::option::Option::Some(part) = &mut update.#names {
-                        <#types as ::repred::Reduce>::stamp(part, stamp);
+                fn stamp(#upd: &mut Self::Update, #stamp: ::repred::Stamp) {
+                    #(if let ::core::option::Option::Some(#part) = &mut #upd.#names {
+                        <#types as ::repred::Reduce>::stamp(#part, #stamp);
                     })*
                 }
 
-                fn unstamp(change: &mut Self::Update, stamp: ::repred::Stamp) {
-                    #(if let ::core::option::Option::Some(part) = &mut change.#names {
-                        <#types as ::repred::Reduce>::unstamp(part, stamp);
+                fn unstamp(#chg: &mut Self::Update, #stamp: ::repred::Stamp) {
+                    #(if let ::core::option::Option::Some(#part) = &mut #chg.#names {
+                        <#types as ::repred::Reduce>::unstamp(#part, #stamp);
                     })*
                 }
             }
         };
     }
+}
+
+/// The change type's marker field for otherwise unused parameters. A field
+/// name is not hygienic, so it is one no user would pick.
+fn local_marker() -> Ident {
+    Ident::new("__repred_marker", Span::call_site())
 }
 
 /// An impl that type-checks whatever went wrong, so that uses of the type
