@@ -46,8 +46,13 @@ fn set<T>(cx: &mut Ctxt, slot: &mut Option<Set<T>>, value: T, key: &Path) {
     }
 }
 
-/// The key a user most likely meant by a name other libraries use.
+/// The key a user most likely meant: a near miss of a known key, or a name
+/// other libraries use for it.
 fn synonym(key: &str) -> Option<&'static str> {
+    let keys = [REDUCE, UPDATE, SNAPSHOT, SKIP, BOUND, CHANGE];
+    if let Some(near) = keys.into_iter().find(|k| key.len() > 2 && distance(key, k) <= 2) {
+        return Some(near);
+    }
     match key {
         "merge" | "join" | "with" | "reduce_with" => Some(REDUCE),
         "changes" | "change_type" | "delta" | "rename" => Some(CHANGE),
@@ -57,6 +62,29 @@ fn synonym(key: &str) -> Option<&'static str> {
         "ignore" | "local" | "skip_replication" | "skip_serializing" | "transient" => Some(SKIP),
         _ => None,
     }
+}
+
+/// The value after `key =`; an error says what the key takes.
+fn value<T: syn::parse::Parse>(meta: &syn::meta::ParseNestedMeta, what: &str) -> syn::Result<T> {
+    let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+    let reword = |e: syn::Error| syn::Error::new(e.span(), format!("`{key}` takes {what} ({e})"));
+    meta.value().map_err(reword)?.parse().map_err(reword)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// Reports an unknown key where it stands, and steps over its value so
@@ -83,26 +111,28 @@ impl Container {
         for attr in attrs.iter().filter(|a| a.path().is_ident(REPLICATED)) {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident(REDUCE) {
-                    let path: Path = meta.value()?.parse()?;
+                    let path: Path = value(&meta, "a path to your merge function, e.g. `reduce = merge`")?;
                     set(cx, &mut out.reduce, path, &meta.path);
                 } else if meta.path.is_ident(UPDATE) {
-                    let ty: Type = meta.value()?.parse()?;
+                    let ty: Type = value(&meta, "the type your merge function takes and returns, e.g. `update = MyUpdate`")?;
                     set(cx, &mut out.update, ty, &meta.path);
                 } else if meta.path.is_ident(SNAPSHOT) {
-                    let path: Path = meta.value()?.parse()?;
+                    let path: Path = value(&meta, "a path to a `fn(&Self) -> Update`, e.g. `snapshot = current`")?;
                     set(cx, &mut out.snapshot, path, &meta.path);
                 } else if meta.path.is_ident(BOUND) {
-                    let lit: LitStr = meta.value()?.parse()?;
+                    let lit: LitStr = value(&meta, "where-predicates in a string, e.g. `bound = \"T: Ord\"`")?;
                     let parser = Punctuated::<WherePredicate, Token![,]>::parse_terminated;
                     match lit.parse_with(parser) {
                         Ok(preds) => set(cx, &mut out.bound, preds.into_iter().collect(), &meta.path),
-                        Err(e) => cx.error(
+                        Err(e) => cx.unparsed(syn::Error::new(
                             lit.span(),
-                            format!("`bound` takes where-predicates, e.g. bound = \"T: Ord + Clone\": {e}"),
-                        ),
+                            format!(
+                                "`bound` takes where-predicates, e.g. bound = \"T: Ord + Clone\": {e}"
+                            ),
+                        )),
                     }
                 } else if meta.path.is_ident(CHANGE) {
-                    let name: Ident = meta.value()?.parse()?;
+                    let name: Ident = value(&meta, "a name for the change type, e.g. `change = PlayerDelta`")?;
                     set(cx, &mut out.change, name, &meta.path);
                 } else if meta.path.is_ident(SKIP) {
                     cx.error(meta.path.span(), "`skip` goes on a field, not on the struct");
@@ -112,7 +142,7 @@ impl Container {
                 Ok(())
             });
             if let Err(e) = result {
-                cx.push(e);
+                cx.unparsed(e);
             }
         }
         out
@@ -131,6 +161,9 @@ impl Field {
         for attr in attrs.iter().filter(|a| a.path().is_ident(REPLICATED)) {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident(SKIP) {
+                    if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                        return Err(meta.error("`skip` takes no value: write #[replicated(skip)]"));
+                    }
                     if out.skip.is_some() {
                         cx.error(
                             meta.path.span(),
@@ -144,7 +177,7 @@ impl Field {
                 Ok(())
             });
             if let Err(e) = result {
-                cx.push(e);
+                cx.unparsed(e);
             }
         }
         out

@@ -9,6 +9,9 @@ use crate::ast::Input;
 #[derive(Default)]
 pub struct Ctxt {
     errors: Vec<syn::Error>,
+    /// An attribute did not parse: what the user meant is unknown, so only
+    /// a stub is generated.
+    unparsed: bool,
 }
 
 impl Ctxt {
@@ -16,12 +19,15 @@ impl Ctxt {
         self.errors.push(syn::Error::new(span, message));
     }
 
-    pub fn len(&self) -> usize {
-        self.errors.len()
+    /// An attribute that did not parse; see [`Ctxt::is_unparsed`].
+    pub fn unparsed(&mut self, error: syn::Error) {
+        self.unparsed = true;
+        self.errors.push(error);
     }
 
-    pub fn push(&mut self, error: syn::Error) {
-        self.errors.push(error);
+    /// Whether some attribute did not parse.
+    pub fn is_unparsed(&self) -> bool {
+        self.unparsed
     }
 
     /// All errors so far as one, or `Ok` when there were none.
@@ -35,29 +41,44 @@ impl Ctxt {
     }
 }
 
-/// Checks the combination of attributes; returns whether to generate.
+/// Checks the combination of attributes; returns whether the real impls
+/// can still be generated. A key that is merely misplaced is reported and
+/// ignored (the impls are generated, so that uses of the type add no errors
+/// of their own); a mode that cannot be completed is not.
 pub fn validate(cx: &mut Ctxt, input: &Input) -> bool {
     let a = &input.attrs;
-    let before = cx.len();
+    // The rest of a broken attribute was not read: checking what is
+    // missing from it would only add false errors.
+    if cx.is_unparsed() {
+        return false;
+    }
     match (&a.reduce, &a.update) {
-        (Some(reduce), None) => cx.error(
-            reduce.key,
-            "`reduce` needs `update = Type` too: the type your reduce function takes and returns, \
-             e.g. #[replicated(reduce = merge, update = MyUpdate)]",
-        ),
-        (None, Some(update)) => cx.error(
-            update.key,
-            "`update` goes with `reduce = path::to_fn`, your merge function; without them each \
-             field must be a lattice",
-        ),
+        (Some(reduce), None) => {
+            cx.error(
+                reduce.key,
+                "`reduce` needs `update = Type` too: the type your reduce function takes and \
+                 returns, e.g. #[replicated(reduce = merge, update = MyUpdate)]",
+            );
+            false
+        }
+        (None, Some(update)) => {
+            cx.error(
+                update.key,
+                "`update` goes with `reduce = path::to_fn`, your merge function; without them \
+                 each field must be a lattice",
+            );
+            false
+        }
         (Some(_), Some(update)) => {
-            if !is_self(&update.value) && a.snapshot.is_none() {
+            let complete = is_self(&update.value) || a.snapshot.is_some();
+            if !complete {
                 cx.error(
                     update.key,
                     "add `snapshot = path::to_fn` (a `fn(&Self) -> Update` giving the whole state \
                      as one update), or use `update = Self` to send the state itself",
                 );
             }
+            // Misplaced keys from here on: reported, ignored.
             if let Some(change) = &a.change {
                 cx.error(
                     change.key,
@@ -74,6 +95,7 @@ pub fn validate(cx: &mut Ctxt, input: &Input) -> bool {
                     );
                 }
             }
+            complete
         }
         (None, None) => {
             if let Some(snapshot) = &a.snapshot {
@@ -83,9 +105,9 @@ pub fn validate(cx: &mut Ctxt, input: &Input) -> bool {
                      own",
                 );
             }
+            true
         }
     }
-    cx.len() == before
 }
 
 /// Whether the update type is written `Self`: the state travels as is.

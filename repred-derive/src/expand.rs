@@ -10,22 +10,19 @@ use syn::{DeriveInput, GenericParam, Type, WhereClause};
 use crate::ast::Input;
 use crate::check::{self, Ctxt};
 
-/// The whole expansion: the impls, or the errors plus a stub impl so that
-/// the user is not buried in follow-on errors.
+/// The whole expansion: every error, with the impls when the mode is clear
+/// despite them (a misspelt or misplaced key is ignored), or else a stub
+/// impl, so that the user is not buried in follow-on errors.
 pub fn derive(input: &DeriveInput) -> TokenStream {
     let mut cx = Ctxt::default();
     let parsed = Input::from_syn(&mut cx, input);
     let output = parsed.as_ref().and_then(|p| check::validate(&mut cx, p).then(|| generate(p)));
-    match (cx.check(), output) {
-        (Ok(()), Some(tokens)) => tokens,
-        (Err(errors), _) => {
-            let mut tokens = errors.into_compile_error();
-            tokens.extend(stub(input));
-            tokens
-        }
-        // Unreachable in practice: no output always comes with an error.
-        (Ok(()), None) => stub(input),
-    }
+    let mut tokens = match cx.check() {
+        Ok(()) => TokenStream::new(),
+        Err(errors) => errors.into_compile_error(),
+    };
+    tokens.extend(output.unwrap_or_else(|| stub(input)));
+    tokens
 }
 
 fn generate(input: &Input) -> TokenStream {
