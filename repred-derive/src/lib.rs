@@ -2,9 +2,9 @@
 //!
 //! Use it through `repred` (feature `derive`, on by default); see the
 //! `repred` crate docs for examples. The expansion runs in phases, as in
-//! serde_derive: [`ast`] parses the input keeping spans, [`attr`] reads the
-//! `#[replicated(...)]` attributes, [`check`] validates (collecting every
-//! error), and [`expand`] writes the code.
+//! serde_derive: `ast` parses the input keeping spans, `attr` reads the
+//! `#[replicated(...)]` attributes, `check` validates (collecting every
+//! error), and `expand` writes the code.
 
 mod ast;
 mod attr;
@@ -16,6 +16,31 @@ use syn::{DeriveInput, parse_macro_input};
 
 /// Derives `repred::Reduce` for a struct: field by field (each field a
 /// lattice), or with your own `#[replicated(reduce = .., update = ..)]`.
+///
+/// Field by field, it also writes `<Name>Change`: one
+/// `Option<<Field as Reduce>::Update>` per replicated field (serde, `Debug`,
+/// `Clone`, `PartialEq`, `Default`), so a change to one field travels without
+/// the others. Its visibility is the struct's, each field's the field's; doc
+/// comments and `#[serde(...)]` attributes on fields are copied over (they
+/// apply to the field's `Option<Update>`).
+///
+/// Keys of `#[replicated(...)]` on the struct:
+///
+/// | key | meaning |
+/// |---|---|
+/// | `reduce = path` | your merge, a `fn(&mut Self, Update) -> Option<Update>` returning what changed |
+/// | `update = Type` | what travels (with `reduce`); `Self` sends the state itself |
+/// | `snapshot = path` | a `fn(&Self) -> Update`: the whole state (with `reduce`, unless `update = Self`) |
+/// | `bound = "T: Ord"` | extra where-predicates on the generated impl, for what your merge needs |
+/// | `change = Name` | the change type's name, instead of `<Name>Change` (field by field) |
+///
+/// On a field: `skip` keeps a local-only field out of replication; it must
+/// be `Default` (a replica built from a snapshot starts it from there).
+///
+/// Generic structs get the bounds the fields need (`F: Reduce`, serde on
+/// the update) on the generated impls, not on the struct. See the `repred`
+/// crate docs and README for examples; `tests/ui/` pins what compiles and
+/// the errors of what does not.
 #[proc_macro_derive(Replicated, attributes(replicated, serde))]
 pub fn derive_replicated(input: TokenStream) -> TokenStream {
     expand::derive(&parse_macro_input!(input as DeriveInput)).into()
