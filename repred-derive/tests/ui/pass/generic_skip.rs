@@ -19,3 +19,21 @@ fn main() {
     assert_eq!(v.local.len(), 1);
     assert_eq!(v.label, Some("main"));
 }
+
+/// A const parameter no replicated field uses, and a where clause.
+#[derive(Replicated)]
+struct Window<T, const N: usize>
+where
+    T: Ord,
+{
+    top: Max<T>,
+    #[replicated(skip)]
+    slots: [u8; N],
+}
+
+#[allow(dead_code)]
+fn window() {
+    let mut w = Window::<u8, 4> { top: Max::default(), slots: [0; 4] };
+    let _ = w.reduce(WindowChange { top: Some(Max::new(1)) });
+    let _ = w.slots;
+}
