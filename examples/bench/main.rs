@@ -4,7 +4,10 @@
 //!
 //! Scenarios: `memory` (10M updates over 1,000 keys into one replica: RSS
 //! and history size per million), `digest` (bytes of one anti-entropy
-//! exchange between equal replicas at 10 to 100,000 sources).
+//! exchange between equal replicas at 10 to 100,000 sources), `gossip`
+//! (repred against chitchat: a cluster converging on every node's keys).
+
+mod gossip;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -114,12 +117,14 @@ fn main() -> ExitCode {
     match scenario.as_str() {
         "memory" => memory(),
         "digest" => digest(),
+        "gossip" => gossip::gossip(),
         "all" => {
             digest();
             memory();
+            gossip::gossip();
         }
         other => {
-            eprintln!("unknown scenario {other:?}; one of: memory, digest, all");
+            eprintln!("unknown scenario {other:?}; one of: memory, digest, gossip, all");
             return ExitCode::from(2);
         }
     }
