@@ -5,7 +5,8 @@ mod common;
 
 use common::{NOW, id, read};
 use proptest::prelude::*;
-use repred::doc::{Doc, DocEvent, Seq, SetView};
+use repred::doc::{Doc, DocEvent, Position, Seq, SeqEvent, SeqUpdate, SetView};
+use repred::lattice::Stamped;
 use repred::{EventLog, LwwMap, Network, Replica, laws};
 
 type Text = Doc<String>;
@@ -22,10 +23,26 @@ fn doc_and_seq_are_lawful() {
         (0u8..3).prop_map(|r| Text::remove(format!("r{r}"))),
     ];
     laws::check::<Text>(row);
-    let empty = Seq::<u8>::default();
+
+    // A few positions, some between others, for inserts and moves to pick
+    // from; every write of one update gets that update's stamp.
+    let start = Position::between(None, None);
+    let end = Position::between(Some(&start), None);
+    let mid = Position::between(Some(&start), Some(&end));
+    let pool = vec![start.clone(), mid.clone(), end, Position::between(Some(&start), Some(&mid))];
+    let item = || (0u8..3).prop_map(|i| format!("i{i}"));
+    let at = move || prop::sample::select(pool.clone());
     let seq = prop_oneof![
-        (0u8..3, any::<u8>()).prop_map(move |(i, v)| empty.push(format!("i{i}"), v)),
-        (0u8..3).prop_map(|i| Seq::<u8>::default().remove(&format!("i{i}"))),
+        (item(), at(), any::<u8>()).prop_map(|(id, p, v)| SeqUpdate {
+            order: vec![(id.clone(), Stamped::now(Some(p)))],
+            values: vec![(id, Stamped::now(Some(v)))],
+        }),
+        (item(), at()).prop_map(|(id, p)| SeqUpdate {
+            order: vec![(id, Stamped::now(Some(p)))],
+            values: vec![],
+        }),
+        (item(), any::<u8>()).prop_map(|(id, v)| Seq::<u8>::default().set(id, v)),
+        item().prop_map(|id| Seq::<u8>::default().remove(&id)),
     ];
     laws::check::<Seq<u8>>(seq);
 }
@@ -146,6 +163,33 @@ fn c49_local_doc_api() {
     assert!(moves.contains(&DocEvent::Entered { row: s("todo1") }));
     assert!(moves.contains(&DocEvent::Left { row: s("todo2") }));
     assert_eq!((todo.len(), done.len()), (0, 1));
+
+    // The seq part: rows kept in an order of their own, insert before and
+    // after, each placement an event that says where.
+    let mut list = Replica::new(id("a"), Seq::<String>::default());
+    let mut sub = list.subscribe();
+    for u in [
+        list.state().push("todo1", s("first")),
+        Seq::default().push("x", s("unused")), // replaced below: same id, new place
+    ] {
+        list.update(NOW, u).unwrap();
+    }
+    let u = list.state().insert_before("todo1", "x", s("before"));
+    list.update(NOW, u).unwrap();
+    let u = list.state().insert_after("todo1", "y", s("after"));
+    list.update(NOW, u).unwrap();
+    let ids: Vec<&str> = list.state().ids().into_iter().map(String::as_str).collect();
+    assert_eq!(ids, ["x", "todo1", "y"]);
+    assert_eq!(list.state().get("x").map(String::as_str), Some("before"));
+    let changes: Vec<_> = read(&list, &mut sub).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        list.state().events(&changes),
+        [
+            SeqEvent::Inserted { item: s("x"), after: None },
+            SeqEvent::Inserted { item: s("todo1"), after: Some(s("x")) },
+            SeqEvent::Inserted { item: s("y"), after: Some(s("todo1")) },
+        ]
+    );
 }
 
 /// Two replicas insert at the same place at the same time; after syncing,
@@ -207,4 +251,124 @@ fn seq_moves_and_edits_do_not_clobber_each_other() {
     assert_eq!(order, ["y", "z", "x"]);
     assert_eq!(net[b].state().get("x").map(String::as_str), Some("edited"));
     assert_eq!(net[a].state(), net[b].state());
+}
+
+/// `move_before`, `move_after` and the events a UI list acts on.
+#[test]
+fn seq_moves_and_their_events() {
+    let mut r = Replica::new(id("a"), Seq::<u32>::default());
+    for (i, k) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let u = r.state().push(k, i as u32);
+        r.update(NOW, u).unwrap();
+    }
+    let mut sub = r.subscribe();
+    let ids =
+        |r: &Replica<Seq<u32>>| -> Vec<String> { r.state().ids().into_iter().cloned().collect() };
+
+    let u = r.state().move_before("d", "b");
+    r.update(NOW, u).unwrap();
+    assert_eq!(ids(&r), ["a", "d", "b", "c"]);
+    let u = r.state().move_after("a", "c");
+    r.update(NOW, u).unwrap();
+    assert_eq!(ids(&r), ["d", "b", "c", "a"]);
+    // Moving next to itself, or an item that is not there, is no update.
+    assert_eq!(r.update(NOW, r.state().move_after("b", "b")).unwrap(), None);
+    assert_eq!(r.update(NOW, r.state().move_after("zz", "b")).unwrap(), None);
+    // To the very end and the very start, with no anchor.
+    let u = r.state().move_after("d", "nowhere");
+    r.update(NOW, u).unwrap();
+    let u = r.state().move_before("c", "nowhere");
+    r.update(NOW, u).unwrap();
+    assert_eq!(ids(&r), ["c", "b", "a", "d"]);
+    let u = r.state().set("b", 42);
+    r.update(NOW, u).unwrap();
+    let u = r.state().remove("a");
+    r.update(NOW, u).unwrap();
+    let u = r.state().insert_after("c", "e", 5);
+    r.update(NOW, u).unwrap();
+
+    let changes: Vec<SeqUpdate<u32>> = read(&r, &mut sub).into_iter().map(|(_, c)| c).collect();
+    let events = r.state().events(&changes);
+    let item = |k: &str| k.to_string();
+    assert_eq!(
+        events,
+        [
+            SeqEvent::Removed { item: item("a") },
+            SeqEvent::Moved { item: item("c"), after: None },
+            SeqEvent::Inserted { item: item("e"), after: Some(item("c")) },
+            SeqEvent::Moved { item: item("d"), after: Some(item("b")) },
+            SeqEvent::Changed { item: item("b") },
+        ]
+    );
+    assert_eq!(ids(&r), ["c", "e", "b", "d"]);
+}
+
+/// A list on screen that only follows [`Seq::events`] shows the replica's
+/// order after every batch, under random concurrent edits on two replicas.
+fn ui_follows(ops: &[(bool, u8, u8, u8)]) -> Result<(), TestCaseError> {
+    let mut net = Network::new();
+    let a = net.add(Replica::new(id("a"), Seq::<u8>::default()));
+    let b = net.add(Replica::new(id("b"), Seq::<u8>::default()));
+    net.link(a, b);
+    let mut sub = net[b].subscribe();
+    let mut screen: Vec<String> = Vec::new();
+    for (i, &(on_a, op, x, y)) in ops.iter().enumerate() {
+        let node = if on_a { a } else { b };
+        let seq = net[node].state();
+        let ids: Vec<String> = seq.ids().into_iter().cloned().collect();
+        let pick = |k: u8| ids.get(usize::from(k) % ids.len().max(1)).cloned();
+        let new = format!("n{}", x % 6);
+        let u = match (op % 7, pick(x), pick(y)) {
+            (0, _, _) | (_, None, _) => seq.push(new, x),
+            (1, _, _) => seq.unshift(new, x),
+            (2, Some(anchor), _) => seq.insert_after(&anchor, new, y),
+            (3, Some(anchor), _) => seq.insert_before(&anchor, new, y),
+            (4, Some(it), Some(anchor)) => seq.move_after(&it, &anchor),
+            (5, Some(it), Some(anchor)) => seq.move_before(&it, &anchor),
+            (_, Some(it), _) => seq.remove(&it),
+        };
+        net.update(node, u).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if i % 3 == 2 {
+            net.pump();
+        } else {
+            net.step();
+        }
+        let changes: Vec<SeqUpdate<u8>> =
+            read(&net[b], &mut sub).into_iter().map(|(_, c)| c).collect();
+        for event in net[b].state().events(&changes) {
+            match event {
+                SeqEvent::Removed { item } => screen.retain(|i| *i != item),
+                SeqEvent::Inserted { item, after } | SeqEvent::Moved { item, after } => {
+                    screen.retain(|i| *i != item);
+                    let at = match after {
+                        None => 0,
+                        Some(after) => {
+                            let Some(p) = screen.iter().position(|i| *i == after) else {
+                                return Err(TestCaseError::fail(format!("{after} not on screen")));
+                            };
+                            p + 1
+                        }
+                    };
+                    screen.insert(at, item);
+                }
+                SeqEvent::Changed { .. } => {}
+            }
+        }
+        let want: Vec<String> = net[b].state().ids().into_iter().cloned().collect();
+        prop_assert_eq!(&screen, &want);
+    }
+    net.pump();
+    prop_assert_eq!(net[a].state(), net[b].state());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_ui_list_follows_seq_events(
+        ops in prop::collection::vec((any::<bool>(), any::<u8>(), any::<u8>(), any::<u8>()), 1..40),
+    ) {
+        ui_follows(&ops)?;
+    }
 }

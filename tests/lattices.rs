@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use common::id;
 use proptest::prelude::*;
+use repred::doc::{Doc, Seq, SeqUpdate};
 use repred::lattice::{OrSetUpdate, Stamped};
 use repred::{
     EventLog, GCounter, GSet, LatticeMap, LwwMap, LwwRegister, Max, Min, Network, OrSet, PnCounter,
@@ -165,85 +166,263 @@ fn the_checker_catches_unlawful_reducers() {
     assert!(msg.contains("minimal failing input"), "{msg}");
 }
 
-/// Random writes on three replicas, links cut and relinked, every update
-/// also delivered a second time by hand: all end equal.
-fn converges<T, F>(seed: u64, mut write: F)
+/// One step of a random schedule on three replicas in a line (a-b-c).
+#[derive(Clone, Debug)]
+enum Step {
+    /// A local write at a replica.
+    Write(usize),
+    /// Every link delivers what it has, once.
+    Deliver,
+    /// A link is cut (relinked at the end).
+    Cut(usize),
+    /// Part of one side of a link's bytes is delivered.
+    Trickle(usize, usize, usize),
+    /// One replica's whole history is applied to another, the sources
+    /// interleaved at random (each source's updates still in order, as a
+    /// transport keeps them): duplicates and reordering across sources.
+    Replay(usize, usize, u64),
+    /// The wall clock moves.
+    Wait(u64),
+}
+
+fn schedule() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        4 => (0usize..3).prop_map(Step::Write),
+        2 => Just(Step::Deliver),
+        1 => (0usize..2).prop_map(Step::Cut),
+        1 => (0usize..2, 0usize..2, 1usize..64).prop_map(|(l, s, n)| Step::Trickle(l, s, n)),
+        1 => (0usize..3, 0usize..3, any::<u64>()).prop_map(|(f, t, r)| Step::Replay(f, t, r)),
+        2 => (0u64..3).prop_map(Step::Wait),
+    ];
+    prop::collection::vec(step, 1..80)
+}
+
+/// Runs `steps`, heals every link, and checks that all replicas are equal.
+fn converges<T, F>(steps: &[Step], mut write: F) -> Result<(), TestCaseError>
 where
     T: Reduce + Default + PartialEq + std::fmt::Debug,
     F: FnMut(&T, SourceId, u64) -> T::Update,
 {
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
     let mut net = Network::new();
     let nodes: Vec<_> =
         ["a", "b", "c"].iter().map(|n| net.add(Replica::new(id(n), T::default()))).collect();
-    let mut links = vec![net.link(nodes[0], nodes[1]), net.link(nodes[1], nodes[2])];
-    for round in 0..60 {
-        let node = nodes[next(3) as usize];
-        let u = write(net[node].state(), net[node].id(), round);
-        net.update(node, u).unwrap();
-        match next(5) {
-            0 => net.step(),
-            1 => {
-                let l = links[next(2) as usize];
-                net.cut(l);
-                0
+    let mut links = [net.link(nodes[0], nodes[1]), net.link(nodes[1], nodes[2])];
+    for (round, step) in steps.iter().enumerate() {
+        match *step {
+            Step::Write(n) => {
+                let u = write(net[nodes[n]].state(), net[nodes[n]].id(), round as u64);
+                net.update(nodes[n], u).map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
-            2 => {
-                // Duplicate delivery: replay one replica's history into another.
-                let (from, to) = (nodes[next(3) as usize], nodes[next(3) as usize]);
+            Step::Deliver => {
+                net.step();
+            }
+            Step::Cut(l) => net.cut(links[l]),
+            Step::Trickle(l, side, max) => {
+                if net.is_up(links[l]) {
+                    net.deliver(links[l], side, max);
+                }
+            }
+            Step::Replay(from, to, mut rng) => {
+                let (from, to) = (nodes[from], nodes[to]);
                 if net[to].clock().covers(net[from].horizon()) {
-                    let h: Vec<_> =
-                        net[from].history(&repred::Clock::new()).into_iter().cloned().collect();
+                    let mut queues: BTreeMap<SourceId, std::collections::VecDeque<_>> =
+                        BTreeMap::new();
+                    for e in net[from].history(&repred::Clock::new()) {
+                        queues.entry(e.source).or_default().push_back(e.clone());
+                    }
+                    let mut queues: Vec<_> = queues.into_values().collect();
                     let now = net.now();
-                    for e in h {
-                        net[to].apply(now, e);
+                    while !queues.is_empty() {
+                        rng =
+                            rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let q = (rng >> 33) as usize % queues.len();
+                        if let Some(e) = queues[q].pop_front() {
+                            net[to].apply(now, e);
+                        }
+                        if queues[q].is_empty() {
+                            queues.swap_remove(q);
+                        }
                     }
                 }
-                0
             }
-            _ => 0,
-        };
-        net.advance(next(3));
+            Step::Wait(ms) => net.advance(ms),
+        }
     }
-    for (i, l) in links.clone().into_iter().enumerate() {
-        if !net.is_up(l) {
-            let [(a, _), (b, _)] = net.streams(l);
-            links[i] = net.link(a, b);
+    for l in links.iter_mut() {
+        if !net.is_up(*l) {
+            let [(a, _), (b, _)] = net.streams(*l);
+            *l = net.link(a, b);
         }
     }
     net.pump();
-    assert_eq!(net[nodes[0]].state(), net[nodes[1]].state(), "seed {seed}");
-    assert_eq!(net[nodes[1]].state(), net[nodes[2]].state(), "seed {seed}");
+    prop_assert_eq!(net[nodes[0]].state(), net[nodes[1]].state());
+    prop_assert_eq!(net[nodes[1]].state(), net[nodes[2]].state());
+    Ok(())
 }
 
-#[test]
-fn every_lattice_converges_through_links() {
-    for seed in 1..=8 {
-        converges::<Max<u64>, _>(seed, |_, _, r| Max::new(r * 7 % 13));
-        converges::<Min<u64>, _>(seed, |_, _, r| Min::new(r * 7 % 13));
-        converges::<LwwRegister<u64>, _>(seed, |_, _, r| LwwRegister::set(r));
-        converges::<LwwMap<u64, u64>, _>(seed, |_, _, r| {
-            if r % 4 == 0 { LwwMap::delete(r % 5) } else { LwwMap::set(r % 5, r) }
-        });
-        converges::<GSet<u64>, _>(seed, |_, _, r| GSet::add(r % 9));
-        converges::<OrSet<u64>, _>(seed, |s, _, r| {
-            if r % 3 == 0 { s.remove(&(r % 4)) } else { OrSet::add(r % 4) }
-        });
-        converges::<GCounter, _>(seed, |s, me, r| s.increment(me, r % 3 + 1));
-        converges::<PnCounter, _>(seed, |s, me, r| {
-            if r % 2 == 0 { s.increment(me, 2) } else { s.decrement(me, 1) }
-        });
-        converges::<LatticeMap<u64, Max<u64>>, _>(seed, |_, _, r| {
-            BTreeMap::from([(r % 3, Max::new(r))])
-        });
-        converges::<EventLog<u64>, _>(seed, |_, _, r| EventLog::emit([r]));
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn max_and_min_converge(steps in schedule()) {
+        converges::<Max<u64>, _>(&steps, |_, _, r| Max::new(r * 7 % 13))?;
+        converges::<Min<u64>, _>(&steps, |_, _, r| Min::new(r * 7 % 13))?;
     }
+
+    #[test]
+    fn lww_register_and_map_converge(steps in schedule()) {
+        converges::<LwwRegister<u64>, _>(&steps, |_, _, r| LwwRegister::set(r))?;
+        converges::<LwwMap<u64, u64>, _>(&steps, |_, _, r| {
+            if r % 4 == 0 { LwwMap::delete(r % 5) } else { LwwMap::set(r % 5, r) }
+        })?;
+    }
+
+    #[test]
+    fn sets_converge(steps in schedule()) {
+        converges::<GSet<u64>, _>(&steps, |_, _, r| GSet::add(r % 9))?;
+        converges::<OrSet<u64>, _>(&steps, |s, _, r| {
+            if r % 3 == 0 { s.remove(&(r % 4)) } else { OrSet::add(r % 4) }
+        })?;
+    }
+
+    #[test]
+    fn counters_converge(steps in schedule()) {
+        converges::<GCounter, _>(&steps, |s, me, r| s.increment(me, r % 3 + 1))?;
+        converges::<PnCounter, _>(&steps, |s, me, r| {
+            if r % 2 == 0 { s.increment(me, 2) } else { s.decrement(me, 1) }
+        })?;
+    }
+
+    #[test]
+    fn lattice_map_and_event_log_converge(steps in schedule()) {
+        converges::<LatticeMap<u64, Max<u64>>, _>(&steps, |_, _, r| {
+            BTreeMap::from([(r % 3, Max::new(r))])
+        })?;
+        converges::<LatticeMap<u64, OrSet<u64>>, _>(&steps, |s, _, r| {
+            let key = r % 2;
+            let update = match s.get(&key) {
+                Some(set) if r % 3 == 0 => set.remove(&(r % 4)),
+                _ => OrSet::add(r % 4),
+            };
+            LatticeMap::<u64, OrSet<u64>>::update(key, update)
+        })?;
+        converges::<EventLog<u64>, _>(&steps, |_, _, r| EventLog::emit([r]))?;
+    }
+
+    #[test]
+    fn doc_and_seq_converge(steps in schedule()) {
+        converges::<Doc<u64>, _>(&steps, |_, _, r| {
+            let row = format!("r{}", r % 4);
+            match r % 3 {
+                0 => Doc::add(row, [("f", r)]),
+                1 => Doc::set(row, "g", r),
+                _ => Doc::remove(row),
+            }
+        })?;
+        converges::<Seq<u64>, _>(&steps, seq_edit)?;
+    }
+}
+
+/// Some edit of a list, chosen by `r`.
+fn seq_edit(s: &Seq<u64>, _: SourceId, r: u64) -> SeqUpdate<u64> {
+    let ids: Vec<String> = s.ids().into_iter().cloned().collect();
+    let pick = |k: u64| ids.get(k as usize % ids.len().max(1)).cloned();
+    let new = format!("i{}", r % 7);
+    match (r % 7, pick(r / 7), pick(r / 3)) {
+        (0, _, _) | (_, None, _) => s.push(new, r),
+        (1, _, _) => s.unshift(new, r),
+        (2, Some(a), _) => s.insert_after(&a, new, r),
+        (3, Some(a), _) => s.insert_before(&a, new, r),
+        (4, Some(x), Some(a)) => s.move_after(&x, &a),
+        (5, Some(x), _) => s.set(x, r),
+        (_, Some(x), _) => s.remove(&x),
+    }
+}
+
+/// Equal timestamps from two sources: the larger source id wins on every
+/// replica, whichever write each saw first.
+#[test]
+fn lww_ties_are_broken_by_source_id() {
+    let mut a = Replica::new(id("a"), LwwMap::<String, String>::default());
+    let mut b = Replica::new(id("b"), LwwMap::<String, String>::default());
+    let sa = a.update(common::NOW, LwwMap::set("k".into(), "from a".into())).unwrap().unwrap();
+    let sb = b.update(common::NOW, LwwMap::set("k".into(), "from b".into())).unwrap().unwrap();
+    assert_eq!(sa.ts, sb.ts, "the same millisecond, the same counter");
+    let (ea, eb) =
+        (a.history(&repred::Clock::new())[0].clone(), b.history(&repred::Clock::new())[0].clone());
+    a.apply(common::NOW, eb);
+    b.apply(common::NOW, ea);
+    let winner = if id("a") > id("b") { "from a" } else { "from b" };
+    assert_eq!(a.state().get("k").map(String::as_str), Some(winner));
+    assert_eq!(a.state(), b.state());
+}
+
+/// Observed-remove: a remove takes out only the adds it saw, so an add made
+/// concurrently elsewhere survives it.
+#[test]
+fn or_set_concurrent_add_survives_remove() {
+    let mut net = Network::new();
+    let a = net.add(Replica::new(id("a"), OrSet::<String>::default()));
+    let b = net.add(Replica::new(id("b"), OrSet::<String>::default()));
+    let link = net.link(a, b);
+    net.update(a, OrSet::add("x".to_string())).unwrap();
+    net.pump();
+    net.cut(link);
+    let remove = net[a].state().remove(&"x".to_string());
+    net.update(a, remove).unwrap();
+    net.update(b, OrSet::add("x".to_string())).unwrap();
+    net.link(a, b);
+    net.pump();
+    assert!(net[a].state().contains(&"x".to_string()));
+    assert_eq!(net[a].state(), net[b].state());
+    // Only b's add is left; a remove that has seen it takes the element out
+    // everywhere.
+    let remove = net[b].state().remove(&"x".to_string());
+    assert_eq!(remove.removes.len(), 1);
+    net.update(b, remove).unwrap();
+    net.pump();
+    assert!(net[a].state().is_empty() && net[b].state().is_empty());
+}
+
+/// States serialize as their snapshots and come back equal, derived data
+/// (live counts) rebuilt.
+#[test]
+fn states_round_trip_through_serde() {
+    fn round_trip<T>(state: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = postcard::to_allocvec(state).unwrap();
+        let back: T = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(&back, state);
+    }
+    let mut r = Replica::new(id("a"), LwwMap::<String, u32>::default());
+    r.update(common::NOW, LwwMap::set("x".into(), 1)).unwrap();
+    r.update(common::NOW, LwwMap::set("y".into(), 2)).unwrap();
+    r.update(common::NOW, LwwMap::delete("x".into())).unwrap();
+    let bytes = postcard::to_allocvec(r.state()).unwrap();
+    let back: LwwMap<String, u32> = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!((&back, back.len()), (r.state(), 1));
+
+    let mut s = Replica::new(id("a"), OrSet::<u8>::default());
+    s.update(common::NOW, OrSet::add(1)).unwrap();
+    s.update(common::NOW, OrSet::add(2)).unwrap();
+    let rm = s.state().remove(&1);
+    s.update(common::NOW, rm).unwrap();
+    round_trip(s.state());
+
+    let mut e = Replica::new(id("a"), EventLog::<String>::default());
+    e.update(common::NOW, EventLog::emit(["hi".to_string()])).unwrap();
+    round_trip(e.state());
+
+    let mut m = LatticeMap::<String, Max<u8>>::default();
+    m.reduce(LatticeMap::<String, Max<u8>>::update("k".into(), Max::new(3)));
+    round_trip(&m);
+    round_trip(&Max::new(3u8));
+    round_trip(&GSet::from([1u8, 2]));
+    let mut c = GCounter::default();
+    c.reduce(c.increment(id("a"), 3));
+    round_trip(&c);
 }
 
 /// Only the part of a write that wins travels, and a key's stamp stays off

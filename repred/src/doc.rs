@@ -35,11 +35,12 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::lattice::{LwwMap, LwwRegister, Stamped, Writes};
+use crate::lattice::{LwwMap, LwwRegister, Stamped, Writes, serde_as_snapshot};
 use crate::{Reduce, Stamp};
 
 /// A row's id.
@@ -62,6 +63,8 @@ impl<V> Default for Row<V> {
         Row { present: LwwRegister::default(), fields: LwwMap::default() }
     }
 }
+
+serde_as_snapshot!([V] Row<V>);
 
 impl<V> Row<V> {
     /// Whether the row exists (added and not removed since).
@@ -137,6 +140,8 @@ impl<V> Default for Doc<V> {
         Doc { rows: BTreeMap::new() }
     }
 }
+
+serde_as_snapshot!([V] Doc<V>);
 
 /// A change to a document: row id -> that row's change.
 pub type DocUpdate<V> = BTreeMap<RowId, RowUpdate<V>>;
@@ -364,36 +369,65 @@ impl<V: PartialEq> SetView<V> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position(Vec<u16>);
 
+/// One more than the largest digit.
+const BASE: u32 = 1 << 16;
+
 impl Position {
     /// A position strictly between `lo` (or the start) and `hi` (or the end).
+    ///
+    /// When there is no such position (`hi` is not above `lo`, or is one no
+    /// replica issues, such as a position received from a faulty peer that
+    /// nothing fits below), `hi` is ignored and the result is just above
+    /// `lo`: the call always returns, whatever the input.
     pub fn between(lo: Option<&Position>, hi: Option<&Position>) -> Position {
         let lo: &[u16] = lo.map_or(&[], |p| &p.0);
-        let mut digits = Vec::new();
-        let mut lo_tight = true;
+        let hi = hi.map(|p| p.0.as_slice()).filter(|hi| Self::has_room(lo, hi));
+        let mut digits = Vec::with_capacity(lo.len().max(hi.map_or(0, <[u16]>::len)) + 2);
+        // Walk down the digits while the result still equals a prefix of
+        // `hi` ("tight"); once below it, any digit above `lo`'s will do.
         let mut hi_tight = hi.is_some();
         for i in 0.. {
-            let l = if lo_tight { u32::from(lo.get(i).copied().unwrap_or(0)) } else { 0 };
+            let l = u32::from(lo.get(i).copied().unwrap_or(0));
             let h = match hi {
-                Some(hi) if hi_tight => u32::from(hi.0.get(i).copied().unwrap_or(0)),
-                _ => 1 << 16,
+                Some(hi) if hi_tight => u32::from(hi.get(i).copied().unwrap_or(0)),
+                _ => BASE,
             };
             if h > l + 1 {
                 digits.push(((l + h) / 2) as u16);
+                break;
+            }
+            // `has_room` guarantees a digit further down where `h > l + 1`,
+            // within `max(len) + 2` steps; this only keeps the loop total.
+            if i > lo.len() + hi.map_or(0, <[u16]>::len) + 2 {
+                digits.push(u16::MAX);
                 break;
             }
             digits.push(l as u16);
             if l < h {
                 hi_tight = false;
             }
-            if lo.get(i).is_none() {
-                lo_tight = false;
-            }
         }
-        // A random last digit, never zero, keeps room below every position.
+        // A random last digit, never zero, keeps room below every position
+        // and makes two concurrent inserts at one place differ.
         let mut jitter = [0u8; 2];
+        // Without entropy the digit is 1: still a valid position, and the
+        // item id still orders ties.
         let _ = getrandom::fill(&mut jitter);
         digits.push(u16::from_le_bytes(jitter).max(1));
         Position(digits)
+    }
+
+    /// Whether some position lies strictly between `lo` and `hi`.
+    fn has_room(lo: &[u16], hi: &[u16]) -> bool {
+        if lo >= hi {
+            return false;
+        }
+        // Below `lo ++ rest` and above `lo` there is something unless
+        // `rest` is all zeros (nothing sorts below `[0, 0]` but `[0]`).
+        match hi.strip_prefix(lo) {
+            Some(rest) => rest.iter().any(|d| *d != 0),
+            None => true,
+        }
     }
 }
 
@@ -401,10 +435,12 @@ impl Position {
 ///
 /// Order is a lattice of its own (each item's [`Position`], last writer
 /// wins), separate from the values, so a move and an edit of the same item
-/// both survive. Removing an item deletes its position.
+/// both survive. Removing an item deletes its position; its last value is
+/// kept, so a concurrent move that is newer than the remove brings the item
+/// back whole rather than as a hole.
 ///
 /// ```
-/// use repred::doc::Seq;
+/// use repred::doc::{Seq, SeqEvent};
 /// use repred::{Replica, SourceId};
 ///
 /// let mut list = Replica::new(SourceId::new("me")?, Seq::default());
@@ -417,6 +453,17 @@ impl Position {
 /// list.update(now, u)?;
 /// let items: Vec<&str> = list.state().ids().into_iter().map(String::as_str).collect();
 /// assert_eq!(items, ["a", "m", "b"]);
+///
+/// // What a UI list does with a change: here, move "b" to the front.
+/// let u = list.state().move_before("b", "a");
+/// let mut sub = list.subscribe();
+/// list.update(now, u)?;
+/// for delivery in list.changes(&mut sub) {
+///     if let repred::Delivery::Change(c) = delivery {
+///         let events = list.state().events([c.change]);
+///         assert_eq!(events, [SeqEvent::Moved { item: "b".into(), after: None }]);
+///     }
+/// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -433,6 +480,8 @@ impl<V> Default for Seq<V> {
     }
 }
 
+serde_as_snapshot!([V] Seq<V>);
+
 /// A change to a [`Seq`]: position writes and value writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqUpdate<V> {
@@ -448,13 +497,50 @@ impl<V> Default for SeqUpdate<V> {
     }
 }
 
+/// What a change did to a [`Seq`], in terms a UI list acts on.
+///
+/// [`Seq::events`] lists removals first, then placements in their final
+/// order, so a list that applies them one by one (take the item out if
+/// shown, put it right after `after`) ends in the replica's order.
+///
+/// An item placed and written in the same batch is `Inserted` even if the
+/// list showed it before (a snapshot, say, or a concurrent re-insert): treat
+/// it as a move plus a new value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SeqEvent {
+    /// An item was placed together with its value: new to the list (or
+    /// placed and rewritten at once, e.g. from a snapshot). Show it right
+    /// after `after`, or first when `None`.
+    Inserted {
+        /// Which item.
+        item: RowId,
+        /// The item now before it.
+        after: Option<RowId>,
+    },
+    /// An item took a new place, its value unchanged: take it out and show
+    /// it right after `after`, or first when `None`.
+    Moved {
+        /// Which item.
+        item: RowId,
+        /// The item now before it.
+        after: Option<RowId>,
+    },
+    /// An item left the list.
+    Removed {
+        /// Which item.
+        item: RowId,
+    },
+    /// An item's value changed where it stands.
+    Changed {
+        /// Which item.
+        item: RowId,
+    },
+}
+
 impl<V> Seq<V> {
     /// The items in order, with their ids.
     pub fn iter(&self) -> impl Iterator<Item = (&RowId, &V)> {
-        let mut placed: Vec<(&Position, &RowId)> =
-            self.order.iter().map(|(id, p)| (p, id)).collect();
-        placed.sort();
-        placed.into_iter().filter_map(|(_, id)| Some((id, self.values.get(id.as_str())?)))
+        self.sorted.iter().filter_map(|(_, id)| Some((id, self.values.get(id.as_str())?)))
     }
 
     /// The ids in order.
@@ -464,12 +550,12 @@ impl<V> Seq<V> {
 
     /// How many items.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.sorted.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.sorted.is_empty()
     }
 
     /// An item's value.
@@ -477,30 +563,68 @@ impl<V> Seq<V> {
         self.order.get(id).and(self.values.get(id))
     }
 
+    /// Whether the list holds item `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.order.get(id).is_some()
+    }
+
+    /// The item right before `id`, if `id` is in the list and not first.
+    pub fn before(&self, id: &str) -> Option<&RowId> {
+        let key = (self.position(id)?.clone(), id.to_string());
+        self.sorted.range(..key).next_back().map(|(_, id)| id)
+    }
+
+    /// The item right after `id`, if `id` is in the list and not last.
+    pub fn after(&self, id: &str) -> Option<&RowId> {
+        let key = (self.position(id)?.clone(), id.to_string());
+        self.sorted.range((Excluded(key), Unbounded)).next().map(|(_, id)| id)
+    }
+
     fn position(&self, id: &str) -> Option<&Position> {
         self.order.get(id)
     }
 
-    fn first(&self) -> Option<&Position> {
-        self.sorted.first().map(|(p, _)| p)
-    }
-
-    fn last(&self) -> Option<&Position> {
-        self.sorted.last().map(|(p, _)| p)
-    }
-
-    /// The position of the item after `id` in order.
-    fn next_after(&self, id: &str) -> Option<&Position> {
-        let key = (self.position(id)?.clone(), id.to_string());
+    /// The first position above `at`, skipping item `skip` (the one being
+    /// moved) and positions equal to `at` (no position fits between equal
+    /// ones; ties are ordered by id).
+    fn above(&self, at: &Position, skip: &str) -> Option<&Position> {
+        let from = (at.clone(), RowId::new());
         self.sorted
-            .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
-            .next()
+            .range((Included(from), Unbounded))
+            .find(|(p, id)| p > at && id != skip)
             .map(|(p, _)| p)
     }
 
-    fn prev_before(&self, id: &str) -> Option<&Position> {
-        let key = (self.position(id)?.clone(), id.to_string());
-        self.sorted.range(..key).next_back().map(|(p, _)| p)
+    /// The last position below `at`, skipping item `skip`.
+    fn below(&self, at: &Position, skip: &str) -> Option<&Position> {
+        let to = (at.clone(), RowId::new());
+        self.sorted.range(..to).rev().find(|(_, id)| id != skip).map(|(p, _)| p)
+    }
+
+    /// The last position, skipping item `skip`.
+    fn last_but(&self, skip: &str) -> Option<&Position> {
+        self.sorted.iter().rev().find(|(_, id)| id != skip).map(|(p, _)| p)
+    }
+
+    /// The first position, skipping item `skip`.
+    fn first_but(&self, skip: &str) -> Option<&Position> {
+        self.sorted.iter().find(|(_, id)| id != skip).map(|(p, _)| p)
+    }
+
+    /// A position right after `anchor` (at the end without one), for `id`.
+    fn after_anchor(&self, anchor: &str, id: &str) -> Position {
+        match self.position(anchor) {
+            Some(lo) => Position::between(Some(lo), self.above(lo, id)),
+            None => Position::between(self.last_but(id), None),
+        }
+    }
+
+    /// A position right before `anchor` (at the start without one), for `id`.
+    fn before_anchor(&self, anchor: &str, id: &str) -> Position {
+        match self.position(anchor) {
+            Some(hi) => Position::between(self.below(hi, id), Some(hi)),
+            None => Position::between(None, self.first_but(id)),
+        }
     }
 
     fn place(id: RowId, at: Position, value: Option<V>) -> SeqUpdate<V> {
@@ -510,48 +634,113 @@ impl<V> Seq<V> {
 
     /// An update appending `value` as item `id`.
     pub fn push(&self, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        Self::place(id.into(), Position::between(self.last(), None), Some(value))
+        let id = id.into();
+        let at = Position::between(self.last_but(&id), None);
+        Self::place(id, at, Some(value))
     }
 
     /// An update prepending `value` as item `id`.
     pub fn unshift(&self, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        Self::place(id.into(), Position::between(None, self.first()), Some(value))
+        let id = id.into();
+        let at = Position::between(None, self.first_but(&id));
+        Self::place(id, at, Some(value))
     }
 
     /// An update inserting `value` as item `id` right after `anchor` (at the
     /// end if there is no such item).
     pub fn insert_after(&self, anchor: &str, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        let lo = self.position(anchor);
-        let hi = lo.and_then(|_| self.next_after(anchor));
-        let lo = lo.or_else(|| self.last());
-        Self::place(id.into(), Position::between(lo, hi), Some(value))
+        let id = id.into();
+        let at = self.after_anchor(anchor, &id);
+        Self::place(id, at, Some(value))
     }
 
     /// An update inserting `value` as item `id` right before `anchor` (at
     /// the start if there is no such item).
     pub fn insert_before(&self, anchor: &str, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
-        let hi = self.position(anchor);
-        let lo = hi.and_then(|_| self.prev_before(anchor));
-        let hi = hi.or_else(|| self.first());
-        Self::place(id.into(), Position::between(lo, hi), Some(value))
+        let id = id.into();
+        let at = self.before_anchor(anchor, &id);
+        Self::place(id, at, Some(value))
     }
 
-    /// An update moving item `id` right after `anchor`.
+    /// An update moving item `id` right after `anchor` (to the end if there
+    /// is no such item). Empty when `id` is not in the list or is `anchor`.
     pub fn move_after(&self, id: &str, anchor: &str) -> SeqUpdate<V> {
-        let lo = self.position(anchor);
-        let hi = self.next_after(anchor).filter(|p| Some(*p) != self.position(id));
-        let hi = if hi.is_none() && self.next_after(anchor).is_some() {
-            // The next item is the one being moved: skip past it.
-            self.next_after(id)
-        } else {
-            hi
-        };
-        Self::place(id.to_string(), Position::between(lo, hi), None)
+        if !self.contains(id) || id == anchor {
+            return SeqUpdate::default();
+        }
+        Self::place(id.to_string(), self.after_anchor(anchor, id), None)
+    }
+
+    /// An update moving item `id` right before `anchor` (to the start if
+    /// there is no such item). Empty when `id` is not in the list or is
+    /// `anchor`.
+    pub fn move_before(&self, id: &str, anchor: &str) -> SeqUpdate<V> {
+        if !self.contains(id) || id == anchor {
+            return SeqUpdate::default();
+        }
+        Self::place(id.to_string(), self.before_anchor(anchor, id), None)
+    }
+
+    /// An update writing a new value for item `id`, where it stands.
+    pub fn set(&self, id: impl Into<RowId>, value: V) -> SeqUpdate<V> {
+        SeqUpdate { order: Vec::new(), values: vec![(id.into(), Stamped::now(Some(value)))] }
     }
 
     /// An update removing item `id`.
     pub fn remove(&self, id: &str) -> SeqUpdate<V> {
         SeqUpdate { order: vec![(id.to_string(), Stamped::now(None))], values: Vec::new() }
+    }
+
+    /// The events that a batch of changes, already applied to this state,
+    /// stands for: removals first, then placements in list order, then
+    /// edits in place (see [`SeqEvent`]).
+    ///
+    /// Pass every change read since the list was last brought up to date
+    /// (one, when reading after each update): a list that applies the
+    /// events in order then shows this state's order. Placements are worked
+    /// out from the state as it is now, which is why the whole batch goes in
+    /// at once. After a subscription reports
+    /// [`Lagged`](crate::Delivery::Lagged), rebuild the list from
+    /// [`iter`](Seq::iter) instead.
+    pub fn events<'a>(&self, changes: impl IntoIterator<Item = &'a SeqUpdate<V>>) -> Vec<SeqEvent>
+    where
+        V: 'a,
+    {
+        // Per touched item: whether its place and its value were written.
+        let mut touched: BTreeMap<&'a str, (bool, bool)> = BTreeMap::new();
+        for change in changes {
+            for (id, _) in &change.order {
+                touched.entry(id.as_str()).or_default().0 = true;
+            }
+            for (id, _) in &change.values {
+                touched.entry(id.as_str()).or_default().1 = true;
+            }
+        }
+        let mut events = Vec::new();
+        let mut placed = Vec::new();
+        let mut edited = Vec::new();
+        for (id, (moved, valued)) in touched {
+            match (self.position(id), moved) {
+                (None, true) => events.push(SeqEvent::Removed { item: id.to_string() }),
+                (None, false) => {} // an edit of an item not in the list
+                (Some(p), true) => placed.push((p, id, valued)),
+                (Some(_), false) => edited.push(SeqEvent::Changed { item: id.to_string() }),
+            }
+        }
+        // In final order, each item's predecessor is either untouched (so
+        // already where it belongs) or placed by an earlier event.
+        placed.sort();
+        for (_, id, valued) in placed {
+            let after = self.before(id).cloned();
+            let item = id.to_string();
+            events.push(if valued {
+                SeqEvent::Inserted { item, after }
+            } else {
+                SeqEvent::Moved { item, after }
+            });
+        }
+        events.extend(edited);
+        events
     }
 }
 
@@ -569,11 +758,16 @@ where
             .collect();
         let order = self.order.reduce(update.order).unwrap_or_default();
         if !order.is_empty() {
+            // Re-index only the items whose position changed.
             for (id, old) in before {
+                let new = self.order.get(id.as_str());
+                if old.as_ref() == new {
+                    continue;
+                }
                 if let Some(old) = old {
                     self.sorted.remove(&(old, id.clone()));
                 }
-                if let Some(new) = self.order.get(id.as_str()) {
+                if let Some(new) = new {
                     self.sorted.insert((new.clone(), id));
                 }
             }
@@ -621,5 +815,44 @@ mod tests {
         let b = Position::between(Some(&a), None);
         let mid = Position::between(Some(&a), Some(&b));
         assert!(a < mid && mid < b);
+    }
+
+    /// Positions no replica issues (from a faulty peer) or equal neighbours
+    /// (two concurrent inserts that drew the same digit) never hang
+    /// `between`: it falls back to "just above `lo`".
+    #[test]
+    fn between_returns_for_any_input() {
+        let p = |d: &[u16]| Position(d.to_vec());
+        for (lo, hi) in [
+            (None, Some(p(&[]))),
+            (None, Some(p(&[0]))),
+            (None, Some(p(&[0, 0, 0]))),
+            (Some(p(&[5])), Some(p(&[5]))),
+            (Some(p(&[5, 7])), Some(p(&[5]))),
+            (Some(p(&[5])), Some(p(&[5, 0]))),
+            (Some(p(&[u16::MAX, u16::MAX])), None),
+        ] {
+            let got = Position::between(lo.as_ref(), hi.as_ref());
+            assert!(lo.as_ref().is_none_or(|lo| *lo < got), "{lo:?} < {got:?}");
+        }
+        // Room only deep down is still found.
+        let (lo, hi) = (p(&[5]), p(&[5, 0, 0, 1]));
+        let got = Position::between(Some(&lo), Some(&hi));
+        assert!(lo < got && got < hi, "{lo:?} < {got:?} < {hi:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn between_is_strictly_between(
+            a in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..4),
+            b in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..4),
+        ) {
+            let (lo, hi) = (Position(a.clone().min(b.clone())), Position(a.max(b)));
+            let got = Position::between(Some(&lo), Some(&hi));
+            proptest::prop_assert!(lo < got);
+            if Position::has_room(&lo.0, &hi.0) {
+                proptest::prop_assert!(got < hi, "{:?} < {:?} < {:?}", lo, got, hi);
+            }
+        }
     }
 }

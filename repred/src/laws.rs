@@ -8,14 +8,16 @@
 //! ```
 //!
 //! Generated updates are stamped as a replica would stamp them (each with
-//! its own [`Stamp`], from one of three sources), so lattices that keep
-//! stamps are checked as they run. The laws:
+//! its own [`Stamp`], from one of three sources, equal timestamps included so
+//! that tie-breaks by source are exercised), so lattices that keep stamps are
+//! checked as they run. The laws:
 //!
 //! - **commutativity**: any order of the same updates gives the same state;
-//! - **associativity**: merging a group of updates first (as a snapshot)
-//!   and then the rest gives the same state as merging them one by one;
-//! - **idempotence**: an update merged again changes nothing and returns
-//!   `None`;
+//! - **associativity**: the updates cut into three groups `a`, `b`, `c`,
+//!   each folded on its own: `(a ⊔ b) ⊔ c` and `a ⊔ (b ⊔ c)` (joining whole
+//!   states, as snapshots) both give the state of merging them one by one;
+//! - **idempotence**: an update merged again, or a state's own snapshot,
+//!   changes nothing and returns `None`;
 //! - **exact change**: the returned change, merged into the old state, gives
 //!   the new state; `None` only when the state did not change, `Some` only
 //!   when it did;
@@ -24,6 +26,7 @@
 //! A violation panics with the law's name and proptest's smallest failing
 //! input.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use proptest::prelude::*;
@@ -31,13 +34,33 @@ use proptest::test_runner::{Config, TestError, TestRunner};
 
 use crate::{Reduce, SourceId, Stamp, Timestamp};
 
-/// Up to this many updates per case.
+/// Up to this many updates per case: enough for three groups of two, few
+/// enough that a shrunk counterexample stays readable.
 const MAX_UPDATES: usize = 6;
 
-fn stamp_of(i: usize, source: u8) -> Stamp {
-    let name = [b's', b'0' + source];
-    let source = SourceId::new(name).unwrap_or_else(|_| SourceId::random());
-    Stamp { ts: Timestamp::new(1_000 + i as u64, 0), source }
+/// Sources the generated updates come from.
+const SOURCES: u8 = 3;
+
+/// Gives every generated update a distinct stamp, as distinct replicas
+/// would: `(tick, source)` pairs drawn by proptest, so equal timestamps from
+/// different sources occur (and source-id tie-breaks get checked), with a
+/// repeated pair moved one tick later (one replica never issues a stamp
+/// twice).
+fn stamps(raw: &[(u8, u8)]) -> Vec<Stamp> {
+    let mut used = BTreeSet::new();
+    raw.iter()
+        .map(|&(tick, source)| {
+            let name = [b's', b'0' + source % SOURCES];
+            // Two ASCII bytes are always a valid id; the fallback only keeps
+            // this free of `unwrap`.
+            let source = SourceId::new(name).unwrap_or_else(|_| SourceId::random());
+            let mut ts = 1_000 + u64::from(tick);
+            while !used.insert((ts, source)) {
+                ts += 1;
+            }
+            Stamp { ts: Timestamp::new(ts, 0), source }
+        })
+        .collect()
 }
 
 fn apply<T: Reduce>(state: &mut T, update: &T::Update, stamp: Stamp) -> Option<T::Update> {
@@ -54,6 +77,13 @@ fn fold<T: Reduce + Default>(updates: &[(T::Update, Stamp)]) -> T {
     state
 }
 
+/// `into` joined with the whole of `other`, as a replica merges a snapshot.
+fn join<T: Reduce + Clone>(into: &T, other: &T) -> T {
+    let mut joined = into.clone();
+    joined.reduce(other.snapshot());
+    joined
+}
+
 /// Checks every law on `T` over updates drawn from `updates` (256 cases).
 ///
 /// # Panics
@@ -66,7 +96,8 @@ where
     check_with::<T>(Config::with_cases(256), updates)
 }
 
-/// [`check`] with a proptest configuration of your own.
+/// [`check`] with a proptest configuration of your own (more cases, a fixed
+/// seed, failure persistence).
 ///
 /// # Panics
 /// With the violated law and the smallest failing input, when one fails.
@@ -76,15 +107,17 @@ where
     T::Update: Debug,
 {
     let cases = (
-        prop::collection::vec((updates, 0u8..3), 1..=MAX_UPDATES),
+        prop::collection::vec((updates, 0u8..MAX_UPDATES as u8, 0u8..SOURCES), 1..=MAX_UPDATES),
         any::<prop::sample::Index>(),
         any::<prop::sample::Index>(),
     );
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&cases, |(raw, split, pick)| {
+    let result = runner.run(&cases, |(raw, first, second)| {
+        let ticks: Vec<(u8, u8)> = raw.iter().map(|(_, t, s)| (*t, *s)).collect();
         let updates: Vec<(T::Update, Stamp)> =
-            raw.into_iter().enumerate().map(|(i, (u, s))| (u, stamp_of(i, s))).collect();
+            raw.into_iter().map(|(u, _, _)| u).zip(stamps(&ticks)).collect();
         let all = fold::<T>(&updates);
+        let n = updates.len();
 
         // Commutativity: the reverse order and a rotation agree.
         let mut reversed = updates.clone();
@@ -92,38 +125,71 @@ where
         prop_assert_eq!(
             &fold::<T>(&reversed),
             &all,
-            "law violated: commutativity (reversed order)"
+            "law violated: commutativity (the updates in reverse order give another state)"
         );
         let mut rotated = updates.clone();
-        rotated.rotate_left(split.index(updates.len()));
-        prop_assert_eq!(&fold::<T>(&rotated), &all, "law violated: commutativity (rotated order)");
-
-        // Associativity: a group merged as one snapshot, then the rest.
-        let cut = split.index(updates.len() + 1);
-        let group = fold::<T>(&updates[..cut]).snapshot();
-        let mut grouped = T::default();
-        grouped.reduce(group);
-        for (u, s) in &updates[cut..] {
-            apply(&mut grouped, u, *s);
-        }
+        rotated.rotate_left(first.index(n));
         prop_assert_eq!(
-            &grouped,
+            &fold::<T>(&rotated),
             &all,
-            "law violated: associativity (group of {} merged first)",
-            cut
+            "law violated: commutativity (the updates rotated by {} give another state)",
+            first.index(n)
         );
 
-        // Idempotence: everything again changes nothing.
+        // Associativity: three groups, each folded on its own, then joined
+        // as snapshots both ways round; both must be the one-by-one state.
+        let (i, j) = {
+            let (x, y) = (first.index(n + 1), second.index(n + 1));
+            (x.min(y), x.max(y))
+        };
+        let a = fold::<T>(&updates[..i]);
+        let b = fold::<T>(&updates[i..j]);
+        let c = fold::<T>(&updates[j..]);
+        prop_assert_eq!(
+            &join(&join(&a, &b), &c),
+            &all,
+            "law violated: associativity ((a ⊔ b) ⊔ c, groups of {}, {} and {} updates)",
+            i,
+            j - i,
+            n - j
+        );
+        prop_assert_eq!(
+            &join(&a, &join(&b, &c)),
+            &all,
+            "law violated: associativity (a ⊔ (b ⊔ c), groups of {}, {} and {} updates)",
+            i,
+            j - i,
+            n - j
+        );
+        // ...and joining whole states commutes too.
+        prop_assert_eq!(
+            &join(&join(&c, &b), &a),
+            &all,
+            "law violated: commutativity ((c ⊔ b) ⊔ a, groups of {}, {} and {} updates)",
+            i,
+            j - i,
+            n - j
+        );
+
+        // Idempotence: everything again changes nothing, and so does a
+        // state joined with itself.
         let mut again = all.clone();
         for (u, s) in &updates {
             let change = apply(&mut again, u, *s);
             prop_assert!(
                 change.is_none(),
-                "law violated: idempotence (a repeat returned {:?})",
+                "law violated: idempotence (a repeated update returned the change {:?})",
                 change
             );
         }
         prop_assert_eq!(&again, &all, "law violated: idempotence (a repeat changed the state)");
+        let mut doubled = all.clone();
+        let change = doubled.reduce(all.snapshot());
+        prop_assert!(
+            change.is_none() && doubled == all,
+            "law violated: idempotence (the state's own snapshot returned the change {:?})",
+            change
+        );
 
         // Exact change, at every step.
         let mut state = T::default();
@@ -133,21 +199,24 @@ where
                 None => prop_assert_eq!(
                     &state,
                     &old,
-                    "law violated: exact change (None, but the state changed)"
+                    "law violated: exact change (None returned, but the state changed)"
                 ),
                 Some(mut change) => {
                     prop_assert!(
                         state != old,
-                        "law violated: exact change (Some, but the state did not change)"
+                        "law violated: exact change (Some({:?}) returned, but the state did not change)",
+                        change
                     );
-                    // The change travels unstamped and is stamped again on arrival.
+                    // The change travels unstamped and is stamped again on
+                    // arrival, exactly as a replica records and forwards it.
                     T::unstamp(&mut change, *s);
                     let mut replay = old.clone();
                     apply(&mut replay, &change, *s);
                     prop_assert_eq!(
                         &replay,
                         &state,
-                        "law violated: exact change (the change does not rebuild the new state)"
+                        "law violated: exact change (the returned change {:?} does not rebuild the new state from the old)",
+                        change
                     );
                 }
             }
@@ -157,18 +226,25 @@ where
         let mut rebuilt = T::default();
         rebuilt.reduce(all.snapshot());
         prop_assert_eq!(&rebuilt, &all, "law violated: snapshot (does not rebuild the state)");
-        let _ = pick;
         Ok(())
     });
     match result {
         Ok(()) => {}
-        Err(TestError::Fail(reason, (raw, split, _))) => panic!(
-            "repred::laws: {} fails for {}\nminimal failing input: updates {:#?}, split {:?}",
-            reason.message(),
-            std::any::type_name::<T>(),
-            raw,
-            split,
-        ),
+        Err(TestError::Fail(reason, (raw, first, second))) => {
+            let ticks: Vec<(u8, u8)> = raw.iter().map(|(_, t, s)| (*t, *s)).collect();
+            let updates: Vec<(T::Update, Stamp)> =
+                raw.into_iter().map(|(u, _, _)| u).zip(stamps(&ticks)).collect();
+            panic!(
+                "repred::laws: {} fails for {}\n\
+                 minimal failing input (updates in order, each with its stamp): {:#?}\n\
+                 split points: {:?}, {:?}",
+                reason.message(),
+                std::any::type_name::<T>(),
+                updates,
+                first,
+                second,
+            )
+        }
         Err(TestError::Abort(reason)) => {
             panic!(
                 "repred::laws: the check of {} was aborted: {reason}",

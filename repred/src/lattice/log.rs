@@ -35,6 +35,8 @@ impl<T> Default for EventLog<T> {
     }
 }
 
+super::serde_as_snapshot!([T] EventLog<T>);
+
 impl<T> EventLog<T> {
     /// An update emitting `events`, in order.
     pub fn emit(events: impl IntoIterator<Item = T>) -> Logged<T> {

@@ -158,6 +158,8 @@ impl<K: Hash + Eq, V: PartialEq> PartialEq for LwwMap<K, V> {
 
 impl<K: Hash + Eq, V: Eq> Eq for LwwMap<K, V> {}
 
+super::serde_as_snapshot!([K: Hash + Eq, V] LwwMap<K, V>);
+
 impl<K: Hash + Eq, V> LwwMap<K, V> {
     /// An update writing `value` at `key`.
     pub fn set(key: K, value: V) -> Writes<K, V> {

@@ -26,6 +26,8 @@ impl<K: Ord, L> Default for LatticeMap<K, L> {
     }
 }
 
+super::serde_as_snapshot!([K: Ord, L] LatticeMap<K, L>);
+
 impl<K: Ord, L: Reduce> LatticeMap<K, L> {
     /// An update of one key.
     pub fn update(key: K, update: L::Update) -> BTreeMap<K, L::Update> {

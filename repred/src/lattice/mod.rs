@@ -17,6 +17,40 @@
 //! ([`Stamped::now`]); the replica fills it in with the update's own stamp, and
 //! leaves it out on the wire when it is that stamp.
 
+/// Serde for a state that holds derived data (counts, indexes): it travels
+/// as its snapshot and is rebuilt by merging that into an empty state, so
+/// nothing derived is trusted from the outside, and a tampered copy is at
+/// worst a different lawful state.
+macro_rules! serde_as_snapshot {
+    ([$($g:tt)*] $ty:ty) => {
+        impl<$($g)*> ::serde::Serialize for $ty
+        where
+            $ty: $crate::Reduce,
+        {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                ::serde::Serialize::serialize(&$crate::Reduce::snapshot(self), serializer)
+            }
+        }
+
+        impl<'de, $($g)*> ::serde::Deserialize<'de> for $ty
+        where
+            $ty: $crate::Reduce + Default,
+        {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
+                let snapshot = <<$ty as $crate::Reduce>::Update as ::serde::Deserialize>::deserialize(
+                    deserializer,
+                )?;
+                let mut state = <$ty>::default();
+                $crate::Reduce::reduce(&mut state, snapshot);
+                Ok(state)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_snapshot;
+
 mod counter;
 mod log;
 mod lww;

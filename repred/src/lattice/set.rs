@@ -130,6 +130,8 @@ impl<T: Ord> Default for OrSet<T> {
     }
 }
 
+super::serde_as_snapshot!([T: Ord] OrSet<T>);
+
 impl<T: Ord + Clone> OrSet<T> {
     /// An update adding `item`.
     pub fn add(item: T) -> OrSetUpdate<T> {
