@@ -46,10 +46,13 @@ pub enum CloseCode {
     BadPreamble,
     /// A second stream for one object on one connection.
     DuplicateStream,
+    /// The membership Hello claimed a node id other than the one the peer's
+    /// certificate stands for.
+    WrongPeerId,
 }
 
 impl CloseCode {
-    const TABLE: [(CloseCode, u32); 17] = [
+    const TABLE: [(CloseCode, u32); 18] = [
         (CloseCode::Shutdown, 0x00),
         (CloseCode::Rotated, 0x01),
         (CloseCode::Partitioned, 0x02),
@@ -67,6 +70,7 @@ impl CloseCode {
         (CloseCode::Misbehaved, 0x1f),
         (CloseCode::BadPreamble, 0x20),
         (CloseCode::DuplicateStream, 0x21),
+        (CloseCode::WrongPeerId, 0x22),
     ];
 
     /// The code on the wire.

@@ -20,14 +20,22 @@ pub(crate) trait Persist: Send + Sync {
     fn prepare(&self, store: &Store) -> Result<Batch, StoreError>;
 }
 
+/// What the writer has done so far.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// The highest request whose round is over (committed, or failed).
+    done: u64,
+    /// Why the last round's commit failed, if it did; waiters report it.
+    failure: Option<String>,
+    /// The writer is gone (the node stopped): nothing more will commit.
+    stopped: bool,
+}
+
 pub(crate) struct Durable {
     store: Arc<Store>,
     /// Bumped by every change that must reach the disk.
     requested: watch::Sender<u64>,
-    /// The highest request that is on disk.
-    committed: watch::Sender<u64>,
-    /// Why the last commit failed, if it did; waiters report it.
-    failure: Mutex<Option<String>>,
+    progress: watch::Sender<Progress>,
     /// Weak: objects hold the store, and a cycle would keep the file open
     /// (and locked) after the node is gone.
     objects: Mutex<Vec<Weak<dyn Persist>>>,
@@ -38,8 +46,7 @@ impl Durable {
         Arc::new(Self {
             store: Arc::new(store),
             requested: watch::Sender::new(0),
-            committed: watch::Sender::new(0),
-            failure: Mutex::new(None),
+            progress: watch::Sender::new(Progress::default()),
             objects: Mutex::new(Vec::new()),
         })
     }
@@ -64,13 +71,36 @@ impl Durable {
     }
 
     /// Waits until the request `ticket` is on disk.
+    ///
+    /// An error means the write may or may not have reached the disk: the
+    /// commit failed (a later round retries everything not on disk), or
+    /// the node stopped first.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<(), Error> {
-        let mut committed = self.committed.subscribe();
-        let reached = committed.wait_for(|c| *c >= ticket).await;
-        if let Some(why) = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Err(Error::Storage(why));
+        let mut progress = self.progress.subscribe();
+        let seen = progress.wait_for(|p| p.done >= ticket || p.stopped).await;
+        let Ok(seen) = seen else { return Err(Error::Shutdown) };
+        if seen.done < ticket {
+            return Err(Error::Shutdown);
         }
-        reached.map(|_| ()).map_err(|_| Error::Shutdown)
+        match &seen.failure {
+            Some(why) => Err(Error::Storage(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits everything recorded so far and waits for it: the last
+    /// round of a clean shutdown.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let ticket = self.request();
+        self.wait(ticket).await
+    }
+
+    /// Tells waiters that nothing more will commit. Called when the node
+    /// stops, crash or shutdown alike: an `update` still waiting then fails
+    /// with [`Error::Shutdown`] instead of waiting forever (its update may
+    /// or may not be on disk, exactly as after a crash).
+    pub(crate) fn stop(&self) {
+        self.progress.send_modify(|p| p.stopped = true);
     }
 
     /// The writer: one commit per round, covering every request made before
@@ -102,8 +132,10 @@ impl Durable {
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("the store task failed: {e}")),
             };
-            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
-            self.committed.send_replace(target);
+            self.progress.send_modify(|p| {
+                p.done = target;
+                p.failure = failure;
+            });
         }
     }
 }

@@ -213,6 +213,21 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The node id a certificate stands for: the same derivation as
+/// [`Credentials::id`], from the certificate's public key. `None` when the
+/// certificate does not parse (a verified peer's always does).
+pub fn certificate_id(cert: &CertificateDer<'_>) -> Option<SourceId> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(id_from_public_key(parsed.subject_public_key_info().as_ref()))
+}
+
+/// The node id of the peer at the other end of a connection, from the
+/// certificate it presented (and the handshake verified).
+pub(crate) fn peer_id(conn: &quinn::Connection) -> Option<SourceId> {
+    let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certificate_id(chain.first()?)
+}
+
 fn id_from_public_key(spki_der: &[u8]) -> SourceId {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
     let mut bytes = [0u8; SourceId::LEN];
@@ -416,6 +431,10 @@ mod tests {
         // The same port reuses its certificate, hence its id.
         let a2 = Credentials::load_or_create(dir.path(), 1).unwrap();
         assert_eq!(a.id(), a2.id());
+        // What a peer reads off the certificate is the id the node claims.
+        assert_eq!(certificate_id(&a.cert), Some(a.id()));
+        assert_eq!(certificate_id(&b.cert), Some(b.id()));
+        assert_eq!(certificate_id(&CertificateDer::from(vec![0x30, 0x00])), None);
         assert!(signed_by(&a.cert, &b.ca_cert));
     }
 

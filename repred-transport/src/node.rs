@@ -760,11 +760,33 @@ fn preamble(name: &str) -> Vec<u8> {
 }
 
 async fn open_stream(inner: Arc<Inner>, conn: Connection, name: String, object: Arc<dyn Object>) {
+    let Ok(expect) = expected_peer(&inner, &conn, &name) else { return };
     let Ok((mut send, recv)) = conn.open_bi().await else { return };
     if send.write_all(&preamble(&name)).await.is_err() {
         return;
     }
-    drive(&inner, &conn, object, send, recv).await;
+    drive(&inner, &conn, object, expect, send, recv).await;
+}
+
+/// On the membership stream, the id the peer's Hello must carry: the one
+/// its certificate stands for. A peer's membership source id is its node
+/// id, and the TLS handshake proved which node it is, so a Hello claiming
+/// another is a lie. Other objects' ids are not tied to certificates (they
+/// are random, or derived from a signing key), so they are not checked.
+///
+/// `Err` when the connection was closed because there is nothing to check
+/// against (not possible after a verified handshake, but not assumed).
+fn expected_peer(inner: &Inner, conn: &Connection, name: &str) -> Result<Option<SourceId>, ()> {
+    if name != MEMBERS_OBJECT {
+        return Ok(None);
+    }
+    match crate::identity::peer_id(conn) {
+        Some(id) => Ok(Some(id)),
+        None => {
+            inner.violation(conn, CloseCode::WrongPeerId, "no peer certificate to check");
+            Err(())
+        }
+    }
 }
 
 /// Reads a stream's first bytes: the object's name, one length byte first.
@@ -811,9 +833,9 @@ async fn accept_stream(
         },
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
-    if let Some(object) = object {
-        drive(&inner, &conn, object, send, recv).await;
-    }
+    let Some(object) = object else { return };
+    let Ok(expect) = expected_peer(&inner, &conn, &name) else { return };
+    drive(&inner, &conn, object, expect, send, recv).await;
 }
 
 /// Drops the core's stream when the task ends, however it ends (a task is
@@ -837,10 +859,15 @@ impl Drop for Forget {
 /// read would deadlock. The writer only asks the core for frames when the
 /// previous ones were taken by the socket: that is the backpressure, and a
 /// slow peer costs a cursor into the history, not a queue.
+///
+/// With `expect`, the peer's Hello must carry that id: its first frame is
+/// read and handled alone, and the connection closed with
+/// [`CloseCode::WrongPeerId`] before anything after it is applied.
 async fn drive(
     inner: &Inner,
     conn: &Connection,
     object: Arc<dyn Object>,
+    expect: Option<SourceId>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -848,6 +875,30 @@ async fn drive(
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let reader = async {
+        if let Some(want) = expect {
+            let Some(first) = first_frame(&mut recv, inner.settings.max_frame).await else {
+                object.abort(stream);
+                return;
+            };
+            if let Err(e) = object.handle(stream, &first) {
+                if let SessionError::Peer(e) = e {
+                    inner.violation(conn, CloseCode::from(&e), &e.to_string());
+                }
+                return;
+            }
+            // No id means the first frame was not a Hello but a Close: the
+            // core has ended the session, and the loop below notices.
+            if let Some(got) = object.peer_id(stream)
+                && got != want
+            {
+                let detail = format!("the Hello claims {got:?}, the certificate is {want:?}");
+                inner.violation(conn, CloseCode::WrongPeerId, &detail);
+                return;
+            }
+            if !object.has_stream(stream) {
+                return;
+            }
+        }
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             match recv.read(&mut buf).await {
@@ -919,6 +970,27 @@ async fn drive(
         }
     };
     tokio::join!(reader, writer);
+}
+
+/// Reads exactly the first frame of a stream (the core's frames are a
+/// four-byte little-endian length, then that many bytes), so that it can be
+/// handled before anything after it. A length over `max_frame` is returned
+/// alone, for the core to refuse. `None` when the stream ends first.
+async fn first_frame(recv: &mut RecvStream, max_frame: usize) -> Option<Vec<u8>> {
+    let read = async {
+        let mut header = [0u8; 4];
+        recv.read_exact(&mut header).await.ok()?;
+        let len = u32::from_le_bytes(header) as usize;
+        let mut frame = header.to_vec();
+        if len <= max_frame {
+            frame.resize(4 + len, 0);
+            recv.read_exact(&mut frame[4..]).await.ok()?;
+        }
+        Some(frame)
+    };
+    // As long as a stream may take to name its object: a peer that says
+    // nothing holds one stream slot, no more.
+    timeout(PREAMBLE_TIMEOUT, read).await.ok().flatten()
 }
 
 /// Counters of a node's connections.
@@ -1100,6 +1172,13 @@ impl Node {
         }
         inner.endpoint.close(CloseCode::Shutdown.varint(), b"node shut down");
         let _ = timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+        if let Some(durable) = &inner.durable {
+            // What peers sent last is saved too (nobody waits for it, so
+            // it may still be pending). A failure here loses nothing that
+            // was acknowledged.
+            let _ = timeout(DRAIN_TIMEOUT, durable.flush()).await;
+            durable.stop();
+        }
         inner.phase.send_replace(Phase::Stopped);
         lock(&inner.tasks).abort_all();
     }
@@ -1110,5 +1189,10 @@ impl Drop for Node {
         // The tasks hold the node's state alive; stopping them is what frees
         // it. Their connections close as their last handles go.
         lock(&self.inner.tasks).abort_all();
+        if let Some(durable) = &self.inner.durable {
+            // The writer is gone with the tasks: updates still waiting for
+            // it fail instead of hanging.
+            durable.stop();
+        }
     }
 }

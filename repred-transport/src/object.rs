@@ -88,6 +88,8 @@ pub(crate) trait Object: Send + Sync + 'static {
     fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError>;
     /// Whether the core still has the stream (open, or with a Close to send).
     fn has_stream(&self, stream: StreamId) -> bool;
+    /// The id the peer's Hello carried, once it arrived.
+    fn peer_id(&self, stream: StreamId) -> Option<SourceId>;
     fn close(&self, stream: StreamId);
     fn abort(&self, stream: StreamId);
     /// The stream's task ended: keep its counters, drop it.
@@ -238,6 +240,10 @@ where
         // The core keeps an ended stream only while its Close is unsent;
         // counters exist exactly as long as the stream does.
         self.lock().replica.stream_stats(stream).is_some()
+    }
+
+    fn peer_id(&self, stream: StreamId) -> Option<SourceId> {
+        self.lock().replica.peer_id(stream)
     }
 
     fn close(&self, stream: StreamId) {

@@ -243,3 +243,44 @@ async fn shutdown_ends_each_session_with_a_reason_and_the_connection_with_a_code
     assert_eq!(close_code(&closed).0, Some(CloseCode::Shutdown));
     tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
 }
+
+/// A peer's membership Hello must carry the node id its certificate stands
+/// for: an admitted peer claiming another node's id is disconnected with
+/// [`CloseCode::WrongPeerId`] before anything after its Hello is applied;
+/// the truth is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_hello_with_another_nodes_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &[]).await;
+    let b = spawn(dir.path(), &[]).await;
+    let credentials = Credentials::load_or_create(dir.path(), 1).unwrap();
+    let client = raw_client(&credentials);
+    let members = repred_transport::MEMBERS_OBJECT;
+
+    // Claiming to be b, with a corrupt Updates frame in the same write: the
+    // close code says the Hello was judged before that frame was read.
+    let conn = client.connect(a.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let lie = [preamble(members), hello_frame(b.id()), frame(2, &[0xff; 9])].concat();
+    let _ = send.write_all(&lie).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap();
+    let (code, reason) = close_code(&closed);
+    assert_eq!(code, Some(CloseCode::WrongPeerId), "{reason}");
+    assert_eq!(a.stats().violations, 1);
+
+    // Its own id: the node answers with its Hello and keeps the connection.
+    let conn = client.connect(a.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[preamble(members), hello_frame(credentials.id())].concat()).await.unwrap();
+    let mut first = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut first))
+        .await
+        .expect("a Hello in time")
+        .unwrap();
+    assert_eq!(first[4], 1, "the node's first frame is its Hello");
+    assert!(conn.close_reason().is_none());
+    assert_eq!(a.stats().violations, 1);
+    client.close(0u8.into(), b"done");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -3,11 +3,18 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Counters, eventually, fast, spawn};
+use repred::{Config, Reduce};
+use repred_store::Store;
 use repred_transport::Node;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 async fn durable_node(dir: &std::path::Path, listen: SocketAddr, bootstrap: SocketAddr) -> Node {
@@ -77,6 +84,21 @@ async fn a_crashed_durable_node_resumes_with_everything_acknowledged() {
     b.shutdown().await;
 }
 
+/// An update made through a handle that outlived its crashed node fails
+/// with `Shutdown` at once instead of waiting for a commit that will never
+/// come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_after_a_crash_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fast(dir.path()).durable(true).spawn().await.unwrap();
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    on_a.update(Counters::set("before", 1)).await.unwrap();
+    drop(a);
+    let late = tokio::time::timeout(Duration::from_secs(5), on_a.update(Counters::set("x", 2)));
+    let result = late.await.expect("no hang");
+    assert!(matches!(result, Err(repred_transport::Error::Shutdown)), "{result:?}");
+}
+
 /// Durable and signing together: after a crash, the restarted node still
 /// signs as itself, and a peer that requires signatures takes its updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,5 +140,125 @@ async fn a_signing_durable_node_signs_as_itself_after_a_crash() {
     })
     .await;
     a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The numbers the writer process writes: a grow-only set (the same type as
+/// in `repred-transport-writer`, so its store reads back here).
+#[derive(Default)]
+struct Numbers(BTreeSet<u64>);
+
+impl Reduce for Numbers {
+    type Update = BTreeSet<u64>;
+
+    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
+        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
+        (!new.is_empty()).then_some(new)
+    }
+
+    fn snapshot(&self) -> BTreeSet<u64> {
+        self.0.clone()
+    }
+}
+
+/// A `repred-transport-writer` child and its stdout, line by line.
+struct Writer {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Writer {
+    fn start(dir: &Path, port: u16, lanes: u64, bootstrap: u16, serve: bool) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_repred-transport-writer"));
+        cmd.arg(dir).arg(port.to_string()).arg(lanes.to_string());
+        cmd.arg("--bootstrap").arg(bootstrap.to_string());
+        if serve {
+            cmd.arg("--serve");
+        }
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the writer starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        // Blocking reads on a thread of their own; it ends with the pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    async fn line(&mut self) -> String {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.lines.recv());
+        next.await.expect("a line from the writer in time").expect("the writer is still running")
+    }
+
+    async fn field(&mut self, key: &str) -> u64 {
+        let line = self.line().await;
+        let value = line.strip_prefix(key).and_then(|v| v.trim().parse().ok());
+        value.unwrap_or_else(|| panic!("expected {key:?}, got {line:?}"))
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL"); // SIGKILL on Unix
+        self.child.wait().expect("reaped");
+    }
+}
+
+/// A durable node in a child process, writing on four lanes at once (so
+/// acknowledgements share commits) to a peer over QUIC, is killed with
+/// SIGKILL at random moments. After each kill its store holds every
+/// number it printed as acknowledged, each lane a gap-free prefix; after
+/// the last, a restart serves its peer everything it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writer_process_loses_nothing_acknowledged() {
+    const LANES: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let b = spawn(dir.path(), &[]).await;
+    let on_b = b.replicate("numbers", Numbers::default()).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut port = 0;
+    let mut acked = BTreeSet::new();
+    let mut on_disk = BTreeSet::new();
+    for round in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = 10 + seed % 150;
+        let mut writer = Writer::start(dir.path(), port, LANES, b.addr().port(), false);
+        port = u16::try_from(writer.field("listening").await).unwrap();
+        let loaded = writer.field("loaded").await;
+        assert_eq!(loaded, on_disk.len() as u64, "round {round}: it loads what is on disk");
+        for _ in 0..kill_after {
+            acked.insert(writer.field("ack").await);
+        }
+        writer.kill();
+
+        let store = Store::open(dir.path().join(format!("node-{port}.redb"))).unwrap();
+        let back = store.load::<Numbers>("numbers", Config::default()).unwrap().unwrap();
+        on_disk = back.state().0.clone();
+        let lost: Vec<u64> = acked.difference(&on_disk).copied().collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
+        for lane in 0..LANES {
+            let mine: Vec<u64> = on_disk.iter().copied().filter(|n| n % LANES == lane).collect();
+            let prefix: Vec<u64> = (0..mine.len() as u64).map(|i| lane + i * LANES).collect();
+            assert_eq!(mine, prefix, "round {round}: lane {lane} is a gap-free prefix");
+        }
+        eprintln!("round {round}: {} acknowledged, {} on disk", acked.len(), on_disk.len());
+    }
+
+    // Restarted once more, writing nothing: b ends up with all it kept.
+    let mut writer = Writer::start(dir.path(), port, LANES, b.addr().port(), true);
+    writer.field("listening").await;
+    assert_eq!(writer.field("loaded").await, on_disk.len() as u64);
+    eventually("b has everything the writer kept", Duration::from_secs(10), || {
+        let missing = on_b.read(|s| on_disk.difference(&s.0).count());
+        (missing == 0, missing)
+    })
+    .await;
+    writer.kill();
     b.shutdown().await;
 }
