@@ -142,7 +142,20 @@ impl Builder {
     /// then returns once the update is on disk, and a node restarted on the
     /// same data directory and port resumes each object with its state,
     /// clock and source id, so peers send it nothing it already has.
-    /// Default off: state lives in memory only.
+    /// Default off: state lives in memory only (the data directory then
+    /// holds credentials alone).
+    ///
+    /// One task per node does the writing (group commit): it encodes every
+    /// object's new log entries under that object's lock, commits them all
+    /// in one redb transaction (one fsync) with the locks released, and
+    /// then wakes every `update` whose entry that commit held. Updates from
+    /// peers are saved by the same task, promptly, though nobody waits for
+    /// them. The membership object is not kept.
+    ///
+    /// Updates go to peers as soon as they are made, not after their
+    /// commit: after a crash, a peer may hold an update that never reached
+    /// this node's disk (it was not acknowledged). The restarted node takes
+    /// it back from that peer if it syncs before writing again.
     pub fn durable(mut self, on: bool) -> Self {
         self.durable = on;
         self

@@ -315,7 +315,8 @@ where
     /// sent). On a durable node ([`Builder::durable`](crate::Builder::durable))
     /// it returns only once the update is on disk: an update whose `update`
     /// returned survives a crash. Concurrent updates share one commit. Fails
-    /// after the node shut down, or when the store cannot be written.
+    /// after the node shut down or crashed (dropped), or when the store
+    /// cannot be written; the update may then be on disk or not.
     pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
         let (stamp, ticket) = self.shared.update(update)?;
         if let (Some(ticket), Some(durable)) = (ticket, &self.shared.durable) {
