@@ -83,11 +83,12 @@ fn run(
     limit: usize,
     many_sources: bool,
     ops: Vec<Op>,
+    lazy: bool,
 ) -> Result<(), TestCaseError> {
     let mut net = Network::new();
     let nodes: Vec<NodeId> = (0..n)
         .map(|i| {
-            let config = Config::default().history_limit(limit);
+            let config = Config::default().history_limit(limit).lazy_relay(lazy);
             net.add(Replica::with_config(id(&format!("n{i}")), Model::default(), config))
         })
         .collect();
@@ -178,6 +179,13 @@ proptest! {
 
     #[test]
     fn replicas_converge_under_any_delivery((n, topology, limit, many, ops) in scenario()) {
-        run(n, topology, limit, many, ops)?;
+        run(n, topology, limit, many, ops, false)?;
+    }
+
+    /// The same with `Config::lazy_relay`: other sources' updates are
+    /// announced and pulled from one parent per source.
+    #[test]
+    fn lazy_relay_converges_under_any_delivery((n, topology, limit, many, ops) in scenario()) {
+        run(n, topology, limit, many, ops, true)?;
     }
 }

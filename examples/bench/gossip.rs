@@ -118,16 +118,15 @@ pub fn random_graph(n: usize, fanout: usize, rng: &mut Rng) -> Vec<(usize, usize
 /// A 16-byte key.
 pub type Key = [u8; 16];
 
-/// One key's write. A local write leaves the stamp implicit (`Set`): the
-/// replica fills it in from the carrying update (`stamp`) and takes it out
-/// again before recording (`unstamp`), so per-key stamps never travel when
-/// they equal the update's own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Write {
-    /// The value, stamped by the update that carries it.
-    Set(String),
-    /// The value with an explicit stamp (a merged snapshot's older writes).
-    At(Stamp, String),
+/// An update of the map: writes stamped by the update that carries them
+/// (`set`, the stamp implicit) and writes with a stamp of their own (`at`,
+/// a merged snapshot's older writes). A local write's stamp is filled in by
+/// the replica (`stamp`) and taken out again before it is recorded
+/// (`unstamp`), so per-key stamps never travel when they equal the update's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writes {
+    pub set: Vec<(Key, String)>,
+    pub at: Vec<(Key, Stamp, String)>,
 }
 
 /// scuttlebutt's model: key -> newest value, last writer wins per key.
@@ -136,15 +135,16 @@ pub struct Lww(pub HashMap<Key, (Stamp, String)>);
 
 impl Lww {
     /// One update writing all of `writes`.
-    pub fn update(writes: &[(String, String)]) -> Vec<(Key, Write)> {
-        writes
+    pub fn update(writes: &[(String, String)]) -> Writes {
+        let set = writes
             .iter()
             .map(|(k, v)| {
                 let mut key = [0u8; 16];
                 key.copy_from_slice(&k.as_bytes()[..16]);
-                (key, Write::Set(v.clone()))
+                (key, v.clone())
             })
-            .collect()
+            .collect();
+        Writes { set, at: Vec::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -153,46 +153,45 @@ impl Lww {
 }
 
 impl Reduce for Lww {
-    type Update = Vec<(Key, Write)>;
+    type Update = Writes;
 
-    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
+    fn reduce(&mut self, update: Writes) -> Option<Writes> {
+        // Unstamped writes cannot be ordered; `stamp` has moved them to `at`.
         let mut changed = Vec::new();
-        for (key, write) in update {
-            let Write::At(stamp, value) = write else { continue };
+        for (key, stamp, value) in update.at {
             match self.0.entry(key) {
                 MapEntry::Occupied(mut slot) => {
                     if stamp > slot.get().0 {
                         slot.insert((stamp, value.clone()));
-                        changed.push((key, Write::At(stamp, value)));
+                        changed.push((key, stamp, value));
                     }
                 }
                 MapEntry::Vacant(slot) => {
                     slot.insert((stamp, value.clone()));
-                    changed.push((key, Write::At(stamp, value)));
+                    changed.push((key, stamp, value));
                 }
             }
         }
-        (!changed.is_empty()).then_some(changed)
+        (!changed.is_empty()).then_some(Writes { set: Vec::new(), at: changed })
     }
 
-    fn snapshot(&self) -> Self::Update {
-        self.0.iter().map(|(k, (s, v))| (*k, Write::At(*s, v.clone()))).collect()
+    fn snapshot(&self) -> Writes {
+        let at = self.0.iter().map(|(k, (s, v))| (*k, *s, v.clone())).collect();
+        Writes { set: Vec::new(), at }
     }
 
-    fn stamp(update: &mut Self::Update, stamp: Stamp) {
-        for (_, write) in update.iter_mut() {
-            if let Write::Set(value) = write {
-                *write = Write::At(stamp, std::mem::take(value));
-            }
-        }
+    fn stamp(update: &mut Writes, stamp: Stamp) {
+        let set = std::mem::take(&mut update.set);
+        update.at.extend(set.into_iter().map(|(k, v)| (k, stamp, v)));
     }
 
-    fn unstamp(change: &mut Self::Update, stamp: Stamp) {
-        for (_, write) in change.iter_mut() {
-            if let Write::At(s, value) = write
-                && *s == stamp
-            {
-                *write = Write::Set(std::mem::take(value));
+    fn unstamp(change: &mut Writes, stamp: Stamp) {
+        let at = std::mem::take(&mut change.at);
+        for (k, s, v) in at {
+            if s == stamp {
+                change.set.push((k, v));
+            } else {
+                change.at.push((k, s, v));
             }
         }
     }
@@ -207,7 +206,7 @@ pub struct Cluster {
 }
 
 pub fn config() -> Config {
-    Config::default()
+    Config::default().lazy_relay(true)
 }
 
 impl Cluster {

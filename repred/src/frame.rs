@@ -12,6 +12,9 @@
 //! | 5    | Close    | a [`CloseReason`]                                |
 //! | 6    | Advance  | `(source, ts)` pairs: new to the sender, no-ops  |
 //! | 7    | Clock    | the sender's whole [`Clock`]                     |
+//! | 8    | Have     | `(source, ts)` pairs: the sender has these (lazy relay) |
+//! | 9    | Want     | `(source, ts)` pairs: push this source from `ts` on |
+//! | 10   | Unwant   | sources: stop pushing these                      |
 //!
 //! An Advance names updates the sender took in that changed nothing, because
 //! everything it had already sent covered them; the receiver's clock moves
@@ -44,6 +47,9 @@ pub(crate) enum Kind {
     Close = 5,
     Advance = 6,
     Clock = 7,
+    Have = 8,
+    Want = 9,
+    Unwant = 10,
 }
 
 impl Kind {
@@ -56,6 +62,9 @@ impl Kind {
             5 => Kind::Close,
             6 => Kind::Advance,
             7 => Kind::Clock,
+            8 => Kind::Have,
+            9 => Kind::Want,
+            10 => Kind::Unwant,
             _ => return None,
         })
     }
@@ -193,6 +202,9 @@ pub(crate) enum Frame<U> {
     Close(CloseReason),
     Advance(Vec<Stamp>),
     Clock(Clock),
+    Have(Vec<Stamp>),
+    Want(Vec<Stamp>),
+    Unwant(Vec<SourceId>),
 }
 
 fn malformed(kind: &str, err: postcard::Error) -> PeerMisbehaved {
@@ -261,6 +273,9 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
         Kind::Close => Frame::Close(decode_all("Close", body)?),
         Kind::Advance => Frame::Advance(decode_all("Advance", body)?),
         Kind::Clock => Frame::Clock(decode_all("Clock", body)?),
+        Kind::Have => Frame::Have(decode_all("Have", body)?),
+        Kind::Want => Frame::Want(decode_all("Want", body)?),
+        Kind::Unwant => Frame::Unwant(decode_all("Unwant", body)?),
     })
 }
 
@@ -346,7 +361,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_versions_are_typed_errors() {
-        assert_eq!(decode::<u8>(&[9]).unwrap_err(), PeerMisbehaved::UnknownFrame(9));
+        assert_eq!(decode::<u8>(&[99]).unwrap_err(), PeerMisbehaved::UnknownFrame(99));
         assert_eq!(decode::<u8>(&[]).unwrap_err(), PeerMisbehaved::EmptyFrame);
         let mut out = Vec::new();
         let mut w = Writer::begin(&mut out, Kind::Hello);

@@ -32,6 +32,13 @@ pub struct Config {
     /// When set, only updates from these sources are accepted (besides our
     /// own). Default: everyone.
     pub allowed_sources: Option<std::collections::BTreeSet<SourceId>>,
+    /// Relay other sources' updates lazily on tailing streams: announce them
+    /// (a Have frame of `(source, ts)`) and push them only to peers that ask
+    /// (Want), so that each replica pulls each source from one peer and a
+    /// payload crosses each link it needs to once, not every link. Own
+    /// updates, and the peer's own, are always pushed. Default off (every
+    /// stream pushes everything the peer is not known to have).
+    pub lazy_relay: bool,
 }
 
 impl Default for Config {
@@ -44,6 +51,7 @@ impl Default for Config {
             max_events: 4_096,
             require_signatures: false,
             allowed_sources: None,
+            lazy_relay: false,
         }
     }
 }
@@ -76,6 +84,12 @@ impl Config {
     /// Sets [`Config::allowed_sources`].
     pub fn allow_only(mut self, sources: impl IntoIterator<Item = SourceId>) -> Self {
         self.allowed_sources = Some(sources.into_iter().collect());
+        self
+    }
+
+    /// Sets [`Config::lazy_relay`].
+    pub fn lazy_relay(mut self, on: bool) -> Self {
+        self.lazy_relay = on;
         self
     }
 
@@ -222,6 +236,23 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) disposed: bool,
     /// Signs local updates when set.
     pub(crate) identity: Option<Identity>,
+    /// Per source, the stream that pushes it to us (lazy relay).
+    pub(crate) parents: BTreeMap<SourceId, Parent>,
+    /// Whether any peer relays lazily (a Have frame arrived), so parents
+    /// are worth tracking.
+    pub(crate) lazy_peers: bool,
+    /// Unwants to queue on other streams after a parent switch.
+    pub(crate) unwants: Vec<(StreamId, SourceId)>,
+}
+
+/// The stream a source's updates come from, and how far it is known to have
+/// them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parent {
+    pub(crate) stream: StreamId,
+    pub(crate) has: Timestamp,
+    /// The peer is the source itself: it always has the newest.
+    pub(crate) origin: bool,
 }
 
 impl<T: Reduce> Core<T> {
@@ -411,6 +442,9 @@ impl<T: Reduce> Replica<T> {
                 config,
                 disposed: false,
                 identity: None,
+                parents: BTreeMap::new(),
+                lazy_peers: false,
+                unwants: Vec::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,

@@ -1,10 +1,13 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
-use crate::replica::Core;
+use crate::replica::{Core, Parent};
 use crate::{
-    Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
+    Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, Stamp,
+    StreamId, Timestamp,
 };
 
 /// How a stream takes part.
@@ -167,6 +170,15 @@ pub(crate) struct Stream {
     ended: bool,
     /// Synced without tail: to be closed with `Done`.
     done: bool,
+    /// Lazy relay: the sources the peer asked us to push (its Want).
+    eager: BTreeSet<SourceId>,
+    /// Lazy relay: sources wanted since the last transmit, whose records
+    /// already passed the cursor (announced, not sent) and go out first.
+    backfill: BTreeSet<SourceId>,
+    /// Lazy relay: what to tell the peer per source, the latest intent
+    /// winning: `Some(ts)` push it to us after `ts` (Want), `None` stop
+    /// (Unwant).
+    intents: BTreeMap<SourceId, Option<Timestamp>>,
     stats: StreamStats,
 }
 
@@ -193,6 +205,9 @@ impl Stream {
             close_out: None,
             ended: false,
             done: false,
+            eager: BTreeSet::new(),
+            backfill: BTreeSet::new(),
+            intents: BTreeMap::new(),
             stats: StreamStats::default(),
         }
     }
@@ -200,6 +215,19 @@ impl Stream {
     /// Whether updates of ours go to this peer at all.
     fn sends_updates(&self) -> bool {
         self.opts.sends && self.peer.is_none_or(|p| p.receives)
+    }
+
+    /// Whether this stream announces other sources' updates instead of
+    /// pushing them. Only tailing streams that hear the peer do: a stream
+    /// that closes after sync, or writes without waiting for the peer, could
+    /// not serve a Want.
+    fn lazy<T: Reduce>(&self, core: &Core<T>) -> bool {
+        core.config.lazy_relay && self.opts.tail && self.opts.await_clock
+    }
+
+    /// Whether updates of `source` are pushed to this peer even when lazy.
+    fn pushes(&self, source: SourceId, own: SourceId) -> bool {
+        source == own || self.peer.is_some_and(|p| p.id == source) || self.eager.contains(&source)
     }
 
     fn start<T: Reduce>(&mut self, core: &Core<T>) {
@@ -238,6 +266,44 @@ impl Stream {
                 self.done = true;
             }
         }
+    }
+
+    /// The peer pushed `stamp` to us: it is (or becomes) the source's
+    /// parent if the source has none.
+    fn track_parent<T: Reduce>(&self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
+        let origin = self.peer.is_some_and(|p| p.id == stamp.source);
+        let parent = core.parents.entry(stamp.source).or_insert(Parent {
+            stream: id,
+            has: stamp.ts,
+            origin,
+        });
+        if parent.stream == id {
+            parent.has = parent.has.max(stamp.ts);
+        }
+    }
+
+    /// The peer announced `stamp` (lazy relay): ask for the source from this
+    /// peer unless its current parent is known to have it already.
+    fn heard_of<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
+        if core.clock.has(stamp.source, stamp.ts) {
+            return;
+        }
+        match core.parents.get_mut(&stamp.source) {
+            // Our parent announces instead of pushing: our Want is still on
+            // its way, or it never had one (its push was a stray, sent before
+            // an Unwant arrived). Ask again; a repeated Want is harmless.
+            Some(parent) if parent.stream == id => parent.has = parent.has.max(stamp.ts),
+            Some(parent) if parent.origin || parent.has >= stamp.ts => return,
+            Some(parent) => {
+                core.unwants.push((parent.stream, stamp.source));
+                *parent = Parent { stream: id, has: stamp.ts, origin: false };
+            }
+            None => {
+                core.parents
+                    .insert(stamp.source, Parent { stream: id, has: stamp.ts, origin: false });
+            }
+        }
+        self.intents.insert(stamp.source, Some(core.clock.get(stamp.source)));
     }
 
     fn handle_frame<T: Reduce>(
@@ -292,12 +358,53 @@ impl Stream {
             Frame::Updates(envelopes) => {
                 self.stats.updates_received += envelopes.len() as u64;
                 if self.opts.receives {
+                    let track = core.config.lazy_relay || core.lazy_peers;
+                    let mut last: Option<Stamp> = None;
                     for envelope in envelopes {
                         if envelope.source.is_valid() {
                             self.known.observe(envelope.source, envelope.ts);
                         }
+                        if track {
+                            if let Some(prev) = last
+                                && prev.source != envelope.source
+                            {
+                                self.track_parent(id, core, prev);
+                            }
+                            last = Some(envelope.stamp());
+                        }
                         core.apply(now, envelope);
                     }
+                    if let Some(prev) = last {
+                        self.track_parent(id, core, prev);
+                    }
+                }
+            }
+            Frame::Have(stamps) => {
+                if self.opts.receives {
+                    core.lazy_peers = true;
+                    for stamp in stamps {
+                        if stamp.source.is_valid() {
+                            self.known.observe(stamp.source, stamp.ts);
+                            self.heard_of(id, core, stamp);
+                        }
+                    }
+                }
+            }
+            Frame::Want(stamps) => {
+                if self.sends_updates() {
+                    for stamp in stamps {
+                        if stamp.source.is_valid() {
+                            self.known.observe(stamp.source, stamp.ts);
+                            self.eager.insert(stamp.source);
+                            self.backfill.insert(stamp.source);
+                        }
+                    }
+                }
+            }
+            Frame::Unwant(sources) => {
+                for source in sources {
+                    self.eager.remove(&source);
+                    self.backfill.remove(&source);
                 }
             }
             Frame::Snapshot { clock, state } => {
@@ -318,9 +425,13 @@ impl Stream {
             }
             Frame::Advance(stamps) => {
                 if self.opts.receives {
+                    let track = core.config.lazy_relay || core.lazy_peers;
                     for stamp in stamps {
                         if stamp.source.is_valid() {
                             self.known.observe(stamp.source, stamp.ts);
+                            if track {
+                                self.track_parent(id, core, stamp);
+                            }
                         }
                         core.advance(now, stamp);
                     }
@@ -370,7 +481,32 @@ impl Stream {
             self.count_sent(out.len() - before);
             return Ok(out.len() - before);
         }
+        if !self.intents.is_empty() {
+            let intents = std::mem::take(&mut self.intents);
+            let wants: Vec<Stamp> = intents
+                .iter()
+                .filter_map(|(&source, ts)| Some(Stamp { source, ts: (*ts)? }))
+                .collect();
+            let unwants: Vec<SourceId> =
+                intents.iter().filter(|(_, ts)| ts.is_none()).map(|(&s, _)| s).collect();
+            for (kind, empty) in
+                [(Kind::Want, wants.is_empty()), (Kind::Unwant, unwants.is_empty())]
+            {
+                if empty {
+                    continue;
+                }
+                let mut w = Writer::begin(out, kind);
+                if kind == Kind::Want {
+                    w.put(&wants)?;
+                } else {
+                    w.put(&unwants)?;
+                }
+                w.finish();
+                self.stats.frames_sent += 1;
+            }
+        }
         if self.started && self.sends_updates() {
+            self.send_backfill(core, out)?;
             self.send_snapshot_if_needed(core, out)?;
             self.send_batch(core, out)?;
         }
@@ -435,12 +571,26 @@ impl Stream {
         if self.cursor >= end {
             return Ok(());
         }
+        let lazy = self.lazy(core);
         let mut w = Writer::begin(out, Kind::Updates);
         let mut count = 0u64;
         // Advances go after the updates they follow, in a frame of their own.
         let mut advances = Vec::new();
+        // Lazy relay: the newest record per source announced, not sent.
+        let mut haves: BTreeMap<SourceId, Timestamp> = BTreeMap::new();
         while self.cursor < end && w.body_len() < core.config.batch_bytes {
             let Some(record) = history.get(self.cursor) else { break };
+            if lazy
+                && let Some(stamp) = record.stamp()
+                && stamp.source.is_valid()
+                && !self.known.has(stamp.source, stamp.ts)
+                && !self.pushes(stamp.source, core.id)
+            {
+                let newest = haves.entry(stamp.source).or_insert(stamp.ts);
+                *newest = (*newest).max(stamp.ts);
+                self.cursor += 1;
+                continue;
+            }
             match record {
                 Entry::Change(e) | Entry::Unchanged(e) if !self.known.has(e.source, e.ts) => {
                     if let Err(err) = w.put(e) {
@@ -471,6 +621,102 @@ impl Stream {
             w.finish();
             self.stats.frames_sent += 1;
         }
+        if !haves.is_empty() {
+            let haves: Vec<Stamp> =
+                haves.into_iter().map(|(source, ts)| Stamp { source, ts }).collect();
+            let mut w = Writer::begin(out, Kind::Have);
+            w.put(&haves)?;
+            w.finish();
+            self.stats.frames_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Lazy relay: the records of newly wanted sources that the cursor
+    /// already passed, in log order (so per source in timestamp order), before
+    /// anything newer; a snapshot when some of them are gone.
+    fn send_backfill<T: Reduce>(
+        &mut self,
+        core: &Core<T>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SessionError> {
+        if self.backfill.is_empty() {
+            return Ok(());
+        }
+        let sources = std::mem::take(&mut self.backfill);
+        let history = &core.history;
+        if sources.iter().any(|&s| history.horizon().get(s) > self.known.get(s)) {
+            // Some are gone: the snapshot (sent next) holds them all.
+            self.need_snapshot = true;
+            return Ok(());
+        }
+        let mut w = Writer::begin(out, Kind::Updates);
+        let mut count = 0u64;
+        let mut advances = Vec::new();
+        for seq in history.first_seq()..self.cursor.min(history.end_seq()) {
+            let Some(record) = history.get(seq) else { continue };
+            match record {
+                Entry::Change(e) | Entry::Unchanged(e)
+                    if sources.contains(&e.source) && !self.known.has(e.source, e.ts) =>
+                {
+                    if !advances.is_empty() {
+                        // Keep per-source order: advances before later updates.
+                        if count > 0 {
+                            w.finish();
+                            self.stats.frames_sent += 1;
+                        } else {
+                            w.abandon();
+                        }
+                        let mut a = Writer::begin(out, Kind::Advance);
+                        a.put(&advances)?;
+                        a.finish();
+                        self.stats.frames_sent += 1;
+                        advances.clear();
+                        w = Writer::begin(out, Kind::Updates);
+                        count = 0;
+                    }
+                    if let Err(err) = w.put(e) {
+                        w.abandon();
+                        return Err(err.into());
+                    }
+                    self.known.observe(e.source, e.ts);
+                    count += 1;
+                    self.stats.updates_sent += 1;
+                    if w.body_len() >= core.config.batch_bytes {
+                        w.finish();
+                        self.stats.frames_sent += 1;
+                        w = Writer::begin(out, Kind::Updates);
+                        count = 0;
+                    }
+                }
+                Entry::Advance(stamp)
+                    if sources.contains(&stamp.source)
+                        && !self.known.has(stamp.source, stamp.ts) =>
+                {
+                    if count > 0 {
+                        w.finish();
+                        self.stats.frames_sent += 1;
+                        w = Writer::begin(out, Kind::Updates);
+                        count = 0;
+                    }
+                    self.known.observe(stamp.source, stamp.ts);
+                    advances.push(*stamp);
+                }
+                _ => {}
+            }
+        }
+        if count > 0 {
+            w.finish();
+            self.stats.frames_sent += 1;
+        } else {
+            w.abandon();
+        }
+        if !advances.is_empty() {
+            let mut a = Writer::begin(out, Kind::Advance);
+            a.put(&advances)?;
+            a.finish();
+            self.stats.frames_sent += 1;
+        }
         Ok(())
     }
 }
@@ -490,6 +736,9 @@ fn frame_name<U>(frame: &Frame<U>) -> &'static str {
         Frame::Close(_) => "Close",
         Frame::Advance(_) => "Advance",
         Frame::Clock(_) => "Clock",
+        Frame::Have(_) => "Have",
+        Frame::Want(_) => "Want",
+        Frame::Unwant(_) => "Unwant",
     }
 }
 
@@ -575,6 +824,11 @@ impl<T: Reduce> Replica<T> {
         };
         let _ = consumed;
         stream.recv = pending;
+        for (to, source) in std::mem::take(&mut core.unwants) {
+            if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
+                s.intents.insert(source, None);
+            }
+        }
         let result = match flow {
             Ok(Flow::Continue) => Ok(()),
             Ok(Flow::Closed(reason)) => {
@@ -670,5 +924,30 @@ impl<T: Reduce> Replica<T> {
         self.core.emit(Event::End { stream: id, reason });
         let open = self.stream_count();
         self.core.emit(Event::Unstream(open));
+        self.reparent(id);
+    }
+
+    /// Lazy relay: the sources `gone` pushed to us are asked for from
+    /// another peer known to have more, if any; otherwise the next Have for
+    /// them picks a parent.
+    fn reparent(&mut self, gone: StreamId) {
+        let Replica { core, streams, .. } = self;
+        let orphans: Vec<SourceId> =
+            core.parents.iter().filter(|(_, p)| p.stream == gone).map(|(&s, _)| s).collect();
+        for source in orphans {
+            core.parents.remove(&source);
+            let mine = core.clock.get(source);
+            let next = streams
+                .iter_mut()
+                .filter(|(_, s)| !s.ended && s.opts.receives)
+                .max_by_key(|(_, s)| s.known.get(source))
+                .filter(|(_, s)| s.known.get(source) > mine);
+            if let Some((&sid, s)) = next {
+                let origin = s.peer.is_some_and(|p| p.id == source);
+                core.parents
+                    .insert(source, Parent { stream: sid, has: s.known.get(source), origin });
+                s.intents.insert(source, Some(mine));
+            }
+        }
     }
 }
