@@ -119,15 +119,15 @@ fn lattice_map_and_event_log_are_lawful() {
 struct Overwrite(Option<u8>);
 
 impl Reduce for Overwrite {
-    type Update = u8;
-    fn reduce(&mut self, u: u8) -> Option<u8> {
-        (self.0 != Some(u)).then(|| {
-            self.0 = Some(u);
+    type Update = Option<u8>;
+    fn reduce(&mut self, u: Option<u8>) -> Option<Option<u8>> {
+        (u.is_some() && self.0 != u).then(|| {
+            self.0 = u;
             u
         })
     }
-    fn snapshot(&self) -> u8 {
-        self.0.unwrap_or(0)
+    fn snapshot(&self) -> Option<u8> {
+        self.0
     }
 }
 
@@ -148,22 +148,59 @@ impl Reduce for Tally {
     }
 }
 
+/// A max register that forgets to report its first write.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Quiet(Option<u8>);
+
+impl Reduce for Quiet {
+    type Update = Option<u8>;
+    fn reduce(&mut self, u: Option<u8>) -> Option<Option<u8>> {
+        let first = self.0.is_none();
+        if u <= self.0 {
+            return None;
+        }
+        self.0 = u;
+        (!first).then_some(u)
+    }
+    fn snapshot(&self) -> Option<u8> {
+        self.0
+    }
+}
+
 fn failure_of(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
     let err = std::panic::catch_unwind(f).expect_err("the checker must reject this reducer");
     err.downcast_ref::<String>().cloned().unwrap_or_default()
 }
 
+/// The updates of a failure message, as `update` fields in order.
+fn failing_updates(msg: &str) -> usize {
+    msg.matches("Stamp {").count()
+}
+
 #[test]
 fn the_checker_catches_unlawful_reducers() {
-    let msg = failure_of(|| laws::check::<Overwrite>(0u8..4));
+    // Last-writer-wins without timestamps: the order decides.
+    let msg = failure_of(|| laws::check::<Overwrite>((0u8..4).prop_map(Some)));
     assert!(msg.contains("law violated: commutativity"), "{msg}");
+    assert!(msg.contains("Overwrite"), "{msg}");
     assert!(msg.contains("minimal failing input"), "{msg}");
+    // Shrunk: two different values are all it takes.
+    assert_eq!(failing_updates(&msg), 2, "{msg}");
 
+    // A counter that adds every update it sees counts a repeat twice.
     let msg = failure_of(|| laws::check::<Tally>(0u64..4));
-    assert!(msg.contains("law violated"), "{msg}");
+    assert!(msg.contains("law violated: idempotence"), "{msg}");
     assert!(msg.contains("Tally"), "{msg}");
-    // Minimal means shrunk: two updates of 1 are enough to double count.
-    assert!(msg.contains("minimal failing input"), "{msg}");
+    // Shrunk: one update of 1, seen twice.
+    assert_eq!(failing_updates(&msg), 1, "{msg}");
+
+    // A reducer that changes the state but says it did not.
+    let msg = failure_of(|| laws::check::<Quiet>((0u8..4).prop_map(Some)));
+    assert!(
+        msg.contains("law violated: exact change (None returned, but the state changed"),
+        "{msg}"
+    );
+    assert_eq!(failing_updates(&msg), 1, "{msg}");
 }
 
 /// One step of a random schedule on three replicas in a line (a-b-c).

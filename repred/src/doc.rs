@@ -372,6 +372,11 @@ pub struct Position(Vec<u16>);
 /// One more than the largest digit.
 const BASE: u32 = 1 << 16;
 
+/// How far from its neighbour a new position's digit lands: a list built by
+/// pushes uses one digit per ~16k items (less the random last digits), and
+/// a few inserts between two pushed items still fit at that length.
+const STEP: u32 = 4;
+
 impl Position {
     /// A position strictly between `lo` (or the start) and `hi` (or the end).
     ///
@@ -382,6 +387,11 @@ impl Position {
     pub fn between(lo: Option<&Position>, hi: Option<&Position>) -> Position {
         let lo: &[u16] = lo.map_or(&[], |p| &p.0);
         let hi = hi.map(|p| p.0.as_slice()).filter(|hi| Self::has_room(lo, hi));
+        // With nothing before, stay close to `hi` (repeated unshifts);
+        // otherwise close to `lo` (repeated pushes, typing after an item).
+        // Taking the midpoint instead would halve the room at every insert
+        // and let a list built by pushes grow one digit every 16 items.
+        let near_hi = lo.is_empty() && hi.is_some();
         let mut digits = Vec::with_capacity(lo.len().max(hi.map_or(0, <[u16]>::len)) + 2);
         // Walk down the digits while the result still equals a prefix of
         // `hi` ("tight"); once below it, any digit above `lo`'s will do.
@@ -393,7 +403,10 @@ impl Position {
                 _ => BASE,
             };
             if h > l + 1 {
-                digits.push(((l + h) / 2) as u16);
+                // `step` is at least 1 and below the gap, so the digit lies
+                // strictly between `l` and `h`.
+                let step = STEP.min((h - l) / 2);
+                digits.push(if near_hi { h - step } else { l + step } as u16);
                 break;
             }
             // `has_room` guarantees a digit further down where `h > l + 1`,
@@ -815,6 +828,28 @@ mod tests {
         let b = Position::between(Some(&a), None);
         let mid = Position::between(Some(&a), Some(&b));
         assert!(a < mid && mid < b);
+    }
+
+    /// Lists built by repeated pushes, unshifts or typing after one item
+    /// keep short positions (the midpoint rule needs a digit per 16 items).
+    #[test]
+    fn positions_stay_short_under_common_edits() {
+        let n = 20_000;
+        let mut push: Option<Position> = None;
+        let mut unshift: Option<Position> = None;
+        let end = Position::between(None, None);
+        let mut typed: Option<Position> = None;
+        for _ in 0..n {
+            push = Some(Position::between(push.as_ref(), None));
+            unshift = Some(Position::between(None, unshift.as_ref()));
+            let next = Position::between(typed.as_ref(), Some(&end));
+            assert!(next < end);
+            typed = Some(next);
+        }
+        for (what, p) in [("push", push), ("unshift", unshift), ("typing", typed)] {
+            let len = p.map_or(0, |p| p.0.len());
+            assert!(len <= 12, "{what}: {len} digits after {n} inserts");
+        }
     }
 
     /// Positions no replica issues (from a faulty peer) or equal neighbours

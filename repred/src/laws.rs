@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestError, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
 use crate::{Reduce, SourceId, Stamp, Timestamp};
 
@@ -84,6 +84,21 @@ fn join<T: Reduce + Clone>(into: &T, other: &T) -> T {
     joined
 }
 
+/// Fails with `law` unless `got` is `want`.
+fn same<T: PartialEq + Debug>(got: &T, want: &T, law: String) -> Result<(), TestCaseError> {
+    if got == want {
+        return Ok(());
+    }
+    Err(TestCaseError::fail(format!(
+        "law violated: {law}\n  this way:         {got:?}\n  one by one, once: {want:?}"
+    )))
+}
+
+/// Fails with `law` unless `ok`.
+fn holds(ok: bool, law: impl FnOnce() -> String) -> Result<(), TestCaseError> {
+    if ok { Ok(()) } else { Err(TestCaseError::fail(format!("law violated: {}", law()))) }
+}
+
 /// Checks every law on `T` over updates drawn from `updates` (256 cases).
 ///
 /// # Panics
@@ -93,7 +108,9 @@ where
     T: Reduce + Default + Clone + PartialEq + Debug,
     T::Update: Debug,
 {
-    check_with::<T>(Config::with_cases(256), updates)
+    // No regression files: the caller's test is the place to pin a case.
+    let config = Config { cases: 256, failure_persistence: None, ..Config::default() };
+    check_with::<T>(config, updates)
 }
 
 /// [`check`] with a proptest configuration of your own (more cases, a fixed
@@ -122,19 +139,18 @@ where
         // Commutativity: the reverse order and a rotation agree.
         let mut reversed = updates.clone();
         reversed.reverse();
-        prop_assert_eq!(
+        same(
             &fold::<T>(&reversed),
             &all,
-            "law violated: commutativity (the updates in reverse order give another state)"
-        );
+            "commutativity (the updates in reverse order give another state)".into(),
+        )?;
         let mut rotated = updates.clone();
         rotated.rotate_left(first.index(n));
-        prop_assert_eq!(
+        same(
             &fold::<T>(&rotated),
             &all,
-            "law violated: commutativity (the updates rotated by {} give another state)",
-            first.index(n)
-        );
+            format!("commutativity (the updates rotated by {} give another state)", first.index(n)),
+        )?;
 
         // Associativity: three groups, each folded on its own, then joined
         // as snapshots both ways round; both must be the one-by-one state.
@@ -145,79 +161,57 @@ where
         let a = fold::<T>(&updates[..i]);
         let b = fold::<T>(&updates[i..j]);
         let c = fold::<T>(&updates[j..]);
-        prop_assert_eq!(
-            &join(&join(&a, &b), &c),
-            &all,
-            "law violated: associativity ((a ⊔ b) ⊔ c, groups of {}, {} and {} updates)",
-            i,
-            j - i,
-            n - j
-        );
-        prop_assert_eq!(
-            &join(&a, &join(&b, &c)),
-            &all,
-            "law violated: associativity (a ⊔ (b ⊔ c), groups of {}, {} and {} updates)",
-            i,
-            j - i,
-            n - j
-        );
+        let groups = format!("groups a, b, c of {}, {} and {} updates", i, j - i, n - j);
+        same(&join(&join(&a, &b), &c), &all, format!("associativity ((a ⊔ b) ⊔ c, {groups})"))?;
+        same(&join(&a, &join(&b, &c)), &all, format!("associativity (a ⊔ (b ⊔ c), {groups})"))?;
         // ...and joining whole states commutes too.
-        prop_assert_eq!(
-            &join(&join(&c, &b), &a),
-            &all,
-            "law violated: commutativity ((c ⊔ b) ⊔ a, groups of {}, {} and {} updates)",
-            i,
-            j - i,
-            n - j
-        );
+        same(&join(&join(&c, &b), &a), &all, format!("commutativity ((c ⊔ b) ⊔ a, {groups})"))?;
 
         // Idempotence: everything again changes nothing, and so does a
         // state joined with itself.
         let mut again = all.clone();
         for (u, s) in &updates {
             let change = apply(&mut again, u, *s);
-            prop_assert!(
-                change.is_none(),
-                "law violated: idempotence (a repeated update returned the change {:?})",
-                change
-            );
+            holds(change.is_none(), || {
+                format!("idempotence (the update {u:?} applied again returned {change:?})")
+            })?;
         }
-        prop_assert_eq!(&again, &all, "law violated: idempotence (a repeat changed the state)");
+        same(&again, &all, "idempotence (the updates applied again changed the state)".into())?;
         let mut doubled = all.clone();
         let change = doubled.reduce(all.snapshot());
-        prop_assert!(
-            change.is_none() && doubled == all,
-            "law violated: idempotence (the state's own snapshot returned the change {:?})",
-            change
-        );
+        holds(change.is_none(), || {
+            format!("idempotence (the state's own snapshot returned {change:?})")
+        })?;
+        same(&doubled, &all, "idempotence (the state's own snapshot changed it)".into())?;
 
         // Exact change, at every step.
         let mut state = T::default();
         for (u, s) in &updates {
             let old = state.clone();
             match apply(&mut state, u, *s) {
-                None => prop_assert_eq!(
+                None => same(
                     &state,
                     &old,
-                    "law violated: exact change (None returned, but the state changed)"
-                ),
+                    format!("exact change (None returned, but the state changed; update {u:?})"),
+                )?,
                 Some(mut change) => {
-                    prop_assert!(
-                        state != old,
-                        "law violated: exact change (Some({:?}) returned, but the state did not change)",
-                        change
-                    );
+                    holds(state != old, || {
+                        format!(
+                            "exact change (Some({change:?}) returned, but the state did not change)"
+                        )
+                    })?;
                     // The change travels unstamped and is stamped again on
                     // arrival, exactly as a replica records and forwards it.
                     T::unstamp(&mut change, *s);
                     let mut replay = old.clone();
                     apply(&mut replay, &change, *s);
-                    prop_assert_eq!(
+                    same(
                         &replay,
                         &state,
-                        "law violated: exact change (the returned change {:?} does not rebuild the new state from the old)",
-                        change
-                    );
+                        format!(
+                            "exact change (the returned change {change:?} does not rebuild the new state from the old)"
+                        ),
+                    )?;
                 }
             }
         }
@@ -225,8 +219,7 @@ where
         // Snapshot: rebuilds the whole state.
         let mut rebuilt = T::default();
         rebuilt.reduce(all.snapshot());
-        prop_assert_eq!(&rebuilt, &all, "law violated: snapshot (does not rebuild the state)");
-        Ok(())
+        same(&rebuilt, &all, "snapshot (merged into an empty state, it rebuilds another)".into())
     });
     match result {
         Ok(()) => {}
@@ -235,11 +228,11 @@ where
             let updates: Vec<(T::Update, Stamp)> =
                 raw.into_iter().map(|(u, _, _)| u).zip(stamps(&ticks)).collect();
             panic!(
-                "repred::laws: {} fails for {}\n\
+                "repred::laws: {} is not a lawful join.\n{}\n\
                  minimal failing input (updates in order, each with its stamp): {:#?}\n\
-                 split points: {:?}, {:?}",
-                reason.message(),
+                 group split points: {:?}, {:?}",
                 std::any::type_name::<T>(),
+                reason.message(),
                 updates,
                 first,
                 second,
