@@ -4,13 +4,16 @@
 
 use std::collections::HashMap;
 
-use crdts::{CmRDT, LWWReg, Orswot};
+use crdts::{CmRDT, CvRDT, LWWReg, Orswot};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use repred::doc::Seq;
 use repred::lattice::{OrSetUpdate, Stamped, Writes};
 use repred::{LwwMap, OrSet, Reduce, SourceId, Stamp, Timestamp};
 
 const N: u64 = 100_000;
+
+/// The `crdts` baseline of an LWW map: a register per key.
+type CrdtsLww = HashMap<u64, LWWReg<u64, (u64, u64)>>;
 
 fn stamp(i: u64) -> Stamp {
     let source = SourceId::from_bytes(((i % 10) as u128 + 1).to_be_bytes()).expect("not zero");
@@ -94,6 +97,8 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    merges(c);
+
     // Seq: one insert in the middle of 100,000 items.
     let mut seq = Seq::<u64>::default();
     let mut positions = Vec::new();
@@ -119,6 +124,101 @@ fn bench(c: &mut Criterion) {
                 Seq::stamp(&mut u, stamp(1));
                 s.reduce(u);
                 s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+/// State merges: two replicas that diverged, one's whole state joined into
+/// the other's (what a snapshot costs on arrival), against `crdts`' CvRDT
+/// merge of the same states.
+fn merges(c: &mut Criterion) {
+    const KEYS: u64 = 10_000;
+    let mut g = c.benchmark_group("merge");
+    g.throughput(Throughput::Elements(KEYS));
+
+    // LWW map: both wrote every key; the other's writes are newer for half.
+    let write = |k: u64, t: u64| vec![(k, Stamped { stamp: Some(stamp(t)), value: Some(t) })];
+    let (mut ours, mut theirs) = (LwwMap::<u64, u64>::default(), LwwMap::<u64, u64>::default());
+    let (mut ours_c, mut theirs_c) = (HashMap::new(), HashMap::new());
+    for k in 0..KEYS {
+        let (t_ours, t_theirs) = if k % 2 == 0 { (k, KEYS + k) } else { (KEYS + k, k) };
+        ours.reduce(write(k, t_ours));
+        theirs.reduce(write(k, t_theirs));
+        ours_c.insert(k, LWWReg { val: t_ours, marker: (1_700_000_000_000 + t_ours, t_ours % 10) });
+        theirs_c.insert(
+            k,
+            LWWReg { val: t_theirs, marker: (1_700_000_000_000 + t_theirs, t_theirs % 10) },
+        );
+    }
+    let snapshot = theirs.snapshot();
+    g.bench_function("repred LwwMap merge (10k keys, half newer)", |b| {
+        b.iter_batched(
+            || (ours.clone(), snapshot.clone()),
+            |(mut map, snapshot)| {
+                map.reduce(snapshot);
+                map
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("crdts HashMap<LWWReg> merge (10k keys, half newer)", |b| {
+        b.iter_batched(
+            || (ours_c.clone(), theirs_c.clone()),
+            |(mut map, theirs): (CrdtsLww, CrdtsLww)| {
+                for (k, reg) in theirs {
+                    match map.get_mut(&k) {
+                        Some(r) => r.merge(reg),
+                        None => {
+                            map.insert(k, reg);
+                        }
+                    }
+                }
+                map
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // OR-set: a shared base of 10k elements; we add 1k more, they remove
+    // 1k of the base and add 1k others.
+    let add = |x: u64, t: u64| OrSetUpdate { adds: vec![(x, Some(stamp(t)))], removes: vec![] };
+    let mut base = OrSet::<u64>::default();
+    let mut base_c = Orswot::<u64, u64>::new();
+    for x in 0..KEYS {
+        base.reduce(add(x, x));
+        base_c.apply(base_c.add(x, base_c.read_ctx().derive_add_ctx(x % 10)));
+    }
+    let (mut ours, mut theirs) = (base.clone(), base);
+    let (mut ours_c, mut theirs_c) = (base_c.clone(), base_c);
+    for i in 0..1_000 {
+        ours.reduce(add(KEYS + i, KEYS + i));
+        ours_c.apply(ours_c.add(KEYS + i, ours_c.read_ctx().derive_add_ctx(1)));
+        let rm = theirs.remove(&i);
+        theirs.reduce(rm);
+        theirs_c.apply(theirs_c.rm(i, theirs_c.contains(&i).derive_rm_ctx()));
+        theirs.reduce(add(2 * KEYS + i, 2 * KEYS + i));
+        theirs_c.apply(theirs_c.add(2 * KEYS + i, theirs_c.read_ctx().derive_add_ctx(2)));
+    }
+    let snapshot = theirs.snapshot();
+    g.bench_function("repred OrSet merge (10k elements, 1k added, 1k removed)", |b| {
+        b.iter_batched(
+            || (ours.clone(), snapshot.clone()),
+            |(mut set, snapshot)| {
+                set.reduce(snapshot);
+                set
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("crdts Orswot merge (10k elements, 1k added, 1k removed)", |b| {
+        b.iter_batched(
+            || (ours_c.clone(), theirs_c.clone()),
+            |(mut set, theirs)| {
+                set.merge(theirs);
+                set
             },
             BatchSize::LargeInput,
         )
