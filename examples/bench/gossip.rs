@@ -129,9 +129,33 @@ pub struct Writes {
     pub at: Vec<(Key, Stamp, String)>,
 }
 
+/// Hashes a 16-byte key by folding it into one word and multiplying (keys
+/// are not attacker-chosen here; SipHash cost a quarter of apply time).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // splitmix64's finaliser, so every input bit reaches the low bits.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517C_C1B7_2722_0A95);
+        }
+    }
+}
+
 /// scuttlebutt's model: key -> newest value, last writer wins per key.
 #[derive(Debug, Default)]
-pub struct Lww(pub HashMap<Key, (Stamp, String)>);
+pub struct Lww(pub HashMap<Key, (Stamp, String), std::hash::BuildHasherDefault<KeyHasher>>);
 
 impl Lww {
     /// One update writing all of `writes`.
@@ -330,8 +354,15 @@ impl Chitchat {
     }
 
     /// Polls every 5 ms until every node has everything; returns the time and
-    /// the transport's byte count at that moment.
-    pub async fn converge(&self, n: usize, keys: usize, start: Instant) -> (Duration, u64) {
+    /// the transport's byte count at that moment, or at `limit` the share of
+    /// (node, key) pairs held so far as an error.
+    pub async fn converge(
+        &self,
+        n: usize,
+        keys: usize,
+        start: Instant,
+        limit: Duration,
+    ) -> Result<(Duration, u64), (Duration, u64, f64)> {
         let mut done = vec![false; self.handles.len()];
         loop {
             for (i, d) in done.iter_mut().enumerate() {
@@ -340,9 +371,18 @@ impl Chitchat {
                 }
             }
             if done.iter().all(|&d| d) {
-                return (start.elapsed(), self.bytes());
+                return Ok((start.elapsed(), self.bytes()));
             }
-            assert!(start.elapsed() < Duration::from_secs(300), "chitchat did not converge");
+            if start.elapsed() > limit {
+                let (time, bytes) = (start.elapsed(), self.bytes());
+                let mut held = 0usize;
+                for h in &self.handles {
+                    let chitchat = h.chitchat();
+                    let guard = chitchat.lock().await;
+                    held += guard.node_states().values().map(|s| s.num_key_values()).sum::<usize>();
+                }
+                return Err((time, bytes, held as f64 / (n * n * keys) as f64));
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -354,13 +394,25 @@ impl Chitchat {
     }
 }
 
-pub async fn chitchat_gossip(n: usize, keys: usize, value_len: usize) -> Outcome {
+/// chitchat converging, or `Err(share held)` after [`CHITCHAT_LIMIT`].
+pub async fn chitchat_gossip(
+    n: usize,
+    keys: usize,
+    value_len: usize,
+) -> Result<Outcome, (Outcome, f64)> {
     let start = Instant::now();
     let cluster = Chitchat::start(n, keys, value_len).await;
-    let (time, bytes) = cluster.converge(n, keys, start).await;
+    let result = cluster.converge(n, keys, start, CHITCHAT_LIMIT).await;
     cluster.stop().await;
-    Outcome { bytes, rounds: time.div_duration_f64(INTERVAL).ceil() as usize, time }
+    let rounds = |time: Duration| time.div_duration_f64(INTERVAL).ceil() as usize;
+    match result {
+        Ok((time, bytes)) => Ok(Outcome { bytes, rounds: rounds(time), time }),
+        Err((time, bytes, share)) => Err((Outcome { bytes, rounds: rounds(time), time }, share)),
+    }
 }
+
+/// How long a chitchat cluster is given to converge.
+pub const CHITCHAT_LIMIT: Duration = Duration::from_secs(120);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -415,9 +467,12 @@ pub fn gossip() {
     for (n, k, v) in cells {
         let fl = floor(n, k, v);
         let ours = repred_gossip(n, k, v);
-        let theirs = rt.block_on(chitchat_gossip(n, k, v));
+        let (theirs, note) = match rt.block_on(chitchat_gossip(n, k, v)) {
+            Ok(o) => (o, String::new()),
+            Err((o, share)) => (o, format!(" (not converged: {:.1}% of keys held)", share * 100.0)),
+        };
         println!(
-            "| {n} | {k} | {v} B | {} | {} | {:.3} | {} | {:.0} ms | {} | {:.2} | {} | {:.0} ms |",
+            "| {n} | {k} | {v} B | {} | {} | {:.3} | {} | {:.0} ms | {} | {:.2} | {} | {:.0} ms{note} |",
             fmt_bytes(fl),
             fmt_bytes(ours.bytes),
             ours.bytes as f64 / fl as f64,
@@ -430,4 +485,252 @@ pub fn gossip() {
         );
     }
     println!();
+}
+
+// ---------------------------------------------------------------- idle cost
+
+/// Bytes per node per heartbeat in a converged repred cluster of `n`: every
+/// node writes its heartbeat key (as repred-transport's membership does),
+/// then the network runs until quiet; averaged over `beats` heartbeats.
+fn repred_idle(n: usize, beats: u64) -> f64 {
+    let mut cluster = Cluster::new(n, 42 + n as u64);
+    for i in 0..n {
+        let w = Lww::update(&node_writes(i, 100, 32));
+        cluster.net.update(cluster.nodes[i], w).expect("local update");
+    }
+    cluster.converge(n * 100);
+    cluster.net.pump();
+    let before = cluster.bytes();
+    for beat in 0..beats {
+        cluster.net.advance(1_000);
+        for i in 0..n {
+            let hb = vec![(format!("n{i:03}heartbeat!!!"), format!("{beat:08}"))];
+            cluster.net.update(cluster.nodes[i], Lww::update(&hb)).expect("heartbeat");
+        }
+        cluster.net.pump();
+    }
+    (cluster.bytes() - before) as f64 / n as f64 / beats as f64
+}
+
+async fn chitchat_idle(n: usize, window: Duration) -> f64 {
+    let start = Instant::now();
+    let cluster = Chitchat::start(n, 100, 32).await;
+    cluster.converge(n, 100, start, CHITCHAT_LIMIT).await.expect("chitchat converges");
+    let b0 = cluster.bytes();
+    tokio::time::sleep(window).await;
+    let b1 = cluster.bytes();
+    cluster.stop().await;
+    (b1 - b0) as f64 / n as f64 / window.as_secs_f64()
+}
+
+pub fn idle() {
+    println!("### idle cost: bytes per node per second after convergence (K = 100, 32 B)\n");
+    println!("`cargo run --release --example bench -- idle`\n");
+    println!(
+        "repred: each node writes a heartbeat (one key) per period into the replicated map, relayed lazily over the same random graph; chitchat: its own gossip (a digest of every node, 3 peers per 100 ms round, heartbeats in the digest), measured over 5 s.\n"
+    );
+    println!(
+        "| N | repred, 1 s heartbeat | repred, 100 ms heartbeat | chitchat (100 ms rounds) | repred 100 ms / chitchat |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let rt = runtime();
+    for n in [8, 16, 32] {
+        let per_beat = repred_idle(n, 10);
+        let theirs = rt.block_on(chitchat_idle(n, Duration::from_secs(5)));
+        println!(
+            "| {n} | {per_beat:.0} B/s | {:.0} B/s | {theirs:.0} B/s | {:.3} |",
+            per_beat * 10.0,
+            per_beat * 10.0 / theirs
+        );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------- late joiner
+
+pub fn join() {
+    let (n, keys, value_len) = (32usize, 100usize, 32usize);
+    let needs = (n * keys * (16 + value_len)) as u64;
+    println!("### late joiner: one node joins a converged cluster of N = 32 (K = 100, 32 B)\n");
+    println!("`cargo run --release --example bench -- join`\n");
+    println!(
+        "What it needs: N K (16 + value) = {needs} bytes. repred: the joiner links to 3 random members; bytes are those of its 3 links, both ways (Hellos with clocks included). chitchat: it is seeded from node 0; bytes are the transport's total over the join minus the cluster's idle traffic over the same time (measured just before).\n"
+    );
+    println!("| library | time | rounds / steps | bytes | x what it needs |");
+    println!("|---|---:|---:|---:|---:|");
+
+    let mut cluster = Cluster::new(n, 42 + n as u64);
+    for i in 0..n {
+        let w = Lww::update(&node_writes(i, keys, value_len));
+        cluster.net.update(cluster.nodes[i], w).expect("local update");
+    }
+    cluster.converge(n * keys);
+    cluster.net.pump();
+    let start = Instant::now();
+    let id = SourceId::from_bytes(1000u128.to_be_bytes()).expect("valid id");
+    let joiner = cluster.net.add(Replica::with_config(id, Lww::default(), config()));
+    let mut rng = Rng::new(7);
+    let mut peers = Vec::new();
+    while peers.len() < 3 {
+        let p = cluster.nodes[rng.below(n)];
+        if !peers.contains(&p) {
+            peers.push(p);
+        }
+    }
+    let links: Vec<LinkId> = peers.iter().map(|&p| cluster.net.link(joiner, p)).collect();
+    let mut steps = 0;
+    while cluster.net[joiner].state().len() < n * keys {
+        cluster.net.step();
+        steps += 1;
+        assert!(steps < 1_000, "the joiner did not catch up");
+    }
+    let time = start.elapsed();
+    let bytes: u64 = links.iter().map(|&l| cluster.link_bytes(l)).sum();
+    let stats = cluster.net[joiner].stats();
+    println!(
+        "| repred | {:.2} ms | {steps} steps | {bytes} | {:.3} |",
+        time.as_secs_f64() * 1e3,
+        bytes as f64 / needs as f64
+    );
+    let hellos: u64 = links
+        .iter()
+        .flat_map(|&l| cluster.net.streams(l))
+        .map(|(node, stream)| cluster.net[node].stream_stats(stream).map_or(0, |s| s.frames_sent))
+        .sum();
+    let _ = hellos;
+
+    let rt = runtime();
+    let (time, bytes) = rt.block_on(async {
+        let start = Instant::now();
+        let cluster = Chitchat::start(n, keys, value_len).await;
+        cluster.converge(n, keys, start, CHITCHAT_LIMIT).await.expect("chitchat converges");
+        let window = Duration::from_secs(3);
+        let b0 = cluster.bytes();
+        tokio::time::sleep(window).await;
+        let idle_rate = (cluster.bytes() - b0) as f64 / window.as_secs_f64();
+        let b1 = cluster.bytes();
+        let start = Instant::now();
+        let handle = Chitchat::spawn(&cluster.transport, n, Vec::new()).await;
+        let mut cluster = cluster;
+        cluster.handles.push(handle);
+        loop {
+            if cluster.has_all(n, n, keys).await {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "chitchat joiner stuck");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let time = start.elapsed();
+        let gross = cluster.bytes() - b1;
+        cluster.stop().await;
+        (time, gross as f64 - idle_rate * time.as_secs_f64())
+    });
+    println!(
+        "| chitchat | {:.0} ms | {} rounds | {bytes:.0} | {:.3} |",
+        time.as_secs_f64() * 1e3,
+        time.div_duration_f64(INTERVAL).ceil(),
+        bytes / needs as f64
+    );
+    println!(
+        "\nrepred's joiner applied {} updates and received {} duplicates.\n",
+        stats.applied, stats.old
+    );
+}
+
+// ---------------------------------------------------------------- digest
+
+/// One anti-entropy exchange (Syn, SynAck, Ack) between two chitchat nodes
+/// that both know the same `sources` other nodes: (bytes, messages) counted
+/// by the transport, with or without UDP's datagram limit.
+async fn chitchat_exchange(sources: usize, protocol: ProtocolVersion, mtu: bool) -> (u64, u64) {
+    let transport =
+        if mtu { ChannelTransport::with_mtu(65_507) } else { ChannelTransport::default() };
+    let mut handles = Vec::new();
+    for i in 0..2 {
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(format!("node-{i}"), 0, addr(i)),
+            cluster_id: "bench".into(),
+            gossip_interval: Duration::from_secs(3600),
+            listen_addr: addr(i),
+            seed_nodes: Vec::new(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: protocol,
+        };
+        handles.push(spawn_chitchat(config, Vec::new(), &transport).await.expect("chitchat"));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for h in &handles {
+        let chitchat = h.chitchat();
+        let mut guard = chitchat.lock().await;
+        for s in 0..sources {
+            let ip = [10, (s >> 16) as u8, (s >> 8) as u8, s as u8];
+            let id = ChitchatId::new(format!("source-{s:06}"), 0, (ip, 7000).into());
+            let kv = (
+                "k".to_string(),
+                chitchat::VersionedValue {
+                    value: "v".into(),
+                    version: 1,
+                    status: chitchat::DeletionStatus::Set,
+                },
+            );
+            guard.reset_node_state_if_update(&id, std::iter::once(kv), 1, 0);
+        }
+    }
+    // Warm up both ways so that each knows the other's own node.
+    for (from, to) in [(0, 1), (1, 0)] {
+        let _ = handles[from].gossip(addr(to));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (b0, m0) = {
+        let s = transport.statistics();
+        (s.num_bytes_total, s.num_messages_total)
+    };
+    let _ = handles[0].gossip(addr(1));
+    tokio::time::sleep(Duration::from_millis(100 + sources as u64 / 500)).await;
+    let s = transport.statistics();
+    for h in handles {
+        let _ = h.shutdown().await;
+    }
+    (s.num_bytes_total - b0, s.num_messages_total - m0)
+}
+
+/// The largest number of known nodes for which one chitchat exchange still
+/// goes through a 65,507-byte datagram.
+async fn chitchat_digest_limit(protocol: ProtocolVersion) -> usize {
+    let (mut ok, mut fail) = (10usize, 100_000usize);
+    while fail - ok > 1 {
+        let mid = (ok + fail) / 2;
+        if chitchat_exchange(mid, protocol, true).await.1 == 3 {
+            ok = mid;
+        } else {
+            fail = mid;
+        }
+    }
+    ok
+}
+
+/// chitchat's side of the digest table: per source count, the bytes of one
+/// exchange and what happened, and the limits for protocols V0 and V1.
+pub fn chitchat_digest(sources: &[usize]) -> (Vec<(u64, String)>, usize, usize) {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut rows = Vec::new();
+        for &s in sources {
+            let (fit_bytes, fit_messages) = chitchat_exchange(s, ProtocolVersion::V1, true).await;
+            let (bytes, messages) = chitchat_exchange(s, ProtocolVersion::V1, false).await;
+            rows.push(if fit_messages == 3 {
+                (fit_bytes, "yes".to_string())
+            } else if bytes > 65_507 {
+                (bytes, format!("no: its {bytes}-byte Syn exceeds a datagram; not sent, so the two never gossip (without the limit, the receiver's task panics: `assert!(mtu >= 100)`)"))
+            } else {
+                (bytes, format!("no ({messages} of 3 messages): the receiver's task panics (`assert!(mtu >= 100)` in chitchat's delta.rs), that node stops gossiping"))
+            });
+        }
+        let v0 = chitchat_digest_limit(ProtocolVersion::V0).await;
+        let v1 = chitchat_digest_limit(ProtocolVersion::V1).await;
+        (rows, v0, v1)
+    })
 }

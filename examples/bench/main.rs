@@ -5,9 +5,13 @@
 //! Scenarios: `memory` (10M updates over 1,000 keys into one replica: RSS
 //! and history size per million), `digest` (bytes of one anti-entropy
 //! exchange between equal replicas at 10 to 100,000 sources), `gossip`
-//! (repred against chitchat: a cluster converging on every node's keys).
+//! (repred against chitchat: a cluster converging on every node's keys),
+//! `idle` (bytes per node per second after convergence), `join` (a late
+//! joiner), `catchup` (a fresh node pulls 1M updates over loopback QUIC,
+//! against raw quinn), `resync` (equal replicas over QUIC).
 
 mod gossip;
+mod quic;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -77,9 +81,16 @@ fn memory() {
 fn digest() {
     println!("### digest: one anti-entropy exchange between equal replicas\n");
     println!("`cargo run --release --example bench -- digest`\n");
-    println!("| sources | frames | bytes both ways | bytes per source |");
-    println!("|---:|---:|---:|---:|");
-    for sources in [10usize, 100, 1_000, 10_000, 100_000] {
+    println!(
+        "chitchat: two nodes that know the same `sources` other nodes (one key each), one Syn / SynAck / Ack after a warm-up, protocol V1 (compressed digest); \"fits\" is whether it goes through a 65,507-byte datagram (`ChannelTransport::with_mtu`), the bytes are counted without that limit.\n"
+    );
+    println!(
+        "| sources | repred frames | repred bytes both ways | repred bytes per source | chitchat bytes (3 messages) | chitchat bytes per source | chitchat fits a datagram |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---|");
+    let all = [10usize, 100, 1_000, 10_000, 100_000];
+    let (theirs, v0_limit, v1_limit) = gossip::chitchat_digest(&all);
+    for (i, sources) in all.into_iter().enumerate() {
         let mut net = Network::new();
         let config = Config::default();
         let a =
@@ -103,13 +114,18 @@ fn digest() {
             net[b].stream_stats(sb).unwrap_or_default(),
         );
         let bytes = x.bytes_sent + y.bytes_sent;
+        let (cbytes, fits) = &theirs[i];
         println!(
-            "| {sources} | {} | {bytes} | {:.3} |",
+            "| {sources} | {} | {bytes} | {:.3} | {cbytes} | {:.1} | {} |",
             x.frames_sent + y.frames_sent,
-            bytes as f64 / sources as f64
+            bytes as f64 / sources as f64,
+            *cbytes as f64 / sources as f64,
+            fits
         );
     }
-    println!();
+    println!(
+        "\nchitchat's largest cluster whose exchange fits a datagram: {v0_limit} other nodes with protocol V0, {v1_limit} with V1.\n"
+    );
 }
 
 fn main() -> ExitCode {
@@ -118,13 +134,23 @@ fn main() -> ExitCode {
         "memory" => memory(),
         "digest" => digest(),
         "gossip" => gossip::gossip(),
+        "idle" => gossip::idle(),
+        "join" => gossip::join(),
+        "catchup" => quic::catchup(),
+        "resync" => quic::resync(),
         "all" => {
             digest();
             memory();
             gossip::gossip();
+            gossip::idle();
+            gossip::join();
+            quic::catchup();
+            quic::resync();
         }
         other => {
-            eprintln!("unknown scenario {other:?}; one of: memory, digest, gossip, all");
+            eprintln!(
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, all"
+            );
             return ExitCode::from(2);
         }
     }

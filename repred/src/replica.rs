@@ -243,6 +243,9 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) lazy_peers: bool,
     /// Unwants to queue on other streams after a parent switch.
     pub(crate) unwants: Vec<(StreamId, SourceId)>,
+    /// Peers on open streams that send to us, by source id: each pushes its
+    /// own updates, so it is the natural parent of its own source.
+    pub(crate) neighbours: BTreeMap<SourceId, StreamId>,
 }
 
 /// The stream a source's updates come from, and how far it is known to have
@@ -445,6 +448,7 @@ impl<T: Reduce> Replica<T> {
                 parents: BTreeMap::new(),
                 lazy_peers: false,
                 unwants: Vec::new(),
+                neighbours: BTreeMap::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,

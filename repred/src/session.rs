@@ -288,6 +288,14 @@ impl Stream {
         if core.clock.has(stamp.source, stamp.ts) {
             return;
         }
+        if let Some(&origin) = core.neighbours.get(&stamp.source)
+            && origin != id
+        {
+            // The source itself is a neighbour: it pushes its own updates.
+            core.parents
+                .insert(stamp.source, Parent { stream: origin, has: stamp.ts, origin: true });
+            return;
+        }
         match core.parents.get_mut(&stamp.source) {
             // Our parent announces instead of pushing: our Want is still on
             // its way, or it never had one (its push was a stray, sent before
@@ -325,6 +333,9 @@ impl Stream {
             Frame::Hello(hello) => {
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
+                if hello.sends && self.opts.receives {
+                    core.neighbours.insert(hello.id, id);
+                }
                 let equal = hello.clock.hash() == self.hello.hash();
                 // Whoever sent a digest owes the whole clock when they differ;
                 // both sides reach the same verdict from the same two digests.
@@ -932,6 +943,7 @@ impl<T: Reduce> Replica<T> {
     /// them picks a parent.
     fn reparent(&mut self, gone: StreamId) {
         let Replica { core, streams, .. } = self;
+        core.neighbours.retain(|_, stream| *stream != gone);
         let orphans: Vec<SourceId> =
             core.parents.iter().filter(|(_, p)| p.stream == gone).map(|(&s, _)| s).collect();
         for source in orphans {
