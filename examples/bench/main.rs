@@ -8,7 +8,8 @@
 //! (repred against chitchat: a cluster converging on every node's keys),
 //! `idle` (bytes per node per second after convergence), `join` (a late
 //! joiner), `catchup` (a fresh node pulls 1M updates over loopback QUIC,
-//! against raw quinn), `resync` (equal replicas over QUIC).
+//! against raw quinn), `resync` (equal replicas over QUIC), `fanout` (one
+//! writer, 16 subscribers over QUIC).
 
 mod gossip;
 mod quic;
@@ -138,6 +139,7 @@ fn main() -> ExitCode {
         "join" => gossip::join(),
         "catchup" => quic::catchup(),
         "resync" => quic::resync(),
+        "fanout" => quic::fanout(),
         "all" => {
             digest();
             memory();
@@ -146,10 +148,11 @@ fn main() -> ExitCode {
             gossip::join();
             quic::catchup();
             quic::resync();
+            quic::fanout();
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, all"
             );
             return ExitCode::from(2);
         }

@@ -130,10 +130,10 @@ async fn serve(conn: Connection, mut source: Replica<Lww>) -> (Replica<Lww>, u64
     (source, bytes)
 }
 
-async fn fetch(conn: Connection, total: u64) -> Replica<Lww> {
+async fn fetch(conn: Connection, total: u64, tail: bool) -> Replica<Lww> {
     let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
     let mut fresh = Replica::new(SourceId::random(), Lww::default());
-    let sid = fresh.open(StreamOpts::default().tail(false)).expect("open");
+    let sid = fresh.open(StreamOpts::default().tail(tail)).expect("open");
     let mut out = Vec::new();
     while fresh.poll_transmit(sid, &mut out).expect("transmit") > 0 {}
     send.write_all(&out).await.expect("hello");
@@ -155,7 +155,7 @@ pub async fn catch_up(source: Replica<Lww>, total: u64) -> (CatchUp, Replica<Lww
     let (_s, _c, sconn, cconn) = connect().await;
     let start = Instant::now();
     let server = tokio::spawn(serve(sconn.clone(), source));
-    let fresh = fetch(cconn, total).await;
+    let fresh = fetch(cconn, total, false).await;
     let time = start.elapsed();
     let (source, stream_bytes) = server.await.expect("server");
     let outcome = CatchUp {
@@ -363,4 +363,121 @@ fn session_bytes(sources: usize) -> u64 {
     let [(_, sa), (_, sb)] = net.streams(link);
     net[a].stream_stats(sa).map_or(0, |s| s.bytes_sent)
         + net[b].stream_stats(sb).map_or(0, |s| s.bytes_sent)
+}
+
+/// One writer, `subs` subscribers, each on its own QUIC connection: the
+/// writer makes `total` local updates while its streams send; returns the
+/// time until every subscriber has applied all of them.
+async fn fanout_once(subs: usize, total: u64) -> Duration {
+    let (server, client, first_s, first_c) = connect().await;
+    let mut pairs = vec![(first_s, first_c)];
+    let addr = server.local_addr().expect("addr");
+    for _ in 1..subs {
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move { server.accept().await.expect("incoming").await.expect("ok") })
+        };
+        let c = client.connect(addr, "localhost").expect("connect").await.expect("handshake");
+        pairs.push((accept.await.expect("accept"), c));
+    }
+    let mut subscribers = Vec::new();
+    let mut streams = Vec::new();
+    for (s, c) in pairs {
+        subscribers.push(tokio::spawn(fetch(c, total, true)));
+        streams.push(s.accept_bi().await.expect("stream"));
+    }
+    // History for every update, so a subscriber that falls behind is sent
+    // them rather than a snapshot (which would skip the counting).
+    let config = Config::default().history_limit(total as usize + 1);
+    let mut writer = Replica::with_config(SourceId::random(), Lww::default(), config);
+    let mut outs = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for (send, recv) in streams {
+        let sid = writer.open(StreamOpts::default()).expect("open");
+        let mut recv = recv;
+        while writer.peer_id(sid).is_none() {
+            let n = recv.read(&mut buf).await.expect("read").expect("hello");
+            writer.handle(sid, NOW, &buf[..n]).expect("hello");
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let mut send = send;
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                send.write_all(&chunk).await.expect("write");
+            }
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        });
+        outs.push((sid, tx, task, recv));
+    }
+    let mut rng = Rng::new(5);
+    let values: Vec<String> = (0..256).map(|_| value_text(&mut rng, 32)).collect();
+    let start = Instant::now();
+    let mut written = 0u64;
+    loop {
+        let until = (written + 1000).min(total);
+        while written < until {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(format!("key{:013}", written % 10_000).as_bytes());
+            let set = vec![(key, values[written as usize % values.len()].clone())];
+            writer.update(NOW, Writes { set, at: Vec::new() }).expect("update");
+            written += 1;
+        }
+        let mut all_sent = written == total;
+        for (sid, tx, _, _) in &outs {
+            if tx.capacity() > 0 {
+                let mut out = Vec::with_capacity(256 << 10);
+                while out.len() < 256 << 10 && writer.poll_transmit(*sid, &mut out).unwrap_or(0) > 0
+                {
+                }
+                if !out.is_empty() {
+                    tx.send(out).await.expect("writer task");
+                }
+            }
+            all_sent &= writer.stream_stats(*sid).is_some_and(|s| s.updates_sent == total);
+        }
+        if all_sent {
+            break;
+        }
+        if std::env::var("FANOUT_DEBUG").is_ok() {
+            let sent: Vec<u64> = outs
+                .iter()
+                .map(|(sid, ..)| writer.stream_stats(*sid).map_or(0, |s| s.updates_sent))
+                .collect();
+            eprintln!("written {written} sent {sent:?}");
+        }
+        tokio::task::yield_now().await;
+    }
+    for (_, tx, task, _) in outs {
+        drop(tx);
+        let _ = task.await;
+    }
+    for s in subscribers {
+        assert_eq!(s.await.expect("subscriber").stats().applied, total);
+    }
+    start.elapsed()
+}
+
+pub fn fanout() {
+    let subs: usize = std::env::var("FANOUT_SUBS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let total: u64 =
+        std::env::var("FANOUT_UPDATES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    println!("### live fan-out: one writer, 16 subscribers over QUIC\n");
+    println!("`cargo run --release --example bench -- fanout`\n");
+    println!(
+        "The writer makes 100,000 local updates (LWW map, one 16-byte key and a 32-byte value each) while 16 streams, one QUIC connection per subscriber, send them; time until every subscriber has applied all of them. Writer and subscribers share the 2 cores.\n"
+    );
+    println!("| run | time | updates/s written | updates/s delivered (all subscribers) |");
+    println!("|---:|---:|---:|---:|");
+    let rt = runtime();
+    for run in 1..=3 {
+        let t = rt.block_on(fanout_once(subs, total));
+        println!(
+            "| {run} | {:.3} s | {:.2} M | {:.2} M |",
+            t.as_secs_f64(),
+            total as f64 / t.as_secs_f64() / 1e6,
+            (subs as u64 * total) as f64 / t.as_secs_f64() / 1e6
+        );
+    }
+    println!();
 }
