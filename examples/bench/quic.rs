@@ -288,6 +288,8 @@ async fn resync_once(sources: usize) -> u64 {
         a.apply(NOW, e.clone());
         b.apply(NOW, e);
     }
+    // Let the handshake's last packets (session tickets, acks) go first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let before = sconn.stats().udp_tx.bytes + cconn.stats().udp_tx.bytes;
     let side = |conn: Connection, mut r: Replica<Lww>, opens: bool| async move {
         let (mut send, mut recv) =
