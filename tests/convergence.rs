@@ -6,7 +6,7 @@ mod common;
 
 use common::id;
 use proptest::prelude::*;
-use repred::{Clock, Config, LinkId, Network, NodeId, Replica};
+use repred::{Clock, Config, LinkId, Network, NodeId, Replica, SessionError, StreamOpts};
 use repred_suite::Model;
 
 #[derive(Clone, Debug)]
@@ -33,6 +33,9 @@ enum Op {
     Replay { from: usize, to: usize },
     /// Time passes.
     Advance { millis: u64 },
+    /// `from` syncs once with `to` over a stream without tail, which closes
+    /// itself once synced.
+    OneShot { from: usize, to: usize },
 }
 
 fn op(nodes: usize) -> impl Strategy<Value = Op> {
@@ -44,6 +47,7 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
         1 => (0..16usize).prop_map(|link| Op::Relink { link }),
         1 => (0..nodes, 0..nodes).prop_map(|(from, to)| Op::Replay { from, to }),
         1 => (0u64..50).prop_map(|millis| Op::Advance { millis }),
+        1 => (0..nodes, 0..nodes).prop_map(|(from, to)| Op::OneShot { from, to }),
     ]
 }
 
@@ -108,6 +112,7 @@ fn run(
     let mut links: Vec<(usize, usize, LinkId)> =
         edges.iter().map(|&(a, b)| (a, b, net.link(nodes[a], nodes[b]))).collect();
     let mut written = vec![0u64; n];
+    let mut one_shots = Vec::new();
     for op in ops {
         match op {
             Op::Write { node, key, value } => {
@@ -150,6 +155,11 @@ fn run(
             }
             Op::Replay { .. } => {}
             Op::Advance { millis } => net.advance(millis),
+            Op::OneShot { from, to } if from != to => {
+                let once = StreamOpts::default().tail(false);
+                one_shots.push(net.link_with(nodes[from], once, nodes[to], StreamOpts::default()));
+            }
+            Op::OneShot { .. } => {}
         }
     }
     for (a, b, l) in &mut links {
@@ -158,7 +168,19 @@ fn run(
         }
     }
     net.pump();
-    prop_assert!(net.errors().is_empty(), "protocol errors: {:?}", net.errors());
+    // A one-shot stream closes after its sync, so what its peer still sends
+    // finds it gone.
+    let errors: Vec<_> = net
+        .errors()
+        .iter()
+        .filter(|(l, _, e)| !(one_shots.contains(l) && matches!(e, SessionError::NotOpen(_))))
+        .collect();
+    prop_assert!(errors.is_empty(), "protocol errors: {:?}", errors);
+    // A one-shot sync ends, also when its peer announced instead of pushing.
+    for l in one_shots {
+        let [(a, once), _] = net.streams(l);
+        prop_assert!(!net[a].open_streams().any(|s| s == once), "one-shot stream still open");
+    }
     let seeded = if many_sources { 40 } else { 0 };
     let total: u64 = written.iter().sum::<u64>() + seeded;
     for (i, &node) in nodes.iter().enumerate() {

@@ -79,3 +79,105 @@ proptest! {
         prop_assert_eq!(net[honest].state().get("mine"), Some("1"));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Lazy relay's frames (Have, Want, Unwant) with any body, after a valid
+    /// Hello, on a lazy or an eager replica: a typed error or nothing, never
+    /// a panic, and the replica still converges with an honest peer.
+    #[test]
+    fn lazy_relay_frames_with_any_body_are_harmless(
+        kind in 8u8..=10,
+        body in prop::collection::vec(any::<u8>(), 0..256),
+        lazy in any::<bool>(),
+    ) {
+        let config = repred::Config::default().lazy_relay(lazy);
+        let mut r = Replica::with_config(id("me"), Model::default(), config);
+        r.update(NOW, Model::set("mine", "1")).unwrap();
+        let mut peer: Replica<Model> = replica("peer");
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut bytes = Vec::new();
+        peer.poll_transmit(p, &mut bytes).unwrap();
+        bytes.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
+        bytes.push(kind);
+        bytes.extend_from_slice(&body);
+        let s = r.open(StreamOpts::default()).unwrap();
+        match r.handle(s, NOW, &bytes) {
+            Ok(()) => {}
+            Err(repred::SessionError::Peer(_)) => prop_assert_eq!(r.stream_count(), 0),
+            Err(other) => prop_assert!(false, "untyped error {other:?}"),
+        }
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if r.poll_transmit(s, &mut out).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        let mut net = Network::new();
+        let a = net.add(r);
+        let honest = net.add(Replica::new(id("honest"), Model::default()));
+        net.update(honest, Model::set("h", "1")).unwrap();
+        net.link(a, honest);
+        net.pump();
+        prop_assert_eq!(net[a].state().get("h"), Some("1"));
+        prop_assert_eq!(net[honest].state().get("mine"), Some("1"));
+    }
+
+    /// Well-formed Have, Want and Unwant frames naming any sources and
+    /// timestamps: never a panic or an error, and the replica converges.
+    #[test]
+    fn lazy_relay_frames_naming_anything_are_harmless(
+        frames in prop::collection::vec(
+            (8u8..=10, prop::collection::vec((0u8..4, prop_oneof![
+                any::<u64>(),
+                // Near now, so that some pass the skew check.
+                (0u64..120_000).prop_map(|d| repred::Timestamp::new(NOW - 60_000 + d, 0).to_raw()),
+            ]), 0..8)),
+            1..8,
+        ),
+    ) {
+        let config = repred::Config::default().lazy_relay(true);
+        let mut r = Replica::with_config(id("me"), Model::default(), config);
+        r.update(NOW, Model::set("mine", "1")).unwrap();
+        let mut peer: Replica<Model> = replica("peer");
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut bytes = Vec::new();
+        peer.poll_transmit(p, &mut bytes).unwrap();
+        let names = ["me", "peer", "honest", "other"];
+        for (kind, stamps) in frames {
+            let stamps: Vec<repred::Stamp> = stamps
+                .into_iter()
+                .map(|(n, ts)| repred::Stamp {
+                    ts: repred::Timestamp::from_raw(ts),
+                    source: id(names[n as usize]),
+                })
+                .collect();
+            let body = if kind == 10 {
+                let sources: Vec<_> = stamps.iter().map(|s| s.source).collect();
+                postcard::to_allocvec(&sources).unwrap()
+            } else {
+                postcard::to_allocvec(&stamps).unwrap()
+            };
+            bytes.extend_from_slice(&((body.len() + 1) as u32).to_le_bytes());
+            bytes.push(kind);
+            bytes.extend_from_slice(&body);
+        }
+        let s = r.open(StreamOpts::default()).unwrap();
+        prop_assert!(r.handle(s, NOW, &bytes).is_ok());
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if r.poll_transmit(s, &mut out).unwrap() == 0 {
+                break;
+            }
+        }
+        let mut net = Network::new();
+        let a = net.add(r);
+        let honest = net.add(Replica::new(id("honest"), Model::default()));
+        net.update(honest, Model::set("h", "1")).unwrap();
+        net.link(a, honest);
+        net.pump();
+        prop_assert_eq!(net[a].state().get("h"), Some("1"));
+        prop_assert_eq!(net[honest].state().get("mine"), Some("1"));
+    }
+}

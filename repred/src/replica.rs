@@ -36,8 +36,11 @@ pub struct Config {
     /// (a Have frame of `(source, ts)`) and push them only to peers that ask
     /// (Want), so that each replica pulls each source from one peer and a
     /// payload crosses each link it needs to once, not every link. Own
-    /// updates, and the peer's own, are always pushed. Default off (every
-    /// stream pushes everything the peer is not known to have).
+    /// updates, and the peer's own, are always pushed. A stream's sync
+    /// (`SyncReceived`, `Synced`, and so the end of a stream without tail)
+    /// waits until what the peer announced before its Sync has arrived, from
+    /// whichever peer. Default off (every stream pushes everything the peer
+    /// is not known to have).
     pub lazy_relay: bool,
 }
 
@@ -246,6 +249,9 @@ pub(crate) struct Core<T: Reduce> {
     /// Peers on open streams that send to us, by source id: each pushes its
     /// own updates, so it is the natural parent of its own source.
     pub(crate) neighbours: BTreeMap<SourceId, StreamId>,
+    /// Per source we pull, the newest update refused as unverified: it will
+    /// not arrive from anyone, so a sync does not wait for it.
+    pub(crate) refused: Clock,
 }
 
 /// The stream a source's updates come from, and how far it is known to have
@@ -267,7 +273,7 @@ impl<T: Reduce> Core<T> {
         self.events.push_back(event);
     }
 
-    fn check(&self, now: u64, source: SourceId, ts: Timestamp) -> Result<(), Rejection> {
+    pub(crate) fn check(&self, now: u64, source: SourceId, ts: Timestamp) -> Result<(), Rejection> {
         if !source.is_valid() {
             return Err(Rejection::ReservedSource);
         }
@@ -449,6 +455,7 @@ impl<T: Reduce> Replica<T> {
                 lazy_peers: false,
                 unwants: Vec::new(),
                 neighbours: BTreeMap::new(),
+                refused: Clock::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,

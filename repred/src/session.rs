@@ -6,8 +6,8 @@ use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::replica::{Core, Parent};
 use crate::{
-    Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, Stamp,
-    StreamId, Timestamp,
+    Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Reduce, Rejection, Replica,
+    SourceId, Stamp, StreamId, Timestamp,
 };
 
 /// How a stream takes part.
@@ -164,6 +164,12 @@ pub(crate) struct Stream {
     owe_clock: bool,
     sync_sent: bool,
     sync_received: bool,
+    /// The peer's Sync frame arrived; `sync_received` may wait for `heard`.
+    sync_frame: bool,
+    /// Lazy relay: the newest announced per source, before the peer's Sync,
+    /// that this replica lacked. The peer's history is only complete here
+    /// once they arrive (from whichever parent), so the sync waits for them.
+    heard: BTreeMap<SourceId, Timestamp>,
     /// A Close still to be written before the stream goes away.
     close_out: Option<CloseReason>,
     /// No longer counted as open: ended locally, remotely or aborted.
@@ -202,6 +208,8 @@ impl Stream {
             hello_sent: false,
             sync_sent: false,
             sync_received: false,
+            sync_frame: false,
+            heard: BTreeMap::new(),
             close_out: None,
             ended: false,
             done: false,
@@ -268,8 +276,22 @@ impl Stream {
         }
     }
 
+    /// After the peer's Sync: the sync is received once what the peer
+    /// announced before it has arrived (or was refused on arrival).
+    fn settle<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>) {
+        if !self.sync_frame || self.sync_received {
+            return;
+        }
+        self.heard.retain(|&source, &mut ts| {
+            !core.clock.has(source, ts) && !core.refused.has(source, ts)
+        });
+        if self.heard.is_empty() {
+            self.mark_sync(id, core, false);
+        }
+    }
+
     /// The peer pushed `stamp` to us: it is (or becomes) the source's
-    /// parent if the source has none.
+    /// parent if the source has none, or if the peer is the source itself.
     fn track_parent<T: Reduce>(&self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
         let origin = self.peer.is_some_and(|p| p.id == stamp.source);
         let parent = core.parents.entry(stamp.source).or_insert(Parent {
@@ -279,6 +301,11 @@ impl Stream {
         });
         if parent.stream == id {
             parent.has = parent.has.max(stamp.ts);
+        } else if origin && !parent.origin {
+            // The origin pushes its own updates anyway: a relay that also
+            // pushes them would deliver each one twice for good.
+            core.unwants.push((parent.stream, stamp.source));
+            *parent = Parent { stream: id, has: stamp.ts, origin };
         }
     }
 
@@ -288,12 +315,21 @@ impl Stream {
         if core.clock.has(stamp.source, stamp.ts) {
             return;
         }
+        if !self.sync_frame {
+            let newest = self.heard.entry(stamp.source).or_insert(stamp.ts);
+            *newest = (*newest).max(stamp.ts);
+        }
         if let Some(&origin) = core.neighbours.get(&stamp.source)
             && origin != id
         {
-            // The source itself is a neighbour: it pushes its own updates.
-            core.parents
+            // The source itself is a neighbour: it pushes its own updates,
+            // so a relay pushing them too would only send duplicates.
+            let was = core
+                .parents
                 .insert(stamp.source, Parent { stream: origin, has: stamp.ts, origin: true });
+            if let Some(was) = was.filter(|p| p.stream != origin) {
+                core.unwants.push((was.stream, stamp.source));
+            }
             return;
         }
         match core.parents.get_mut(&stamp.source) {
@@ -372,39 +408,58 @@ impl Stream {
                     let track = core.config.lazy_relay || core.lazy_peers;
                     let mut last: Option<Stamp> = None;
                     for envelope in envelopes {
-                        if envelope.source.is_valid() {
-                            self.known.observe(envelope.source, envelope.ts);
+                        let stamp = envelope.stamp();
+                        if stamp.source.is_valid() {
+                            self.known.observe(stamp.source, stamp.ts);
                         }
-                        if track {
-                            if let Some(prev) = last
-                                && prev.source != envelope.source
+                        match core.apply(now, envelope) {
+                            // What we pull but cannot verify will not come
+                            // from anyone: a sync waits for it no more.
+                            Outcome::Rejected(Rejection::Unverified(_))
+                                if core.parents.contains_key(&stamp.source) =>
                             {
-                                self.track_parent(id, core, prev);
+                                core.refused.observe(stamp.source, stamp.ts);
                             }
-                            last = Some(envelope.stamp());
+                            // A refused update says nothing of what the
+                            // peer will deliver, so it picks no parent.
+                            Outcome::Rejected(_) => {}
+                            _ if track => {
+                                if let Some(prev) = last
+                                    && prev.source != stamp.source
+                                {
+                                    self.track_parent(id, core, prev);
+                                }
+                                last = Some(stamp);
+                            }
+                            _ => {}
                         }
-                        core.apply(now, envelope);
                     }
                     if let Some(prev) = last {
                         self.track_parent(id, core, prev);
                     }
                 }
             }
-            Frame::Have(stamps) => {
-                if self.opts.receives {
-                    core.lazy_peers = true;
-                    for stamp in stamps {
-                        if stamp.source.is_valid() {
-                            self.known.observe(stamp.source, stamp.ts);
-                            self.heard_of(id, core, stamp);
-                        }
+            // A peer that said it sends nothing would never serve a Want.
+            Frame::Have(stamps) if self.opts.receives && peer.is_some_and(|p| p.sends) => {
+                core.lazy_peers = true;
+                for stamp in stamps {
+                    // What we would refuse is not worth a parent, and must
+                    // not block honest announcements (a forged future ts
+                    // would outbid them all).
+                    if core.check(now, stamp.source, stamp.ts).is_ok() {
+                        self.known.observe(stamp.source, stamp.ts);
+                        self.heard_of(id, core, stamp);
                     }
                 }
             }
+            Frame::Have(_) => {}
             Frame::Want(stamps) => {
                 if self.sends_updates() {
                     for stamp in stamps {
-                        if stamp.source.is_valid() {
+                        // Honest peers want only what we announced, so a
+                        // source we never saw is bogus: remembering it
+                        // would let a peer grow this stream without bound.
+                        if core.clock.get(stamp.source) > Timestamp::ZERO {
                             self.known.observe(stamp.source, stamp.ts);
                             self.eager.insert(stamp.source);
                             self.backfill.insert(stamp.source);
@@ -426,12 +481,13 @@ impl Stream {
                 }
             }
             Frame::Sync => {
-                if self.sync_received {
+                if self.sync_frame || self.sync_received {
                     if self.opts.receives && peer.is_some_and(|p| p.sends) {
                         return Err(PeerMisbehaved::DuplicateSync);
                     }
                 } else {
-                    self.mark_sync(id, core, false);
+                    self.sync_frame = true;
+                    self.settle(id, core);
                 }
             }
             Frame::Advance(stamps) => {
@@ -440,11 +496,11 @@ impl Stream {
                     for stamp in stamps {
                         if stamp.source.is_valid() {
                             self.known.observe(stamp.source, stamp.ts);
-                            if track {
-                                self.track_parent(id, core, stamp);
-                            }
                         }
-                        core.advance(now, stamp);
+                        let outcome = core.advance(now, stamp);
+                        if track && !matches!(outcome, Outcome::Rejected(_)) {
+                            self.track_parent(id, core, stamp);
+                        }
                     }
                 }
             }
@@ -840,6 +896,15 @@ impl<T: Reduce> Replica<T> {
                 s.intents.insert(source, None);
             }
         }
+        // What arrived here may complete another stream's sync.
+        let waiting: Vec<StreamId> = streams
+            .iter_mut()
+            .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
+            .map(|(&sid, s)| {
+                s.settle(sid, core);
+                sid
+            })
+            .collect();
         let result = match flow {
             Ok(Flow::Continue) => Ok(()),
             Ok(Flow::Closed(reason)) => {
@@ -852,6 +917,9 @@ impl<T: Reduce> Replica<T> {
             }
         };
         self.close_if_done(id);
+        for sid in waiting {
+            self.close_if_done(sid);
+        }
         result
     }
 
@@ -951,7 +1019,8 @@ impl<T: Reduce> Replica<T> {
             let mine = core.clock.get(source);
             let next = streams
                 .iter_mut()
-                .filter(|(_, s)| !s.ended && s.opts.receives)
+                // A peer that sends nothing would never serve the Want.
+                .filter(|(_, s)| !s.ended && s.opts.receives && s.peer.is_some_and(|p| p.sends))
                 .max_by_key(|(_, s)| s.known.get(source))
                 .filter(|(_, s)| s.known.get(source) > mine);
             if let Some((&sid, s)) = next {
@@ -961,5 +1030,88 @@ impl<T: Reduce> Replica<T> {
                 s.intents.insert(source, Some(mine));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[derive(Default)]
+    struct Max(u64);
+
+    impl Reduce for Max {
+        type Update = u64;
+        fn reduce(&mut self, u: u64) -> Option<u64> {
+            (u > self.0).then(|| {
+                self.0 = u;
+                u
+            })
+        }
+        fn snapshot(&self) -> u64 {
+            self.0
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn frame(kind: Kind, body: &impl serde::Serialize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = Writer::begin(&mut out, kind);
+        w.put(body).unwrap();
+        w.finish();
+        out
+    }
+
+    /// A lazy replica with one stream whose peer said Hello.
+    fn with_peer() -> (Replica<Max>, StreamId) {
+        let config = Config::default().lazy_relay(true);
+        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
+        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut hello = Vec::new();
+        peer.poll_transmit(p, &mut hello).unwrap();
+        let s = r.open(StreamOpts::default()).unwrap();
+        r.handle(s, NOW, &hello).unwrap();
+        (r, s)
+    }
+
+    fn bogus(n: u64) -> Vec<Stamp> {
+        (0..n)
+            .map(|i| Stamp {
+                ts: Timestamp::new(NOW, 0),
+                source: SourceId::new(format!("s{i}").as_bytes()).unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wants_for_sources_never_seen_are_not_remembered() {
+        let (mut r, s) = with_peer();
+        r.update(NOW, 1).unwrap();
+        let mut want = bogus(1_000);
+        want.push(Stamp { ts: Timestamp::ZERO, source: r.id() });
+        for _ in 0..3 {
+            r.handle(s, NOW, &frame(Kind::Want, &want)).unwrap();
+        }
+        let stream = &r.streams[&s];
+        assert_eq!(stream.eager.len(), 1, "only our own source is wanted");
+        assert!(stream.known.len() <= 2, "{} sources known", stream.known.len());
+    }
+
+    #[test]
+    fn announcements_from_a_peer_that_sends_nothing_are_ignored() {
+        let config = Config::default().lazy_relay(true);
+        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
+        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
+        let p = peer.open(StreamOpts::receive_only()).unwrap();
+        let mut hello = Vec::new();
+        peer.poll_transmit(p, &mut hello).unwrap();
+        let s = r.open(StreamOpts::default()).unwrap();
+        r.handle(s, NOW, &hello).unwrap();
+        r.handle(s, NOW, &frame(Kind::Have, &bogus(10))).unwrap();
+        assert!(r.core.parents.is_empty());
+        assert!(r.streams[&s].intents.is_empty());
     }
 }
