@@ -273,3 +273,58 @@ fn a_one_shot_sync_does_not_wait_for_what_it_refuses() {
     assert_eq!(net[j].state().get("w"), None);
     assert_eq!(net[j].stream_count(), 0, "the one-shot stream closed");
 }
+
+/// Records dropped from a full history that a lazy stream only announced
+/// cost no snapshot: the peer pulls them elsewhere, and a Want for one that
+/// is gone gets the snapshot then. (Every eviction used to send one.)
+#[test]
+fn a_full_history_does_not_make_lazy_streams_send_snapshots() {
+    let mut net = Network::new();
+    let config = Config::default().lazy_relay(true).history_limit(16);
+    let nodes: Vec<NodeId> = (0..6)
+        .map(|i| {
+            net.add(Replica::with_config(id(&format!("n{i}")), Model::default(), config.clone()))
+        })
+        .collect();
+    let mut links = Vec::new();
+    for i in 0..6 {
+        links.push(net.link(nodes[i], nodes[(i + 1) % 6]));
+        links.push(net.link(nodes[i], nodes[(i + 2) % 6]));
+    }
+    net.pump();
+    for k in 0..300 {
+        let update = Model::set(&format!("k{}", k % 10), &k.to_string());
+        net.update(nodes[k % 6], update).unwrap();
+        net.step();
+    }
+    net.pump();
+    for &node in &nodes {
+        assert_eq!(net[node].state(), net[nodes[0]].state());
+        assert_eq!(net[node].clock(), net[nodes[0]].clock());
+    }
+    let snapshots: u64 = links
+        .iter()
+        .flat_map(|&l| net.streams(l))
+        .map(|(node, s)| net[node].stream_stats(s).map_or(0, |s| s.snapshots_sent))
+        .sum();
+    assert_eq!(snapshots, 0, "snapshots sent for announced records");
+}
+
+/// A snapshot merged in mid-line still travels on: its effects have no
+/// records to announce, so a lazy stream sends the snapshot on.
+#[test]
+fn a_merged_snapshot_still_reaches_the_far_end_of_a_lazy_line() {
+    let mut net = Network::new();
+    let config = Config::default().lazy_relay(true).history_limit(2);
+    let [a, x, b] = ["a", "x", "b"]
+        .map(|n| net.add(Replica::with_config(id(n), Model::default(), config.clone())));
+    for i in 0..5 {
+        net.update(a, Model::set(&format!("a{i}"), "1")).unwrap();
+    }
+    net.link(x, b);
+    net.pump();
+    net.link(a, x);
+    net.pump();
+    assert_eq!(net[b].state(), net[a].state());
+    assert_eq!(net[b].clock(), net[a].clock());
+}

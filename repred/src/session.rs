@@ -185,6 +185,8 @@ pub(crate) struct Stream {
     /// winning: `Some(ts)` push it to us after `ts` (Want), `None` stop
     /// (Unwant).
     intents: BTreeMap<SourceId, Option<Timestamp>>,
+    /// Lazy relay: the newest announced to the peer per source.
+    announced: Clock,
     stats: StreamStats,
 }
 
@@ -216,6 +218,7 @@ impl Stream {
             eager: BTreeSet::new(),
             backfill: BTreeSet::new(),
             intents: BTreeMap::new(),
+            announced: Clock::new(),
             stats: StreamStats::default(),
         }
     }
@@ -590,6 +593,22 @@ impl Stream {
         self.stats.bytes_sent += bytes as u64;
     }
 
+    /// Whether the peer lacks nothing that fell off the history. On a lazy
+    /// stream, what was announced and not wanted does not count: the peer
+    /// pulls it elsewhere, and a later Want for it that finds it gone gets
+    /// a snapshot then (see `send_backfill`). Otherwise every eviction would
+    /// cost each lazy peer a whole snapshot.
+    fn covers_horizon<T: Reduce>(&self, core: &Core<T>) -> bool {
+        let horizon = core.history.horizon();
+        if !self.lazy(core) {
+            return self.known.covers(horizon);
+        }
+        horizon.iter().all(|(source, ts)| {
+            self.known.has(source, ts)
+                || (!self.pushes(source, core.id) && self.announced.has(source, ts))
+        })
+    }
+
     fn send_snapshot_if_needed<T: Reduce>(
         &mut self,
         core: &Core<T>,
@@ -600,7 +619,7 @@ impl Stream {
         if lagged || self.horizon_generation != history.horizon_generation() {
             self.horizon_generation = history.horizon_generation();
             self.cursor = self.cursor.max(history.first_seq());
-            if !self.known.covers(history.horizon()) {
+            if !self.covers_horizon(core) {
                 self.need_snapshot = true;
             }
         }
@@ -689,6 +708,9 @@ impl Stream {
             self.stats.frames_sent += 1;
         }
         if !haves.is_empty() {
+            for (&source, &ts) in &haves {
+                self.announced.observe(source, ts);
+            }
             let haves: Vec<Stamp> =
                 haves.into_iter().map(|(source, ts)| Stamp { source, ts }).collect();
             let mut w = Writer::begin(out, Kind::Have);
