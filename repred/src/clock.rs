@@ -1,6 +1,7 @@
 //! Who has seen what: the vector-clock digest.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,34 @@ impl Clock {
         } else {
             false
         }
+    }
+
+    /// Raises `source` to `ts` if that is newer and `then` succeeds, in one
+    /// lookup; returns whether it was raised. When `then` fails, nothing
+    /// changes.
+    pub(crate) fn observe_if<E>(
+        &mut self,
+        source: SourceId,
+        ts: Timestamp,
+        then: impl FnOnce() -> Result<(), E>,
+    ) -> Result<bool, E> {
+        if ts == Timestamp::ZERO {
+            return Ok(false);
+        }
+        match self.0.entry(source) {
+            Entry::Occupied(mut seen) => {
+                if ts <= *seen.get() {
+                    return Ok(false);
+                }
+                then()?;
+                *seen.get_mut() = ts;
+            }
+            Entry::Vacant(slot) => {
+                then()?;
+                slot.insert(ts);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether `(source, ts)` is already covered: seen, or older than seen.

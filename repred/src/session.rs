@@ -415,17 +415,17 @@ impl Stream {
                         if stamp.source.is_valid() {
                             self.known.observe(stamp.source, stamp.ts);
                         }
-                        match core.apply(now, envelope) {
+                        match core.stage(now, envelope) {
                             // What we pull but cannot verify will not come
                             // from anyone: a sync waits for it no more.
-                            Outcome::Rejected(Rejection::Unverified(_))
+                            Err(Outcome::Rejected(Rejection::Unverified(_)))
                                 if core.parents.contains_key(&stamp.source) =>
                             {
                                 core.refused.observe(stamp.source, stamp.ts);
                             }
                             // A refused update says nothing of what the
                             // peer will deliver, so it picks no parent.
-                            Outcome::Rejected(_) => {}
+                            Err(Outcome::Rejected(_)) => {}
                             _ if track => {
                                 if let Some(prev) = last
                                     && prev.source != stamp.source
@@ -437,6 +437,8 @@ impl Stream {
                             _ => {}
                         }
                     }
+                    // The frame's reduces back to back (see `Core::stage`).
+                    core.apply_staged();
                     if let Some(prev) = last {
                         self.track_parent(id, core, prev);
                     }
@@ -678,13 +680,15 @@ impl Stream {
                 continue;
             }
             match record {
-                Entry::Change(e) | Entry::Unchanged(e) if !self.known.has(e.source, e.ts) => {
-                    if let Err(err) = w.put(e) {
-                        w.abandon();
-                        return Err(err.into());
+                // Sent unless the peer has it; one clock lookup for both.
+                Entry::Change(e) | Entry::Unchanged(e) => {
+                    match self.known.observe_if(e.source, e.ts, || w.put(e)) {
+                        Ok(sent) => count += u64::from(sent),
+                        Err(err) => {
+                            w.abandon();
+                            return Err(err.into());
+                        }
                     }
-                    self.known.observe(e.source, e.ts);
-                    count += 1;
                 }
                 Entry::Advance(stamp) if !self.known.has(stamp.source, stamp.ts) => {
                     self.known.observe(stamp.source, stamp.ts);
