@@ -109,7 +109,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .data_dir(&args.data_dir)
         // The shared board survives restarts: it lives in node-<port>.redb.
         .durable(true)
+        // Faster than the library's defaults, so a demo shows peers coming
+        // and going within seconds (at ten times the idle traffic).
         .heartbeat(Duration::from_secs(1))
+        .down_after(Duration::from_secs(5))
+        .rotate_every(Duration::from_secs(5))
         .spawn()
         .await
         .with_context(|| format!("cannot start a peer on port {}", args.port))?;

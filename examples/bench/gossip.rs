@@ -489,29 +489,6 @@ pub fn gossip() {
 
 // ---------------------------------------------------------------- idle cost
 
-/// Bytes per node per heartbeat in a converged repred cluster of `n`: every
-/// node writes its heartbeat key (as repred-transport's membership does),
-/// then the network runs until quiet; averaged over `beats` heartbeats.
-fn repred_idle(n: usize, beats: u64) -> f64 {
-    let mut cluster = Cluster::new(n, 42 + n as u64);
-    for i in 0..n {
-        let w = Lww::update(&node_writes(i, 100, 32));
-        cluster.net.update(cluster.nodes[i], w).expect("local update");
-    }
-    cluster.converge(n * 100);
-    cluster.net.pump();
-    let before = cluster.bytes();
-    for beat in 0..beats {
-        cluster.net.advance(1_000);
-        for i in 0..n {
-            let hb = vec![(format!("n{i:03}heartbeat!!!"), format!("{beat:08}"))];
-            cluster.net.update(cluster.nodes[i], Lww::update(&hb)).expect("heartbeat");
-        }
-        cluster.net.pump();
-    }
-    (cluster.bytes() - before) as f64 / n as f64 / beats as f64
-}
-
 async fn chitchat_idle(n: usize, window: Duration) -> f64 {
     let start = Instant::now();
     let cluster = Chitchat::start(n, 100, 32).await;
@@ -526,25 +503,39 @@ async fn chitchat_idle(n: usize, window: Duration) -> f64 {
 pub fn idle() {
     println!("### idle cost: bytes per node per second after convergence (K = 100, 32 B)\n");
     println!("`cargo run --release --example bench -- idle`\n");
+    let defaults = crate::cluster::Timers::defaults();
+    let example = crate::cluster::Timers {
+        heartbeat: Duration::from_secs(1),
+        down_after: Duration::from_secs(5),
+        rotate_every: Duration::from_secs(5),
+    };
     println!(
-        "repred: each node writes a heartbeat (one key) per period into the replicated map, relayed lazily over the same random graph; chitchat: its own gossip (a digest of every node, 3 peers per 100 ms round, heartbeats in the digest), measured over 5 s.\n"
+        "chitchat: its own gossip over `ChannelTransport` (a digest of every node, 3 peers per 100 ms round, heartbeats in the digest), serialized bytes. repred: a repred-transport cluster over loopback QUIC (every node holding its 100 keys in a replicated map, bootstrapped from node 0), UDP payload bytes sent, QUIC headers, encryption, acknowledgements, keep-alives, membership heartbeats, connection rotation and handshakes included; with the library's defaults (heartbeat {:?}, down after {:?}, rotation {:?}) and with the peer example's timers (heartbeat 1 s, rotation 5 s). Each measured over {IDLE_WINDOW:?} after convergence.\n",
+        defaults.heartbeat, defaults.down_after, defaults.rotate_every
     );
     println!(
-        "| N | repred, 1 s heartbeat | repred, 100 ms heartbeat | chitchat (100 ms rounds) | repred 100 ms / chitchat |"
+        "| N | chitchat (100 ms rounds) | repred, defaults | repred / chitchat | repred, 1 s heartbeat | repred 1 s / chitchat |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     let rt = runtime();
-    for n in [8, 16, 32] {
-        let per_beat = repred_idle(n, 10);
-        let theirs = rt.block_on(chitchat_idle(n, Duration::from_secs(5)));
-        println!(
-            "| {n} | {per_beat:.0} B/s | {:.0} B/s | {theirs:.0} B/s | {:.3} |",
-            per_beat * 10.0,
-            per_beat * 10.0 / theirs
-        );
+    let ns: Vec<usize> = std::env::var("IDLE_N")
+        .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+        .unwrap_or(vec![8, 16, 32]);
+    for n in ns {
+        let theirs = rt.block_on(chitchat_idle(n, IDLE_WINDOW));
+        let ours = |timers| match rt.block_on(crate::cluster::idle(n, 100, timers, IDLE_WINDOW)) {
+            Ok(rate) => (format!("{rate:.0} B/s"), format!("{:.3}", rate / theirs)),
+            Err(e) => (format!("failed: {e}"), "-".into()),
+        };
+        let (d, dr) = ours(defaults);
+        let (e, er) = ours(example);
+        println!("| {n} | {theirs:.0} B/s | {d} | {dr} | {e} | {er} |");
     }
     println!();
 }
+
+/// How long idle traffic is measured for.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- late joiner
 

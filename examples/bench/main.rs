@@ -11,6 +11,7 @@
 //! against raw quinn), `resync` (equal replicas over QUIC), `fanout` (one
 //! writer, 16 subscribers over QUIC).
 
+mod cluster;
 mod gossip;
 mod quic;
 

@@ -69,7 +69,10 @@ use std::net::SocketAddr;
 pub use close::CloseCode;
 pub use identity::{Credentials, CredentialsError};
 pub use membership::{Beat, Heartbeats, Members};
-pub use node::{Builder, MEMBERS_OBJECT, Node, NodeStats};
+pub use node::{
+    Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY, MEMBERS_OBJECT, Node,
+    NodeStats,
+};
 pub use object::{Applied, Changes, Handle, Lagged, Traffic};
 /// The QUIC implementation, re-exported for tools and tests that speak to a
 /// node directly.

@@ -41,6 +41,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest reason text put in a CONNECTION_CLOSE.
 const MAX_REASON: usize = 256;
 
+/// How often a node writes its heartbeat unless told otherwise.
+///
+/// Every heartbeat reaches every node, so membership costs each node about
+/// N / 10 heartbeats a second at this default (~1.1 kB/s per node at
+/// N = 32, keep-alives and rotation included; see PERFORMANCE.md); one
+/// second is ten times that. Nodes a peer is connected to are watched more
+/// closely than this anyway: QUIC keep-alives run on every connection.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How old a peer's last heartbeat may be before it counts as down, unless
+/// told otherwise: three missed heartbeats.
+pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(30);
+/// How often a node trades one connection for another, unless told
+/// otherwise. Each trade costs a TLS handshake and a Hello per object.
+pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -86,6 +101,7 @@ pub struct Builder {
     durable: bool,
     signing: bool,
     require_signatures: bool,
+    lazy_relay: bool,
     settings: Settings,
 }
 
@@ -99,11 +115,12 @@ impl Default for Builder {
             durable: false,
             signing: false,
             require_signatures: false,
+            lazy_relay: true,
             settings: Settings {
                 fanout: 3,
-                heartbeat: Duration::from_secs(1),
-                down_after: Duration::from_secs(5),
-                rotate_every: Duration::from_secs(5),
+                heartbeat: DEFAULT_HEARTBEAT,
+                down_after: DEFAULT_DOWN_AFTER,
+                rotate_every: DEFAULT_ROTATE_EVERY,
                 dial_timeout: Duration::from_secs(3),
                 dial_attempts: 3,
                 max_connections: 64,
@@ -179,6 +196,17 @@ impl Builder {
         self
     }
 
+    /// Relays other nodes' updates lazily ([`Config::lazy_relay`]): each
+    /// node pulls each source from one connected peer and hears of it from
+    /// the others in a 25-byte announcement, so an update crosses each
+    /// connection it needs to once instead of every connection. Default on;
+    /// off, every stream pushes everything its peer lacks (more bytes, one
+    /// hop less per relay).
+    pub fn lazy_relay(mut self, on: bool) -> Self {
+        self.lazy_relay = on;
+        self
+    }
+
     /// Where the cluster's and this node's certificates live. Default
     /// `./.repred`.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -192,21 +220,23 @@ impl Builder {
         self
     }
 
-    /// How often this node writes its heartbeat. Default 1 s.
+    /// How often this node writes its heartbeat. Default
+    /// [`DEFAULT_HEARTBEAT`] (10 s).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.settings.heartbeat = every;
         self
     }
 
-    /// How old a peer's last heartbeat may be before it counts as down.
-    /// Default 5 s.
+    /// How old a peer's last heartbeat may be before it counts as down
+    /// (and how long a silent connection lasts). Default
+    /// [`DEFAULT_DOWN_AFTER`] (30 s).
     pub fn down_after(mut self, timeout: Duration) -> Self {
         self.settings.down_after = timeout;
         self
     }
 
     /// How often one connection is closed to make room for another random
-    /// peer. Default 5 s.
+    /// peer. Default [`DEFAULT_ROTATE_EVERY`] (30 s).
     pub fn rotate_every(mut self, every: Duration) -> Self {
         self.settings.rotate_every = every;
         self
@@ -310,8 +340,10 @@ impl Builder {
         endpoint.set_default_client_config(client);
 
         let id = identity.id();
-        let config =
-            Config::default().max_frame(s.max_frame).require_signatures(self.require_signatures);
+        let config = Config::default()
+            .max_frame(s.max_frame)
+            .require_signatures(self.require_signatures)
+            .lazy_relay(self.lazy_relay);
         // Heartbeats are many and small; a short history and a snapshot for
         // whoever falls behind it keep memory flat.
         let members = Shared::new(
@@ -343,6 +375,8 @@ impl Builder {
             rng: Mutex::new(u64::from_le_bytes(seed) | 1),
             violations: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            ended_tx: AtomicU64::new(0),
+            ended_rx: AtomicU64::new(0),
             durable: durable.clone(),
             signer,
             settings: s,
@@ -392,6 +426,9 @@ struct Inner {
     rng: Mutex<u64>,
     violations: AtomicU64,
     refused: AtomicU64,
+    /// UDP bytes sent and received over connections that have ended.
+    ended_tx: AtomicU64,
+    ended_rx: AtomicU64,
     /// The node's store, when durable.
     durable: Option<Arc<Durable>>,
     /// Signs this node's updates, when signing is on.
@@ -463,7 +500,11 @@ impl Inner {
     }
 
     fn unregister(&self, key: usize) {
-        lock(&self.conns).map.remove(&key);
+        if let Some(ended) = lock(&self.conns).map.remove(&key) {
+            let stats = ended.conn.stats();
+            self.ended_tx.fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
+            self.ended_rx.fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+        }
     }
 
     /// Whether a new connection from `remote` would exceed a cap.
@@ -1016,6 +1057,12 @@ pub struct NodeStats {
     pub violations: u64,
     /// Incoming connections refused (caps, blocked peers).
     pub refused: u64,
+    /// UDP payload bytes sent over every connection registered so far, open
+    /// or ended: QUIC headers, encryption, acknowledgements and handshakes
+    /// included; IP and UDP headers and dials that never connected not.
+    pub udp_tx_bytes: u64,
+    /// UDP payload bytes received, counted the same way.
+    pub udp_rx_bytes: u64,
 }
 
 /// A peer of a repred cluster: a QUIC endpoint that replicates named objects
@@ -1128,12 +1175,24 @@ impl Node {
         addrs
     }
 
-    /// Counters of connections.
+    /// Counters of connections and of the bytes they carried.
     pub fn stats(&self) -> NodeStats {
+        let conns = lock(&self.inner.conns);
+        let (mut udp_tx_bytes, mut udp_rx_bytes) = (
+            self.inner.ended_tx.load(Ordering::Relaxed),
+            self.inner.ended_rx.load(Ordering::Relaxed),
+        );
+        for c in conns.map.values() {
+            let stats = c.conn.stats();
+            udp_tx_bytes += stats.udp_tx.bytes;
+            udp_rx_bytes += stats.udp_rx.bytes;
+        }
         NodeStats {
-            connections: lock(&self.inner.conns).map.len(),
+            connections: conns.map.len(),
             violations: self.inner.violations.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            udp_tx_bytes,
+            udp_rx_bytes,
         }
     }
 

@@ -263,3 +263,68 @@ async fn bulk_throughput() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Six nodes that each keep 3 connections (and do not rotate them, so the
+/// graph holds still); node 0 writes `writes` keys. Returns how many updates
+/// the object's streams received in all once everyone has every key, the
+/// UDP bytes the nodes sent, and the number of distinct connections.
+async fn spread(lazy: bool, writes: u64) -> (u64, u64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<repred_transport::Node> = Vec::new();
+    for _ in 0..6 {
+        let boot: Vec<SocketAddr> = nodes.first().map(|n| n.addr()).into_iter().collect();
+        let node = common::fast(dir.path())
+            .bootstrap(boot)
+            .rotate_every(Duration::from_secs(3_600))
+            .lazy_relay(lazy)
+            .spawn()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    let handles: Vec<_> =
+        nodes.iter().map(|n| n.replicate("counters", Counters::default()).unwrap()).collect();
+    eventually("each node has 3 connections", Duration::from_secs(20), || {
+        let seen: Vec<usize> = nodes.iter().map(|n| n.connected().len()).collect();
+        (seen.iter().all(|c| *c >= 3), seen)
+    })
+    .await;
+    let edges: std::collections::BTreeSet<(SocketAddr, SocketAddr)> = nodes
+        .iter()
+        .flat_map(|n| n.connected().into_iter().map(|p| (n.addr().min(p), n.addr().max(p))))
+        .collect();
+    let udp_before: u64 = nodes.iter().map(|n| n.stats().udp_tx_bytes).sum();
+    for i in 0..writes {
+        handles[0].update(Counters::set(&format!("k{i:04}"), i + 1)).await.unwrap();
+    }
+    eventually("every node has every key", Duration::from_secs(20), || {
+        let held: Vec<usize> = handles.iter().map(|h| h.read(|s| s.0.len())).collect();
+        (held.iter().all(|n| *n as u64 == writes), held)
+    })
+    .await;
+    let received = handles.iter().map(|h| h.traffic().updates_received).sum();
+    let udp_after: u64 = nodes.iter().map(|n| n.stats().udp_tx_bytes).sum();
+    for node in nodes {
+        node.shutdown().await;
+    }
+    (received, udp_after - udp_before, edges.len())
+}
+
+/// With lazy relay (the default) an update reaches each node about once;
+/// flooding sends it over every connection, at least once per edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_relay_delivers_each_update_about_once_over_quic() {
+    let writes = 200;
+    let (lazy, lazy_udp, _) = spread(true, writes).await;
+    let (flood, flood_udp, edges) = spread(false, writes).await;
+    let once = 5 * writes;
+    eprintln!("lazy {lazy} ({lazy_udp} B), flood {flood} ({flood_udp} B) over {edges} edges");
+    assert!(lazy >= once, "every other node received every update: {lazy} < {once}");
+    assert!(lazy <= once * 6 / 5, "lazy relay: {lazy} deliveries for {once} needed");
+    assert!(edges >= 9, "6 nodes with 3 connections each have at least 9 edges: {edges}");
+    assert!(
+        flood >= edges as u64 * writes,
+        "flooding crosses every edge: {flood} deliveries over {edges} edges"
+    );
+    assert!(lazy_udp > 0 && flood_udp > 0, "Node::stats counts UDP bytes");
+}
