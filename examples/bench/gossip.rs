@@ -534,8 +534,9 @@ pub fn idle() {
     println!();
 }
 
-/// How long idle traffic is measured for.
-const IDLE_WINDOW: Duration = Duration::from_secs(20);
+/// How long idle traffic is measured for: one rotation period at the
+/// defaults, so each node trades one connection within it.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- late joiner
 

@@ -446,6 +446,13 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The replica's log sequence this batch saves up to: once it is
+    /// committed, every entry below it is on disk (see
+    /// [`Replica::release`](repred::Replica::release)).
+    pub fn end_seq(&self) -> u64 {
+        self.meta.next_seq
+    }
+
     /// How many entries it holds (a snapshot counts as one).
     pub fn len(&self) -> usize {
         if self.snapshot { 1 } else { self.entries.len() }

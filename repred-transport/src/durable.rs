@@ -18,6 +18,9 @@ use crate::Error;
 pub(crate) trait Persist: Send + Sync {
     /// Encodes what the object recorded since its last save.
     fn prepare(&self, store: &Store) -> Result<Batch, StoreError>;
+
+    /// The log below `end_seq` is committed: peers may have it now.
+    fn saved(&self, end_seq: u64);
 }
 
 /// What the writer has done so far.
@@ -116,15 +119,23 @@ impl Durable {
             };
             let store = self.store.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let batches = objects
-                    .iter()
-                    .map(|o| o.prepare(&store))
-                    .filter(|b| !matches!(b, Ok(b) if b.is_empty()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if batches.is_empty() {
-                    return Ok(0);
+                let mut batches = Vec::new();
+                let mut ends = Vec::new();
+                for object in &objects {
+                    let batch = object.prepare(&store)?;
+                    ends.push(batch.end_seq());
+                    if !batch.is_empty() {
+                        batches.push(batch);
+                    }
                 }
-                store.commit_all(batches)
+                if !batches.is_empty() {
+                    store.commit_all(batches)?;
+                }
+                // Only now may peers see these entries (Replica::release).
+                for (object, end) in objects.iter().zip(ends) {
+                    object.saved(end);
+                }
+                Ok::<_, StoreError>(())
             })
             .await;
             let failure = match result {

@@ -169,10 +169,13 @@ impl Builder {
     /// peers are saved by the same task, promptly, though nobody waits for
     /// them. The membership object is not kept.
     ///
-    /// Updates go to peers as soon as they are made, not after their
-    /// commit: after a crash, a peer may hold an update that never reached
-    /// this node's disk (it was not acknowledged). The restarted node takes
-    /// it back from that peer if it syncs before writing again.
+    /// Entries go to peers only once committed
+    /// ([`Replica::hold_until_released`](repred::Replica::hold_until_released)):
+    /// an update a crash takes from this node never reached anyone, so it
+    /// cannot live on elsewhere while the restarted node, whose later
+    /// timestamps cover it, never gets it back. This adds the commit's
+    /// latency (one fsync, shared by the group) to every hop through a
+    /// durable node.
     pub fn durable(mut self, on: bool) -> Self {
         self.durable = on;
         self
@@ -1122,7 +1125,7 @@ impl Node {
         }
         let config = self.inner.config.clone();
         let durable = self.inner.durable.clone();
-        let replica = match &durable {
+        let mut replica = match &durable {
             // Loading is a few small reads; done in place, before any peer
             // can see the object.
             Some(d) => match &self.inner.signer {
@@ -1137,6 +1140,10 @@ impl Node {
                 None => Replica::with_config(self.inner.id, initial, config),
             },
         };
+        if durable.is_some() {
+            // Peers get an entry only once it is on disk (see `durable`).
+            replica.hold_until_released();
+        }
         let shared = Shared::with_store(name.to_string(), replica, durable.clone());
         if let Some(d) = &durable {
             d.register(&(shared.clone() as Arc<dyn crate::durable::Persist>));

@@ -397,4 +397,10 @@ where
     fn prepare(&self, store: &Store) -> Result<Batch, StoreError> {
         store.prepare(&self.name, &self.lock().replica)
     }
+
+    fn saved(&self, end_seq: u64) {
+        self.lock().replica.release(end_seq);
+        // The streams' writers may now send what was held back.
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }

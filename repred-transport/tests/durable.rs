@@ -214,7 +214,7 @@ impl Writer {
 /// number it printed as acknowledged, each lane a gap-free prefix; after
 /// the last, a restart serves its peer everything it kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_writer_process_loses_nothing_acknowledged() {
+async fn a_killed_writer_process_loses_nothing_acknowledged_and_leaks_nothing_unsaved() {
     const LANES: u64 = 4;
     let dir = tempfile::tempdir().unwrap();
     let b = spawn(dir.path(), &[]).await;
@@ -247,6 +247,11 @@ async fn a_killed_writer_process_loses_nothing_acknowledged() {
             let prefix: Vec<u64> = (0..mine.len() as u64).map(|i| lane + i * LANES).collect();
             assert_eq!(mine, prefix, "round {round}: lane {lane} is a gap-free prefix");
         }
+        // Entries reach peers only once committed: the peer holds nothing
+        // the crash took (it would otherwise keep it for good, since the
+        // restarted writer's later timestamps claim it).
+        let leaked: Vec<u64> = on_b.read(|s| s.0.difference(&on_disk).copied().collect());
+        assert!(leaked.is_empty(), "round {round}: the peer has what the disk lost: {leaked:?}");
         eprintln!("round {round}: {} acknowledged, {} on disk", acked.len(), on_disk.len());
     }
 

@@ -255,6 +255,18 @@ pub(crate) struct Core<T: Reduce> {
     /// Per source we pull, the newest update refused as unverified: it will
     /// not arrive from anyone, so a sync does not wait for it.
     pub(crate) refused: Clock,
+    /// Streams send log records below this sequence only (a durable
+    /// replica's store has them); `None`: everything recorded.
+    pub(crate) released: Option<u64>,
+}
+
+impl<T: Reduce> Core<T> {
+    /// Where streams stop sending: the end of the log, or of what has been
+    /// released.
+    pub(crate) fn sendable_end(&self) -> u64 {
+        let end = self.history.end_seq();
+        self.released.map_or(end, |released| released.min(end))
+    }
 }
 
 /// An envelope past its checks, its change stamped, awaiting its reduce.
@@ -535,6 +547,7 @@ impl<T: Reduce> Replica<T> {
                 unwants: Vec::new(),
                 neighbours: BTreeMap::new(),
                 refused: Clock::new(),
+                released: None,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -631,6 +644,49 @@ impl<T: Reduce> Replica<T> {
     /// only grow, across restores too.
     pub fn end_seq(&self) -> u64 {
         self.core.history.end_seq()
+    }
+
+    /// From now on, streams send peers only the log records that
+    /// [`release`](Replica::release) has let go: a durable node releases
+    /// what its store has committed, so that no peer ever holds an update
+    /// that a crash could take from its origin. (Such an update would
+    /// diverge for good: the restarted origin issues later timestamps, its
+    /// clock then claims the lost one, and nobody sends it back.)
+    ///
+    /// Everything recorded so far counts as released. A snapshot owed to a
+    /// peer waits until everything is released, since it holds the whole
+    /// state.
+    ///
+    /// ```
+    /// use repred::{LwwRegister, Network, Replica, SourceId};
+    ///
+    /// let mut net = Network::new();
+    /// let a = net.add(Replica::new(SourceId::new("a")?, LwwRegister::default()));
+    /// let b = net.add(Replica::new(SourceId::new("b")?, LwwRegister::default()));
+    /// net[a].hold_until_released();
+    /// net.link(a, b);
+    /// net.update(a, LwwRegister::set(7))?;
+    /// net.pump();
+    /// assert_eq!(net[b].state().get(), None, "not saved yet, so not sent");
+    /// let saved = net[a].end_seq(); // the store committed everything
+    /// net[a].release(saved);
+    /// net.pump();
+    /// assert_eq!(net[b].state().get(), Some(&7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hold_until_released(&mut self) {
+        let end = self.core.history.end_seq();
+        self.core.released.get_or_insert(end);
+    }
+
+    /// Lets streams send the log records below sequence `end` (see
+    /// [`hold_until_released`](Replica::hold_until_released)); call
+    /// [`poll_transmit`](Replica::poll_transmit) again afterwards. Releases
+    /// only move forward; without a hold this does nothing.
+    pub fn release(&mut self, end: u64) {
+        if let Some(released) = &mut self.core.released {
+            *released = (*released).max(end);
+        }
     }
 
     /// The log entries from sequence number `from` on, for a durable store.

@@ -625,7 +625,9 @@ impl Stream {
                 self.need_snapshot = true;
             }
         }
-        if !self.need_snapshot {
+        // A snapshot holds every record, so it waits for all of them to be
+        // released.
+        if !self.need_snapshot || core.sendable_end() < history.end_seq() {
             return Ok(());
         }
         let mut w = Writer::begin(out, Kind::Snapshot);
@@ -655,8 +657,10 @@ impl Stream {
         out: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
         let history = &core.history;
-        let end = history.end_seq();
-        if self.cursor >= end {
+        let end = core.sendable_end();
+        // A snapshot still owed (held back until released) comes first: the
+        // records after a gap would be of no use before it.
+        if self.cursor >= end || self.need_snapshot {
             return Ok(());
         }
         let lazy = self.lazy(core);
