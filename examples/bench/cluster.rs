@@ -86,8 +86,8 @@ pub async fn idle(n: usize, keys: usize, timers: Timers, window: Duration) -> Re
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let the joins' own traffic (dials, first rotations) pass.
-    tokio::time::sleep(timers.rotate_every.max(timers.heartbeat) * 2).await;
+    // Let the joins' own traffic (the last dials and Hellos) pass.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let sent = |nodes: &[Node]| nodes.iter().map(|node| node.stats().udp_tx_bytes).sum::<u64>();
     let before = sent(&nodes);
     tokio::time::sleep(window).await;

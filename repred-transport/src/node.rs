@@ -44,7 +44,7 @@ const MAX_REASON: usize = 256;
 /// How often a node writes its heartbeat unless told otherwise.
 ///
 /// Every heartbeat reaches every node, so membership costs each node about
-/// N / 10 heartbeats a second at this default (~1.1 kB/s per node at
+/// N / 10 heartbeats a second at this default (~1.2 kB/s per node at
 /// N = 32, keep-alives and rotation included; see PERFORMANCE.md); one
 /// second is ten times that. Nodes a peer is connected to are watched more
 /// closely than this anyway: QUIC keep-alives run on every connection.
