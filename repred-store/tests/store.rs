@@ -1,29 +1,15 @@
 //! The store end to end: restarts, compaction, corruption, crashes.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use repred::{Config, Network, Reduce, Replica, SourceId, StreamOpts};
+use repred::{Config, GSet, Network, Replica, SourceId, StreamOpts};
 use repred_store::{Store, StoreError};
 
 const NOW: u64 = 1_700_000_000_000;
 
-#[derive(Default, Debug, Clone, PartialEq)]
-struct Numbers(BTreeSet<u64>);
-
-impl Reduce for Numbers {
-    type Update = BTreeSet<u64>;
-
-    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
-        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
-        (!new.is_empty()).then_some(new)
-    }
-
-    fn snapshot(&self) -> BTreeSet<u64> {
-        self.0.clone()
-    }
-}
+/// A grow-only set of the numbers written.
+type Numbers = GSet<u64>;
 
 #[test]
 fn a_restart_resumes_with_state_clock_id_and_later_timestamps() {
@@ -44,7 +30,7 @@ fn a_restart_resumes_with_state_clock_id_and_later_timestamps() {
     let mut r = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
     assert_eq!(r.id(), id);
     assert_eq!(r.clock(), &clock);
-    assert_eq!(r.state().0.len(), 100);
+    assert_eq!(r.state().len(), 100);
     // The wall clock went back a minute: timestamps still increase.
     let t = r.update(NOW, [1_000].into()).unwrap().unwrap();
     assert!(t.ts > last);
@@ -131,7 +117,7 @@ fn an_amnesiac_restart_gets_a_new_id_and_converges() {
     net.update(new, [2].into()).unwrap();
     net.link(peer, new);
     net.pump();
-    assert_eq!(net[new].state().0, [1, 2].into());
+    assert_eq!(*net[new].state(), [1, 2].into());
     assert_eq!(net[peer].state(), net[new].state());
 }
 
@@ -217,8 +203,8 @@ fn kill_nine_loses_nothing_acknowledged() {
 
         let store = Store::open(&path).unwrap();
         let r = store.load::<Numbers>("numbers", Config::default()).unwrap().unwrap();
-        let have = &r.state().0;
-        let top = *have.last().unwrap();
+        let have = r.state();
+        let top = *have.iter().last().unwrap();
         assert!(top >= acked.unwrap(), "round {round}: ack {acked:?} lost (top {top})");
         assert_eq!(have.len() as u64, top + 1, "round {round}: a prefix, nothing out of order");
         next_first = top + 1;
@@ -246,5 +232,5 @@ fn prepared_batches_commit_in_order() {
     drop(store);
     let store = Store::open(&path).unwrap();
     let back = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
-    assert_eq!(back.state().0, [1, 2, 3].into());
+    assert_eq!(*back.state(), [1, 2, 3].into());
 }

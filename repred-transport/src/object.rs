@@ -177,6 +177,11 @@ where
         // Events are bounded by the core; the transport learns what it needs
         // from handle's results, so they are simply drained.
         while replica.poll_event().is_some() {}
+        self.wake_writers();
+    }
+
+    /// Tells every stream's writer there may be something to send.
+    fn wake_writers(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -400,7 +405,7 @@ where
 
     fn saved(&self, end_seq: u64) {
         self.lock().replica.release(end_seq);
-        // The streams' writers may now send what was held back.
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        // What was held back may go out now.
+        self.wake_writers();
     }
 }

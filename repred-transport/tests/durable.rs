@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Counters, eventually, fast, spawn};
-use repred::{Config, Reduce};
+use repred::{Config, GSet};
 use repred_store::Store;
 use repred_transport::Node;
 use tokio::sync::mpsc;
@@ -143,23 +143,9 @@ async fn a_signing_durable_node_signs_as_itself_after_a_crash() {
     b.shutdown().await;
 }
 
-/// The numbers the writer process writes: a grow-only set (the same type as
-/// in `repred-transport-writer`, so its store reads back here).
-#[derive(Default)]
-struct Numbers(BTreeSet<u64>);
-
-impl Reduce for Numbers {
-    type Update = BTreeSet<u64>;
-
-    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
-        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
-        (!new.is_empty()).then_some(new)
-    }
-
-    fn snapshot(&self) -> BTreeSet<u64> {
-        self.0.clone()
-    }
-}
+/// The numbers the writer process writes (the same type as in
+/// `repred-transport-writer`, so its store reads back here).
+type Numbers = GSet<u64>;
 
 /// A `repred-transport-writer` child and its stdout, line by line.
 struct Writer {
@@ -239,7 +225,7 @@ async fn a_killed_writer_process_loses_nothing_acknowledged_and_leaks_nothing_un
 
         let store = Store::open(dir.path().join(format!("node-{port}.redb"))).unwrap();
         let back = store.load::<Numbers>("numbers", Config::default()).unwrap().unwrap();
-        on_disk = back.state().0.clone();
+        on_disk = back.state().iter().copied().collect();
         let lost: Vec<u64> = acked.difference(&on_disk).copied().collect();
         assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
         for lane in 0..LANES {
@@ -250,7 +236,8 @@ async fn a_killed_writer_process_loses_nothing_acknowledged_and_leaks_nothing_un
         // Entries reach peers only once committed: the peer holds nothing
         // the crash took (it would otherwise keep it for good, since the
         // restarted writer's later timestamps claim it).
-        let leaked: Vec<u64> = on_b.read(|s| s.0.difference(&on_disk).copied().collect());
+        let leaked: Vec<u64> =
+            on_b.read(|s| s.iter().filter(|n| !on_disk.contains(n)).copied().collect());
         assert!(leaked.is_empty(), "round {round}: the peer has what the disk lost: {leaked:?}");
         eprintln!("round {round}: {} acknowledged, {} on disk", acked.len(), on_disk.len());
     }
@@ -260,7 +247,7 @@ async fn a_killed_writer_process_loses_nothing_acknowledged_and_leaks_nothing_un
     writer.field("listening").await;
     assert_eq!(writer.field("loaded").await, on_disk.len() as u64);
     eventually("b has everything the writer kept", Duration::from_secs(10), || {
-        let missing = on_b.read(|s| on_disk.difference(&s.0).count());
+        let missing = on_b.read(|s| on_disk.iter().filter(|n| !s.contains(n)).count());
         (missing == 0, missing)
     })
     .await;

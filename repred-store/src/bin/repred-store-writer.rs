@@ -4,30 +4,15 @@
 //!
 //!     cargo run -p repred-store --bin repred-store-writer -- /tmp/w.redb 0 64
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use repred::{Config, Reduce};
+use repred::{Config, GSet};
 use repred_store::Store;
 
 /// The numbers written so far: a grow-only set.
-#[derive(Default)]
-struct Written(BTreeSet<u64>);
-
-impl Reduce for Written {
-    type Update = BTreeSet<u64>;
-
-    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
-        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
-        (!new.is_empty()).then_some(new)
-    }
-
-    fn snapshot(&self) -> BTreeSet<u64> {
-        self.0.clone()
-    }
-}
+type Written = GSet<u64>;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

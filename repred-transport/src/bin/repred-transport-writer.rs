@@ -11,31 +11,16 @@
 //! On start it prints `listening PORT`, then `loaded COUNT`; with `--serve`
 //! it writes nothing and only serves its peers.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use repred::Reduce;
+use repred::GSet;
 use repred_transport::{Handle, Node};
 
 /// The numbers written so far: a grow-only set.
-#[derive(Default)]
-struct Numbers(BTreeSet<u64>);
-
-impl Reduce for Numbers {
-    type Update = BTreeSet<u64>;
-
-    fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
-        let new: BTreeSet<u64> = update.into_iter().filter(|n| self.0.insert(*n)).collect();
-        (!new.is_empty()).then_some(new)
-    }
-
-    fn snapshot(&self) -> BTreeSet<u64> {
-        self.0.clone()
-    }
-}
+type Numbers = GSet<u64>;
 
 struct Args {
     dir: PathBuf,
@@ -67,8 +52,8 @@ async fn lane(
     lane: u64,
     lanes: u64,
 ) -> Result<(), repred_transport::Error> {
-    let mut next =
-        numbers.read(|s| s.0.iter().rev().find(|n| *n % lanes == lane).map_or(lane, |n| n + lanes));
+    let mut next = numbers
+        .read(|s| s.iter().filter(|n| *n % lanes == lane).last().map_or(lane, |n| n + lanes));
     loop {
         numbers.update([next].into()).await?;
         // println! locks stdout and Rust's stdout flushes at each newline,
@@ -99,7 +84,7 @@ async fn main() -> ExitCode {
             .await?;
         println!("listening {}", node.addr().port());
         let numbers = node.replicate("numbers", Numbers::default())?;
-        println!("loaded {}", numbers.read(|s| s.0.len()));
+        println!("loaded {}", numbers.read(|s| s.len()));
         if args.serve {
             std::future::pending::<()>().await;
         }
