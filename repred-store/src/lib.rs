@@ -39,9 +39,12 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
 
+/// The embedded database, re-exported for the backends of
+/// [`Store::open_with`].
+pub use redb;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use repred::{Clock, Config, Entry, Identity, Reduce, Replica, SourceId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,22 @@ pub enum StoreError {
         path: String,
         /// What redb said.
         detail: String,
+    },
+    /// The operating system refused to read or write the file: the path is
+    /// a directory, the file system is read-only or full, permission is
+    /// denied. The file itself may be fine; once the cause is gone, open
+    /// the store again (or [`reopen`](Store::reopen) it).
+    // The cause is in the message, not a `source`, so that a report that
+    // walks the chain does not print it twice.
+    #[error(
+        "cannot read or write the store {path}: {cause} (it must be a file, not a directory, \
+         that this user may write, on a writable file system with free space)"
+    )]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        cause: std::io::Error,
     },
     /// A record in the store does not decode: written by an incompatible
     /// version, or damaged.
@@ -96,13 +115,63 @@ pub enum StoreError {
         /// The id of the replica being saved.
         given: SourceId,
     },
+    /// The last [`reopen`](Store::reopen) failed, so the store has no
+    /// database open; reopen it again.
+    #[error("the store {path} is closed: its last reopen failed")]
+    Closed {
+        /// The file.
+        path: String,
+    },
     /// Reading or writing failed.
+    // As for `Io`: the cause is in the message, so it is not a `source`.
     #[error("storage error: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(redb::Error),
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl StoreError {
+    /// Whether the disk or the database failed under the store, rather than
+    /// the data: [`reopen`](Store::reopen) the store before retrying (after
+    /// an I/O error redb refuses every later write until it is opened
+    /// again, even once the cause is gone).
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Storage(_) | Self::Closed { .. })
+    }
 }
 
 fn storage(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Storage(e.into())
+}
+
+/// What opening `path` failed with, by who is to blame: another process,
+/// the operating system (a directory, a read-only or full file system), or
+/// the file's contents.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    let path = path.display().to_string();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            StoreError::InUse(path)
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(cause)) => io_error(path, cause),
+        e => StoreError::Corrupt { path, detail: e.to_string() },
+    }
+}
+
+/// An I/O error of the file: redb reports a file that is not a database as
+/// `InvalidData`, and a short read of a truncated one as `UnexpectedEof`;
+/// both are the contents' fault. Anything else is the operating system's.
+fn io_error(path: String, cause: std::io::Error) -> StoreError {
+    match cause.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            StoreError::Corrupt { path, detail: cause.to_string() }
+        }
+        _ => StoreError::Io { path, cause },
+    }
 }
 
 /// What is stored of a replica besides its log.
@@ -122,12 +191,21 @@ struct Meta {
     base: Vec<u8>,
 }
 
+/// Opens the database at a path: the file itself, or a custom backend.
+type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 /// A durable store of replicas, one redb file, many named replicas.
 pub struct Store {
-    db: Database,
-    path: String,
+    /// `None` only after a failed [`reopen`](Store::reopen). A lock so that
+    /// a reopen can drop the database while every other method keeps
+    /// taking `&self`: redb locks the file, so the old handle must be gone
+    /// before the new one opens it.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    open: Opener,
     /// Each replica's header as on disk (or about to be): read once, then
-    /// kept, since this process is the file's only writer.
+    /// kept, since this process is the file's only writer. Locked before
+    /// `db` wherever both are held.
     metas: Mutex<HashMap<String, Meta>>,
 }
 
@@ -141,28 +219,107 @@ impl Store {
     /// Opens (or creates) the store at `path`.
     ///
     /// A file that is not a store, or is truncated or damaged, is a
-    /// [`StoreError::Corrupt`], never a panic.
+    /// [`StoreError::Corrupt`], never a panic; a path the operating system
+    /// will not let it read and write (a directory, a read-only or full
+    /// file system) is a [`StoreError::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path_str = path.as_ref().display().to_string();
-        let db = match Database::create(path.as_ref()) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::InUse(path_str));
-            }
-            Err(e) => return Err(StoreError::Corrupt { path: path_str, detail: e.to_string() }),
+        Self::start(path.as_ref(), Box::new(|path: &Path| Database::create(path)))
+    }
+
+    /// Opens (or creates) a store on a custom redb storage backend, which
+    /// `backend` makes for `path` (the name errors give; the backend
+    /// decides what it means): for storage that is not a plain file, and
+    /// for tests that make the disk fail.
+    ///
+    /// `backend` is called again at each [`reopen`](Store::reopen), after
+    /// the previous backend was closed, and must reach the same data.
+    pub fn open_with<B: redb::StorageBackend>(
+        path: impl AsRef<Path>,
+        backend: impl Fn(&Path) -> std::io::Result<B> + Send + Sync + 'static,
+    ) -> Result<Self, StoreError> {
+        let open = move |path: &Path| redb::Builder::new().create_with_backend(backend(path)?);
+        Self::start(path.as_ref(), Box::new(open))
+    }
+
+    fn start(path: &Path, open: Opener) -> Result<Self, StoreError> {
+        let db = Self::open_db(path, &open)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            open,
+            metas: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens the database and makes sure its tables exist.
+    fn open_db(path: &Path, open: &Opener) -> Result<Database, StoreError> {
+        let db = open(path).map_err(|e| open_error(path, e))?;
+        let created = (|| {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?;
+            txn.open_table(ENTRIES)?;
+            txn.commit()?;
+            Ok::<_, redb::Error>(())
+        })();
+        created.map_err(|e| Self::locate(path, storage(e)))?;
+        Ok(db)
+    }
+
+    /// Closes the database and opens it again, as a restart of the process
+    /// would: what was committed is there, what a failed commit began is
+    /// not.
+    ///
+    /// After an I/O error (a full disk, say) redb refuses every later write
+    /// until the database is opened again, even once the cause is gone;
+    /// [`StoreError::needs_reopen`] tells such errors. If the reopen fails
+    /// too, the store stays closed ([`StoreError::Closed`]) until a reopen
+    /// succeeds. Replicas need nothing: their next save writes whatever the
+    /// disk lacks.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        // Failed commits forgot what they assumed already; the rest is
+        // re-read from the reopened file too rather than trusted across it.
+        let mut metas = self.metas();
+        metas.clear();
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Closed first: redb locks the file, so a second handle to it would
+        // find it in use.
+        drop(db.take());
+        *db = Some(Self::open_db(&self.path, &self.open)?);
+        Ok(())
+    }
+
+    /// Runs `f` on the open database.
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        // A panic while this was held cannot have left the handle worse
+        // than a failed I/O does, which a reopen cures.
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = db.as_ref() else {
+            return Err(StoreError::Closed { path: self.path.display().to_string() });
         };
-        let txn = db.begin_write().map_err(storage)?;
-        txn.open_table(META).map_err(storage)?;
-        txn.open_table(ENTRIES).map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        Ok(Self { db, path: path_str, metas: Mutex::new(HashMap::new()) })
+        f(db).map_err(|e| Self::locate(&self.path, e))
+    }
+
+    /// Names the file in an I/O error, which redb reports without it.
+    fn locate(path: &Path, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Storage(redb::Error::Io(cause)) => {
+                io_error(path.display().to_string(), cause)
+            }
+            e => e,
+        }
     }
 
     fn read_meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(META).map_err(storage)?;
-        let Some(bytes) = table.get(name).map_err(storage)? else { return Ok(None) };
-        postcard::from_bytes(bytes.value()).map(Some).map_err(|e| decode_error(name, "header", e))
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(META).map_err(storage)?;
+            let Some(bytes) = table.get(name).map_err(storage)? else { return Ok(None) };
+            let meta = postcard::from_bytes(bytes.value());
+            meta.map(Some).map_err(|e| decode_error(name, "header", e))
+        })
     }
 
     /// Loads the replica saved under `name`, or `None` if there is none.
@@ -252,15 +409,19 @@ impl Store {
                 postcard::from_bytes(&meta.base).map_err(|e| decode_error(name, "snapshot", e))?;
             base.reduce(snapshot);
         }
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(ENTRIES).map_err(storage)?;
-        let mut entries = Vec::new();
-        for item in table.range((name, meta.base_seq)..(name, meta.next_seq)).map_err(storage)? {
-            let (_, value) = item.map_err(storage)?;
-            let entry: Entry<T::Update> =
-                postcard::from_bytes(value.value()).map_err(|e| decode_error(name, "entry", e))?;
-            entries.push(entry);
-        }
+        let entries = self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut entries = Vec::new();
+            let range = (name, meta.base_seq)..(name, meta.next_seq);
+            for item in table.range(range).map_err(storage)? {
+                let (_, value) = item.map_err(storage)?;
+                let entry: Entry<T::Update> = postcard::from_bytes(value.value())
+                    .map_err(|e| decode_error(name, "entry", e))?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })?;
         // The restored replica numbers its log as the disk does, so the next
         // save appends where this one ended.
         Ok(Some(Replica::restore(
@@ -377,6 +538,11 @@ impl Store {
 
     /// Writes a prepared batch in one transaction (one fsync); returns how
     /// many entries it held. When it returns, they are durable.
+    ///
+    /// When it fails, nothing of the batch is on disk; prepare again (from
+    /// the replica, which still holds its entries) to retry, after a
+    /// [`reopen`](Store::reopen) if the error
+    /// [needs one](StoreError::needs_reopen).
     pub fn commit(&self, batch: Batch) -> Result<usize, StoreError> {
         let result = self.write(&batch);
         if result.is_err() {
@@ -404,12 +570,14 @@ impl Store {
     }
 
     fn write_all(&self, batches: &[Batch]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        for batch in batches {
-            Self::write_batch(&txn, batch)?;
-        }
-        txn.commit().map_err(storage)?;
-        Ok(batches.iter().map(Batch::len).sum())
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(storage)?;
+            for batch in batches {
+                Self::write_batch(&txn, batch)?;
+            }
+            txn.commit().map_err(storage)?;
+            Ok(batches.iter().map(Batch::len).sum())
+        })
     }
 
     fn write_batch(txn: &redb::WriteTransaction, batch: &Batch) -> Result<(), StoreError> {
@@ -432,7 +600,7 @@ impl Store {
     fn metas(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
         // The map only caches what is on disk; a panic while it was held
         // cannot leave it worse than stale, and commit errors clear it.
-        self.metas.lock().unwrap_or_else(|e| e.into_inner())
+        self.metas.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
