@@ -67,7 +67,7 @@ mod object;
 use std::net::SocketAddr;
 
 pub use close::CloseCode;
-pub use identity::{Credentials, CredentialsError};
+pub use identity::{ClusterCa, Credentials, CredentialsError, NodeCertificate};
 pub use membership::{Beat, Heartbeats, Members};
 pub use node::{
     Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY, MEMBERS_OBJECT, Node,
@@ -82,8 +82,10 @@ pub use quinn;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The UDP socket could not be bound or set up.
-    #[error("cannot listen on {addr}: {source}")]
+    /// The UDP socket could not be bound or set up; what the operating
+    /// system said is the [`source`](std::error::Error::source), not part of
+    /// the message, so a chain printer says it once.
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,

@@ -102,6 +102,8 @@ pub struct Builder {
     signing: bool,
     require_signatures: bool,
     lazy_relay: bool,
+    create_cluster: bool,
+    deny: Vec<SourceId>,
     settings: Settings,
 }
 
@@ -116,6 +118,8 @@ impl Default for Builder {
             signing: false,
             require_signatures: false,
             lazy_relay: true,
+            create_cluster: true,
+            deny: Vec::new(),
             settings: Settings {
                 fanout: 3,
                 heartbeat: DEFAULT_HEARTBEAT,
@@ -210,10 +214,35 @@ impl Builder {
         self
     }
 
-    /// Where the cluster's and this node's certificates live. Default
-    /// `./.repred`.
+    /// Where the cluster's and this node's certificates live, and its deny
+    /// list (see [`identity`](crate::identity)). Default `./.repred`. An
+    /// empty path is refused by [`spawn`](Builder::spawn)
+    /// ([`CredentialsError::EmptyDataDir`](crate::CredentialsError::EmptyDataDir)):
+    /// it would scatter key files in whatever the current directory is.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = dir.into();
+        self
+    }
+
+    /// Whether a data directory with no cluster in it (neither
+    /// `cluster-ca.pem` nor `cluster.pem`) makes this node the first of a
+    /// new cluster. Default on: zero configuration on one machine. Off, such
+    /// a directory is
+    /// [`CredentialsError::NoCluster`](crate::CredentialsError::NoCluster),
+    /// so a node meant to join never starts a cluster of its own by mistake
+    /// (see [`Credentials::join`]).
+    pub fn create_cluster(mut self, on: bool) -> Self {
+        self.create_cluster = on;
+        self
+    }
+
+    /// Refuses peers with these node ids at the TLS handshake, in both
+    /// directions (see [`identity::certificate_id`](crate::identity::certificate_id)),
+    /// in addition to those listed in `<data_dir>/revoked`. Ids add up over
+    /// calls. A denied peer's updates may still arrive relayed by nodes that
+    /// do not deny it: deny it on every node to cut it off.
+    pub fn deny(mut self, ids: impl IntoIterator<Item = SourceId>) -> Self {
+        self.deny.extend(ids);
         self
     }
 
@@ -298,9 +327,17 @@ impl Builder {
         let port = bound.port();
         let store_path = self.durable.then(|| dir.join(format!("node-{port}.redb")));
         let key_path = self.signing.then(|| dir.join(format!("signing-{port}.key")));
-        let identity = tokio::task::spawn_blocking(move || Credentials::load_or_create(&dir, port))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let (create_cluster, deny) = (self.create_cluster, self.deny);
+        let identity = tokio::task::spawn_blocking(move || {
+            let credentials = if create_cluster {
+                Credentials::load_or_create(&dir, port)
+            } else {
+                Credentials::join(&dir, port)
+            };
+            credentials.map(|c| c.deny(deny))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
         let signer = match key_path {
             Some(path) => Some(
                 tokio::task::spawn_blocking(move || crate::identity::signing_key(&path))
