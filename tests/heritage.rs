@@ -428,8 +428,9 @@ fn a26_validation() {
 
     let mut r2: Replica<Model> = replica("me");
     let s = r2.open(StreamOpts::default()).unwrap();
-    // A Hello cut short: kind 1, version 1, then nothing.
-    let err = r2.handle(s, NOW, &[2, 0, 0, 0, 1, 1]).unwrap_err();
+    // A Hello cut short: kind 1, the version, then nothing.
+    let version = repred::PROTOCOL_VERSION as u8;
+    let err = r2.handle(s, NOW, &[2, 0, 0, 0, 1, version]).unwrap_err();
     assert!(matches!(err, SessionError::Peer(PeerMisbehaved::Malformed { .. })), "{err}");
     assert_eq!(r2.stream_count(), 0);
 }

@@ -55,6 +55,18 @@ pub enum Event {
         /// Why it was refused.
         reason: crate::Rejection,
     },
+    /// A peer's snapshot was refused: nothing of it was merged, the clock
+    /// did not move, and the stream was closed with the reason (so the peer
+    /// hears it too). A strict replica behind the history of every peer it
+    /// trusts keeps saying this instead of taking in unverified state.
+    SnapshotRefused {
+        /// The stream.
+        stream: StreamId,
+        /// The peer that sent it.
+        peer: SourceId,
+        /// Why.
+        reason: crate::SnapshotRefusal,
+    },
     /// The replica was disposed of; every stream has ended.
     Dispose,
 }

@@ -7,7 +7,7 @@
 //! |------|----------|--------------------------------------------------|
 //! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
 //! | 2    | Updates  | one or more [`Envelope`]s, back to back          |
-//! | 3    | Snapshot | the sender's [`Clock`], then its whole state     |
+//! | 3    | Snapshot | the sender's [`Clock`], its whole state, then an optional signature over both |
 //! | 4    | Sync     | empty: the history before it is complete         |
 //! | 5    | Close    | a [`CloseReason`]                                |
 //! | 6    | Advance  | `(source, ts)` pairs: new to the sender, no-ops  |
@@ -15,10 +15,13 @@
 //! | 8    | Have     | `(source, ts)` pairs: the sender has these (lazy relay) |
 //! | 9    | Want     | `(source, ts)` pairs: push this source from `ts` on |
 //! | 10   | Unwant   | sources: stop pushing these                      |
+//! | 11   | Proofs   | [`Proof`]s: signed updates that changed nothing  |
 //!
 //! An Advance names updates the sender took in that changed nothing, because
 //! everything it had already sent covered them; the receiver's clock moves
-//! past them so that clocks converge along with states.
+//! past them so that clocks converge along with states. Proofs do the same
+//! for signed updates, with the origin's signature over the change's digest,
+//! so that a strict receiver moves its clock on the origin's word only.
 //!
 //! A Hello carries the sender's clock whole when it is small, and otherwise
 //! only its digest (16 bytes): replicas that are already equal learn it from
@@ -28,10 +31,12 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{Clock, Envelope, SourceId, Stamp};
+use sha2::{Digest, Sha256};
+
+use crate::{Clock, Envelope, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 
 /// The protocol version this crate speaks; a Hello with another is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -50,6 +55,7 @@ pub(crate) enum Kind {
     Have = 8,
     Want = 9,
     Unwant = 10,
+    Proofs = 11,
 }
 
 impl Kind {
@@ -65,6 +71,7 @@ impl Kind {
             8 => Kind::Have,
             9 => Kind::Want,
             10 => Kind::Unwant,
+            11 => Kind::Proofs,
             _ => return None,
         })
     }
@@ -83,6 +90,11 @@ pub struct Hello {
     pub sends: bool,
     /// Whether the sender accepts updates on this stream.
     pub receives: bool,
+    /// The sender's life: a random number drawn when a replica starts
+    /// without a log and kept by its store across restarts. The same id in
+    /// a new life is a replica that lost its log (see
+    /// [`Replica::new`](crate::Replica::new)).
+    pub life: u64,
 }
 
 /// A clock as a Hello carries it: whole when small, else a fingerprint.
@@ -137,6 +149,10 @@ pub enum CloseReason {
     /// The receiver of the frame misbehaved, in the closer's view.
     #[error("protocol violation: {0}")]
     Misbehaved(#[from] PeerMisbehaved),
+    /// The closer refused the receiver's snapshot
+    /// ([`Event::SnapshotRefused`](crate::Event::SnapshotRefused)).
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(SnapshotRefusal),
 }
 
 /// What a peer did wrong: each closes the stream with this as the reason.
@@ -182,6 +198,24 @@ pub enum PeerMisbehaved {
     /// A Hello whose id is the reserved all-zero id.
     #[error("Hello with the reserved source id")]
     InvalidSource,
+    /// Claims (announcements, clock advances, refused updates) naming more
+    /// sources the receiver does not know than its limit
+    /// ([`Config::max_unknown_sources`](crate::Config::max_unknown_sources)).
+    #[error("claims about more than {limit} unknown sources")]
+    TooManySources {
+        /// The receiver's limit.
+        limit: u64,
+    },
+    /// A Hello under an id the receiver knows from another life of it: a
+    /// replica that lost its log came back under its old id, which would
+    /// split the cluster's view of that id for good.
+    #[error(
+        "source {id} came back in a new life (it lost its log): a replica without its history must write under a new id"
+    )]
+    Reincarnated {
+        /// The id.
+        id: SourceId,
+    },
     /// A snapshot whose clock is further in the future than the skew limit.
     #[error("snapshot clock is {ahead_millis} ms ahead of the receiver (limit {limit_millis} ms)")]
     ClockSkew {
@@ -197,7 +231,13 @@ pub enum PeerMisbehaved {
 pub(crate) enum Frame<U> {
     Hello(Hello),
     Updates(Vec<Envelope<U>>),
-    Snapshot { clock: Clock, state: U },
+    Snapshot {
+        clock: Clock,
+        state: U,
+        /// SHA-256 of the encoded clock and state: what a signature covers.
+        digest: [u8; 32],
+        proof: Option<Signature>,
+    },
     Sync,
     Close(CloseReason),
     Advance(Vec<Stamp>),
@@ -205,6 +245,7 @@ pub(crate) enum Frame<U> {
     Have(Vec<Stamp>),
     Want(Vec<Stamp>),
     Unwant(Vec<SourceId>),
+    Proofs(Vec<Proof>),
 }
 
 fn malformed(kind: &str, err: postcard::Error) -> PeerMisbehaved {
@@ -258,8 +299,11 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             Frame::Updates(envelopes)
         }
         Kind::Snapshot => {
-            let (clock, state) = decode_all("Snapshot", body)?;
-            Frame::Snapshot { clock, state }
+            let ((clock, state), rest) =
+                postcard::take_from_bytes(body).map_err(|e| malformed("Snapshot", e))?;
+            let digest = Sha256::digest(&body[..body.len() - rest.len()]).into();
+            let proof = decode_all("Snapshot", rest)?;
+            Frame::Snapshot { clock, state, digest, proof }
         }
         Kind::Sync => {
             if !body.is_empty() {
@@ -276,6 +320,7 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
         Kind::Have => Frame::Have(decode_all("Have", body)?),
         Kind::Want => Frame::Want(decode_all("Want", body)?),
         Kind::Unwant => Frame::Unwant(decode_all("Unwant", body)?),
+        Kind::Proofs => Frame::Proofs(decode_all("Proofs", body)?),
     })
 }
 
@@ -300,6 +345,11 @@ impl<'a> Writer<'a> {
         postcard::serialize_with_flavor(value, Append(self.out)).inspect_err(|_| {
             self.out.truncate(mark);
         })
+    }
+
+    /// The body so far.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.out[self.start + FRAME_HEADER_LEN..]
     }
 
     /// Bytes in the body so far.
@@ -380,6 +430,7 @@ mod tests {
             meta: b"m".to_vec(),
             sends: true,
             receives: false,
+            life: 7,
         };
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{Clock, Envelope, SourceId, Stamp};
+use crate::{Clock, Envelope, Proof, SourceId, Stamp};
 
 /// One entry of a replica's log, in the order the replica took it in: what
 /// a durable store writes, and what [`Replica::restore`](crate::Replica::restore)
@@ -11,9 +11,10 @@ use crate::{Clock, Envelope, SourceId, Stamp};
 pub enum Entry<U> {
     /// An update that changed the state: relayed to peers and subscribers.
     Change(Envelope<U>),
-    /// A signed update that was new but changed nothing: relayed verbatim,
-    /// so that peers can verify it and move their clocks; subscribers see
-    /// nothing.
+    /// A signed update that was new but changed nothing, as recorded before
+    /// proofs existed (a store may still hold some): relayed verbatim, so
+    /// that peers can verify it and move their clocks; subscribers see
+    /// nothing. New ones are recorded as [`Entry::Proven`].
     Unchanged(Envelope<U>),
     /// An unsigned update that was new but changed nothing: only the clock moved.
     /// Peers are told of the advance (a few bytes, not the update) so that
@@ -30,6 +31,10 @@ pub enum Entry<U> {
         /// What changed.
         change: U,
     },
+    /// A signed update that was new but changed nothing, as its proof: peers
+    /// verify the origin's signature and move their clocks, without the
+    /// change; subscribers see nothing.
+    Proven(Proof),
 }
 
 impl<U> Entry<U> {
@@ -38,6 +43,7 @@ impl<U> Entry<U> {
         match self {
             Entry::Change(e) | Entry::Unchanged(e) => Some(e.stamp()),
             Entry::Advance(stamp) => Some(*stamp),
+            Entry::Proven(proof) => Some(proof.stamp),
             Entry::Merge { .. } => None,
         }
     }

@@ -98,11 +98,13 @@ pub use lattice::{
 pub use network::{LinkId, Network, NodeId};
 pub use reduce::Reduce;
 pub use replica::{
-    Change, Changes, Config, Delivery, Outcome, Rejection, Replica, ReplicaError, Stats,
-    Subscription,
+    Change, Changes, Config, Delivery, Outcome, Rejection, Replica, ReplicaError, SnapshotRefusal,
+    Stats, Subscription,
 };
 pub use session::{SessionError, StreamOpts, StreamStats};
-pub use signing::{Identity, Signature, VerifyError, source_id_of};
+pub use signing::{
+    ChangeDigest, Identity, Proof, Signature, VerifyError, change_digest, source_id_of,
+};
 pub use source::{InvalidSourceId, SourceId};
 pub use timestamp::{Stamp, Timestamp};
 

@@ -22,6 +22,9 @@ struct End {
 struct Link {
     ends: [End; 2],
     up: bool,
+    /// Up, but whatever is written is lost: a peer that died without a word,
+    /// whose connection nobody has noticed yet.
+    dead: bool,
 }
 
 /// Replicas and in-memory links between them, on virtual time.
@@ -135,7 +138,7 @@ impl<T: Reduce> Network<T> {
         let sa = self.nodes[a.0].open(a_opts).expect("linking a disposed replica");
         let sb = self.nodes[b.0].open(b_opts).expect("linking a disposed replica");
         let end = |node, stream| End { node, stream, in_flight: Vec::new() };
-        self.links.push(Link { ends: [end(a, sa), end(b, sb)], up: true });
+        self.links.push(Link { ends: [end(a, sa), end(b, sb)], up: true, dead: false });
         LinkId(self.links.len() - 1)
     }
 
@@ -159,6 +162,14 @@ impl<T: Reduce> Network<T> {
             end.in_flight.clear();
             self.nodes[end.node.0].abort(end.stream);
         }
+    }
+
+    /// Makes a link silently lose everything written to it from now on
+    /// (`true`), as when a peer dies and nobody has noticed yet: its streams
+    /// stay open at both ends. `false` delivers again (what was lost stays
+    /// lost).
+    pub fn set_dead(&mut self, link: LinkId, dead: bool) {
+        self.links[link.0].dead = dead;
     }
 
     /// Protocol errors seen so far: on which link, at which node.
@@ -200,6 +211,9 @@ impl<T: Reduce> Network<T> {
             return 0;
         }
         let bytes: Vec<u8> = l.ends[side].in_flight.drain(..n).collect();
+        if l.dead {
+            return n;
+        }
         let to = &l.ends[1 - side];
         if let Err(e) = self.nodes[to.node.0].handle(to.stream, now, &bytes) {
             self.errors.push((link, to.node, e));
@@ -207,9 +221,16 @@ impl<T: Reduce> Network<T> {
         n
     }
 
-    /// One hop: every link's ends write what they have, then every link
-    /// delivers it. Returns the bytes moved.
+    /// One hop: replicas whose timers are due handle them
+    /// ([`Replica::handle_timeout`]), every link's ends write what they
+    /// have, then every link delivers it. Returns the bytes moved.
     pub fn step(&mut self) -> usize {
+        let now = self.now;
+        for node in &mut self.nodes {
+            if node.poll_timeout().is_some_and(|due| due <= now) {
+                node.handle_timeout(now);
+            }
+        }
         for i in 0..self.links.len() {
             self.flush(LinkId(i), 0);
             self.flush(LinkId(i), 1);

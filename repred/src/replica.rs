@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::history::{Entry, History};
 use crate::session::Stream;
+use crate::signing::{ChangeDigest, change_digest};
 use crate::{
-    Clock, Envelope, Event, Identity, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp,
-    VerifyError,
+    Clock, Envelope, Event, Identity, PeerMisbehaved, Proof, Reduce, SourceId, Stamp, StreamId,
+    Timestamp, VerifyError,
 };
 
 /// Limits and policies of a replica.
@@ -26,12 +27,39 @@ pub struct Config {
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
-    /// Refuse updates that are not signed by their source's key. Signed
-    /// updates are verified whether or not this is set. Default off.
+    /// Refuse updates that are not signed by their source's key, clock
+    /// advances without the source's signature, and snapshots not signed by
+    /// a signer in [`trust_snapshots_from`](Config::trust_snapshots_from).
+    /// Signed updates are verified whether or not this is set. Default off.
     pub require_signatures: bool,
     /// When set, only updates from these sources are accepted (besides our
-    /// own). Default: everyone.
+    /// own), and, as with [`require_signatures`](Config::require_signatures),
+    /// only signed ones: a list of names anyone could claim would guard
+    /// nothing. Default: everyone.
     pub allowed_sources: Option<std::collections::BTreeSet<SourceId>>,
+    /// The signers whose snapshots a strict replica (one that requires
+    /// signatures or has an allow-list) takes. A snapshot stands for many
+    /// updates whose own signatures it does not carry, so believing one is
+    /// trusting its signer to have verified them. A strict replica refuses
+    /// every other snapshot with [`Event::SnapshotRefused`] and closes that
+    /// stream; if it has fallen behind the history of every trusted peer it
+    /// stays behind, saying so, rather than take in anything unverified.
+    /// Replicas that are not strict take any snapshot whose signature, if it
+    /// has one, holds. Default: nobody.
+    pub trust_snapshots_from: std::collections::BTreeSet<SourceId>,
+    /// The most sources this replica does not know that one stream may name
+    /// in claims it has not backed with updates (announcements, clock
+    /// advances, refused updates). Past it the peer is cut off
+    /// ([`PeerMisbehaved::TooManySources`]). Clocks a peer sends are not
+    /// refused for their size, but only this many of their unknown sources
+    /// are remembered. Default 100,000.
+    pub max_unknown_sources: usize,
+    /// How long a peer that announced an update (lazy relay) or was asked
+    /// for one may take to deliver it before another peer that has it is
+    /// asked instead: one announcement, true or not, delays a source by at
+    /// most this much. Also how long a stream's sync waits for what its peer
+    /// announced. Default 1,000 ms.
+    pub relay_timeout_millis: u64,
     /// Relay other sources' updates lazily on tailing streams: announce them
     /// (a Have frame of `(source, ts)`) and push them only to peers that ask
     /// (Want), so that each replica pulls each source from one peer and a
@@ -54,6 +82,9 @@ impl Default for Config {
             max_events: 4_096,
             require_signatures: false,
             allowed_sources: None,
+            trust_snapshots_from: std::collections::BTreeSet::new(),
+            max_unknown_sources: 100_000,
+            relay_timeout_millis: 1_000,
             lazy_relay: false,
         }
     }
@@ -90,6 +121,30 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::trust_snapshots_from`].
+    pub fn trust_snapshots_from(mut self, signers: impl IntoIterator<Item = SourceId>) -> Self {
+        self.trust_snapshots_from = signers.into_iter().collect();
+        self
+    }
+
+    /// Sets [`Config::max_unknown_sources`].
+    pub fn max_unknown_sources(mut self, sources: usize) -> Self {
+        self.max_unknown_sources = sources;
+        self
+    }
+
+    /// Sets [`Config::relay_timeout_millis`].
+    pub fn relay_timeout_millis(mut self, millis: u64) -> Self {
+        self.relay_timeout_millis = millis;
+        self
+    }
+
+    /// Whether this replica lets only signatures move its state and clock:
+    /// it requires signatures, or has an allow-list.
+    pub fn is_strict(&self) -> bool {
+        self.require_signatures || self.allowed_sources.is_some()
+    }
+
     /// Sets [`Config::lazy_relay`].
     pub fn lazy_relay(mut self, on: bool) -> Self {
         self.lazy_relay = on;
@@ -120,6 +175,8 @@ pub struct Stats {
     pub rejected: u64,
     /// Snapshots merged.
     pub snapshots: u64,
+    /// Snapshots refused ([`Event::SnapshotRefused`]).
+    pub snapshots_refused: u64,
     /// Events dropped because nobody drained them.
     pub events_dropped: u64,
 }
@@ -171,6 +228,21 @@ pub enum Rejection {
     /// The source is not on [`Config::allowed_sources`].
     #[error("the source is not on this replica's allow-list")]
     NotAllowed,
+}
+
+/// Why a peer's snapshot was not merged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum SnapshotRefusal {
+    /// A strict replica takes only signed snapshots.
+    #[error("the snapshot is not signed, and this replica takes only signed snapshots")]
+    Unsigned,
+    /// Signed by someone not in [`Config::trust_snapshots_from`].
+    #[error("the snapshot is signed by {0}, who is not among this replica's trusted signers")]
+    Untrusted(SourceId),
+    /// The signature does not hold.
+    #[error("the snapshot's signature does not hold: {0}")]
+    Unverified(#[from] VerifyError),
 }
 
 /// Errors of the replica's own API.
@@ -258,6 +330,30 @@ pub(crate) struct Core<T: Reduce> {
     /// Streams send log records below this sequence only (a durable
     /// replica's store has them); `None`: everything recorded.
     pub(crate) released: Option<u64>,
+    /// This replica's life (see [`Replica::life`]).
+    pub(crate) life: u64,
+    /// The lives peers announced in their Hellos, by id: the same id in
+    /// another life lost its log. Bounded by [`MAX_LIVES`].
+    pub(crate) lives: BTreeMap<SourceId, u64>,
+    /// Signs the snapshots this replica sends, when set.
+    pub(crate) snapshot_signer: Option<Identity>,
+    /// Per source, the stream that lost the parent role by failing to
+    /// deliver in time: it cannot take the role back by announcing, only
+    /// by delivering.
+    pub(crate) demoted: BTreeMap<SourceId, StreamId>,
+}
+
+/// Most peer lives remembered; past it the oldest-keyed are forgotten (a
+/// forgotten life is only a missed warning, not a wrong result).
+pub(crate) const MAX_LIVES: usize = 65_536;
+
+/// A fresh life: random, never zero.
+fn random_life() -> u64 {
+    let mut bytes = [0u8; 8];
+    // As for SourceId::random: without an entropy source nothing networked
+    // works either; a fixed life then only weakens the reincarnation check.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes).max(1)
 }
 
 impl<T: Reduce> Core<T> {
@@ -276,8 +372,9 @@ pub(crate) struct Admitted<U> {
     change: Option<U>,
     /// What its reduce returned.
     result: Option<U>,
-    /// A signed envelope, recorded as it came whatever its reduce returns.
-    signed: Option<Envelope<U>>,
+    /// A signed envelope and the digest of its change, recorded as it came
+    /// if its reduce changes anything, else as its proof.
+    signed: Option<(Envelope<U>, ChangeDigest)>,
 }
 
 /// The stream a source's updates come from, and how far it is known to have
@@ -288,6 +385,33 @@ pub(crate) struct Parent {
     pub(crate) has: Timestamp,
     /// The peer is the source itself: it always has the newest.
     pub(crate) origin: bool,
+    /// An update of the source that some peer announced and this replica
+    /// lacks, and by when the parent must have delivered it (wall
+    /// milliseconds) before another announcer is asked.
+    pub(crate) due: Option<Due>,
+}
+
+/// What a parent owes, and by when.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Due {
+    pub(crate) ts: Timestamp,
+    pub(crate) deadline: u64,
+}
+
+impl Parent {
+    pub(crate) fn new(stream: StreamId, has: Timestamp, origin: bool) -> Self {
+        Self { stream, has, origin, due: None }
+    }
+
+    /// Someone announced `ts` at `now`: the parent owes it within `timeout`
+    /// (the earliest deadline stands, so repeated announcements cannot put
+    /// it off).
+    pub(crate) fn expect(&mut self, ts: Timestamp, now: u64, timeout: u64) {
+        match &mut self.due {
+            Some(due) => due.ts = due.ts.max(ts),
+            None => self.due = Some(Due { ts, deadline: now.saturating_add(timeout) }),
+        }
+    }
 }
 
 impl<T: Reduce> Core<T> {
@@ -315,16 +439,19 @@ impl<T: Reduce> Core<T> {
         self.check_skew(now, ts)
     }
 
-    /// Checks an envelope's signature, if it has one or one is required.
-    fn verify(&self, envelope: &Envelope<T::Update>) -> Result<(), Rejection> {
+    /// Checks an envelope's signature, if it has one or one is required;
+    /// returns the digest of its change when it is signed.
+    fn verify(&self, envelope: &Envelope<T::Update>) -> Result<Option<ChangeDigest>, Rejection> {
         match &envelope.signature {
-            None if self.config.require_signatures => Err(VerifyError::Unsigned.into()),
-            None => Ok(()),
+            None if self.config.is_strict() => Err(VerifyError::Unsigned.into()),
+            None => Ok(None),
             Some(sig) => {
                 // A change that does not re-encode cannot have been signed.
                 let bytes = postcard::to_allocvec(&envelope.change)
                     .map_err(|_| Rejection::Unverified(VerifyError::BadSignature))?;
-                Ok(sig.verify(envelope.source, envelope.ts, &bytes)?)
+                let digest = change_digest(&bytes);
+                sig.verify_digest(envelope.source, envelope.ts, &digest)?;
+                Ok(Some(digest))
             }
         }
     }
@@ -398,29 +525,32 @@ impl<T: Reduce> Core<T> {
         if let Err(reason) = self.check(now, source, ts) {
             return Err(self.reject(source, ts, reason));
         }
-        if envelope.signature.is_none() && !self.config.require_signatures {
+        let digest = if envelope.signature.is_none() && !self.config.is_strict() {
             // Nothing to verify: one clock lookup tells old from new.
             if !self.clock.observe(source, ts) {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
             }
+            None
         } else {
             if self.clock.has(source, ts) {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
             }
             // Verified only once known to be new: duplicates cost no crypto.
-            if let Err(reason) = self.verify(&envelope) {
-                return Err(self.reject(source, ts, reason));
-            }
+            let digest = match self.verify(&envelope) {
+                Ok(digest) => digest,
+                Err(reason) => return Err(self.reject(source, ts, reason)),
+            };
             self.clock.observe(source, ts);
-        }
+            digest
+        };
         // An update in our own name that we do not remember comes from an
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
         self.last = self.last.max(ts);
         let stamp = Stamp { ts, source };
-        if envelope.signature.is_some() {
+        if let Some(digest) = digest {
             // A signed change is relayed as its origin signed it, or the
             // signature would not hold downstream.
             let mut change = envelope.change.clone();
@@ -428,7 +558,7 @@ impl<T: Reduce> Core<T> {
             return Ok(Admitted {
                 stamp,
                 change: Some(change),
-                signed: Some(envelope),
+                signed: Some((envelope, digest)),
                 result: None,
             });
         }
@@ -441,13 +571,19 @@ impl<T: Reduce> Core<T> {
     fn record(
         &mut self,
         stamp: Stamp,
-        signed: Option<Envelope<T::Update>>,
+        signed: Option<(Envelope<T::Update>, ChangeDigest)>,
         result: Option<T::Update>,
     ) -> Outcome {
         let applied = result.is_some();
         self.history.push(match (signed, result) {
-            (Some(envelope), Some(_)) => Entry::Change(envelope),
-            (Some(envelope), None) => Entry::Unchanged(envelope),
+            (Some((envelope, _)), Some(_)) => Entry::Change(envelope),
+            // It changed nothing here, so its proof is all a peer needs:
+            // 100-odd bytes instead of the change, and the change need not
+            // be kept.
+            (Some((envelope, digest)), None) => match envelope.signature {
+                Some(signature) => Entry::Proven(Proof { stamp, digest, signature }),
+                None => Entry::Advance(stamp),
+            },
             (None, Some(mut change)) => {
                 T::unstamp(&mut change, stamp);
                 Entry::Change(Envelope::new(stamp.source, stamp.ts, change))
@@ -491,16 +627,14 @@ impl<T: Reduce> Core<T> {
     }
 
     /// A peer's word that `stamp` is new to us but changes nothing it sent
-    /// before: the clock moves, and the advance travels on.
+    /// before: the clock moves, and the advance travels on. A strict
+    /// replica takes nobody's word for it: only a [`Proof`] moves its clock.
     pub(crate) fn advance(&mut self, now: u64, stamp: Stamp) -> Outcome {
-        if let Err(reason) = self.check(now, stamp.source, stamp.ts) {
-            self.stats.rejected += 1;
-            self.emit(Event::Rejected {
-                source: stamp.source,
-                ts: stamp.ts,
-                reason: reason.clone(),
-            });
-            return Outcome::Rejected(reason);
+        let checked = self.check(now, stamp.source, stamp.ts).and_then(|()| {
+            if self.config.is_strict() { Err(VerifyError::Unsigned.into()) } else { Ok(()) }
+        });
+        if let Err(reason) = checked {
+            return self.reject(stamp.source, stamp.ts, reason);
         }
         if !self.clock.observe(stamp.source, stamp.ts) {
             self.stats.old += 1;
@@ -511,20 +645,107 @@ impl<T: Reduce> Core<T> {
         self.history.push(Entry::Advance(stamp));
         Outcome::Unchanged
     }
+
+    /// A signed update that changed nothing for the peer, as its proof: the
+    /// clock moves on the origin's signature, and the proof travels on.
+    pub(crate) fn prove(&mut self, now: u64, proof: Proof) -> Outcome {
+        let Stamp { source, ts } = proof.stamp;
+        if let Err(reason) = self.check(now, source, ts) {
+            return self.reject(source, ts, reason);
+        }
+        if self.clock.has(source, ts) {
+            self.stats.old += 1;
+            return Outcome::Old;
+        }
+        if let Err(e) = proof.verify() {
+            return self.reject(source, ts, e.into());
+        }
+        self.clock.observe(source, ts);
+        self.last = self.last.max(ts);
+        self.stats.unchanged += 1;
+        self.history.push(Entry::Proven(proof));
+        Outcome::Unchanged
+    }
+
+    /// Whether a peer's snapshot may be merged: its signature, if any, must
+    /// hold; a strict replica also needs it signed by a trusted signer.
+    pub(crate) fn vet_snapshot(
+        &self,
+        body_digest: &[u8; 32],
+        proof: Option<&crate::Signature>,
+    ) -> Result<(), SnapshotRefusal> {
+        let signer = match proof {
+            Some(sig) => Some(sig.verify_snapshot(body_digest)?),
+            None => None,
+        };
+        if !self.config.is_strict() {
+            return Ok(());
+        }
+        match signer {
+            None => Err(SnapshotRefusal::Unsigned),
+            Some(signer) if self.config.trust_snapshots_from.contains(&signer) => Ok(()),
+            Some(signer) => Err(SnapshotRefusal::Untrusted(signer)),
+        }
+    }
 }
 
 impl<T: Reduce> Replica<T> {
     /// A replica of `state` writing as `id`, with the default [`Config`].
+    ///
+    /// **An id is a writer's life, not a machine's name.** A replica's clock
+    /// says, per source, "I have everything up to here": a replica that lost
+    /// its log and writes again under its old id claims, with its new
+    /// timestamps, the old updates it no longer has, and no peer would ever
+    /// send them back. So a replica made without its log must use an id that
+    /// never wrote before ([`SourceId::random`]), or be restored from a store
+    /// that kept its log (`repred_store` does both: the id lives in the
+    /// store). As a safety net, every replica draws a random
+    /// [life](Replica::life) here, and a peer that knew the id in another
+    /// life refuses the stream
+    /// ([`PeerMisbehaved::Reincarnated`], a typed reason on both ends)
+    /// instead of splitting silently; only peers that met the old life
+    /// directly can tell, so do not rely on it alone.
     pub fn new(id: SourceId, state: T) -> Self {
         Self::with_config(id, state, Config::default())
     }
 
-    /// A replica that signs its updates with `identity` and writes as the
-    /// id derived from its key.
+    /// A replica that signs its updates (and the snapshots it sends) with
+    /// `identity` and writes as the id derived from its key.
     pub fn with_identity(identity: Identity, state: T, config: Config) -> Self {
         let mut replica = Self::with_config(identity.id(), state, config);
+        replica.core.snapshot_signer = Some(identity.clone());
         replica.core.identity = Some(identity);
         replica
+    }
+
+    /// This replica, signing the snapshots it sends with `identity`
+    /// (rather than with the identity that signs its updates, if any).
+    ///
+    /// Strict peers take a snapshot only from a signer they trust
+    /// ([`Config::trust_snapshots_from`]), so a signer is best a node's
+    /// long-lived key, known to operators, even where updates are signed
+    /// by a key per life.
+    pub fn sign_snapshots_with(mut self, identity: Identity) -> Self {
+        self.core.snapshot_signer = Some(identity);
+        self
+    }
+
+    /// This replica's life: a random number drawn when it was made without
+    /// a log ([`new`](Replica::new), [`with_config`](Replica::with_config)),
+    /// kept across restarts by a store ([`with_life`](Replica::with_life)
+    /// after [`restore`](Replica::restore)). Peers learn it from the Hello
+    /// and refuse an id they knew in another life.
+    pub fn life(&self) -> u64 {
+        self.core.life
+    }
+
+    /// This replica, in the given life: for a store restoring a replica it
+    /// kept (its life goes on), and for replicas whose state is only ever
+    /// superseded, never missing (e.g. a heartbeat map, where a restart
+    /// that lost its log loses nothing a later write does not replace).
+    pub fn with_life(mut self, life: u64) -> Self {
+        self.core.life = life;
+        self
     }
 
     /// A replica with explicit limits.
@@ -548,6 +769,10 @@ impl<T: Reduce> Replica<T> {
                 neighbours: BTreeMap::new(),
                 refused: Clock::new(),
                 released: None,
+                life: random_life(),
+                lives: BTreeMap::new(),
+                snapshot_signer: None,
+                demoted: BTreeMap::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -736,7 +961,7 @@ impl<T: Reduce> Replica<T> {
                     core.clock.observe(e.source, e.ts);
                     core.last = core.last.max(e.ts);
                 }
-                Entry::Advance(stamp) => {
+                Entry::Advance(stamp) | Entry::Proven(Proof { stamp, .. }) => {
                     core.clock.observe(stamp.source, stamp.ts);
                     core.last = core.last.max(stamp.ts);
                 }
@@ -885,7 +1110,7 @@ impl<'a, U> Iterator for Changes<'a, U> {
                 Entry::Merge { from, change, .. } => {
                     Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }
                 }
-                Entry::Advance(_) | Entry::Unchanged(_) => continue,
+                Entry::Advance(_) | Entry::Unchanged(_) | Entry::Proven(_) => continue,
             };
             return Some(Delivery::Change(change));
         }

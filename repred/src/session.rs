@@ -6,8 +6,8 @@ use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::replica::{Core, Parent};
 use crate::{
-    Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Reduce, Rejection, Replica,
-    SourceId, Stamp, StreamId, Timestamp,
+    Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Proof, Reduce, Rejection,
+    Replica, SourceId, Stamp, StreamId, Timestamp,
 };
 
 /// How a stream takes part.
@@ -160,16 +160,28 @@ pub(crate) struct Stream {
     /// When our Hello carried only a digest: the clock it stood for, to
     /// adopt as the peer's if the digests match.
     hello_clock: Option<Clock>,
-    /// The peer needs our whole clock: its digest differed from ours.
-    owe_clock: bool,
+    /// The peer needs our clock: its digest differed from ours.
+    owe_clock: Option<Owed>,
     sync_sent: bool,
     sync_received: bool,
     /// The peer's Sync frame arrived; `sync_received` may wait for `heard`.
     sync_frame: bool,
     /// Lazy relay: the newest announced per source, before the peer's Sync,
-    /// that this replica lacked. The peer's history is only complete here
-    /// once they arrive (from whichever parent), so the sync waits for them.
-    heard: BTreeMap<SourceId, Timestamp>,
+    /// that this replica lacked, and until when (wall milliseconds) it is
+    /// worth waiting for. The peer's history is only complete here once they
+    /// arrive (from whichever parent), so the sync waits for them, but no
+    /// longer than [`Config::relay_timeout_millis`](crate::Config::relay_timeout_millis):
+    /// an announcement nobody delivers cannot hold a sync forever.
+    heard: BTreeMap<SourceId, (Timestamp, u64)>,
+    /// How many sources in `known` this replica did not know when they were
+    /// added (an overestimate: some have become known since; recounted when
+    /// it reaches the limit).
+    foreign: usize,
+    /// Our clock's size at the last recount of `foreign`.
+    recounted_at: usize,
+    /// Sources this stream's advances brought into our clock: claims with
+    /// nothing behind them, counted against the same limit.
+    introduced: usize,
     /// A Close still to be written before the stream goes away.
     close_out: Option<CloseReason>,
     /// No longer counted as open: ended locally, remotely or aborted.
@@ -197,7 +209,7 @@ impl Stream {
         Self {
             hello,
             hello_clock,
-            owe_clock: false,
+            owe_clock: None,
             opts,
             recv: Vec::new(),
             peer: None,
@@ -212,6 +224,9 @@ impl Stream {
             sync_received: false,
             sync_frame: false,
             heard: BTreeMap::new(),
+            foreign: 0,
+            recounted_at: 0,
+            introduced: 0,
             close_out: None,
             ended: false,
             done: false,
@@ -249,9 +264,78 @@ impl Stream {
         self.need_snapshot = self.sends_updates() && !self.known.covers(core.history.horizon());
     }
 
+    /// Records that the peer has `(source, ts)`. A source this replica does
+    /// not know costs memory for as long as the stream lives, so at most
+    /// [`Config::max_unknown_sources`](crate::Config::max_unknown_sources)
+    /// of them are kept; past that they are not remembered (which costs at
+    /// worst a duplicate send later). Claims are checked against the limit
+    /// first ([`Stream::vet_claims`]).
+    fn note_known<T: Reduce>(&mut self, core: &Core<T>, source: SourceId, ts: Timestamp) {
+        if !source.is_valid() || ts == Timestamp::ZERO {
+            return;
+        }
+        if self.is_unknown(core, source) {
+            if self.foreign >= core.config.max_unknown_sources {
+                self.recount(core);
+            }
+            if self.foreign >= core.config.max_unknown_sources {
+                return;
+            }
+            self.foreign += 1;
+        }
+        self.known.observe(source, ts);
+    }
+
+    fn is_unknown<T: Reduce>(&self, core: &Core<T>, source: SourceId) -> bool {
+        core.clock.get(source) == Timestamp::ZERO && self.known.get(source) == Timestamp::ZERO
+    }
+
+    /// Recounts the unknown sources in `known` (some may be known by now),
+    /// but only once our clock grew enough since the last recount for it to
+    /// matter: the cost stays amortized whatever a peer sends.
+    fn recount<T: Reduce>(&mut self, core: &Core<T>) {
+        let step = (core.config.max_unknown_sources / 2).max(1);
+        if self.recounted_at != 0 && core.clock.len() < self.recounted_at + step {
+            return;
+        }
+        self.recounted_at = core.clock.len().max(1);
+        self.foreign =
+            self.known.iter().filter(|&(s, _)| core.clock.get(s) == Timestamp::ZERO).count();
+    }
+
+    /// Claims the peer must back with updates (announcements, advances)
+    /// about sources this replica does not know: the whole frame is refused,
+    /// before anything of it is taken in, if they would pass the limit.
+    fn vet_claims<T: Reduce>(
+        &mut self,
+        core: &Core<T>,
+        sources: impl Iterator<Item = SourceId>,
+    ) -> Result<(), PeerMisbehaved> {
+        let new: BTreeSet<SourceId> =
+            sources.filter(|&s| s.is_valid() && self.is_unknown(core, s)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let limit = core.config.max_unknown_sources;
+        if self.foreign + new.len() > limit {
+            self.recount(core);
+        }
+        if self.foreign + new.len() > limit || self.introduced + new.len() > limit {
+            return Err(self.too_many(core));
+        }
+        Ok(())
+    }
+
+    fn too_many<T: Reduce>(&self, core: &Core<T>) -> PeerMisbehaved {
+        PeerMisbehaved::TooManySources { limit: core.config.max_unknown_sources as u64 }
+    }
+
     /// The peer's clock is known: what it has, and so where to start.
     fn peer_clock<T: Reduce>(&mut self, core: &Core<T>, clock: &Clock) {
-        self.known.merge(clock);
+        for (source, ts) in clock.iter() {
+            // Information, not a claim: only the limit's worth is kept.
+            self.note_known(core, source, ts);
+        }
         if !self.started && self.opts.sends {
             self.start(core);
         } else if self.started && self.sends_updates() && !self.known.covers(core.history.horizon())
@@ -280,13 +364,14 @@ impl Stream {
     }
 
     /// After the peer's Sync: the sync is received once what the peer
-    /// announced before it has arrived (or was refused on arrival).
-    fn settle<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>) {
+    /// announced before it has arrived (or was refused on arrival, or is
+    /// overdue).
+    fn settle<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>, now: u64) {
         if !self.sync_frame || self.sync_received {
             return;
         }
-        self.heard.retain(|&source, &mut ts| {
-            !core.clock.has(source, ts) && !core.refused.has(source, ts)
+        self.heard.retain(|&source, &mut (ts, deadline)| {
+            !core.clock.has(source, ts) && !core.refused.has(source, ts) && deadline > now
         });
         if self.heard.is_empty() {
             self.mark_sync(id, core, false);
@@ -297,57 +382,79 @@ impl Stream {
     /// parent if the source has none, or if the peer is the source itself.
     fn track_parent<T: Reduce>(&self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
         let origin = self.peer.is_some_and(|p| p.id == stamp.source);
-        let parent = core.parents.entry(stamp.source).or_insert(Parent {
-            stream: id,
-            has: stamp.ts,
-            origin,
-        });
+        if core.demoted.get(&stamp.source) == Some(&id) {
+            // It delivers again: it may lead again.
+            core.demoted.remove(&stamp.source);
+        }
+        let parent = core.parents.entry(stamp.source).or_insert(Parent::new(id, stamp.ts, origin));
         if parent.stream == id {
             parent.has = parent.has.max(stamp.ts);
+            if parent.due.is_some_and(|due| due.ts <= parent.has) {
+                parent.due = None;
+            }
         } else if origin && !parent.origin {
             // The origin pushes its own updates anyway: a relay that also
             // pushes them would deliver each one twice for good.
             core.unwants.push((parent.stream, stamp.source));
-            *parent = Parent { stream: id, has: stamp.ts, origin };
+            *parent = Parent::new(id, stamp.ts, origin);
         }
     }
 
     /// The peer announced `stamp` (lazy relay): ask for the source from this
     /// peer unless its current parent is known to have it already.
-    fn heard_of<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
+    ///
+    /// Whoever is asked owes the update within the relay timeout: if it
+    /// has not delivered by then, another peer that announced it is asked
+    /// instead ([`Replica::handle_timeout`]), so one announcement, true or
+    /// false, delays a source by that much at most.
+    fn heard_of<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>, now: u64, stamp: Stamp) {
         if core.clock.has(stamp.source, stamp.ts) {
             return;
         }
+        let timeout = core.config.relay_timeout_millis;
         if !self.sync_frame {
-            let newest = self.heard.entry(stamp.source).or_insert(stamp.ts);
-            *newest = (*newest).max(stamp.ts);
+            let deadline = now.saturating_add(timeout);
+            let newest = self.heard.entry(stamp.source).or_insert((stamp.ts, deadline));
+            newest.0 = newest.0.max(stamp.ts);
         }
         if let Some(&origin) = core.neighbours.get(&stamp.source)
             && origin != id
+            && core.demoted.get(&stamp.source) != Some(&origin)
         {
             // The source itself is a neighbour: it pushes its own updates,
-            // so a relay pushing them too would only send duplicates.
-            let was = core
-                .parents
-                .insert(stamp.source, Parent { stream: origin, has: stamp.ts, origin: true });
-            if let Some(was) = was.filter(|p| p.stream != origin) {
-                core.unwants.push((was.stream, stamp.source));
+            // so a relay pushing them too would only send duplicates. It
+            // owes what was announced, though: a neighbour whose connection
+            // died without a word would otherwise hold the source back.
+            let parent =
+                core.parents.entry(stamp.source).or_insert(Parent::new(origin, stamp.ts, true));
+            if parent.stream != origin {
+                core.unwants.push((parent.stream, stamp.source));
+                *parent = Parent::new(origin, stamp.ts, true);
             }
+            parent.expect(stamp.ts, now, timeout);
             return;
         }
         match core.parents.get_mut(&stamp.source) {
             // Our parent announces instead of pushing: our Want is still on
             // its way, or it never had one (its push was a stray, sent before
             // an Unwant arrived). Ask again; a repeated Want is harmless.
-            Some(parent) if parent.stream == id => parent.has = parent.has.max(stamp.ts),
-            Some(parent) if parent.origin || parent.has >= stamp.ts => return,
+            Some(parent) if parent.stream == id => {
+                parent.has = parent.has.max(stamp.ts);
+                parent.expect(stamp.ts, now, timeout);
+            }
+            Some(parent) if parent.origin || parent.has >= stamp.ts => {
+                parent.expect(stamp.ts, now, timeout);
+                return;
+            }
             Some(parent) => {
                 core.unwants.push((parent.stream, stamp.source));
-                *parent = Parent { stream: id, has: stamp.ts, origin: false };
+                *parent = Parent::new(id, stamp.ts, false);
+                parent.expect(stamp.ts, now, timeout);
             }
             None => {
-                core.parents
-                    .insert(stamp.source, Parent { stream: id, has: stamp.ts, origin: false });
+                let mut parent = Parent::new(id, stamp.ts, false);
+                parent.expect(stamp.ts, now, timeout);
+                core.parents.insert(stamp.source, parent);
             }
         }
         self.intents.insert(stamp.source, Some(core.clock.get(stamp.source)));
@@ -370,15 +477,41 @@ impl Stream {
         };
         match frame {
             Frame::Hello(hello) => {
+                if hello.id != core.id {
+                    // Our own id in another life is our own log replayed
+                    // (or a twin, which nothing here can tell apart).
+                    match core.lives.get(&hello.id) {
+                        Some(&life) if life != hello.life => {
+                            return Err(PeerMisbehaved::Reincarnated { id: hello.id });
+                        }
+                        Some(_) => {}
+                        None => {
+                            if core.lives.len() >= crate::replica::MAX_LIVES {
+                                core.lives.pop_first();
+                            }
+                            core.lives.insert(hello.id, hello.life);
+                        }
+                    }
+                }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
                 if hello.sends && self.opts.receives {
                     core.neighbours.insert(hello.id, id);
                 }
                 let equal = hello.clock.hash() == self.hello.hash();
-                // Whoever sent a digest owes the whole clock when they differ;
-                // both sides reach the same verdict from the same two digests.
-                self.owe_clock = !equal && self.hello_clock.is_some();
+                // Whoever sent a digest owes its clock when they differ;
+                // both sides reach the same verdict from the same two
+                // digests. To a peer that sent its whole clock, only the
+                // part about its sources is owed: of the others it has
+                // nothing to send.
+                if !equal && self.hello_clock.is_some() {
+                    self.owe_clock = Some(match &hello.clock {
+                        ClockSummary::Full(clock) => {
+                            Owed::Of(clock.iter().map(|(s, _)| s).collect())
+                        }
+                        ClockSummary::Digest { .. } => Owed::Whole,
+                    });
+                }
                 let peer_clock = match hello.clock {
                     ClockSummary::Full(clock) => Some(clock),
                     ClockSummary::Digest { .. } if equal => {
@@ -412,10 +545,9 @@ impl Stream {
                     let mut last: Option<Stamp> = None;
                     for envelope in envelopes {
                         let stamp = envelope.stamp();
-                        if stamp.source.is_valid() {
-                            self.known.observe(stamp.source, stamp.ts);
-                        }
-                        match core.stage(now, envelope) {
+                        let staged = core.stage(now, envelope);
+                        self.note_known(core, stamp.source, stamp.ts);
+                        match staged {
                             // What we pull but cannot verify will not come
                             // from anyone: a sync waits for it no more.
                             Err(Outcome::Rejected(Rejection::Unverified(_)))
@@ -447,13 +579,14 @@ impl Stream {
             // A peer that said it sends nothing would never serve a Want.
             Frame::Have(stamps) if self.opts.receives && peer.is_some_and(|p| p.sends) => {
                 core.lazy_peers = true;
+                self.vet_claims(core, stamps.iter().map(|s| s.source))?;
                 for stamp in stamps {
                     // What we would refuse is not worth a parent, and must
                     // not block honest announcements (a forged future ts
                     // would outbid them all).
                     if core.check(now, stamp.source, stamp.ts).is_ok() {
-                        self.known.observe(stamp.source, stamp.ts);
-                        self.heard_of(id, core, stamp);
+                        self.note_known(core, stamp.source, stamp.ts);
+                        self.heard_of(id, core, now, stamp);
                     }
                 }
             }
@@ -478,9 +611,18 @@ impl Stream {
                     self.backfill.remove(&source);
                 }
             }
-            Frame::Snapshot { clock, state } => {
+            Frame::Snapshot { clock, state, digest, proof } => {
                 if self.opts.receives {
                     let from = peer.map_or(core.id, |p| p.id);
+                    if let Err(reason) = core.vet_snapshot(&digest, proof.as_ref()) {
+                        core.stats.snapshots_refused += 1;
+                        core.emit(Event::SnapshotRefused {
+                            stream: id,
+                            peer: from,
+                            reason: reason.clone(),
+                        });
+                        return Ok(Flow::Refuse(CloseReason::SnapshotRefused(reason)));
+                    }
                     core.merge_snapshot(now, from, &clock, state)?;
                     self.known.merge(&clock);
                 }
@@ -492,18 +634,42 @@ impl Stream {
                     }
                 } else {
                     self.sync_frame = true;
-                    self.settle(id, core);
+                    self.settle(id, core, now);
                 }
             }
             Frame::Advance(stamps) => {
                 if self.opts.receives {
                     let track = core.config.lazy_relay || core.lazy_peers;
+                    self.vet_claims(core, stamps.iter().map(|s| s.source))?;
                     for stamp in stamps {
-                        if stamp.source.is_valid() {
-                            self.known.observe(stamp.source, stamp.ts);
-                        }
+                        let new_source = stamp.source.is_valid()
+                            && core.clock.get(stamp.source) == Timestamp::ZERO;
                         let outcome = core.advance(now, stamp);
-                        if track && !matches!(outcome, Outcome::Rejected(_)) {
+                        let rejected = matches!(outcome, Outcome::Rejected(_));
+                        if new_source && !rejected {
+                            // A source only an advance vouches for: it stays
+                            // in our clock, so it counts for good.
+                            self.introduced += 1;
+                        }
+                        self.note_known(core, stamp.source, stamp.ts);
+                        if track && !rejected {
+                            self.track_parent(id, core, stamp);
+                        }
+                    }
+                }
+            }
+            Frame::Proofs(proofs) => {
+                if self.opts.receives {
+                    let track = core.config.lazy_relay || core.lazy_peers;
+                    for proof in proofs {
+                        let stamp = proof.stamp;
+                        let outcome = core.prove(now, proof);
+                        let rejected = matches!(outcome, Outcome::Rejected(_));
+                        if rejected && core.parents.contains_key(&stamp.source) {
+                            core.refused.observe(stamp.source, stamp.ts);
+                        }
+                        self.note_known(core, stamp.source, stamp.ts);
+                        if track && !rejected {
                             self.track_parent(id, core, stamp);
                         }
                     }
@@ -529,16 +695,22 @@ impl Stream {
                 meta: self.opts.meta.clone(),
                 sends: self.opts.sends,
                 receives: self.opts.receives,
+                life: core.life,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
             self.stats.frames_sent += 1;
         }
-        if self.owe_clock && !self.ended {
+        if let Some(owed) = self.owe_clock.take().filter(|_| !self.ended) {
             let mut w = Writer::begin(out, Kind::Clock);
-            w.put(&core.clock)?;
+            match owed {
+                Owed::Whole => w.put(&core.clock)?,
+                Owed::Of(sources) => {
+                    let part: Clock = sources.into_iter().map(|s| (s, core.clock.get(s))).collect();
+                    w.put(&part)?;
+                }
+            }
             w.finish();
-            self.owe_clock = false;
             self.stats.frames_sent += 1;
         }
         if let Some(reason) = self.close_out.take() {
@@ -636,6 +808,16 @@ impl Stream {
             w.abandon();
             return Err(e.into());
         }
+        // The signature covers the clock and the state as encoded: the
+        // signer vouches that this state holds exactly those updates.
+        let proof = core.snapshot_signer.as_ref().map(|signer| {
+            use sha2::{Digest, Sha256};
+            signer.sign_snapshot(&Sha256::digest(w.body()).into())
+        });
+        if let Err(e) = w.put(&proof) {
+            w.abandon();
+            return Err(e.into());
+        }
         let len = w.body_len() + 1;
         if len > core.config.max_frame {
             w.abandon();
@@ -666,8 +848,9 @@ impl Stream {
         let lazy = self.lazy(core);
         let mut w = Writer::begin(out, Kind::Updates);
         let mut count = 0u64;
-        // Advances go after the updates they follow, in a frame of their own.
-        let mut advances = Vec::new();
+        // Advances and proofs go after the updates they follow, in frames of
+        // their own.
+        let mut claims = Claims::default();
         // Lazy relay: the newest record per source announced, not sent.
         let mut haves: BTreeMap<SourceId, Timestamp> = BTreeMap::new();
         while self.cursor < end && w.body_len() < core.config.batch_bytes {
@@ -696,7 +879,11 @@ impl Stream {
                 }
                 Entry::Advance(stamp) if !self.known.has(stamp.source, stamp.ts) => {
                     self.known.observe(stamp.source, stamp.ts);
-                    advances.push(*stamp);
+                    claims.advances.push(*stamp);
+                }
+                Entry::Proven(proof) if !self.known.has(proof.stamp.source, proof.stamp.ts) => {
+                    self.known.observe(proof.stamp.source, proof.stamp.ts);
+                    claims.proofs.push(proof);
                 }
                 _ => {}
             }
@@ -709,12 +896,7 @@ impl Stream {
             self.stats.frames_sent += 1;
             self.stats.updates_sent += count;
         }
-        if !advances.is_empty() {
-            let mut w = Writer::begin(out, Kind::Advance);
-            w.put(&advances)?;
-            w.finish();
-            self.stats.frames_sent += 1;
-        }
+        self.stats.frames_sent += claims.write(out)?;
         if !haves.is_empty() {
             for (&source, &ts) in &haves {
                 self.announced.observe(source, ts);
@@ -749,26 +931,25 @@ impl Stream {
         }
         let mut w = Writer::begin(out, Kind::Updates);
         let mut count = 0u64;
-        let mut advances = Vec::new();
+        // Advances and proofs wait in `claims` until an update follows them
+        // (then they go first, keeping per-source order) or the end.
+        let mut claims = Claims::default();
         for seq in history.first_seq()..self.cursor.min(history.end_seq()) {
             let Some(record) = history.get(seq) else { continue };
+            let Some(stamp) = record.stamp() else { continue };
+            if !sources.contains(&stamp.source) || self.known.has(stamp.source, stamp.ts) {
+                continue;
+            }
             match record {
-                Entry::Change(e) | Entry::Unchanged(e)
-                    if sources.contains(&e.source) && !self.known.has(e.source, e.ts) =>
-                {
-                    if !advances.is_empty() {
-                        // Keep per-source order: advances before later updates.
+                Entry::Change(e) | Entry::Unchanged(e) => {
+                    if !claims.is_empty() {
                         if count > 0 {
                             w.finish();
                             self.stats.frames_sent += 1;
                         } else {
                             w.abandon();
                         }
-                        let mut a = Writer::begin(out, Kind::Advance);
-                        a.put(&advances)?;
-                        a.finish();
-                        self.stats.frames_sent += 1;
-                        advances.clear();
+                        self.stats.frames_sent += claims.write(out)?;
                         w = Writer::begin(out, Kind::Updates);
                         count = 0;
                     }
@@ -776,7 +957,6 @@ impl Stream {
                         w.abandon();
                         return Err(err.into());
                     }
-                    self.known.observe(e.source, e.ts);
                     count += 1;
                     self.stats.updates_sent += 1;
                     if w.body_len() >= core.config.batch_bytes {
@@ -786,21 +966,21 @@ impl Stream {
                         count = 0;
                     }
                 }
-                Entry::Advance(stamp)
-                    if sources.contains(&stamp.source)
-                        && !self.known.has(stamp.source, stamp.ts) =>
-                {
+                Entry::Advance(stamp) | Entry::Proven(Proof { stamp, .. }) => {
                     if count > 0 {
                         w.finish();
                         self.stats.frames_sent += 1;
                         w = Writer::begin(out, Kind::Updates);
                         count = 0;
                     }
-                    self.known.observe(stamp.source, stamp.ts);
-                    advances.push(*stamp);
+                    match record {
+                        Entry::Proven(proof) => claims.proofs.push(proof),
+                        _ => claims.advances.push(*stamp),
+                    }
                 }
-                _ => {}
+                Entry::Merge { .. } => continue,
             }
+            self.known.observe(stamp.source, stamp.ts);
         }
         if count > 0 {
             w.finish();
@@ -808,12 +988,7 @@ impl Stream {
         } else {
             w.abandon();
         }
-        if !advances.is_empty() {
-            let mut a = Writer::begin(out, Kind::Advance);
-            a.put(&advances)?;
-            a.finish();
-            self.stats.frames_sent += 1;
-        }
+        self.stats.frames_sent += claims.write(out)?;
         Ok(())
     }
 }
@@ -821,7 +996,53 @@ impl Stream {
 /// Whether a stream goes on after a frame.
 enum Flow {
     Continue,
+    /// The peer closed it.
     Closed(CloseReason),
+    /// This side ends it, for a reason that is no protocol violation.
+    Refuse(CloseReason),
+}
+
+/// Clock advances and proofs gathered for their own frames.
+#[derive(Default)]
+struct Claims<'a> {
+    advances: Vec<Stamp>,
+    proofs: Vec<&'a Proof>,
+}
+
+impl Claims<'_> {
+    fn is_empty(&self) -> bool {
+        self.advances.is_empty() && self.proofs.is_empty()
+    }
+
+    /// Writes what was gathered (advances first) and empties it; returns
+    /// the number of frames written.
+    fn write(&mut self, out: &mut Vec<u8>) -> Result<u64, SessionError> {
+        let mut frames = 0;
+        if !self.advances.is_empty() {
+            let mut w = Writer::begin(out, Kind::Advance);
+            w.put(&self.advances)?;
+            w.finish();
+            self.advances.clear();
+            frames += 1;
+        }
+        if !self.proofs.is_empty() {
+            let mut w = Writer::begin(out, Kind::Proofs);
+            w.put(&self.proofs)?;
+            w.finish();
+            self.proofs.clear();
+            frames += 1;
+        }
+        Ok(frames)
+    }
+}
+
+/// The clock a stream owes its peer.
+#[derive(Debug)]
+enum Owed {
+    /// All of it: the peer sent only a digest too.
+    Whole,
+    /// Only these sources' entries: the peer sent its whole clock.
+    Of(Vec<SourceId>),
 }
 
 fn frame_name<U>(frame: &Frame<U>) -> &'static str {
@@ -836,7 +1057,38 @@ fn frame_name<U>(frame: &Frame<U>) -> &'static str {
         Frame::Have(_) => "Have",
         Frame::Want(_) => "Want",
         Frame::Unwant(_) => "Unwant",
+        Frame::Proofs(_) => "Proofs",
     }
+}
+
+/// Makes the open stream (other than `except`) that is known to have the
+/// most of `source`, if more than this replica, its parent, and asks it for
+/// the source; with `expect = Some((ts, now))` it owes `ts` within the relay
+/// timeout. Returns the stream chosen.
+fn adopt<T: Reduce>(
+    core: &mut Core<T>,
+    streams: &mut BTreeMap<StreamId, Stream>,
+    source: SourceId,
+    except: StreamId,
+    expect: Option<(Timestamp, u64)>,
+) -> Option<StreamId> {
+    let mine = core.clock.get(source);
+    let (&sid, s) = streams
+        .iter_mut()
+        // A peer that sends nothing would never serve the Want.
+        .filter(|(sid, s)| {
+            **sid != except && !s.ended && s.opts.receives && s.peer.is_some_and(|p| p.sends)
+        })
+        .max_by_key(|(_, s)| s.known.get(source))
+        .filter(|(_, s)| s.known.get(source) > mine)?;
+    let origin = s.peer.is_some_and(|p| p.id == source);
+    let mut parent = Parent::new(sid, s.known.get(source), origin);
+    if let Some((ts, now)) = expect {
+        parent.expect(ts, now, core.config.relay_timeout_millis);
+    }
+    core.parents.insert(source, parent);
+    s.intents.insert(source, Some(mine));
+    Some(sid)
 }
 
 /// Splits `data` into frames and handles each, stopping at the first error
@@ -931,7 +1183,7 @@ impl<T: Reduce> Replica<T> {
             .iter_mut()
             .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
             .map(|(&sid, s)| {
-                s.settle(sid, core);
+                s.settle(sid, core, now);
                 sid
             })
             .collect();
@@ -939,6 +1191,10 @@ impl<T: Reduce> Replica<T> {
             Ok(Flow::Continue) => Ok(()),
             Ok(Flow::Closed(reason)) => {
                 self.end_stream(id, EndReason::Remote(reason));
+                Ok(())
+            }
+            Ok(Flow::Refuse(reason)) => {
+                self.end_stream(id, EndReason::Local(reason));
                 Ok(())
             }
             Err(e) => {
@@ -1042,24 +1298,75 @@ impl<T: Reduce> Replica<T> {
     fn reparent(&mut self, gone: StreamId) {
         let Replica { core, streams, .. } = self;
         core.neighbours.retain(|_, stream| *stream != gone);
+        core.demoted.retain(|_, stream| *stream != gone);
         let orphans: Vec<SourceId> =
             core.parents.iter().filter(|(_, p)| p.stream == gone).map(|(&s, _)| s).collect();
         for source in orphans {
             core.parents.remove(&source);
-            let mine = core.clock.get(source);
-            let next = streams
-                .iter_mut()
-                // A peer that sends nothing would never serve the Want.
-                .filter(|(_, s)| !s.ended && s.opts.receives && s.peer.is_some_and(|p| p.sends))
-                .max_by_key(|(_, s)| s.known.get(source))
-                .filter(|(_, s)| s.known.get(source) > mine);
-            if let Some((&sid, s)) = next {
-                let origin = s.peer.is_some_and(|p| p.id == source);
-                core.parents
-                    .insert(source, Parent { stream: sid, has: s.known.get(source), origin });
-                s.intents.insert(source, Some(mine));
+            adopt(core, streams, source, gone, None);
+        }
+    }
+
+    /// Lazy relay's clock: a parent that owes an announced update past its
+    /// deadline loses the role to another peer that announced more, and
+    /// cannot take it back by announcing, only by delivering; a sync waits
+    /// no longer for announcements that are overdue. Call it when
+    /// [`poll_timeout`](Replica::poll_timeout) says, with the wall time.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let Replica { core, streams, .. } = self;
+        let overdue: Vec<(SourceId, Parent)> = core
+            .parents
+            .iter()
+            .filter(|(_, p)| p.due.is_some_and(|d| d.deadline <= now))
+            .map(|(&s, &p)| (s, p))
+            .collect();
+        for (source, parent) in overdue {
+            let Some(due) = parent.due else { continue };
+            if core.clock.has(source, due.ts) {
+                if let Some(p) = core.parents.get_mut(&source) {
+                    p.due = None;
+                }
+                continue;
+            }
+            core.demoted.insert(source, parent.stream);
+            let expect = Some((due.ts, now));
+            if adopt(core, streams, source, parent.stream, expect).is_some() {
+                core.unwants.push((parent.stream, source));
+            } else if let Some(p) = core.parents.get_mut(&source) {
+                // Nobody else has it: stay, and wait for the next
+                // announcement rather than spin.
+                p.due = None;
             }
         }
+        for (to, source) in std::mem::take(&mut core.unwants) {
+            if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
+                s.intents.insert(source, None);
+            }
+        }
+        let waiting: Vec<StreamId> = streams
+            .iter_mut()
+            .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
+            .map(|(&sid, s)| {
+                s.settle(sid, core, now);
+                sid
+            })
+            .collect();
+        for sid in waiting {
+            self.close_if_done(sid);
+        }
+    }
+
+    /// When [`handle_timeout`](Replica::handle_timeout) is next due (wall
+    /// milliseconds), if anything waits for it: a lazy-relay parent owing
+    /// an announced update, or a sync waiting for announced updates.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let parents = self.core.parents.values().filter_map(|p| p.due.map(|d| d.deadline));
+        let heard = self
+            .streams
+            .values()
+            .filter(|s| !s.ended && s.sync_frame && !s.sync_received)
+            .flat_map(|s| s.heard.values().map(|&(_, deadline)| deadline));
+        parents.chain(heard).min()
     }
 }
 

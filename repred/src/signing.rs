@@ -1,12 +1,20 @@
-//! Signed updates and self-certifying source ids.
+//! Signed updates, clock advances and snapshots, and self-certifying source
+//! ids.
 //!
 //! With an [`Identity`], a replica's source id is derived from its public
 //! key (the first 16 bytes of its SHA-256), and every update it makes carries
-//! an ed25519 signature over `(source, ts, change)` together with that key.
-//! A receiver checks that the key hashes to the claimed id and that the
-//! signature holds, so nobody can write in another's name, and a relayed
-//! update is verified against its origin's key, not the relay's. No key needs
-//! sharing in advance.
+//! an ed25519 signature over `(source, ts, SHA-256 of the encoded change)`
+//! together with that key. A receiver checks that the key hashes to the
+//! claimed id and that the signature holds, so nobody can write in another's
+//! name, and a relayed update is verified against its origin's key, not the
+//! relay's. No key needs sharing in advance.
+//!
+//! Because the signature covers the change's digest rather than the change,
+//! an update that changed nothing can travel as its [`Proof`] alone (stamp,
+//! digest, signature): a verifying peer moves its clock on the origin's word,
+//! not the relay's. Snapshots are signed by the replica that takes them
+//! ([`Identity::sign_snapshot`]); whom to believe is the receiver's choice
+//! ([`Config::trust_snapshots_from`](crate::Config::trust_snapshots_from)).
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -15,8 +23,10 @@ use sha2::{Digest, Sha256};
 use crate::{SourceId, Timestamp};
 
 /// Domain separation: a repred update signature can never be mistaken for
-/// a signature of anything else made with the same key.
-const CONTEXT: &[u8] = b"repred update v1";
+/// a signature of anything else made with the same key (a snapshot's, say).
+const CONTEXT: &[u8] = b"repred update v2";
+/// The same for snapshots.
+const SNAPSHOT_CONTEXT: &[u8] = b"repred snapshot v1";
 
 /// A signing key pair; its public half names the source.
 ///
@@ -73,11 +83,61 @@ impl Identity {
 
     /// Signs an update's `(source, ts, encoded change)`.
     pub fn sign(&self, ts: Timestamp, change: &[u8]) -> Signature {
-        let sig = self.key.sign(&message(self.id, ts, change)).to_bytes();
+        self.sign_digest(ts, &change_digest(change))
+    }
+
+    /// Signs an update given the [`change_digest`] of its encoded change.
+    pub fn sign_digest(&self, ts: Timestamp, digest: &ChangeDigest) -> Signature {
+        self.sign_message(&message(self.id, ts, digest))
+    }
+
+    /// Signs a snapshot given the SHA-256 of its encoded body (clock and
+    /// state): this replica vouches that the state holds exactly the
+    /// updates the clock names.
+    pub fn sign_snapshot(&self, body_digest: &[u8; 32]) -> Signature {
+        self.sign_message(&snapshot_message(body_digest))
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Signature {
+        let sig = self.key.sign(message).to_bytes();
         let mut halves = ([0u8; 32], [0u8; 32]);
         halves.0.copy_from_slice(&sig[..32]);
         halves.1.copy_from_slice(&sig[32..]);
         Signature { key: self.public_key(), sig: halves }
+    }
+}
+
+/// The SHA-256 of an update's encoded change: what an update signature
+/// covers, so that its [`Proof`] can travel without the change.
+pub type ChangeDigest = [u8; 32];
+
+/// The [`ChangeDigest`] of an encoded change.
+pub fn change_digest(change: &[u8]) -> ChangeDigest {
+    Sha256::digest(change).into()
+}
+
+/// A signed update reduced to what proves it happened: its stamp, the
+/// digest of its change and the origin's signature.
+///
+/// A replica records a signed update that changed nothing as its proof, and
+/// passes the proof on instead of the update: a verifying peer moves its
+/// clock past the update without needing the change (it changed nothing
+/// that the sender had not already sent), and nobody can move a verifying
+/// peer's clock in another's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Proof {
+    /// The update's origin and timestamp.
+    pub stamp: crate::Stamp,
+    /// The [`change_digest`] of its change.
+    pub digest: ChangeDigest,
+    /// The origin's signature over `(source, ts, digest)`.
+    pub signature: Signature,
+}
+
+impl Proof {
+    /// Checks the origin's signature.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        self.signature.verify_digest(self.stamp.source, self.stamp.ts, &self.digest)
     }
 }
 
@@ -89,13 +149,17 @@ pub fn source_id_of(public_key: &[u8; 32]) -> SourceId {
     SourceId::from_hash(bytes)
 }
 
-fn message(source: SourceId, ts: Timestamp, change: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CONTEXT.len() + 24 + change.len());
+fn message(source: SourceId, ts: Timestamp, digest: &ChangeDigest) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CONTEXT.len() + 24 + digest.len());
     m.extend_from_slice(CONTEXT);
     m.extend_from_slice(source.as_bytes());
     m.extend_from_slice(&ts.to_raw().to_le_bytes());
-    m.extend_from_slice(change);
+    m.extend_from_slice(digest);
     m
+}
+
+fn snapshot_message(body_digest: &[u8; 32]) -> Vec<u8> {
+    [SNAPSHOT_CONTEXT, body_digest.as_slice()].concat()
 }
 
 /// An origin's signature over an update, with the key it was made with.
@@ -111,7 +175,7 @@ pub struct Signature {
 }
 
 /// Why a signed update does not verify.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum VerifyError {
     /// The replica requires signatures and the update has none.
@@ -138,15 +202,42 @@ impl Signature {
         ts: Timestamp,
         change: &[u8],
     ) -> Result<(), VerifyError> {
-        if source_id_of(&self.key) != source {
+        self.verify_digest(source, ts, &change_digest(change))
+    }
+
+    /// Checks this signature over an update of `source` at `ts` whose
+    /// change has the given [`change_digest`].
+    pub fn verify_digest(
+        &self,
+        source: SourceId,
+        ts: Timestamp,
+        digest: &ChangeDigest,
+    ) -> Result<(), VerifyError> {
+        if self.signer() != source {
             return Err(VerifyError::KeyMismatch(source));
         }
+        self.check(&message(source, ts, digest))
+    }
+
+    /// Checks this signature over a snapshot whose encoded body (clock,
+    /// then state) has SHA-256 `body_digest`; returns who signed it.
+    pub fn verify_snapshot(&self, body_digest: &[u8; 32]) -> Result<SourceId, VerifyError> {
+        self.check(&snapshot_message(body_digest))?;
+        Ok(self.signer())
+    }
+
+    /// The source id of the key that made this signature.
+    pub fn signer(&self) -> SourceId {
+        source_id_of(&self.key)
+    }
+
+    fn check(&self, message: &[u8]) -> Result<(), VerifyError> {
         let key = VerifyingKey::from_bytes(&self.key).map_err(|_| VerifyError::BadKey)?;
         let mut bytes = [0u8; 64];
         bytes[..32].copy_from_slice(&self.sig.0);
         bytes[32..].copy_from_slice(&self.sig.1);
         let sig = ed25519_dalek::Signature::from_bytes(&bytes);
-        key.verify(&message(source, ts, change), &sig).map_err(|_| VerifyError::BadSignature)
+        key.verify(message, &sig).map_err(|_| VerifyError::BadSignature)
     }
 }
 
@@ -167,6 +258,29 @@ mod tests {
         );
         let other = Identity::from_secret([2; 32]).id();
         assert_eq!(sig.verify(other, ts, b"change"), Err(VerifyError::KeyMismatch(other)));
+    }
+
+    #[test]
+    fn a_proof_verifies_without_the_change_and_a_snapshot_names_its_signer() {
+        let me = Identity::from_secret([3; 32]);
+        let ts = Timestamp::new(9, 1);
+        let digest = change_digest(b"change");
+        let proof = Proof {
+            stamp: crate::Stamp { ts, source: me.id() },
+            digest,
+            signature: me.sign(ts, b"change"),
+        };
+        assert_eq!(proof.verify(), Ok(()));
+        let mut wrong = proof.clone();
+        wrong.digest = change_digest(b"other");
+        assert_eq!(wrong.verify(), Err(VerifyError::BadSignature));
+        let body = [7u8; 32];
+        let sig = me.sign_snapshot(&body);
+        assert_eq!(sig.verify_snapshot(&body), Ok(me.id()));
+        assert_eq!(sig.verify_snapshot(&[8u8; 32]), Err(VerifyError::BadSignature));
+        // An update signature is not a snapshot signature, and back.
+        assert!(proof.signature.verify_snapshot(&digest).is_err());
+        assert!(sig.verify_digest(me.id(), ts, &body).is_err());
     }
 
     #[test]
