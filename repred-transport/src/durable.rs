@@ -109,9 +109,13 @@ impl Durable {
     /// The writer: one commit per round, covering every request made before
     /// the round started.
     pub(crate) async fn run(self: Arc<Self>) {
+        // Requests are counted from the start, not from when this task first
+        // ran: an update made before that is waited on like any other.
         let mut requested = self.requested.subscribe();
-        while requested.changed().await.is_ok() {
+        let mut covered = 0;
+        while requested.wait_for(|n| *n > covered).await.is_ok() {
             let target = *requested.borrow_and_update();
+            covered = target;
             let objects: Vec<Arc<dyn Persist>> = {
                 let mut list = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
                 list.retain(|o| o.strong_count() > 0);
@@ -147,6 +151,109 @@ impl Durable {
                 p.done = target;
                 p.failure = failure;
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use repred::{Config, GSet, Replica};
+
+    use super::*;
+
+    /// A replicated set of numbers behind a lock, as a node's objects are.
+    struct Numbers {
+        replica: Mutex<Replica<GSet<u64>>>,
+        /// What `saved` released last.
+        released: AtomicU64,
+    }
+
+    impl Numbers {
+        fn update(&self, n: u64) {
+            let mut replica = self.replica.lock().unwrap();
+            replica.update(1_700_000_000_000, [n].into()).unwrap();
+        }
+
+        fn end_seq(&self) -> u64 {
+            self.replica.lock().unwrap().end_seq()
+        }
+    }
+
+    impl Persist for Numbers {
+        fn prepare(&self, store: &Store) -> Result<Batch, StoreError> {
+            store.prepare("n", &self.replica.lock().unwrap())
+        }
+
+        fn saved(&self, end_seq: u64) {
+            self.replica.lock().unwrap().release(end_seq);
+            self.released.fetch_max(end_seq, Ordering::SeqCst);
+        }
+    }
+
+    fn durable(path: &std::path::Path) -> (Arc<Durable>, Arc<Numbers>) {
+        let store = Store::open(path).unwrap();
+        let mut replica = store.load_or_create::<GSet<u64>>("n", Config::default()).unwrap();
+        replica.hold_until_released();
+        let durable = Durable::new(store);
+        let numbers =
+            Arc::new(Numbers { replica: Mutex::new(replica), released: AtomicU64::new(0) });
+        durable.register(&(numbers.clone() as Arc<dyn Persist>));
+        (durable, numbers)
+    }
+
+    /// The writer's hand-off, in every order a current-thread runtime can
+    /// put it: a request made before the writer task is spawned, after it
+    /// is spawned but before it first runs, once it waits, and while a
+    /// round is under way. Each must be committed (and released), never
+    /// missed; the bound is only there to turn a lost wake-up into a
+    /// failure instead of a hang.
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_request_is_missed_however_it_races_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200u64 {
+            let (durable, numbers) = durable(&dir.path().join(format!("{i}.redb")));
+            numbers.update(i);
+            let yields = i / 4 % 5;
+            let (tickets, writer) = match i % 4 {
+                0 => {
+                    let ticket = durable.request();
+                    (vec![ticket], tokio::spawn(durable.clone().run()))
+                }
+                1 => {
+                    let writer = tokio::spawn(durable.clone().run());
+                    (vec![durable.request()], writer)
+                }
+                2 => {
+                    let writer = tokio::spawn(durable.clone().run());
+                    for _ in 0..=yields {
+                        tokio::task::yield_now().await;
+                    }
+                    (vec![durable.request()], writer)
+                }
+                _ => {
+                    // A second request while the first one's round may be
+                    // committing on the blocking pool.
+                    let writer = tokio::spawn(durable.clone().run());
+                    let first = durable.request();
+                    for _ in 0..yields {
+                        tokio::task::yield_now().await;
+                    }
+                    numbers.update(1_000 + i);
+                    (vec![first, durable.request()], writer)
+                }
+            };
+            for ticket in tickets {
+                let waited = tokio::time::timeout(Duration::from_secs(10), durable.wait(ticket));
+                let result = waited
+                    .await
+                    .unwrap_or_else(|_| panic!("round {i}: ticket {ticket} was never committed"));
+                result.unwrap_or_else(|e| panic!("round {i}: {e}"));
+            }
+            assert_eq!(numbers.released.load(Ordering::SeqCst), numbers.end_seq(), "round {i}");
+            writer.abort();
         }
     }
 }
