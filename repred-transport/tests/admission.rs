@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Counters, eventually, spawn};
+use common::{Counters, eventually, fast, spawn};
 use repred::{Replica, SourceId, StreamOpts, Timestamp};
-use repred_transport::identity::{CA_FILE, SERVER_NAME};
+use repred_transport::identity::{CA_FILE, CLUSTER_FILE, SERVER_NAME, format_node_id};
 use repred_transport::quinn::{self, ConnectionError};
-use repred_transport::{CloseCode, Credentials};
+use repred_transport::{CloseCode, Credentials, CredentialsError, Error};
 
 /// A bare quinn client holding `credentials`, for speaking to a node
 /// without a node.
@@ -283,4 +283,237 @@ async fn a_membership_hello_with_another_nodes_id_is_refused() {
     client.close(0u8.into(), b"done");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Runs `repred-admin` and returns its stdout; it must succeed.
+fn admin(args: &[&std::ffi::OsStr]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_repred-admin"))
+        .args(args)
+        .output()
+        .expect("repred-admin runs");
+    assert!(output.status.success(), "repred-admin {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn os(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// A UDP port free a moment ago: a member's certificate file is named by
+/// the port, so the port must be known before the node starts.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The operator's path: a cluster made with `repred-admin ca`, a node
+/// certificate issued with `repred-admin issue`; the member's data directory
+/// holds only `cluster.pem` and that certificate, never the cluster key, and
+/// the member joins and replicates both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_only_the_cluster_certificate_joins_and_replicates() {
+    let (ca_dir, member_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    admin(&[os("ca"), os("--dir"), ca_dir.path().as_os_str()]);
+    let port = free_port();
+    let node_file = member_dir.path().join(format!("node-{port}.pem"));
+    let ca_file = ca_dir.path().join(CA_FILE);
+    let id = admin(&[
+        os("issue"),
+        os("--ca"),
+        ca_file.as_os_str(),
+        os("--out"),
+        node_file.as_os_str(),
+        os("--days"),
+        os("1"),
+    ]);
+    std::fs::copy(ca_dir.path().join(CLUSTER_FILE), member_dir.path().join(CLUSTER_FILE)).unwrap();
+
+    // The authority node runs where the key is; the member elsewhere.
+    let a = spawn(ca_dir.path(), &[]).await;
+    let m = fast(member_dir.path())
+        .listen(SocketAddr::from(([127, 0, 0, 1], port)))
+        .create_cluster(false)
+        .bootstrap([a.addr()])
+        .spawn()
+        .await
+        .expect("the member starts on its issued certificate");
+    assert_eq!(format_node_id(m.id()), id.trim(), "the member is the node issued");
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    let on_m = m.replicate("counters", Counters::default()).unwrap();
+    on_m.update(Counters::set("from member", 1)).await.unwrap();
+    on_a.update(Counters::set("from authority", 2)).await.unwrap();
+    eventually("both hold both writes", Duration::from_secs(10), || {
+        let (sa, sm) = (on_a.read(Counters::clone), on_m.read(Counters::clone));
+        (sa == sm && sa.0.len() == 2, (sa, sm))
+    })
+    .await;
+    assert_eq!(a.members().borrow().len(), 2);
+    assert_eq!(
+        files_in(member_dir.path()),
+        [CLUSTER_FILE.to_string(), format!("node-{port}.pem")],
+        "no key was ever in the member's directory, nothing was added"
+    );
+    m.shutdown().await;
+    a.shutdown().await;
+}
+
+/// Without the cluster key and without a certificate of its own, a node does
+/// not start, and the error says what to run; nor does a node told to join
+/// start a cluster in an empty directory, nor any node on an empty path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_neither_the_key_nor_a_certificate_cannot_start() {
+    let ca = tempfile::tempdir().unwrap();
+    admin(&[os("ca"), os("--dir"), ca.path().as_os_str()]);
+    let member = tempfile::tempdir().unwrap();
+    std::fs::copy(ca.path().join(CLUSTER_FILE), member.path().join(CLUSTER_FILE)).unwrap();
+    let err = fast(member.path()).spawn().await.expect_err("not admitted");
+    assert!(matches!(err, Error::Credentials(CredentialsError::NotAdmitted { .. })), "{err:?}");
+    assert!(err.to_string().contains("repred-admin issue"), "{err}");
+    assert_eq!(files_in(member.path()), [CLUSTER_FILE], "no certificate was made up");
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = fast(empty.path()).create_cluster(false).spawn().await.expect_err("no cluster");
+    assert!(matches!(err, Error::Credentials(CredentialsError::NoCluster { .. })), "{err:?}");
+    assert!(files_in(empty.path()).is_empty());
+
+    let err = fast(Path::new("")).spawn().await.expect_err("no data dir");
+    assert!(matches!(err, Error::Credentials(CredentialsError::EmptyDataDir)), "{err:?}");
+}
+
+/// The TLS alert a connection ended with, if it ended in the handshake.
+fn tls_alert(err: &ConnectionError) -> Option<u64> {
+    let code = match err {
+        ConnectionError::ConnectionClosed(close) => close.error_code,
+        ConnectionError::TransportError(e) => e.code,
+        _ => return None,
+    };
+    u64::from(code).checked_sub(0x100).filter(|alert| *alert < 0x100)
+}
+
+/// TLS's `certificate_revoked` alert.
+const CERTIFICATE_REVOKED: u64 = 44;
+
+/// How a handshake from `client` to `addr` ends: `Ok` once the node has
+/// answered a Hello on "counters" (admitted), the connection's error
+/// otherwise.
+async fn handshake(client: &quinn::Endpoint, addr: SocketAddr) -> Result<(), ConnectionError> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let conn = client.connect(addr, SERVER_NAME).unwrap().await?;
+        // TLS 1.3 lets a client finish before the server has judged its
+        // certificate; a refusal arrives right after, and no Hello does.
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = [preamble("counters"), hello_frame(SourceId::random())].concat();
+        let _ = send.write_all(&hello).await;
+        let mut first = [0u8; 5];
+        match recv.read_exact(&mut first).await {
+            Ok(()) => {
+                conn.close(0u8.into(), b"done");
+                Ok(())
+            }
+            Err(_) => Err(conn.closed().await),
+        }
+    })
+    .await
+    .expect("the handshake ends in time")
+}
+
+/// A node that lists X refuses it both ways (X as client: the node's
+/// server verifier; X as server: the node's client verifier), from the
+/// data directory's `revoked` file (written by `repred-admin revoke`) or
+/// from `Builder::deny`, while the node that does not list it goes on with
+/// everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_both_ways_while_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = spawn(dir.path(), &[]).await;
+    let x_id = format_node_id(x.id());
+    // A has a data directory of its own, with the deny list in it.
+    let a_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join(CA_FILE), a_dir.path().join(CA_FILE)).unwrap();
+    admin(&[os("revoke"), os("--dir"), a_dir.path().as_os_str(), os(&x_id)]);
+    let a = spawn(a_dir.path(), &[x.addr()]).await;
+    let d = fast(dir.path()).deny([x.id()]).bootstrap([x.addr(), a.addr()]).spawn().await.unwrap();
+    let b = spawn(dir.path(), &[x.addr(), a.addr()]).await;
+    let handles: Vec<_> = [&a, &b, &d, &x]
+        .iter()
+        .map(|n| n.replicate("counters", Counters::default()).unwrap())
+        .collect();
+    for (i, h) in handles.iter().enumerate() {
+        h.update(Counters::set(&format!("k{i}"), 1)).await.unwrap();
+    }
+
+    // No direct link between X and a node that lists it, ever: checked at
+    // every poll below.
+    let mut links = std::collections::BTreeSet::new();
+    let watch = |links: &mut std::collections::BTreeSet<String>| {
+        for (name, node) in [("a", &a), ("d", &d)] {
+            if node.connected().contains(&x.addr()) {
+                links.insert(format!("{name} connected to x"));
+            }
+        }
+    };
+    eventually("everyone has every write; b links to everyone", Duration::from_secs(15), || {
+        watch(&mut links);
+        let states: Vec<_> = handles.iter().map(|h| h.read(Counters::clone)).collect();
+        let b_links = b.connected().len();
+        (states.iter().all(|s| s.0.len() == 4) && b_links == 3, (b_links, states))
+    })
+    .await;
+    // Long enough for A and D to learn X's address by gossip and dial it
+    // (and X to dial them) several times over.
+    eventually("a and d know x", Duration::from_secs(10), || {
+        watch(&mut links);
+        let known = [&a, &d].iter().all(|n| n.members().borrow().contains_key(&x.id()));
+        (known, ())
+    })
+    .await;
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < settle {
+        watch(&mut links);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(links.is_empty(), "{links:?}");
+
+    // Each direction on its own, with the nodes' own credentials.
+    let port = |n: &repred_transport::Node| n.addr().port();
+    let x_creds = Credentials::load_or_create(dir.path(), port(&x)).unwrap();
+    assert_eq!(x_creds.id(), x.id());
+    let as_x = raw_client(&x_creds);
+    for (name, node) in [("a", &a), ("d", &d)] {
+        let refused = handshake(&as_x, node.addr()).await.expect_err(name);
+        assert_eq!(tls_alert(&refused), Some(CERTIFICATE_REVOKED), "{name}: {refused:?}");
+    }
+    handshake(&as_x, b.addr()).await.expect("b does not list x");
+    let a_creds = Credentials::load_or_create(a_dir.path(), port(&a)).unwrap();
+    assert!(a_creds.denied().contains(&x.id()), "read from {}", a_dir.path().display());
+    let as_a = raw_client(&a_creds);
+    let refused = handshake(&as_a, x.addr()).await.expect_err("a refuses x as a server");
+    assert_eq!(tls_alert(&refused), Some(CERTIFICATE_REVOKED), "{refused:?}");
+    handshake(&as_a, b.addr()).await.expect("a still reaches b");
+    let as_d =
+        raw_client(&Credentials::load_or_create(dir.path(), port(&d)).unwrap().deny([x.id()]));
+    let refused = handshake(&as_d, x.addr()).await.expect_err("d refuses x as a server");
+    assert_eq!(tls_alert(&refused), Some(CERTIFICATE_REVOKED), "{refused:?}");
+
+    // And the cluster goes on.
+    handles[0].update(Counters::set("after", 1)).await.unwrap();
+    eventually("a's later write reaches everyone", Duration::from_secs(10), || {
+        let all = handles.iter().all(|h| h.read(|s| s.0.contains_key("after")));
+        (all, ())
+    })
+    .await;
+    for client in [as_x, as_a, as_d] {
+        client.close(0u8.into(), b"done");
+    }
+    for node in [a, b, d, x] {
+        node.shutdown().await;
+    }
 }
