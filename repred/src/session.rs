@@ -1438,6 +1438,33 @@ mod tests {
     }
 
     #[test]
+    fn clocks_naming_unknown_sources_are_remembered_up_to_the_limit() {
+        let config = Config::default().max_unknown_sources(500);
+        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
+        r.update(NOW, 1).unwrap();
+        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut hello = Vec::new();
+        peer.poll_transmit(p, &mut hello).unwrap();
+        let s = r.open(StreamOpts::default()).unwrap();
+        r.handle(s, NOW, &hello).unwrap();
+        for round in 0..8u64 {
+            let clock: Clock = (0..2_000u64)
+                .map(|i| {
+                    let mut bytes = [0xCD; 16];
+                    bytes[..8].copy_from_slice(&(round * 10_000 + i).to_le_bytes());
+                    (SourceId::from_bytes(bytes).unwrap(), Timestamp::new(NOW, 0))
+                })
+                .chain([(r.id(), Timestamp::new(NOW, 0))])
+                .collect();
+            r.handle(s, NOW, &frame(Kind::Clock, &clock)).unwrap();
+        }
+        let stream = &r.streams[&s];
+        assert!(stream.known.len() <= 501, "{} sources remembered", stream.known.len());
+        assert_eq!(stream.known.get(r.id()), Timestamp::new(NOW, 0), "known sources are kept");
+    }
+
+    #[test]
     fn announcements_from_a_peer_that_sends_nothing_are_ignored() {
         let config = Config::default().lazy_relay(true);
         let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
