@@ -72,12 +72,18 @@ fn parse_port(arg: &str) -> anyhow::Result<u16> {
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
     let mut ports = Vec::new();
-    let mut data_dir = std::env::var_os("REPRED_DATA_DIR").map(PathBuf::from);
+    let mut data_dir: Option<PathBuf> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--data-dir" => {
-                data_dir = Some(args.next().context("--data-dir needs a directory")?.into());
+                let dir = args.next().context("--data-dir needs a directory")?;
+                // An empty path would put the cluster's key files in
+                // whatever the current directory is.
+                if dir.is_empty() {
+                    bail!("--data-dir needs a directory, not an empty string");
+                }
+                data_dir = Some(dir.into());
             }
             "-h" | "--help" => bail!("{USAGE}"),
             flag if flag.starts_with('-') => bail!("unknown option `{flag}`"),
@@ -85,11 +91,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
         }
     }
     let Some((&port, bootstrap)) = ports.split_first() else { bail!("missing PORT") };
-    Ok(Args {
-        port,
-        bootstrap: bootstrap.to_vec(),
-        data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".repred")),
-    })
+    // The flag wins over the environment; an empty variable is a mistake
+    // (`REPRED_DATA_DIR= cargo run ...`), not a request for the current
+    // directory.
+    let data_dir = match (data_dir, std::env::var_os("REPRED_DATA_DIR")) {
+        (Some(dir), _) => dir,
+        (None, Some(dir)) if dir.is_empty() => {
+            bail!("REPRED_DATA_DIR is set but empty: unset it or name a directory")
+        }
+        (None, Some(dir)) => PathBuf::from(dir),
+        (None, None) => PathBuf::from(".repred"),
+    };
+    Ok(Args { port, bootstrap: bootstrap.to_vec(), data_dir })
 }
 
 /// Some time between 2 and 5 seconds: peers write at their own pace.
