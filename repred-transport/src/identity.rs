@@ -334,7 +334,8 @@ impl Credentials {
     }
 
     /// Credentials from PEM held in memory: the cluster certificate to trust
-    /// (its key is not needed) and a node's certificate and key. For tools
+    /// (its key is not needed) and a node's certificate and key, which must
+    /// belong together ([`CredentialsError::Corrupt`] otherwise). For tools
     /// and tests. Nothing is denied.
     pub fn from_pem(ca_cert_pem: &[u8], node_pem: &[u8]) -> Result<Self, CredentialsError> {
         let ca_cert = parse_cert(Path::new(CLUSTER_FILE), ca_cert_pem)?;
@@ -1189,7 +1190,8 @@ mod tests {
             };
             assert_eq!(mode(CA_FILE), 0o600);
             assert_eq!(mode(&node_file_name(1)), 0o600);
-            // cluster.pem is public: written 0644 (less under a strict umask).
+            // cluster.pem is public: 0644, less only under a strict umask.
+            assert_eq!(mode(CLUSTER_FILE) & 0o600, 0o600);
         }
     }
 
