@@ -1,0 +1,203 @@
+//! Writes the seed corpus of every fuzz target from real exchanges:
+//! `cargo run --release --example make_corpus` (in `fuzz/`). Seeds are
+//! named `seed-*`; libFuzzer's own finds (hex names) are not committed.
+//!
+//! - `corpus/session/`: what each peer sent the replica under test in
+//!   real exchanges (`harness::transcripts`: signed and unsigned, lazy
+//!   relay, snapshots forced by short histories, proofs and advances,
+//!   closes), chunked as sent; and, per exchange and stream, one input per
+//!   frame kind: that stream's Hello and its first frame of the kind.
+//! - `corpus/snapshot/`: Snapshot frames taken off the wire between real
+//!   replicas of `Model`, `LwwMap<String, String>` and `OrSet<u32>`,
+//!   unsigned and signed (by the trusted signer and by another).
+//! - `corpus/store/`: store files written by `repred_store::Store`.
+//! - `corpus/derive_change/`: encoded `ProfileChange`s of real writes.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use repred::{LwwMap, OrSet, Reduce, Replica, SourceId};
+use repred_fuzz::harness::{
+    self, NOW, OP_BYTES, Recorder, frames, identity, ops, run_session, snapshot_frames, transcripts,
+};
+use repred_fuzz::{Profile, ProfileChange};
+use repred_store::Store;
+use repred_suite::Model;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
+}
+
+fn session(root: &Path) {
+    let dir = root.join("session");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, input) in transcripts() {
+        let report = run_session(&input);
+        println!("session {name}: {} bytes, {report:?}", input.len());
+        write(&dir, name, &input);
+        let flags = input[0];
+        for slot in 0..4u8 {
+            let stream: Vec<u8> = ops(&input)
+                .into_iter()
+                .filter(|(code, _)| code & 3 == slot && (code >> 2) & 3 == OP_BYTES)
+                .flat_map(|(_, payload)| payload)
+                .collect();
+            let frames = frames(&stream);
+            let Some(hello) = frames.first() else { continue };
+            let mut kinds = BTreeSet::new();
+            for frame in &frames[1..] {
+                let Some(&kind) = frame.get(4) else { continue };
+                if kinds.insert(kind) {
+                    let mut rec = Recorder::new(flags, 0);
+                    rec.bytes(0, hello);
+                    rec.bytes(0, frame);
+                    write(&dir, &format!("{name}-slot{slot}-kind{kind}"), &rec.input);
+                }
+            }
+        }
+    }
+}
+
+fn snapshot(root: &Path) {
+    let dir = root.join("snapshot");
+    fs::create_dir_all(&dir).unwrap();
+    let config = || repred::Config::default().history_limit(2);
+    for signer in [None, Some(7u8), Some(2)] {
+        let make =
+            |id: SourceId| -> (SourceId, Option<repred::Identity>) { (id, signer.map(identity)) };
+        let (id, sign) = make(harness::id("src"));
+        let tag = signer.map_or("unsigned".to_string(), |n| format!("signed{n}"));
+        let peer = signer.unwrap_or(2);
+
+        let mut model = harness::snapshot_source(signer);
+        let mut lww = Replica::with_config(id, LwwMap::<String, String>::default(), config());
+        let mut set = Replica::with_config(id, OrSet::<u32>::default(), config());
+        if let Some(sign) = &sign {
+            lww = lww.sign_snapshots_with(sign.clone());
+            set = set.sign_snapshots_with(sign.clone());
+        }
+        for i in 0..8u64 {
+            let now = NOW - 5_000 + i;
+            lww.update(now, LwwMap::set(format!("k{}", i % 3), format!("v{i}"))).unwrap();
+            let update =
+                if i % 3 == 2 { set.state().remove(&(i as u32 - 1)) } else { OrSet::add(i as u32) };
+            set.update(now, update).unwrap();
+        }
+        let emit = |kind: u8, name: &str, frames: Vec<Vec<u8>>| {
+            for (n, frame) in frames.iter().enumerate() {
+                for (bits, how) in [(3u8, "hello-sync"), (7, "seeded"), (0, "bare")] {
+                    let mut input = vec![b'S', kind, bits, peer];
+                    input.extend_from_slice(frame);
+                    write(&dir, &format!("{name}-{tag}-{n}-{how}"), &input);
+                }
+            }
+            println!("snapshot {name} {tag}: {} frames", frames.len());
+        };
+        emit(0, "model", snapshot_frames(&mut model));
+        emit(1, "lww", snapshot_frames(&mut lww));
+        emit(2, "orset", snapshot_frames(&mut set));
+    }
+}
+
+fn store(root: &Path) {
+    let dir = root.join("store");
+    fs::create_dir_all(&dir).unwrap();
+    let tmp = std::env::temp_dir().join(format!("repred-make-corpus-{}", std::process::id()));
+    fs::create_dir_all(&tmp).unwrap();
+    let file = |name: &str| tmp.join(format!("{name}.redb"));
+    let copy = |name: &str| {
+        let bytes = fs::read(file(name)).unwrap();
+        println!("store {name}: {} bytes", bytes.len());
+        write(&dir, name, &bytes);
+    };
+    {
+        let _ = Store::open(file("empty")).unwrap();
+    }
+    copy("empty");
+    {
+        let store = Store::open(file("model")).unwrap();
+        let mut r = store.load_or_create::<Model>("model", repred::Config::default()).unwrap();
+        for i in 0..20u64 {
+            r.update(NOW + i, Model::set(&format!("k{}", i % 4), "v")).unwrap();
+        }
+        store.save("model", &r).unwrap();
+    }
+    copy("model");
+    {
+        let store = Store::open(file("both")).unwrap();
+        let config = repred::Config::default().history_limit(4);
+        let mut r = store.load_or_create::<Model>("model", config.clone()).unwrap();
+        let mut l = store.load_or_create::<LwwMap<String, String>>("lww", config).unwrap();
+        for i in 0..30u64 {
+            r.update(NOW + i, Model::set(&format!("k{}", i % 4), "v")).unwrap();
+            l.update(NOW + i, LwwMap::set(format!("k{}", i % 4), format!("v{i}"))).unwrap();
+            if i % 10 == 9 {
+                store.save("model", &r).unwrap();
+                store.save("lww", &l).unwrap();
+            }
+        }
+    }
+    copy("both");
+    let _ = fs::remove_dir_all(&tmp);
+}
+
+fn derive_change(root: &Path) {
+    let dir = root.join("derive_change");
+    fs::create_dir_all(&dir).unwrap();
+    let writer = harness::id("writer");
+    let mut profile = Replica::new(writer, Profile::default());
+    let changes = vec![
+        ProfileChange { name: Some(repred::LwwRegister::set("ann".into())), ..Default::default() },
+        ProfileChange {
+            best: Some(repred::Max::new(42)),
+            low: Some(repred::Min::new(-3)),
+            ..Default::default()
+        },
+        ProfileChange { badges: Some(repred::GSet::add("first".into())), ..Default::default() },
+        ProfileChange { teams: Some(OrSet::add(7)), ..Default::default() },
+        ProfileChange { settings: Some(LwwMap::set("theme".into(), 2)), ..Default::default() },
+        ProfileChange {
+            visits: Some(repred::GCounter::default().increment(writer, 3)),
+            ..Default::default()
+        },
+        ProfileChange {
+            karma: Some(repred::PnCounter::default().decrement(writer, 2)),
+            ..Default::default()
+        },
+        ProfileChange {
+            scores: Some(repred::LatticeMap::<String, repred::Max<u64>>::update(
+                "q".into(),
+                repred::Max::new(9),
+            )),
+            ..Default::default()
+        },
+        ProfileChange {
+            log: Some(repred::EventLog::emit(["joined".to_string(), "left".to_string()])),
+            ..Default::default()
+        },
+    ];
+    let mut all = vec![3u8];
+    for (n, change) in changes.into_iter().enumerate() {
+        let bytes = postcard::to_allocvec(&change).unwrap();
+        let mut input = vec![n as u8];
+        input.extend_from_slice(&bytes);
+        write(&dir, &format!("field{n}"), &input);
+        all.extend_from_slice(&bytes);
+        profile.update(NOW + n as u64, change).unwrap();
+    }
+    write(&dir, "all-fields", &all);
+    // The whole state as one change: what a snapshot carries.
+    let mut input = vec![5u8];
+    input.extend_from_slice(&postcard::to_allocvec(&profile.state().snapshot()).unwrap());
+    write(&dir, "snapshot", &input);
+    println!("derive_change: {} seeds", fs::read_dir(&dir).unwrap().count());
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    session(&root);
+    snapshot(&root);
+    store(&root);
+    derive_change(&root);
+}
