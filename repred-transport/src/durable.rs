@@ -6,13 +6,26 @@
 //! is fast), then commits it all in one redb transaction with the locks
 //! released, so the protocol never waits on an fsync and many concurrent
 //! updates share one.
+//!
+//! A failed commit (a full disk, say) fails the updates waiting on it, and
+//! the writer tries again by itself, reopening the store first when the
+//! disk failed under it, after 50 ms, then twice as long each time up to
+//! 2 s: once the cause is gone, the next try commits everything still
+//! pending, and only then are those entries released to peers.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
-use repred_store::{Batch, Store, StoreError};
+use repred_store::{Batch, Store, StoreError, redb::StorageBackend};
 use tokio::sync::watch;
 
 use crate::Error;
+
+/// The first retry after a failed commit comes this long after it...
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// ...and each later one twice as long after the last, up to this.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// An object whose log can be saved.
 pub(crate) trait Persist: Send + Sync {
@@ -23,13 +36,55 @@ pub(crate) trait Persist: Send + Sync {
     fn saved(&self, end_seq: u64);
 }
 
-/// What the writer has done so far.
+/// Opens a store at a path.
+type Opener = dyn Fn(&Path) -> Result<Store, StoreError> + Send + Sync;
+
+/// How a durable node opens its store: the file itself, or (tests) a
+/// custom redb backend on it.
+#[derive(Clone)]
+pub(crate) struct OpenStore(Arc<Opener>);
+
+impl OpenStore {
+    /// Opens the store on the backend `backend` makes for its path (again
+    /// at each reopen).
+    pub(crate) fn with_backend<B: StorageBackend>(
+        backend: impl Fn(&Path) -> std::io::Result<B> + Send + Sync + 'static,
+    ) -> Self {
+        let backend = Arc::new(backend);
+        Self(Arc::new(move |path| {
+            let backend = backend.clone();
+            Store::open_with(path, move |path| backend(path))
+        }))
+    }
+
+    pub(crate) fn open(&self, path: &Path) -> Result<Store, StoreError> {
+        (self.0)(path)
+    }
+}
+
+impl Default for OpenStore {
+    fn default() -> Self {
+        Self(Arc::new(|path| Store::open(path)))
+    }
+}
+
+impl std::fmt::Debug for OpenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenStore")
+    }
+}
+
+/// What the writer has done so far. Requests are numbered; a round covers
+/// every request made before it started.
 #[derive(Clone, Debug, Default)]
 struct Progress {
-    /// The highest request whose round is over (committed, or failed).
-    done: u64,
-    /// Why the last round's commit failed, if it did; waiters report it.
-    failure: Option<String>,
+    /// Every request up to this one is on disk.
+    committed: u64,
+    /// The last request whose round failed (a later round may have
+    /// committed it since).
+    failed: u64,
+    /// Why that round failed; what waiters report.
+    failure: String,
     /// The writer is gone (the node stopped): nothing more will commit.
     stopped: bool,
 }
@@ -76,18 +131,21 @@ impl Durable {
     /// Waits until the request `ticket` is on disk.
     ///
     /// An error means the write may or may not have reached the disk: the
-    /// commit failed (a later round retries everything not on disk), or
+    /// commit failed ([`Error::Storage`]; the writer keeps retrying
+    /// everything not on disk, and peers get none of it until it is), or
     /// the node stopped first.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<(), Error> {
         let mut progress = self.progress.subscribe();
-        let seen = progress.wait_for(|p| p.done >= ticket || p.stopped).await;
+        let seen =
+            progress.wait_for(|p| p.committed >= ticket || p.failed >= ticket || p.stopped).await;
         let Ok(seen) = seen else { return Err(Error::Shutdown) };
-        if seen.done < ticket {
-            return Err(Error::Shutdown);
-        }
-        match &seen.failure {
-            Some(why) => Err(Error::Storage(why.clone())),
-            None => Ok(()),
+        if seen.committed >= ticket {
+            // Committed, perhaps by a retry after its own round failed.
+            Ok(())
+        } else if seen.failed >= ticket {
+            Err(Error::Storage(seen.failure.clone()))
+        } else {
+            Err(Error::Shutdown)
         }
     }
 
@@ -107,50 +165,89 @@ impl Durable {
     }
 
     /// The writer: one commit per round, covering every request made before
-    /// the round started.
+    /// the round started; after a failed round, another one by itself.
     pub(crate) async fn run(self: Arc<Self>) {
         // Requests are counted from the start, not from when this task first
         // ran: an update made before that is waited on like any other.
         let mut requested = self.requested.subscribe();
         let mut covered = 0;
-        while requested.wait_for(|n| *n > covered).await.is_ok() {
-            let target = *requested.borrow_and_update();
-            covered = target;
-            let objects: Vec<Arc<dyn Persist>> = {
-                let mut list = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
-                list.retain(|o| o.strong_count() > 0);
-                list.iter().filter_map(Weak::upgrade).collect()
-            };
-            let store = self.store.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let mut batches = Vec::new();
-                let mut ends = Vec::new();
-                for object in &objects {
-                    let batch = object.prepare(&store)?;
-                    ends.push(batch.end_seq());
-                    if !batch.is_empty() {
-                        batches.push(batch);
+        // Set while the last round failed: when to try again.
+        let mut retry = None;
+        loop {
+            match retry {
+                None => {
+                    if requested.wait_for(|n| *n > covered).await.is_err() {
+                        return;
                     }
                 }
-                if !batches.is_empty() {
-                    store.commit_all(batches)?;
+                // Requests made meanwhile wait for this try (they would
+                // fail the same way sooner), and what failed is retried
+                // even if no new update comes.
+                Some(delay) => tokio::time::sleep(delay).await,
+            }
+            let target = *requested.borrow_and_update();
+            // After a failure, the store is reopened first: redb refuses to
+            // write after an I/O error until it is, and the reopen also
+            // forgets what the store assumed of a batch that was prepared
+            // but never committed (when another object's prepare failed).
+            let result = self.round(retry.is_some()).await;
+            covered = target;
+            match result {
+                Ok(()) => {
+                    retry = None;
+                    self.progress.send_modify(|p| p.committed = target);
                 }
-                // Only now may peers see these entries (Replica::release).
-                for (object, end) in objects.iter().zip(ends) {
-                    object.saved(end);
+                Err(why) => {
+                    retry = Some(retry.map_or(RETRY_FIRST, |d: Duration| (d * 2).min(RETRY_MAX)));
+                    self.progress.send_modify(|p| {
+                        p.failed = target;
+                        p.failure = why;
+                    });
                 }
-                Ok::<_, StoreError>(())
-            })
-            .await;
-            let failure = match result {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("the store task failed: {e}")),
-            };
-            self.progress.send_modify(|p| {
-                p.done = target;
-                p.failure = failure;
-            });
+            }
+        }
+    }
+
+    /// Commits what every object recorded, after reopening the store if
+    /// asked. On failure: why, in words for the waiters.
+    async fn round(&self, reopen: bool) -> Result<(), String> {
+        let objects: Vec<Arc<dyn Persist>> = {
+            let mut list = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+            list.retain(|o| o.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if reopen {
+                // Before any object is locked: a reopen may take a while.
+                store.reopen()?;
+            }
+            let mut batches = Vec::new();
+            let mut ends = Vec::new();
+            for object in &objects {
+                let batch = object.prepare(&store)?;
+                ends.push(batch.end_seq());
+                if !batch.is_empty() {
+                    batches.push(batch);
+                }
+            }
+            if !batches.is_empty() {
+                store.commit_all(batches)?;
+            }
+            // Only now may peers see these entries (Replica::release).
+            for (object, end) in objects.iter().zip(ends) {
+                object.saved(end);
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            // The objects still hold every entry not released, and the next
+            // round prepares from what the (reopened) disk holds: it writes
+            // whatever a failed commit did not.
+            Ok(Err(e)) => Err(format!("{e}; retrying in the background")),
+            Err(e) => Err(format!("the store task failed: {e}; retrying in the background")),
         }
     }
 }

@@ -19,12 +19,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
-use crate::durable::Durable;
+use crate::durable::{Durable, OpenStore};
 use crate::identity::{Credentials, SERVER_NAME};
 use crate::membership::{Beat, Heartbeats, Members};
 use crate::object::{Handle, Object, Shared, now_ms};
 use crate::{CloseCode, Error};
-use repred_store::Store;
 
 /// The name of the membership object on the wire.
 pub const MEMBERS_OBJECT: &str = "repred/members";
@@ -99,6 +98,7 @@ pub struct Builder {
     bootstrap: Vec<SocketAddr>,
     data_dir: PathBuf,
     durable: bool,
+    open_store: OpenStore,
     signing: bool,
     require_signatures: bool,
     lazy_relay: bool,
@@ -115,6 +115,7 @@ impl Default for Builder {
             bootstrap: Vec::new(),
             data_dir: PathBuf::from(".repred"),
             durable: false,
+            open_store: OpenStore::default(),
             signing: false,
             require_signatures: false,
             lazy_relay: true,
@@ -180,8 +181,26 @@ impl Builder {
     /// timestamps cover it, never gets it back. This adds the commit's
     /// latency (one fsync, shared by the group) to every hop through a
     /// durable node.
+    ///
+    /// When a commit fails (a full disk), the updates waiting on it fail
+    /// with [`Error::Storage`]; they stay in the node's state, held back
+    /// from peers, and the task retries by itself (reopening the store,
+    /// 50 ms after the failure, doubling up to every 2 s) until the
+    /// commit goes through; then peers get them.
     pub fn durable(mut self, on: bool) -> Self {
         self.durable = on;
+        self
+    }
+
+    /// Opens the durable store on a custom redb backend, which `backend`
+    /// makes for the store's path (again at each reopen): for tests that
+    /// make the disk fail. Default: the file itself.
+    #[doc(hidden)]
+    pub fn store_backend<B: repred_store::redb::StorageBackend>(
+        mut self,
+        backend: impl Fn(&std::path::Path) -> std::io::Result<B> + Send + Sync + 'static,
+    ) -> Self {
+        self.open_store = OpenStore::with_backend(backend);
         self
     }
 
@@ -348,7 +367,8 @@ impl Builder {
         };
         let durable = match store_path {
             Some(path) => {
-                let store = tokio::task::spawn_blocking(move || Store::open(path))
+                let open = self.open_store.clone();
+                let store = tokio::task::spawn_blocking(move || open.open(&path))
                     .await
                     .map_err(|e| Error::Task(e.to_string()))?
                     .map_err(|e| Error::Storage(e.to_string()))?;
