@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Counters, eventually, fast, spawn};
 use full_disk::Disk;
 use repred::Config;
-use repred_store::Store;
+use repred_store::{Store, StoreError};
 use repred_transport::Error;
 
 /// The store task used to subscribe to requests only when it first ran,
@@ -92,9 +92,17 @@ async fn a_full_disk_fails_updates_keeps_them_from_peers_and_heals_by_itself() {
     .await;
     on_a.update(Counters::set("after", 1)).await.expect("writes work again");
     a.shutdown().await;
-    drop(on_a); // the last hold on the file
+    drop(on_a);
 
-    let store = Store::open(dir.path().join(format!("node-{port}.redb"))).unwrap();
+    // The node's aborted tasks let go of the file a moment later.
+    let path = dir.path().join(format!("node-{port}.redb"));
+    let mut opened = Store::open(&path);
+    for _ in 0..100 {
+        let Err(StoreError::InUse(_)) = opened else { break };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        opened = Store::open(&path);
+    }
+    let store = opened.expect("the stopped node released its store");
     let back = store.load::<Counters>("counters", Config::default()).unwrap().unwrap();
     assert_eq!(back.state().0.len(), 7, "before, the five, after: {:?}", back.state());
     b.shutdown().await;
