@@ -189,6 +189,40 @@ struct Meta {
     base_clock: Clock,
     /// `T::snapshot()` of the base, postcard; empty for `T::default()`.
     base: Vec<u8>,
+    /// The replica's life ([`Replica::life`]): the log goes on, so the life
+    /// does, and peers that met it before a crash welcome it back.
+    life: u64,
+}
+
+/// A header as written before replicas had lives (read only).
+#[derive(Deserialize)]
+struct MetaV1 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+}
+
+impl Meta {
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
+            // Its life was never written down: any fixed one will do, as
+            // no peer of this version met it.
+            let life = u64::from_le_bytes(v1.id.as_bytes()[..8].try_into().unwrap_or([1; 8]));
+            Ok(Meta {
+                id: v1.id,
+                last: v1.last,
+                base_seq: v1.base_seq,
+                next_seq: v1.next_seq,
+                base_clock: v1.base_clock,
+                base: v1.base,
+                life: life.max(1),
+            })
+        })
+    }
 }
 
 /// Opens the database at a path: the file itself, or a custom backend.
@@ -317,7 +351,7 @@ impl Store {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(META).map_err(storage)?;
             let Some(bytes) = table.get(name).map_err(storage)? else { return Ok(None) };
-            let meta = postcard::from_bytes(bytes.value());
+            let meta = Meta::decode(bytes.value());
             meta.map(Some).map_err(|e| decode_error(name, "header", e))
         })
     }
@@ -424,15 +458,18 @@ impl Store {
         })?;
         // The restored replica numbers its log as the disk does, so the next
         // save appends where this one ended.
-        Ok(Some(Replica::restore(
-            meta.id,
-            base,
-            meta.base_clock,
-            meta.last,
-            meta.base_seq,
-            entries,
-            config,
-        )))
+        Ok(Some(
+            Replica::restore(
+                meta.id,
+                base,
+                meta.base_clock,
+                meta.last,
+                meta.base_seq,
+                entries,
+                config,
+            )
+            .with_life(meta.life),
+        ))
     }
 
     /// Loads the replica saved under `name`, or creates it with a fresh
@@ -526,11 +563,13 @@ impl Store {
                     next_seq: replica.end_seq(),
                     base_clock: replica.clock().clone(),
                     base,
+                    life: replica.life(),
                 };
                 Batch { name: name.to_string(), meta, entries: Vec::new(), snapshot: true }
             }
         };
         batch.meta.last = old.map_or(Timestamp::ZERO, |m| m.last).max(replica.last_timestamp());
+        batch.meta.life = replica.life();
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)

@@ -234,3 +234,31 @@ fn prepared_batches_commit_in_order() {
     let back = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
     assert_eq!(*back.state(), [1, 2, 3].into());
 }
+
+/// A restored replica lives on in its life, so peers that met it before the
+/// crash welcome it back instead of refusing it as a reincarnation.
+#[test]
+fn a_restored_replica_keeps_its_life_and_is_welcomed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let mut net: Network<GSet<u64>> = Network::new();
+    let store = Store::open(&path).unwrap();
+    let a = net.add(store.load_or_create::<GSet<u64>>("set", Config::default()).unwrap());
+    let b = net.add(Replica::new(SourceId::random(), GSet::default()));
+    let life = net[a].life();
+    let first = net.link(a, b);
+    net.update(a, GSet::add(1)).unwrap();
+    net.pump();
+    store.save("set", &net[a]).unwrap();
+    net.cut(first);
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    let again = net.add(store.load_or_create::<GSet<u64>>("set", Config::default()).unwrap());
+    assert_eq!(net[again].life(), life);
+    net.update(again, GSet::add(2)).unwrap();
+    net.link(again, b);
+    net.pump();
+    assert!(net.errors().is_empty(), "{:?}", net.errors());
+    assert_eq!(net[b].state(), net[again].state());
+}

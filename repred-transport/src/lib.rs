@@ -73,7 +73,7 @@ pub use node::{
     Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY, MEMBERS_OBJECT, Node,
     NodeStats,
 };
-pub use object::{Applied, Changes, Handle, Lagged, Traffic};
+pub use object::{Applied, Changes, Handle, Lagged, Refusal, Traffic};
 /// The QUIC implementation, re-exported for tools and tests that speak to a
 /// node directly.
 pub use quinn;

@@ -101,6 +101,7 @@ pub struct Builder {
     open_store: OpenStore,
     signing: bool,
     require_signatures: bool,
+    trust_snapshots_from: Vec<SourceId>,
     lazy_relay: bool,
     create_cluster: bool,
     deny: Vec<SourceId>,
@@ -118,6 +119,7 @@ impl Default for Builder {
             open_store: OpenStore::default(),
             signing: false,
             require_signatures: false,
+            trust_snapshots_from: Vec::new(),
             lazy_relay: true,
             create_cluster: true,
             deny: Vec::new(),
@@ -219,6 +221,17 @@ impl Builder {
     /// verified either way).
     pub fn require_signatures(mut self, on: bool) -> Self {
         self.require_signatures = on;
+        self
+    }
+
+    /// The signers whose snapshots this node takes when it is strict
+    /// ([`require_signatures`](Builder::require_signatures)): each a node's
+    /// lasting signing id ([`Node::signing_id`]). A strict node that fell
+    /// behind the history of every peer it trusts stays behind rather than
+    /// take unverified state ([`Config::trust_snapshots_from`]). Default:
+    /// nobody.
+    pub fn trust_snapshots_from(mut self, signers: impl IntoIterator<Item = SourceId>) -> Self {
+        self.trust_snapshots_from.extend(signers);
         self
     }
 
@@ -403,18 +416,28 @@ impl Builder {
         let config = Config::default()
             .max_frame(s.max_frame)
             .require_signatures(self.require_signatures)
+            .trust_snapshots_from(self.trust_snapshots_from.iter().copied())
             .lazy_relay(self.lazy_relay);
         // Heartbeats are many and small; a short history and a snapshot for
-        // whoever falls behind it keep memory flat.
+        // whoever falls behind it keep memory flat. Membership is
+        // authenticated by TLS, not by signatures. Its source is the node id
+        // (bound to the certificate) and its life is the same in every life
+        // of the node: a heartbeat map loses nothing in a restart that the
+        // next heartbeat does not replace, and peers must not refuse a
+        // restarted node's membership as a reincarnation.
+        let mut members_config = config.clone().history_limit(1024).require_signatures(false);
+        members_config.allowed_sources = None;
         let members = Shared::new(
             MEMBERS_OBJECT.to_string(),
-            Replica::with_config(
-                id,
-                Heartbeats::default(),
-                // Membership is authenticated by TLS, not by signatures.
-                config.clone().history_limit(1024).require_signatures(false),
-            ),
+            Replica::with_config(id, Heartbeats::default(), members_config)
+                .with_life(stable_life(id)),
         );
+        // The source objects write under when nothing keeps their log: one
+        // per life of this node, so a restart never claims updates it lost
+        // (see `Replica::new`). Signing nodes derive it from a key of this
+        // life and sign snapshots with their lasting key.
+        let life_signer = signer.as_ref().map(|_| Identity::generate());
+        let life_id = life_signer.as_ref().map_or_else(SourceId::random, Identity::id);
         let registry: Registry =
             BTreeMap::from([(MEMBERS_OBJECT.to_string(), members.clone() as Arc<dyn Object>)]);
         let mut seed = [0u8; 8];
@@ -439,6 +462,8 @@ impl Builder {
             ended_rx: AtomicU64::new(0),
             durable: durable.clone(),
             signer,
+            life_signer,
+            life_id,
             settings: s,
         });
         if let Some(durable) = durable {
@@ -452,6 +477,13 @@ impl Builder {
 }
 
 type Registry = BTreeMap<String, Arc<dyn Object>>;
+
+/// The life of a replica whose log may be lost without harm, the same in
+/// every life of the node (see where membership is made).
+fn stable_life(id: SourceId) -> u64 {
+    let bytes = id.as_bytes();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap_or([1; 8])).max(1)
+}
 
 struct Conn {
     conn: Connection,
@@ -491,8 +523,15 @@ struct Inner {
     ended_rx: AtomicU64,
     /// The node's store, when durable.
     durable: Option<Arc<Durable>>,
-    /// Signs this node's updates, when signing is on.
+    /// This node's lasting signing key, when signing is on: it signs the
+    /// updates of durable objects (whose log, and so whose id, outlives
+    /// the process) and every snapshot this node sends.
     signer: Option<Identity>,
+    /// Signs the updates of objects kept in memory only: a key of this
+    /// life, when signing is on.
+    life_signer: Option<Identity>,
+    /// The source of objects kept in memory only, fresh in every life.
+    life_id: SourceId,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -879,7 +918,24 @@ async fn open_stream(inner: Arc<Inner>, conn: Connection, name: String, object: 
     if send.write_all(&preamble(&name)).await.is_err() {
         return;
     }
-    drive(&inner, &conn, object, expect, send, recv).await;
+    let scope = scope_of(&name);
+    drive(&inner, &conn, object, expect, scope, send, recv).await;
+}
+
+/// What a protocol violation on a stream closes. The membership stream is
+/// the node's own protocol: a peer that breaks it is cut off. Any other
+/// object's stream ends alone, with the reason sent to the peer in a Close
+/// frame and as the code that stops the stream, so that one object's
+/// mistake (the same name replicated with two types, say) costs neither
+/// the connection nor membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Connection,
+    Stream,
+}
+
+fn scope_of(name: &str) -> Scope {
+    if name == MEMBERS_OBJECT { Scope::Connection } else { Scope::Stream }
 }
 
 /// On the membership stream, the id the peer's Hello must carry: the one
@@ -949,7 +1005,8 @@ async fn accept_stream(
     };
     let Some(object) = object else { return };
     let Ok(expect) = expected_peer(&inner, &conn, &name) else { return };
-    drive(&inner, &conn, object, expect, send, recv).await;
+    let scope = scope_of(&name);
+    drive(&inner, &conn, object, expect, scope, send, recv).await;
 }
 
 /// Drops the core's stream when the task ends, however it ends (a task is
@@ -977,17 +1034,31 @@ impl Drop for Forget {
 /// With `expect`, the peer's Hello must carry that id: its first frame is
 /// read and handled alone, and the connection closed with
 /// [`CloseCode::WrongPeerId`] before anything after it is applied.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     inner: &Inner,
     conn: &Connection,
     object: Arc<dyn Object>,
     expect: Option<SourceId>,
+    scope: Scope,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
     let Ok(stream) = object.open() else { return };
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
+    // A violation: the core has ended the stream and queued a Close with
+    // the reason, which the writer sends before it finishes.
+    let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {
+        let code = CloseCode::from(e);
+        match scope {
+            Scope::Connection => inner.violation(conn, code, &e.to_string()),
+            Scope::Stream => {
+                inner.violations.fetch_add(1, Ordering::Relaxed);
+                let _ = recv.stop(code.varint());
+            }
+        }
+    };
     let reader = async {
         if let Some(want) = expect {
             let Some(first) = first_frame(&mut recv, inner.settings.max_frame).await else {
@@ -996,7 +1067,7 @@ async fn drive(
             };
             if let Err(e) = object.handle(stream, &first) {
                 if let SessionError::Peer(e) = e {
-                    inner.violation(conn, CloseCode::from(&e), &e.to_string());
+                    refuse(&mut recv, &e);
                 }
                 return;
             }
@@ -1019,7 +1090,7 @@ async fn drive(
                 Ok(Some(n)) => {
                     if let Err(e) = object.handle(stream, &buf[..n]) {
                         if let SessionError::Peer(e) = e {
-                            inner.violation(conn, CloseCode::from(&e), &e.to_string());
+                            refuse(&mut recv, &e);
                         }
                         return;
                     }
@@ -1073,17 +1144,31 @@ async fn drive(
                 object.close(stream);
                 continue;
             }
+            // The replica's own timers (lazy relay's deadlines) run here:
+            // any stream's writer may fire them, and a fired one wakes all.
+            let timer = object
+                .poll_timeout()
+                .map(|due| Instant::now() + Duration::from_millis(due.saturating_sub(now_ms())));
             tokio::select! {
                 changed = wake.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
+                () = sleep_until_some(timer) => object.handle_timeout(),
                 _ = phase.wait_for(|p| *p != Phase::Running) => draining = true,
             }
         }
     };
     tokio::join!(reader, writer);
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads exactly the first frame of a stream (the core's frames are a
@@ -1149,8 +1234,12 @@ impl Node {
         Builder::default()
     }
 
-    /// This node's id: the source id its updates carry, derived from its
-    /// certificate's public key.
+    /// This node's id, derived from its certificate's public key: what its
+    /// membership entries carry and its peers verify. Its objects write
+    /// under their own ids ([`Handle::source`]): one that lives as long as
+    /// the object's log (in the store of a durable node, or derived from
+    /// the lasting signing key), else a fresh one in every life of the
+    /// node, so that a restart can never claim updates it lost.
     pub fn id(&self) -> SourceId {
         self.inner.id
     }
@@ -1158,6 +1247,15 @@ impl Node {
     /// The address peers dial to reach this node.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The id of this node's lasting signing key, when signing is on: what
+    /// strict peers list in
+    /// [`Builder::trust_snapshots_from`] to take this node's snapshots. It
+    /// also writes this node's durable objects; objects kept in memory
+    /// only write under a key of this life ([`Handle::source`]).
+    pub fn signing_id(&self) -> Option<SourceId> {
+        self.inner.signer.as_ref().map(Identity::id)
     }
 
     /// Replicates `initial` under `name` with every peer that replicates the
@@ -1182,7 +1280,7 @@ impl Node {
         }
         let config = self.inner.config.clone();
         let durable = self.inner.durable.clone();
-        let mut replica = match &durable {
+        let replica = match &durable {
             // Loading is a few small reads; done in place, before any peer
             // can see the object.
             Some(d) => match &self.inner.signer {
@@ -1192,10 +1290,14 @@ impl Node {
                 None => d.store().load_onto(name, initial, config),
             }
             .map_err(|e| Error::Storage(e.to_string()))?,
-            None => match &self.inner.signer {
+            None => match &self.inner.life_signer {
                 Some(identity) => Replica::with_identity(identity.clone(), initial, config),
-                None => Replica::with_config(self.inner.id, initial, config),
+                None => Replica::with_config(self.inner.life_id, initial, config),
             },
+        };
+        let mut replica = match &self.inner.signer {
+            Some(lasting) => replica.sign_snapshots_with(lasting.clone()),
+            None => replica,
         };
         if durable.is_some() {
             // Peers get an entry only once it is on disk (see `durable`).

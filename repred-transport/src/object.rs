@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use repred::{
-    Clock, Delivery, Reduce, Replica, ReplicaError, SessionError, SourceId, Stamp, StreamId,
-    StreamOpts, StreamStats, Subscription, Timestamp,
+    Clock, CloseReason, Delivery, EndReason, Event, Reduce, Replica, ReplicaError, SessionError,
+    SourceId, Stamp, Stats, StreamId, StreamOpts, StreamStats, Subscription, Timestamp,
 };
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
@@ -27,6 +27,8 @@ pub(crate) fn now_ms() -> u64 {
 /// How many applied changes a slow [`Changes`] reader may fall behind
 /// before it is told it lagged.
 const CHANGES_CAPACITY: usize = 1024;
+/// How many stream refusals an object remembers ([`Handle::refusals`]).
+const REFUSALS_KEPT: usize = 32;
 
 /// One applied change, local or remote, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,23 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// Bumped whenever a stream may have something new to send.
     fn wakeups(&self) -> watch::Receiver<u64>;
     fn dispose(&self);
+    /// When the replica's timers are next due (wall milliseconds).
+    fn poll_timeout(&self) -> Option<u64>;
+    /// Runs the replica's due timers.
+    fn handle_timeout(&self);
+}
+
+/// A stream of an object that ended because one side refused the other:
+/// a protocol violation (a frame that does not decode, as when two nodes
+/// replicate one name with different types) or a refused snapshot. The
+/// connection and the object's other streams went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Which side refused: [`EndReason::Local`] this node, with the reason
+    /// it told the peer; [`EndReason::Remote`] the peer, with its reason.
+    pub reason: EndReason,
+    /// When, in wall milliseconds.
+    pub at_ms: u64,
 }
 
 struct Inner<T: Reduce> {
@@ -107,6 +126,8 @@ struct Inner<T: Reduce> {
     /// counters when it ends, the traffic totals must not.
     live: HashMap<StreamId, StreamStats>,
     traffic: Traffic,
+    /// The latest refusals, oldest first, at most [`REFUSALS_KEPT`].
+    refusals: std::collections::VecDeque<Refusal>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -135,8 +156,13 @@ where
         durable: Option<Arc<Durable>>,
     ) -> Arc<Self> {
         let subscription = replica.subscribe();
-        let inner =
-            Inner { replica, subscription, live: HashMap::new(), traffic: Traffic::default() };
+        let inner = Inner {
+            replica,
+            subscription,
+            live: HashMap::new(),
+            traffic: Traffic::default(),
+            refusals: Default::default(),
+        };
         Arc::new(Self {
             name,
             durable,
@@ -153,9 +179,9 @@ where
     }
 
     /// After anything that may have changed the state: publish the applied
-    /// changes, drop the events nobody reads, and wake the writers.
+    /// changes, keep the refusals among the events, and wake the writers.
     fn settle(&self, inner: &mut Inner<T>) {
-        let Inner { replica, subscription, .. } = inner;
+        let Inner { replica, subscription, refusals, .. } = inner;
         let listening = self.changes.receiver_count() > 0;
         for delivery in replica.changes(subscription) {
             if !listening {
@@ -174,9 +200,18 @@ where
             };
             let _ = self.changes.send(item);
         }
-        // Events are bounded by the core; the transport learns what it needs
-        // from handle's results, so they are simply drained.
-        while replica.poll_event().is_some() {}
+        // Events are bounded by the core; what the transport keeps of them
+        // is the refusals, for whoever asks.
+        while let Some(event) = replica.poll_event() {
+            if let Event::End { reason, .. } = event
+                && is_refusal(&reason)
+            {
+                if refusals.len() >= REFUSALS_KEPT {
+                    refusals.pop_front();
+                }
+                refusals.push_back(Refusal { reason, at_ms: now_ms() });
+            }
+        }
         self.wake_writers();
     }
 
@@ -282,6 +317,26 @@ where
         inner.replica.dispose();
         self.settle(&mut inner);
     }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        self.lock().replica.poll_timeout()
+    }
+
+    fn handle_timeout(&self) {
+        let mut inner = self.lock();
+        inner.replica.handle_timeout(now_ms());
+        self.settle(&mut inner);
+    }
+}
+
+/// Whether a stream ended because one side refused the other (rather than
+/// a close, a shutdown or a lost connection).
+fn is_refusal(reason: &EndReason) -> bool {
+    matches!(
+        reason,
+        EndReason::Local(CloseReason::Misbehaved(_) | CloseReason::SnapshotRefused(_))
+            | EndReason::Remote(CloseReason::Misbehaved(_) | CloseReason::SnapshotRefused(_))
+    )
 }
 
 /// A replicated object of a [`Node`](crate::Node): write to it, read it,
@@ -357,6 +412,21 @@ where
     /// The id this node writes under.
     pub fn source(&self) -> SourceId {
         self.shared.lock().replica.id()
+    }
+
+    /// What the replica did with updates: applied, old, refused (forged,
+    /// unsigned, not allowed), snapshots merged and refused.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().replica.stats()
+    }
+
+    /// The latest streams of this object that ended because one side
+    /// refused the other (at most 32, oldest first): a peer whose frames do
+    /// not decode (the same name replicated with another type, say), a
+    /// refused snapshot, a peer that came back in a new life. Only that
+    /// stream ended; the connection and membership went on.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.shared.lock().refusals.iter().cloned().collect()
     }
 
     /// Counters of the object's sessions with peers, over its whole life.

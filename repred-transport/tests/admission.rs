@@ -68,15 +68,49 @@ fn preamble(name: &str) -> Vec<u8> {
     out
 }
 
+/// How the node ended a stream it refused: the code it stopped our
+/// sending with, the reason of the Close frame it sent, and whether the
+/// connection is still up afterwards.
+#[derive(Debug)]
+struct StreamRefused {
+    code: Option<CloseCode>,
+    reason: String,
+    connection_up: bool,
+}
+
 /// Connects with valid credentials, sends `bytes` on a stream of the
-/// "counters" object, and returns how the node closed the connection.
-async fn send_garbage(client: &quinn::Endpoint, node: SocketAddr, bytes: &[u8]) -> ConnectionError {
+/// "counters" object, and returns how the node ended that stream.
+async fn send_garbage(client: &quinn::Endpoint, node: SocketAddr, bytes: &[u8]) -> StreamRefused {
     let conn = client.connect(node, SERVER_NAME).unwrap().await.expect("valid credentials connect");
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&preamble("counters")).await.unwrap();
-    // The node may close before everything is written; that is the point.
+    // The node may stop us before everything is written; that is the point.
     let _ = send.write_all(bytes).await;
-    tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed in time")
+    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped())
+        .await
+        .expect("stopped in time");
+    let code = match stopped {
+        Ok(Some(code)) => CloseCode::from_code(code.into_inner()),
+        other => panic!("expected the stream to be stopped, got {other:?}"),
+    };
+    // The node's last frame is a Close with the reason in words.
+    let sent = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("finished in time")
+        .unwrap_or_default();
+    let mut reason = String::new();
+    let mut rest = &sent[..];
+    while rest.len() >= 5 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        if rest[4] == 5 {
+            let why: repred::CloseReason = postcard::from_bytes(&rest[5..4 + len]).unwrap();
+            reason = why.to_string();
+        }
+        rest = &rest[4 + len..];
+    }
+    let connection_up = conn.close_reason().is_none();
+    conn.close(0u8.into(), b"done");
+    StreamRefused { code, reason, connection_up }
 }
 
 fn close_code(err: &ConnectionError) -> (Option<CloseCode>, String) {
@@ -121,11 +155,11 @@ async fn garbage_from_an_admitted_peer_closes_its_session_with_a_typed_reason() 
         ),
     ];
     for (what, bytes, want) in cases {
-        let err = send_garbage(&client, a.addr(), &bytes).await;
-        let (code, reason) = close_code(&err);
-        assert_eq!(code, Some(want), "{what}: {reason}");
-        assert!(!reason.is_empty(), "{what}: the reason is said in words too");
-        eprintln!("{what}: closed with {want:?} ({:#x}): {reason}", want.code());
+        let refused = send_garbage(&client, a.addr(), &bytes).await;
+        assert_eq!(refused.code, Some(want), "{what}: {refused:?}");
+        assert!(!refused.reason.is_empty(), "{what}: the reason is said in words too");
+        assert!(refused.connection_up, "{what}: only the stream ends, not the connection");
+        eprintln!("{what}: stopped with {want:?} ({:#x}): {}", want.code(), refused.reason);
     }
     assert_eq!(a.stats().violations, 4);
     assert!(on_a.read(|s| !s.0.contains_key("evil")), "nothing of a refused frame is applied");

@@ -1,0 +1,188 @@
+//! Claims over QUIC (issue 14): a strict node (`require_signatures`) takes
+//! no unsigned snapshot and no unsigned clock advance from an admitted peer,
+//! and one object's mistake ends that object's stream alone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Counters, eventually, fast};
+use repred::{
+    Clock, CloseReason, EndReason, PeerMisbehaved, Reduce, Replica, SnapshotRefusal, SourceId,
+    Stamp, StreamOpts, Timestamp,
+};
+use repred_transport::identity::SERVER_NAME;
+use repred_transport::{Credentials, Node, quinn};
+use serde::{Deserialize, Serialize};
+
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    out.push(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The Hello a real replica named `name` writes.
+fn hello(name: &str) -> Vec<u8> {
+    let mut replica = Replica::new(SourceId::new(name).unwrap(), Counters::default());
+    let stream = replica.open(StreamOpts::default()).unwrap();
+    let mut out = Vec::new();
+    replica.poll_transmit(stream, &mut out).unwrap();
+    let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+    out.truncate(4 + len);
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Sends `bytes` on a "counters" stream to `node` as an admitted peer (a
+/// raw quinn client with the cluster's credentials), and waits until the
+/// node has read them.
+async fn send_as_peer(dir: &std::path::Path, node: &Node, bytes: Vec<u8>) {
+    let credentials = Credentials::load_or_create(dir, 1).unwrap();
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(credentials.client_config(transport).unwrap());
+    let conn = client.connect(node.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[b"\x08counters".as_slice(), &bytes].concat()).await.unwrap();
+    send.finish().unwrap();
+    // The node answers with its Hello at least; reading to the end waits
+    // until it has handled ours (and closed the stream if it refused).
+    let _ = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20)).await;
+    conn.close(0u8.into(), b"done");
+    client.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_node_refuses_unsigned_snapshots_and_advances_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = fast(dir.path()).signing(true).spawn().await.unwrap();
+    let n = fast(dir.path())
+        .signing(true)
+        .require_signatures(true)
+        .bootstrap([w.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    let on_w = w.replicate("counters", Counters::default()).unwrap();
+    let on_n = n.replicate("counters", Counters::default()).unwrap();
+    on_w.update(Counters::set("k", 10)).await.unwrap();
+    eventually("n has w's write", Duration::from_secs(20), || {
+        (on_n.read(|c| c.0.get("k") == Some(&10)), on_n.read(Counters::clone))
+    })
+    .await;
+    let source = on_w.source();
+    let before = on_n.clock().get(source);
+
+    // An unsigned snapshot: k = 1,000,000 and a new key, claiming w's clock.
+    let forged = Timestamp::new(now_ms() + 1_000, 0);
+    let clock: Clock = [(source, forged)].into_iter().collect();
+    let state: BTreeMap<String, u64> = [("k".into(), 1_000_000), ("new".into(), 1)].into();
+    let mut body = postcard::to_allocvec(&(&clock, &state)).unwrap();
+    body.extend(postcard::to_allocvec(&None::<repred::Signature>).unwrap());
+    send_as_peer(dir.path(), &n, [hello("mallory"), frame(3, &body)].concat()).await;
+    eventually("the snapshot was refused", Duration::from_secs(10), || {
+        (on_n.stats().snapshots_refused == 1, on_n.stats())
+    })
+    .await;
+    let refused = CloseReason::SnapshotRefused(SnapshotRefusal::Unsigned);
+    assert!(on_n.refusals().iter().any(|r| r.reason == EndReason::Local(refused.clone())));
+
+    // An unsigned advance of w's source, 59 s ahead.
+    let claim = vec![Stamp { ts: Timestamp::new(now_ms() + 59_000, 0), source }];
+    let advance = frame(6, &postcard::to_allocvec(&claim).unwrap());
+    send_as_peer(dir.path(), &n, [hello("mallory2"), advance].concat()).await;
+    eventually("the advance was refused", Duration::from_secs(10), || {
+        (on_n.stats().rejected >= 1, on_n.stats())
+    })
+    .await;
+    assert_eq!(on_n.read(|c| c.0.get("k").copied()), Some(10));
+    assert_eq!(on_n.read(|c| c.0.get("new").copied()), None);
+    assert_eq!(on_n.clock().get(source), before, "no claim moved the clock");
+    assert_eq!(on_n.stats().snapshots, 0);
+
+    // w's genuine updates still arrive.
+    on_w.update(Counters::set("k", 11)).await.unwrap();
+    eventually("n has w's next write", Duration::from_secs(20), || {
+        (on_n.read(|c| c.0.get("k") == Some(&11)), on_n.read(Counters::clone))
+    })
+    .await;
+    n.shutdown().await;
+    w.shutdown().await;
+}
+
+/// A replicated type whose updates are four flags: the bytes of a
+/// `Counters` update (a map of strings) do not decode as one.
+#[derive(Default)]
+struct Flags([bool; 4]);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct FlagsUpdate(bool, bool, bool, bool);
+
+impl Reduce for Flags {
+    type Update = FlagsUpdate;
+    fn reduce(&mut self, u: FlagsUpdate) -> Option<FlagsUpdate> {
+        let new = [u.0, u.1, u.2, u.3];
+        let changed = new.iter().zip(self.0).any(|(n, o)| *n && !o);
+        for (slot, n) in self.0.iter_mut().zip(new) {
+            *slot |= n;
+        }
+        changed.then_some(u)
+    }
+    fn snapshot(&self) -> FlagsUpdate {
+        FlagsUpdate(self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// Point 10: two nodes replicate one name with different types. The
+/// stream of that object ends alone, with a typed reason both nodes see;
+/// the connection, membership and the other objects go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_mismatch_ends_that_objects_stream_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fast(dir.path()).spawn().await.unwrap();
+    let b = fast(dir.path()).bootstrap([a.addr()]).spawn().await.unwrap();
+    let on_a = a.replicate("counters", Counters::default()).unwrap();
+    let on_b = b.replicate("counters", Flags::default()).unwrap();
+    let notes_a = a.replicate("notes", Counters::default()).unwrap();
+    let notes_b = b.replicate("notes", Counters::default()).unwrap();
+    on_a.update(Counters::set("k", 1)).await.unwrap();
+    eventually("b refused a's stream", Duration::from_secs(20), || {
+        (!on_b.refusals().is_empty(), on_b.refusals())
+    })
+    .await;
+    let local = on_b.refusals()[0].reason.clone();
+    assert!(
+        matches!(
+            local,
+            EndReason::Local(CloseReason::Misbehaved(PeerMisbehaved::Malformed { .. }))
+        ),
+        "{local:?}"
+    );
+    eventually("a heard why", Duration::from_secs(20), || {
+        let heard = on_a.refusals().iter().any(|r| {
+            matches!(
+                r.reason,
+                EndReason::Remote(CloseReason::Misbehaved(PeerMisbehaved::Malformed { .. }))
+            )
+        });
+        (heard, on_a.refusals())
+    })
+    .await;
+    // The connection and the other object go on.
+    notes_a.update(Counters::set("after", 2)).await.unwrap();
+    eventually("notes still replicate", Duration::from_secs(20), || {
+        (notes_b.read(|c| c.0.get("after") == Some(&2)), notes_b.read(Counters::clone))
+    })
+    .await;
+    let members = a.members().borrow().clone();
+    assert!(members.contains_key(&b.id()), "membership goes on: {members:?}");
+    assert!(a.connected().contains(&b.addr()) || b.connected().contains(&a.addr()));
+    a.shutdown().await;
+    b.shutdown().await;
+}
