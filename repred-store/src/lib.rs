@@ -225,6 +225,21 @@ impl Meta {
     }
 }
 
+/// Runs `f`, turning a panic into [`StoreError::Corrupt`]: redb trusts some
+/// of what it reads from the file and panics on a few damaged ones (found by
+/// `fuzz/fuzz_targets/store.rs`), and a damaged file must be an error a node
+/// can report, never a crash.
+fn guarded<R>(path: &Path, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the database panicked reading it".to_string());
+        Err(StoreError::Corrupt { path: path.display().to_string(), detail })
+    })
+}
+
 /// Opens the database at a path: the file itself, or a custom backend.
 type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
@@ -287,16 +302,18 @@ impl Store {
 
     /// Opens the database and makes sure its tables exist.
     fn open_db(path: &Path, open: &Opener) -> Result<Database, StoreError> {
-        let db = open(path).map_err(|e| open_error(path, e))?;
-        let created = (|| {
-            let txn = db.begin_write()?;
-            txn.open_table(META)?;
-            txn.open_table(ENTRIES)?;
-            txn.commit()?;
-            Ok::<_, redb::Error>(())
-        })();
-        created.map_err(|e| Self::locate(path, storage(e)))?;
-        Ok(db)
+        guarded(path, || {
+            let db = open(path).map_err(|e| open_error(path, e))?;
+            let created = (|| {
+                let txn = db.begin_write()?;
+                txn.open_table(META)?;
+                txn.open_table(ENTRIES)?;
+                txn.commit()?;
+                Ok::<_, redb::Error>(())
+            })();
+            created.map_err(|e| Self::locate(path, storage(e)))?;
+            Ok(db)
+        })
     }
 
     /// Closes the database and opens it again, as a restart of the process
@@ -333,7 +350,7 @@ impl Store {
         let Some(db) = db.as_ref() else {
             return Err(StoreError::Closed { path: self.path.display().to_string() });
         };
-        f(db).map_err(|e| Self::locate(&self.path, e))
+        guarded(&self.path, || f(db)).map_err(|e| Self::locate(&self.path, e))
     }
 
     /// Names the file in an I/O error, which redb reports without it.
