@@ -336,12 +336,16 @@ async fn lazy_relay_delivers_each_update_about_once_over_quic() {
     eprintln!("lazy {lazy} ({lazy_udp} B), flood {flood} ({flood_udp} B) over {edges} edges");
     assert!(lazy >= once, "every other node received every update: {lazy} < {once}");
     assert!(lazy <= once * 6 / 5, "lazy relay: {lazy} deliveries for {once} needed");
-    // Flooding sends each update over every edge that stayed up (in one
-    // direction at least); lazy relay over a spanning tree, far fewer.
+    // Flooding pushes over every edge that stayed up: beyond the 5 edges
+    // of a spanning tree, each other edge carries at least one update (its
+    // ends learn that the other has one only from what it sends). How many
+    // depends on timing: a side that pushed its newest first spares the
+    // other all older ones, so on a loaded machine flooding can come close
+    // to once per node; on an idle one it is about once per edge.
+    let beyond_tree = (edges as u64).saturating_sub(5);
     assert!(
-        flood >= edges as u64 * writes,
+        flood >= once + beyond_tree,
         "flooding crosses every edge: {flood} deliveries over {edges} edges"
     );
-    assert!(flood > lazy, "flooding {flood} against lazy {lazy}");
     assert!(lazy_udp > 0 && flood_udp > 0, "Node::stats counts UDP bytes");
 }
