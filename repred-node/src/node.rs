@@ -1,0 +1,760 @@
+//! The node core: membership and connections as one state machine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use foca::{Foca, Member, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use repred::SourceId;
+
+use crate::timers::Timers;
+use crate::{Address, NodeConfig, Peer};
+
+/// Names a connection; the driver picks the numbers.
+pub type ConnId = u64;
+
+/// The first byte of every membership datagram. QUIC packets always set
+/// the top two bits of their first byte (RFC 9000's long-header and fixed
+/// bits; repred nodes never negotiate greasing them), so a transport can
+/// share one UDP socket between QUIC and membership by this byte alone.
+pub const DATAGRAM_MARKER: u8 = 0x21;
+
+/// Bytes before the membership protocol's own in a datagram: the marker and
+/// the sender's node id.
+pub const DATAGRAM_HEADER: usize = 1 + SourceId::LEN;
+
+type Swim<A> = Foca<Peer<A>, PostcardCodec, Xoshiro256PlusPlus, NoCustomBroadcast>;
+
+/// What the driver should do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<A> {
+    /// Open a connection to `addr`; `expect` is the node id it should turn
+    /// out to be, when known. Report the outcome with
+    /// [`NodeCore::handle_connected`] or [`NodeCore::handle_dial_failed`].
+    Dial {
+        /// Where.
+        addr: A,
+        /// Who, if known.
+        expect: Option<SourceId>,
+    },
+    /// Close a connection; report it gone with
+    /// [`NodeCore::handle_disconnected`] as for any other.
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// Why.
+        reason: CloseWhy,
+    },
+}
+
+/// Why the node core closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseWhy {
+    /// Traded for a connection to another member, so that the graph mixes.
+    Rotated,
+    /// The peer was declared down.
+    PeerDown,
+    /// A second connection to the same peer (both dialed at once): the one
+    /// dialed by the smaller node id stays, on both sides alike.
+    Duplicate,
+    /// More connections than [`NodeConfig::max_connections`].
+    TooMany,
+    /// A connection to this very node.
+    ToSelf,
+}
+
+/// A membership datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram<A> {
+    /// Where to.
+    pub to: A,
+    /// Who should be there, when known: the driver may check the receiver
+    /// is that node (a datagram is only as private as its transport).
+    pub to_id: Option<SourceId>,
+    /// The bytes, starting with [`DATAGRAM_MARKER`] and the sender's id.
+    pub bytes: Vec<u8>,
+}
+
+/// Something the driver or the user may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent<A> {
+    /// A member is up (newly, or again).
+    MemberUp {
+        /// Its node id.
+        id: SourceId,
+        /// Where it listens.
+        addr: A,
+    },
+    /// A member was declared down (or left).
+    MemberDown {
+        /// Its node id.
+        id: SourceId,
+        /// Where it listened.
+        addr: A,
+    },
+    /// This node is known to at least one other member.
+    Joined,
+    /// Every member this node knew is down or gone.
+    Isolated,
+    /// This node was declared down (a partition, a long pause) and rejoined
+    /// under a renewed identity.
+    Rejoined,
+}
+
+/// A member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo<A> {
+    /// Its node id.
+    pub id: SourceId,
+    /// Where it listens.
+    pub addr: A,
+    /// What this node believes of it.
+    pub state: MemberState,
+}
+
+/// What a node believes of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberState {
+    /// Answers probes.
+    Alive,
+    /// Someone could not reach it; it has until the suspicion times out to
+    /// refute it.
+    Suspect,
+    /// Declared down (or left).
+    Down,
+}
+
+/// Counters of a node core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Membership datagrams handed out to send.
+    pub datagrams_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Membership datagrams handled.
+    pub datagrams_received: u64,
+    /// Their bytes.
+    pub bytes_received: u64,
+    /// Datagrams refused: not membership, malformed, or claiming a sender
+    /// other than the one the driver authenticated.
+    pub datagrams_refused: u64,
+    /// Dials asked for.
+    pub dials: u64,
+    /// Connections closed by this core.
+    pub closes: u64,
+}
+
+/// Why a datagram was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// It does not start with [`DATAGRAM_MARKER`] and a sender id.
+    #[error("not a membership datagram")]
+    NotMembership,
+    /// The membership protocol could not decode it.
+    #[error("malformed membership datagram: {0}")]
+    Malformed(String),
+    /// Its membership header names another sender than its envelope: a
+    /// node speaking in another's name.
+    #[error("the datagram claims to come from {claimed:?} but was sent by {sender:?}")]
+    WrongSender {
+        /// Who the membership header claims.
+        claimed: Option<SourceId>,
+        /// Who sent it.
+        sender: SourceId,
+    },
+    /// The membership protocol refused it.
+    #[error("membership refused the datagram: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug)]
+enum Timer<A> {
+    Swim(foca::Timer<Peer<A>>),
+    Maintain,
+    Rotate,
+    DialTimeout(A, u64),
+}
+
+#[derive(Clone, Debug)]
+struct Conn<A> {
+    peer: SourceId,
+    addr: A,
+    outgoing: bool,
+    since: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    until: u64,
+}
+
+/// One node's decisions, with no I/O: who is in the cluster (SWIM, by
+/// `foca`), which members to keep connections to (an active view of about
+/// log2(N) + 1 random members, rotated now and then), when to dial and when
+/// to give up.
+///
+/// Drive it like the core's replicas and quinn-proto's connections:
+///
+/// 1. inputs, each with the wall time in milliseconds:
+///    [`handle_datagram`](NodeCore::handle_datagram) for membership bytes
+///    from the network, [`handle_connected`](NodeCore::handle_connected),
+///    [`handle_disconnected`](NodeCore::handle_disconnected) and
+///    [`handle_dial_failed`](NodeCore::handle_dial_failed) for what became of
+///    connections, [`handle_timeout`](NodeCore::handle_timeout) when
+///    [`poll_timeout`](NodeCore::poll_timeout) says;
+/// 2. outputs: [`poll_transmit`](NodeCore::poll_transmit) (datagrams to
+///    send), [`poll_command`](NodeCore::poll_command) (dials and closes),
+///    [`poll_event`](NodeCore::poll_event), each until `None`.
+///
+/// Time and randomness come from the caller (a seed), so a simulator runs
+/// the same code on virtual time and one seed replays one run exactly.
+///
+/// ```
+/// use repred_node::{Command, NodeConfig, NodeCore};
+/// use repred::SourceId;
+///
+/// let a_id = SourceId::new("a")?;
+/// let b_id = SourceId::new("b")?;
+/// let mut a = NodeCore::new(a_id, 1u32, 1, NodeConfig::default(), 7, 0);
+/// let mut b = NodeCore::new(b_id, 2u32, 1, NodeConfig::default(), 8, 0);
+/// b.bootstrap(0, [1u32]);
+/// // Carry datagrams between them until quiet, as a network would.
+/// for _ in 0..10 {
+///     while let Some(d) = b.poll_transmit() { a.handle_datagram(0, &d.bytes).ok(); }
+///     while let Some(d) = a.poll_transmit() { b.handle_datagram(0, &d.bytes).ok(); }
+/// }
+/// assert!(a.members().iter().any(|m| m.id == b_id));
+/// assert!(b.members().iter().any(|m| m.id == a_id));
+/// // Each now wants a connection to the other, once its timers run.
+/// a.handle_timeout(a.poll_timeout().unwrap());
+/// assert!(matches!(a.poll_command(), Some(Command::Dial { addr: 2, .. })));
+/// # Ok::<(), repred::InvalidSourceId>(())
+/// ```
+pub struct NodeCore<A: Address> {
+    me: Peer<A>,
+    id: SourceId,
+    config: NodeConfig,
+    swim: Swim<A>,
+    runtime: foca::AccumulatingRuntime<Peer<A>>,
+    timers: Timers<Timer<A>>,
+    rng: Xoshiro256PlusPlus,
+    bootstrap: Vec<A>,
+    conns: BTreeMap<ConnId, Conn<A>>,
+    dialing: BTreeMap<A, u64>,
+    backoff: BTreeMap<A, Backoff>,
+    maintain_at: Option<u64>,
+    transmits: VecDeque<Datagram<A>>,
+    commands: VecDeque<Command<A>>,
+    events: VecDeque<NodeEvent<A>>,
+    stats: NodeStats,
+    left: bool,
+}
+
+impl<A: Address> std::fmt::Debug for NodeCore<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCore")
+            .field("me", &self.me)
+            .field("alive", &self.swim.num_members())
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Address> NodeCore<A> {
+    /// A node `id` listening at `addr`, in life `life` (larger in every
+    /// restart: the start time in milliseconds will do), its randomness from
+    /// `seed`, at wall time `now`.
+    ///
+    /// # Panics
+    /// If `config` does not [check](NodeConfig::check).
+    pub fn new(id: SourceId, addr: A, life: u64, config: NodeConfig, seed: u64, now: u64) -> Self {
+        if let Err(why) = config.check() {
+            panic!("invalid NodeConfig: {why}");
+        }
+        let me = Peer { id: Some(id), addr, bump: life.max(1) };
+        let swim_config = foca::Config {
+            probe_period: config.probe_period,
+            probe_rtt: config.probe_rtt,
+            num_indirect_probes: NonZeroUsize::new(config.indirect_probes)
+                .unwrap_or(NonZeroUsize::MIN),
+            max_transmissions: NonZeroU8::new(config.max_transmissions).unwrap_or(NonZeroU8::MIN),
+            suspect_to_down_after: config.suspect_timeout,
+            remove_down_after: Some(Duration::from_secs(15 * 60)),
+            max_packet_size: NonZeroUsize::new(1_200).unwrap_or(NonZeroUsize::MIN),
+            notify_down_members: true,
+            periodic_announce: Some(foca::PeriodicParams {
+                frequency: config.announce_every,
+                num_members: NonZeroUsize::MIN,
+            }),
+            periodic_announce_to_down_members: Some(foca::PeriodicParams {
+                frequency: config.announce_down_every,
+                num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+            }),
+            periodic_gossip: Some(foca::PeriodicParams {
+                frequency: config.gossip_every,
+                num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+            }),
+        };
+        let swim = Foca::new(
+            me.clone(),
+            swim_config,
+            Xoshiro256PlusPlus::seed_from_u64(seed),
+            PostcardCodec,
+        );
+        let mut node = Self {
+            me,
+            id,
+            swim,
+            runtime: foca::AccumulatingRuntime::new(),
+            timers: Timers::default(),
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15),
+            bootstrap: Vec::new(),
+            conns: BTreeMap::new(),
+            dialing: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            maintain_at: None,
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            left: false,
+            config,
+        };
+        let first_rotation = now + node.jitter(node.config.rotate_every);
+        node.timers.set(first_rotation, Timer::Rotate);
+        node.schedule_maintain(now);
+        node
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> SourceId {
+        self.id
+    }
+
+    /// This node's membership identity (its bump grows when it renews).
+    pub fn identity(&self) -> &Peer<A> {
+        &self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Addresses to join through: each is asked for the member list now,
+    /// and again while this node knows no live member.
+    pub fn bootstrap(&mut self, now: u64, addrs: impl IntoIterator<Item = A>) {
+        let seeds: Vec<A> = addrs.into_iter().filter(|a| *a != self.me.addr).collect();
+        for addr in &seeds {
+            if !self.bootstrap.contains(addr) {
+                self.bootstrap.push(addr.clone());
+            }
+        }
+        self.announce_to_seeds(now);
+        self.schedule_maintain(now);
+    }
+
+    fn announce_to_seeds(&mut self, now: u64) {
+        for addr in self.bootstrap.clone() {
+            // Whoever answers at that address replaces the placeholder.
+            let _ = self.swim.announce(Peer::seed(addr), &mut self.runtime);
+        }
+        self.drain(now);
+    }
+
+    /// A membership datagram from the network. The driver vouches for the
+    /// sender id in its envelope (the QUIC shell checks a signature by that
+    /// node's certified key); the membership header must name the same
+    /// node, or the datagram is refused: nobody speaks in another's name.
+    pub fn handle_datagram(&mut self, now: u64, bytes: &[u8]) -> Result<(), DatagramError> {
+        let result = self.datagram(bytes);
+        match &result {
+            Ok(()) => {
+                self.stats.datagrams_received += 1;
+                self.stats.bytes_received += bytes.len() as u64;
+            }
+            Err(_) => self.stats.datagrams_refused += 1,
+        }
+        self.drain(now);
+        result
+    }
+
+    fn datagram(&mut self, bytes: &[u8]) -> Result<(), DatagramError> {
+        let sender = sender_of(bytes).ok_or(DatagramError::NotMembership)?;
+        let body = &bytes[DATAGRAM_HEADER..];
+        let header = foca::Codec::<Peer<A>>::decode_header(&mut PostcardCodec, body)
+            .map_err(|e| DatagramError::Malformed(e.to_string()))?;
+        if header.src.id != Some(sender) {
+            return Err(DatagramError::WrongSender { claimed: header.src.id, sender });
+        }
+        if self.swim.iter_membership_state().len() >= self.config.max_members {
+            // A full table takes news only from members it knows.
+            let known = self.swim.iter_membership_state().any(|m| m.id().id == Some(sender));
+            if !known {
+                return Err(DatagramError::Refused("member table full".into()));
+            }
+        }
+        self.swim
+            .handle_data(body, &mut self.runtime)
+            .map_err(|e| DatagramError::Refused(e.to_string()))
+    }
+
+    /// Runs what is due at `now`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Swim(t) => {
+                    let _ = self.swim.handle_timer(t, &mut self.runtime);
+                }
+                Timer::Maintain => {
+                    self.maintain_at = None;
+                    self.maintain(now);
+                }
+                Timer::Rotate => self.rotate(now),
+                Timer::DialTimeout(addr, since) => {
+                    if self.dialing.get(&addr) == Some(&since) {
+                        self.handle_dial_failed(now, addr);
+                    }
+                }
+            }
+            self.drain(now);
+        }
+    }
+
+    /// When [`handle_timeout`](NodeCore::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.next()
+    }
+
+    /// The next membership datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Datagram<A>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next dial or close.
+    pub fn poll_command(&mut self) -> Option<Command<A>> {
+        self.commands.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<NodeEvent<A>> {
+        self.events.pop_front()
+    }
+
+    /// A connection is up: to `peer` (the node id its certificate proves),
+    /// at `addr`, dialed by us (`outgoing`) or by them.
+    pub fn handle_connected(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        peer: SourceId,
+        addr: A,
+        outgoing: bool,
+    ) {
+        if outgoing {
+            self.dialing.remove(&addr);
+            self.backoff.remove(&addr);
+        }
+        if peer == self.id {
+            self.close(conn, CloseWhy::ToSelf);
+            return;
+        }
+        let twin = self.conns.iter().find(|(_, c)| c.peer == peer).map(|(&k, c)| (k, c.outgoing));
+        if let Some((old, old_outgoing)) = twin {
+            // Both sides keep the connection dialed by the smaller id.
+            let keep_outgoing = self.id < peer;
+            if outgoing == keep_outgoing && old_outgoing != keep_outgoing {
+                self.close(old, CloseWhy::Duplicate);
+            } else {
+                self.close(conn, CloseWhy::Duplicate);
+                return;
+            }
+        }
+        if !outgoing && self.conns.len() >= self.config.max_connections {
+            self.close(conn, CloseWhy::TooMany);
+            return;
+        }
+        self.conns.insert(conn, Conn { peer, addr, outgoing, since: now });
+        self.schedule_maintain(now);
+    }
+
+    /// A connection ended, for whatever reason.
+    pub fn handle_disconnected(&mut self, now: u64, conn: ConnId) {
+        if self.conns.remove(&conn).is_some() {
+            self.schedule_maintain(now);
+        }
+    }
+
+    /// A dial to `addr` failed (or timed out): it is tried again after a
+    /// growing, jittered wait.
+    pub fn handle_dial_failed(&mut self, now: u64, addr: A) {
+        self.dialing.remove(&addr);
+        let failures = self.backoff.get(&addr).map_or(0, |b| b.failures).saturating_add(1);
+        let base = self.config.dial_backoff.as_millis() as u64;
+        let max = self.config.max_dial_backoff.as_millis() as u64;
+        let wait = base.saturating_mul(1 << failures.min(20).saturating_sub(1)).min(max);
+        let wait = self.jitter(Duration::from_millis(wait));
+        self.backoff.insert(addr, Backoff { failures, until: now + wait });
+        self.schedule_maintain(now + wait);
+    }
+
+    /// Leaves the cluster: tells a few members, so that everyone knows at
+    /// once instead of after a failed probe, and stops dialing.
+    pub fn leave(&mut self, now: u64) {
+        let _ = self.swim.leave_cluster(&mut self.runtime);
+        self.left = true;
+        self.drain(now);
+    }
+
+    /// Whether [`leave`](NodeCore::leave) was called.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// Every member this node knows of (itself included), with what it
+    /// believes of each.
+    pub fn members(&self) -> Vec<MemberInfo<A>> {
+        let mut out: Vec<MemberInfo<A>> = self
+            .swim
+            .iter_membership_state()
+            .filter_map(|m| {
+                let id = m.id().id?;
+                let state = match m.state() {
+                    foca::State::Alive => MemberState::Alive,
+                    foca::State::Suspect => MemberState::Suspect,
+                    foca::State::Down => MemberState::Down,
+                };
+                Some(MemberInfo { id, addr: m.id().addr.clone(), state })
+            })
+            .collect();
+        let me = if self.left { MemberState::Down } else { MemberState::Alive };
+        out.push(MemberInfo { id: self.id, addr: self.me.addr.clone(), state: me });
+        out.sort_by_key(|m| m.id);
+        out.dedup_by(|a, b| a.id == b.id);
+        out
+    }
+
+    /// The members up (alive or suspect), this node included: node id ->
+    /// address.
+    pub fn live(&self) -> BTreeMap<SourceId, A> {
+        let mut live: BTreeMap<SourceId, A> = self
+            .swim
+            .iter_members()
+            .filter_map(|m| Some((m.id().id?, m.id().addr.clone())))
+            .collect();
+        if !self.left {
+            live.insert(self.id, self.me.addr.clone());
+        }
+        live
+    }
+
+    /// How many connections this node has, and to whom.
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, SourceId, bool)> + '_ {
+        self.conns.iter().map(|(&k, c)| (k, c.peer, c.outgoing))
+    }
+
+    /// How many connections this node wants now.
+    pub fn wanted_connections(&self) -> usize {
+        self.config.active_view(self.swim.num_members() + 1)
+    }
+
+    fn jitter(&mut self, around: Duration) -> u64 {
+        let ms = around.as_millis() as u64;
+        // Between half and one and a half of it.
+        ms / 2 + self.rng.random_range(0..=ms.max(1))
+    }
+
+    fn schedule_maintain(&mut self, at: u64) {
+        if self.maintain_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        self.maintain_at = Some(at);
+        self.timers.set(at, Timer::Maintain);
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseWhy) {
+        self.stats.closes += 1;
+        self.commands.push_back(Command::Close { conn, reason });
+    }
+
+    /// Dials members until the active view is full; closes what is too
+    /// much; asks the seeds again while alone.
+    fn maintain(&mut self, now: u64) {
+        let period = self.config.probe_period;
+        let next = now + period.as_millis() as u64;
+        self.schedule_maintain(next);
+        if self.left {
+            return;
+        }
+        let alone = self.swim.num_members() == 0;
+        if alone && !self.bootstrap.is_empty() {
+            self.announce_to_seeds(now);
+        }
+        let want = self.wanted_connections();
+        let connected: BTreeSet<SourceId> = self.conns.values().map(|c| c.peer).collect();
+        let busy = connected.len() + self.dialing.len();
+        if busy < want {
+            let free = |addr: &A, backoff: &BTreeMap<A, Backoff>, dialing: &BTreeMap<A, u64>| {
+                !dialing.contains_key(addr) && backoff.get(addr).is_none_or(|b| b.until <= now)
+            };
+            let mut candidates: Vec<(A, Option<SourceId>)> = self
+                .swim
+                .iter_members()
+                .filter_map(|m| Some((m.id().id?, &m.id().addr)))
+                .filter(|(id, addr)| {
+                    *id != self.id
+                        && !connected.contains(id)
+                        && free(addr, &self.backoff, &self.dialing)
+                })
+                .map(|(id, addr)| (addr.clone(), Some(id)))
+                .collect();
+            if alone {
+                let conn_addrs: BTreeSet<&A> = self.conns.values().map(|c| &c.addr).collect();
+                candidates = self
+                    .bootstrap
+                    .iter()
+                    .filter(|a| !conn_addrs.contains(a) && free(a, &self.backoff, &self.dialing))
+                    .map(|a| (a.clone(), None))
+                    .collect();
+            }
+            for i in 0..candidates.len().min(want - busy) {
+                let pick = self.rng.random_range(i..candidates.len());
+                candidates.swap(i, pick);
+                let (addr, expect) = candidates[i].clone();
+                self.dialing.insert(addr.clone(), now);
+                self.stats.dials += 1;
+                let timeout = now + self.config.dial_timeout.as_millis() as u64;
+                self.timers.set(timeout, Timer::DialTimeout(addr.clone(), now));
+                self.commands.push_back(Command::Dial { addr, expect });
+            }
+        }
+        if self.conns.len() > self.config.max_connections {
+            let mut incoming: Vec<(u64, ConnId)> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !c.outgoing)
+                .map(|(&k, c)| (c.since, k))
+                .collect();
+            incoming.sort_unstable();
+            let extra = self.conns.len() - self.config.max_connections;
+            for (_, conn) in incoming.into_iter().rev().take(extra) {
+                self.conns.remove(&conn);
+                self.close(conn, CloseWhy::TooMany);
+            }
+        }
+    }
+
+    /// Trades one outgoing connection for another member, when the view is
+    /// full and someone is left out.
+    fn rotate(&mut self, now: u64) {
+        let next = now + self.jitter(self.config.rotate_every);
+        self.timers.set(next, Timer::Rotate);
+        if self.left {
+            return;
+        }
+        let connected: BTreeSet<SourceId> = self.conns.values().map(|c| c.peer).collect();
+        if connected.len() < self.wanted_connections() {
+            return;
+        }
+        let spare = self
+            .swim
+            .iter_members()
+            .any(|m| m.id().id.is_some_and(|id| id != self.id && !connected.contains(&id)));
+        let outgoing: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.outgoing).map(|(&k, _)| k).collect();
+        if !spare || outgoing.is_empty() {
+            return;
+        }
+        let victim = outgoing[self.rng.random_range(0..outgoing.len())];
+        self.close(victim, CloseWhy::Rotated);
+    }
+
+    /// Moves what the membership protocol asked for into our queues.
+    fn drain(&mut self, now: u64) {
+        while let Some((to, bytes)) = self.runtime.to_send() {
+            let mut out = Vec::with_capacity(DATAGRAM_HEADER + bytes.len());
+            out.push(DATAGRAM_MARKER);
+            out.extend_from_slice(self.id.as_bytes());
+            out.extend_from_slice(&bytes);
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += out.len() as u64;
+            self.transmits.push_back(Datagram { to: to.addr.clone(), to_id: to.id, bytes: out });
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.timers.set(now + after.as_millis() as u64, Timer::Swim(timer));
+        }
+        let mut changed = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            match notification {
+                OwnedNotification::MemberUp(peer) => {
+                    if let Some(id) = peer.id.filter(|id| *id != self.id) {
+                        self.events.push_back(NodeEvent::MemberUp { id, addr: peer.addr });
+                        changed = true;
+                    }
+                }
+                OwnedNotification::MemberDown(peer) => {
+                    if let Some(id) = peer.id {
+                        self.member_gone(id, peer.addr);
+                        changed = true;
+                    }
+                }
+                // A member's new life or renewal replaced the old one at
+                // its address; whether it is up is told separately.
+                OwnedNotification::Rename(..) => changed = true,
+                OwnedNotification::Active => self.events.push_back(NodeEvent::Joined),
+                OwnedNotification::Idle => self.events.push_back(NodeEvent::Isolated),
+                OwnedNotification::Rejoin(me) => {
+                    self.me = me;
+                    self.events.push_back(NodeEvent::Rejoined);
+                }
+                OwnedNotification::Defunct => {}
+            }
+        }
+        if changed {
+            self.schedule_maintain(now);
+        }
+    }
+
+    /// A member's identity was declared down (a newer life of it would
+    /// have replaced that identity first, so the node is gone).
+    fn member_gone(&mut self, id: SourceId, addr: A) {
+        self.events.push_back(NodeEvent::MemberDown { id, addr });
+        let gone: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.peer == id).map(|(&k, _)| k).collect();
+        for conn in gone {
+            self.conns.remove(&conn);
+            self.close(conn, CloseWhy::PeerDown);
+        }
+    }
+
+    /// Teaches this node members it learned elsewhere (a restart restoring
+    /// what it knew): they are probed like any other.
+    pub fn remember(&mut self, now: u64, members: impl IntoIterator<Item = Peer<A>>) {
+        let members: Vec<Member<Peer<A>>> =
+            members.into_iter().filter(|p| p.id != Some(self.id)).map(Member::alive).collect();
+        let _ = self.swim.apply_many(members.into_iter(), true, &mut self.runtime);
+        self.drain(now);
+    }
+}
+
+/// The sender id in a membership datagram's envelope, if it is one.
+pub fn sender_of(bytes: &[u8]) -> Option<SourceId> {
+    if bytes.len() < DATAGRAM_HEADER || bytes[0] != DATAGRAM_MARKER {
+        return None;
+    }
+    let mut id = [0u8; SourceId::LEN];
+    id.copy_from_slice(&bytes[1..DATAGRAM_HEADER]);
+    SourceId::from_bytes(id).ok()
+}
