@@ -3,7 +3,7 @@
 //!     cargo run --example peer 9000 9001
 //!
 //! listens on 127.0.0.1:9000, bootstraps from 127.0.0.1:9001 (which may start
-//! later; more ports may follow), heartbeats every second, prints
+//! later; more ports may follow), probes a member every second (SWIM), prints
 //! `UP [9000, 9001]` whenever the set of live peers changes, and now and then
 //! writes a note to a shared board, printing every note any peer writes.
 //! Ctrl-C leaves the cluster cleanly.
@@ -122,8 +122,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .data_dir(&args.data_dir)
         // The shared board survives restarts: it lives in node-<port>.redb.
         .durable(true)
-        // Faster than the library's defaults, so a demo shows peers coming
-        // and going within seconds (at ten times the idle traffic).
+        // A probe a second (the default), 5 s to refute a suspicion before
+        // a silent peer is declared down, and a connection traded every 5 s,
+        // so a demo shows peers coming, going and mixing within seconds.
         .heartbeat(Duration::from_secs(1))
         .down_after(Duration::from_secs(5))
         .rotate_every(Duration::from_secs(5))

@@ -1,6 +1,7 @@
 //! Why a connection or stream was closed, as a QUIC application error code.
 
 use repred::PeerMisbehaved;
+use repred_node::CloseWhy;
 
 /// The application error codes this transport closes connections (and stops
 /// streams) with. The code is the typed reason; the close's reason bytes
@@ -8,18 +9,30 @@ use repred::PeerMisbehaved;
 ///
 /// Codes below `0x10` are orderly; `0x10..0x20` mirror the core's
 /// [`PeerMisbehaved`] (a frame that broke the protocol: nothing of it was
-/// applied); `0x20..` are transport-level violations.
+/// applied); `0x20..` are transport-level violations. `0x22` was a
+/// membership Hello under another node's id, before membership moved to
+/// signed datagrams; it stays unused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseCode {
     /// The node is shutting down.
     Shutdown,
-    /// Gossip rotated this connection away to try another peer.
+    /// The node core rotated this connection away to try another member.
     Rotated,
     /// A test hook refused this peer (a simulated partition).
     Partitioned,
     /// Too many connections in all, or from this peer.
     TooManyConnections,
+    /// A second connection between the same two nodes (both dialed at
+    /// once): both keep the one the smaller node id dialed.
+    Duplicate,
+    /// Membership declared the peer down (or it left).
+    PeerDown,
+    /// A connection to this very node.
+    ToSelf,
+    /// The node core let the connection go for a reason this table does
+    /// not name yet.
+    Released,
     /// A frame longer than the receiver's limit.
     FrameTooLarge,
     /// A frame with a zero length.
@@ -46,17 +59,18 @@ pub enum CloseCode {
     BadPreamble,
     /// A second stream for one object on one connection.
     DuplicateStream,
-    /// The membership Hello claimed a node id other than the one the peer's
-    /// certificate stands for.
-    WrongPeerId,
 }
 
 impl CloseCode {
-    const TABLE: [(CloseCode, u32); 18] = [
+    const TABLE: [(CloseCode, u32); 21] = [
         (CloseCode::Shutdown, 0x00),
         (CloseCode::Rotated, 0x01),
         (CloseCode::Partitioned, 0x02),
         (CloseCode::TooManyConnections, 0x03),
+        (CloseCode::Duplicate, 0x04),
+        (CloseCode::PeerDown, 0x05),
+        (CloseCode::ToSelf, 0x06),
+        (CloseCode::Released, 0x07),
         (CloseCode::FrameTooLarge, 0x10),
         (CloseCode::EmptyFrame, 0x11),
         (CloseCode::UnknownFrame, 0x12),
@@ -70,7 +84,6 @@ impl CloseCode {
         (CloseCode::Misbehaved, 0x1f),
         (CloseCode::BadPreamble, 0x20),
         (CloseCode::DuplicateStream, 0x21),
-        (CloseCode::WrongPeerId, 0x22),
     ];
 
     /// The code on the wire.
@@ -91,6 +104,19 @@ impl CloseCode {
     /// Whether this code reports a protocol violation by the peer.
     pub fn is_violation(self) -> bool {
         self.code() >= 0x10
+    }
+}
+
+impl From<CloseWhy> for CloseCode {
+    fn from(why: CloseWhy) -> Self {
+        match why {
+            CloseWhy::Rotated => CloseCode::Rotated,
+            CloseWhy::PeerDown => CloseCode::PeerDown,
+            CloseWhy::Duplicate => CloseCode::Duplicate,
+            CloseWhy::TooMany => CloseCode::TooManyConnections,
+            CloseWhy::ToSelf => CloseCode::ToSelf,
+            _ => CloseCode::Released,
+        }
     }
 }
 
@@ -128,5 +154,8 @@ mod tests {
         let e = PeerMisbehaved::BeforeHello("Updates".into());
         assert_eq!(CloseCode::from(&e), CloseCode::BeforeHello);
         assert!(CloseCode::BeforeHello.is_violation() && !CloseCode::Rotated.is_violation());
+        assert_eq!(CloseCode::from(CloseWhy::Duplicate), CloseCode::Duplicate);
+        assert!(!CloseCode::from(CloseWhy::PeerDown).is_violation());
+        assert_eq!(CloseCode::from_code(0x22), None, "retired");
     }
 }

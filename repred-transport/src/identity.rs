@@ -52,6 +52,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use repred::SourceId;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -211,6 +213,14 @@ pub enum CredentialsError {
     /// [`source`](std::error::Error::source).
     #[error("TLS configuration unusable for QUIC")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The node's private key cannot sign membership datagrams, which are
+    /// signed with ECDSA P-256 and SHA-256 (the keys rcgen and
+    /// `repred-admin` make are).
+    #[error("the node's private key is not an ECDSA P-256 key: {detail}")]
+    UnsupportedKey {
+        /// What ring said of the key.
+        detail: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CredentialsError + '_ {
@@ -368,6 +378,38 @@ impl Credentials {
         &self.ca_cert
     }
 
+    /// This node's certificate, DER: what it presents at every handshake
+    /// and attaches to its first membership datagrams to each peer.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The node's TLS key as the signer of its membership datagrams
+    /// (ECDSA P-256, SHA-256, ASN.1 signatures).
+    pub(crate) fn datagram_key(&self) -> Result<EcdsaKeyPair, CredentialsError> {
+        EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            self.key.secret_pkcs8_der(),
+            &SystemRandom::new(),
+        )
+        .map_err(|e| CredentialsError::UnsupportedKey { detail: e.to_string() })
+    }
+
+    /// Judges peers' certificates away from a handshake (those attached to
+    /// membership datagrams) exactly as the handshake does.
+    pub(crate) fn peer_verifier(&self) -> Result<PeerVerifier, CredentialsError> {
+        Ok(PeerVerifier { inner: self.client_verifier()? })
+    }
+
+    /// The cluster's client-certificate verifier, refusing denied ids.
+    fn client_verifier(&self) -> Result<Arc<DenyClients>, CredentialsError> {
+        Ok(Arc::new(DenyClients {
+            inner: WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .build()?,
+            denied: Arc::new(self.denied.clone()),
+        }))
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, CredentialsError> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_cert.clone())?;
@@ -381,13 +423,8 @@ impl Credentials {
         &self,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<quinn::ServerConfig, CredentialsError> {
-        let provider = provider();
-        let verifier = Arc::new(DenyClients {
-            inner: WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .build()?,
-            denied: Arc::new(self.denied.clone()),
-        });
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        let verifier = self.client_verifier()?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(
@@ -440,6 +477,20 @@ fn refuse_denied(
             Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
         }
         _ => Ok(()),
+    }
+}
+
+/// Judges a peer's certificate as the handshake would judge it as a client
+/// certificate: issued by the cluster, valid now, and not denied.
+pub(crate) struct PeerVerifier {
+    inner: Arc<DenyClients>,
+}
+
+impl PeerVerifier {
+    /// The node id `cert` stands for, if this cluster admits it now.
+    pub(crate) fn verify(&self, cert: &CertificateDer<'_>) -> Result<SourceId, rustls::Error> {
+        self.inner.verify_client_cert(cert, &[], UnixTime::now())?;
+        certificate_id(cert).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
     }
 }
 

@@ -10,11 +10,20 @@
 //! - **Admission**: every node has its own key pair and a certificate signed
 //!   by the cluster's certificate authority; both ends of a connection verify
 //!   the other against it (mutual TLS 1.3). See [`identity`].
-//! - **Membership**: a heartbeat map ([`Heartbeats`]) replicated like any
-//!   other object; [`Node::members`] watches the live set.
-//! - **Gossip**: each node keeps [`Builder::fanout`] connections to random
-//!   live peers, rotates one now and then, and dials with exponential backoff
-//!   and jitter; updates reach everyone by relays.
+//! - **Membership**: SWIM, through the node core
+//!   ([`repred_node::NodeCore`], which uses `foca`): each node probes one
+//!   member per period, suspects before it declares a member down, and
+//!   membership changes ride on the probes, so its cost per node does not
+//!   grow with the cluster. Its datagrams share the node's UDP port with
+//!   QUIC and are signed with the node's certified key ([`membership`]);
+//!   [`Node::members`] watches the live set, [`Node::membership`] shows
+//!   what the node believes of each member.
+//! - **Connections**: the node core keeps about log2(N) + 1 connections
+//!   (at least [`Builder::fanout`]) to random live members, trades one for
+//!   another now and then, dials again after a jittered, growing wait, and
+//!   closes duplicates and connections to members declared down; updates
+//!   reach everyone by relays over those connections. This crate is the
+//!   shell that executes its decisions with tokio and quinn.
 //! - **Misbehaviour**: a peer that sends a frame the core refuses is
 //!   disconnected with a [`CloseCode`] as the QUIC application error code and
 //!   the reason in words; nothing of that frame is applied.
@@ -57,23 +66,35 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod builder;
+mod clock;
 mod close;
+mod driver;
 mod durable;
 pub mod identity;
-mod membership;
+pub mod membership;
 mod node;
 mod object;
+mod session;
+mod udp;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+pub use builder::{Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY};
 pub use close::CloseCode;
 pub use identity::{ClusterCa, Credentials, CredentialsError, NodeCertificate};
-pub use membership::{Beat, Heartbeats, Members};
-pub use node::{
-    Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY, MEMBERS_OBJECT, Node,
-    NodeStats,
-};
+pub use node::{Node, NodeStats};
 pub use object::{Applied, Changes, Handle, Lagged, Refusal, Traffic};
+use repred::SourceId;
+/// The node core this crate executes, re-exported for its configuration
+/// ([`NodeConfig`](repred_node::NodeConfig)) and what
+/// [`Node::membership`] returns.
+pub use repred_node;
+
+/// The live members: node id -> the address it listens on, this node
+/// included.
+pub type Members = BTreeMap<SourceId, SocketAddr>;
 /// The QUIC implementation, re-exported for tools and tests that speak to a
 /// node directly.
 pub use quinn;

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use repred::{
     Clock, CloseReason, Delivery, EndReason, Event, Reduce, Replica, ReplicaError, SessionError,
@@ -16,13 +15,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::Error;
+use crate::clock::now_ms;
 use crate::durable::{Durable, Persist};
 use repred_store::{Batch, Store, StoreError};
-
-/// Wall-clock milliseconds since the Unix epoch: the `now` the core takes.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// How many applied changes a slow [`Changes`] reader may fall behind
 /// before it is told it lagged.
@@ -90,8 +85,6 @@ pub(crate) trait Object: Send + Sync + 'static {
     fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError>;
     /// Whether the core still has the stream (open, or with a Close to send).
     fn has_stream(&self, stream: StreamId) -> bool;
-    /// The id the peer's Hello carried, once it arrived.
-    fn peer_id(&self, stream: StreamId) -> Option<SourceId>;
     fn close(&self, stream: StreamId);
     fn abort(&self, stream: StreamId);
     /// The stream's task ended: keep its counters, drop it.
@@ -145,10 +138,6 @@ where
     T: Reduce + Send + 'static,
     T::Update: Send + Sync + 'static,
 {
-    pub(crate) fn new(name: String, replica: Replica<T>) -> Arc<Self> {
-        Self::with_store(name, replica, None)
-    }
-
     /// An object whose log the node's store keeps.
     pub(crate) fn with_store(
         name: String,
@@ -280,10 +269,6 @@ where
         // The core keeps an ended stream only while its Close is unsent;
         // counters exist exactly as long as the stream does.
         self.lock().replica.stream_stats(stream).is_some()
-    }
-
-    fn peer_id(&self, stream: StreamId) -> Option<SourceId> {
-        self.lock().replica.peer_id(stream)
     }
 
     fn close(&self, stream: StreamId) {
