@@ -211,7 +211,7 @@ fn model_state() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// The `snapshot` target's invariants over generated Snapshot frames.
     #[test]

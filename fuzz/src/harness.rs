@@ -783,8 +783,14 @@ pub fn run_snapshot_frame<T>(
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
 {
-    // One frame: the bytes past its end are not looked at.
-    let frame = frames(frame).first().copied().unwrap_or_default();
+    // One frame, and a Snapshot: the bytes past its end are not looked
+    // at, and another kind byte is made 3 (other kinds may well move a
+    // plain replica's clock, which is the session target's business).
+    let mut frame = frames(frame).first().copied().unwrap_or_default().to_vec();
+    if let Some(kind) = frame.get_mut(4) {
+        *kind = 3;
+    }
+    let frame = frame.as_slice();
     let mut input = Vec::new();
     if let Some(peer) = hello {
         input.push(hello_frame(peer));
