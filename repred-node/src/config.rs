@@ -44,6 +44,11 @@ pub struct NodeConfig {
     /// that the two sides of a healed partition find each other. Default
     /// 10 s.
     pub announce_down_every: Duration,
+    /// How often a node compares its view of the members with one
+    /// neighbour's (a count and a fingerprint on the connection) and pulls
+    /// the neighbour's list if it counts more: repairs what dissemination
+    /// missed. Default 10 s.
+    pub compare_every: Duration,
     /// Connections kept: log2(N) + `extra_active`, at least `min_active`,
     /// at most `max_active`. Defaults 1, 3, 24.
     pub extra_active: usize,
@@ -80,6 +85,7 @@ impl Default for NodeConfig {
             gossip_every: Duration::from_millis(200),
             announce_every: Duration::from_secs(30),
             announce_down_every: Duration::from_secs(10),
+            compare_every: Duration::from_secs(10),
             extra_active: 1,
             min_active: 3,
             max_active: 24,
@@ -120,6 +126,8 @@ setters! {
     announce_every: Duration,
     /// Sets [`NodeConfig::announce_down_every`].
     announce_down_every: Duration,
+    /// Sets [`NodeConfig::compare_every`].
+    compare_every: Duration,
     /// Sets [`NodeConfig::min_active`].
     min_active: usize,
     /// Sets [`NodeConfig::max_active`].
@@ -152,8 +160,11 @@ impl NodeConfig {
         if self.probe_rtt >= self.probe_period {
             return Err("probe_rtt must be shorter than probe_period");
         }
-        if self.suspect_timeout.is_zero() || self.rotate_every.is_zero() {
-            return Err("suspect_timeout and rotate_every must not be zero");
+        if self.suspect_timeout.is_zero()
+            || self.rotate_every.is_zero()
+            || self.compare_every.is_zero()
+        {
+            return Err("suspect_timeout, rotate_every and compare_every must not be zero");
         }
         if self.indirect_probes == 0 || self.max_transmissions == 0 {
             return Err("indirect_probes and max_transmissions must not be zero");

@@ -8,6 +8,7 @@ use foca::{Foca, Member, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use repred::SourceId;
+use serde::{Deserialize, Serialize};
 
 use crate::timers::Timers;
 use crate::{Address, NodeConfig, Peer};
@@ -173,11 +174,42 @@ pub enum DatagramError {
     Refused(String),
 }
 
+/// What nodes say to each other on a connection, besides datagrams: a
+/// joiner (or a node that fell behind) pulls the whole member list once,
+/// because SWIM spreads each change only for a while and a node that joins
+/// after a change has spread would otherwise learn of that member only when
+/// it happens to be probed by it.
+#[derive(Debug, Serialize, Deserialize)]
+enum Sync<A> {
+    /// How many members the sender counts as up, and a fingerprint of
+    /// which (equal views exchange nothing more); `answer` is set on the
+    /// reply to one, which is not answered again.
+    Hello { members: u32, digest: u64, answer: bool },
+    /// Send me your member list.
+    Pull,
+    /// Part of a member list.
+    State(Vec<Known<A>>),
+}
+
+/// A member as a member list carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Known<A> {
+    peer: Peer<A>,
+    incarnation: u16,
+    state: u8,
+}
+
+/// Members per [`Sync::State`] message.
+const STATE_CHUNK: usize = 1_000;
+
 #[derive(Debug)]
 enum Timer<A> {
     Swim(foca::Timer<Peer<A>>),
-    Maintain,
+    /// Due at this deadline: only the one `maintain_at` names counts (an
+    /// earlier one may have replaced it).
+    Maintain(u64),
     Rotate,
+    Compare,
     DialTimeout(A, u64),
 }
 
@@ -186,7 +218,6 @@ struct Conn<A> {
     peer: SourceId,
     addr: A,
     outgoing: bool,
-    since: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -251,10 +282,15 @@ pub struct NodeCore<A: Address> {
     backoff: BTreeMap<A, Backoff>,
     maintain_at: Option<u64>,
     transmits: VecDeque<Datagram<A>>,
+    messages: VecDeque<(ConnId, Vec<u8>)>,
     commands: VecDeque<Command<A>>,
     events: VecDeque<NodeEvent<A>>,
     stats: NodeStats,
     left: bool,
+    /// Whether the membership protocol runs (it knows a live member that
+    /// answers). It stops after this node renewed its identity (declared
+    /// down: a partition, a long pause) until someone talks to the new one.
+    active: bool,
 }
 
 impl<A: Address> std::fmt::Debug for NodeCore<A> {
@@ -321,14 +357,18 @@ impl<A: Address> NodeCore<A> {
             backoff: BTreeMap::new(),
             maintain_at: None,
             transmits: VecDeque::new(),
+            messages: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
             left: false,
+            active: false,
             config,
         };
         let first_rotation = now + node.jitter(node.config.rotate_every);
         node.timers.set(first_rotation, Timer::Rotate);
+        let first_compare = now + node.jitter(node.config.compare_every);
+        node.timers.set(first_compare, Timer::Compare);
         node.schedule_maintain(now);
         node
     }
@@ -418,11 +458,14 @@ impl<A: Address> NodeCore<A> {
                 Timer::Swim(t) => {
                     let _ = self.swim.handle_timer(t, &mut self.runtime);
                 }
-                Timer::Maintain => {
-                    self.maintain_at = None;
-                    self.maintain(now);
+                Timer::Maintain(at) => {
+                    if self.maintain_at == Some(at) {
+                        self.maintain_at = None;
+                        self.maintain(now);
+                    }
                 }
                 Timer::Rotate => self.rotate(now),
+                Timer::Compare => self.compare(now),
                 Timer::DialTimeout(addr, since) => {
                     if self.dialing.get(&addr) == Some(&since) {
                         self.handle_dial_failed(now, addr);
@@ -486,8 +529,123 @@ impl<A: Address> NodeCore<A> {
             self.close(conn, CloseWhy::TooMany);
             return;
         }
-        self.conns.insert(conn, Conn { peer, addr, outgoing, since: now });
+        self.conns.insert(conn, Conn { peer, addr, outgoing });
+        self.send_hello(conn, false);
         self.schedule_maintain(now);
+    }
+
+    /// Tells the peer on `conn` how many members this node counts as up,
+    /// and which (a fingerprint), so that whichever knows fewer pulls the
+    /// other's list.
+    fn send_hello(&mut self, conn: ConnId, answer: bool) {
+        let (members, digest) = self.view_digest();
+        self.send_sync(conn, &Sync::Hello { members, digest, answer });
+    }
+
+    /// The number of members up (self included) and a fingerprint of
+    /// their ids: order-free, so two nodes with the same view agree.
+    fn view_digest(&self) -> (u32, u64) {
+        let mut digest = fingerprint(self.id);
+        let mut count = 1u32;
+        for m in self.swim.iter_members() {
+            if let Some(id) = m.id().id {
+                digest ^= fingerprint(id);
+                count += 1;
+            }
+        }
+        (count, digest)
+    }
+
+    /// The next message for a peer on a connection: the driver carries it
+    /// on the connection's control stream, in order, and hands it to the
+    /// other end's [`handle_message`](NodeCore::handle_message).
+    pub fn poll_message(&mut self) -> Option<(ConnId, Vec<u8>)> {
+        self.messages.pop_front()
+    }
+
+    /// A message from the peer on connection `conn` (see
+    /// [`poll_message`](NodeCore::poll_message)). The transport
+    /// authenticated the peer; what it says of others is taken as updates
+    /// like those that ride on probes, at most
+    /// [`NodeConfig::max_members`] of them.
+    pub fn handle_message(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        bytes: &[u8],
+    ) -> Result<(), DatagramError> {
+        if !self.conns.contains_key(&conn) {
+            return Ok(());
+        }
+        let message: Sync<A> =
+            postcard::from_bytes(bytes).map_err(|e| DatagramError::Malformed(e.to_string()))?;
+        match message {
+            Sync::Hello { members: _, digest, answer } => {
+                let (_, my_digest) = self.view_digest();
+                // Equal views: nothing. Otherwise both pull: a node that
+                // missed a join learns the member, and one that missed a
+                // death (it saw only the suspicion; the prober's verdict did
+                // not reach it) learns the verdict.
+                if digest != my_digest {
+                    self.send_sync(conn, &Sync::Pull);
+                    if !answer {
+                        self.send_hello(conn, true);
+                    }
+                }
+            }
+            Sync::Pull => {
+                let all: Vec<Known<A>> = self
+                    .swim
+                    .iter_membership_state()
+                    .filter(|m| m.id().id.is_some())
+                    .take(self.config.max_members)
+                    .map(|m| Known {
+                        peer: m.id().clone(),
+                        incarnation: m.incarnation(),
+                        state: match m.state() {
+                            foca::State::Alive => 0,
+                            foca::State::Suspect => 1,
+                            foca::State::Down => 2,
+                        },
+                    })
+                    .collect();
+                let mut all = all.into_iter();
+                loop {
+                    let chunk: Vec<Known<A>> = all.by_ref().take(STATE_CHUNK).collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    self.send_sync(conn, &Sync::State(chunk));
+                }
+            }
+            Sync::State(members) => {
+                let room =
+                    self.config.max_members.saturating_sub(self.swim.iter_membership_state().len());
+                let updates: Vec<Member<Peer<A>>> = members
+                    .into_iter()
+                    .filter(|k| k.peer.id.is_some() && k.peer.id != Some(self.id))
+                    .take(room.max(1) * 2)
+                    .map(|k| {
+                        let state = match k.state {
+                            0 => foca::State::Alive,
+                            1 => foca::State::Suspect,
+                            _ => foca::State::Down,
+                        };
+                        Member::new(k.peer, k.incarnation, state)
+                    })
+                    .collect();
+                // The cluster knows these already: not spread again.
+                let _ = self.swim.apply_many(updates.into_iter(), false, &mut self.runtime);
+            }
+        }
+        self.drain(now);
+        Ok(())
+    }
+
+    fn send_sync(&mut self, conn: ConnId, message: &Sync<A>) {
+        if let Ok(bytes) = postcard::to_allocvec(message) {
+            self.messages.push_back((conn, bytes));
+        }
     }
 
     /// A connection ended, for whatever reason.
@@ -581,7 +739,7 @@ impl<A: Address> NodeCore<A> {
             return;
         }
         self.maintain_at = Some(at);
-        self.timers.set(at, Timer::Maintain);
+        self.timers.set(at, Timer::Maintain(at));
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseWhy) {
@@ -599,8 +757,8 @@ impl<A: Address> NodeCore<A> {
             return;
         }
         let alone = self.swim.num_members() == 0;
-        if alone && !self.bootstrap.is_empty() {
-            self.announce_to_seeds(now);
+        if !self.active {
+            self.rejoin(now);
         }
         let want = self.wanted_connections();
         let connected: BTreeSet<SourceId> = self.conns.values().map(|c| c.peer).collect();
@@ -640,20 +798,57 @@ impl<A: Address> NodeCore<A> {
                 self.commands.push_back(Command::Dial { addr, expect });
             }
         }
-        if self.conns.len() > self.config.max_connections {
-            let mut incoming: Vec<(u64, ConnId)> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| !c.outgoing)
-                .map(|(&k, c)| (c.since, k))
-                .collect();
-            incoming.sort_unstable();
-            let extra = self.conns.len() - self.config.max_connections;
-            for (_, conn) in incoming.into_iter().rev().take(extra) {
+        // Others' dials can pile up on one node (a seed everyone joins
+        // through): past twice the view it sheds incoming connections, at
+        // random, and their dialers pick someone else. The view stays
+        // O(log N) at every node, as in HyParView.
+        let cap = (2 * want).max(want + 4).min(self.config.max_connections);
+        if self.conns.len() > cap {
+            let mut incoming: Vec<ConnId> =
+                self.conns.iter().filter(|(_, c)| !c.outgoing).map(|(&k, _)| k).collect();
+            let extra = (self.conns.len() - cap).min(incoming.len());
+            for i in 0..extra {
+                let pick = self.rng.random_range(i..incoming.len());
+                incoming.swap(i, pick);
+                let conn = incoming[i];
                 self.conns.remove(&conn);
                 self.close(conn, CloseWhy::TooMany);
             }
         }
+    }
+
+    /// Compares views with one neighbour: a node that missed a change SWIM
+    /// has stopped spreading (a join during a storm of joins) catches up
+    /// here, for a few bytes when the views are equal.
+    fn compare(&mut self, now: u64) {
+        let next = now + self.jitter(self.config.compare_every);
+        self.timers.set(next, Timer::Compare);
+        if self.left || self.conns.is_empty() {
+            return;
+        }
+        let keys: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conn = keys[self.rng.random_range(0..keys.len())];
+        self.send_hello(conn, false);
+    }
+
+    /// While the membership protocol is stopped (before joining, or after
+    /// a renewal), asks the seeds and a few members it knows, in any state,
+    /// to take it in: an announcement is accepted by address, so it reaches
+    /// a member whatever identity this node has for it. Without this, two
+    /// nodes that renew at once (the two sides of a healed partition) would
+    /// each wait for the other to speak first.
+    fn rejoin(&mut self, now: u64) {
+        let known: Vec<Peer<A>> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.id().id.is_some())
+            .map(|m| m.id().clone())
+            .collect();
+        for _ in 0..known.len().min(3) {
+            let pick = known[self.rng.random_range(0..known.len())].clone();
+            let _ = self.swim.announce(pick, &mut self.runtime);
+        }
+        self.announce_to_seeds(now);
     }
 
     /// Trades one outgoing connection for another member, when the view is
@@ -713,13 +908,20 @@ impl<A: Address> NodeCore<A> {
                 // A member's new life or renewal replaced the old one at
                 // its address; whether it is up is told separately.
                 OwnedNotification::Rename(..) => changed = true,
-                OwnedNotification::Active => self.events.push_back(NodeEvent::Joined),
-                OwnedNotification::Idle => self.events.push_back(NodeEvent::Isolated),
+                OwnedNotification::Active => {
+                    self.active = true;
+                    self.events.push_back(NodeEvent::Joined);
+                }
+                OwnedNotification::Idle => {
+                    self.active = false;
+                    self.events.push_back(NodeEvent::Isolated);
+                }
                 OwnedNotification::Rejoin(me) => {
                     self.me = me;
+                    self.active = false;
                     self.events.push_back(NodeEvent::Rejoined);
                 }
-                OwnedNotification::Defunct => {}
+                OwnedNotification::Defunct => self.active = false,
             }
         }
         if changed {
@@ -747,6 +949,18 @@ impl<A: Address> NodeCore<A> {
         let _ = self.swim.apply_many(members.into_iter(), true, &mut self.runtime);
         self.drain(now);
     }
+}
+
+/// A member id's share of a view fingerprint.
+fn fingerprint(id: SourceId) -> u64 {
+    let b = id.as_bytes();
+    let lo = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+    let hi = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+    // A 64-bit mix (splitmix64's finalizer) of both halves.
+    let mut x = lo ^ hi.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// The sender id in a membership datagram's envelope, if it is one.
