@@ -296,7 +296,8 @@ impl Builder {
 
     /// How long a suspected member has to refute the suspicion before it
     /// is declared down ([`NodeConfig::suspect_timeout`]); also how long a
-    /// silent QUIC connection lasts (keep-alives go every third of it).
+    /// silent QUIC connection lasts (each end sends a keep-alive every
+    /// half of it).
     /// Default [`DEFAULT_DOWN_AFTER`] (3 s).
     pub fn down_after(mut self, timeout: Duration) -> Self {
         self.node.suspect_timeout = timeout;
@@ -406,13 +407,16 @@ impl Builder {
         };
 
         // A silent connection lasts as long as a silent member: the
-        // suspicion timeout. Keep-alives go every third of it.
+        // suspicion timeout. Keep-alives go every half of it from each end
+        // (so each end hears something about every quarter): they are most
+        // of an idle node's traffic, and SWIM, not QUIC, is what finds a
+        // dead peer (and then closes the connection).
         let idle = node_config.suspect_timeout;
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(s.max_streams_per_connection.into())
             .max_concurrent_uni_streams(0u8.into())
-            .keep_alive_interval(Some(idle / 3))
+            .keep_alive_interval(Some(idle / 2))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(idle)
                     .map_err(|_| Error::Config("down_after is too long for QUIC"))?,

@@ -266,8 +266,9 @@ async fn bulk_throughput() {
     b.shutdown().await;
 }
 
-/// Six nodes that each keep 3 connections (and do not rotate them, so the
-/// graph holds still); node 0 writes `writes` keys. Returns how many updates
+/// Six nodes that each keep at least 3 connections (the node core's view at
+/// N = 6 is 4) and do not rotate them, so the graph holds still; node 0
+/// writes `writes` keys. Returns how many updates
 /// the object's streams received in all once everyone has every key, the
 /// UDP bytes the nodes sent, and the number of distinct connections.
 async fn spread(lazy: bool, writes: u64) -> (u64, u64, usize) {

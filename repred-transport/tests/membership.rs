@@ -270,3 +270,72 @@ async fn twenty_four_nodes_lose_four_and_regain_two() {
         started.elapsed()
     );
 }
+
+/// A measurement, not a check: `cargo test -p repred-transport --test
+/// membership idle -- --ignored --nocapture`. N nodes (8, or `IDLE_N`) with
+/// the library's defaults (a probe per second, 3 s to refute a suspicion,
+/// so a QUIC keep-alive every 1.5 s from each end, a connection traded
+/// every 30 s, or every `IDLE_ROTATE` seconds), one replicated object with
+/// a key per node; after convergence and 2N + 10 s of quiet (`IDLE_QUIET`
+/// + 10), UDP payload bytes each node sends per second over 30 s,
+/// membership datagrams and QUIC apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn idle_bytes_per_node() {
+    let n: usize = std::env::var("IDLE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let seeds: Vec<SocketAddr> = nodes.first().map(Node::addr).into_iter().collect();
+        let mut builder = Node::builder().data_dir(dir.path()).bootstrap(seeds);
+        if let Some(secs) = std::env::var("IDLE_ROTATE").ok().and_then(|v| v.parse().ok()) {
+            builder = builder.rotate_every(Duration::from_secs(secs));
+        }
+        let node = builder.spawn().await.unwrap();
+        let h = node.replicate("counters", Counters::default()).unwrap();
+        h.update(Counters::set(&format!("k{i}"), 1)).await.unwrap();
+        nodes.push(node);
+        handles.push(h);
+    }
+    eventually("converged", Duration::from_secs(60), || {
+        let members = nodes.iter().all(|x| x.members().borrow().len() == n);
+        let keys = handles.iter().all(|h| h.read(|s| s.0.len()) == n);
+        (members && keys, ())
+    })
+    .await;
+    // Until every node has probed every other at least once (SWIM probes
+    // members round-robin): a first contact carries the certificates both
+    // ways, some 900 bytes once per pair.
+    let quiet = std::env::var("IDLE_QUIET").ok().and_then(|v| v.parse().ok()).unwrap_or(2 * n);
+    tokio::time::sleep(Duration::from_secs(quiet as u64 + 10)).await;
+    let sum = |f: fn(&repred_transport::NodeStats) -> u64| -> u64 {
+        nodes.iter().map(|x| f(&x.stats())).sum()
+    };
+    let (udp0, swim0, dg0) =
+        (sum(|s| s.udp_tx_bytes), sum(|s| s.membership_tx_bytes), sum(|s| s.datagrams_sent));
+    let window = Duration::from_secs(30);
+    let mut suspects = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(window / 30).await;
+        suspects += nodes
+            .iter()
+            .flat_map(|x| x.membership())
+            .filter(|m| m.state != MemberState::Alive)
+            .count();
+    }
+    let (udp1, swim1, dg1) =
+        (sum(|s| s.udp_tx_bytes), sum(|s| s.membership_tx_bytes), sum(|s| s.datagrams_sent));
+    let per = |b: u64| b as f64 / n as f64 / window.as_secs_f64();
+    let connections: Vec<usize> = nodes.iter().map(|x| x.connected().len()).collect();
+    eprintln!(
+        "N = {n}: {:.0} B/s per node in all; membership {:.0} B/s ({:.1} datagrams/s, {:.0} B \
+         each); QUIC {:.0} B/s over {connections:?} peers each; {suspects} suspect or down \
+         entries seen in 30 samples",
+        per(udp1 - udp0),
+        per(swim1 - swim0),
+        per(dg1 - dg0),
+        (swim1 - swim0) as f64 / (dg1 - dg0).max(1) as f64,
+        per((udp1 - udp0) - (swim1 - swim0)),
+    );
+}
