@@ -25,6 +25,7 @@
 mod config;
 mod node;
 mod peer;
+mod sync;
 mod timers;
 
 pub use config::NodeConfig;

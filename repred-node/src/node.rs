@@ -8,8 +8,8 @@ use foca::{Foca, Member, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use repred::SourceId;
-use serde::{Deserialize, Serialize};
 
+use crate::sync::{self, Known, STATE_CHUNK, Sync, View};
 use crate::timers::Timers;
 use crate::{Address, NodeConfig, Peer};
 
@@ -173,34 +173,6 @@ pub enum DatagramError {
     #[error("membership refused the datagram: {0}")]
     Refused(String),
 }
-
-/// What nodes say to each other on a connection, besides datagrams: a
-/// joiner (or a node that fell behind) pulls the whole member list once,
-/// because SWIM spreads each change only for a while and a node that joins
-/// after a change has spread would otherwise learn of that member only when
-/// it happens to be probed by it.
-#[derive(Debug, Serialize, Deserialize)]
-enum Sync<A> {
-    /// How many members the sender counts as up, and a fingerprint of
-    /// which (equal views exchange nothing more); `answer` is set on the
-    /// reply to one, which is not answered again.
-    Hello { members: u32, digest: u64, answer: bool },
-    /// Send me your member list.
-    Pull,
-    /// Part of a member list.
-    State(Vec<Known<A>>),
-}
-
-/// A member as a member list carries it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Known<A> {
-    peer: Peer<A>,
-    incarnation: u16,
-    state: u8,
-}
-
-/// Members per [`Sync::State`] message.
-const STATE_CHUNK: usize = 1_000;
 
 #[derive(Debug)]
 enum Timer<A> {
@@ -534,28 +506,6 @@ impl<A: Address> NodeCore<A> {
         self.schedule_maintain(now);
     }
 
-    /// Tells the peer on `conn` how many members this node counts as up,
-    /// and which (a fingerprint), so that whichever knows fewer pulls the
-    /// other's list.
-    fn send_hello(&mut self, conn: ConnId, answer: bool) {
-        let (members, digest) = self.view_digest();
-        self.send_sync(conn, &Sync::Hello { members, digest, answer });
-    }
-
-    /// The number of members up (self included) and a fingerprint of
-    /// their ids: order-free, so two nodes with the same view agree.
-    fn view_digest(&self) -> (u32, u64) {
-        let mut digest = fingerprint(self.id);
-        let mut count = 1u32;
-        for m in self.swim.iter_members() {
-            if let Some(id) = m.id().id {
-                digest ^= fingerprint(id);
-                count += 1;
-            }
-        }
-        (count, digest)
-    }
-
     /// The next message for a peer on a connection: the driver carries it
     /// on the connection's control stream, in order, and hands it to the
     /// other end's [`handle_message`](NodeCore::handle_message).
@@ -564,10 +514,11 @@ impl<A: Address> NodeCore<A> {
     }
 
     /// A message from the peer on connection `conn` (see
-    /// [`poll_message`](NodeCore::poll_message)). The transport
-    /// authenticated the peer; what it says of others is taken as updates
-    /// like those that ride on probes, at most
-    /// [`NodeConfig::max_members`] of them.
+    /// [`poll_message`](NodeCore::poll_message)): how connected nodes repair
+    /// what SWIM's dissemination missed (see the `sync` module). The
+    /// transport authenticated the peer; what it says of others is taken as
+    /// updates like those that ride on probes, and only those that change
+    /// this node's view, at most [`NodeConfig::max_members`] in all.
     pub fn handle_message(
         &mut self,
         now: u64,
@@ -580,66 +531,62 @@ impl<A: Address> NodeCore<A> {
         let message: Sync<A> =
             postcard::from_bytes(bytes).map_err(|e| DatagramError::Malformed(e.to_string()))?;
         match message {
-            Sync::Hello { members: _, digest, answer } => {
-                let (_, my_digest) = self.view_digest();
-                // Equal views: nothing. Otherwise both pull: a node that
-                // missed a join learns the member, and one that missed a
-                // death (it saw only the suspicion; the prober's verdict did
-                // not reach it) learns the verdict.
-                if digest != my_digest {
-                    self.send_sync(conn, &Sync::Pull);
+            Sync::Hello { digest, answer, .. } => {
+                let view = self.view();
+                // Equal views: nothing more. Otherwise the buckets say where
+                // they differ (and the peer hears our count and fingerprint,
+                // so that it repairs too).
+                if digest != view.digest {
+                    self.send_sync(conn, &Sync::Buckets(view.buckets));
                     if !answer {
                         self.send_hello(conn, true);
                     }
                 }
             }
-            Sync::Pull => {
-                let all: Vec<Known<A>> = self
-                    .swim
-                    .iter_membership_state()
-                    .filter(|m| m.id().id.is_some())
-                    .take(self.config.max_members)
-                    .map(|m| Known {
-                        peer: m.id().clone(),
-                        incarnation: m.incarnation(),
-                        state: match m.state() {
-                            foca::State::Alive => 0,
-                            foca::State::Suspect => 1,
-                            foca::State::Down => 2,
-                        },
-                    })
-                    .collect();
-                let mut all = all.into_iter();
-                loop {
-                    let chunk: Vec<Known<A>> = all.by_ref().take(STATE_CHUNK).collect();
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    self.send_sync(conn, &Sync::State(chunk));
+            Sync::Buckets(theirs) => {
+                let differing = self.view().differing(&theirs);
+                if !differing.is_empty() {
+                    self.send_members(conn, &differing);
+                    self.send_sync(conn, &Sync::Want(differing));
                 }
             }
+            Sync::Want(buckets) => self.send_members(conn, &buckets),
             Sync::State(members) => {
                 let room =
                     self.config.max_members.saturating_sub(self.swim.iter_membership_state().len());
-                let updates: Vec<Member<Peer<A>>> = members
-                    .into_iter()
-                    .filter(|k| k.peer.id.is_some() && k.peer.id != Some(self.id))
-                    .take(room.max(1) * 2)
-                    .map(|k| {
-                        let state = match k.state {
-                            0 => foca::State::Alive,
-                            1 => foca::State::Suspect,
-                            _ => foca::State::Down,
-                        };
-                        Member::new(k.peer, k.incarnation, state)
-                    })
-                    .collect();
+                let news = sync::news(self.id, self.swim.iter_membership_state(), members, room);
                 // The cluster knows these already: not spread again.
-                let _ = self.swim.apply_many(updates.into_iter(), false, &mut self.runtime);
+                let _ = self.swim.apply_many(news.into_iter(), false, &mut self.runtime);
             }
         }
         self.drain(now);
         Ok(())
+    }
+
+    /// This node's view of who is up.
+    fn view(&self) -> View {
+        View::of(self.id, self.swim.iter_members())
+    }
+
+    /// Tells the peer on `conn` how many members this node counts as up,
+    /// and a fingerprint of which.
+    fn send_hello(&mut self, conn: ConnId, answer: bool) {
+        let view = self.view();
+        self.send_sync(conn, &Sync::Hello { members: view.members, digest: view.digest, answer });
+    }
+
+    /// Sends the members of `buckets`, in chunks.
+    fn send_members(&mut self, conn: ConnId, buckets: &[u16]) {
+        let members =
+            sync::members_in(self.swim.iter_membership_state(), buckets, self.config.max_members);
+        let mut members = members.into_iter();
+        loop {
+            let chunk: Vec<Known<A>> = members.by_ref().take(STATE_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            self.send_sync(conn, &Sync::State(chunk));
+        }
     }
 
     fn send_sync(&mut self, conn: ConnId, message: &Sync<A>) {
@@ -949,18 +896,6 @@ impl<A: Address> NodeCore<A> {
         let _ = self.swim.apply_many(members.into_iter(), true, &mut self.runtime);
         self.drain(now);
     }
-}
-
-/// A member id's share of a view fingerprint.
-fn fingerprint(id: SourceId) -> u64 {
-    let b = id.as_bytes();
-    let lo = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-    let hi = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-    // A 64-bit mix (splitmix64's finalizer) of both halves.
-    let mut x = lo ^ hi.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// The sender id in a membership datagram's envelope, if it is one.

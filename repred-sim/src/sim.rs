@@ -85,9 +85,7 @@ pub struct Sim<T: Reduce> {
     crashed_at: BTreeMap<SourceId, u64>,
     detections: Detections,
     events_run: u64,
-    /// Events handled, by kind (datagram, node timer, object timer,
-    /// handshake, bytes, closed).
-    pub by_kind: [u64; 6],
+    by_kind: [u64; 6],
 }
 
 impl<T: Reduce> Sim<T> {
@@ -127,6 +125,13 @@ impl<T: Reduce> Sim<T> {
     /// Events handled so far.
     pub fn events_run(&self) -> u64 {
         self.events_run
+    }
+
+    /// Events handled so far by kind: datagrams, node timers, replica
+    /// timers, handshakes, stream bytes (control messages included),
+    /// connection ends.
+    pub fn events_by_kind(&self) -> [u64; 6] {
+        self.by_kind
     }
 
     /// Every node ever added (up or not), in the order added.

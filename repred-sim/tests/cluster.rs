@@ -133,7 +133,7 @@ fn a_thousand_node_partition_heals() {
         let node = (i * 13 % 1_000) as NodeIx;
         sim.update(node, OBJECT, GSet::add(100 + i)).unwrap();
     }
-    sim.run_for(30_000);
+    sim.run_for(15_000);
     let a_view = sim.node(0).core().live().len();
     assert!(a_view <= 600, "seed {}: the partition was not noticed ({a_view} live)", sim.seed());
     sim.heal();
