@@ -12,6 +12,7 @@
 //!   unsigned and signed (by the trusted signer and by another).
 //! - `corpus/store/`: store files written by `repred_store::Store`.
 //! - `corpus/derive_change/`: encoded `ProfileChange`s of real writes.
+//! - `corpus/<target>/seed-crash-*`: the reproducers in `fuzz/crashes/`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -139,6 +140,35 @@ fn store(root: &Path) {
         }
     }
     copy("both");
+    {
+        // A header whose next sequence is below its base (a damaged or
+        // crafted file): found by the store target, `Store::save` then
+        // subtracts with overflow.
+        {
+            let store = Store::open(file("meta-next-before-base")).unwrap();
+            let r = store.load_or_create::<Model>("model", repred::Config::default()).unwrap();
+            store.save("model", &r).unwrap();
+        }
+        let db = repred_store::redb::Database::create(file("meta-next-before-base")).unwrap();
+        let meta: repred_store::redb::TableDefinition<&str, &[u8]> =
+            repred_store::redb::TableDefinition::new("repred_meta");
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(meta).unwrap();
+            // (id, last, base_seq, next_seq, base_clock, base, life), as
+            // the store's header is laid out.
+            let header = (harness::id("me"), repred::Timestamp::new(NOW, 0), 5u64, 2u64);
+            let mut bytes = postcard::to_allocvec(&header).unwrap();
+            bytes.extend(
+                postcard::to_allocvec(&(repred::Clock::new(), Vec::<u8>::new(), 1u64)).unwrap(),
+            );
+            table.insert("model", bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let crashes = Path::new(env!("CARGO_MANIFEST_DIR")).join("crashes/store");
+    fs::create_dir_all(&crashes).unwrap();
+    fs::copy(file("meta-next-before-base"), crashes.join("meta-next-before-base")).unwrap();
     let _ = fs::remove_dir_all(&tmp);
 }
 
@@ -194,10 +224,27 @@ fn derive_change(root: &Path) {
     println!("derive_change: {} seeds", fs::read_dir(&dir).unwrap().count());
 }
 
+/// The reproducers of what the targets found (`fuzz/crashes/<target>/`)
+/// go into the corpus too, so that every run tries them first.
+fn crashes(root: &Path) {
+    let crashes = Path::new(env!("CARGO_MANIFEST_DIR")).join("crashes");
+    for target in fs::read_dir(&crashes).unwrap() {
+        let target = target.unwrap();
+        for file in fs::read_dir(target.path()).unwrap() {
+            let file = file.unwrap();
+            let name = format!("crash-{}", file.file_name().to_string_lossy());
+            let dir = root.join(target.file_name());
+            write(&dir, &name, &fs::read(file.path()).unwrap());
+            println!("{}: {name}", target.file_name().to_string_lossy());
+        }
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     session(&root);
     snapshot(&root);
     store(&root);
     derive_change(&root);
+    crashes(&root);
 }

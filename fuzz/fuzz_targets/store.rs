@@ -5,15 +5,15 @@
 //! each input; keep inputs small with `-max_len` (the seeds, real store
 //! files, are 48-72 KiB).
 //!
-//! redb 4.6 panics on some damaged files (see `fuzz/crashes/store/`). With
-//! `REPRED_FUZZ_STORE_SKIP_REDB_PANICS=1` a panic raised inside redb's own
-//! source is counted and the input passes, so that a run can look for
-//! anything else; every other panic still aborts as a crash.
+//! A panic the store catches itself (it turns redb's panics on damaged
+//! files into `StoreError::Corrupt`, see `fuzz/crashes/store/`) is no
+//! crash: libFuzzer's panic hook, which aborts on every panic, is replaced
+//! by one that keeps the message, and only a panic that escapes the
+//! store's API aborts.
 #![no_main]
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use repred::{Config, LwwMap};
@@ -36,47 +36,25 @@ fn typed<T>(result: Result<T, StoreError>) -> Option<T> {
     result.map_err(|e| e.to_string()).ok()
 }
 
-/// Whether the panic being unwound was raised in redb's source.
-static IN_REDB: AtomicBool = AtomicBool::new(false);
-static REDB_PANICS: AtomicU64 = AtomicU64::new(0);
+/// The message of the latest panic, caught or not.
+static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 
-/// With the variable set, a hook that lets panics raised in redb unwind
-/// (to be caught below) and aborts on any other, as libFuzzer's does.
-fn skip_redb_panics() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let on = std::env::var_os("REPRED_FUZZ_STORE_SKIP_REDB_PANICS").is_some_and(|v| v == "1");
-        if on {
-            let default = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                let redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
-                if redb {
-                    IN_REDB.store(true, Ordering::SeqCst);
-                    let n = REDB_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        eprintln!("redb panics skipped: {n} (latest: {info})");
-                    }
-                } else {
-                    default(info);
-                    std::process::abort();
-                }
-            }));
-        }
-        on
-    })
+fn quiet_hook() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let backtrace = std::backtrace::Backtrace::force_capture();
+            *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = format!("{info}\n{backtrace}");
+        }));
+    });
 }
 
 fuzz_target!(|data: &[u8]| {
-    if skip_redb_panics() {
-        IN_REDB.store(false, Ordering::SeqCst);
-        let run = std::panic::catch_unwind(|| one(data));
-        if let Err(panic) = run
-            && !IN_REDB.load(Ordering::SeqCst)
-        {
-            std::panic::resume_unwind(panic);
-        }
-    } else {
-        one(data);
+    quiet_hook();
+    if std::panic::catch_unwind(|| one(data)).is_err() {
+        let last = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        eprintln!("a panic escaped the store's API: {last}");
+        std::process::abort();
     }
 });
 

@@ -783,13 +783,16 @@ pub fn run_snapshot_frame<T>(
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
 {
-    // One frame, and a Snapshot: the bytes past its end are not looked
-    // at, and another kind byte is made 3 (other kinds may well move a
-    // plain replica's clock, which is the session target's business).
+    // One whole Snapshot frame: the bytes past its end are not looked at,
+    // one cut short is closed where it stops (else the Sync after it would
+    // complete it), and another kind byte is made 3 (other kinds may well
+    // move a plain replica's clock, which is the session target's
+    // business).
     let mut frame = frames(frame).first().copied().unwrap_or_default().to_vec();
-    if let Some(kind) = frame.get_mut(4) {
-        *kind = 3;
-    }
+    frame.resize(frame.len().max(5), 0);
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4] = 3;
     let frame = frame.as_slice();
     let mut input = Vec::new();
     if let Some(peer) = hello {
