@@ -415,7 +415,8 @@ impl Builder {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(s.max_streams_per_connection.into())
-            .max_concurrent_uni_streams(0u8.into())
+            // One each way: the node cores' messages.
+            .max_concurrent_uni_streams(1u8.into())
             .keep_alive_interval(Some(idle / 2))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(idle)
@@ -463,6 +464,7 @@ impl Builder {
             NodeCore::new(id, advertise, now, node_config, u64::from_le_bytes(seed), now);
         core.bootstrap(now, self.bootstrap.iter().copied());
         let (control, control_rx) = mpsc::unbounded_channel();
+        let (messages, messages_rx) = mpsc::channel(crate::control::QUEUE);
         let inner = Arc::new(Inner {
             id,
             addr: advertise,
@@ -475,6 +477,7 @@ impl Builder {
             live: watch::Sender::new(Members::from([(id, advertise)])),
             core: Mutex::new(core),
             control,
+            messages,
             conns: Mutex::new(Conns::default()),
             blocked: Mutex::default(),
             tasks: Mutex::new(JoinSet::new()),
@@ -497,7 +500,7 @@ impl Builder {
             inner.spawn(durable.run());
         }
         inner.spawn(accept_loop(inner.clone()));
-        let driver = Driver::new(inner.clone(), signer, opener, datagrams, control_rx);
+        let driver = Driver::new(inner.clone(), signer, opener, datagrams, control_rx, messages_rx);
         inner.spawn(driver.run());
         Ok(Node { inner })
     }

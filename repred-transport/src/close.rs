@@ -57,12 +57,16 @@ pub enum CloseCode {
     Misbehaved,
     /// A stream did not start with a valid object name.
     BadPreamble,
-    /// A second stream for one object on one connection.
+    /// A second stream for one object on one connection (or a second
+    /// control stream).
     DuplicateStream,
+    /// A node core's message on the control stream that is too long or
+    /// does not decode.
+    BadMessage,
 }
 
 impl CloseCode {
-    const TABLE: [(CloseCode, u32); 21] = [
+    const TABLE: [(CloseCode, u32); 22] = [
         (CloseCode::Shutdown, 0x00),
         (CloseCode::Rotated, 0x01),
         (CloseCode::Partitioned, 0x02),
@@ -84,6 +88,7 @@ impl CloseCode {
         (CloseCode::Misbehaved, 0x1f),
         (CloseCode::BadPreamble, 0x20),
         (CloseCode::DuplicateStream, 0x21),
+        (CloseCode::BadMessage, 0x23),
     ];
 
     /// The code on the wire.

@@ -53,6 +53,7 @@ pub(crate) struct Driver {
     opener: Opener,
     datagrams: mpsc::Receiver<Received>,
     control: mpsc::UnboundedReceiver<Control>,
+    messages: mpsc::Receiver<(ConnId, Vec<u8>)>,
     poller: Pin<Box<dyn UdpPoller>>,
     /// Who waits for the goodbye datagrams to be sent.
     leaving: Option<oneshot::Sender<()>>,
@@ -65,13 +66,18 @@ impl Driver {
         opener: Opener,
         datagrams: mpsc::Receiver<Received>,
         control: mpsc::UnboundedReceiver<Control>,
+        messages: mpsc::Receiver<(ConnId, Vec<u8>)>,
     ) -> Self {
         let poller = inner.socket.poller();
-        Self { inner, signer, opener, datagrams, control, poller, leaving: None }
+        Self { inner, signer, opener, datagrams, control, messages, poller, leaving: None }
     }
 
-    /// Runs until the node stops: waits for a datagram, a report or the
-    /// core's next deadline, hands it over, and executes what comes out.
+    /// Runs until the node stops: waits for a report, a peer's message, a
+    /// datagram or the core's next deadline, hands it over, and executes
+    /// what comes out.
+    ///
+    /// Reports come first: a connection's `Connected` is always handled
+    /// before the messages read on it (it was sent before they were read).
     pub(crate) async fn run(mut self) {
         let mut phase = self.inner.phase.subscribe();
         loop {
@@ -79,11 +85,21 @@ impl Driver {
             self.inner.reap();
             let deadline = self.inner.core().poll_timeout().map(instant_at);
             tokio::select! {
-                Some(received) = self.datagrams.recv() => self.datagram(received),
+                biased;
                 Some(control) = self.control.recv() => self.handle(control),
+                Some((key, message)) = self.messages.recv() => self.message(key, &message),
+                Some(received) = self.datagrams.recv() => self.datagram(received),
                 () = sleep_until_some(deadline) => self.inner.core().handle_timeout(now_ms()),
                 _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
             }
+        }
+    }
+
+    /// A message from the peer's node core on connection `key`.
+    fn message(&mut self, key: ConnId, message: &[u8]) {
+        let handled = self.inner.core().handle_message(now_ms(), key, message);
+        if let Err(e) = handled {
+            self.inner.close(key, CloseCode::BadMessage, &e.to_string());
         }
     }
 
@@ -128,6 +144,9 @@ impl Driver {
     async fn execute(&mut self) {
         let (transmits, commands, live) = {
             let mut core = self.inner.core();
+            while let Some((key, message)) = core.poll_message() {
+                self.inner.send_message(key, message);
+            }
             let transmits: Vec<Datagram<SocketAddr>> =
                 std::iter::from_fn(|| core.poll_transmit()).collect();
             let commands: Vec<Command<SocketAddr>> =
@@ -254,11 +273,11 @@ async fn dial(inner: Arc<Inner>, addr: SocketAddr) {
         conn.close(CloseCode::Released.varint(), b"no peer certificate");
         return inner.report(Control::DialFailed { addr });
     };
-    let key = inner.register(conn);
+    let (key, outgoing) = inner.register(conn);
     // Reported before the connection can end, on the channel its end is
     // reported on: the core hears of both in order.
     inner.report(Control::Connected { key, peer, addr, outgoing: true });
-    run_connection(inner, key, true).await;
+    run_connection(inner, key, true, outgoing).await;
 }
 
 /// Accepts connections within the caps, and tells the core of each.
@@ -292,9 +311,9 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(CloseCode::Released.varint(), b"no peer certificate");
                 return;
             };
-            let key = inner.register(conn);
+            let (key, outgoing) = inner.register(conn);
             inner.report(Control::Connected { key, peer, addr: remote, outgoing: false });
-            run_connection(inner, key, false).await;
+            run_connection(inner, key, false, outgoing).await;
         });
     }
 }

@@ -69,6 +69,7 @@
 mod builder;
 mod clock;
 mod close;
+mod control;
 mod driver;
 mod durable;
 pub mod identity;

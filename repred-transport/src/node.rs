@@ -5,7 +5,8 @@
 //! starts it (`builder.rs`); the driver task owns the node core and executes
 //! it (`driver.rs`); the socket sorts QUIC from membership (`udp.rs`),
 //! membership datagrams are signed and checked (`membership.rs`); each
-//! connection carries one stream per object (`session.rs`).
+//! connection carries one stream per object (`session.rs`) and the node
+//! cores' own messages (`control.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub(crate) type Registry = BTreeMap<String, Arc<dyn Object>>;
 pub(crate) struct Conn {
     pub(crate) conn: Connection,
     pub(crate) remote: SocketAddr,
+    /// The node core's messages for the peer, to the control stream.
+    pub(crate) messages: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -74,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) core: Mutex<NodeCore<SocketAddr>>,
     /// Reports to the driver.
     pub(crate) control: mpsc::UnboundedSender<Control>,
+    /// Peers' node-core messages to the driver, by connection.
+    pub(crate) messages: mpsc::Sender<(ConnId, Vec<u8>)>,
     pub(crate) conns: Mutex<Conns>,
     pub(crate) blocked: Mutex<HashSet<SocketAddr>>,
     /// Every task of the node, so that dropping the node stops them all.
@@ -136,13 +141,24 @@ impl Inner {
         let _ = self.control.send(control);
     }
 
-    pub(crate) fn register(&self, conn: Connection) -> ConnId {
+    /// Registers a connection; the receiver gets the node core's messages
+    /// for its peer.
+    pub(crate) fn register(&self, conn: Connection) -> (ConnId, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (messages, outgoing) = mpsc::unbounded_channel();
         let mut conns = lock(&self.conns);
         let key = conns.next;
         conns.next += 1;
         let remote = conn.remote_address();
-        conns.map.insert(key, Conn { conn, remote });
-        key
+        conns.map.insert(key, Conn { conn, remote, messages });
+        (key, outgoing)
+    }
+
+    /// Queues a node-core message for the peer on connection `key`; none
+    /// if it has ended.
+    pub(crate) fn send_message(&self, key: ConnId, message: Vec<u8>) {
+        if let Some(c) = lock(&self.conns).map.get(&key) {
+            let _ = c.messages.send(message);
+        }
     }
 
     /// Forgets an ended connection, keeping its byte counts, and tells the
@@ -164,9 +180,13 @@ impl Inner {
                 >= self.settings.max_connections_per_peer
     }
 
-    /// Closes a connection with a typed code and the reason in words.
+    /// Closes a connection with a typed code and the reason in words; a
+    /// violation code counts as one.
     pub(crate) fn close(&self, key: ConnId, code: CloseCode, detail: &str) {
         if let Some(c) = lock(&self.conns).map.get(&key) {
+            if code.is_violation() {
+                self.violations.fetch_add(1, Ordering::Relaxed);
+            }
             c.conn.close(code.varint(), reason(code, detail).as_bytes());
         }
     }

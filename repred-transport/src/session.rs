@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use repred::SessionError;
+use repred_node::ConnId;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -29,14 +31,25 @@ const WRITE_BATCH: usize = 256 << 10;
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs one connection: opens a stream per object (on the dialing side),
-/// accepts the peer's, and on shutdown lets them drain before closing.
-pub(crate) async fn run_connection(inner: Arc<Inner>, key: u64, outgoing: bool) {
+/// accepts the peer's, carries the node cores' messages both ways
+/// (`messages` are this core's), and on shutdown lets the object streams
+/// drain before closing.
+pub(crate) async fn run_connection(
+    inner: Arc<Inner>,
+    key: ConnId,
+    outgoing: bool,
+    messages: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
     let Some(conn) = lock(&inner.conns).map.get(&key).map(|c| c.conn.clone()) else { return };
     let opened: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut registry = inner.registry.subscribe();
     registry.mark_changed();
     let mut phase = inner.phase.subscribe();
     let mut streams: JoinSet<()> = JoinSet::new();
+    // Not drained at shutdown: they end with the connection.
+    let mut control: JoinSet<()> = JoinSet::new();
+    control.spawn(crate::control::write(conn.clone(), messages));
+    let mut peer_control = false;
     loop {
         if !inner.running() {
             if streams.is_empty() {
@@ -65,6 +78,17 @@ pub(crate) async fn run_connection(inner: Arc<Inner>, key: u64, outgoing: bool) 
                     }
                 }
             }
+            accepted = conn.accept_uni() => match accepted {
+                Ok(recv) if !peer_control => {
+                    peer_control = true;
+                    control.spawn(crate::control::read(inner.clone(), conn.clone(), key, recv));
+                }
+                Ok(_) => {
+                    inner.violation(&conn, CloseCode::DuplicateStream, "a second control stream");
+                    break;
+                }
+                Err(_) => break,
+            },
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let task = accept_stream(inner.clone(), conn.clone(), send, recv, opened.clone());

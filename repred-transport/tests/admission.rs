@@ -287,6 +287,38 @@ async fn shutdown_ends_each_session_with_a_reason_and_the_connection_with_a_code
     tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
 }
 
+/// The node cores' own messages travel on one unidirectional stream each
+/// way: an admitted peer whose message does not decode, or is longer than
+/// any a node sends, loses the connection with [`CloseCode::BadMessage`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_node_message_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &[]).await;
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("does not decode", [&3u32.to_le_bytes()[..], &[0xff; 3]].concat()),
+        ("too long", (2u32 << 20).to_le_bytes().to_vec()),
+    ];
+    for (case, (what, bytes)) in cases.into_iter().enumerate() {
+        let client = raw_client(&Credentials::load_or_create(dir.path(), 1 + case as u16).unwrap());
+        let conn = client.connect(a.addr(), SERVER_NAME).unwrap().await.unwrap();
+        // The node's core greets every connection: its control stream.
+        let mut theirs = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())
+            .await
+            .expect("the node's control stream in time")
+            .unwrap();
+        let mut len = [0u8; 4];
+        theirs.read_exact(&mut len).await.unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        let _ = send.write_all(&bytes).await;
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap();
+        let (code, reason) = close_code(&closed);
+        assert_eq!(code, Some(CloseCode::BadMessage), "{what}: {reason}");
+        client.close(0u8.into(), b"done");
+    }
+    assert_eq!(a.stats().violations, 2);
+    a.shutdown().await;
+}
+
 /// Runs `repred-admin` and returns its stdout; it must succeed.
 fn admin(args: &[&std::ffi::OsStr]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_repred-admin"))
@@ -409,7 +441,7 @@ const CERTIFICATE_REVOKED: u64 = 44;
 /// the other is connected to already, and the node core keeps one
 /// connection per pair); the connection's error otherwise.
 async fn handshake(client: &quinn::Endpoint, addr: SocketAddr) -> Result<(), ConnectionError> {
-    tokio::time::timeout(Duration::from_secs(5), async {
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
         let conn = client.connect(addr, SERVER_NAME).unwrap().await?;
         // TLS 1.3 lets a client finish before the server has judged its
         // certificate; a refusal arrives right after, and no Hello does.
@@ -422,19 +454,20 @@ async fn handshake(client: &quinn::Endpoint, addr: SocketAddr) -> Result<(), Con
                 conn.close(0u8.into(), b"done");
                 Ok(())
             }
-            Err(_) => match conn.closed().await {
-                ConnectionError::ApplicationClosed(close)
-                    if CloseCode::from_code(close.error_code.into_inner())
-                        == Some(CloseCode::Duplicate) =>
-                {
-                    Ok(())
-                }
-                other => Err(other),
-            },
+            Err(_) => Err(conn.closed().await),
         }
     })
     .await
-    .expect("the handshake ends in time")
+    .expect("the handshake ends in time");
+    match outcome {
+        Err(ConnectionError::ApplicationClosed(close))
+            if CloseCode::from_code(close.error_code.into_inner())
+                == Some(CloseCode::Duplicate) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// A node that lists X refuses it both ways (X as client: the node's
