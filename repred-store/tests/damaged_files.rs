@@ -15,8 +15,14 @@ fn damaged_files_found_by_the_fuzzer_are_typed_errors() {
         std::fs::copy(&file, &path).unwrap();
         match Store::open(&path) {
             Ok(store) => {
-                // If it opens, loading must not panic either.
-                let _ = store.load::<GSet<u64>>("set", Config::default());
+                // If it opens, loading, saving and closing must not panic
+                // either.
+                let loaded = store.load_or_create::<GSet<u64>>("set", Config::default());
+                if let Ok(mut replica) = loaded {
+                    let _ = replica.update(1_700_000_000_000, GSet::add(1));
+                    let _ = store.save("set", &replica);
+                }
+                drop(store);
             }
             Err(StoreError::Corrupt { detail, .. }) => assert!(!detail.is_empty()),
             Err(other) => panic!("{}: {other}", file.display()),

@@ -69,9 +69,21 @@ where
     fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
         let mut changed = BTreeMap::new();
         for (key, part) in update {
-            let slot = self.0.entry(key.clone()).or_default();
-            if let Some(change) = slot.reduce(part) {
-                changed.insert(key, change);
+            match self.0.get_mut(&key) {
+                Some(slot) => {
+                    if let Some(change) = slot.reduce(part) {
+                        changed.insert(key, change);
+                    }
+                }
+                None => {
+                    // A part that changes nothing leaves no empty entry
+                    // behind (states that hold the same would differ).
+                    let mut slot = L::default();
+                    if let Some(change) = slot.reduce(part) {
+                        self.0.insert(key.clone(), slot);
+                        changed.insert(key, change);
+                    }
+                }
             }
         }
         (!changed.is_empty()).then_some(changed)
@@ -91,5 +103,25 @@ where
         for part in change.values_mut() {
             L::unstamp(part, stamp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Max;
+
+    /// Found by the derive_change fuzzer: a part that changes nothing must
+    /// leave no empty entry (else states that hold the same differ, and a
+    /// peer could grow the map with parts never recorded).
+    #[test]
+    fn a_part_that_changes_nothing_leaves_no_entry() {
+        let mut map: LatticeMap<String, Max<u32>> = LatticeMap::default();
+        let noop = BTreeMap::from([("q".to_string(), Max::<u32>::default().snapshot())]);
+        assert_eq!(map.reduce(noop), None);
+        assert_eq!(map, LatticeMap::default());
+        let one = LatticeMap::<String, Max<u32>>::update("q".to_string(), Max::new(1));
+        assert!(map.reduce(one).is_some());
+        assert_eq!(map.get(&"q".to_string()).and_then(|m| m.get()), Some(&1));
     }
 }
