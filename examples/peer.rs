@@ -122,9 +122,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .data_dir(&args.data_dir)
         // The shared board survives restarts: it lives in node-<port>.redb.
         .durable(true)
-        // A probe a second (the default), 5 s to refute a suspicion before
-        // a silent peer is declared down, and a connection traded every 5 s,
-        // so a demo shows peers coming, going and mixing within seconds.
+        // A probe a second (the library's default is every 500 ms), 5 s to
+        // refute a suspicion before a silent peer is declared down, and a
+        // connection traded every 5 s, so a demo shows peers coming, going
+        // and mixing within seconds.
         .heartbeat(Duration::from_secs(1))
         .down_after(Duration::from_secs(5))
         .rotate_every(Duration::from_secs(5))

@@ -25,11 +25,11 @@ use crate::{Error, Members};
 /// [`NodeConfig`]'s default. Each node probes one member per period,
 /// whatever the cluster's size, so membership costs each node about the
 /// same bytes at 10 nodes as at 10,000.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a suspected member has to refute it before it is declared
 /// down, and how long a silent QUIC connection lasts, unless told otherwise
 /// ([`Builder::down_after`]): [`NodeConfig`]'s default suspicion timeout.
-pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(3);
+pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(2);
 /// How often a node trades one connection for another, unless told
 /// otherwise ([`Builder::rotate_every`]): [`NodeConfig`]'s default. Each
 /// trade costs a TLS handshake and a Hello per object.
@@ -287,7 +287,7 @@ impl Builder {
     /// ([`NodeConfig::probe_period`]), with 2/5 of it for the probe's answer
     /// before others are asked to probe ([`NodeConfig::probe_rtt`]).
     /// Failure detection takes a few periods plus the suspicion timeout.
-    /// Default [`DEFAULT_HEARTBEAT`] (1 s).
+    /// Default [`DEFAULT_HEARTBEAT`] (500 ms).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.node.probe_period = every;
         self.node.probe_rtt = every * 2 / 5;
@@ -298,7 +298,7 @@ impl Builder {
     /// is declared down ([`NodeConfig::suspect_timeout`]); also how long a
     /// silent QUIC connection lasts (each end sends a keep-alive every
     /// half of it).
-    /// Default [`DEFAULT_DOWN_AFTER`] (3 s).
+    /// Default [`DEFAULT_DOWN_AFTER`] (2 s).
     pub fn down_after(mut self, timeout: Duration) -> Self {
         self.node.suspect_timeout = timeout;
         self

@@ -273,9 +273,10 @@ async fn twenty_four_nodes_lose_four_and_regain_two() {
 
 /// A measurement, not a check: `cargo test -p repred-transport --test
 /// membership idle -- --ignored --nocapture`. N nodes (8, or `IDLE_N`) with
-/// the library's defaults (a probe per second, 3 s to refute a suspicion,
-/// so a QUIC keep-alive every 1.5 s from each end, a connection traded
-/// every 30 s, or every `IDLE_ROTATE` seconds), one replicated object with
+/// the library's defaults (`NodeConfig::default`: a probe every 500 ms, 2 s
+/// to refute a suspicion, so a QUIC keep-alive every second from each end,
+/// a connection traded every 30 s, or every `IDLE_ROTATE` seconds; a probe
+/// period of `IDLE_PROBE_MS` if set), one replicated object with
 /// a key per node; after convergence and 2N + 10 s of quiet (`IDLE_QUIET`
 /// + 10), UDP payload bytes each node sends per second over 30 s,
 /// membership datagrams and QUIC apart.
@@ -291,6 +292,9 @@ async fn idle_bytes_per_node() {
         let mut builder = Node::builder().data_dir(dir.path()).bootstrap(seeds);
         if let Some(secs) = std::env::var("IDLE_ROTATE").ok().and_then(|v| v.parse().ok()) {
             builder = builder.rotate_every(Duration::from_secs(secs));
+        }
+        if let Some(ms) = std::env::var("IDLE_PROBE_MS").ok().and_then(|v| v.parse().ok()) {
+            builder = builder.heartbeat(Duration::from_millis(ms));
         }
         let node = builder.spawn().await.unwrap();
         let h = node.replicate("counters", Counters::default()).unwrap();
