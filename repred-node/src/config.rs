@@ -67,7 +67,8 @@ pub struct NodeConfig {
     /// incoming connections are closed. Default 64.
     pub max_connections: usize,
     /// How often one connection is traded for another random member, so
-    /// that over time the graph mixes. Default 30 s.
+    /// that over time the graph mixes. Each trade costs a TLS handshake
+    /// (a few kB) and a Hello per object. Default 120 s.
     pub rotate_every: Duration,
     /// How long a dial may take before it counts as failed. Default 3 s.
     pub dial_timeout: Duration,
@@ -97,7 +98,7 @@ impl Default for NodeConfig {
             min_active: 3,
             max_active: 24,
             max_connections: 64,
-            rotate_every: Duration::from_secs(30),
+            rotate_every: Duration::from_secs(120),
             dial_timeout: Duration::from_secs(3),
             dial_backoff: Duration::from_millis(250),
             max_dial_backoff: Duration::from_secs(30),

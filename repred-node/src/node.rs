@@ -190,6 +190,8 @@ struct Conn<A> {
     peer: SourceId,
     addr: A,
     outgoing: bool,
+    /// When it came up.
+    since: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -486,22 +488,34 @@ impl<A: Address> NodeCore<A> {
             self.close(conn, CloseWhy::ToSelf);
             return;
         }
-        let twin = self.conns.iter().find(|(_, c)| c.peer == peer).map(|(&k, c)| (k, c.outgoing));
-        if let Some((old, old_outgoing)) = twin {
-            // Both sides keep the connection dialed by the smaller id.
-            let keep_outgoing = self.id < peer;
-            if outgoing == keep_outgoing && old_outgoing != keep_outgoing {
+        let twin =
+            self.conns.iter().find(|(_, c)| c.peer == peer).map(|(&k, c)| (k, c.outgoing, c.since));
+        if let Some((old, old_outgoing, old_since)) = twin {
+            let simultaneous = now.saturating_sub(old_since) <= self.dial_timeout_ms();
+            if !simultaneous {
+                // A node dials a peer only when it has no connection to it:
+                // this peer lost ours (it restarted, or its end timed out),
+                // so ours is stale.
+                self.conns.remove(&old);
                 self.close(old, CloseWhy::Duplicate);
             } else {
-                self.close(conn, CloseWhy::Duplicate);
-                return;
+                // Both dialed at once: both sides keep the connection
+                // dialed by the smaller id.
+                let keep_outgoing = self.id < peer;
+                if outgoing == keep_outgoing && old_outgoing != keep_outgoing {
+                    self.conns.remove(&old);
+                    self.close(old, CloseWhy::Duplicate);
+                } else {
+                    self.close(conn, CloseWhy::Duplicate);
+                    return;
+                }
             }
         }
         if !outgoing && self.conns.len() >= self.config.max_connections {
             self.close(conn, CloseWhy::TooMany);
             return;
         }
-        self.conns.insert(conn, Conn { peer, addr, outgoing });
+        self.conns.insert(conn, Conn { peer, addr, outgoing, since: now });
         self.send_hello(conn, false);
         self.schedule_maintain(now);
     }
@@ -673,6 +687,10 @@ impl<A: Address> NodeCore<A> {
     /// How many connections this node wants now.
     pub fn wanted_connections(&self) -> usize {
         self.config.active_view(self.swim.num_members() + 1)
+    }
+
+    fn dial_timeout_ms(&self) -> u64 {
+        self.config.dial_timeout.as_millis() as u64
     }
 
     fn jitter(&mut self, around: Duration) -> u64 {

@@ -21,7 +21,7 @@ mod sim;
 
 pub use config::SimConfig;
 pub use node::{SimNode, Traffic};
-pub use sim::{Detections, EPOCH, Sim};
+pub use sim::{Detections, EPOCH, Observer, Sim};
 
 /// A node's index in a simulation, which is also its address.
 pub type NodeIx = u32;

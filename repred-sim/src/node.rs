@@ -20,6 +20,9 @@ pub struct Traffic {
     pub stream_bytes: u64,
     /// Stream bytes received.
     pub stream_bytes_received: u64,
+    /// Of the stream bytes sent, the node cores' control messages (view
+    /// repairs), overhead included.
+    pub control_bytes: u64,
 }
 
 impl Traffic {

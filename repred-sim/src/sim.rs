@@ -86,7 +86,12 @@ pub struct Sim<T: Reduce> {
     detections: Detections,
     events_run: u64,
     by_kind: [u64; 6],
+    observer: Option<Observer<T>>,
 }
+
+/// Called after a node took in stream bytes of an object from a peer:
+/// `(now, node, peer, object, replica)`.
+pub type Observer<T> = Box<dyn FnMut(u64, NodeIx, NodeIx, ObjectId, &Replica<T>)>;
 
 impl<T: Reduce> Sim<T> {
     /// An empty world; `make` makes each new replica's initial state.
@@ -104,6 +109,7 @@ impl<T: Reduce> Sim<T> {
             detections: Detections::default(),
             events_run: 0,
             by_kind: [0; 6],
+            observer: None,
         }
     }
 
@@ -125,6 +131,12 @@ impl<T: Reduce> Sim<T> {
     /// Events handled so far.
     pub fn events_run(&self) -> u64 {
         self.events_run
+    }
+
+    /// Watches every replica that takes in bytes from a peer (to trace how
+    /// an update spreads, say).
+    pub fn observe_with(&mut self, observer: Observer<T>) {
+        self.observer = Some(observer);
     }
 
     /// Events handled so far by kind: datagrams, node timers, replica
@@ -485,6 +497,11 @@ impl<T: Reduce> Sim<T> {
                     o.streams.remove(&conn);
                 }
                 n.dirty.insert(object);
+                if let Some(observe) = &mut self.observer {
+                    let peer = self.conns[&conn].ends[1 - side].node;
+                    let replica = &self.nodes[node as usize].objects[&object].replica;
+                    observe(now, node, peer, object, replica);
+                }
                 self.flush(node);
             }
             Event::Control { conn, side, bytes } => {
@@ -692,6 +709,8 @@ impl<T: Reduce> Sim<T> {
     }
 
     fn send_control(&mut self, from: NodeIx, conn: u64, bytes: Vec<u8>) {
+        let overhead = self.config.packet_overhead * (bytes.len() as u64).div_ceil(1_200);
+        self.nodes[from as usize].traffic.control_bytes += bytes.len() as u64 + overhead;
         if let Some((at, side)) = self.stream_arrival(from, conn, bytes.len()) {
             self.queue.push(at, Event::Control { conn, side, bytes });
         }

@@ -33,7 +33,11 @@ pub const DEFAULT_DOWN_AFTER: Duration = Duration::from_secs(2);
 /// How often a node trades one connection for another, unless told
 /// otherwise ([`Builder::rotate_every`]): [`NodeConfig`]'s default. Each
 /// trade costs a TLS handshake and a Hello per object.
-pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(30);
+pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(120);
+
+/// How long a QUIC connection may stay silent (keep-alives go every third
+/// of it); at least the suspicion timeout.
+const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The transport's own limits.
 #[derive(Clone, Debug)]
@@ -55,7 +59,7 @@ pub(crate) struct Settings {
 /// | knob | what it sets now |
 /// |---|---|
 /// | [`heartbeat`](Builder::heartbeat) | the probe period (and the probe's round-trip allowance, 2/5 of it) |
-/// | [`down_after`](Builder::down_after) | the suspicion timeout, and the QUIC idle timeout |
+/// | [`down_after`](Builder::down_after) | the suspicion timeout (QUIC connections idle out after 30 s, keep-alive every 10 s) |
 /// | [`fanout`](Builder::fanout) | the least connections a node keeps (`min_active`) |
 /// | [`rotate_every`](Builder::rotate_every) | how often a connection is traded for another |
 /// | [`dial_timeout`](Builder::dial_timeout) | how long one dial may take |
@@ -295,9 +299,9 @@ impl Builder {
     }
 
     /// How long a suspected member has to refute the suspicion before it
-    /// is declared down ([`NodeConfig::suspect_timeout`]); also how long a
-    /// silent QUIC connection lasts (each end sends a keep-alive every
-    /// half of it).
+    /// is declared down ([`NodeConfig::suspect_timeout`]). (A silent QUIC
+    /// connection lasts 30 s, with a keep-alive every 10 s: SWIM, not the
+    /// connections, finds dead peers.)
     /// Default [`DEFAULT_DOWN_AFTER`] (2 s).
     pub fn down_after(mut self, timeout: Duration) -> Self {
         self.node.suspect_timeout = timeout;
@@ -406,18 +410,18 @@ impl Builder {
             None => None,
         };
 
-        // A silent connection lasts as long as a silent member: the
-        // suspicion timeout. Keep-alives go every half of it from each end
-        // (so each end hears something about every quarter): they are most
-        // of an idle node's traffic, and SWIM, not QUIC, is what finds a
-        // dead peer (and then closes the connection).
-        let idle = node_config.suspect_timeout;
+        // SWIM, not QUIC, is what finds a dead peer (and then the core
+        // closes its connections), so connections need keep-alives only to
+        // stay open through NATs and idle periods: one every 10 s, and a
+        // silent connection lasts 30 s. Keep-alives on O(log N) connections
+        // would otherwise be most of an idle node's traffic.
+        let idle = CONNECTION_IDLE_TIMEOUT.max(node_config.suspect_timeout);
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(s.max_streams_per_connection.into())
             // One each way: the node cores' messages.
             .max_concurrent_uni_streams(1u8.into())
-            .keep_alive_interval(Some(idle / 2))
+            .keep_alive_interval(Some(idle / 3))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(idle)
                     .map_err(|_| Error::Config("down_after is too long for QUIC"))?,
