@@ -21,6 +21,9 @@ use repred_sim::{NodeIx, Sim, SimConfig, Traffic};
 
 type Blobs = GSet<Vec<u8>>;
 
+/// Per node, when it got the update and over how many hops.
+type Arrivals = Rc<RefCell<Vec<Option<(u32, u64)>>>>;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -113,7 +116,7 @@ fn run(n: u32, seed: u64, loss_minutes: u64) {
 
     // One 1 KiB update from node 0: when and over how many hops each node
     // gets it, and the bytes it costs everyone.
-    let hops: Rc<RefCell<Vec<Option<(u32, u64)>>>> = Rc::new(RefCell::new(vec![None; n as usize]));
+    let hops: Arrivals = Rc::new(RefCell::new(vec![None; n as usize]));
     let payload_len = env("PAYLOAD", 1024) as usize;
     let payload = vec![7u8; payload_len];
     let old_before: u64 =
