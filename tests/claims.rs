@@ -21,16 +21,21 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-const SNAPSHOT: u8 = 3;
+const SNAPSHOT_BEGIN: u8 = 3;
+const SNAPSHOT_PART: u8 = 12;
+const SNAPSHOT_END: u8 = 13;
 const ADVANCE: u8 = 6;
 const CLOCK: u8 = 7;
 const HAVE: u8 = 8;
 
-/// An unsigned Snapshot frame of `state` claiming `clock`.
+/// An unsigned snapshot of `state` claiming `clock`, in one part: begin,
+/// part, end.
 fn snapshot_frame(clock: &Clock, state: &BTreeMap<String, Write>) -> Vec<u8> {
-    let mut body = postcard::to_allocvec(&(clock, state)).unwrap();
-    body.extend(postcard::to_allocvec(&None::<repred::Signature>).unwrap());
-    frame(SNAPSHOT, &body)
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let begin = [postcard::to_allocvec(clock).unwrap(), unsigned.clone()].concat();
+    let part = [postcard::to_allocvec(&(0u64, state)).unwrap(), unsigned.clone()].concat();
+    let end = [postcard::to_allocvec(&1u64).unwrap(), unsigned].concat();
+    [frame(SNAPSHOT_BEGIN, &begin), frame(SNAPSHOT_PART, &part), frame(SNAPSHOT_END, &end)].concat()
 }
 
 /// A stream on `r` from a peer calling itself `name` that sends and

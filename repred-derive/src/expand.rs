@@ -239,6 +239,10 @@ fn field_wise(input: &Input) -> TokenStream {
         local("other"),
         local("f"),
     );
+    let (cursor, max, field, inner, next) =
+        (local("cursor"), local("max"), local("field"), local("inner"), local("next"));
+    let indices: Vec<u32> = (0..names.len() as u32).collect();
+    let field_count = names.len() as u32;
     quote! {
         #[doc = #doc]
         #[derive(::repred::__private::serde::Serialize, ::repred::__private::serde::Deserialize)]
@@ -309,6 +313,29 @@ fn field_wise(input: &Input) -> TokenStream {
                         #(#names: ::core::option::Option::Some(::repred::Reduce::snapshot(&self.#names)),)*
                         #marker_init
                     }
+                }
+
+                fn snapshot_part(
+                    &self,
+                    #cursor: ::core::option::Option<&[u8]>,
+                    #max: usize,
+                ) -> (Self::Update, ::core::option::Option<::std::vec::Vec<u8>>) {
+                    // Field by field, each in its own parts.
+                    let (#field, #inner) = ::repred::__private::read_part_cursor(#cursor);
+                    let mut #chg = <#change #ty_g as ::core::default::Default>::default();
+                    let #next = match #field {
+                        #(#indices => {
+                            let (#part, #next) = ::repred::Reduce::snapshot_part(
+                                &self.#names,
+                                #inner.as_deref(),
+                                #max,
+                            );
+                            #chg.#names = ::core::option::Option::Some(#part);
+                            ::repred::__private::next_part_cursor(#indices, #next, #field_count)
+                        })*
+                        _ => ::core::option::Option::None,
+                    };
+                    (#chg, #next)
                 }
 
                 fn stamp(#upd: &mut Self::Update, #stamp: ::repred::Stamp) {

@@ -83,9 +83,12 @@ async fn a_strict_node_refuses_unsigned_snapshots_and_advances_over_quic() {
     let forged = Timestamp::new(now_ms() + 1_000, 0);
     let clock: Clock = [(source, forged)].into_iter().collect();
     let state: BTreeMap<String, u64> = [("k".into(), 1_000_000), ("new".into(), 1)].into();
-    let mut body = postcard::to_allocvec(&(&clock, &state)).unwrap();
-    body.extend(postcard::to_allocvec(&None::<repred::Signature>).unwrap());
-    send_as_peer(dir.path(), &n, [hello("mallory"), frame(3, &body)].concat()).await;
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let begin = [postcard::to_allocvec(&clock).unwrap(), unsigned.clone()].concat();
+    let part = [postcard::to_allocvec(&(0u64, &state)).unwrap(), unsigned.clone()].concat();
+    let end = [postcard::to_allocvec(&1u64).unwrap(), unsigned].concat();
+    let snapshot = [frame(3, &begin), frame(12, &part), frame(13, &end)].concat();
+    send_as_peer(dir.path(), &n, [hello("mallory"), snapshot].concat()).await;
     eventually("the snapshot was refused", Duration::from_secs(10), || {
         (on_n.stats().snapshots_refused == 1, on_n.stats())
     })

@@ -268,9 +268,20 @@ where
     fn reduce(&mut self, update: DocUpdate<V>) -> Option<DocUpdate<V>> {
         let mut changed = BTreeMap::new();
         for (id, part) in update {
-            let row = self.rows.entry(id.clone()).or_default();
-            if let Some(change) = row.reduce(part) {
-                changed.insert(id, change);
+            match self.rows.get_mut(&id) {
+                Some(row) => {
+                    if let Some(change) = row.reduce(part) {
+                        changed.insert(id, change);
+                    }
+                }
+                None => {
+                    // A part that changes nothing leaves no empty row.
+                    let mut row = Row::default();
+                    if let Some(change) = row.reduce(part) {
+                        self.rows.insert(id.clone(), row);
+                        changed.insert(id, change);
+                    }
+                }
             }
         }
         (!changed.is_empty()).then_some(changed)
@@ -278,6 +289,11 @@ where
 
     fn snapshot(&self) -> DocUpdate<V> {
         self.rows.iter().map(|(id, row)| (id.clone(), row.snapshot())).collect()
+    }
+
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (DocUpdate<V>, Option<Vec<u8>>) {
+        let (part, next) = crate::lattice::map_part(&self.rows, cursor, max);
+        (part.into_iter().map(|(id, row)| (id.clone(), row.snapshot())).collect(), next)
     }
 
     fn stamp(update: &mut DocUpdate<V>, stamp: Stamp) {
@@ -791,6 +807,22 @@ where
 
     fn snapshot(&self) -> SeqUpdate<V> {
         SeqUpdate { order: self.order.snapshot(), values: self.values.snapshot() }
+    }
+
+    /// Positions first, then values.
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (SeqUpdate<V>, Option<Vec<u8>>) {
+        let at = crate::lattice::Phase::read(cursor);
+        let mut part = SeqUpdate::default();
+        let next = if at.phase == 0 {
+            let (order, next) = self.order.snapshot_part(at.inner.as_deref(), max);
+            part.order = order;
+            next
+        } else {
+            let (values, next) = self.values.snapshot_part(at.inner.as_deref(), max);
+            part.values = values;
+            next
+        };
+        (part, crate::lattice::Phase::next(at.phase, next, 2))
     }
 
     fn stamp(update: &mut SeqUpdate<V>, stamp: Stamp) {

@@ -7,7 +7,9 @@
 //! |------|----------|--------------------------------------------------|
 //! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
 //! | 2    | Updates  | one or more [`Envelope`]s, back to back          |
-//! | 3    | Snapshot | the sender's [`Clock`], its whole state, then an optional signature over both |
+//! | 3    | SnapshotBegin | the sender's [`Clock`], then an optional signature |
+//! | 12   | SnapshotPart | its index, a part of the state ([`Reduce::snapshot_part`](crate::Reduce::snapshot_part)), an optional signature |
+//! | 13   | SnapshotEnd | how many parts, an optional signature |
 //! | 4    | Sync     | empty: the history before it is complete         |
 //! | 5    | Close    | a [`CloseReason`]                                |
 //! | 6    | Advance  | `(source, ts)` pairs: new to the sender, no-ops  |
@@ -16,6 +18,12 @@
 //! | 9    | Want     | `(source, ts)` pairs: push this source from `ts` on |
 //! | 10   | Unwant   | sources: stop pushing these                      |
 //! | 11   | Proofs   | [`Proof`]s: signed updates that changed nothing  |
+//!
+//! A snapshot travels in parts, each far below the frame limit, made from
+//! the state one after the other and merged on arrival one by one; the
+//! receiver takes the sender's clock (from before the first part) only
+//! with the end. Signed, each frame's signature binds it to the snapshot
+//! it belongs to (the begin frame's digest) and to its place in it.
 //!
 //! An Advance names updates the sender took in that changed nothing, because
 //! everything it had already sent covered them; the receiver's clock moves
@@ -47,7 +55,7 @@ pub const FRAME_HEADER_LEN: usize = 5;
 pub(crate) enum Kind {
     Hello = 1,
     Updates = 2,
-    Snapshot = 3,
+    SnapshotBegin = 3,
     Sync = 4,
     Close = 5,
     Advance = 6,
@@ -56,6 +64,8 @@ pub(crate) enum Kind {
     Want = 9,
     Unwant = 10,
     Proofs = 11,
+    SnapshotPart = 12,
+    SnapshotEnd = 13,
 }
 
 impl Kind {
@@ -63,7 +73,7 @@ impl Kind {
         Some(match byte {
             1 => Kind::Hello,
             2 => Kind::Updates,
-            3 => Kind::Snapshot,
+            3 => Kind::SnapshotBegin,
             4 => Kind::Sync,
             5 => Kind::Close,
             6 => Kind::Advance,
@@ -72,6 +82,8 @@ impl Kind {
             9 => Kind::Want,
             10 => Kind::Unwant,
             11 => Kind::Proofs,
+            12 => Kind::SnapshotPart,
+            13 => Kind::SnapshotEnd,
             _ => return None,
         })
     }
@@ -231,11 +243,22 @@ pub enum PeerMisbehaved {
 pub(crate) enum Frame<U> {
     Hello(Hello),
     Updates(Vec<Envelope<U>>),
-    Snapshot {
+    SnapshotBegin {
         clock: Clock,
-        state: U,
-        /// SHA-256 of the encoded clock and state: what a signature covers.
+        /// What the begin frame's signature covers: the snapshot's id.
         digest: [u8; 32],
+        proof: Option<Signature>,
+    },
+    SnapshotPart {
+        index: u64,
+        state: U,
+        /// SHA-256 of the encoded part (a signature covers it with the
+        /// snapshot's id and the index).
+        digest: [u8; 32],
+        proof: Option<Signature>,
+    },
+    SnapshotEnd {
+        parts: u64,
         proof: Option<Signature>,
     },
     Sync,
@@ -298,12 +321,26 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             }
             Frame::Updates(envelopes)
         }
-        Kind::Snapshot => {
-            let ((clock, state), rest) =
-                postcard::take_from_bytes(body).map_err(|e| malformed("Snapshot", e))?;
-            let digest = Sha256::digest(&body[..body.len() - rest.len()]).into();
-            let proof = decode_all("Snapshot", rest)?;
-            Frame::Snapshot { clock, state, digest, proof }
+        Kind::SnapshotBegin => {
+            let (clock, rest) =
+                postcard::take_from_bytes(body).map_err(|e| malformed("SnapshotBegin", e))?;
+            let digest = snapshot_id(&body[..body.len() - rest.len()]);
+            let proof = decode_all("SnapshotBegin", rest)?;
+            Frame::SnapshotBegin { clock, digest, proof }
+        }
+        Kind::SnapshotPart => {
+            let (index, rest) =
+                postcard::take_from_bytes(body).map_err(|e| malformed("SnapshotPart", e))?;
+            let (state, tail) =
+                postcard::take_from_bytes(rest).map_err(|e| malformed("SnapshotPart", e))?;
+            let digest = Sha256::digest(&rest[..rest.len() - tail.len()]).into();
+            let proof = decode_all("SnapshotPart", tail)?;
+            Frame::SnapshotPart { index, state, digest, proof }
+        }
+        Kind::SnapshotEnd => {
+            let (parts, rest) =
+                postcard::take_from_bytes(body).map_err(|e| malformed("SnapshotEnd", e))?;
+            Frame::SnapshotEnd { parts, proof: decode_all("SnapshotEnd", rest)? }
         }
         Kind::Sync => {
             if !body.is_empty() {
@@ -322,6 +359,35 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
         Kind::Unwant => Frame::Unwant(decode_all("Unwant", body)?),
         Kind::Proofs => Frame::Proofs(decode_all("Proofs", body)?),
     })
+}
+
+/// A snapshot's id: the digest of its begin frame's encoded clock, which
+/// the begin frame's signature covers.
+pub(crate) fn snapshot_id(clock: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"repred snapshot begin");
+    h.update(clock);
+    h.finalize().into()
+}
+
+/// What a part's signature covers: the snapshot, the part's place in it,
+/// and the digest of its encoded state.
+pub(crate) fn part_digest(id: &[u8; 32], index: u64, state: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"repred snapshot part");
+    h.update(id);
+    h.update(index.to_le_bytes());
+    h.update(state);
+    h.finalize().into()
+}
+
+/// What an end frame's signature covers: the snapshot and its size.
+pub(crate) fn end_digest(id: &[u8; 32], parts: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"repred snapshot end");
+    h.update(id);
+    h.update(parts.to_le_bytes());
+    h.finalize().into()
 }
 
 /// Writes frames into a caller's buffer, length prefix first.
@@ -345,6 +411,11 @@ impl<'a> Writer<'a> {
         postcard::serialize_with_flavor(value, Append(self.out)).inspect_err(|_| {
             self.out.truncate(mark);
         })
+    }
+
+    /// Appends bytes already encoded.
+    pub(crate) fn put_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
     }
 
     /// The body so far.

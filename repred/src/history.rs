@@ -35,6 +35,15 @@ pub enum Entry<U> {
     /// verify the origin's signature and move their clocks, without the
     /// change; subscribers see nothing.
     Proven(Proof),
+    /// A peer's snapshot, whose parts were recorded as [`Entry::Merge`]s
+    /// (with empty clocks) as they came, is complete: the replica holds
+    /// what this clock names, though it has no history for it.
+    Covered {
+        /// The peer that sent the snapshot.
+        from: SourceId,
+        /// The sender's clock from before its first part.
+        clock: Clock,
+    },
 }
 
 impl<U> Entry<U> {
@@ -44,7 +53,7 @@ impl<U> Entry<U> {
             Entry::Change(e) | Entry::Unchanged(e) => Some(e.stamp()),
             Entry::Advance(stamp) => Some(*stamp),
             Entry::Proven(proof) => Some(proof.stamp),
-            Entry::Merge { .. } => None,
+            Entry::Merge { .. } | Entry::Covered { .. } => None,
         }
     }
 }

@@ -21,7 +21,9 @@
 //! - **exact change**: the returned change, merged into the old state, gives
 //!   the new state; `None` only when the state did not change, `Some` only
 //!   when it did;
-//! - **snapshot**: the snapshot merged into an empty state gives the state.
+//! - **snapshot**: the snapshot merged into an empty state gives the state,
+//!   and so do its parts ([`Reduce::snapshot_part`], one entry a part and
+//!   three) merged one after the other.
 //!
 //! A violation panics with the law's name and proptest's smallest failing
 //! input.
@@ -219,7 +221,33 @@ where
         // Snapshot: rebuilds the whole state.
         let mut rebuilt = T::default();
         rebuilt.reduce(all.snapshot());
-        same(&rebuilt, &all, "snapshot (merged into an empty state, it rebuilds another)".into())
+        same(&rebuilt, &all, "snapshot (merged into an empty state, it rebuilds another)".into())?;
+
+        // Snapshot in parts, of one entry and of three: their join rebuilds
+        // the state too, and the parts end.
+        for max in [1, 3] {
+            let mut rebuilt = T::default();
+            let mut cursor: Option<Vec<u8>> = None;
+            let mut parts = 0usize;
+            loop {
+                let (part, next) = all.snapshot_part(cursor.as_deref(), max);
+                rebuilt.reduce(part);
+                parts += 1;
+                holds(parts <= 100_000, || {
+                    format!("snapshot parts (max {max}): more than 100,000 parts, a loop?")
+                })?;
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            same(
+                &rebuilt,
+                &all,
+                format!("snapshot parts (max {max}: joined, they rebuild another state)"),
+            )?;
+        }
+        Ok(())
     });
     match result {
         Ok(()) => {}

@@ -82,6 +82,7 @@ mod reduce;
 mod replica;
 mod session;
 mod signing;
+mod snapshot;
 mod source;
 mod timestamp;
 
@@ -115,4 +116,15 @@ pub use repred_derive::Replicated;
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+
+    /// A derived struct's snapshot cursor: which field, and where in it.
+    pub fn read_part_cursor(cursor: Option<&[u8]>) -> (u32, Option<Vec<u8>>) {
+        let at = crate::lattice::Phase::read(cursor);
+        (at.phase, at.inner)
+    }
+
+    /// The cursor after a part of field `field` that ended at `inner`.
+    pub fn next_part_cursor(field: u32, inner: Option<Vec<u8>>, fields: u32) -> Option<Vec<u8>> {
+        crate::lattice::Phase::next(field, inner, fields)
+    }
 }

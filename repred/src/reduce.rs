@@ -57,6 +57,47 @@ pub trait Reduce {
     /// The whole state as one update.
     fn snapshot(&self) -> Self::Update;
 
+    /// The state in parts, for sending (and storing) a large one in pieces
+    /// of bounded size: the part after `cursor` (`None`: the first), of at
+    /// most about `max` entries, and the cursor where the next part starts
+    /// (`None`: this was the last). Joining every part rebuilds the state,
+    /// as [`snapshot`](Reduce::snapshot) does, so neither end ever holds
+    /// the whole encoded state.
+    ///
+    /// Parts are read while the state goes on changing between calls: an
+    /// entry changed after the first part may be missed or sent new, which
+    /// is harmless, since the receiver takes the sender's clock from before
+    /// the first part and gets what changed since as history. The cursor
+    /// is opaque bytes that only this type reads (a key, an index).
+    ///
+    /// The default is the whole snapshot as one part: user types compile
+    /// unchanged, and large states implement this to stream.
+    ///
+    /// ```
+    /// use repred::{GSet, Reduce};
+    ///
+    /// let mut set = GSet::default();
+    /// set.reduce((0..10u32).collect());
+    /// let mut rebuilt = GSet::default();
+    /// let mut cursor = None;
+    /// let mut parts = 0;
+    /// loop {
+    ///     let (part, next) = set.snapshot_part(cursor.as_deref(), 4);
+    ///     rebuilt.reduce(part);
+    ///     parts += 1;
+    ///     match next {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// assert_eq!(rebuilt, set);
+    /// assert_eq!(parts, 3);
+    /// ```
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
+        let _ = (cursor, max);
+        (self.snapshot(), None)
+    }
+
     /// Fills in the stamp of the update that carries `update`, before it is
     /// reduced: called on every update, local and remote.
     ///

@@ -6,8 +6,8 @@ use crate::history::{Entry, History};
 use crate::session::Stream;
 use crate::signing::{ChangeDigest, change_digest};
 use crate::{
-    Clock, Envelope, Event, Identity, PeerMisbehaved, Proof, Reduce, SourceId, Stamp, StreamId,
-    Timestamp, VerifyError,
+    Clock, Envelope, Event, Identity, Proof, Reduce, SourceId, Stamp, StreamId, Timestamp,
+    VerifyError,
 };
 
 /// Limits and policies of a replica.
@@ -24,6 +24,11 @@ pub struct Config {
     pub max_frame: usize,
     /// Target size of one Updates frame, in bytes. Default 64 KiB.
     pub batch_bytes: usize,
+    /// Target size of one part of a snapshot, in bytes: a snapshot of any
+    /// size travels in parts of about this much, interleaved with live
+    /// updates, and neither end holds more than a part of it encoded.
+    /// Default 64 KiB.
+    pub snapshot_part_bytes: usize,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
@@ -79,6 +84,7 @@ impl Default for Config {
             max_skew_millis: 60_000,
             max_frame: 16 << 20,
             batch_bytes: 64 << 10,
+            snapshot_part_bytes: 64 << 10,
             max_events: 4_096,
             require_signatures: false,
             allowed_sources: None,
@@ -148,6 +154,12 @@ impl Config {
     /// Sets [`Config::lazy_relay`].
     pub fn lazy_relay(mut self, on: bool) -> Self {
         self.lazy_relay = on;
+        self
+    }
+
+    /// Sets [`Config::snapshot_part_bytes`].
+    pub fn snapshot_part_bytes(mut self, bytes: usize) -> Self {
+        self.snapshot_part_bytes = bytes;
         self
     }
 
@@ -603,27 +615,22 @@ impl<T: Reduce> Core<T> {
         }
     }
 
-    pub(crate) fn merge_snapshot(
-        &mut self,
-        now: u64,
-        from: SourceId,
-        clock: &Clock,
-        state: T::Update,
-    ) -> Result<(), PeerMisbehaved> {
-        let newest = clock.max();
-        self.check_skew(now, newest).map_err(|_| PeerMisbehaved::ClockSkew {
-            ahead_millis: newest.millis().saturating_sub(now),
-            limit_millis: self.config.max_skew_millis,
-        })?;
+    /// Merges one part of a peer's snapshot: the state takes it, the clock
+    /// does not move (that waits for the end).
+    pub(crate) fn merge_part(&mut self, from: SourceId, part: T::Update) {
+        if let Some(change) = self.state.reduce(part) {
+            self.history.push(Entry::Merge { from, clock: Clock::new(), change });
+        }
+    }
+
+    /// A peer's snapshot is complete: the clock it stands for is ours too.
+    pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
         self.clock.merge(clock);
-        self.last = self.last.max(newest);
+        self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
         self.history.raise_horizon(clock);
-        if let Some(change) = self.state.reduce(state) {
-            self.history.push(Entry::Merge { from, clock: clock.clone(), change });
-        }
-        Ok(())
+        self.history.push(Entry::Covered { from, clock: clock.clone() });
     }
 
     /// A peer's word that `stamp` is new to us but changes nothing it sent
@@ -669,21 +676,22 @@ impl<T: Reduce> Core<T> {
 
     /// Whether a peer's snapshot may be merged: its signature, if any, must
     /// hold; a strict replica also needs it signed by a trusted signer.
+    /// Returns who signed it, if anyone.
     pub(crate) fn vet_snapshot(
         &self,
         body_digest: &[u8; 32],
         proof: Option<&crate::Signature>,
-    ) -> Result<(), SnapshotRefusal> {
+    ) -> Result<Option<SourceId>, SnapshotRefusal> {
         let signer = match proof {
             Some(sig) => Some(sig.verify_snapshot(body_digest)?),
             None => None,
         };
         if !self.config.is_strict() {
-            return Ok(());
+            return Ok(signer);
         }
         match signer {
             None => Err(SnapshotRefusal::Unsigned),
-            Some(signer) if self.config.trust_snapshots_from.contains(&signer) => Ok(()),
+            Some(signer) if self.config.trust_snapshots_from.contains(&signer) => Ok(Some(signer)),
             Some(signer) => Err(SnapshotRefusal::Untrusted(signer)),
         }
     }
@@ -971,6 +979,11 @@ impl<T: Reduce> Replica<T> {
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
                 }
+                Entry::Covered { clock, .. } => {
+                    core.clock.merge(clock);
+                    core.history.raise_horizon(clock);
+                    core.last = core.last.max(clock.max());
+                }
             }
             core.history.push(entry);
         }
@@ -1110,7 +1123,12 @@ impl<'a, U> Iterator for Changes<'a, U> {
                 Entry::Merge { from, change, .. } => {
                     Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }
                 }
-                Entry::Advance(_) | Entry::Unchanged(_) | Entry::Proven(_) => continue,
+                Entry::Advance(_)
+                | Entry::Unchanged(_)
+                | Entry::Proven(_)
+                | Entry::Covered { .. } => {
+                    continue;
+                }
             };
             return Some(Delivery::Change(change));
         }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::replica::{Core, Parent};
+use crate::snapshot::{Incoming, Outgoing, Refused};
 use crate::{
     Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Proof, Reduce, Rejection,
     Replica, SourceId, Stamp, StreamId, Timestamp,
@@ -154,6 +155,10 @@ pub(crate) struct Stream {
     sync_at: u64,
     horizon_generation: u64,
     need_snapshot: bool,
+    /// A snapshot being sent, part by part.
+    snapshot_out: Option<Outgoing>,
+    /// A snapshot being received, part by part.
+    snapshot_in: Option<Incoming>,
     hello_sent: bool,
     /// Our clock as our Hello summarises it, fixed when the stream opens.
     hello: ClockSummary,
@@ -219,6 +224,8 @@ impl Stream {
             sync_at: 0,
             horizon_generation: 0,
             need_snapshot: false,
+            snapshot_out: None,
+            snapshot_in: None,
             hello_sent: false,
             sync_sent: false,
             sync_received: false,
@@ -611,22 +618,49 @@ impl Stream {
                     self.backfill.remove(&source);
                 }
             }
-            Frame::Snapshot { clock, state, digest, proof } => {
-                if self.opts.receives {
-                    let from = peer.map_or(core.id, |p| p.id);
-                    if let Err(reason) = core.vet_snapshot(&digest, proof.as_ref()) {
-                        core.stats.snapshots_refused += 1;
-                        core.emit(Event::SnapshotRefused {
-                            stream: id,
-                            peer: from,
-                            reason: reason.clone(),
-                        });
-                        return Ok(Flow::Refuse(CloseReason::SnapshotRefused(reason)));
-                    }
-                    core.merge_snapshot(now, from, &clock, state)?;
-                    self.known.merge(&clock);
+            Frame::SnapshotBegin { clock, digest, proof } if self.opts.receives => {
+                if self.snapshot_in.is_some() {
+                    return Err(PeerMisbehaved::Malformed {
+                        kind: "SnapshotBegin".into(),
+                        detail: "a snapshot begun before the last one ended".into(),
+                    });
+                }
+                match Incoming::begin(core, now, clock, digest, proof.as_ref()) {
+                    Ok(incoming) => self.snapshot_in = Some(incoming),
+                    Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
                 }
             }
+            Frame::SnapshotPart { index, state, digest, proof } if self.opts.receives => {
+                let Some(incoming) = &mut self.snapshot_in else {
+                    return Err(PeerMisbehaved::Malformed {
+                        kind: "SnapshotPart".into(),
+                        detail: "a snapshot part before its begin".into(),
+                    });
+                };
+                if let Err(refused) = incoming.part(index, &digest, proof.as_ref()) {
+                    return self.refuse_snapshot(id, core, peer, refused);
+                }
+                core.merge_part(peer.map_or(core.id, |p| p.id), state);
+            }
+            Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
+                let Some(incoming) = self.snapshot_in.take() else {
+                    return Err(PeerMisbehaved::Malformed {
+                        kind: "SnapshotEnd".into(),
+                        detail: "a snapshot end before its begin".into(),
+                    });
+                };
+                match incoming.end(parts, proof.as_ref()) {
+                    Ok(clock) => {
+                        core.finish_snapshot(peer.map_or(core.id, |p| p.id), &clock);
+                        self.known.merge(&clock);
+                    }
+                    Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
+                }
+            }
+            // A stream that takes nothing ignores snapshots, as updates.
+            Frame::SnapshotBegin { .. }
+            | Frame::SnapshotPart { .. }
+            | Frame::SnapshotEnd { .. } => {}
             Frame::Sync => {
                 if self.sync_frame || self.sync_received {
                     if self.opts.receives && peer.is_some_and(|p| p.sends) {
@@ -678,6 +712,31 @@ impl Stream {
             Frame::Close(reason) => return Ok(Flow::Closed(reason)),
         }
         Ok(Flow::Continue)
+    }
+
+    /// A snapshot frame this replica does not take: a protocol violation
+    /// ends the stream as any; an untrusted snapshot is refused (a typed
+    /// event) and the stream closed with the reason.
+    fn refuse_snapshot<T: Reduce>(
+        &mut self,
+        id: StreamId,
+        core: &mut Core<T>,
+        peer: Option<Peer>,
+        refused: Refused,
+    ) -> Result<Flow, PeerMisbehaved> {
+        match refused {
+            Refused::Misbehaved(e) => Err(e),
+            Refused::Untrusted(reason) => {
+                self.snapshot_in = None;
+                core.stats.snapshots_refused += 1;
+                core.emit(Event::SnapshotRefused {
+                    stream: id,
+                    peer: peer.map_or(core.id, |p| p.id),
+                    reason: reason.clone(),
+                });
+                Ok(Flow::Refuse(CloseReason::SnapshotRefused(reason)))
+            }
+        }
     }
 
     /// Appends this stream's next frames to `out`; returns how many bytes.
@@ -751,10 +810,12 @@ impl Stream {
         }
         if self.started && self.sends_updates() {
             self.send_backfill(core, out)?;
-            self.send_snapshot_if_needed(core, out)?;
+            self.send_snapshot(core, out)?;
             self.send_batch(core, out)?;
         }
-        if self.started && !self.sync_sent && self.cursor >= self.sync_at {
+        // The sync follows the history, and a snapshot in parts, complete.
+        let snapshot_done = self.snapshot_out.is_none() && !self.need_snapshot;
+        if self.started && !self.sync_sent && self.cursor >= self.sync_at && snapshot_done {
             Writer::begin(out, Kind::Sync).finish();
             self.stats.frames_sent += 1;
             self.mark_sync(id, core, true);
@@ -783,7 +844,10 @@ impl Stream {
         })
     }
 
-    fn send_snapshot_if_needed<T: Reduce>(
+    /// Begins a snapshot when the peer lacks what fell off the history,
+    /// and sends its next parts (about a batch's worth a call, so live
+    /// updates go out in between).
+    fn send_snapshot<T: Reduce>(
         &mut self,
         core: &Core<T>,
         out: &mut Vec<u8>,
@@ -797,39 +861,29 @@ impl Stream {
                 self.need_snapshot = true;
             }
         }
-        // A snapshot holds every record, so it waits for all of them to be
-        // released.
-        if !self.need_snapshot || core.sendable_end() < history.end_seq() {
-            return Ok(());
+        if self.snapshot_out.is_none() {
+            // A snapshot holds every record, so it waits for all of them to
+            // be released.
+            if !self.need_snapshot || core.sendable_end() < history.end_seq() {
+                return Ok(());
+            }
+            self.snapshot_out = Some(Outgoing::begin(core, out)?);
+            self.stats.frames_sent += 1;
+            self.need_snapshot = false;
+            // The snapshot holds everything recorded so far; history goes
+            // on from here.
+            self.cursor = history.end_seq();
         }
-        let mut w = Writer::begin(out, Kind::Snapshot);
-        let written = w.put(&core.clock).and_then(|()| w.put(&core.state.snapshot()));
-        if let Err(e) = written {
-            w.abandon();
-            return Err(e.into());
+        let Some(snapshot) = &mut self.snapshot_out else { return Ok(()) };
+        let before = snapshot.parts();
+        let done = snapshot.write(core, out, core.config.batch_bytes)?;
+        self.stats.frames_sent += snapshot.parts() - before;
+        if let Some(clock) = done {
+            self.stats.frames_sent += 1;
+            self.stats.snapshots_sent += 1;
+            self.known.merge(&clock);
+            self.snapshot_out = None;
         }
-        // The signature covers the clock and the state as encoded: the
-        // signer vouches that this state holds exactly those updates.
-        let proof = core.snapshot_signer.as_ref().map(|signer| {
-            use sha2::{Digest, Sha256};
-            signer.sign_snapshot(&Sha256::digest(w.body()).into())
-        });
-        if let Err(e) = w.put(&proof) {
-            w.abandon();
-            return Err(e.into());
-        }
-        let len = w.body_len() + 1;
-        if len > core.config.max_frame {
-            w.abandon();
-            return Err(SessionError::FrameTooLarge { len, limit: core.config.max_frame });
-        }
-        w.finish();
-        self.need_snapshot = false;
-        self.known.merge(&core.clock);
-        // The snapshot holds everything recorded so far.
-        self.cursor = history.end_seq();
-        self.stats.frames_sent += 1;
-        self.stats.snapshots_sent += 1;
         Ok(())
     }
 
@@ -978,7 +1032,7 @@ impl Stream {
                         _ => claims.advances.push(*stamp),
                     }
                 }
-                Entry::Merge { .. } => continue,
+                Entry::Merge { .. } | Entry::Covered { .. } => continue,
             }
             self.known.observe(stamp.source, stamp.ts);
         }
@@ -1049,7 +1103,9 @@ fn frame_name<U>(frame: &Frame<U>) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
         Frame::Updates(_) => "Updates",
-        Frame::Snapshot { .. } => "Snapshot",
+        Frame::SnapshotBegin { .. } => "SnapshotBegin",
+        Frame::SnapshotPart { .. } => "SnapshotPart",
+        Frame::SnapshotEnd { .. } => "SnapshotEnd",
         Frame::Sync => "Sync",
         Frame::Close(_) => "Close",
         Frame::Advance(_) => "Advance",

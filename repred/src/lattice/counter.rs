@@ -66,6 +66,11 @@ impl Reduce for GCounter {
     fn snapshot(&self) -> GCounter {
         self.clone()
     }
+
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (GCounter, Option<Vec<u8>>) {
+        let (part, next) = super::map_part(&self.0, cursor, max);
+        (GCounter(part.into_iter().map(|(w, n)| (*w, *n)).collect()), next)
+    }
 }
 
 /// A counter that goes up and down: a [`GCounter`] of increments and one of
@@ -118,5 +123,19 @@ impl Reduce for PnCounter {
 
     fn snapshot(&self) -> PnCounter {
         self.clone()
+    }
+
+    /// Increments first, then decrements.
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (PnCounter, Option<Vec<u8>>) {
+        let at = super::Phase::read(cursor);
+        let counter = if at.phase == 0 { &self.up } else { &self.down };
+        let (part, next) = counter.snapshot_part(at.inner.as_deref(), max);
+        let next = super::Phase::next(at.phase, next, 2);
+        let part = if at.phase == 0 {
+            PnCounter { up: part, down: GCounter::default() }
+        } else {
+            PnCounter { up: GCounter::default(), down: part }
+        };
+        (part, next)
     }
 }

@@ -78,6 +78,11 @@ impl<T: Clone + Serialize + DeserializeOwned> Reduce for EventLog<T> {
         self.0.iter().map(|((s, i), e)| (Some(*s), *i, e.clone())).collect()
     }
 
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Logged<T>, Option<Vec<u8>>) {
+        let (part, next) = super::map_part(&self.0, cursor, max);
+        (part.into_iter().map(|((s, i), e)| (Some(*s), *i, e.clone())).collect(), next)
+    }
+
     fn stamp(update: &mut Logged<T>, stamp: Stamp) {
         for (s, _, _) in update {
             s.get_or_insert(stamp);

@@ -1,5 +1,6 @@
-use std::collections::HashMap;
 use std::hash::Hash;
+
+use indexmap::IndexMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -140,13 +141,15 @@ pub type Writes<K, V> = Vec<(K, Stamped<Option<V>>)>;
 /// ```
 #[derive(Clone, Debug)]
 pub struct LwwMap<K, V> {
-    entries: HashMap<K, (Stamp, Option<V>)>,
+    /// Insertion-ordered, so a snapshot can be sent in parts by position
+    /// while lookups stay hashed.
+    entries: IndexMap<K, (Stamp, Option<V>)>,
     live: usize,
 }
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
-        LwwMap { entries: HashMap::new(), live: 0 }
+        LwwMap { entries: IndexMap::new(), live: 0 }
     }
 }
 
@@ -246,6 +249,21 @@ where
             .iter()
             .map(|(k, (s, v))| (k.clone(), Stamped { stamp: Some(*s), value: v.clone() }))
             .collect()
+    }
+
+    /// Parts by position in insertion order: entries are never removed, so
+    /// positions only grow.
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
+        let start: usize =
+            cursor.and_then(|c| postcard::from_bytes::<u64>(c).ok()).unwrap_or(0) as usize;
+        let start = start.min(self.entries.len());
+        let end = start.saturating_add(max.max(1)).min(self.entries.len());
+        let part = self.entries.as_slice()[start..end]
+            .iter()
+            .map(|(k, (s, v))| (k.clone(), Stamped { stamp: Some(*s), value: v.clone() }))
+            .collect();
+        let next = (end < self.entries.len()).then(|| postcard::to_allocvec(&(end as u64)).ok());
+        (part, next.flatten())
     }
 
     fn stamp(update: &mut Self::Update, stamp: Stamp) {

@@ -93,6 +93,12 @@ where
         self.0.iter().map(|(k, l)| (k.clone(), l.snapshot())).collect()
     }
 
+    /// A part holds whole entries (each value's whole snapshot).
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
+        let (part, next) = super::map_part(&self.0, cursor, max);
+        (part.into_iter().map(|(k, l)| (k.clone(), l.snapshot())).collect(), next)
+    }
+
     fn stamp(update: &mut Self::Update, stamp: Stamp) {
         for part in update.values_mut() {
             L::stamp(part, stamp);

@@ -51,6 +51,91 @@ macro_rules! serde_as_snapshot {
 }
 pub(crate) use serde_as_snapshot;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Where a part of a sorted collection starts: after the key the cursor
+/// names (the cursor is postcard of the last key sent).
+fn after<K: DeserializeOwned>(cursor: Option<&[u8]>) -> Bound<K> {
+    match cursor.and_then(|c| postcard::from_bytes(c).ok()) {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Unbounded,
+    }
+}
+
+/// The cursor after `last`, if there is more; `None` also when the key does
+/// not encode (then the part was the last one anyway: better a short part
+/// than a loop).
+fn cursor_after<K: Serialize>(last: Option<&K>, more: bool) -> Option<Vec<u8>> {
+    if !more {
+        return None;
+    }
+    postcard::to_allocvec(last?).ok()
+}
+
+/// The entries of `map` after the cursor, at most `max` (at least one),
+/// and the cursor of the next part: how sorted stock lattices split their
+/// snapshots.
+pub(crate) fn map_part<'a, K, V>(
+    map: &'a BTreeMap<K, V>,
+    cursor: Option<&[u8]>,
+    max: usize,
+) -> (Vec<(&'a K, &'a V)>, Option<Vec<u8>>)
+where
+    K: Ord + Serialize + DeserializeOwned,
+{
+    let mut range = map.range((after::<K>(cursor), Bound::Unbounded));
+    let part: Vec<(&K, &V)> = range.by_ref().take(max.max(1)).collect();
+    let more = range.next().is_some();
+    let next = cursor_after(part.last().map(|(k, _)| *k), more);
+    (part, next)
+}
+
+/// [`map_part`] for a set.
+pub(crate) fn set_part<'a, T>(
+    set: &'a BTreeSet<T>,
+    cursor: Option<&[u8]>,
+    max: usize,
+) -> (Vec<&'a T>, Option<Vec<u8>>)
+where
+    T: Ord + Serialize + DeserializeOwned,
+{
+    let mut range = set.range((after::<T>(cursor), Bound::Unbounded));
+    let part: Vec<&T> = range.by_ref().take(max.max(1)).collect();
+    let more = range.next().is_some();
+    let next = cursor_after(part.last().copied(), more);
+    (part, next)
+}
+
+/// A cursor that walks several collections in turn: which one, and where
+/// in it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Phase {
+    pub(crate) phase: u32,
+    pub(crate) inner: Option<Vec<u8>>,
+}
+
+impl Phase {
+    pub(crate) fn read(cursor: Option<&[u8]>) -> Self {
+        cursor.and_then(|c| postcard::from_bytes(c).ok()).unwrap_or(Phase { phase: 0, inner: None })
+    }
+
+    /// The cursor after a part of phase `phase` that ended at `inner`
+    /// (`None`: that phase is done; the next starts, unless it was the
+    /// last of `phases`).
+    pub(crate) fn next(phase: u32, inner: Option<Vec<u8>>, phases: u32) -> Option<Vec<u8>> {
+        let next = match inner {
+            Some(inner) => Phase { phase, inner: Some(inner) },
+            None if phase + 1 < phases => Phase { phase: phase + 1, inner: None },
+            None => return None,
+        };
+        postcard::to_allocvec(&next).ok()
+    }
+}
+
 mod counter;
 mod log;
 mod lww;

@@ -75,6 +75,11 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for GSet<T> {
     fn snapshot(&self) -> GSet<T> {
         self.clone()
     }
+
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (GSet<T>, Option<Vec<u8>>) {
+        let (part, next) = super::set_part(&self.0, cursor, max);
+        (GSet(part.into_iter().cloned().collect()), next)
+    }
 }
 
 /// An update of an [`OrSet`]: tagged adds and removed tags.
@@ -209,6 +214,27 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
             adds,
             removes: self.tombstones.iter().map(|(t, x)| (x.clone(), *t)).collect(),
         }
+    }
+
+    /// Live elements first (with all their tags), then tombstones.
+    fn snapshot_part(
+        &self,
+        cursor: Option<&[u8]>,
+        max: usize,
+    ) -> (OrSetUpdate<T>, Option<Vec<u8>>) {
+        let at = super::Phase::read(cursor);
+        let mut part = OrSetUpdate::default();
+        if at.phase == 0 {
+            let (live, next) = super::map_part(&self.live, at.inner.as_deref(), max);
+            part.adds = live
+                .into_iter()
+                .flat_map(|(item, tags)| tags.iter().map(move |t| (item.clone(), Some(*t))))
+                .collect();
+            return (part, super::Phase::next(0, next, 2));
+        }
+        let (tombs, next) = super::set_part(&self.tombstones, at.inner.as_deref(), max);
+        part.removes = tombs.into_iter().map(|(t, x)| (x.clone(), *t)).collect();
+        (part, super::Phase::next(1, next, 2))
     }
 
     fn stamp(update: &mut OrSetUpdate<T>, stamp: Stamp) {
