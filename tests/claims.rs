@@ -24,6 +24,7 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
 const SNAPSHOT_BEGIN: u8 = 3;
 const SNAPSHOT_PART: u8 = 12;
 const SNAPSHOT_END: u8 = 13;
+const SNAPSHOT_CLOCK: u8 = 14;
 const ADVANCE: u8 = 6;
 const CLOCK: u8 = 7;
 const HAVE: u8 = 8;
@@ -31,11 +32,21 @@ const HAVE: u8 = 8;
 /// An unsigned snapshot of `state` claiming `clock`, in one part: begin,
 /// part, end.
 fn snapshot_frame(clock: &Clock, state: &BTreeMap<String, Write>) -> Vec<u8> {
+    // The begin frame's clock digest is not checked before the begin is
+    // vetted (these tests are about what a strict replica does with it).
     let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
-    let begin = [postcard::to_allocvec(clock).unwrap(), unsigned.clone()].concat();
+    let size = postcard::to_allocvec(&(clock.len() as u64, [0u8; 32])).unwrap();
+    let begin = [size, unsigned.clone()].concat();
+    let entries: Vec<(repred::SourceId, Timestamp)> = clock.iter().collect();
     let part = [postcard::to_allocvec(&(0u64, state)).unwrap(), unsigned.clone()].concat();
     let end = [postcard::to_allocvec(&1u64).unwrap(), unsigned].concat();
-    [frame(SNAPSHOT_BEGIN, &begin), frame(SNAPSHOT_PART, &part), frame(SNAPSHOT_END, &end)].concat()
+    [
+        frame(SNAPSHOT_BEGIN, &begin),
+        frame(SNAPSHOT_CLOCK, &postcard::to_allocvec(&entries).unwrap()),
+        frame(SNAPSHOT_PART, &part),
+        frame(SNAPSHOT_END, &end),
+    ]
+    .concat()
 }
 
 /// A stream on `r` from a peer calling itself `name` that sends and

@@ -103,6 +103,15 @@ impl Clock {
         self.0.iter().map(|(&s, &t)| (s, t))
     }
 
+    /// The entries whose source lies within the bounds, in source order.
+    pub(crate) fn range(
+        &self,
+        lower: std::ops::Bound<SourceId>,
+        upper: std::ops::Bound<SourceId>,
+    ) -> impl Iterator<Item = (SourceId, Timestamp)> + '_ {
+        self.0.range((lower, upper)).map(|(&s, &t)| (s, t))
+    }
+
     /// How many sources have been seen.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -7,7 +7,8 @@
 //! |------|----------|--------------------------------------------------|
 //! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
 //! | 2    | Updates  | one or more [`Envelope`]s, back to back          |
-//! | 3    | SnapshotBegin | the sender's [`Clock`], then an optional signature |
+//! | 3    | SnapshotBegin | how many sources the sender's clock has and its digest, then an optional signature |
+//! | 14   | SnapshotClock | `(source, ts)` entries of that clock, in source order |
 //! | 12   | SnapshotPart | its index, a part of the state ([`Reduce::snapshot_part`](crate::Reduce::snapshot_part)), an optional signature |
 //! | 13   | SnapshotEnd | how many parts, an optional signature |
 //! | 4    | Sync     | empty: the history before it is complete         |
@@ -19,10 +20,10 @@
 //! | 10   | Unwant   | sources: stop pushing these                      |
 //! | 11   | Proofs   | [`Proof`]s: signed updates that changed nothing  |
 //!
-//! A snapshot travels in parts, each far below the frame limit, made from
-//! the state one after the other and merged on arrival one by one; the
-//! receiver takes the sender's clock (from before the first part) only
-//! with the end. Signed, each frame's signature binds it to the snapshot
+//! A snapshot travels in parts, each far below the frame limit: its clock
+//! (read before the first part) in chunks, then the state in parts made one
+//! after the other and merged on arrival one by one; the receiver takes the
+//! clock only with the end. Signed, each frame's signature binds it to the snapshot
 //! it belongs to (the begin frame's digest) and to its place in it.
 //!
 //! An Advance names updates the sender took in that changed nothing, because
@@ -66,6 +67,8 @@ pub(crate) enum Kind {
     Proofs = 11,
     SnapshotPart = 12,
     SnapshotEnd = 13,
+    SnapshotClock = 14,
+    Ranges = 15,
 }
 
 impl Kind {
@@ -84,6 +87,8 @@ impl Kind {
             11 => Kind::Proofs,
             12 => Kind::SnapshotPart,
             13 => Kind::SnapshotEnd,
+            14 => Kind::SnapshotClock,
+            15 => Kind::Ranges,
             _ => return None,
         })
     }
@@ -244,11 +249,16 @@ pub(crate) enum Frame<U> {
     Hello(Hello),
     Updates(Vec<Envelope<U>>),
     SnapshotBegin {
-        clock: Clock,
+        /// How many sources the snapshot's clock has.
+        sources: u64,
+        /// The digest of its clock's entries ([`clock_digest`]).
+        clock: [u8; 32],
         /// What the begin frame's signature covers: the snapshot's id.
         digest: [u8; 32],
         proof: Option<Signature>,
     },
+    SnapshotClock(Vec<(SourceId, crate::Timestamp)>),
+    Ranges(Vec<crate::reconcile::Range>),
     SnapshotPart {
         index: u64,
         state: U,
@@ -322,12 +332,14 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             Frame::Updates(envelopes)
         }
         Kind::SnapshotBegin => {
-            let (clock, rest) =
+            let ((sources, clock), rest) =
                 postcard::take_from_bytes(body).map_err(|e| malformed("SnapshotBegin", e))?;
             let digest = snapshot_id(&body[..body.len() - rest.len()]);
             let proof = decode_all("SnapshotBegin", rest)?;
-            Frame::SnapshotBegin { clock, digest, proof }
+            Frame::SnapshotBegin { sources, clock, digest, proof }
         }
+        Kind::SnapshotClock => Frame::SnapshotClock(decode_all("SnapshotClock", body)?),
+        Kind::Ranges => Frame::Ranges(decode_all("Ranges", body)?),
         Kind::SnapshotPart => {
             let (index, rest) =
                 postcard::take_from_bytes(body).map_err(|e| malformed("SnapshotPart", e))?;
@@ -361,13 +373,22 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
     })
 }
 
-/// A snapshot's id: the digest of its begin frame's encoded clock, which
-/// the begin frame's signature covers.
-pub(crate) fn snapshot_id(clock: &[u8]) -> [u8; 32] {
+/// A snapshot's id: the digest of its begin frame's body (the clock's size
+/// and digest), which the begin frame's signature covers.
+pub(crate) fn snapshot_id(begin: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"repred snapshot begin");
-    h.update(clock);
+    h.update(begin);
     h.finalize().into()
+}
+
+/// Feeds clock entries, in source order, to a clock digest: 16 bytes of
+/// source and 8 of timestamp each, however they were chunked.
+pub(crate) fn clock_digest_update(h: &mut Sha256, entries: &[(SourceId, crate::Timestamp)]) {
+    for (source, ts) in entries {
+        h.update(source.as_bytes());
+        h.update(ts.to_raw().to_le_bytes());
+    }
 }
 
 /// What a part's signature covers: the snapshot, the part's place in it,

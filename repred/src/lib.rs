@@ -78,6 +78,7 @@ pub mod lattice;
 #[cfg(feature = "laws")]
 pub mod laws;
 mod network;
+mod reconcile;
 mod reduce;
 mod replica;
 mod session;

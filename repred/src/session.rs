@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
+use crate::reconcile::{Range, Reconciliation};
 use crate::replica::{Core, Parent};
 use crate::snapshot::{Incoming, Outgoing, Refused};
 use crate::{
@@ -165,8 +166,14 @@ pub(crate) struct Stream {
     /// When our Hello carried only a digest: the clock it stood for, to
     /// adopt as the peer's if the digests match.
     hello_clock: Option<Clock>,
-    /// The peer needs our clock: its digest differed from ours.
-    owe_clock: Option<Owed>,
+    /// The peer sent its whole clock, we a digest, and they differ: it
+    /// needs our entries of its sources (of the others it has nothing to
+    /// send).
+    owe_clock: Option<Vec<SourceId>>,
+    /// Finding the peer's clock range by range (both sent digests).
+    reconcile: Option<Reconciliation>,
+    /// Ranges to send the peer.
+    ranges_out: Vec<Range>,
     sync_sent: bool,
     sync_received: bool,
     /// The peer's Sync frame arrived; `sync_received` may wait for `heard`.
@@ -215,6 +222,8 @@ impl Stream {
             hello,
             hello_clock,
             owe_clock: None,
+            reconcile: None,
+            ranges_out: Vec::new(),
             opts,
             recv: Vec::new(),
             peer: None,
@@ -511,13 +520,23 @@ impl Stream {
                 // digests. To a peer that sent its whole clock, only the
                 // part about its sources is owed: of the others it has
                 // nothing to send.
+                // Two digests that differ: the clocks are found out range by
+                // range (see `reconcile`), the smaller id asking first.
                 if !equal && self.hello_clock.is_some() {
-                    self.owe_clock = Some(match &hello.clock {
+                    match &hello.clock {
                         ClockSummary::Full(clock) => {
-                            Owed::Of(clock.iter().map(|(s, _)| s).collect())
+                            self.owe_clock = Some(clock.iter().map(|(s, _)| s).collect());
                         }
-                        ClockSummary::Digest { .. } => Owed::Whole,
-                    });
+                        ClockSummary::Digest { .. } => {
+                            let mine = self.hello_clock.take().unwrap_or_default();
+                            let limit = core.config.max_unknown_sources;
+                            let mut rec = Reconciliation::new(mine, limit);
+                            if (core.id, core.life) < (hello.id, hello.life) {
+                                self.ranges_out.extend(rec.start());
+                            }
+                            self.reconcile = Some(rec);
+                        }
+                    }
                 }
                 let peer_clock = match hello.clock {
                     ClockSummary::Full(clock) => Some(clock),
@@ -545,6 +564,20 @@ impl Stream {
                 }
             }
             Frame::Clock(clock) => self.peer_clock(core, &clock),
+            Frame::Ranges(ranges) => {
+                // Only while reconciling: otherwise the ranges say nothing
+                // this side asked about.
+                if let Some(rec) = &mut self.reconcile {
+                    let answer = rec.handle(ranges).map_err(|detail| {
+                        PeerMisbehaved::Malformed { kind: "Ranges".into(), detail: detail.into() }
+                    })?;
+                    self.ranges_out.extend(answer);
+                    if rec.is_done() {
+                        let theirs = self.reconcile.take().map(Reconciliation::into_theirs);
+                        self.peer_clock(core, &theirs.unwrap_or_default());
+                    }
+                }
+            }
             Frame::Updates(envelopes) => {
                 self.stats.updates_received += envelopes.len() as u64;
                 if self.opts.receives {
@@ -618,16 +651,28 @@ impl Stream {
                     self.backfill.remove(&source);
                 }
             }
-            Frame::SnapshotBegin { clock, digest, proof } if self.opts.receives => {
+            Frame::SnapshotBegin { sources, clock, digest, proof } if self.opts.receives => {
                 if self.snapshot_in.is_some() {
                     return Err(PeerMisbehaved::Malformed {
                         kind: "SnapshotBegin".into(),
                         detail: "a snapshot begun before the last one ended".into(),
                     });
                 }
-                match Incoming::begin(core, now, clock, digest, proof.as_ref()) {
+                match Incoming::begin(core, sources, clock, digest, proof.as_ref()) {
                     Ok(incoming) => self.snapshot_in = Some(incoming),
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
+                }
+            }
+            Frame::SnapshotClock(entries) if self.opts.receives => {
+                let Some(incoming) = &mut self.snapshot_in else {
+                    return Err(PeerMisbehaved::Malformed {
+                        kind: "SnapshotClock".into(),
+                        detail: "a snapshot clock before its begin".into(),
+                    });
+                };
+                let skew = core.config.max_skew_millis;
+                if let Err(refused) = incoming.clock_chunk(now, skew, entries) {
+                    return self.refuse_snapshot(id, core, peer, refused);
                 }
             }
             Frame::SnapshotPart { index, state, digest, proof } if self.opts.receives => {
@@ -659,6 +704,7 @@ impl Stream {
             }
             // A stream that takes nothing ignores snapshots, as updates.
             Frame::SnapshotBegin { .. }
+            | Frame::SnapshotClock(_)
             | Frame::SnapshotPart { .. }
             | Frame::SnapshotEnd { .. } => {}
             Frame::Sync => {
@@ -760,17 +806,15 @@ impl Stream {
             self.hello_sent = true;
             self.stats.frames_sent += 1;
         }
-        if let Some(owed) = self.owe_clock.take().filter(|_| !self.ended) {
+        if let Some(sources) = self.owe_clock.take().filter(|_| !self.ended) {
             let mut w = Writer::begin(out, Kind::Clock);
-            match owed {
-                Owed::Whole => w.put(&core.clock)?,
-                Owed::Of(sources) => {
-                    let part: Clock = sources.into_iter().map(|s| (s, core.clock.get(s))).collect();
-                    w.put(&part)?;
-                }
-            }
+            let part: Clock = sources.into_iter().map(|s| (s, core.clock.get(s))).collect();
+            w.put(&part)?;
             w.finish();
             self.stats.frames_sent += 1;
+        }
+        if !self.ranges_out.is_empty() && !self.ended {
+            self.send_ranges(core, out)?;
         }
         if let Some(reason) = self.close_out.take() {
             let mut w = Writer::begin(out, Kind::Close);
@@ -824,6 +868,36 @@ impl Stream {
         Ok(out.len() - before)
     }
 
+    /// The reconciliation's ranges, a frame per batch's worth.
+    fn send_ranges<T: Reduce>(
+        &mut self,
+        core: &Core<T>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let ranges = std::mem::take(&mut self.ranges_out);
+        let mut chunk: Vec<&Range> = Vec::new();
+        let mut size = 0;
+        for (i, range) in ranges.iter().enumerate() {
+            size += match range {
+                Range::Items { items, .. } => 8 + 26 * items.len(),
+                _ => 30,
+            };
+            chunk.push(range);
+            if size >= core.config.batch_bytes || i + 1 == ranges.len() {
+                let mut w = Writer::begin(out, Kind::Ranges);
+                if let Err(e) = w.put(&chunk) {
+                    w.abandon();
+                    return Err(e.into());
+                }
+                w.finish();
+                self.stats.frames_sent += 1;
+                chunk.clear();
+                size = 0;
+            }
+        }
+        Ok(())
+    }
+
     fn count_sent(&mut self, bytes: usize) {
         self.stats.bytes_sent += bytes as u64;
     }
@@ -875,9 +949,9 @@ impl Stream {
             self.cursor = history.end_seq();
         }
         let Some(snapshot) = &mut self.snapshot_out else { return Ok(()) };
-        let before = snapshot.parts();
+        let before = snapshot.frames();
         let done = snapshot.write(core, out, core.config.batch_bytes)?;
-        self.stats.frames_sent += snapshot.parts() - before;
+        self.stats.frames_sent += snapshot.frames() - before;
         if let Some(clock) = done {
             self.stats.frames_sent += 1;
             self.stats.snapshots_sent += 1;
@@ -1090,20 +1164,13 @@ impl Claims<'_> {
     }
 }
 
-/// The clock a stream owes its peer.
-#[derive(Debug)]
-enum Owed {
-    /// All of it: the peer sent only a digest too.
-    Whole,
-    /// Only these sources' entries: the peer sent its whole clock.
-    Of(Vec<SourceId>),
-}
-
 fn frame_name<U>(frame: &Frame<U>) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
         Frame::Updates(_) => "Updates",
         Frame::SnapshotBegin { .. } => "SnapshotBegin",
+        Frame::SnapshotClock(_) => "SnapshotClock",
+        Frame::Ranges(_) => "Ranges",
         Frame::SnapshotPart { .. } => "SnapshotPart",
         Frame::SnapshotEnd { .. } => "SnapshotEnd",
         Frame::Sync => "Sync",

@@ -1,8 +1,9 @@
 //! A snapshot on the wire: sent and taken in parts.
 //!
 //! A peer too far behind for history gets the state instead, and a state
-//! may be gigabytes. So it travels as a begin frame (the sender's clock,
-//! read before the first part), parts made one after the other from the
+//! may be gigabytes, its clock a million sources. So it travels as a begin
+//! frame (the size and digest of the sender's clock, read before the first
+//! part), the clock in chunks, parts made one after the other from the
 //! state ([`Reduce::snapshot_part`]), each well under the frame limit, and
 //! an end frame (how many parts). The receiver merges each part on arrival
 //! and takes the clock only with the end: a stream cut mid-snapshot leaves
@@ -15,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::frame::{self, Kind, Writer};
 use crate::replica::Core;
-use crate::{Clock, PeerMisbehaved, Reduce, SessionError, Signature, SnapshotRefusal, SourceId};
+use crate::{
+    Clock, PeerMisbehaved, Reduce, SessionError, Signature, SnapshotRefusal, SourceId, Timestamp,
+};
 
 /// Parts start this many entries long, then follow the target size.
 const FIRST_PART_ENTRIES: usize = 64;
@@ -25,11 +28,15 @@ const FIRST_PART_ENTRIES: usize = 64;
 pub(crate) struct Outgoing {
     id: [u8; 32],
     clock: Clock,
+    /// The last clock entry sent, once chunks have begun.
+    clock_sent: Option<SourceId>,
+    clock_done: bool,
     /// Where the next part starts (`None` at the start, or when done).
     cursor: Option<Vec<u8>>,
     index: u64,
     /// Entries per part: adjusted to the target size as parts go.
     entries: usize,
+    frames: u64,
 }
 
 impl Outgoing {
@@ -39,18 +46,26 @@ impl Outgoing {
         core: &Core<T>,
         out: &mut Vec<u8>,
     ) -> Result<Self, SessionError> {
-        let clock_bytes = postcard::to_allocvec(&core.clock)?;
-        let id = frame::snapshot_id(&clock_bytes);
+        let clock = core.clock.clone();
+        let entries: Vec<(SourceId, Timestamp)> = clock.iter().collect();
+        let mut h = Sha256::new();
+        frame::clock_digest_update(&mut h, &entries);
+        let digest: [u8; 32] = h.finalize().into();
+        let body = postcard::to_allocvec(&(clock.len() as u64, digest))?;
+        let id = frame::snapshot_id(&body);
         let proof = core.snapshot_signer.as_ref().map(|s| s.sign_snapshot(&id));
         let mut w = Writer::begin(out, Kind::SnapshotBegin);
-        w.put_raw(&clock_bytes);
+        w.put_raw(&body);
         put(w, &proof)?;
         Ok(Self {
             id,
-            clock: core.clock.clone(),
+            clock_done: clock.is_empty(),
+            clock,
+            clock_sent: None,
             cursor: None,
             index: 0,
             entries: FIRST_PART_ENTRIES,
+            frames: 0,
         })
     }
 
@@ -65,6 +80,35 @@ impl Outgoing {
     ) -> Result<Option<Clock>, SessionError> {
         let start = out.len();
         let target = core.config.snapshot_part_bytes.max(1);
+        // The clock first, in chunks of about a part's size (25 bytes an
+        // entry).
+        while !self.clock_done {
+            let lower = match self.clock_sent {
+                Some(last) => std::ops::Bound::Excluded(last),
+                None => std::ops::Bound::Unbounded,
+            };
+            let chunk: Vec<(SourceId, Timestamp)> = self
+                .clock
+                .range(lower, std::ops::Bound::Unbounded)
+                .take((target / 25).max(1))
+                .collect();
+            self.clock_sent = chunk.last().map(|(s, _)| *s);
+            let mut w = Writer::begin(out, Kind::SnapshotClock);
+            w.put(&chunk)?;
+            w.finish();
+            self.frames += 1;
+            if self.clock_sent.is_none_or(|last| {
+                self.clock
+                    .range(std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)
+                    .next()
+                    .is_none()
+            }) {
+                self.clock_done = true;
+            }
+            if out.len() - start >= budget {
+                return Ok(None);
+            }
+        }
         loop {
             let (part, next) = core.state.snapshot_part(self.cursor.as_deref(), self.entries);
             let mut w = Writer::begin(out, Kind::SnapshotPart);
@@ -87,6 +131,7 @@ impl Outgoing {
             let proof = core.snapshot_signer.as_ref().map(|s| s.sign_snapshot(&digest));
             put(w, &proof)?;
             self.index += 1;
+            self.frames += 1;
             // Aim at the target size: whole parts of whatever entries hold.
             if len < target / 2 {
                 self.entries = self.entries.saturating_mul(2);
@@ -104,7 +149,8 @@ impl Outgoing {
                         return Err(e.into());
                     }
                     put(w, &proof)?;
-                    return Ok(Some(self.clock.clone()));
+                    self.frames += 1;
+                    return Ok(Some(std::mem::take(&mut self.clock)));
                 }
             }
             if out.len() - start >= budget {
@@ -113,9 +159,9 @@ impl Outgoing {
         }
     }
 
-    /// How many parts went out so far.
-    pub(crate) fn parts(&self) -> u64 {
-        self.index
+    /// How many frames went out so far (clock chunks, parts, the end).
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames
     }
 }
 
@@ -151,7 +197,12 @@ impl From<PeerMisbehaved> for Refused {
 #[derive(Debug)]
 pub(crate) struct Incoming {
     id: [u8; 32],
+    /// The clock as its chunks come, and what the begin said of it.
     clock: Clock,
+    sources: u64,
+    received: u64,
+    digest: [u8; 32],
+    hasher: Sha256,
     /// Who signed the begin frame: every part and the end must be signed
     /// by the same key.
     signer: Option<SourceId>,
@@ -166,26 +217,67 @@ fn misbehaved(detail: &str) -> Refused {
 }
 
 impl Incoming {
-    /// A begin frame: the snapshot's clock (within the skew limit) and who
-    /// vouches for it, as this replica requires.
+    /// A begin frame: who vouches for the snapshot, as this replica
+    /// requires, and what its clock will be.
     pub(crate) fn begin<T: Reduce>(
         core: &Core<T>,
-        now: u64,
-        clock: Clock,
+        sources: u64,
+        digest: [u8; 32],
         id: [u8; 32],
         proof: Option<&Signature>,
     ) -> Result<Self, Refused> {
         let signer = core.vet_snapshot(&id, proof).map_err(Refused::Untrusted)?;
-        let newest = clock.max();
-        let limit = now.saturating_add(core.config.max_skew_millis);
-        if newest.millis() > limit {
-            return Err(PeerMisbehaved::ClockSkew {
-                ahead_millis: newest.millis().saturating_sub(now),
-                limit_millis: core.config.max_skew_millis,
-            }
-            .into());
+        Ok(Self {
+            id,
+            clock: Clock::new(),
+            sources,
+            received: 0,
+            digest,
+            hasher: Sha256::new(),
+            signer,
+            next: 0,
+        })
+    }
+
+    /// A chunk of the clock: entries in source order, no more than the
+    /// begin announced, their digest what it said once all are in, none
+    /// further ahead than the skew limit.
+    pub(crate) fn clock_chunk(
+        &mut self,
+        now: u64,
+        max_skew: u64,
+        entries: Vec<(SourceId, Timestamp)>,
+    ) -> Result<(), Refused> {
+        if self.received.saturating_add(entries.len() as u64) > self.sources {
+            return Err(misbehaved("more clock entries than the snapshot announced"));
         }
-        Ok(Self { id, clock, signer, next: 0 })
+        let limit = now.saturating_add(max_skew);
+        for &(source, ts) in &entries {
+            if ts.millis() > limit {
+                return Err(PeerMisbehaved::ClockSkew {
+                    ahead_millis: ts.millis().saturating_sub(now),
+                    limit_millis: max_skew,
+                }
+                .into());
+            }
+            if !source.is_valid() || self.clock.get(source) != Timestamp::ZERO {
+                return Err(misbehaved("a snapshot clock with a reserved or repeated source"));
+            }
+            self.clock.observe(source, ts);
+        }
+        frame::clock_digest_update(&mut self.hasher, &entries);
+        self.received += entries.len() as u64;
+        if self.received == self.sources {
+            let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+            if digest != self.digest {
+                return Err(misbehaved("the snapshot's clock does not match its digest"));
+            }
+        }
+        Ok(())
+    }
+
+    fn clock_complete(&self) -> bool {
+        self.received == self.sources
     }
 
     /// Checks a part's place and signature; the caller merges it.
@@ -195,6 +287,9 @@ impl Incoming {
         state: &[u8; 32],
         proof: Option<&Signature>,
     ) -> Result<(), Refused> {
+        if !self.clock_complete() {
+            return Err(misbehaved("a snapshot part before its whole clock"));
+        }
         if index != self.next {
             return Err(misbehaved("a snapshot part out of order"));
         }
@@ -205,7 +300,7 @@ impl Incoming {
 
     /// Checks the end; returns the clock the whole snapshot stands for.
     pub(crate) fn end(self, parts: u64, proof: Option<&Signature>) -> Result<Clock, Refused> {
-        if parts != self.next {
+        if !self.clock_complete() || parts != self.next {
             return Err(misbehaved("a snapshot ended with parts missing"));
         }
         self.vouched(&frame::end_digest(&self.id, parts), proof)?;

@@ -90,6 +90,12 @@ impl SourceId {
         Self(bytes)
     }
 
+    /// Any 16 bytes, the reserved zero included: only for bounds of ranges
+    /// of ids, never as an id.
+    pub(crate) fn from_hash_raw(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
