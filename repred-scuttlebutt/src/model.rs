@@ -238,6 +238,9 @@ fn order(a: (f64, &str, &Json), b: (f64, &str, &Json)) -> Ordering {
 pub struct Model {
     entries: BTreeMap<String, Cell>,
     names: BTreeMap<SourceId, String>,
+    /// `names` the other way round: a write's source is looked up here
+    /// before it is hashed (a function of `names`, so equality holds).
+    ids: HashMap<String, SourceId>,
 }
 
 impl Model {
@@ -353,14 +356,13 @@ impl Model {
 
     /// Remembers a long id's name; whether it was new.
     fn register(&mut self, name: &str) -> bool {
-        if id::is_table_free(name) {
+        // Known already, or a short name: no hash needed.
+        if self.ids.contains_key(name) || id::is_table_free(name) {
             return false;
         }
         let source = id::source_id(name);
-        if self.names.contains_key(&source) {
-            return false;
-        }
         self.names.insert(source, name.to_string());
+        self.ids.insert(name.to_string(), source);
         true
     }
 }

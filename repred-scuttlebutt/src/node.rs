@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 /// most, so that a writer interleaves with the rest of the program.
 const LIVE_BATCH: usize = 64 << 10;
 
+/// Most JavaScript ids remembered with their source ids.
+const MAX_CACHED_IDS: usize = 100_000;
+
 /// Most undrained events kept; older ones are dropped.
 const MAX_EVENTS: usize = 4_096;
 
@@ -290,6 +293,10 @@ impl Stream {
 /// ```
 pub struct Node {
     replica: Replica<Model>,
+    /// JavaScript ids seen on streams, to their source ids: long ones are
+    /// hashed once, not per update. Cleared when it grows past
+    /// [`MAX_CACHED_IDS`].
+    ids: HashMap<String, SourceId>,
     js_id: String,
     streams: BTreeMap<StreamId, Stream>,
     next_stream: u64,
@@ -324,7 +331,14 @@ impl Node {
     /// JavaScript in hex.
     pub fn from_replica(replica: Replica<Model>) -> Self {
         let js_id = id::js_id_free(replica.id());
-        Node { replica, js_id, streams: BTreeMap::new(), next_stream: 0, events: VecDeque::new() }
+        Node {
+            replica,
+            ids: HashMap::new(),
+            js_id,
+            streams: BTreeMap::new(),
+            next_stream: 0,
+            events: VecDeque::new(),
+        }
     }
 
     /// A fresh random id in scuttlebutt's style: 16 uppercase hex digits
@@ -538,7 +552,8 @@ impl Node {
         f: impl FnOnce(&mut Ctx<'_>, &mut Stream) -> Result<(), StreamError>,
     ) -> Result<(), StreamError> {
         let Some(mut stream) = self.streams.remove(&id) else { return Ok(()) };
-        let mut ctx = Ctx { replica: &mut self.replica, events: &mut self.events };
+        let mut ctx =
+            Ctx { replica: &mut self.replica, events: &mut self.events, ids: &mut self.ids };
         let result = f(&mut ctx, &mut stream);
         match &result {
             Err(e) => {
@@ -617,6 +632,7 @@ fn send_writes(
 struct Ctx<'a> {
     replica: &'a mut Replica<Model>,
     events: &'a mut VecDeque<Event>,
+    ids: &'a mut HashMap<String, SourceId>,
 }
 
 impl Ctx<'_> {
@@ -760,7 +776,17 @@ impl Ctx<'_> {
             s.stats.refused += 1;
             return;
         };
-        let source = id::source_id(&u.source);
+        let source = match self.ids.get(&u.source) {
+            Some(&source) => source,
+            None => {
+                if self.ids.len() >= MAX_CACHED_IDS {
+                    self.ids.clear();
+                }
+                let source = id::source_id(&u.source);
+                self.ids.insert(u.source.clone(), source);
+                source
+            }
+        };
         let write = Write { key: u.key, value: u.value, ts: Some(u.ts), source: Some(u.source) };
         let change = ModelChange { writes: vec![write], names: Vec::new() };
         match self.replica.apply(now, Envelope::new(source, ts, change)) {
