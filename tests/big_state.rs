@@ -93,3 +93,28 @@ fn a_snapshot_cut_midway_claims_nothing_and_completes_on_the_next_stream() {
     assert_eq!(net[b].state(), net[a].state());
     assert_eq!(net[b].clock(), net[a].clock());
 }
+
+/// The cheaper path (issue 16): a fresh peer of a map written 200,000
+/// times over 1,000 keys is sent the 1,000 entries, not the history, even
+/// though the history still holds every update.
+#[test]
+fn a_fresh_peer_gets_the_state_when_history_is_much_longer() {
+    let mut net = Network::new();
+    let config = Config::default().history_limit(1 << 20);
+    let mut a = Replica::with_config(id("writer"), Blobs::default(), config);
+    for i in 0..200_000u64 {
+        a.update(NOW, LwwMap::set(i % 1_000, vec![1; 8])).unwrap();
+    }
+    assert!(a.horizon().is_empty(), "the history holds every update");
+    let a = net.add(a);
+    let b = net.add(Replica::new(id("fresh"), Blobs::default()));
+    let link = net.link(a, b);
+    net.pump();
+    assert_eq!(net[b].state(), net[a].state());
+    assert_eq!(net[b].clock(), net[a].clock());
+    let [(_, sa), _] = net.streams(link);
+    let stats = net[a].stream_stats(sa).unwrap();
+    assert_eq!(stats.snapshots_sent, 1);
+    assert_eq!(stats.updates_sent, 0);
+    assert!(stats.bytes_sent < 100_000, "{} bytes", stats.bytes_sent);
+}

@@ -239,8 +239,14 @@ fn field_wise(input: &Input) -> TokenStream {
         local("other"),
         local("f"),
     );
-    let (cursor, max, field, inner, next) =
-        (local("cursor"), local("max"), local("field"), local("inner"), local("next"));
+    let (cursor, max, field, inner, next, total) = (
+        local("cursor"),
+        local("max"),
+        local("field"),
+        local("inner"),
+        local("next"),
+        local("total"),
+    );
     let indices: Vec<u32> = (0..names.len() as u32).collect();
     let field_count = names.len() as u32;
     quote! {
@@ -313,6 +319,12 @@ fn field_wise(input: &Input) -> TokenStream {
                         #(#names: ::core::option::Option::Some(::repred::Reduce::snapshot(&self.#names)),)*
                         #marker_init
                     }
+                }
+
+                fn entries_hint(&self) -> ::core::option::Option<u64> {
+                    let mut #total = 0u64;
+                    #(#total = #total.saturating_add(::repred::Reduce::entries_hint(&self.#names)?);)*
+                    ::core::option::Option::Some(#total)
                 }
 
                 fn snapshot_part(

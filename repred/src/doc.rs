@@ -291,6 +291,10 @@ where
         self.rows.iter().map(|(id, row)| (id.clone(), row.snapshot())).collect()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.rows.len() as u64)
+    }
+
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (DocUpdate<V>, Option<Vec<u8>>) {
         let (part, next) = crate::lattice::map_part(&self.rows, cursor, max);
         (part.into_iter().map(|(id, row)| (id.clone(), row.snapshot())).collect(), next)
@@ -807,6 +811,10 @@ where
 
     fn snapshot(&self) -> SeqUpdate<V> {
         SeqUpdate { order: self.order.snapshot(), values: self.values.snapshot() }
+    }
+
+    fn entries_hint(&self) -> Option<u64> {
+        Some(2 * self.sorted.len() as u64)
     }
 
     /// Positions first, then values.

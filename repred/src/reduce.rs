@@ -98,6 +98,16 @@ pub trait Reduce {
         (self.snapshot(), None)
     }
 
+    /// About how many entries [`snapshot`](Reduce::snapshot) would hold,
+    /// if the type knows: a replica sends a peer that lacks much more
+    /// history than that a snapshot instead (the cheaper path: a fresh peer
+    /// of a map written a million times over 100,000 keys gets 100,000
+    /// entries, not a million updates). `None` (the default): history,
+    /// whenever the history still has it.
+    fn entries_hint(&self) -> Option<u64> {
+        None
+    }
+
     /// Fills in the stamp of the update that carries `update`, before it is
     /// reduced: called on every update, local and remote.
     ///

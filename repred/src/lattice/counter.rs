@@ -67,6 +67,10 @@ impl Reduce for GCounter {
         self.clone()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.0.len() as u64)
+    }
+
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (GCounter, Option<Vec<u8>>) {
         let (part, next) = super::map_part(&self.0, cursor, max);
         (GCounter(part.into_iter().map(|(w, n)| (*w, *n)).collect()), next)
@@ -123,6 +127,10 @@ impl Reduce for PnCounter {
 
     fn snapshot(&self) -> PnCounter {
         self.clone()
+    }
+
+    fn entries_hint(&self) -> Option<u64> {
+        Some((self.up.0.len() + self.down.0.len()) as u64)
     }
 
     /// Increments first, then decrements.

@@ -78,6 +78,10 @@ impl<T: Clone + Serialize + DeserializeOwned> Reduce for EventLog<T> {
         self.0.iter().map(|((s, i), e)| (Some(*s), *i, e.clone())).collect()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.0.len() as u64)
+    }
+
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Logged<T>, Option<Vec<u8>>) {
         let (part, next) = super::map_part(&self.0, cursor, max);
         (part.into_iter().map(|((s, i), e)| (Some(*s), *i, e.clone())).collect(), next)

@@ -251,6 +251,10 @@ where
             .collect()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.entries.len() as u64)
+    }
+
     /// Parts by position in insertion order: entries are never removed, so
     /// positions only grow.
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {

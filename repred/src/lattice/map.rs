@@ -93,6 +93,10 @@ where
         self.0.iter().map(|(k, l)| (k.clone(), l.snapshot())).collect()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.0.len() as u64)
+    }
+
     /// A part holds whole entries (each value's whole snapshot).
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
         let (part, next) = super::map_part(&self.0, cursor, max);

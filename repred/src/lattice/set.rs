@@ -76,6 +76,10 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for GSet<T> {
         self.clone()
     }
 
+    fn entries_hint(&self) -> Option<u64> {
+        Some(self.0.len() as u64)
+    }
+
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (GSet<T>, Option<Vec<u8>>) {
         let (part, next) = super::set_part(&self.0, cursor, max);
         (GSet(part.into_iter().cloned().collect()), next)
@@ -214,6 +218,10 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
             adds,
             removes: self.tombstones.iter().map(|(t, x)| (x.clone(), *t)).collect(),
         }
+    }
+
+    fn entries_hint(&self) -> Option<u64> {
+        Some((self.live.len() + self.tombstones.len()) as u64)
     }
 
     /// Live elements first (with all their tags), then tombstones.
