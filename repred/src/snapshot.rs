@@ -121,14 +121,16 @@ impl Outgoing {
                 w.abandon();
                 return Err(e.into());
             }
-            let state: [u8; 32] = Sha256::digest(&w.body()[mark..]).into();
             let len = w.body_len() - mark;
             if len + 128 > core.config.max_frame {
                 w.abandon();
                 return Err(SessionError::FrameTooLarge { len, limit: core.config.max_frame });
             }
-            let digest = frame::part_digest(&self.id, self.index, &state);
-            let proof = core.snapshot_signer.as_ref().map(|s| s.sign_snapshot(&digest));
+            // Hashed only to be signed.
+            let proof = core.snapshot_signer.as_ref().map(|s| {
+                let state: [u8; 32] = Sha256::digest(&w.body()[mark..]).into();
+                s.sign_snapshot(&frame::part_digest(&self.id, self.index, &state))
+            });
             put(w, &proof)?;
             self.index += 1;
             self.frames += 1;
