@@ -716,6 +716,7 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         sends: true,
         receives: true,
         life: 7,
+        floor: repred::Timestamp::ZERO,
     };
     let mut payload = vec![1u8];
     payload.extend_from_slice(&postcard::to_allocvec(&PROTOCOL_VERSION).expect("encode"));

@@ -247,6 +247,7 @@ fn field_wise(input: &Input) -> TokenStream {
         local("next"),
         local("total"),
     );
+    let stable = local("stable");
     let indices: Vec<u32> = (0..names.len() as u32).collect();
     let field_count = names.len() as u32;
     quote! {
@@ -325,6 +326,10 @@ fn field_wise(input: &Input) -> TokenStream {
                     let mut #total = 0u64;
                     #(#total = #total.saturating_add(::repred::Reduce::entries_hint(&self.#names)?);)*
                     ::core::option::Option::Some(#total)
+                }
+
+                fn collect(&mut self, #stable: ::repred::Timestamp) -> usize {
+                    0 #(+ ::repred::Reduce::collect(&mut self.#names, #stable))*
                 }
 
                 fn snapshot_part(

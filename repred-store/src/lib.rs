@@ -192,6 +192,22 @@ struct Meta {
     /// The replica's life ([`Replica::life`]): the log goes on, so the life
     /// does, and peers that met it before a crash welcome it back.
     life: u64,
+    /// The replica's collection floor ([`Replica::floor`]) when the base
+    /// was taken: the base is collected to it. (Later collections are
+    /// entries of the log.)
+    floor: Timestamp,
+}
+
+/// A header as written before collection floors (read only).
+#[derive(Deserialize)]
+struct MetaV2 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
 }
 
 /// A header as written before replicas had lives (read only).
@@ -208,6 +224,18 @@ struct MetaV1 {
 impl Meta {
     fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes).or_else(|e| {
+            if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
+                return Ok(Meta {
+                    id: v2.id,
+                    last: v2.last,
+                    base_seq: v2.base_seq,
+                    next_seq: v2.next_seq,
+                    base_clock: v2.base_clock,
+                    base: v2.base,
+                    life: v2.life,
+                    floor: Timestamp::ZERO,
+                });
+            }
             let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
             // Its life was never written down: any fixed one will do, as
             // no peer of this version met it.
@@ -220,6 +248,7 @@ impl Meta {
                 base_clock: v1.base_clock,
                 base: v1.base,
                 life: life.max(1),
+                floor: Timestamp::ZERO,
             })
         })
     }
@@ -514,7 +543,8 @@ impl Store {
                 entries,
                 config,
             )
-            .with_life(meta.life),
+            .with_life(meta.life)
+            .with_floor(meta.floor),
         ))
     }
 
@@ -610,6 +640,7 @@ impl Store {
                     base_clock: replica.clock().clone(),
                     base,
                     life: replica.life(),
+                    floor: replica.floor(),
                 };
                 Batch { name: name.to_string(), meta, entries: Vec::new(), snapshot: true }
             }

@@ -141,6 +141,57 @@ impl Clock {
     pub fn max(&self) -> Timestamp {
         self.0.values().copied().max().unwrap_or(Timestamp::ZERO)
     }
+
+    /// The causally stable point of a group of replicas, from their
+    /// clocks: every update older than it is held by all of them, and none
+    /// of them will write one older than it (each writes above what it has
+    /// seen). [`Replica::collect`](crate::Replica::collect) at it is safe
+    /// when `clocks` are those of every replica that could still send an
+    /// update: a clock read earlier only makes the point earlier.
+    ///
+    /// A source some replicas lack, or hold to different points, holds it
+    /// back to the least of them; one they all hold to the same point (a
+    /// writer long gone, say) does not. No clocks, or an empty one: zero.
+    ///
+    /// ```
+    /// use repred::{Clock, SourceId, Timestamp};
+    ///
+    /// let (a, b) = (SourceId::new("a")?, SourceId::new("b")?);
+    /// let t = |ms| Timestamp::new(ms, 0);
+    /// let one: Clock = [(a, t(10)), (b, t(50))].into_iter().collect();
+    /// let two: Clock = [(a, t(30)), (b, t(50))].into_iter().collect();
+    /// // `two` has a's writes up to 30, `one` only up to 10.
+    /// assert_eq!(Clock::stable_point([&one, &two]), t(10).next(0));
+    /// # Ok::<(), repred::InvalidSourceId>(())
+    /// ```
+    pub fn stable_point<'a>(clocks: impl IntoIterator<Item = &'a Clock>) -> Timestamp {
+        let clocks: Vec<&Clock> = clocks.into_iter().collect();
+        let Some(first) = clocks.first() else { return Timestamp::ZERO };
+        // Per source: least and greatest point, and how many hold it.
+        let mut spread: BTreeMap<SourceId, (Timestamp, Timestamp, usize)> =
+            first.iter().map(|(s, ts)| (s, (ts, ts, 1))).collect();
+        let mut bound = Timestamp::MAX;
+        for clock in &clocks {
+            bound = bound.min(clock.max());
+        }
+        for clock in &clocks[1..] {
+            for (source, ts) in clock.iter() {
+                let (lo, hi, n) = spread.entry(source).or_insert((ts, ts, 0));
+                *lo = (*lo).min(ts);
+                *hi = (*hi).max(ts);
+                *n += 1;
+            }
+        }
+        for (lo, hi, n) in spread.into_values() {
+            if n < clocks.len() {
+                return Timestamp::ZERO;
+            }
+            if lo < hi {
+                bound = bound.min(lo);
+            }
+        }
+        if bound == Timestamp::ZERO { bound } else { bound.next(0) }
+    }
 }
 
 impl FromIterator<(SourceId, Timestamp)> for Clock {

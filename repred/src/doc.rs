@@ -114,6 +114,12 @@ where
         RowUpdate { present: Some(self.present.snapshot()), fields: self.fields.snapshot() }
     }
 
+    /// Deleted fields older than `stable` go. A removed row keeps its
+    /// fields (adding it again brings them back).
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        self.fields.collect(stable)
+    }
+
     fn stamp(update: &mut RowUpdate<V>, stamp: Stamp) {
         if let Some(p) = &mut update.present {
             LwwRegister::stamp(p, stamp);
@@ -293,6 +299,22 @@ where
 
     fn entries_hint(&self) -> Option<u64> {
         Some(self.rows.len() as u64)
+    }
+
+    /// Rows collect their deleted fields; a row removed before `stable`
+    /// with no fields left goes too (adding it again later gives the same
+    /// row either way).
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        let mut dropped = 0;
+        self.rows.retain(|_, row| {
+            dropped += row.collect(stable);
+            let gone = row.fields.is_empty_of_entries()
+                && row.present.get() == Some(&false)
+                && row.present.written_at().is_some_and(|s| s.ts < stable);
+            dropped += usize::from(gone);
+            !gone
+        });
+        dropped
     }
 
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (DocUpdate<V>, Option<Vec<u8>>) {
@@ -815,6 +837,11 @@ where
 
     fn entries_hint(&self) -> Option<u64> {
         Some(2 * self.sorted.len() as u64)
+    }
+
+    /// Removed items' positions and values older than `stable` go.
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        self.order.collect(stable) + self.values.collect(stable)
     }
 
     /// Positions first, then values.

@@ -67,6 +67,21 @@ pub enum Event {
         /// Why.
         reason: crate::SnapshotRefusal,
     },
+    /// A peer has collected deletes up to `floor`, above this replica's own
+    /// [floor](crate::Replica::floor), and this replica holds state: it may
+    /// hold what the peer forgot it deleted (it was away past that point),
+    /// so the stream was closed with [`CloseReason::Stale`], and so will be
+    /// every stream to a peer at that floor. Call
+    /// [`Replica::rejoin`](crate::Replica::rejoin): the replica starts over
+    /// from a peer's snapshot, keeping its own writes since the floor.
+    Stale {
+        /// The stream.
+        stream: StreamId,
+        /// The peer.
+        peer: SourceId,
+        /// The peer's floor.
+        floor: Timestamp,
+    },
     /// The replica was disposed of; every stream has ended.
     Dispose,
 }

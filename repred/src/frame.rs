@@ -112,6 +112,8 @@ pub struct Hello {
     /// a new life is a replica that lost its log (see
     /// [`Replica::new`](crate::Replica::new)).
     pub life: u64,
+    /// The sender's collection floor ([`Replica::floor`](crate::Replica::floor)).
+    pub floor: crate::Timestamp,
 }
 
 /// A clock as a Hello carries it: whole when small, else a fingerprint.
@@ -170,6 +172,14 @@ pub enum CloseReason {
     /// ([`Event::SnapshotRefused`](crate::Event::SnapshotRefused)).
     #[error("snapshot refused: {0}")]
     SnapshotRefused(SnapshotRefusal),
+    /// One side's collection floor is above the other's, and the other
+    /// holds state: it may keep what the first has forgotten it deleted,
+    /// so they must not sync ([`Event::Stale`](crate::Event::Stale)).
+    #[error("one side is stale: the other collected deletes up to {floor}")]
+    Stale {
+        /// The higher of the two floors.
+        floor: crate::Timestamp,
+    },
 }
 
 /// What a peer did wrong: each closes the stream with this as the reason.
@@ -528,6 +538,7 @@ mod tests {
             sends: true,
             receives: false,
             life: 7,
+            floor: crate::Timestamp::new(5, 0),
         };
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{Clock, Envelope, Proof, SourceId, Stamp};
+use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 
 /// One entry of a replica's log, in the order the replica took it in: what
 /// a durable store writes, and what [`Replica::restore`](crate::Replica::restore)
@@ -44,6 +44,13 @@ pub enum Entry<U> {
         /// The sender's clock from before its first part.
         clock: Clock,
     },
+    /// The replica forgot its deletes older than `floor`
+    /// ([`Replica::collect`](crate::Replica::collect)): a restore collects
+    /// again here, and the floor holds from here on.
+    Collected {
+        /// The collection floor.
+        floor: Timestamp,
+    },
 }
 
 impl<U> Entry<U> {
@@ -53,7 +60,7 @@ impl<U> Entry<U> {
             Entry::Change(e) | Entry::Unchanged(e) => Some(e.stamp()),
             Entry::Advance(stamp) => Some(*stamp),
             Entry::Proven(proof) => Some(proof.stamp),
-            Entry::Merge { .. } | Entry::Covered { .. } => None,
+            Entry::Merge { .. } | Entry::Covered { .. } | Entry::Collected { .. } => None,
         }
     }
 }
@@ -107,6 +114,16 @@ impl<U> History<U> {
         }
     }
 
+    /// Empties the log, leaving a gap of one sequence number: a store
+    /// that saved up to here cannot append to what came before, so it
+    /// saves a whole snapshot next ([`Replica::rejoin`](crate::Replica::rejoin)).
+    pub(crate) fn restart(&mut self) {
+        let next = self.end_seq() + 1;
+        self.start_at(next);
+        self.horizon = Clock::new();
+        self.horizon_generation += 1;
+    }
+
     /// Starts the log at `seq` (after a restore), empty.
     pub(crate) fn start_at(&mut self, seq: u64) {
         self.records.clear();
@@ -141,6 +158,10 @@ impl<U> History<U> {
     pub(crate) fn get(&self, seq: u64) -> Option<&Entry<U>> {
         let index = seq.checked_sub(self.first_seq)?;
         self.records.get(usize::try_from(index).ok()?)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry<U>> {
+        self.records.iter()
     }
 
     pub(crate) fn len(&self) -> usize {

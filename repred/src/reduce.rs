@@ -108,6 +108,22 @@ pub trait Reduce {
         None
     }
 
+    /// Forgets what only records a removal older than `stable`: the
+    /// tombstones of deletes (a last-writer-wins delete, an observed
+    /// remove) whose stamps' timestamps are below it. Returns how many
+    /// entries it dropped.
+    ///
+    /// The replica calls it ([`Replica::collect`](crate::Replica::collect))
+    /// only with a `stable` that every replica's clock has passed for every
+    /// source, so no update older than `stable` can ever arrive again (it
+    /// would be old data): a tombstone below it has nothing left to stop,
+    /// and dropping it cannot resurrect anything. The default keeps
+    /// everything.
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        let _ = stable;
+        0
+    }
+
     /// Fills in the stamp of the update that carries `update`, before it is
     /// reduced: called on every update, local and remote.
     ///

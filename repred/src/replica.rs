@@ -189,6 +189,8 @@ pub struct Stats {
     pub snapshots: u64,
     /// Snapshots refused ([`Event::SnapshotRefused`]).
     pub snapshots_refused: u64,
+    /// Entries dropped by [`Replica::collect`] (tombstones of old deletes).
+    pub collected: u64,
     /// Events dropped because nobody drained them.
     pub events_dropped: u64,
 }
@@ -240,6 +242,15 @@ pub enum Rejection {
     /// The source is not on [`Config::allowed_sources`].
     #[error("the source is not on this replica's allow-list")]
     NotAllowed,
+    /// New to this replica, but older than its collection
+    /// [floor](Replica::floor): the deletes it might race with are
+    /// forgotten, so taking it could bring back what was deleted. A writer
+    /// that was away past the floor gets this for what it wrote before.
+    #[error("timestamp is below this replica's collection floor {floor}")]
+    BelowFloor {
+        /// The floor.
+        floor: Timestamp,
+    },
 }
 
 /// Why a peer's snapshot was not merged.
@@ -255,6 +266,18 @@ pub enum SnapshotRefusal {
     /// The signature does not hold.
     #[error("the snapshot's signature does not hold: {0}")]
     Unverified(#[from] VerifyError),
+    /// The sender's collection floor is below ours: its state may hold
+    /// what we forgot was deleted. (Senders wait for their floor to rise
+    /// before sending one; only an old or lying peer sends this.)
+    #[error(
+        "the snapshot comes from below this replica's collection floor {floor} (the sender's is {theirs})"
+    )]
+    BelowFloor {
+        /// Our floor.
+        floor: Timestamp,
+        /// The sender's.
+        theirs: Timestamp,
+    },
 }
 
 /// Errors of the replica's own API.
@@ -353,6 +376,18 @@ pub(crate) struct Core<T: Reduce> {
     /// deliver in time: it cannot take the role back by announcing, only
     /// by delivering.
     pub(crate) demoted: BTreeMap<SourceId, StreamId>,
+    /// The collection floor: deletes below it are forgotten, and updates
+    /// below it that are new here are refused ([`Replica::collect`]).
+    pub(crate) floor: Timestamp,
+    /// A collection waits for the snapshots being sent to finish (a
+    /// snapshot's parts are cut by position, which collecting moves).
+    pub(crate) collect_pending: bool,
+    /// The highest floor of a peer that found this replica stale, if any
+    /// ([`Event::Stale`]).
+    pub(crate) stale: Timestamp,
+    /// Since a [`Replica::rejoin`], the floor below which this replica
+    /// holds nothing stale: snapshots from up to it may be merged.
+    pub(crate) fresh_to: Timestamp,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -448,7 +483,51 @@ impl<T: Reduce> Core<T> {
         {
             return Err(Rejection::NotAllowed);
         }
+        if ts < self.floor && !self.clock.has(source, ts) {
+            return Err(Rejection::BelowFloor { floor: self.floor });
+        }
         self.check_skew(now, ts)
+    }
+
+    /// From now on, updates below `floor` that are new here are refused;
+    /// our own next timestamps are above it.
+    pub(crate) fn raise_floor(&mut self, floor: Timestamp) {
+        if floor > self.floor {
+            self.floor = floor;
+            self.collect_pending = true;
+        }
+        self.last = self.last.max(self.floor);
+    }
+
+    /// Whether this replica holds an update older than `floor` that
+    /// `peer` lacks (when the history no longer tells, it assumes so).
+    pub(crate) fn holds_news_below(&self, peer: &Clock, floor: Timestamp) -> bool {
+        let horizon = self.history.horizon();
+        let mut ahead = BTreeMap::new();
+        for (source, ts) in self.clock.iter() {
+            let theirs = peer.get(source);
+            if ts <= theirs || theirs >= floor {
+                continue;
+            }
+            if ts < floor || horizon.get(source) > theirs {
+                return true;
+            }
+            ahead.insert(source, theirs);
+        }
+        !ahead.is_empty()
+            && self.history.iter().filter_map(Entry::stamp).any(|stamp| {
+                stamp.ts < floor
+                    && ahead.get(&stamp.source).is_some_and(|&theirs| stamp.ts > theirs)
+            })
+    }
+
+    /// Forgets the deletes below the floor, recording that it did.
+    pub(crate) fn collect_now(&mut self) -> usize {
+        self.collect_pending = false;
+        let dropped = self.state.collect(self.floor);
+        self.stats.collected += dropped as u64;
+        self.history.push(Entry::Collected { floor: self.floor });
+        dropped
     }
 
     /// Checks an envelope's signature, if it has one or one is required;
@@ -474,7 +553,7 @@ impl<T: Reduce> Core<T> {
         Outcome::Rejected(reason)
     }
 
-    fn check_skew(&self, now: u64, ts: Timestamp) -> Result<(), Rejection> {
+    pub(crate) fn check_skew(&self, now: u64, ts: Timestamp) -> Result<(), Rejection> {
         let limit = now.saturating_add(self.config.max_skew_millis);
         if ts.millis() > limit {
             return Err(Rejection::ClockSkew {
@@ -781,6 +860,10 @@ impl<T: Reduce> Replica<T> {
                 lives: BTreeMap::new(),
                 snapshot_signer: None,
                 demoted: BTreeMap::new(),
+                floor: Timestamp::ZERO,
+                collect_pending: false,
+                stale: Timestamp::ZERO,
+                fresh_to: Timestamp::ZERO,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -984,6 +1067,11 @@ impl<T: Reduce> Replica<T> {
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
                 }
+                Entry::Collected { floor } => {
+                    core.raise_floor(*floor);
+                    core.collect_pending = false;
+                    core.state.collect(*floor);
+                }
             }
             core.history.push(entry);
         }
@@ -1005,6 +1093,128 @@ impl<T: Reduce> Replica<T> {
     /// Per source, the newest update that may be missing from the history.
     pub fn horizon(&self) -> &Clock {
         self.core.history.horizon()
+    }
+
+    /// The collection floor: deletes older than it are forgotten, and
+    /// updates older than it that are new here are refused
+    /// ([`Rejection::BelowFloor`]). Zero until the first
+    /// [`collect`](Replica::collect).
+    pub fn floor(&self) -> Timestamp {
+        self.core.floor
+    }
+
+    /// Forgets the deletes older than `stable` (tombstones of OR-set
+    /// removes, last-writer-wins deletes: whatever [`Reduce::collect`]
+    /// drops) and raises the [floor](Replica::floor) to it; returns how
+    /// many entries went.
+    ///
+    /// **The rule.** `stable` must be *causally stable*: every replica
+    /// that could still send an update older than `stable` has every
+    /// update older than it already. [`Clock::stable_point`] computes the
+    /// greatest such time from the clocks of every member; each member
+    /// then collects at it. A write older than the floor that arrives
+    /// anyway (from a writer that was away past it) is refused with
+    /// [`Rejection::BelowFloor`], since the delete that would have beaten
+    /// it may be gone; a replica that was away past a peer's floor is
+    /// told so ([`Event::Stale`]) and starts over with
+    /// [`rejoin`](Replica::rejoin) rather than bringing anything back.
+    ///
+    /// Floors spread by themselves: a replica that meets a peer with a
+    /// higher floor takes it (collecting too) once it holds everything the
+    /// peer held. A collection waits for the snapshots being sent to
+    /// finish (they are cut by position); the floor holds at once.
+    ///
+    /// ```
+    /// use repred::{Clock, LwwMap, Network, Replica, SourceId};
+    ///
+    /// let mut net = Network::new();
+    /// let a = net.add(Replica::new(SourceId::new("a")?, LwwMap::<String, u32>::default()));
+    /// let b = net.add(Replica::new(SourceId::new("b")?, LwwMap::<String, u32>::default()));
+    /// net.link(a, b);
+    /// net.update(a, LwwMap::set("k".to_string(), 1))?;
+    /// net.update(a, LwwMap::delete("k".to_string()))?;
+    /// net.pump();
+    /// let stable = Clock::stable_point([net[a].clock(), net[b].clock()]);
+    /// for r in [a, b] {
+    ///     net[r].collect(stable);
+    /// }
+    /// assert_eq!(net[a].stats().collected, 1, "the delete's tombstone is gone");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn collect(&mut self, stable: Timestamp) -> usize {
+        self.core.raise_floor(stable);
+        self.collect_if_due()
+    }
+
+    /// The floor of a peer that found this replica stale
+    /// ([`Event::Stale`]), if one did: [`rejoin`](Replica::rejoin).
+    pub fn stale_floor(&self) -> Option<Timestamp> {
+        (self.core.stale > self.core.floor).then_some(self.core.stale)
+    }
+
+    /// Starts over after [`Event::Stale`]: the state becomes `fresh` (the
+    /// type's empty state), the clock and history empty, so the next stream
+    /// brings the replica up (by snapshot if need be) and then it takes the
+    /// peers' floor.
+    /// Every stream ends (reopen them). The replica keeps its id, life and
+    /// keys, and its own writes at or above the floor, which go out again;
+    /// it returns the stamps of its own writes below the floor, which peers
+    /// refuse ([`Rejection::BelowFloor`]) and are dropped.
+    ///
+    /// A durable store saves a whole snapshot on its next save.
+    pub fn rejoin(&mut self, fresh: T) -> Vec<Stamp> {
+        let floor = self.core.stale.max(self.core.floor);
+        let open: Vec<StreamId> = self.open_streams().collect();
+        for id in open {
+            self.end_stream(id, crate::EndReason::Local(crate::CloseReason::Stale { floor }));
+        }
+        let core = &mut self.core;
+        let own = core.id;
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for seq in core.history.first_seq()..core.history.end_seq() {
+            if let Some(Entry::Change(e) | Entry::Unchanged(e)) = core.history.get(seq)
+                && e.source == own
+            {
+                if e.ts < floor { dropped.push(e.stamp()) } else { kept.push(e.clone()) }
+            }
+        }
+        core.history.restart();
+        core.state = fresh;
+        core.clock = Clock::new();
+        // Below the floor it lacks what everyone has, so it refuses
+        // nothing for its age until a peer brings it up (then it takes
+        // the floor, see `Stream::compare_floors`).
+        core.floor = Timestamp::ZERO;
+        core.fresh_to = floor;
+        core.stale = Timestamp::ZERO;
+        core.collect_pending = false;
+        core.last = core.last.max(floor);
+        core.parents.clear();
+        core.demoted.clear();
+        core.neighbours.clear();
+        core.refused = Clock::new();
+        for envelope in kept {
+            let stamp = envelope.stamp();
+            let mut change = envelope.change.clone();
+            T::stamp(&mut change, stamp);
+            core.state.reduce(change);
+            core.clock.observe(own, stamp.ts);
+            core.history.push(Entry::Change(envelope));
+        }
+        dropped
+    }
+
+    /// This replica with collection floor `floor` (collecting at it): for
+    /// a durable store restoring a replica whose base was saved after a
+    /// [`collect`](Replica::collect).
+    pub fn with_floor(mut self, floor: Timestamp) -> Self {
+        if floor > self.core.floor {
+            self.core.raise_floor(floor);
+            self.core.collect_pending = false;
+            self.core.state.collect(floor);
+        }
+        self
     }
 
     /// The next event, if any.
@@ -1126,7 +1336,8 @@ impl<'a, U> Iterator for Changes<'a, U> {
                 Entry::Advance(_)
                 | Entry::Unchanged(_)
                 | Entry::Proven(_)
-                | Entry::Covered { .. } => {
+                | Entry::Covered { .. }
+                | Entry::Collected { .. } => {
                     continue;
                 }
             };

@@ -211,6 +211,14 @@ pub(crate) struct Stream {
     intents: BTreeMap<SourceId, Option<Timestamp>>,
     /// Lazy relay: the newest announced to the peer per source.
     announced: Clock,
+    /// The peer's collection floor, from its Hello.
+    peer_floor: Timestamp,
+    /// A higher floor of the peer's, taken once its history is in.
+    catch_floor: Option<Timestamp>,
+    /// The peer's clock when it said hello, while `catch_floor` waits.
+    floor_clock: Option<Clock>,
+    /// A reason to close the stream with, found outside frame handling.
+    refuse: Option<CloseReason>,
     stats: StreamStats,
 }
 
@@ -250,6 +258,10 @@ impl Stream {
             backfill: BTreeSet::new(),
             intents: BTreeMap::new(),
             announced: Clock::new(),
+            peer_floor: Timestamp::ZERO,
+            catch_floor: None,
+            floor_clock: None,
+            refuse: None,
             stats: StreamStats::default(),
         }
     }
@@ -370,6 +382,9 @@ impl Stream {
 
     /// The peer's clock is known: what it has, and so where to start.
     fn peer_clock<T: Reduce>(&mut self, core: &Core<T>, clock: &Clock) {
+        if self.catch_floor.is_some() && self.floor_clock.is_none() {
+            self.floor_clock = Some(clock.clone());
+        }
         for (source, ts) in clock.iter() {
             // Information, not a claim: only the limit's worth is kept.
             self.note_known(core, source, ts);
@@ -382,12 +397,22 @@ impl Stream {
         }
     }
 
-    fn mark_sync(&mut self, id: StreamId, core: &mut Core<impl Reduce>, sent: bool) {
+    fn mark_sync<T: Reduce>(&mut self, id: StreamId, core: &mut Core<T>, sent: bool) {
         let flag = if sent { &mut self.sync_sent } else { &mut self.sync_received };
         if *flag {
             return;
         }
         *flag = true;
+        if !sent
+            && let Some(floor) = self.catch_floor.take()
+            && let Some(peer) = self.floor_clock.take()
+        {
+            // We hold all the peer held at its Hello: nothing it forgot
+            // can still be here.
+            if let Some(Flow::Refuse(reason)) = self.take_floor(id, core, &peer, floor) {
+                self.refuse = Some(reason);
+            }
+        }
         core.emit(if sent {
             Event::SyncSent { stream: id }
         } else {
@@ -408,9 +433,16 @@ impl Stream {
         if !self.sync_frame || self.sync_received {
             return;
         }
+        let mut overdue = false;
         self.heard.retain(|&source, &mut (ts, deadline)| {
-            !core.clock.has(source, ts) && !core.refused.has(source, ts) && deadline > now
+            let missing = !core.clock.has(source, ts) && !core.refused.has(source, ts);
+            overdue |= missing && deadline <= now;
+            missing && deadline > now
         });
+        if overdue {
+            // We may lack what the peer had: not a proof for its floor.
+            self.catch_floor = None;
+        }
         if self.heard.is_empty() {
             self.mark_sync(id, core, false);
         }
@@ -533,6 +565,9 @@ impl Stream {
                 }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
+                if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
+                    return Ok(flow);
+                }
                 if hello.sends && self.opts.receives {
                     core.neighbours.insert(hello.id, id);
                 }
@@ -680,6 +715,9 @@ impl Stream {
                         detail: "a snapshot begun before the last one ended".into(),
                     });
                 }
+                if let Some(refused) = self.vet_floor(id, core) {
+                    return self.refuse_snapshot(id, core, peer, refused);
+                }
                 match Incoming::begin(core, sources, clock, digest, proof.as_ref()) {
                     Ok(incoming) => self.snapshot_in = Some(incoming),
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
@@ -782,6 +820,96 @@ impl Stream {
         Ok(Flow::Continue)
     }
 
+    /// Compares the two sides' collection floors at the peer's Hello.
+    ///
+    /// A replica below its peer's floor may be stale: away while the peer
+    /// forgot deletes it never saw, so it may still hold what they deleted.
+    /// It takes the higher floor (collecting too) as soon as it provably
+    /// holds everything the peer held at its Hello: at once if its clock
+    /// covers the peer's, or else once the peer's history (or snapshot) is
+    /// in, with its Sync; but not if it holds updates below the floor that
+    /// the peer lacks (see `take_floor`). Until then it refuses nothing
+    /// for its age: a replica below the floor still lacks old updates. History carries the
+    /// deletes themselves, so it cannot bring anything back; a snapshot
+    /// could, so snapshots between different floors are refused instead
+    /// (see `vet_floor`).
+    fn compare_floors<T: Reduce>(
+        &mut self,
+        id: StreamId,
+        core: &mut Core<T>,
+        now: u64,
+        hello: &Hello,
+    ) -> Result<Option<Flow>, PeerMisbehaved> {
+        self.peer_floor = hello.floor;
+        if hello.floor <= core.floor {
+            return Ok(None);
+        }
+        // A floor from the future would make us refuse every update to come.
+        core.check_skew(now, hello.floor).map_err(|e| PeerMisbehaved::Malformed {
+            kind: "Hello".into(),
+            detail: format!("collection floor: {e}"),
+        })?;
+        if !core.clock.is_empty() && hello.clock == self.hello {
+            core.raise_floor(hello.floor);
+            return Ok(None);
+        }
+        if let ClockSummary::Full(clock) = &hello.clock
+            && core.clock.covers(clock)
+        {
+            return Ok(self.take_floor(id, core, clock, hello.floor));
+        }
+        self.catch_floor = Some(hello.floor);
+        Ok(None)
+    }
+
+    /// Takes the peer's higher `floor`, given its clock and that we hold
+    /// all it held: unless we hold updates below the floor that it lacks
+    /// (written where it could not hear, while we were away), which it
+    /// refuses ([`Rejection::BelowFloor`](crate::Rejection::BelowFloor)):
+    /// then we are stale, and say so.
+    fn take_floor<T: Reduce>(
+        &mut self,
+        id: StreamId,
+        core: &mut Core<T>,
+        peer: &Clock,
+        floor: Timestamp,
+    ) -> Option<Flow> {
+        if !core.holds_news_below(peer, floor) {
+            core.raise_floor(floor);
+            return None;
+        }
+        core.stale = core.stale.max(floor);
+        let peer_id = self.peer.map_or(core.id, |p| p.id);
+        core.emit(Event::Stale { stream: id, peer: peer_id, floor });
+        Some(Flow::Refuse(CloseReason::Stale { floor }))
+    }
+
+    /// Whether the peer's snapshot may be merged, by floors: one from below
+    /// our floor may hold what we forgot was deleted; one from above, when
+    /// we hold state, may miss deletes we never saw, and merging cannot
+    /// remove what we hold, so we are stale.
+    fn vet_floor<T: Reduce>(&self, id: StreamId, core: &mut Core<T>) -> Option<Refused> {
+        let (ours, theirs) = (core.floor, self.peer_floor);
+        if theirs < ours {
+            return Some(Refused::Untrusted(crate::SnapshotRefusal::BelowFloor {
+                floor: ours,
+                theirs,
+            }));
+        }
+        if theirs > ours {
+            if core.clock.is_empty() || theirs <= core.fresh_to {
+                // Nothing here predates the floor: the snapshot brings us
+                // up, and the floor follows with the peer's Sync.
+                return None;
+            }
+            core.stale = core.stale.max(theirs);
+            let peer = self.peer.map_or(core.id, |p| p.id);
+            core.emit(Event::Stale { stream: id, peer, floor: theirs });
+            return Some(Refused::Stale(theirs));
+        }
+        None
+    }
+
     /// A snapshot frame this replica does not take: a protocol violation
     /// ends the stream as any; an untrusted snapshot is refused (a typed
     /// event) and the stream closed with the reason.
@@ -794,6 +922,10 @@ impl Stream {
     ) -> Result<Flow, PeerMisbehaved> {
         match refused {
             Refused::Misbehaved(e) => Err(e),
+            Refused::Stale(floor) => {
+                self.snapshot_in = None;
+                Ok(Flow::Refuse(CloseReason::Stale { floor }))
+            }
             Refused::Untrusted(reason) => {
                 self.snapshot_in = None;
                 core.stats.snapshots_refused += 1;
@@ -823,6 +955,7 @@ impl Stream {
                 sends: self.opts.sends,
                 receives: self.opts.receives,
                 life: core.life,
+                floor: core.floor,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
@@ -959,8 +1092,12 @@ impl Stream {
         }
         if self.snapshot_out.is_none() {
             // A snapshot holds every record, so it waits for all of them to
-            // be released.
-            if !self.need_snapshot || core.sendable_end() < history.end_seq() {
+            // be released; and one to a peer with a higher floor waits for
+            // ours to rise (it would be refused: see `compare_floors`).
+            if !self.need_snapshot
+                || core.sendable_end() < history.end_seq()
+                || self.peer_floor > core.floor
+            {
                 return Ok(());
             }
             self.snapshot_out = Some(Outgoing::begin(core, out)?);
@@ -1128,7 +1265,7 @@ impl Stream {
                         _ => claims.advances.push(*stamp),
                     }
                 }
-                Entry::Merge { .. } | Entry::Covered { .. } => continue,
+                Entry::Merge { .. } | Entry::Covered { .. } | Entry::Collected { .. } => continue,
             }
             self.known.observe(stamp.source, stamp.ts);
         }
@@ -1351,6 +1488,7 @@ impl<T: Reduce> Replica<T> {
         for sid in waiting {
             self.close_if_done(sid);
         }
+        self.collect_if_due();
         result
     }
 
@@ -1373,7 +1511,17 @@ impl<T: Reduce> Replica<T> {
             streams.remove(&id);
         }
         self.close_if_done(id);
+        self.collect_if_due();
         written
+    }
+
+    /// Runs a collection that waited for the snapshots being sent (their
+    /// parts are cut by position, which collecting moves).
+    pub(crate) fn collect_if_due(&mut self) -> usize {
+        if !self.core.collect_pending || self.streams.values().any(|s| s.snapshot_out.is_some()) {
+            return 0;
+        }
+        self.core.collect_now()
     }
 
     /// Closes a stream, telling the peer (the Close is the stream's last
@@ -1413,7 +1561,10 @@ impl<T: Reduce> Replica<T> {
     }
 
     fn close_if_done(&mut self, id: StreamId) {
-        if self.streams.get(&id).is_some_and(|s| s.done && !s.ended) {
+        let Some(stream) = self.streams.get_mut(&id).filter(|s| !s.ended) else { return };
+        if let Some(reason) = stream.refuse.take() {
+            self.end_stream(id, EndReason::Local(reason));
+        } else if stream.done {
             self.end_stream(id, EndReason::Local(CloseReason::Done));
         }
     }
@@ -1435,6 +1586,10 @@ impl<T: Reduce> Replica<T> {
         let open = self.stream_count();
         self.core.emit(Event::Unstream(open));
         self.reparent(id);
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.snapshot_out = None;
+        }
+        self.collect_if_due();
     }
 
     /// Lazy relay: the sources `gone` pushed to us are asked for from

@@ -187,6 +187,8 @@ fn put<T: Serialize>(mut w: Writer<'_>, value: &T) -> Result<(), SessionError> {
 pub(crate) enum Refused {
     Misbehaved(PeerMisbehaved),
     Untrusted(SnapshotRefusal),
+    /// The peer's floor is above ours and we hold state (`Event::Stale`).
+    Stale(Timestamp),
 }
 
 impl From<PeerMisbehaved> for Refused {

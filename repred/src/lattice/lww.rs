@@ -211,6 +211,11 @@ impl<K: Hash + Eq, V> LwwMap<K, V> {
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
+
+    /// Whether no key has a value or a delete either.
+    pub(crate) fn is_empty_of_entries(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl<K, V> Reduce for LwwMap<K, V>
@@ -255,8 +260,16 @@ where
         Some(self.entries.len() as u64)
     }
 
-    /// Parts by position in insertion order: entries are never removed, so
-    /// positions only grow.
+    /// Drops deletes older than `stable` (order kept, so positions of the
+    /// rest only move down; the replica collects only when no snapshot is
+    /// being sent).
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, (stamp, value)| value.is_some() || stamp.ts >= stable);
+        before - self.entries.len()
+    }
+
+    /// Parts by position in insertion order.
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
         let start: usize =
             cursor.and_then(|c| postcard::from_bytes::<u64>(c).ok()).unwrap_or(0) as usize;

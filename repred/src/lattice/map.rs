@@ -97,6 +97,10 @@ where
         Some(self.0.len() as u64)
     }
 
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        self.0.values_mut().map(|l| l.collect(stable)).sum()
+    }
+
     /// A part holds whole entries (each value's whole snapshot).
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
         let (part, next) = super::map_part(&self.0, cursor, max);

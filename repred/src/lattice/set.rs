@@ -125,19 +125,33 @@ impl<T> Default for OrSetUpdate<T> {
 /// assert!(net[b].state().contains(&"milk".to_string()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct OrSet<T: Ord> {
     /// element -> tags of its live adds.
     live: BTreeMap<T, BTreeSet<Stamp>>,
     /// Adds that were removed.
     tombstones: BTreeSet<(Stamp, T)>,
+    /// Tombstones of adds older than this were collected
+    /// ([`Reduce::collect`]): such an add that is not live here was
+    /// removed (every replica had it by then), so it stays out.
+    floor: crate::Timestamp,
 }
 
 impl<T: Ord> Default for OrSet<T> {
     fn default() -> Self {
-        OrSet { live: BTreeMap::new(), tombstones: BTreeSet::new() }
+        OrSet { live: BTreeMap::new(), tombstones: BTreeSet::new(), floor: crate::Timestamp::ZERO }
     }
 }
+
+/// Equal elements and tombstones: the collection floor is the replica's
+/// business, not the state's.
+impl<T: Ord> PartialEq for OrSet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.live == other.live && self.tombstones == other.tombstones
+    }
+}
+
+impl<T: Ord> Eq for OrSet<T> {}
 
 super::serde_as_snapshot!([T: Ord] OrSet<T>);
 
@@ -184,6 +198,19 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
     fn reduce(&mut self, update: OrSetUpdate<T>) -> Option<OrSetUpdate<T>> {
         let mut changed = OrSetUpdate::default();
         for (item, tag) in update.removes {
+            if tag.ts < self.floor {
+                // Collected territory: no tombstone needed, the add is
+                // refused by its age (see `floor`).
+                if let Some(tags) = self.live.get_mut(&item)
+                    && tags.remove(&tag)
+                {
+                    if tags.is_empty() {
+                        self.live.remove(&item);
+                    }
+                    changed.removes.push((item, tag));
+                }
+                continue;
+            }
             if self.tombstones.insert((tag, item.clone())) {
                 // Where the add was seen, it goes; where not yet, the
                 // tombstone stops it when it comes.
@@ -198,7 +225,7 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
         }
         for (item, tag) in update.adds {
             let Some(tag) = tag else { continue };
-            if self.tombstones.contains(&(tag, item.clone())) {
+            if tag.ts < self.floor || self.tombstones.contains(&(tag, item.clone())) {
                 continue;
             }
             if self.live.entry(item.clone()).or_default().insert(tag) {
@@ -222,6 +249,19 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
 
     fn entries_hint(&self) -> Option<u64> {
         Some((self.live.len() + self.tombstones.len()) as u64)
+    }
+
+    /// Drops tombstones of adds older than `stable`. Not only late copies
+    /// of such adds (old data, refused before they get here) but also
+    /// snapshots of peers that have not seen the remove yet could bring
+    /// one back, so the set remembers the floor and keeps out any add
+    /// older than it that it does not hold: by then every replica had the
+    /// add, so one that is not here was removed.
+    fn collect(&mut self, stable: crate::Timestamp) -> usize {
+        self.floor = self.floor.max(stable);
+        let before = self.tombstones.len();
+        self.tombstones.retain(|(tag, _)| tag.ts >= stable);
+        before - self.tombstones.len()
     }
 
     /// Live elements first (with all their tags), then tombstones.

@@ -1,0 +1,273 @@
+//! Tombstone collection (issue 16): deletes are forgotten once causally
+//! stable, the floor keeps them from coming back, and a replica that was
+//! away past the floor is told it is stale and rejoins without bringing
+//! anything back.
+
+mod common;
+
+use common::{events, id};
+use repred::{
+    Clock, CloseReason, Config, EndReason, Event, LwwMap, Network, NodeId, OrSet, Outcome, Reduce,
+    Rejection, Replica, SourceId, Stamp, Timestamp,
+};
+
+type Map = LwwMap<u32, u32>;
+
+fn replica<T: Reduce>(name: &str, state: T, history: usize) -> Replica<T> {
+    Replica::with_config(id(name), state, Config::default().history_limit(history))
+}
+
+/// Collects every replica in `nodes` at the stable point of their clocks;
+/// returns it.
+fn collect_all<T: Reduce>(net: &mut Network<T>, nodes: &[NodeId]) -> Timestamp {
+    let clocks: Vec<Clock> = nodes.iter().map(|&n| net[n].clock().clone()).collect();
+    let stable = Clock::stable_point(&clocks);
+    for &n in nodes {
+        net[n].collect(stable);
+    }
+    stable
+}
+
+#[test]
+fn deletes_are_forgotten_once_every_replica_has_them() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    net.link(a, b);
+    net.link(b, c);
+    for k in 0..10_000 {
+        net.update([a, b, c][k as usize % 3], LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    for k in 0..10_000 {
+        net.advance(1);
+        net.update([b, c, a][k as usize % 3], LwwMap::delete(k)).unwrap();
+    }
+    net.pump();
+    for n in [a, b, c] {
+        assert!(net[n].state().is_empty());
+        assert_eq!(net[n].state().entries_hint(), Some(10_000), "one tombstone per key");
+    }
+    let stable = collect_all(&mut net, &[a, b, c]);
+    assert!(stable > Timestamp::ZERO);
+    for n in [a, b, c] {
+        assert_eq!(net[n].state().entries_hint(), Some(0), "every tombstone is gone");
+        assert_eq!(net[n].stats().collected, 10_000);
+        assert_eq!(net[n].floor(), stable);
+    }
+    // Life goes on above the floor, and a key deleted long ago can be set
+    // again.
+    net.update(c, LwwMap::set(7, 70)).unwrap();
+    net.pump();
+    for n in [a, b, c] {
+        assert_eq!(net[n].state().get(&7), Some(&70));
+    }
+}
+
+#[test]
+fn observed_removes_are_forgotten_too_and_stay_removed() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", OrSet::<u32>::default(), 100_000));
+    let b = net.add(replica("b", OrSet::<u32>::default(), 100_000));
+    net.link(a, b);
+    for x in 0..1_000 {
+        net.update(a, OrSet::add(x)).unwrap();
+    }
+    net.pump();
+    for x in 0..1_000 {
+        let remove = net[b].state().remove(&x);
+        net.update(b, remove).unwrap();
+    }
+    // One element added again at once, concurrently with its remove.
+    net.update(a, OrSet::add(5)).unwrap();
+    net.pump();
+    assert_eq!(net[a].state().entries_hint(), Some(1_001), "1,000 tombstones and 5");
+    collect_all(&mut net, &[a, b]);
+    for n in [a, b] {
+        assert_eq!(net[n].state().entries_hint(), Some(1), "only 5 is left");
+        assert!(net[n].state().contains(&5));
+    }
+    // A snapshot of the state before the removes (an old backup, say)
+    // merged now brings nothing back: its adds are below the floor.
+    let mut before = OrSet::<u32>::default();
+    let mut old = Replica::new(id("old"), OrSet::<u32>::default());
+    for x in 0..1_000 {
+        old.update(Network::<OrSet<u32>>::EPOCH, OrSet::add(x)).unwrap();
+    }
+    before.reduce(old.state().snapshot());
+    let mut state = net[a].state().clone();
+    assert_eq!(state.reduce(before.snapshot()), None, "nothing of the old state comes back");
+}
+
+#[test]
+fn a_write_below_the_floor_is_refused_with_its_reason() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 1_000));
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.advance(1_000);
+    net.update(a, LwwMap::delete(1)).unwrap();
+    let stable = collect_all(&mut net, &[a]);
+    // A writer nobody heard of, stamping from before the floor.
+    let late = repred::Envelope::new(id("late"), Timestamp::new(Network::<Map>::EPOCH, 0), {
+        let mut w = LwwMap::set(1, 9);
+        Map::stamp(
+            &mut w,
+            Stamp { ts: Timestamp::new(Network::<Map>::EPOCH, 0), source: id("late") },
+        );
+        w
+    });
+    let now = net.now();
+    assert_eq!(net[a].apply(now, late), Outcome::Rejected(Rejection::BelowFloor { floor: stable }));
+    assert_eq!(net[a].state().get(&1), None, "the delete still wins");
+    // Its own next write is above the floor, whatever the wall clock says.
+    let stamp = net[a].update(0, LwwMap::set(2, 2)).unwrap().unwrap();
+    assert!(stamp.ts >= stable);
+}
+
+/// Three replicas; `c` is away while `a` and `b` delete, forget the delete
+/// (their histories are short) and collect. `c`, back, is stale: it is
+/// told so, brings nothing back, and rejoins with its writes since the
+/// floor.
+#[test]
+fn a_replica_away_past_the_floor_is_stale_and_rejoins_without_resurrecting() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 16));
+    let b = net.add(replica("b", Map::default(), 16));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    let ab = net.link(a, b);
+    let ac = net.link(a, c);
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.pump();
+    assert_eq!(net[c].state().get(&1), Some(&1));
+    net.cut(ac);
+    // c writes while away, before the floor: that write will not survive.
+    net.advance(10);
+    let early = net.update(c, LwwMap::set(100, 1)).unwrap().unwrap();
+    net.advance(10);
+    net.update(a, LwwMap::delete(1)).unwrap();
+    for k in 2..60 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    assert!(net.is_up(ab));
+    let floor = collect_all(&mut net, &[a, b]);
+    assert!(early.ts < floor);
+    net.advance(10);
+    let late = net.update(c, LwwMap::set(200, 2)).unwrap().unwrap();
+    assert!(late.ts > floor);
+
+    events(&mut net[c]);
+    net.link(a, c);
+    net.pump();
+    let seen = events(&mut net[c]);
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Stale { floor: f, .. } if *f == floor)),
+        "c hears it is stale: {seen:?}"
+    );
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        Event::End { reason: EndReason::Local(CloseReason::Stale { .. }), .. }
+    )));
+    assert_eq!(net[c].stale_floor(), Some(floor));
+    assert_eq!(net[a].state().get(&1), None, "nothing came back to a");
+    assert_eq!(net[a].state().get(&100), None, "c's write from before the floor was refused");
+    assert!(net[a].stats().rejected >= 1);
+
+    let dropped = net[c].rejoin(Map::default());
+    assert_eq!(dropped, vec![early]);
+    assert_eq!(net[c].stale_floor(), None);
+    net.link(a, c);
+    net.link(b, c);
+    net.pump();
+    assert_eq!(net[c].floor(), floor, "c took the floor once brought up");
+    for n in [a, b, c] {
+        assert_eq!(net[n].state().get(&1), None, "the delete holds everywhere");
+        assert_eq!(net[n].state().get(&100), None);
+        assert_eq!(net[n].state().get(&200), Some(&2), "c's write since the floor survives");
+        assert_eq!(net[n].state().get(&59), Some(&59));
+    }
+    assert_eq!(net[a].state(), net[c].state());
+    assert_eq!(net[b].clock(), net[c].clock());
+}
+
+/// A replica below a peer's floor that can still get the deletes as
+/// history is not stale: it catches up and takes the floor.
+#[test]
+fn a_replica_that_can_catch_up_by_history_takes_the_floor() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    net.link(a, b);
+    let ac = net.link(a, c);
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.pump();
+    net.cut(ac);
+    net.advance(10);
+    net.update(a, LwwMap::delete(1)).unwrap();
+    net.pump();
+    let floor = collect_all(&mut net, &[a, b]);
+    net.advance(10);
+    net.link(a, c);
+    net.pump();
+    let seen = events(&mut net[c]);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    assert_eq!(net[c].floor(), floor, "c took the floor once it had a's history");
+    assert_eq!(net[c].state().get(&1), None);
+    assert_eq!(net[c].state().entries_hint(), Some(0), "and collected");
+    assert_eq!(net[c].state(), net[a].state());
+    // A fresh replica takes the floor at once.
+    let d = net.add(replica("d", Map::default(), 100_000));
+    net.link(b, d);
+    net.pump();
+    assert_eq!(net[d].floor(), floor);
+    assert_eq!(net[d].state(), net[a].state());
+}
+
+#[test]
+fn the_stable_point_waits_for_every_replica() {
+    let (a, b): (SourceId, SourceId) = (id("a"), id("b"));
+    let t = |ms| Timestamp::new(ms, 0);
+    let one: Clock = [(a, t(10)), (b, t(50))].into_iter().collect();
+    let two: Clock = [(a, t(30)), (b, t(50))].into_iter().collect();
+    let lacking: Clock = [(a, t(30))].into_iter().collect();
+    assert_eq!(Clock::stable_point([&one, &two]), t(10).next(0));
+    assert_eq!(Clock::stable_point([&two, &two]), t(50).next(0), "equal clocks: all of it");
+    assert_eq!(Clock::stable_point([&two, &lacking]), Timestamp::ZERO, "b is missing somewhere");
+    assert_eq!(Clock::stable_point([&Clock::new()]), Timestamp::ZERO);
+    assert_eq!(Clock::stable_point(std::iter::empty::<&Clock>()), Timestamp::ZERO);
+}
+
+/// Writes made below the floor where the collectors could not hear them
+/// are refused by them; a replica holding such writes is stale, even when
+/// it could catch up by history, or it would hold them for ever alone.
+#[test]
+fn a_replica_holding_writes_below_the_floor_is_stale_even_if_history_would_do() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    net.link(a, b);
+    let ac = net.link(a, c);
+    net.pump();
+    net.cut(ac);
+    net.advance(10);
+    let early = net.update(c, LwwMap::set(100, 1)).unwrap().unwrap();
+    net.advance(10);
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.pump();
+    let floor = collect_all(&mut net, &[a, b]);
+    assert!(early.ts < floor);
+    net.link(a, c);
+    net.pump();
+    assert!(events(&mut net[c]).iter().any(|e| matches!(e, Event::Stale { .. })));
+    assert_eq!(net[c].floor(), Timestamp::ZERO, "c did not take the floor");
+    assert_eq!(net[a].state().get(&100), None, "a refused c's write");
+    assert_eq!(net[c].rejoin(Map::default()), vec![early]);
+    net.link(a, c);
+    net.pump();
+    assert_eq!(net[c].state(), net[a].state());
+    assert_eq!(net[c].clock(), net[a].clock());
+    assert_eq!(net[c].floor(), floor);
+}
