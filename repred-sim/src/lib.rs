@@ -11,16 +11,22 @@
 //! every failure message names its seed.
 //!
 //! Tests run it at 1,000 nodes (`tests/cluster.rs`), benches at 10,000.
+//!
+//! [`Placer`] runs placement (`repred-place`) on top: each node's keeper
+//! fed by its core's member list, objects living on k of N nodes
+//! (`tests/placement.rs`, `examples/placement.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;
 mod node;
+mod placed;
 mod queue;
 mod sim;
 
 pub use config::SimConfig;
 pub use node::{SimNode, Traffic};
+pub use placed::{PlacementReport, Placer, PlacerStats};
 pub use sim::{Detections, EPOCH, Observer, Sim};
 
 /// A node's index in a simulation, which is also its address.

@@ -69,6 +69,10 @@ pub struct SimNode<T: Reduce> {
     pub(crate) dirty: BTreeSet<ObjectId>,
     pub(crate) traffic: Traffic,
     pub(crate) group: u32,
+    /// Of `conns`, the data links (connections the core does not know).
+    pub(crate) links: BTreeSet<ConnId>,
+    /// Members its core reported up or down so far.
+    pub(crate) membership_events: u64,
 }
 
 impl<T: Reduce> SimNode<T> {
@@ -102,8 +106,20 @@ impl<T: Reduce> SimNode<T> {
         self.traffic
     }
 
-    /// How many connections it has.
+    /// How many connections its node core has (data links not counted).
     pub fn connection_count(&self) -> usize {
-        self.conns.len()
+        self.conns.len() - self.links.len()
+    }
+
+    /// How many data links it has (see [`Sim::link`](crate::Sim::link)).
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// How many times its core reported a member up or down: a driver
+    /// that follows membership (placement, say) reads the member list
+    /// again only when this moved.
+    pub fn membership_events(&self) -> u64 {
+        self.membership_events
     }
 }

@@ -19,6 +19,9 @@ pub(crate) enum Event {
     /// (when the target is gone or cut off) nothing happens and the dial
     /// times out at the dialer.
     Handshake { from: NodeIx, from_life: u32, to: NodeIx },
+    /// A data link's handshake is done (see `Sim::link`): up at both
+    /// ends, unknown to the node cores.
+    Link { from: NodeIx, from_life: u32, to: NodeIx },
     /// Stream bytes of one object arrive at one end of a connection.
     Bytes { conn: u64, side: usize, object: ObjectId, bytes: Vec<u8> },
     /// A node core's message to its peer on a connection's control stream.

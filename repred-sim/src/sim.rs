@@ -204,6 +204,8 @@ impl<T: Reduce> Sim<T> {
             dirty: BTreeSet::new(),
             traffic: Traffic::default(),
             group: 0,
+            links: BTreeSet::new(),
+            membership_events: 0,
         });
         let now = self.now;
         self.nodes[index as usize].core.bootstrap(now, bootstrap.iter().copied());
@@ -320,6 +322,7 @@ impl<T: Reduce> Sim<T> {
             o.abort_all();
         }
         let conns: Vec<u64> = std::mem::take(&mut n.conns).into_values().collect();
+        n.links.clear();
         self.crashed_at.insert(id, self.now);
         for conn in conns {
             self.sever(conn, node, self.config.conn_timeout_ms);
@@ -353,6 +356,7 @@ impl<T: Reduce> Sim<T> {
             n.core = core;
             n.timer_at = None;
             n.conns.clear();
+            n.links.clear();
             n.next_conn = 0;
         }
         self.crashed_at.remove(&id);
@@ -433,7 +437,7 @@ impl<T: Reduce> Sim<T> {
             Event::Datagram { .. } => 0,
             Event::NodeTimer { .. } => 1,
             Event::ObjectTimer { .. } => 2,
-            Event::Handshake { .. } => 3,
+            Event::Handshake { .. } | Event::Link { .. } => 3,
             Event::Bytes { .. } | Event::Control { .. } => 4,
             Event::Closed { .. } => 5,
         }] += 1;
@@ -478,6 +482,17 @@ impl<T: Reduce> Sim<T> {
                     return;
                 }
                 self.connect(from, to);
+            }
+            Event::Link { from, from_life, to } => {
+                let dialer = &self.nodes[from as usize];
+                if !dialer.up
+                    || dialer.life != from_life
+                    || !self.reachable(from, to)
+                    || self.connected(from, to)
+                {
+                    return;
+                }
+                self.link_up(from, to);
             }
             Event::Bytes { conn, side, object, bytes } => {
                 let Some(c) = self.conns.get(&conn) else { return };
@@ -531,7 +546,9 @@ impl<T: Reduce> Sim<T> {
                 if !n.up || n.life != life || n.conns.remove(&local).is_none() {
                     return;
                 }
-                n.core.handle_disconnected(now, local);
+                if !n.links.remove(&local) {
+                    n.core.handle_disconnected(now, local);
+                }
                 for o in n.objects.values_mut() {
                     if let Some(stream) = o.streams.remove(&conn) {
                         o.replica.abort(stream);
@@ -573,6 +590,97 @@ impl<T: Reduce> Sim<T> {
         }
         self.flush(from);
         self.flush(to);
+    }
+
+    /// A data link is up: a connection the node cores do not know (not in
+    /// their views, never rotated), with a stream per object both hold.
+    fn link_up(&mut self, from: NodeIx, to: NodeIx) {
+        let key = self.next_conn;
+        self.next_conn += 1;
+        let mut ends = [End { node: from, life: 0, local: 0 }; 2];
+        for (side, node) in [(0, from), (1, to)] {
+            let n = &mut self.nodes[node as usize];
+            let local = n.next_conn;
+            n.next_conn += 1;
+            n.conns.insert(local, key);
+            n.links.insert(local);
+            ends[side] = End { node, life: n.life, local };
+        }
+        self.conns.insert(key, Conn { ends, severed: false, arrives: [0; 2], closed: [false; 2] });
+        let shared: Vec<ObjectId> = self.nodes[from as usize]
+            .objects
+            .keys()
+            .filter(|o| self.nodes[to as usize].objects.contains_key(o))
+            .copied()
+            .collect();
+        for object in shared {
+            self.open_stream(key, object);
+        }
+        self.flush(from);
+        self.flush(to);
+    }
+
+    /// Opens a data link from `from` to `to`, beside the connections the
+    /// node cores keep: the objects both hold sync over it (placement links
+    /// the replicas of an object, which the cores' random views would not).
+    /// Up after a round trip if `to` is up and reachable and the two are
+    /// not connected already; otherwise nothing happens (ask again).
+    pub fn link(&mut self, from: NodeIx, to: NodeIx) {
+        if from == to || !self.nodes[from as usize].up {
+            return;
+        }
+        let rtt = self.latency() + self.latency();
+        let life = self.nodes[from as usize].life;
+        self.queue.push(self.now + rtt, Event::Link { from, from_life: life, to });
+    }
+
+    /// Closes the data links between `a` and `b`: gone at `a` at once, at
+    /// `b` one hop later.
+    pub fn unlink(&mut self, a: NodeIx, b: NodeIx) {
+        let links: Vec<(ConnId, u64)> = {
+            let n = &self.nodes[a as usize];
+            n.links
+                .iter()
+                .filter_map(|local| {
+                    let key = *n.conns.get(local)?;
+                    let c = self.conns.get(&key)?;
+                    c.ends.iter().any(|e| e.node == b).then_some((*local, key))
+                })
+                .collect()
+        };
+        for (local, key) in links {
+            let n = &mut self.nodes[a as usize];
+            n.conns.remove(&local);
+            n.links.remove(&local);
+            for o in n.objects.values_mut() {
+                if let Some(stream) = o.streams.remove(&key) {
+                    o.replica.abort(stream);
+                }
+            }
+            let hop = self.latency();
+            self.sever(key, a, hop);
+        }
+    }
+
+    /// Whether `a` and `b` have a connection that still carries bytes (one
+    /// of the cores' or a data link).
+    pub fn connected(&self, a: NodeIx, b: NodeIx) -> bool {
+        let n = &self.nodes[a as usize];
+        n.conns.values().any(|key| {
+            self.conns.get(key).is_some_and(|c| !c.severed && c.ends.iter().any(|e| e.node == b))
+        })
+    }
+
+    /// The peers `node` has data links to.
+    pub fn links(&self, node: NodeIx) -> Vec<NodeIx> {
+        let n = &self.nodes[node as usize];
+        n.links
+            .iter()
+            .filter_map(|local| {
+                let c = self.conns.get(n.conns.get(local)?)?;
+                c.ends.iter().find(|e| e.node != node).map(|e| e.node)
+            })
+            .collect()
     }
 
     /// Opens `object`'s stream on both ends of a connection, if both hold it.
@@ -750,6 +858,9 @@ impl<T: Reduce> Sim<T> {
     }
 
     fn observe(&mut self, node: NodeIx, event: NodeEvent<NodeIx>) {
+        if matches!(event, NodeEvent::MemberUp { .. } | NodeEvent::MemberDown { .. }) {
+            self.nodes[node as usize].membership_events += 1;
+        }
         if let NodeEvent::MemberDown { id, .. } = event {
             match self.crashed_at.get(&id) {
                 Some(&at) => {

@@ -1,0 +1,407 @@
+//! Placement on the simulator: each node's [`Keeper`] fed by its node
+//! core's member list, its commands carried out on the simulated cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use repred::{Reduce, ReplicaError, SourceId, Stamp};
+use repred_node::MemberState;
+use repred_place::{Command, Keeper, KeeperConfig};
+
+use crate::{NodeIx, ObjectId, Sim};
+
+/// What placement did on a simulated cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlacerStats {
+    /// Replicas created by offers (an object arriving at a new replica).
+    pub copies: u64,
+    /// Replicas dropped once the replicas covered them.
+    pub drops: u64,
+    /// Offers that found no connection yet (a link was asked for).
+    pub unreachable: u64,
+    /// Checks answered.
+    pub checks: u64,
+}
+
+/// Where the objects stand (see [`Placer::check`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlacementReport {
+    /// Objects held by any live node.
+    pub objects: usize,
+    /// Objects held by exactly their live replicas, all with one clock and
+    /// one state.
+    pub settled: usize,
+    /// Objects whose holders differ from their replicas: (object, holders,
+    /// replicas), the first few.
+    pub misplaced: Vec<(ObjectId, Vec<NodeIx>, Vec<NodeIx>)>,
+    /// How many objects are misplaced in all.
+    pub misplaced_count: usize,
+    /// Objects whose holders agree on where they live but not yet on what
+    /// they hold.
+    pub diverged: usize,
+    /// Objects known before but held by no live node now (every holder is
+    /// down).
+    pub unavailable: usize,
+}
+
+impl PlacementReport {
+    /// Whether every object is held by exactly its replicas, converged.
+    pub fn is_settled(&self) -> bool {
+        self.settled == self.objects && self.unavailable == 0
+    }
+}
+
+/// Drives a [`Keeper`] per simulated node: reads each node core's member
+/// list when it changed, carries offers (the offered node's keeper decides;
+/// taken, it creates an empty replica that syncs over the connection),
+/// answers checks with the peer replica's clock (what an acknowledgement
+/// carries), drops replicas, and keeps a data link ([`Sim::link`]) to every
+/// peer a keeper shares objects with, closing links nobody needs.
+///
+/// Call [`Placer::step`] between runs of the simulation, or use
+/// [`Placer::run_for`] which does both.
+pub struct Placer {
+    config: KeeperConfig,
+    keepers: Vec<Option<Keeper<ObjectId>>>,
+    seen: Vec<u64>,
+    /// When each node's keeper last read its member list.
+    synced_at: Vec<u64>,
+    index: BTreeMap<SourceId, NodeIx>,
+    known: BTreeSet<ObjectId>,
+    leaving: BTreeSet<NodeIx>,
+    tick_ms: u64,
+    stats: PlacerStats,
+}
+
+impl Placer {
+    /// A placer whose keepers run with `config`; it steps every `tick_ms`
+    /// of virtual time in [`Placer::run_for`].
+    pub fn new(config: KeeperConfig, tick_ms: u64) -> Self {
+        Self {
+            config,
+            keepers: Vec::new(),
+            seen: Vec::new(),
+            synced_at: Vec::new(),
+            index: BTreeMap::new(),
+            known: BTreeSet::new(),
+            leaving: BTreeSet::new(),
+            tick_ms: tick_ms.max(1),
+            stats: PlacerStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PlacerStats {
+        self.stats
+    }
+
+    /// Node `node`'s keeper, if it runs one.
+    pub fn keeper(&self, node: NodeIx) -> Option<&Keeper<ObjectId>> {
+        self.keepers.get(node as usize).and_then(Option::as_ref)
+    }
+
+    /// The node an id names.
+    pub fn node_of(&self, id: SourceId) -> Option<NodeIx> {
+        self.index.get(&id).copied()
+    }
+
+    /// Starts a keeper on every node of `sim` that is up and has none
+    /// (new nodes, restarted ones); a restarted node's keeper takes over
+    /// the objects its store kept.
+    pub fn adopt<T: Reduce>(&mut self, sim: &Sim<T>) {
+        let now = sim.now();
+        for node in sim.node_ids() {
+            let n = sim.node(node);
+            self.index.insert(n.id(), node);
+            let i = node as usize;
+            if self.keepers.len() <= i {
+                self.keepers.resize_with(i + 1, || None);
+                self.seen.resize(i + 1, u64::MAX);
+                self.synced_at.resize(i + 1, 0);
+            }
+            if !n.is_up() {
+                self.keepers[i] = None;
+                continue;
+            }
+            if self.keepers[i].is_some() {
+                continue;
+            }
+            let mut keeper = Keeper::new(n.id(), self.config.clone());
+            keeper.sync_members(now, members(sim, node));
+            self.seen[i] = n.membership_events();
+            self.synced_at[i] = now;
+            for object in n.objects() {
+                keeper.hold(now, object, None);
+            }
+            self.keepers[i] = Some(keeper);
+        }
+    }
+
+    /// Creates `object` on `node` (empty), which offers it to its replicas
+    /// if they are others.
+    pub fn create<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx, object: ObjectId) {
+        sim.replicate(node, object);
+        self.known.insert(object);
+        let now = sim.now();
+        if let Some(k) = self.keepers.get_mut(node as usize).and_then(Option::as_mut) {
+            k.hold(now, object, None);
+        }
+    }
+
+    /// A write on `node`'s replica of `object` (which it must hold).
+    pub fn write<T: Reduce>(
+        &mut self,
+        sim: &mut Sim<T>,
+        node: NodeIx,
+        object: ObjectId,
+        update: T::Update,
+    ) -> Result<Option<Stamp>, ReplicaError> {
+        let stamp = sim.update(node, object, update)?;
+        if let Some(k) = self.keepers.get_mut(node as usize).and_then(Option::as_mut) {
+            k.changed(&object);
+        }
+        Ok(stamp)
+    }
+
+    /// The live replicas of `object` as `node` sees them: where a client
+    /// on `node` reads and writes.
+    pub fn replicas(&self, node: NodeIx, object: ObjectId) -> Vec<NodeIx> {
+        let Some(k) = self.keeper(node) else { return Vec::new() };
+        k.place(&object, None).replicas.iter().filter_map(|id| self.node_of(*id)).collect()
+    }
+
+    /// Crashes `node` (its keeper stops with it).
+    pub fn crash<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
+        sim.crash(node);
+        if let Some(k) = self.keepers.get_mut(node as usize) {
+            *k = None;
+        }
+    }
+
+    /// Restarts `node` (see [`Sim::restart`]) with a new keeper.
+    pub fn restart<T: Reduce>(
+        &mut self,
+        sim: &mut Sim<T>,
+        node: NodeIx,
+        keep_store: bool,
+        bootstrap: &[NodeIx],
+    ) {
+        sim.restart(node, keep_store, bootstrap);
+        self.adopt(sim);
+    }
+
+    /// Starts a graceful leave: `node` hands every object to its replicas
+    /// (each dropped once covered) and leaves the cluster once it holds
+    /// nothing (checked at each step); the simulation goes on meanwhile.
+    pub fn start_leave<T: Reduce>(&mut self, sim: &Sim<T>, node: NodeIx) {
+        let now = sim.now();
+        if let Some(k) = self.keepers.get_mut(node as usize).and_then(Option::as_mut) {
+            k.leave(now);
+            self.leaving.insert(node);
+        }
+    }
+
+    /// Whether `node` is still handing off before it leaves.
+    pub fn is_leaving(&self, node: NodeIx) -> bool {
+        self.leaving.contains(&node)
+    }
+
+    /// Runs the simulation for `millis`, stepping the keepers every tick.
+    pub fn run_for<T: Reduce>(&mut self, sim: &mut Sim<T>, millis: u64) {
+        let until = sim.now() + millis;
+        while sim.now() < until {
+            let step = self.tick_ms.min(until - sim.now());
+            sim.run_for(step);
+            self.step(sim);
+        }
+    }
+
+    /// Runs until `done` holds (checked every `every` ms) or `limit` ms
+    /// pass; how long it took, or `None`.
+    pub fn run_until<T: Reduce>(
+        &mut self,
+        sim: &mut Sim<T>,
+        limit: u64,
+        every: u64,
+        mut done: impl FnMut(&Self, &Sim<T>) -> bool,
+    ) -> Option<u64> {
+        let start = sim.now();
+        while sim.now() - start < limit {
+            self.run_for(sim, every.min(limit - (sim.now() - start)));
+            if done(self, sim) {
+                return Some(sim.now() - start);
+            }
+        }
+        None
+    }
+
+    /// One pass over every node: membership read where it changed, due
+    /// retries, commands carried out, links opened and closed.
+    pub fn step<T: Reduce>(&mut self, sim: &mut Sim<T>) {
+        let now = sim.now();
+        let nodes: Vec<NodeIx> = sim.node_ids().collect();
+        for &node in &nodes {
+            let i = node as usize;
+            let Some(keeper) = self.keepers.get_mut(i).and_then(Option::as_mut) else { continue };
+            if !sim.node(node).is_up() {
+                self.keepers[i] = None;
+                continue;
+            }
+            // The member list is read again when it changed, at most once
+            // a second (failure detection takes seconds anyway).
+            let events = sim.node(node).membership_events();
+            if self.seen[i] != events && now >= self.synced_at[i] + 1_000 {
+                self.seen[i] = events;
+                self.synced_at[i] = now;
+                keeper.sync_members(now, members(sim, node));
+            }
+            if keeper.poll_timeout().is_some_and(|at| at <= now) {
+                keeper.handle_timeout(now);
+            }
+            self.commands(sim, node);
+        }
+        for &node in &nodes {
+            self.links(sim, node);
+        }
+        let done: Vec<NodeIx> = self
+            .leaving
+            .iter()
+            .copied()
+            .filter(|&n| self.keeper(n).is_none_or(|k| k.is_empty()))
+            .collect();
+        for node in done {
+            self.leaving.remove(&node);
+            sim.leave(node);
+            self.keepers[node as usize] = None;
+        }
+    }
+
+    /// Carries out what `node`'s keeper asks for.
+    fn commands<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
+        let now = sim.now();
+        let i = node as usize;
+        let Some(mut keeper) = self.keepers[i].take() else { return };
+        let me = keeper.id();
+        while let Some(command) = keeper.poll_command() {
+            match command {
+                Command::Offer { object, k, to } => {
+                    let taken = match self.node_of(to) {
+                        Some(t) if sim.connected(node, t) => {
+                            let taken = self.keepers[t as usize]
+                                .as_mut()
+                                .is_some_and(|tk| tk.handle_offer(now, object, k, me));
+                            if taken && sim.node(t).replica(object).is_none() {
+                                sim.replicate(t, object);
+                                self.stats.copies += 1;
+                            }
+                            taken
+                        }
+                        Some(t) => {
+                            sim.link(node, t);
+                            self.stats.unreachable += 1;
+                            false
+                        }
+                        None => false,
+                    };
+                    keeper.handle_offer_result(now, &object, to, taken);
+                }
+                Command::Check { object, peer } => {
+                    let covers = match (self.node_of(peer), sim.node(node).replica(object)) {
+                        (Some(t), Some(mine)) if sim.connected(node, t) => {
+                            self.stats.checks += 1;
+                            sim.node(t)
+                                .replica(object)
+                                .is_some_and(|r| r.clock().covers(mine.clock()))
+                        }
+                        (Some(t), _) => {
+                            sim.link(node, t);
+                            false
+                        }
+                        (None, _) => false,
+                    };
+                    keeper.handle_check(now, &object, peer, covers);
+                }
+                Command::Drop { object } => {
+                    sim.release(node, object);
+                    self.stats.drops += 1;
+                }
+                Command::Attach { .. } => {}
+            }
+        }
+        self.keepers[i] = Some(keeper);
+    }
+
+    /// Opens a link to every peer `node`'s keeper needs and is not
+    /// connected to; closes its links nobody at either end needs.
+    fn links<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
+        let Some(keeper) = self.keeper(node) else { return };
+        let wanted: Vec<NodeIx> = keeper.peers().filter_map(|p| self.node_of(p)).collect();
+        for t in wanted {
+            if sim.node(t).is_up() && !sim.connected(node, t) {
+                sim.link(node, t);
+            }
+        }
+        let me = sim.node(node).id();
+        for t in sim.links(node) {
+            let theirs = self.keeper(t).is_some_and(|k| k.wants(me));
+            let mine = self.keeper(node).is_some_and(|k| k.wants(sim.node(t).id()));
+            if !theirs && !mine {
+                sim.unlink(node, t);
+            }
+        }
+    }
+
+    /// Where every object stands: held by exactly its live replicas (as
+    /// the keeper of the first live node computes them) with one clock and
+    /// one state, or not.
+    pub fn check<T: Reduce + PartialEq>(&self, sim: &Sim<T>) -> PlacementReport {
+        let mut holders: BTreeMap<ObjectId, Vec<NodeIx>> = BTreeMap::new();
+        for node in sim.up_nodes() {
+            for object in sim.node(node).objects() {
+                holders.entry(object).or_default().push(node);
+            }
+        }
+        let mut report = PlacementReport {
+            objects: holders.len(),
+            unavailable: self.known.iter().filter(|o| !holders.contains_key(o)).count(),
+            ..PlacementReport::default()
+        };
+        let Some(judge) = sim.up_nodes().into_iter().find(|&n| self.keeper(n).is_some()) else {
+            return report;
+        };
+        for (object, held) in holders {
+            let mut replicas = self.replicas(judge, object);
+            replicas.sort_unstable();
+            if held != replicas {
+                report.misplaced_count += 1;
+                if report.misplaced.len() < 5 {
+                    report.misplaced.push((object, held, replicas));
+                }
+                continue;
+            }
+            let first = sim.node(held[0]).replica(object).expect("held");
+            let same = held[1..].iter().all(|&n| {
+                let r = sim.node(n).replica(object).expect("held");
+                r.clock() == first.clock() && r.state() == first.state()
+            });
+            if same {
+                report.settled += 1;
+            } else {
+                report.diverged += 1;
+            }
+        }
+        report
+    }
+}
+
+/// `node`'s member list as its core has it: alive and suspected members
+/// are live, members declared down are absent.
+fn members<T: Reduce>(sim: &Sim<T>, node: NodeIx) -> Vec<(SourceId, bool)> {
+    sim.node(node)
+        .core()
+        .members()
+        .into_iter()
+        .map(|m| (m.id, m.state != MemberState::Down))
+        .collect()
+}

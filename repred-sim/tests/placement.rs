@@ -1,0 +1,268 @@
+//! Objects on k of N nodes (issue 20), on the simulator: a thousand nodes
+//! running the production node core and replicas, each with a placement
+//! keeper fed by its core's member list. Every failure names its seed;
+//! `SIM_SEED=<seed>` replays it. `PLACE_OBJECTS` sets how many objects the
+//! default tests place (see each test); the `#[ignore]`d ones run the full
+//! 100,000.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use repred::GSet;
+use repred_place::KeeperConfig;
+use repred_sim::{NodeIx, ObjectId, Placer, Sim, SimConfig};
+
+type S = Sim<GSet<u64>>;
+
+fn seed(default: u64) -> u64 {
+    std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn objects(default: u64) -> u64 {
+    std::env::var("PLACE_OBJECTS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// `n` nodes joining through three seeds, ten every 50 ms; run until
+/// everyone sees everyone; then a keeper on each.
+fn cluster(n: u32, config: SimConfig) -> (S, Placer) {
+    let mut sim = Sim::new(config, GSet::<u64>::default);
+    for i in 0..n {
+        let seeds: Vec<NodeIx> = (0..3).filter(|&s| s < i).collect();
+        sim.add_node(&seeds);
+        if i % 10 == 9 {
+            sim.run_for(50);
+        }
+    }
+    let took = sim.run_until(180_000, 1_000, |s| s.membership_converged().is_ok());
+    assert!(took.is_some(), "membership did not converge: {:?}", sim.membership_converged());
+    let mut placer = Placer::new(KeeperConfig::default(), 250);
+    placer.adopt(&sim);
+    (sim, placer)
+}
+
+/// Creates `count` objects, each on its primary as node 0 sees it (where a
+/// client would route it), each with one write: its own id.
+fn populate(sim: &mut S, placer: &mut Placer, count: u64) {
+    for object in 0..count {
+        let primary = placer.replicas(0, object)[0];
+        placer.create(sim, primary, object);
+        placer.write(sim, primary, object, GSet::add(object)).unwrap();
+    }
+}
+
+/// Runs until every object is held by exactly its k live replicas, all
+/// converged; how long it took (virtual ms).
+fn settle(sim: &mut S, placer: &mut Placer, limit: u64) -> u64 {
+    let took = placer.run_until(sim, limit, 2_000, |p, s| p.check(s).is_settled());
+    let report = placer.check(sim);
+    took.unwrap_or_else(|| panic!("seed {}: not settled: {report:?}", sim.seed()))
+}
+
+/// Every value written to an object is in every replica of it.
+fn assert_nothing_lost(sim: &S, written: &BTreeMap<ObjectId, Vec<u64>>) {
+    let mut holders: BTreeMap<ObjectId, Vec<NodeIx>> = BTreeMap::new();
+    for node in sim.up_nodes() {
+        for object in sim.node(node).objects() {
+            holders.entry(object).or_default().push(node);
+        }
+    }
+    for (object, values) in written {
+        let held = holders.get(object).map_or(&[][..], Vec::as_slice);
+        assert_eq!(held.len(), 3, "seed {}: object {object} on {held:?}", sim.seed());
+        for &node in held {
+            let state = sim.node(node).replica(*object).unwrap().state();
+            for v in values {
+                assert!(
+                    state.contains(v),
+                    "seed {}: object {object} lost {v} on node {node}",
+                    sim.seed()
+                );
+            }
+        }
+    }
+}
+
+/// Each node keeps O(k) data links: its ring neighbours, whatever N.
+fn assert_few_links(sim: &S) {
+    let most = sim.up_nodes().iter().map(|&n| sim.node(n).link_count()).max().unwrap_or(0);
+    assert!(most <= 8, "seed {}: a node holds {most} data links", sim.seed());
+}
+
+fn initial_writes(count: u64) -> BTreeMap<ObjectId, Vec<u64>> {
+    (0..count).map(|o| (o, vec![o])).collect()
+}
+
+/// A thousand nodes; objects created on their primaries reach exactly
+/// their k = 3 replicas; then 10% of the nodes crash at once: every object
+/// with a surviving replica regains k live replicas (the next live nodes on
+/// its list stand in) with nothing lost; objects whose every replica
+/// crashed come back when those nodes restart with their stores, and the
+/// stand-ins hand back to the returning owners, leaving each object on
+/// exactly its k owners again.
+fn crash_ten_percent(count: u64) {
+    let clock = Instant::now();
+    let config = SimConfig::new(seed(20)).latency(1, 20);
+    let (mut sim, mut placer) = cluster(1_000, config);
+    let joined = clock.elapsed();
+    populate(&mut sim, &mut placer, count);
+    let placed = settle(&mut sim, &mut placer, 120_000);
+    assert_few_links(&sim);
+    let written = initial_writes(count);
+    assert_nothing_lost(&sim, &written);
+    let settled = clock.elapsed();
+
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(sim.seed());
+    let mut crashed: Vec<NodeIx> = Vec::new();
+    while crashed.len() < 100 {
+        let n = rng.random_range(3..1_000u32);
+        if !crashed.contains(&n) {
+            crashed.push(n);
+        }
+    }
+    for &n in &crashed {
+        placer.crash(&mut sim, n);
+    }
+    let crashed_at = clock.elapsed();
+    // Every object with a surviving holder regains k live replicas.
+    let restored = placer.run_until(&mut sim, 120_000, 1_000, |p, s| {
+        let r = p.check(s);
+        r.misplaced_count == 0 && r.diverged == 0
+    });
+    let report = placer.check(&sim);
+    assert!(restored.is_some(), "seed {}: not restored: {report:?}", sim.seed());
+    let lost_for_now = report.unavailable;
+    assert!(
+        lost_for_now <= count as usize / 200,
+        "seed {}: {lost_for_now} objects had every replica crash",
+        sim.seed()
+    );
+    let survivors: BTreeMap<ObjectId, Vec<u64>> = written
+        .iter()
+        .filter(|(o, _)| sim.up_nodes().iter().any(|&n| sim.node(n).replica(**o).is_some()))
+        .map(|(o, v)| (*o, v.clone()))
+        .collect();
+    assert_nothing_lost(&sim, &survivors);
+    let hints: usize =
+        sim.up_nodes().iter().filter_map(|&n| placer.keeper(n)).map(|k| k.hints().count()).sum();
+    assert!(hints > 0, "seed {}: no stand-in holds anything", sim.seed());
+
+    // The crashed nodes come back with their stores: the stand-ins hand
+    // back and every object is on exactly its owners.
+    let restored_at = clock.elapsed();
+    for &n in &crashed {
+        placer.restart(&mut sim, n, true, &[0, 1, 2]);
+    }
+    let back = settle(&mut sim, &mut placer, 180_000);
+    assert_nothing_lost(&sim, &written);
+    let hints: usize =
+        sim.up_nodes().iter().filter_map(|&n| placer.keeper(n)).map(|k| k.hints().count()).sum();
+    assert_eq!(hints, 0, "seed {}: stand-ins still hold hints", sim.seed());
+    assert_few_links(&sim);
+    println!(
+        "{count} objects: joined in {:.1?}, placed in {placed} ms (settled at {:.1?}, crash at {crashed_at:.1?}, restored at {restored_at:.1?}), restored in {} ms after the crash ({lost_for_now} unavailable), handed back in {back} ms; {:?}; real {:.1?}",
+        joined,
+        settled,
+        restored.unwrap_or(0),
+        placer.stats(),
+        clock.elapsed()
+    );
+}
+
+#[test]
+fn objects_live_on_k_of_a_thousand_nodes_and_survive_ten_percent_crashing() {
+    crash_ten_percent(objects(20_000));
+}
+
+#[test]
+#[ignore = "the full size: 100,000 objects (several minutes); cargo test --release -p repred-sim --test placement -- --ignored"]
+fn full_size_objects_live_on_k_of_a_thousand_nodes_and_survive_ten_percent_crashing() {
+    crash_ten_percent(100_000);
+}
+
+/// Nodes join and leave (gracefully: a leaver hands everything off first)
+/// while clients write through the replicas: no write is lost, and every
+/// object ends on exactly its k replicas.
+#[test]
+fn joins_and_leaves_under_writes_lose_nothing() {
+    let count = objects(20_000).min(5_000);
+    let config = SimConfig::new(seed(21)).latency(1, 20);
+    let (mut sim, mut placer) = cluster(1_000, config);
+    populate(&mut sim, &mut placer, count);
+    settle(&mut sim, &mut placer, 120_000);
+    let mut written = initial_writes(count);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(sim.seed());
+    let mut value = 1_000_000u64;
+    for round in 0..10 {
+        if round % 2 == 0 {
+            sim.add_node(&[0, 1, 2]);
+            placer.adopt(&sim);
+        } else {
+            let up = sim.up_nodes();
+            let node = up[rng.random_range(3..up.len())];
+            placer.start_leave(&sim, node);
+        }
+        for _ in 0..6 {
+            // Clients on random nodes write through the first replica
+            // that holds the object, as their own member list has it.
+            for _ in 0..20 {
+                let up = sim.up_nodes();
+                let client = up[rng.random_range(0..up.len())];
+                let object = rng.random_range(0..count);
+                let Some(&via) = placer
+                    .replicas(client, object)
+                    .iter()
+                    .find(|&&r| sim.node(r).is_up() && sim.node(r).replica(object).is_some())
+                else {
+                    continue;
+                };
+                placer.write(&mut sim, via, object, GSet::add(value)).unwrap();
+                written.entry(object).or_default().push(value);
+                value += 1;
+            }
+            placer.run_for(&mut sim, 500);
+        }
+    }
+    let took = settle(&mut sim, &mut placer, 120_000);
+    assert_nothing_lost(&sim, &written);
+    assert_few_links(&sim);
+    println!("churn: settled {took} ms after the last change; {:?}", placer.stats());
+}
+
+/// A 50/50 partition: each side's replicas (stand-ins for the other side's)
+/// take writes; once healed, every object is on exactly its k replicas
+/// with every write.
+#[test]
+fn a_partition_heals_with_every_replica_set_converged() {
+    let count = objects(20_000).min(5_000);
+    let config = SimConfig::new(seed(22)).latency(1, 20);
+    let (mut sim, mut placer) = cluster(1_000, config);
+    populate(&mut sim, &mut placer, count);
+    settle(&mut sim, &mut placer, 120_000);
+    let mut written = initial_writes(count);
+    sim.partition(|n| n % 2);
+    placer.run_for(&mut sim, 15_000);
+    let mut value = 1_000_000u64;
+    for object in (0..count).step_by(7) {
+        // A client on each side writes through the first replica on its
+        // side that holds the object.
+        for client in [0u32, 1] {
+            let Some(&via) = placer
+                .replicas(client, object)
+                .iter()
+                .find(|&&r| r % 2 == client && sim.node(r).replica(object).is_some())
+            else {
+                continue;
+            };
+            placer.write(&mut sim, via, object, GSet::add(value)).unwrap();
+            written.entry(object).or_default().push(value);
+            value += 1;
+        }
+    }
+    placer.run_for(&mut sim, 10_000);
+    sim.heal();
+    let took = settle(&mut sim, &mut placer, 180_000);
+    assert_nothing_lost(&sim, &written);
+    println!("partition: healed and settled in {took} ms; {:?}", placer.stats());
+}
