@@ -6,15 +6,21 @@
 //! - `session`: real exchanges (the fuzz corpus's seeds, regenerated here)
 //!   with bits flipped, cut short, spliced into each other, frame kinds
 //!   replaced, and the replica's configuration changed.
-//! - `snapshot`: Snapshot frames with any clock, state and signature, and
-//!   real signed snapshot frames with bits flipped, handed to a plain, a
-//!   strict and a strict trusting replica.
+//! - `snapshot`: snapshots (a begin, parts, an end) with any clock, parts,
+//!   indices, part counts and signatures, and the snapshot frames of real
+//!   exchanges, signed and unsigned, in one part and in several, with bits
+//!   flipped and frames dropped, repeated, swapped or taken from another
+//!   snapshot, handed to a plain, a strict and a strict trusting replica.
 //!
 //! Invariants (each an assert in the harness): no panic; a refused frame
-//! leaves state and clock as they were; no clock holds timestamp zero;
-//! `poll_transmit` never fails; a strict replica that trusts no signer
-//! never takes a snapshot; a trusting one takes only its signer's; a plain
-//! one takes none whose signature does not hold.
+//! ends its stream and leaves state and clock as they were; no clock holds
+//! timestamp zero; `poll_transmit` never fails; a strict replica that
+//! trusts no signer never changes on a snapshot; a trusting one takes only
+//! parts and ends its signer signed for the snapshot it began; a plain one
+//! takes unsigned snapshots and signed ones whose signatures hold; a part
+//! changes the state by exactly its join and never the clock, an end the
+//! clock by exactly the begin's and never the state; and every frame the
+//! format says to take is taken.
 
 #[path = "../fuzz/src/harness.rs"]
 mod harness;
@@ -22,13 +28,14 @@ mod harness;
 use std::sync::OnceLock;
 
 use harness::{
-    FEW_SOURCES, LAZY, OP_BYTES, SHORT_HISTORY, STRICT, SnapshotCase, SnapshotSig, TRUST, frames,
-    identity, run_session, run_snapshot, run_snapshot_frame, snapshot_frames, snapshot_source,
-    transcripts,
+    EndCase, FEW_SOURCES, LAZY, OP_BYTES, PartCase, SHORT_HISTORY, SNAPSHOT_CLOCK, SNAPSHOT_PART,
+    STRICT, SnapshotCase, SnapshotReport, SnapshotSig, Stale, TRUST, frames, identity, lww_source,
+    orset_source, run_session, run_snapshot, run_snapshot_frames, snapshot_frames, snapshot_source,
+    snapshot_stream, transcripts,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
-use repred::{Stamp, Timestamp};
+use repred::{LwwMap, OrSet, Stamp, Timestamp};
 use repred_suite::{Model, Write};
 
 fn corpus() -> &'static [(&'static str, Vec<u8>)] {
@@ -74,7 +81,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => any::<Index>().prop_map(Mutation::Truncate),
         2 => (any::<Index>(), any::<Index>(), any::<(Index, Index)>())
             .prop_map(|(from, at, range)| Mutation::Splice { from, at, range }),
-        3 => (any::<Index>(), prop_oneof![0u8..=12, any::<u8>()])
+        3 => (any::<Index>(), prop_oneof![0u8..=15, any::<u8>()])
             .prop_map(|(i, kind)| Mutation::Kind(i, kind)),
         1 => prop_oneof![
             Just(0u8), Just(STRICT), Just(LAZY), Just(STRICT | LAZY), Just(FEW_SOURCES),
@@ -132,13 +139,15 @@ fn real_exchanges_replay_and_reach_the_state() {
         assert!(names.contains(&wanted), "no {wanted} exchange");
     }
     // The kinds the exchanges carry, so that mutations start from all of
-    // them: Hello, Updates, Snapshot, Sync, Close, Advance, Clock, Have,
-    // Want, Proofs.
+    // them: Hello, Updates, SnapshotBegin, Sync, Close, Advance, Clock,
+    // Have, Want, Proofs, SnapshotPart, SnapshotEnd, SnapshotClock (not
+    // Unwant, nor Ranges: the replica under test never has the 33 sources
+    // that make its Hello carry a digest).
     let mut kinds: Vec<u8> =
         corpus().iter().flat_map(|(_, i)| kind_positions(i).into_iter().map(|p| i[p])).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11]);
+    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]);
 }
 
 proptest! {
@@ -157,14 +166,14 @@ proptest! {
 
 fn ts() -> impl Strategy<Value = u64> {
     prop_oneof![
-        (-70_000i64..70_000, any::<u16>()).prop_map(|(d, c)| Timestamp::new(
+        6 => (-70_000i64..70_000, any::<u16>()).prop_map(|(d, c)| Timestamp::new(
             (harness::NOW as i64 + d) as u64,
             c
         )
         .to_raw()),
-        Just(0u64),
-        Just(u64::MAX),
-        any::<u64>(),
+        1 => Just(0u64),
+        1 => Just(u64::MAX),
+        1 => any::<u64>(),
     ]
 }
 
@@ -177,14 +186,26 @@ fn source() -> impl Strategy<Value = [u8; 16]> {
 }
 
 fn sig() -> impl Strategy<Value = SnapshotSig> {
+    let stale = prop_oneof![
+        Just(Stale::Snapshot),
+        Just(Stale::Place),
+        Just(Stale::Contents),
+        Just(Stale::Kind),
+    ];
     prop_oneof![
         Just(SnapshotSig::None),
         (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(key, a, b)| SnapshotSig::Raw { key, sig: (a, b) }),
         (0u8..8).prop_map(SnapshotSig::By),
         Just(SnapshotSig::By(7)),
-        (0u8..8).prop_map(SnapshotSig::Stale),
+        (0u8..8, stale).prop_map(|(n, how)| SnapshotSig::Stale(n, how)),
     ]
+}
+
+/// The signature of a part or an end: mostly of the begin's kind (the
+/// begin's signer over the frame's own digest), sometimes any.
+fn frame_sig(begin: SnapshotSig) -> impl Strategy<Value = SnapshotSig> {
+    prop_oneof![4 => Just(begin), 1 => sig()]
 }
 
 fn model_state() -> impl Strategy<Value = Vec<u8>> {
@@ -210,49 +231,284 @@ fn model_state() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A snapshot of `Model` parts: a begin (mostly announcing the clock sent),
+/// the clock in one chunk or in chunks of one or two entries, up to three
+/// parts (mostly at their place), an end (mostly, and mostly with the right
+/// count), each frame signed mostly as the begin is.
+fn snapshot_case() -> impl Strategy<Value = SnapshotCase> {
+    sig().prop_flat_map(|begin| {
+        let part = (prop::option::weighted(0.1, 0u64..4), model_state(), frame_sig(begin.clone()))
+            .prop_map(|(index, state, sig)| PartCase { index, state, sig });
+        let end = (prop::option::weighted(0.1, 0u64..5), frame_sig(begin.clone()))
+            .prop_map(|(parts, sig)| EndCase { parts, sig });
+        let clock = || prop::collection::vec((source(), ts()), 0..5);
+        (
+            (clock(), 0usize..3, prop::option::weighted(0.1, 0u64..6)),
+            prop::option::weighted(0.1, clock()),
+            Just(begin),
+            prop::collection::vec(part, 0..4),
+            prop::option::weighted(0.85, end),
+            prop::bool::weighted(0.1),
+            (0u8..8, prop::bool::weighted(0.9), any::<bool>()),
+            prop_oneof![Just(0u16), any::<u16>()],
+        )
+            .prop_map(
+                |(
+                    (clock, chunk, sources),
+                    digest_of,
+                    begin,
+                    parts,
+                    end,
+                    twice,
+                    (peer, hello, sync),
+                    late,
+                )| SnapshotCase {
+                    clock,
+                    chunk,
+                    sources,
+                    digest_of,
+                    begin,
+                    parts,
+                    end,
+                    twice,
+                    peer,
+                    hello,
+                    sync,
+                    late,
+                },
+            )
+    })
+}
+
+/// The snapshot frames of real exchanges: of a `Model` (one part), an
+/// `LwwMap<String, String>` (two) and an `OrSet<u32>` (three), unsigned,
+/// signed by the trusted signer and by another; each with the frames of
+/// another snapshot of the same source and signer (one write later), which
+/// must not pass for its own.
+struct Real {
+    signer: Option<u8>,
+    /// 0 `Model`, 1 `LwwMap`, 2 `OrSet`.
+    ty: u8,
+    frames: Vec<Vec<u8>>,
+    other: Vec<Vec<u8>>,
+}
+
+fn real_snapshots() -> &'static [Real] {
+    static REAL: OnceLock<Vec<Real>> = OnceLock::new();
+    REAL.get_or_init(|| {
+        let mut out = Vec::new();
+        for signer in [None, Some(7u8), Some(2)] {
+            let frames = snapshot_frames(&mut snapshot_source(signer));
+            let mut later = snapshot_source(signer);
+            later.update(harness::NOW - 100, Model::set("later", "x")).unwrap();
+            out.push(Real { signer, ty: 0, frames, other: snapshot_frames(&mut later) });
+            let frames = snapshot_frames(&mut lww_source(signer, 70, 5));
+            let other = snapshot_frames(&mut lww_source(signer, 70, 6));
+            out.push(Real { signer, ty: 1, frames, other });
+            let frames = snapshot_frames(&mut orset_source(signer, 100));
+            let other = snapshot_frames(&mut orset_source(signer, 101));
+            out.push(Real { signer, ty: 2, frames, other });
+        }
+        out
+    })
+}
+
+fn run_real(ty: u8, frames: &[Vec<u8>], sync: bool) -> SnapshotReport {
+    match ty {
+        0 => run_snapshot_frames::<Model>(frames, Some(2), sync, 0, None),
+        1 => run_snapshot_frames::<LwwMap<String, String>>(frames, Some(2), sync, 0, None),
+        _ => run_snapshot_frames::<OrSet<u32>>(frames, Some(2), sync, 0, None),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum FrameMutation {
+    /// A bit of a byte of a frame (length prefix and kind included).
+    Flip(Index, Index, u8),
+    Drop(Index),
+    Repeat(Index),
+    Swap(Index, Index),
+    /// A frame replaced with the other snapshot's frame at that place.
+    Foreign(Index),
+}
+
+fn frame_mutation() -> impl Strategy<Value = FrameMutation> {
+    prop_oneof![
+        4 => (any::<Index>(), any::<Index>(), 0u8..8)
+            .prop_map(|(f, i, b)| FrameMutation::Flip(f, i, b)),
+        1 => any::<Index>().prop_map(FrameMutation::Drop),
+        1 => any::<Index>().prop_map(FrameMutation::Repeat),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| FrameMutation::Swap(a, b)),
+        1 => any::<Index>().prop_map(FrameMutation::Foreign),
+    ]
+}
+
+/// The real snapshots are what the target and the corpus need: a begin
+/// first, then its clock, parts, several of them for the stock lattices,
+/// and an end; and each is taken whole by the receivers that should.
+#[test]
+fn real_snapshots_come_in_parts_and_are_taken() {
+    for real in real_snapshots() {
+        let kinds: Vec<u8> = real.frames.iter().map(|f| f[4]).collect();
+        let chunks = kinds.iter().filter(|&&k| k == SNAPSHOT_CLOCK).count();
+        let parts = kinds.iter().filter(|&&k| k == SNAPSHOT_PART).count();
+        let mut want = vec![3];
+        want.extend([SNAPSHOT_CLOCK].repeat(chunks));
+        want.extend([SNAPSHOT_PART].repeat(parts));
+        want.push(13);
+        assert_eq!(kinds, want);
+        assert!(chunks > 0, "{kinds:?}");
+        assert_eq!(parts, [1, 2, 3][usize::from(real.ty)], "type {}: {kinds:?}", real.ty);
+        let parts = parts as u64;
+        let trusted = real.signer == Some(7);
+        let report = run_real(real.ty, &snapshot_stream(&real.frames.concat()), true);
+        let want = SnapshotReport {
+            plain: true,
+            trusting: trusted,
+            parts: [parts, 0, if trusted { parts } else { 0 }],
+        };
+        assert_eq!(report, want, "type {} signed by {:?}", real.ty, real.signer);
+    }
+}
+
+/// Snapshots the harness builds are taken as built: the oracle, the
+/// builder and the replica agree on the frames they should take.
+#[test]
+fn built_snapshots_are_taken_as_built() {
+    let state = |key: &str, back: u64| {
+        let stamp = Stamp { ts: Timestamp::new(harness::NOW - back, 0), source: identity(3).id() };
+        postcard::to_allocvec(&Model::stamped(key, "v", stamp)).unwrap()
+    };
+    let entry = |n: u8, back: u64| {
+        (*identity(n).id().as_bytes(), Timestamp::new(harness::NOW - back, 0).to_raw())
+    };
+    // Sources in order, as a replica sends them.
+    let mut clock = vec![entry(3, 100), entry(4, 50)];
+    clock.sort_unstable();
+    let case = |sig: SnapshotSig| SnapshotCase {
+        clock: clock.clone(),
+        chunk: 1,
+        sources: None,
+        digest_of: None,
+        begin: sig.clone(),
+        parts: vec![
+            PartCase { index: None, state: state("a", 300), sig: sig.clone() },
+            PartCase { index: None, state: state("b", 200), sig: sig.clone() },
+        ],
+        end: Some(EndCase { parts: None, sig }),
+        twice: false,
+        peer: 2,
+        hello: true,
+        sync: true,
+        late: 0,
+    };
+    let report = |plain, trusting, parts| SnapshotReport { plain, trusting, parts };
+    let run = |case: &SnapshotCase| run_snapshot::<Model>(case, None);
+    assert_eq!(run(&case(SnapshotSig::By(7))), report(true, true, [2, 0, 2]));
+    assert_eq!(run(&case(SnapshotSig::By(2))), report(true, false, [2, 0, 0]));
+    assert_eq!(run(&case(SnapshotSig::None)), report(true, false, [2, 0, 0]));
+    // Sent twice: a restarted snapshot is taken again.
+    let mut twice = case(SnapshotSig::By(7));
+    twice.twice = true;
+    assert_eq!(run(&twice), report(true, true, [4, 0, 4]));
+    // Cut short: the parts are merged, the clock is not taken.
+    let mut cut = case(SnapshotSig::By(7));
+    cut.end = None;
+    assert_eq!(run(&cut), report(false, false, [2, 0, 2]));
+    // A second part signed for another place, another snapshot, other
+    // contents, as an end: the part before it is taken, it is refused.
+    for how in [Stale::Place, Stale::Snapshot, Stale::Contents, Stale::Kind] {
+        let mut stale = case(SnapshotSig::By(7));
+        stale.parts[1].sig = SnapshotSig::Stale(7, how);
+        assert_eq!(run(&stale), report(false, false, [1, 0, 1]), "{how:?}");
+    }
+    // Unsigned, the plain replica does not look at the parts' signatures.
+    let mut unsigned = case(SnapshotSig::None);
+    unsigned.parts[1].sig = SnapshotSig::Stale(7, Stale::Place);
+    assert_eq!(run(&unsigned), report(true, false, [2, 0, 0]));
+    // An end signed by another than the begin's signer.
+    let mut end = case(SnapshotSig::By(7));
+    end.end = Some(EndCase { parts: None, sig: SnapshotSig::By(2) });
+    assert_eq!(run(&end), report(false, false, [2, 0, 2]));
+    // The clock in one chunk: taken as well.
+    let mut one = case(SnapshotSig::By(7));
+    one.chunk = 0;
+    assert_eq!(run(&one), report(true, true, [2, 0, 2]));
+    // A clock other than the signed digest's, or than announced, or too far
+    // ahead: refused before any part.
+    let mut forged = case(SnapshotSig::By(7));
+    forged.digest_of = Some(vec![entry(3, 100)]);
+    assert_eq!(run(&forged), report(false, false, [0, 0, 0]));
+    for sources in [1, 3] {
+        let mut short = case(SnapshotSig::By(7));
+        short.sources = Some(sources);
+        assert_eq!(run(&short), report(false, false, [0, 0, 0]), "{sources} announced");
+    }
+    let mut ahead = case(SnapshotSig::None);
+    ahead.late = 0;
+    ahead.clock = vec![entry(3, 100), (*identity(5).id().as_bytes(), u64::MAX)];
+    assert_eq!(run(&ahead), report(false, false, [0, 0, 0]));
+}
+
+// A signature check takes milliseconds in a debug build, and a signed
+// snapshot has one a frame at each of two receivers: 128 generated
+// snapshots and 64 real ones keep this under 10 s.
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
-    /// The `snapshot` target's invariants over generated Snapshot frames.
+    /// The `snapshot` target's invariants over generated snapshots.
     #[test]
     fn generated_snapshots_keep_the_trust_rules(
-        clock in prop::collection::vec((source(), ts()), 0..5),
-        state in model_state(),
-        sig in sig(),
-        peer in 0u8..8,
-        hello in prop::bool::weighted(0.9),
-        sync in any::<bool>(),
-        late in prop_oneof![Just(0u16), any::<u16>()],
+        case in snapshot_case(),
         seeded in any::<bool>(),
     ) {
-        let case = SnapshotCase { clock, state, sig, peer, hello, sync, late };
         run_snapshot::<Model>(&case, seeded.then(|| Model::set("mine", "1")));
     }
+}
 
-    /// Real snapshot frames, unsigned and signed by the trusted signer and
-    /// another, with bits flipped.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Real snapshots, unsigned and signed by the trusted signer and
+    /// another, in one part and in several, with bits flipped and frames
+    /// dropped, repeated, swapped or taken from another snapshot.
     #[test]
     fn mutated_real_snapshots_keep_the_trust_rules(
-        signer in prop_oneof![Just(None), Just(Some(7u8)), Just(Some(2u8))],
-        flips in prop::collection::vec((any::<Index>(), 0u8..8), 0..3),
+        which in any::<Index>(),
+        mutations in prop::collection::vec(frame_mutation(), 0..3),
         sync in any::<bool>(),
     ) {
-        static FRAMES: OnceLock<Vec<(Option<u8>, Vec<u8>)>> = OnceLock::new();
-        let frames = FRAMES.get_or_init(|| {
-            [None, Some(7), Some(2)]
-                .into_iter()
-                .flat_map(|s| snapshot_frames(&mut snapshot_source(s)).into_iter().map(move |f| (s, f)))
-                .collect()
-        });
-        let mut frame = frames.iter().find(|(s, _)| *s == signer).expect("a real frame").1.clone();
-        for (i, bit) in &flips {
-            let i = i.index(frame.len());
-            frame[i] ^= 1 << bit;
+        let real = &real_snapshots()[which.index(real_snapshots().len())];
+        let mut frames = real.frames.clone();
+        for m in &mutations {
+            if frames.is_empty() {
+                break;
+            }
+            let n = frames.len();
+            match m {
+                FrameMutation::Flip(f, i, bit) => {
+                    let frame = &mut frames[f.index(n)];
+                    let i = i.index(frame.len());
+                    frame[i] ^= 1 << bit;
+                }
+                FrameMutation::Drop(f) => {
+                    frames.remove(f.index(n));
+                }
+                FrameMutation::Repeat(f) => {
+                    let f = f.index(n);
+                    frames.insert(f, frames[f].clone());
+                }
+                FrameMutation::Swap(a, b) => frames.swap(a.index(n), b.index(n)),
+                FrameMutation::Foreign(f) => {
+                    let f = f.index(n.min(real.other.len()));
+                    frames[f] = real.other[f].clone();
+                }
+            }
         }
-        let report = run_snapshot_frame::<Model>(&frame, Some(2), sync, 0, None);
-        if flips.is_empty() {
+        let report = run_real(real.ty, &snapshot_stream(&frames.concat()), sync);
+        if mutations.is_empty() {
             prop_assert!(report.plain, "a plain replica refused a real snapshot");
-            prop_assert_eq!(report.trusting, signer == Some(7));
+            prop_assert_eq!(report.trusting, real.signer == Some(7));
         }
     }
 }

@@ -6,9 +6,12 @@
 //!   real exchanges (`harness::transcripts`: signed and unsigned, lazy
 //!   relay, snapshots forced by short histories, proofs and advances,
 //!   closes), chunked as sent; and, per exchange and stream, one input per
-//!   frame kind: that stream's Hello and its first frame of the kind.
-//! - `corpus/snapshot/`: Snapshot frames taken off the wire between real
-//!   replicas of `Model`, `LwwMap<String, String>` and `OrSet<u32>`,
+//!   frame kind: that stream's Hello and its first frame of the kind (of a
+//!   snapshot's clock chunk, part or end, with the snapshot's frames before
+//!   it).
+//! - `corpus/snapshot/`: the snapshot frames (begin, clock, parts, end) of real
+//!   exchanges, taken off the wire between real replicas of `Model` (one
+//!   part), `LwwMap<String, String>` (two) and `OrSet<u32>` (three),
 //!   unsigned and signed (by the trusted signer and by another).
 //! - `corpus/store/`: store files written by `repred_store::Store`.
 //! - `corpus/derive_change/`: encoded `ProfileChange`s of real writes.
@@ -18,9 +21,10 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use repred::{LwwMap, OrSet, Reduce, Replica, SourceId};
+use repred::{LwwMap, OrSet, Reduce, Replica};
 use repred_fuzz::harness::{
-    self, NOW, OP_BYTES, Recorder, frames, identity, ops, run_session, snapshot_frames, transcripts,
+    self, NOW, OP_BYTES, Recorder, SNAPSHOT_BEGIN, SNAPSHOT_KINDS, frames, ops, run_session,
+    snapshot_frames, transcripts,
 };
 use repred_fuzz::{Profile, ProfileChange};
 use repred_store::Store;
@@ -47,11 +51,21 @@ fn session(root: &Path) {
             let frames = frames(&stream);
             let Some(hello) = frames.first() else { continue };
             let mut kinds = BTreeSet::new();
-            for frame in &frames[1..] {
+            for (n, frame) in frames.iter().enumerate().skip(1) {
                 let Some(&kind) = frame.get(4) else { continue };
                 if kinds.insert(kind) {
                     let mut rec = Recorder::new(flags, 0);
                     rec.bytes(0, hello);
+                    // A clock chunk, a part or an end comes after its
+                    // begin and the snapshot's frames before it.
+                    if kind != SNAPSHOT_BEGIN && SNAPSHOT_KINDS.contains(&kind) {
+                        let begin = frames[..n].iter().rposition(|f| f.get(4) == Some(&3));
+                        for earlier in &frames[begin.unwrap_or(n)..n] {
+                            if earlier.get(4).is_some_and(|k| SNAPSHOT_KINDS.contains(k)) {
+                                rec.bytes(0, earlier);
+                            }
+                        }
+                    }
                     rec.bytes(0, frame);
                     write(&dir, &format!("{name}-slot{slot}-kind{kind}"), &rec.input);
                 }
@@ -63,41 +77,28 @@ fn session(root: &Path) {
 fn snapshot(root: &Path) {
     let dir = root.join("snapshot");
     fs::create_dir_all(&dir).unwrap();
-    let config = || repred::Config::default().history_limit(2);
     for signer in [None, Some(7u8), Some(2)] {
-        let make =
-            |id: SourceId| -> (SourceId, Option<repred::Identity>) { (id, signer.map(identity)) };
-        let (id, sign) = make(harness::id("src"));
         let tag = signer.map_or("unsigned".to_string(), |n| format!("signed{n}"));
         let peer = signer.unwrap_or(2);
-
-        let mut model = harness::snapshot_source(signer);
-        let mut lww = Replica::with_config(id, LwwMap::<String, String>::default(), config());
-        let mut set = Replica::with_config(id, OrSet::<u32>::default(), config());
-        if let Some(sign) = &sign {
-            lww = lww.sign_snapshots_with(sign.clone());
-            set = set.sign_snapshots_with(sign.clone());
-        }
-        for i in 0..8u64 {
-            let now = NOW - 5_000 + i;
-            lww.update(now, LwwMap::set(format!("k{}", i % 3), format!("v{i}"))).unwrap();
-            let update =
-                if i % 3 == 2 { set.state().remove(&(i as u32 - 1)) } else { OrSet::add(i as u32) };
-            set.update(now, update).unwrap();
-        }
+        // Every variant of the small one; the multi-part ones (a few KB)
+        // after a Hello only, to keep the corpus small.
         let emit = |kind: u8, name: &str, frames: Vec<Vec<u8>>| {
-            for (n, frame) in frames.iter().enumerate() {
-                for (bits, how) in [(3u8, "hello-sync"), (7, "seeded"), (0, "bare")] {
-                    let mut input = vec![b'S', kind, bits, peer];
-                    input.extend_from_slice(frame);
-                    write(&dir, &format!("{name}-{tag}-{n}-{how}"), &input);
-                }
+            let kinds: Vec<u8> = frames.iter().map(|f| f[4]).collect();
+            let stream = frames.concat();
+            let hows: &[(u8, &str)] = match kind {
+                0 => &[(3, "hello-sync"), (7, "seeded"), (0, "bare")],
+                _ => &[(3, "hello-sync")],
+            };
+            for &(bits, how) in hows {
+                let mut input = vec![b'S', kind, bits, peer];
+                input.extend_from_slice(&stream);
+                write(&dir, &format!("{name}-{tag}-{how}"), &input);
             }
-            println!("snapshot {name} {tag}: {} frames", frames.len());
+            println!("snapshot {name} {tag}: frames of kinds {kinds:?}, {} bytes", stream.len());
         };
-        emit(0, "model", snapshot_frames(&mut model));
-        emit(1, "lww", snapshot_frames(&mut lww));
-        emit(2, "orset", snapshot_frames(&mut set));
+        emit(0, "model", snapshot_frames(&mut harness::snapshot_source(signer)));
+        emit(1, "lww", snapshot_frames(&mut harness::lww_source(signer, 70, 5)));
+        emit(2, "orset", snapshot_frames(&mut harness::orset_source(signer, 100)));
     }
 }
 

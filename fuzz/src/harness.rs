@@ -5,17 +5,20 @@
 //! `repred-fuzz` library) and by the main workspace's
 //! `tests/fuzz_generators.rs` (through `#[path]`), so that what CI runs with
 //! proptest checks exactly what the fuzzer checks. It depends only on
-//! `repred`, `repred_suite` (the `Model` fixture) and `postcard`.
+//! `repred`, `repred_suite` (the `Model` fixture), `postcard` and `serde`.
 //!
 //! Every check is an `assert!`: a violated invariant is a panic, which
 //! libFuzzer reports as a crash and proptest as a failure.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Debug;
 
 use repred::{
-    Clock, ClockSummary, Config, Hello, Identity, PROTOCOL_VERSION, Reduce, Replica, SessionError,
-    Signature, SourceId, StreamId, StreamOpts, Timestamp,
+    Clock, ClockSummary, Config, Entry, Hello, Identity, LwwMap, OrSet, PROTOCOL_VERSION, Proof,
+    Reduce, Replica,
+    SessionError, Signature, SourceId, StreamId, StreamOpts, Timestamp,
 };
 use repred_suite::Model;
 
@@ -41,9 +44,15 @@ pub fn id(name: &str) -> SourceId {
     SourceId::new(name).expect("a valid id")
 }
 
-/// The `n`th signing identity of the exchanges (deterministic).
+/// The `n`th signing identity of the exchanges (deterministic; derived
+/// once per thread, as every input asks for a few).
 pub fn identity(n: u8) -> Identity {
-    Identity::from_secret([n; 32])
+    thread_local! {
+        static IDENTITIES: RefCell<HashMap<u8, Identity>> = RefCell::new(HashMap::new());
+    }
+    IDENTITIES.with_borrow_mut(|ids| {
+        ids.entry(n).or_insert_with(|| Identity::from_secret([n; 32])).clone()
+    })
 }
 
 /// The configuration of the replica under test for `flags`.
@@ -352,6 +361,36 @@ pub fn peer(name: &str, signer: Option<u8>, config: Config) -> Replica<Model> {
     .with_life(7)
 }
 
+/// `replica` as a store written by an earlier version would restore it:
+/// its signed no-ops recorded as proofs ([`Entry::Proven`]), its unsigned
+/// ones as clock advances.
+fn as_restored_from_an_earlier_version(replica: &Replica<Model>, config: Config) -> Replica<Model> {
+    let Ok(entries) = replica.entries_from(0) else { panic!("the history starts at 0") };
+    let entries: Vec<Entry<<Model as Reduce>::Update>> = entries
+        .map(|(_, entry)| match entry {
+            Entry::Unchanged(e) => match &e.signature {
+                Some(signature) => {
+                    let bytes = postcard::to_allocvec(&e.change).expect("a change encodes");
+                    let digest = repred::change_digest(&bytes);
+                    Entry::Proven(Proof { stamp: e.stamp(), digest, signature: signature.clone() })
+                }
+                None => Entry::Advance(e.stamp()),
+            },
+            other => other.clone(),
+        })
+        .collect();
+    Replica::restore(
+        replica.id(),
+        Model::default(),
+        Clock::new(),
+        replica.last_timestamp(),
+        0,
+        entries,
+        config,
+    )
+    .with_life(replica.life())
+}
+
 /// Writes `n` keys `prefix0..` into `replica`, a millisecond apart, ending
 /// before [`NOW`].
 pub fn writes(replica: &mut Replica<Model>, prefix: &str, n: u64) {
@@ -519,9 +558,13 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         let mut o2 = peer("o2", signer(7), strictness.clone());
         o1.update(NOW - 5_000, Model::set("k", "old")).unwrap();
         o2.update(NOW - 4_000, Model::set("k", "new")).unwrap();
-        let mut relay = peer("relay", signer(8), strictness);
+        let mut relay = peer("relay", signer(8), strictness.clone());
         sync(&mut relay, &mut o2);
         sync(&mut relay, &mut o1);
+        // Today a relay sends its no-ops to an eager peer as advances when
+        // unsigned, whole when signed; a store written by an earlier
+        // version may hold them as proofs, which still go out as such.
+        let relay = as_restored_from_an_earlier_version(&relay, strictness);
         out.push((name, exchange(flags, 0, &mut [(relay, StreamOpts::default())], None)));
     }
 
@@ -561,8 +604,26 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-/// The Snapshot frames (length prefix included) that `source` sends an
-/// empty replica of the same type in a real exchange.
+/// The kind byte of a snapshot's begin frame: postcard `(u64, [u8; 32])`
+/// (how many sources its clock has, and their [`clock_digest`]), then
+/// `Option<Signature>` over [`snapshot_id`] of those bytes.
+pub const SNAPSHOT_BEGIN: u8 = 3;
+/// The kind byte of a chunk of a snapshot's clock: postcard `Vec<(SourceId,
+/// Timestamp)>`, in source order, unsigned (the begin's digest vouches).
+pub const SNAPSHOT_CLOCK: u8 = 14;
+/// The kind byte of a snapshot's part: postcard `u64` (its index),
+/// `T::Update` (the part), `Option<Signature>` over [`part_digest`].
+pub const SNAPSHOT_PART: u8 = 12;
+/// The kind byte of a snapshot's end: postcard `u64` (how many parts),
+/// `Option<Signature>` over [`end_digest`].
+pub const SNAPSHOT_END: u8 = 13;
+/// The kinds of a snapshot's frames.
+pub const SNAPSHOT_KINDS: [u8; 4] = [SNAPSHOT_BEGIN, SNAPSHOT_CLOCK, SNAPSHOT_PART, SNAPSHOT_END];
+
+/// The snapshot frames (begin, clock chunks, parts, end; length prefixes
+/// included), in
+/// the order sent, that `source` sends an empty replica of the same type in
+/// a real exchange. Live updates sent between them are left out.
 pub fn snapshot_frames<T: Reduce + Default>(source: &mut Replica<T>) -> Vec<Vec<u8>> {
     let mut sink: Replica<T> = Replica::new(id("sink"), T::default());
     let a = source.open(StreamOpts::default().tail(false)).expect("open");
@@ -572,7 +633,12 @@ pub fn snapshot_frames<T: Reduce + Default>(source: &mut Replica<T>) -> Vec<Vec<
     for _ in 0..100 {
         buf.clear();
         while source.poll_transmit(a, &mut buf).unwrap_or(0) > 0 {}
-        out.extend(frames(&buf).into_iter().filter(|f| f.get(4) == Some(&3)).map(<[u8]>::to_vec));
+        out.extend(
+            frames(&buf)
+                .into_iter()
+                .filter(|f| f.get(4).is_some_and(|k| SNAPSHOT_KINDS.contains(k)))
+                .map(<[u8]>::to_vec),
+        );
         let moved = !buf.is_empty();
         let _ = sink.handle(b, NOW, &buf);
         buf.clear();
@@ -585,19 +651,54 @@ pub fn snapshot_frames<T: Reduce + Default>(source: &mut Replica<T>) -> Vec<Vec<
     out
 }
 
-/// A `Model` replica with a history of 2 records and 8 writes (so it
-/// sends a snapshot), signing its snapshots as `identity(n)` if given.
-pub fn snapshot_source(signer: Option<u8>) -> Replica<Model> {
-    let mut replica =
-        Replica::with_config(id("src"), Model::default(), Config::default().history_limit(2));
-    if let Some(n) = signer {
-        replica = replica.sign_snapshots_with(identity(n));
+/// A replica of `T` under id `src` with a history of 2 records, signing
+/// its snapshots as `identity(n)` if given: after a few writes it sends a
+/// snapshot to a peer that has nothing.
+fn source_of<T: Reduce>(state: T, signer: Option<u8>) -> Replica<T> {
+    let replica = Replica::with_config(id("src"), state, Config::default().history_limit(2));
+    match signer {
+        Some(n) => replica.sign_snapshots_with(identity(n)),
+        None => replica,
     }
+}
+
+/// A `Model` replica with 8 writes and a delete (see [`source_of`]). Its
+/// snapshot is one part: `Model` keeps `Reduce::snapshot_part`'s default.
+pub fn snapshot_source(signer: Option<u8>) -> Replica<Model> {
+    let mut replica = source_of(Model::default(), signer);
     for i in 0..8u64 {
         let now = NOW - 5_000 + i;
         replica.update(now, Model::set(&format!("k{}", i % 3), &format!("v{i}"))).expect("write");
         if i % 4 == 3 {
             replica.update(now, Model::delete("k0")).expect("write");
+        }
+    }
+    replica
+}
+
+/// An `LwwMap<String, String>` replica with `keys` keys, `extra` of them
+/// written twice (see [`source_of`]). Parts start 64 entries long, so 70
+/// keys make two parts.
+pub fn lww_source(signer: Option<u8>, keys: u64, extra: u64) -> Replica<LwwMap<String, String>> {
+    let mut replica = source_of(LwwMap::default(), signer);
+    for i in 0..keys + extra {
+        let key = format!("k{}", i % keys);
+        replica.update(NOW - 5_000 + i, LwwMap::set(key, format!("v{i}"))).expect("write");
+    }
+    replica
+}
+
+/// An `OrSet<u32>` replica with `n` adds, every third of them removed
+/// again (see [`source_of`]): its snapshot is at least two parts (live
+/// elements, then tombstones), and 100 adds make three.
+pub fn orset_source(signer: Option<u8>, n: u32) -> Replica<OrSet<u32>> {
+    let mut replica = source_of(OrSet::default(), signer);
+    for i in 0..n {
+        let now = NOW - 5_000 + u64::from(i);
+        replica.update(now, OrSet::add(i)).expect("write");
+        if i % 3 == 2 {
+            let remove = replica.state().remove(&(i - 1));
+            replica.update(now, remove).expect("write");
         }
     }
     replica
@@ -636,6 +737,48 @@ pub fn frames(stream: &[u8]) -> Vec<&[u8]> {
 // ---------------------------------------------------------------------------
 // The snapshot target.
 
+/// SHA-256 of the pieces, one after the other.
+fn sha256(pieces: &[&[u8]]) -> [u8; 32] {
+    // `change_digest` is SHA-256 of its bytes.
+    repred::change_digest(&pieces.concat())
+}
+
+/// A snapshot's id: what its begin frame's signature covers, from the
+/// begin's body before the signature (as `repred::frame::snapshot_id`, from
+/// its definition).
+pub fn snapshot_id(begin: &[u8]) -> [u8; 32] {
+    sha256(&[b"repred snapshot begin", begin])
+}
+
+/// The bytes a clock's digest covers: 16 of source and 8 of timestamp (LE)
+/// an entry, in the order sent, however chunked (as
+/// `repred::frame::clock_digest_update`).
+fn clock_digest_bytes(entries: &[([u8; 16], u64)], out: &mut Vec<u8>) {
+    for (source, ts) in entries {
+        out.extend_from_slice(source);
+        out.extend_from_slice(&ts.to_le_bytes());
+    }
+}
+
+/// The digest of a snapshot's clock entries, which its begin carries.
+pub fn clock_digest(entries: &[([u8; 16], u64)]) -> [u8; 32] {
+    let mut bytes = Vec::new();
+    clock_digest_bytes(entries, &mut bytes);
+    sha256(&[&bytes])
+}
+
+/// What a part's signature covers: the snapshot, the part's index, the
+/// SHA-256 of its encoded state (as `repred::frame::part_digest`).
+pub fn part_digest(id: &[u8; 32], index: u64, state: &[u8; 32]) -> [u8; 32] {
+    sha256(&[b"repred snapshot part", id, &index.to_le_bytes(), state])
+}
+
+/// What an end's signature covers: the snapshot and how many parts it had
+/// (as `repred::frame::end_digest`).
+pub fn end_digest(id: &[u8; 32], parts: u64) -> [u8; 32] {
+    sha256(&[b"repred snapshot end", id, &parts.to_le_bytes()])
+}
+
 /// The signature a snapshot frame carries.
 #[derive(Clone, Debug)]
 pub enum SnapshotSig {
@@ -648,22 +791,73 @@ pub enum SnapshotSig {
         /// The signature's halves.
         sig: ([u8; 32], [u8; 32]),
     },
-    /// A real signature over the body by `identity(n)`.
+    /// A real signature by `identity(n)` over the frame's own digest.
     By(u8),
-    /// A real signature by `identity(n)` over another body.
-    Stale(u8),
+    /// A real signature by `identity(n)` over a digest that is not the
+    /// frame's.
+    Stale(u8, Stale),
 }
 
-/// A snapshot frame as the snapshot target builds it.
+/// What a stale signature was made for instead.
+#[derive(Clone, Copy, Debug)]
+pub enum Stale {
+    /// The same frame of another snapshot (another id).
+    Snapshot,
+    /// Another place in this snapshot: a part's next index, an end with a
+    /// part more; for a begin, the end of this snapshot with no parts.
+    Place,
+    /// Other contents at this place: a part's state with a byte more; for
+    /// a begin or an end, the SHA-256 of its body before the signature (as
+    /// single-frame snapshots were signed before they came in parts).
+    Contents,
+    /// Another kind of frame of this snapshot at this place: a begin
+    /// signed as part 0 of nothing, a part as the end after `index` parts,
+    /// an end as the begin (the snapshot's id).
+    Kind,
+}
+
+/// One part of a [`SnapshotCase`].
+#[derive(Clone, Debug)]
+pub struct PartCase {
+    /// The index the part claims (`None`: its place among the case's parts).
+    pub index: Option<u64>,
+    /// The encoded part (postcard of `T::Update`, or any bytes).
+    pub state: Vec<u8>,
+    /// Its signature.
+    pub sig: SnapshotSig,
+}
+
+/// The end of a [`SnapshotCase`].
+#[derive(Clone, Debug)]
+pub struct EndCase {
+    /// How many parts it claims (`None`: as many as the case has).
+    pub parts: Option<u64>,
+    /// Its signature.
+    pub sig: SnapshotSig,
+}
+
+/// A snapshot as the snapshot target builds it: a begin, its clock in
+/// chunks, parts, an end.
 #[derive(Clone, Debug)]
 pub struct SnapshotCase {
-    /// The clock, as raw `(source, timestamp)` pairs: reserved ids, zero
-    /// timestamps, duplicates and disorder included.
+    /// The clock's entries, as raw `(source, timestamp)` pairs: reserved
+    /// ids, zero timestamps, duplicates and disorder included.
     pub clock: Vec<([u8; 16], u64)>,
-    /// The encoded state (postcard of `T::Update`, or any bytes).
-    pub state: Vec<u8>,
-    /// The signature.
-    pub sig: SnapshotSig,
+    /// Entries per clock chunk; 0: one chunk of them all, even none.
+    pub chunk: usize,
+    /// How many sources the begin announces (`None`: as many as sent).
+    pub sources: Option<u64>,
+    /// The entries the begin's digest is of (`None`: those sent).
+    pub digest_of: Option<Vec<([u8; 16], u64)>>,
+    /// The begin's signature.
+    pub begin: SnapshotSig,
+    /// The parts.
+    pub parts: Vec<PartCase>,
+    /// The end (`None`: the snapshot is cut short).
+    pub end: Option<EndCase>,
+    /// Whether all of it is sent twice (a snapshot restarted, or begun
+    /// again before its end).
+    pub twice: bool,
     /// Which `identity(n)` the Hello before it names.
     pub peer: u8,
     /// Whether a Hello comes first (else the snapshot comes before Hello).
@@ -674,31 +868,78 @@ pub struct SnapshotCase {
     pub late: u16,
 }
 
-/// The body of a Snapshot frame, `(clock, state)`, before its signature.
-pub fn snapshot_body(case: &SnapshotCase) -> Vec<u8> {
-    // A sequence of pairs encodes as a map does in postcard.
-    let mut body = postcard::to_allocvec(&case.clock).expect("encode");
-    body.extend_from_slice(&case.state);
-    body
-}
-
-/// The whole Snapshot frame, length prefix included.
-pub fn snapshot_frame(case: &SnapshotCase) -> Vec<u8> {
-    let body = snapshot_body(case);
-    let sig: Option<Signature> = match &case.sig {
+/// A signature as `sig` says, `own` being the digest the frame's signature
+/// should cover and `stale` the digests it should not.
+fn sign(sig: &SnapshotSig, own: &[u8; 32], stale: impl Fn(Stale) -> [u8; 32]) -> Option<Signature> {
+    match sig {
         SnapshotSig::None => None,
         SnapshotSig::Raw { key, sig } => Some(Signature { key: *key, sig: *sig }),
-        SnapshotSig::By(n) => Some(identity(*n).sign_snapshot(&repred::change_digest(&body))),
-        SnapshotSig::Stale(n) => {
-            let mut other = body.clone();
-            other.push(0);
-            Some(identity(*n).sign_snapshot(&repred::change_digest(&other)))
-        }
-    };
-    let mut payload = vec![3u8];
-    payload.extend_from_slice(&body);
-    payload.extend_from_slice(&postcard::to_allocvec(&sig).expect("encode"));
+        SnapshotSig::By(n) => Some(identity(*n).sign_snapshot(own)),
+        SnapshotSig::Stale(n, how) => Some(identity(*n).sign_snapshot(&stale(*how))),
+    }
+}
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encode")
+}
+
+/// A frame of `kind` with `body`, length prefix included.
+pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut payload = vec![kind];
+    payload.extend_from_slice(body);
     framed(payload)
+}
+
+/// The frames of a case: its begin, clock chunks, parts and end (twice if
+/// it says so).
+pub fn snapshot_case_frames(case: &SnapshotCase) -> Vec<Vec<u8>> {
+    let sources = case.sources.unwrap_or(case.clock.len() as u64);
+    let digest = clock_digest(case.digest_of.as_deref().unwrap_or(&case.clock));
+    let begin = encode(&(sources, digest));
+    let id = snapshot_id(&begin);
+    let other = snapshot_id(&encode(&(sources.wrapping_add(1), digest)));
+    let mut out = Vec::new();
+    let proof = sign(&case.begin, &id, |how| match how {
+        Stale::Snapshot => other,
+        Stale::Place => end_digest(&id, 0),
+        Stale::Contents => sha256(&[&begin]),
+        Stale::Kind => part_digest(&id, 0, &sha256(&[])),
+    });
+    out.push(frame(SNAPSHOT_BEGIN, &[begin, encode(&proof)].concat()));
+    // A sequence of `([u8; 16], u64)` encodes as one of `(SourceId,
+    // Timestamp)` does.
+    match case.chunk {
+        0 => out.push(frame(SNAPSHOT_CLOCK, &encode(&case.clock))),
+        n => out.extend(case.clock.chunks(n).map(|c| frame(SNAPSHOT_CLOCK, &encode(c)))),
+    }
+    for (n, part) in case.parts.iter().enumerate() {
+        let index = part.index.unwrap_or(n as u64);
+        let hash = sha256(&[&part.state]);
+        let proof = sign(&part.sig, &part_digest(&id, index, &hash), |how| match how {
+            Stale::Snapshot => part_digest(&other, index, &hash),
+            Stale::Place => part_digest(&id, index.wrapping_add(1), &hash),
+            Stale::Contents => part_digest(&id, index, &sha256(&[&part.state, &[0]])),
+            Stale::Kind => end_digest(&id, index),
+        });
+        out.push(frame(
+            SNAPSHOT_PART,
+            &[encode(&index), part.state.clone(), encode(&proof)].concat(),
+        ));
+    }
+    if let Some(end) = &case.end {
+        let parts = end.parts.unwrap_or(case.parts.len() as u64);
+        let proof = sign(&end.sig, &end_digest(&id, parts), |how| match how {
+            Stale::Snapshot => end_digest(&other, parts),
+            Stale::Place => end_digest(&id, parts.wrapping_add(1)),
+            Stale::Contents => sha256(&[&encode(&parts)]),
+            Stale::Kind => id,
+        });
+        out.push(frame(SNAPSHOT_END, &[encode(&parts), encode(&proof)].concat()));
+    }
+    if case.twice {
+        out.extend_from_within(..);
+    }
+    out
 }
 
 fn framed(payload: Vec<u8>) -> Vec<u8> {
@@ -719,8 +960,8 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         floor: repred::Timestamp::ZERO,
     };
     let mut payload = vec![1u8];
-    payload.extend_from_slice(&postcard::to_allocvec(&PROTOCOL_VERSION).expect("encode"));
-    payload.extend_from_slice(&postcard::to_allocvec(&hello).expect("encode"));
+    payload.extend_from_slice(&encode(&PROTOCOL_VERSION));
+    payload.extend_from_slice(&encode(&hello));
     framed(payload)
 }
 
@@ -729,53 +970,372 @@ pub fn sync_frame() -> Vec<u8> {
     framed(vec![4])
 }
 
-/// What became of one snapshot at the three receivers.
+/// Most frames [`snapshot_stream`] makes of its input.
+pub const MAX_SNAPSHOT_FRAMES: usize = 64;
+
+/// Any bytes as a sequence of whole snapshot frames: each frame of the
+/// stream keeps its body; one cut short is closed where it stops (else the
+/// next would complete it), an empty one gets a kind byte, and a kind that
+/// is not a snapshot's becomes one (other kinds may well move a plain
+/// replica's clock, which is the session target's business). At most
+/// [`MAX_SNAPSHOT_FRAMES`].
+pub fn snapshot_stream(bytes: &[u8]) -> Vec<Vec<u8>> {
+    frames(bytes)
+        .into_iter()
+        .take(MAX_SNAPSHOT_FRAMES)
+        .map(|f| {
+            let mut frame = f.to_vec();
+            frame.resize(frame.len().max(5), 0);
+            let len = (frame.len() - 4) as u32;
+            frame[..4].copy_from_slice(&len.to_le_bytes());
+            if !SNAPSHOT_KINDS.contains(&frame[4]) {
+                frame[4] = SNAPSHOT_KINDS[usize::from(frame[4]) % SNAPSHOT_KINDS.len()];
+            }
+            frame
+        })
+        .collect()
+}
+
+/// What became of a snapshot exchange at the receivers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotReport {
-    /// The plain replica merged it.
+    /// The plain replica took a snapshot's end.
     pub plain: bool,
-    /// The strict replica trusting `identity(7)` merged it.
+    /// The strict replica trusting `identity(7)` took a snapshot's end.
     pub trusting: bool,
+    /// Parts taken by the plain, the untrusting and the trusting replica.
+    pub parts: [u64; 3],
 }
 
-/// Who, by the frame's own bytes, signed a Snapshot frame (length prefix
-/// included) for `T`: `None` if it does not decode, `Some(None)` if it is
-/// unsigned, `Some(Some(Ok(signer)))` if its signature holds.
-#[allow(clippy::type_complexity)]
-fn snapshot_signer<T: Reduce>(
-    frame: &[u8],
-) -> Option<Option<Result<SourceId, repred::VerifyError>>> {
-    let body = frame.get(5..).filter(|_| frame.get(4) == Some(&3))?;
-    let (_, rest) = postcard::take_from_bytes::<(Clock, T::Update)>(body).ok()?;
-    let digest = repred::change_digest(&body[..body.len() - rest.len()]);
-    let (proof, tail) = postcard::take_from_bytes::<Option<Signature>>(rest).ok()?;
-    if !tail.is_empty() {
-        return None;
+/// Whose snapshots a receiver takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trust {
+    /// A plain replica: unsigned ones, and signed ones whose signature
+    /// holds (each part and the end then by the begin's signer).
+    Any,
+    /// A strict replica that trusts no snapshot signer: none.
+    Nobody,
+    /// A strict replica: those signed by this signer only.
+    Only(SourceId),
+}
+
+/// What the oracle expects of one frame.
+#[derive(Debug)]
+enum Expect<U> {
+    /// Taken, and it carries nothing: state and clock stay (a Hello, a
+    /// Sync, a snapshot's begin or a chunk of its clock).
+    Taken,
+    /// Refused (why): the stream ends, and nothing of the frame is applied.
+    Refused(&'static str),
+    /// The stream ended before: the frame is not read.
+    Ended,
+    /// A part taken: the state joins it, the clock stays.
+    Part(U),
+    /// An end taken: the clock joins the begin's clock, the state stays.
+    End(Clock),
+}
+
+/// A snapshot the oracle saw begin.
+#[derive(Debug)]
+struct Begun {
+    id: [u8; 32],
+    signer: Option<SourceId>,
+    /// How many clock entries the begin announced, and their digest.
+    sources: u64,
+    digest: [u8; 32],
+    /// Entries received so far, and the bytes their digest covers (since
+    /// the digest was last checked).
+    received: u64,
+    hashed: Vec<u8>,
+    clock: Clock,
+    next: u64,
+}
+
+impl Begun {
+    fn clock_complete(&self) -> bool {
+        self.received == self.sources
     }
-    Some(proof.map(|p| p.verify_snapshot(&digest)))
 }
 
-/// [`run_snapshot_frame`] on the frame a case describes.
+/// A receiver of snapshot frames as the wire format specifies it, worked
+/// out from each frame's bytes alone (the digests re-implemented from
+/// their definitions), never from the replica's answers.
+#[derive(Debug)]
+struct Oracle {
+    trust: Trust,
+    now: u64,
+    hello: bool,
+    synced: bool,
+    ended: bool,
+    begun: Option<Begun>,
+}
+
+/// Decodes all of `bytes` as a `T`.
+fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    }
+}
+
+impl Oracle {
+    fn new(trust: Trust, now: u64) -> Self {
+        Self { trust, now, hello: false, synced: false, ended: false, begun: None }
+    }
+
+    fn judge<T: Reduce>(&mut self, frame: &[u8]) -> Expect<T::Update> {
+        if self.ended {
+            return Expect::Ended;
+        }
+        let expect = self.read::<T>(frame);
+        if matches!(expect, Expect::Refused(_)) {
+            self.ended = true;
+        }
+        expect
+    }
+
+    fn read<T: Reduce>(&mut self, frame: &[u8]) -> Expect<T::Update> {
+        let Some((&kind, body)) = frame.get(4..).and_then(<[u8]>::split_first) else {
+            return Expect::Refused("an empty frame");
+        };
+        match kind {
+            1 if self.hello => Expect::Refused("a second Hello"),
+            1 => {
+                self.hello = true;
+                Expect::Taken
+            }
+            4 if !self.hello => Expect::Refused("a Sync before Hello"),
+            4 if self.synced => Expect::Refused("a second Sync"),
+            4 => {
+                self.synced = true;
+                Expect::Taken
+            }
+            SNAPSHOT_BEGIN => self.begin(body),
+            SNAPSHOT_CLOCK => self.clock(body),
+            SNAPSHOT_PART => self.part::<T>(body),
+            SNAPSHOT_END => self.end(body),
+            _ => Expect::Refused("not a frame of this target"),
+        }
+    }
+
+    fn begin<U>(&mut self, body: &[u8]) -> Expect<U> {
+        let Ok(((sources, digest), rest)) = postcard::take_from_bytes::<(u64, [u8; 32])>(body)
+        else {
+            return Expect::Refused("a begin whose clock's size and digest do not decode");
+        };
+        let id = snapshot_id(&body[..body.len() - rest.len()]);
+        let Some(proof) = decode_all::<Option<Signature>>(rest) else {
+            return Expect::Refused("a begin whose signature does not decode");
+        };
+        if !self.hello {
+            return Expect::Refused("a begin before Hello");
+        }
+        if self.begun.is_some() {
+            return Expect::Refused("a begin before the last snapshot's end");
+        }
+        let signer = match proof.map(|p| verify(p, &id)) {
+            None => None,
+            Some(Some(signer)) => Some(signer),
+            Some(None) => return Expect::Refused("a begin whose signature does not hold"),
+        };
+        match (self.trust, signer) {
+            (Trust::Any, _) => {}
+            (Trust::Nobody, _) => return Expect::Refused("a begin (no signer is trusted)"),
+            (Trust::Only(_), None) => return Expect::Refused("an unsigned begin"),
+            (Trust::Only(trusted), Some(signer)) if signer != trusted => {
+                return Expect::Refused("a begin signed by an untrusted signer");
+            }
+            (Trust::Only(_), Some(_)) => {}
+        }
+        self.begun = Some(Begun {
+            id,
+            signer,
+            sources,
+            digest,
+            received: 0,
+            hashed: Vec::new(),
+            clock: Clock::new(),
+            next: 0,
+        });
+        Expect::Taken
+    }
+
+    /// A chunk of the clock: no more entries than the begin announced, each
+    /// of a valid source not seen before in this clock and no further ahead
+    /// than the skew limit; once all are in, their digest is the begin's.
+    fn clock<U>(&mut self, body: &[u8]) -> Expect<U> {
+        let Some(entries) = decode_all::<Vec<([u8; 16], u64)>>(body) else {
+            return Expect::Refused("a clock chunk that does not decode");
+        };
+        if !self.hello {
+            return Expect::Refused("a clock chunk before Hello");
+        }
+        let Some(begun) = &mut self.begun else {
+            return Expect::Refused("a clock chunk before its begin");
+        };
+        if begun.received.saturating_add(entries.len() as u64) > begun.sources {
+            return Expect::Refused("more clock entries than the begin announced");
+        }
+        let limit = self.now.saturating_add(Config::default().max_skew_millis);
+        for &(source, ts) in &entries {
+            let (source, ts) = (raw_source(source), Timestamp::from_raw(ts));
+            if ts.millis() > limit {
+                return Expect::Refused("a clock entry too far ahead");
+            }
+            if !source.is_valid() || begun.clock.get(source) != Timestamp::ZERO {
+                return Expect::Refused("a clock entry of a reserved or repeated source");
+            }
+            begun.clock.observe(source, ts);
+        }
+        clock_digest_bytes(&entries, &mut begun.hashed);
+        begun.received += entries.len() as u64;
+        if begun.clock_complete() {
+            // Checked each time the count is reached, over what came since
+            // the last check: an empty chunk after a complete clock is
+            // checked as an empty clock.
+            let digest = sha256(&[&std::mem::take(&mut begun.hashed)]);
+            if digest != begun.digest {
+                return Expect::Refused("a clock that does not match the begin's digest");
+            }
+        }
+        Expect::Taken
+    }
+
+    fn part<T: Reduce>(&mut self, body: &[u8]) -> Expect<T::Update> {
+        let Ok((index, rest)) = postcard::take_from_bytes::<u64>(body) else {
+            return Expect::Refused("a part whose index does not decode");
+        };
+        let Ok((state, tail)) = postcard::take_from_bytes::<T::Update>(rest) else {
+            return Expect::Refused("a part whose state does not decode");
+        };
+        let hash = sha256(&[&rest[..rest.len() - tail.len()]]);
+        let Some(proof) = decode_all::<Option<Signature>>(tail) else {
+            return Expect::Refused("a part whose signature does not decode");
+        };
+        if !self.hello {
+            return Expect::Refused("a part before Hello");
+        }
+        let Some(begun) = &mut self.begun else {
+            return Expect::Refused("a part before its begin");
+        };
+        if !begun.clock_complete() {
+            return Expect::Refused("a part before the whole clock");
+        }
+        if index != begun.next {
+            return Expect::Refused("a part out of order");
+        }
+        if let Err(why) = vouched(begun.signer, &part_digest(&begun.id, index, &hash), proof) {
+            return Expect::Refused(why);
+        }
+        begun.next += 1;
+        Expect::Part(state)
+    }
+
+    fn end<U>(&mut self, body: &[u8]) -> Expect<U> {
+        let Ok((parts, rest)) = postcard::take_from_bytes::<u64>(body) else {
+            return Expect::Refused("an end whose part count does not decode");
+        };
+        let Some(proof) = decode_all::<Option<Signature>>(rest) else {
+            return Expect::Refused("an end whose signature does not decode");
+        };
+        if !self.hello {
+            return Expect::Refused("an end before Hello");
+        }
+        let Some(begun) = self.begun.take() else {
+            return Expect::Refused("an end before its begin");
+        };
+        if !begun.clock_complete() {
+            return Expect::Refused("an end before the whole clock");
+        }
+        if parts != begun.next {
+            return Expect::Refused("an end with parts missing");
+        }
+        if let Err(why) = vouched(begun.signer, &end_digest(&begun.id, parts), proof) {
+            return Expect::Refused(why);
+        }
+        Expect::End(begun.clock)
+    }
+}
+
+/// Signatures checked, by signature and digest, and who made them (`None`:
+/// it does not hold).
+type Verified = HashMap<(Signature, [u8; 32]), Option<SourceId>>;
+
+thread_local! {
+    /// The signatures the oracle checked in the current run: the three
+    /// receivers' oracles read the same frames, and a check takes
+    /// milliseconds in a debug build.
+    static VERIFIED: RefCell<Verified> = RefCell::new(HashMap::new());
+}
+
+/// Who made `proof` over `digest`, if it holds.
+fn verify(proof: Signature, digest: &[u8; 32]) -> Option<SourceId> {
+    VERIFIED.with_borrow_mut(|seen| {
+        *seen.entry((proof, *digest)).or_insert_with_key(|(p, d)| p.verify_snapshot(d).ok())
+    })
+}
+
+/// A part or end of a snapshot whose begin `signer` signed must carry the
+/// same signer's signature over `digest`; of an unsigned one, the
+/// signature is not looked at.
+fn vouched(
+    signer: Option<SourceId>,
+    digest: &[u8; 32],
+    proof: Option<Signature>,
+) -> Result<(), &'static str> {
+    let Some(signer) = signer else { return Ok(()) };
+    match proof.map(|p| verify(p, digest)) {
+        None => Err("an unsigned frame of a signed snapshot"),
+        Some(Some(who)) if who == signer => Ok(()),
+        Some(Some(_)) => Err("a frame of a signed snapshot signed by another"),
+        Some(None) => Err("a frame of a signed snapshot whose signature does not hold"),
+    }
+}
+
+/// [`run_snapshot_frames`] on the frames a case describes.
 pub fn run_snapshot<T>(case: &SnapshotCase, seed: Option<T::Update>) -> SnapshotReport
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
 {
-    let frame = snapshot_frame(case);
+    let frames = snapshot_case_frames(case);
     let hello = case.hello.then_some(case.peer);
-    run_snapshot_frame::<T>(&frame, hello, case.sync, case.late, seed)
+    run_snapshot_frames::<T>(&frames, hello, case.sync, case.late, seed)
 }
 
-/// Hands one Snapshot frame (after a Hello from `identity(hello)` if
-/// given, before a Sync if `sync`) at `NOW + late` to three replicas of `T`
-/// that each hold `seed`: a plain one, a strict one that trusts no signer,
-/// and a strict one that trusts `identity(7)`. Checks: the strict replica
-/// without trusted signers changes neither state nor clock; the trusting
-/// one changes only on a signature by `identity(7)` that holds; the plain
-/// one changes only when the frame's signature, if any, holds; no clock
-/// holds timestamp zero; a plain replica that merged it covers its clock;
-/// a refused frame changes nothing; `poll_transmit` never fails.
-pub fn run_snapshot_frame<T>(
-    frame: &[u8],
+/// The three receivers: a plain replica, a strict one that trusts no
+/// snapshot signer, a strict one that trusts `identity(7)`.
+const RECEIVERS: [&str; 3] = [
+    "a plain replica",
+    "a strict replica trusting no signer",
+    "a strict replica trusting identity(7)",
+];
+
+/// Hands snapshot frames (whole frames, length prefixes included, as
+/// [`snapshot_stream`] makes them; after a Hello from `identity(hello)` if
+/// given, before a Sync if `sync`), one `handle` call each, at `NOW +
+/// late`, to three replicas of `T` that each hold `seed`: a plain one, a
+/// strict one that trusts no snapshot signer, and a strict one that trusts
+/// `identity(7)`.
+///
+/// An oracle works out from the frames' bytes what each receiver must do
+/// with each frame, and every frame is checked against it: a strict
+/// replica trusting no signer refuses every begin, so neither its state
+/// nor its clock ever changes; the trusting one takes a begin only signed
+/// by `identity(7)`, and parts and an end only with `identity(7)`'s
+/// signatures over their digests (bound to the begin's id and their
+/// place); a plain one takes unsigned snapshots, and signed ones whose
+/// signatures hold, all by the begin's signer. The clock's chunks (which
+/// carry no signature) are taken only as many as the begin announced, of
+/// valid sources each once, within the skew limit, and matching the
+/// begin's digest once complete; no part nor end before. A frame refused
+/// ends the stream and changes nothing; a part taken changes the state by
+/// exactly its join and leaves the clock; only an end taken moves the
+/// clock, by exactly the snapshot's clock, and leaves the state; a begin, a
+/// clock chunk, a Hello or a Sync changes neither; a frame the oracle takes
+/// the replica must take too. Besides: no clock holds timestamp zero;
+/// `poll_transmit` never fails; `handle` fails only with a peer error.
+pub fn run_snapshot_frames<T>(
+    frames: &[Vec<u8>],
     hello: Option<u8>,
     sync: bool,
     late: u16,
@@ -784,98 +1344,112 @@ pub fn run_snapshot_frame<T>(
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
 {
-    // One whole Snapshot frame: the bytes past its end are not looked at,
-    // one cut short is closed where it stops (else the Sync after it would
-    // complete it), and another kind byte is made 3 (other kinds may well
-    // move a plain replica's clock, which is the session target's
-    // business).
-    let mut frame = frames(frame).first().copied().unwrap_or_default().to_vec();
-    frame.resize(frame.len().max(5), 0);
-    let len = (frame.len() - 4) as u32;
-    frame[..4].copy_from_slice(&len.to_le_bytes());
-    frame[4] = 3;
-    let frame = frame.as_slice();
     let mut input = Vec::new();
     if let Some(peer) = hello {
         input.push(hello_frame(peer));
     }
-    input.push(frame.to_vec());
+    input.extend(frames.iter().cloned());
     if sync {
         input.push(sync_frame());
     }
-    let signer = snapshot_signer::<T>(frame);
-    let holds = matches!(signer, Some(None | Some(Ok(_))));
-    let by_seven = matches!(signer, Some(Some(Ok(s))) if s == identity(7).id());
-    let clock: Option<Clock> = frame
-        .get(5..)
-        .and_then(|body| postcard::take_from_bytes::<Clock>(body).ok())
-        .map(|(clock, _)| clock);
     let now = NOW + u64::from(late);
-    let make = |config: Config, strict: bool| {
-        let mut replica = if strict {
-            Replica::with_identity(identity(1), T::default(), config)
-        } else {
+    VERIFIED.with_borrow_mut(HashMap::clear);
+    let mut report = SnapshotReport::default();
+    let strict = Config::default().require_signatures(true);
+    let receivers = [
+        (Config::default(), Trust::Any),
+        (strict.clone(), Trust::Nobody),
+        (strict.trust_snapshots_from([identity(7).id()]), Trust::Only(identity(7).id())),
+    ];
+    for (role, (config, trust)) in receivers.into_iter().enumerate() {
+        let who = RECEIVERS[role];
+        let mut replica = if trust == Trust::Any {
             Replica::with_config(id("me"), T::default(), config)
+        } else {
+            Replica::with_identity(identity(1), T::default(), config)
         }
         .with_life(1);
         if let Some(seed) = seed.clone() {
             replica.update(NOW - 1_000, seed).expect("a local write");
         }
-        replica
-    };
-    let mut report = SnapshotReport::default();
-    let strict = Config::default().require_signatures(true);
-    for (role, config) in [
-        (0, Config::default()),
-        (1, strict.clone()),
-        (2, strict.trust_snapshots_from([identity(7).id()])),
-    ] {
-        let mut replica: Replica<T> = make(config, role > 0);
         let stream = replica.open(StreamOpts::default()).expect("open");
         settle(&mut replica, now, &[stream]);
-        let before = (replica.state().clone(), replica.clock().clone());
+        let start = (replica.state().clone(), replica.clock().clone());
+        let mut oracle = Oracle::new(trust, now);
         for frame in &input {
-            let prior = (replica.state().clone(), replica.clock().clone());
-            match replica.handle(stream, now, frame) {
-                Ok(()) => {}
-                Err(SessionError::Peer(e)) => {
-                    assert!(prior.0 == *replica.state(), "a refused frame ({e}) changed the state");
-                    assert!(prior.1 == *replica.clock(), "a refused frame ({e}) moved the clock");
-                    break;
-                }
-                Err(SessionError::NotOpen(_)) => break,
-                Err(e) => panic!("handle failed with {e:?}, not a peer error"),
+            let state = replica.state().clone();
+            let clock = replica.clock().clone();
+            let snapshots = replica.stats().snapshots;
+            let expect = oracle.judge::<T>(frame);
+            let result = replica.handle(stream, now, frame);
+            if let Err(e) = &result {
+                assert!(
+                    matches!(e, SessionError::Peer(_) | SessionError::NotOpen(_)),
+                    "handle failed with {e:?}, not a peer error"
+                );
             }
             settle(&mut replica, now, &[stream]);
             check_clock(replica.clock());
-        }
-        let changed = before.0 != *replica.state() || before.1 != *replica.clock();
-        let merged = replica.stats().snapshots > 0;
-        match role {
-            0 => {
-                assert!(
-                    !(changed || merged) || holds,
-                    "a plain replica took a snapshot whose signature does not hold: {signer:?}"
-                );
-                if let (true, Some(clock)) = (merged, &clock) {
+            let open = replica.open_streams().any(|s| s == stream);
+            let same_state = state == *replica.state();
+            let same_clock = clock == *replica.clock();
+            let ended = replica.stats().snapshots - snapshots;
+            match expect {
+                Expect::Ended => {
                     assert!(
-                        replica.clock().covers(clock),
-                        "a merged snapshot's clock is not covered"
+                        matches!(result, Err(SessionError::NotOpen(_))),
+                        "{who} read a frame after its stream ended: {result:?}"
                     );
+                    assert!(same_state && same_clock, "{who} changed on a stream that ended");
                 }
-                report.plain = merged;
+                Expect::Refused(why) => {
+                    assert!(same_state, "{who} changed its state on {why}: {result:?}");
+                    assert!(same_clock, "{who} moved its clock on {why}: {result:?}");
+                    assert_eq!(ended, 0, "{who} counted a snapshot on {why}");
+                    assert!(!open, "{who} took {why} ({result:?})");
+                }
+                Expect::Taken => {
+                    assert!(open, "{who} refused a valid frame: {result:?}");
+                    assert!(same_state, "{who} changed its state on a frame without state");
+                    assert!(same_clock, "{who} moved its clock before a snapshot's end");
+                    assert_eq!(ended, 0, "{who} counted a snapshot before its end");
+                }
+                Expect::Part(part) => {
+                    assert!(open, "{who} refused a valid snapshot part: {result:?}");
+                    assert!(same_clock, "{who} moved its clock on a snapshot part");
+                    assert_eq!(ended, 0, "{who} counted a snapshot at a part");
+                    let mut joined = state;
+                    joined.reduce(part);
+                    assert!(
+                        joined == *replica.state(),
+                        "{who} did not merge exactly the part: {:?} instead of {joined:?}",
+                        replica.state()
+                    );
+                    report.parts[role] += 1;
+                }
+                Expect::End(of) => {
+                    assert!(open, "{who} refused a valid snapshot end: {result:?}");
+                    assert!(same_state, "{who} changed its state at a snapshot's end");
+                    let mut joined = clock;
+                    joined.merge(&of);
+                    assert!(
+                        joined == *replica.clock(),
+                        "{who} did not take exactly the snapshot's clock at its end: {:?} \
+                         instead of {joined:?}",
+                        replica.clock()
+                    );
+                    assert_eq!(ended, 1, "{who} did not count a snapshot it took");
+                    match role {
+                        0 => report.plain = true,
+                        _ => report.trusting = true,
+                    }
+                }
             }
-            1 => {
-                assert!(!changed, "a strict replica without trusted signers took a snapshot");
-                assert!(!merged, "a strict replica without trusted signers merged a snapshot");
-            }
-            _ => {
-                assert!(
-                    !(changed || merged) || by_seven,
-                    "a strict replica took a snapshot not signed by its trusted signer: {signer:?}"
-                );
-                report.trusting = merged;
-            }
+        }
+        if trust == Trust::Nobody {
+            let end = (replica.state().clone(), replica.clock().clone());
+            assert!(end == start, "{who} took something of a snapshot");
+            assert_eq!(replica.stats().snapshots, 0, "{who} took a snapshot");
         }
     }
     report
