@@ -328,3 +328,45 @@ fn a_merged_snapshot_still_reaches_the_far_end_of_a_lazy_line() {
     assert_eq!(net[b].state(), net[a].state());
     assert_eq!(net[b].clock(), net[a].clock());
 }
+
+/// Two relays took the same two concurrent updates in opposite orders, so
+/// each found part (or all) of its second one done already. A replica that
+/// takes one update from each (as a lazy relay does, pulling each source
+/// from its own parent) must still end with both effects whole: a relay
+/// forwards an update as its origin wrote it, never cut down to what was
+/// new to the relay, and never as a bare clock advance, or the receiver's
+/// clock would claim what its state lacks, for good.
+#[test]
+fn relays_forward_updates_whole_so_two_paths_cannot_leave_a_gap() {
+    use repred::{Clock, GSet};
+    let t = |ms: u64| Timestamp::new(Network::<GSet<u8>>::EPOCH + ms, 0);
+    let (a, b) = (id("a"), id("b"));
+    for (u, v) in [
+        // Overlapping: each relay cut its second update down.
+        (GSet::from([b'x', b'y']), GSet::from([b'y', b'z'])),
+        // The same: each relay's second update changed nothing.
+        (GSet::from([b'y']), GSet::from([b'y'])),
+    ] {
+        let u = Envelope::new(a, t(1), u);
+        let v = Envelope::new(b, t(2), v);
+        let now = Network::<GSet<u8>>::EPOCH + 10;
+        let mut r1: Replica<GSet<u8>> = Replica::new(id("r1"), GSet::default());
+        let mut r2: Replica<GSet<u8>> = Replica::new(id("r2"), GSet::default());
+        r1.apply(now, u.clone());
+        r1.apply(now, v.clone());
+        r2.apply(now, v.clone());
+        r2.apply(now, u.clone());
+        // a's update from r2, b's from r1.
+        let from = |r: &Replica<GSet<u8>>, source| -> Envelope<GSet<u8>> {
+            let relayed = r.history(&Clock::new());
+            let found = relayed.into_iter().find(|e| e.source == source);
+            found.expect("the relay forwards every new update").clone()
+        };
+        let mut x: Replica<GSet<u8>> = Replica::new(id("x"), GSet::default());
+        x.apply(now, from(&r2, a));
+        x.apply(now, from(&r1, b));
+        assert_eq!(x.clock(), r1.clock());
+        assert_eq!(x.state(), r1.state(), "the clocks agree, so must the states");
+        assert_eq!(r1.state(), r2.state());
+    }
+}

@@ -229,11 +229,37 @@ impl<T: Reduce> Sim<T> {
         }
         n.objects.insert(object, Object::new(replica));
         let conns: Vec<u64> = n.conns.values().copied().collect();
+        let mut peers = BTreeSet::new();
         for conn in conns {
             self.open_stream(conn, object);
+            if let Some(c) = self.conns.get(&conn) {
+                peers.extend(c.ends.iter().map(|e| e.node).filter(|&p| p != node));
+            }
         }
         self.nodes[node as usize].dirty.insert(object);
         self.flush(node);
+        // The peers' new streams have their Hellos to send too.
+        for peer in peers {
+            self.flush(peer);
+        }
+    }
+
+    /// Runs `f` on `node`'s replica of `object` in place (its streams go
+    /// on), then sends what it has to say; `None` if the node does not
+    /// hold the object. For what the application does to a replica, such
+    /// as [`Replica::collect`].
+    pub fn with_replica<R>(
+        &mut self,
+        node: NodeIx,
+        object: ObjectId,
+        f: impl FnOnce(&mut Replica<T>) -> R,
+    ) -> Option<R> {
+        let n = &mut self.nodes[node as usize];
+        let o = n.objects.get_mut(&object)?;
+        let result = f(&mut o.replica);
+        n.dirty.insert(object);
+        self.flush(node);
+        Some(result)
     }
 
     /// Makes `node` drop its replica of `object`; returns it.

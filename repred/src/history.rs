@@ -9,16 +9,18 @@ use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 /// reads back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Entry<U> {
-    /// An update that changed the state: relayed to peers and subscribers.
+    /// An update that changed the state: relayed to peers and subscribers
+    /// as its origin wrote it, even where only part of it was new here
+    /// (a peer that takes it from this replica may lack that part, and
+    /// the stamp it takes says it holds the whole update).
     Change(Envelope<U>),
-    /// A signed update that was new but changed nothing, as recorded before
-    /// proofs existed (a store may still hold some): relayed verbatim, so
-    /// that peers can verify it and move their clocks; subscribers see
-    /// nothing. New ones are recorded as [`Entry::Proven`].
+    /// An update that was new but changed nothing here: relayed verbatim,
+    /// for the same reason; subscribers see nothing.
     Unchanged(Envelope<U>),
-    /// An unsigned update that was new but changed nothing: only the clock moved.
-    /// Peers are told of the advance (a few bytes, not the update) so that
-    /// clocks converge along with states; subscribers see nothing.
+    /// An unsigned update that was new but changed nothing, as earlier
+    /// versions recorded it: only the clock moved, and peers were
+    /// told of the advance without the update. A store may still hold
+    /// some; new ones are recorded as [`Entry::Unchanged`].
     Advance(Stamp),
     /// What merging a peer's snapshot changed. It has no single origin
     /// stamp, so peers get it through a snapshot, never as history; only
@@ -31,9 +33,10 @@ pub enum Entry<U> {
         /// What changed.
         change: U,
     },
-    /// A signed update that was new but changed nothing, as its proof: peers
-    /// verify the origin's signature and move their clocks, without the
-    /// change; subscribers see nothing.
+    /// A signed update that was new but changed nothing, as its proof, as
+    /// earlier versions recorded it: peers verified the origin's
+    /// signature and moved their clocks without the change. A store may
+    /// still hold some; new ones are recorded as [`Entry::Unchanged`].
     Proven(Proof),
     /// A peer's snapshot, whose parts were recorded as [`Entry::Merge`]s
     /// (with empty clocks) as they came, is complete: the replica holds

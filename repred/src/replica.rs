@@ -419,9 +419,9 @@ pub(crate) struct Admitted<U> {
     change: Option<U>,
     /// What its reduce returned.
     result: Option<U>,
-    /// A signed envelope and the digest of its change, recorded as it came
-    /// if its reduce changes anything, else as its proof.
-    signed: Option<(Envelope<U>, ChangeDigest)>,
+    /// The envelope as it came, recorded and relayed as it came (see
+    /// [`Core::record`]).
+    envelope: Envelope<U>,
 }
 
 /// The stream a source's updates come from, and how far it is known to have
@@ -566,9 +566,9 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         match self.admit(now, envelope) {
-            Ok(Admitted { stamp, change, signed, .. }) => {
-                let result = change.and_then(|c| self.state.reduce(c));
-                self.record(stamp, signed, result)
+            Ok(Admitted { stamp, change, envelope, .. }) => {
+                let applied = change.and_then(|c| self.state.reduce(c)).is_some();
+                self.record(stamp, envelope, applied)
             }
             Err(outcome) => outcome,
         }
@@ -598,8 +598,8 @@ impl<T: Reduce> Core<T> {
                 None => None,
             };
         }
-        for Admitted { stamp, signed, result, .. } in staged.drain(..) {
-            self.record(stamp, signed, result);
+        for Admitted { stamp, envelope, result, .. } in staged.drain(..) {
+            self.record(stamp, envelope, result.is_some());
         }
         // Keep the allocation for the next frame.
         self.staged = staged;
@@ -616,70 +616,55 @@ impl<T: Reduce> Core<T> {
         if let Err(reason) = self.check(now, source, ts) {
             return Err(self.reject(source, ts, reason));
         }
-        let digest = if envelope.signature.is_none() && !self.config.is_strict() {
+        if envelope.signature.is_none() && !self.config.is_strict() {
             // Nothing to verify: one clock lookup tells old from new.
             if !self.clock.observe(source, ts) {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
             }
-            None
         } else {
             if self.clock.has(source, ts) {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
             }
             // Verified only once known to be new: duplicates cost no crypto.
-            let digest = match self.verify(&envelope) {
-                Ok(digest) => digest,
-                Err(reason) => return Err(self.reject(source, ts, reason)),
-            };
+            if let Err(reason) = self.verify(&envelope) {
+                return Err(self.reject(source, ts, reason));
+            }
             self.clock.observe(source, ts);
-            digest
-        };
+        }
         // An update in our own name that we do not remember comes from an
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
         self.last = self.last.max(ts);
         let stamp = Stamp { ts, source };
-        if let Some(digest) = digest {
-            // A signed change is relayed as its origin signed it, or the
-            // signature would not hold downstream.
-            let mut change = envelope.change.clone();
-            T::stamp(&mut change, stamp);
-            return Ok(Admitted {
-                stamp,
-                change: Some(change),
-                signed: Some((envelope, digest)),
-                result: None,
-            });
-        }
-        let mut change = envelope.change;
+        let mut change = envelope.change.clone();
         T::stamp(&mut change, stamp);
-        Ok(Admitted { stamp, change: Some(change), signed: None, result: None })
+        let mut envelope = envelope;
+        if envelope.signature.is_none() {
+            // Stamps equal to the envelope's travel implicit. (A signed
+            // change is relayed as its origin signed it.)
+            T::unstamp(&mut envelope.change, stamp);
+        }
+        Ok(Admitted { stamp, change: Some(change), result: None, envelope })
     }
 
     /// Records what an admitted envelope's reduce returned.
-    fn record(
-        &mut self,
-        stamp: Stamp,
-        signed: Option<(Envelope<T::Update>, ChangeDigest)>,
-        result: Option<T::Update>,
-    ) -> Outcome {
-        let applied = result.is_some();
-        self.history.push(match (signed, result) {
-            (Some((envelope, _)), Some(_)) => Entry::Change(envelope),
-            // It changed nothing here, so its proof is all a peer needs:
-            // 100-odd bytes instead of the change, and the change need not
-            // be kept.
-            (Some((envelope, digest)), None) => match envelope.signature {
-                Some(signature) => Entry::Proven(Proof { stamp, digest, signature }),
-                None => Entry::Advance(stamp),
-            },
-            (None, Some(mut change)) => {
-                T::unstamp(&mut change, stamp);
-                Entry::Change(Envelope::new(stamp.source, stamp.ts, change))
-            }
-            (None, None) => Entry::Advance(stamp),
+    ///
+    /// The envelope is kept as it came, not cut down to what it changed
+    /// here: a peer may take it from this replica without what cut it down
+    /// (a lazy relay announces some sources and pushes others), and the
+    /// stamp it takes with it says it holds all of it. Two relays that each
+    /// forwarded only what the other's update had not already done would
+    /// leave a peer that took one update from each with neither effect,
+    /// its clock saying otherwise, for ever. So an update that changed
+    /// nothing here travels on whole too ([`Entry::Unchanged`]).
+    fn record(&mut self, stamp: Stamp, envelope: Envelope<T::Update>, applied: bool) -> Outcome {
+        debug_assert_eq!(envelope.stamp(), stamp);
+        self.history.push(if applied {
+            Entry::Change(envelope)
+        } else {
+            Entry::Unchanged(envelope)
         });
         self.count(applied)
     }
@@ -1157,9 +1142,21 @@ impl<T: Reduce> Replica<T> {
     /// brings the replica up (by snapshot if need be) and then it takes the
     /// peers' floor.
     /// Every stream ends (reopen them). The replica keeps its id, life and
-    /// keys, and its own writes at or above the floor, which go out again;
-    /// it returns the stamps of its own writes below the floor, which peers
-    /// refuse ([`Rejection::BelowFloor`]) and are dropped.
+    /// keys, and its own writes at or above the floor, which go out again.
+    /// It returns the stamps of its own writes below the floor, which it
+    /// drops: those its peers already had come back with them; the others
+    /// are refused ([`Rejection::BelowFloor`]) and lost.
+    ///
+    /// A limit to know: a replica only goes stale when a collection ran at
+    /// a point that was not stable for it (its clock, or one of the
+    /// replicas it talked to, was left out of [`Clock::stable_point`]).
+    /// Recovery from that is not complete yet: the kept writes go out with
+    /// their stamps, so a peer that lacks a dropped write below them takes
+    /// them as covering it, and a third replica that still holds that
+    /// dropped write and has not collected may keep it where the others
+    /// never get it (found by repred-sim's fault tests; the fix is for a
+    /// floor to travel with the clock it was collected at). Collect at the
+    /// stable point of every replica that can still write.
     ///
     /// A durable store saves a whole snapshot on its next save.
     pub fn rejoin(&mut self, fresh: T) -> Vec<Stamp> {

@@ -1154,6 +1154,17 @@ impl Stream {
                 continue;
             }
             match record {
+                // An unsigned update that changed nothing here goes to an
+                // eager peer as a clock advance: the records before it,
+                // which made it redundant, went first on this stream (or
+                // the peer had them). A lazy stream holds some of those
+                // back, so it sends the update whole.
+                Entry::Unchanged(e)
+                    if !lazy && e.signature.is_none() && !self.known.has(e.source, e.ts) =>
+                {
+                    self.known.observe(e.source, e.ts);
+                    claims.advances.push(e.stamp());
+                }
                 // Sent unless the peer has it; one clock lookup for both.
                 Entry::Change(e) | Entry::Unchanged(e) => {
                     match self.known.observe_if(e.source, e.ts, || w.put(e)) {
