@@ -434,7 +434,7 @@ fn fmt_bytes(b: u64) -> String {
 
 pub fn gossip() {
     println!("### gossip: N nodes each write K keys at once, until every node has every key\n");
-    println!("`cargo run --release --example bench -- gossip`\n");
+    println!("`cargo run --release -p repred-bench -- gossip`\n");
     println!(
         "repred: in-memory `Network`, each node linked to 3 random peers (a connected random graph), one hop per step, `Config::lazy_relay`; chitchat 0.13: `ChannelTransport` (MTU 65,507), 100 ms gossip interval, fanout 3, protocol V1, seeded from node 0. Floor = N(N-1)K(16+value).\n"
     );
@@ -502,7 +502,7 @@ async fn chitchat_idle(n: usize, window: Duration) -> f64 {
 
 pub fn idle() {
     println!("### idle cost: bytes per node per second after convergence (K = 100, 32 B)\n");
-    println!("`cargo run --release --example bench -- idle`\n");
+    println!("`cargo run --release -p repred-bench -- idle`\n");
     let defaults = crate::cluster::Timers::defaults();
     let example = crate::cluster::Timers {
         heartbeat: Duration::from_secs(1),
@@ -510,11 +510,11 @@ pub fn idle() {
         rotate_every: Duration::from_secs(5),
     };
     println!(
-        "chitchat: its own gossip over `ChannelTransport` (a digest of every node, 3 peers per 100 ms round, heartbeats in the digest), serialized bytes. repred: a repred-transport cluster over loopback QUIC (every node holding its 100 keys in a replicated map, bootstrapped from node 0), UDP payload bytes sent, QUIC headers, encryption, acknowledgements, keep-alives, membership heartbeats, connection rotation and handshakes included; with the library's defaults (heartbeat {:?}, down after {:?}, rotation {:?}) and with the peer example's timers (heartbeat 1 s, rotation 5 s). Each measured over {IDLE_WINDOW:?} after convergence.\n",
+        "chitchat: its own gossip over `ChannelTransport` (a digest of every node, 3 peers per 100 ms round, heartbeats in the digest), serialized bytes. repred: a repred-transport cluster over loopback QUIC (every node holding its 100 keys in a replicated map, bootstrapped from node 0), UDP payload bytes sent, QUIC headers, encryption, acknowledgements, keep-alives, SWIM membership datagrams, connection rotation and handshakes included; with the library's defaults (probe every {:?}, suspicion {:?}, rotation every {:?}) and with the peer example's timers (probe every 1 s, suspicion 5 s, rotation every 5 s). Each measured over {IDLE_WINDOW:?} after convergence (`swim` measures membership alone on real sockets, chitchat over UDP).\n",
         defaults.heartbeat, defaults.down_after, defaults.rotate_every
     );
     println!(
-        "| N | chitchat (100 ms rounds) | repred, defaults | repred / chitchat | repred, 1 s heartbeat | repred 1 s / chitchat |"
+        "| N | chitchat (100 ms rounds) | repred, defaults | repred / chitchat | repred, peer example's timers | that / chitchat |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     let rt = runtime();
@@ -544,7 +544,7 @@ pub fn join() {
     let (n, keys, value_len) = (32usize, 100usize, 32usize);
     let needs = (n * keys * (16 + value_len)) as u64;
     println!("### late joiner: one node joins a converged cluster of N = 32 (K = 100, 32 B)\n");
-    println!("`cargo run --release --example bench -- join`\n");
+    println!("`cargo run --release -p repred-bench -- join`\n");
     println!(
         "What it needs: N K (16 + value) = {needs} bytes. repred: the joiner links to 3 random members; bytes are those of its 3 links, both ways (Hellos with clocks included). chitchat: it is seeded from node 0; bytes are the transport's total over the join minus the cluster's idle traffic over the same time (measured just before).\n"
     );

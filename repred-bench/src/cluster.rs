@@ -1,5 +1,5 @@
 //! A repred-transport cluster on loopback QUIC, as users run it: what an idle
-//! cluster costs once every node has every key, membership heartbeats,
+//! cluster costs once every node has every key, SWIM membership datagrams,
 //! keep-alives, connection rotation and handshakes included.
 
 use std::net::SocketAddr;
@@ -13,8 +13,11 @@ use crate::gossip::{Lww, node_writes};
 /// The timers a cluster runs with.
 #[derive(Clone, Copy, Debug)]
 pub struct Timers {
+    /// The SWIM probe period (`Builder::heartbeat`).
     pub heartbeat: Duration,
+    /// The suspicion timeout (`Builder::down_after`).
     pub down_after: Duration,
+    /// How often a node trades a connection (`Builder::rotate_every`).
     pub rotate_every: Duration,
 }
 
@@ -30,10 +33,10 @@ impl Timers {
 }
 
 /// A scratch directory for the cluster's certificates, removed on drop.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    fn new(what: &str) -> Self {
+    pub fn new(what: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("repred-bench-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");

@@ -1,19 +1,25 @@
-//! Scenario benchmarks that print markdown tables.
+//! Scenario benchmarks that print markdown tables: repred's paths, and
+//! repred against chitchat 0.13 in the same run.
 //!
-//!     cargo run --release --example bench -- <scenario>
+//!     cargo run --release -p repred-bench -- <scenario>
 //!
-//! Scenarios: `memory` (10M updates over 1,000 keys into one replica: RSS
-//! and history size per million), `digest` (bytes of one anti-entropy
-//! exchange between equal replicas at 10 to 100,000 sources), `gossip`
-//! (repred against chitchat: a cluster converging on every node's keys),
-//! `idle` (bytes per node per second after convergence), `join` (a late
-//! joiner), `catchup` (a fresh node pulls 1M updates over loopback QUIC,
-//! against raw quinn), `resync` (equal replicas over QUIC), `fanout` (one
-//! writer, 16 subscribers over QUIC).
+//! (The binary is `bench`: `target/release/bench <scenario>` under a
+//! profiler.) Scenarios: `memory` (10M updates over 1,000 keys into one
+//! replica: RSS and history size per million), `digest` (bytes of one
+//! anti-entropy exchange between equal replicas at 10 to 100,000 sources),
+//! `gossip` (repred against chitchat: a cluster converging on every node's
+//! keys), `idle` (bytes per node per second after convergence), `join` (a
+//! late joiner), `catchup` (a fresh node pulls 1M updates over loopback
+//! QUIC, against raw quinn), `resync` (equal replicas over QUIC), `fanout`
+//! (one writer, 16 subscribers over QUIC), `swim` (membership on real
+//! sockets: repred-transport clusters beside chitchat over UDP, idle bytes,
+//! failure detection, false positives), `all` (every one of them). Each
+//! scenario's environment variables are documented where it is.
 
 mod cluster;
 mod gossip;
 mod quic;
+mod swim;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -44,7 +50,7 @@ fn rss_kib() -> (u64, u64) {
 
 fn memory() {
     println!("### memory: 10,000,000 updates over 1,000 keys into one replica\n");
-    println!("`cargo run --release --example bench -- memory` (default history limit)\n");
+    println!("`cargo run --release -p repred-bench -- memory` (default history limit)\n");
     println!("| updates | RSS (MiB) | peak RSS (MiB) | history records | seconds |");
     println!("|---:|---:|---:|---:|---:|");
     let mut r = Replica::new(
@@ -82,7 +88,7 @@ fn memory() {
 
 fn digest() {
     println!("### digest: one anti-entropy exchange between equal replicas\n");
-    println!("`cargo run --release --example bench -- digest`\n");
+    println!("`cargo run --release -p repred-bench -- digest`\n");
     println!(
         "chitchat: two nodes that know the same `sources` other nodes (one key each), one Syn / SynAck / Ack after a warm-up, protocol V1 (compressed digest); \"fits\" is whether it goes through a 65,507-byte datagram (`ChannelTransport::with_mtu`), the bytes are counted without that limit.\n"
     );
@@ -141,6 +147,7 @@ fn main() -> ExitCode {
         "catchup" => quic::catchup(),
         "resync" => quic::resync(),
         "fanout" => quic::fanout(),
+        "swim" => swim::swim(),
         "all" => {
             digest();
             memory();
@@ -150,10 +157,11 @@ fn main() -> ExitCode {
             quic::catchup();
             quic::resync();
             quic::fanout();
+            swim::swim();
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, all"
             );
             return ExitCode::from(2);
         }

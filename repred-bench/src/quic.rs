@@ -392,7 +392,7 @@ pub fn catchup() {
     println!(
         "### catch-up: a fresh node pulls 1,000,000 history updates from 100 sources over loopback QUIC\n"
     );
-    println!("`cargo run --release --example bench -- catchup`\n");
+    println!("`cargo run --release -p repred-bench -- catchup`\n");
     println!(
         "LWW map of fixed-size keys and values (`FixedLww`: 16-byte keys, 32-byte values, each encoded as bytes; one write per update, no allocation per write), 100,000 keys; the core's session (Hello, history, Sync) over one quinn 0.11 bidirectional stream, self-signed TLS 1.3 (ring); the source's encoder fills reused 256 KiB buffers with `poll_transmit` on a blocking thread while a writer task hands the previous buffer to quinn; the fresh node decodes and applies as chunks arrive. Raw quinn moves the same number of bytes on one stream on a fresh connection in the same run. Median of 3.\n"
     );
@@ -496,7 +496,7 @@ async fn resync_once(sources: usize) -> u64 {
 
 pub fn resync() {
     println!("### resync: two equal replicas over QUIC (an open connection)\n");
-    println!("`cargo run --release --example bench -- resync`\n");
+    println!("`cargo run --release -p repred-bench -- resync`\n");
     println!(
         "| sources | session bytes both ways (Hello + Sync) | UDP bytes both ways for the exchange |"
     );
@@ -633,7 +633,7 @@ pub fn fanout() {
     let total: u64 =
         std::env::var("FANOUT_UPDATES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     println!("### live fan-out: one writer, 16 subscribers over QUIC\n");
-    println!("`cargo run --release --example bench -- fanout`\n");
+    println!("`cargo run --release -p repred-bench -- fanout`\n");
     println!(
         "The writer makes 100,000 local updates (LWW map, one 16-byte key and a 32-byte value each) while 16 streams, one QUIC connection per subscriber, send them; time until every subscriber has applied all of them. Writer and subscribers share the 2 cores.\n"
     );
