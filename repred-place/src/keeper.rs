@@ -83,6 +83,9 @@ pub enum Command<O> {
         k: usize,
         /// To whom.
         to: SourceId,
+        /// Whether this node is leaving: the receiver then counts it
+        /// absent already (its member list may not say so yet).
+        leaving: bool,
     },
     /// Ask `peer` for its clock of `object`: whether it covers this
     /// node's ([`repred::Clock::covers`]). Report it with
@@ -178,7 +181,7 @@ pub struct KeeperStats {
 /// use repred::SourceId;
 /// use repred_place::{Command, Keeper, KeeperConfig};
 ///
-/// let ids: Vec<SourceId> = (0..5).map(|i| SourceId::new(&format!("n{i}")).unwrap()).collect();
+/// let ids: Vec<SourceId> = (0..5).map(|i| SourceId::new(format!("n{i}")).unwrap()).collect();
 /// let mut keepers: Vec<Keeper<String>> =
 ///     ids.iter().map(|&id| Keeper::new(id, KeeperConfig::default())).collect();
 /// for k in &mut keepers {
@@ -187,9 +190,9 @@ pub struct KeeperStats {
 /// // Node 0 creates an object; it offers it to the replicas.
 /// keepers[0].hold(0, "doc".to_string(), None);
 /// while let Some(command) = keepers[0].poll_command() {
-///     if let Command::Offer { object, k, to } = command {
+///     if let Command::Offer { object, k, to, leaving } = command {
 ///         let i = ids.iter().position(|&id| id == to).unwrap();
-///         let taken = keepers[i].handle_offer(0, object.clone(), k, ids[0]);
+///         let taken = keepers[i].handle_offer(0, object.clone(), k, ids[0], leaving);
 ///         keepers[0].handle_offer_result(0, &object, to, taken);
 ///     }
 /// }
@@ -202,6 +205,9 @@ pub struct Keeper<O: Name> {
     config: KeeperConfig,
     placement: Placement,
     leaving: bool,
+    /// Members that said they are leaving, counted absent until the
+    /// membership protocol too says they are down.
+    departed: BTreeSet<SourceId>,
     objects: BTreeMap<O, Held>,
     access: BTreeMap<O, Access>,
     pending: BTreeSet<O>,
@@ -222,6 +228,7 @@ impl<O: Name> Keeper<O> {
             config,
             placement,
             leaving: false,
+            departed: BTreeSet::new(),
             objects: BTreeMap::new(),
             access: BTreeMap::new(),
             pending: BTreeSet::new(),
@@ -245,6 +252,11 @@ impl<O: Name> Keeper<O> {
     /// The member list as this keeper has it.
     pub fn placement(&self) -> &Placement {
         &self.placement
+    }
+
+    /// Whether [`Keeper::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
     }
 
     /// Counters.
@@ -342,6 +354,14 @@ impl<O: Name> Keeper<O> {
                 continue;
             }
             seen.insert(id);
+            let live = if self.departed.contains(&id) {
+                if !live {
+                    self.departed.remove(&id);
+                }
+                false
+            } else {
+                live
+            };
             let new = !self.placement.contains(id);
             if self.placement.set(id, live) {
                 changed = true;
@@ -369,6 +389,14 @@ impl<O: Name> Keeper<O> {
         if id == self.me {
             return;
         }
+        let live = if self.departed.contains(&id) {
+            if !live {
+                self.departed.remove(&id);
+            }
+            false
+        } else {
+            live
+        };
         let new = !self.placement.contains(id);
         if self.placement.set(id, live) {
             let added = if new { vec![id] } else { Vec::new() };
@@ -379,6 +407,7 @@ impl<O: Name> Keeper<O> {
     /// One member is forgotten (it left for good, or was absent too long):
     /// the objects it owned are owned by others from now on.
     pub fn remove_member(&mut self, now: u64, id: SourceId) {
+        self.departed.remove(&id);
         if id != self.me && self.placement.remove(id) {
             self.refresh(now, &[], &[id]);
         }
@@ -396,8 +425,24 @@ impl<O: Name> Keeper<O> {
     /// Another node offers `object` (with `k` replicas): whether this node
     /// takes it (it is a replica by its own list, or holds it already).
     /// Taking it means creating an empty replica and syncing with the
-    /// offerer (and the other replicas) as usual.
-    pub fn handle_offer(&mut self, now: u64, object: O, k: usize, from: SourceId) -> bool {
+    /// offerer (and the other replicas) as usual. An offer from a node
+    /// that is `leaving` counts that node absent from now on (until the
+    /// membership protocol has declared it down, after which a new life
+    /// of it is live again).
+    pub fn handle_offer(
+        &mut self,
+        now: u64,
+        object: O,
+        k: usize,
+        from: SourceId,
+        leaving: bool,
+    ) -> bool {
+        if leaving && from != self.me && self.departed.insert(from) {
+            let new = !self.placement.contains(from);
+            self.placement.set(from, false);
+            let added = if new { vec![from] } else { Vec::new() };
+            self.refresh(now, &added, &[]);
+        }
         if let Some(h) = self.objects.get_mut(&object) {
             if h.placed.replicas.contains(&from) {
                 h.holds.insert(from);
@@ -632,8 +677,13 @@ impl<O: Name> Keeper<O> {
         let handing_off = h.role == Role::HandingOff;
         for r in h.placed.replicas.iter().filter(|r| **r != self.me) {
             if !h.holds.contains(r) {
-                let k = h.k;
-                self.commands.push_back(Command::Offer { object: object.clone(), k, to: *r });
+                let (k, leaving) = (h.k, self.leaving);
+                self.commands.push_back(Command::Offer {
+                    object: object.clone(),
+                    k,
+                    to: *r,
+                    leaving,
+                });
                 self.stats.offers += 1;
                 outstanding = true;
             } else if handing_off && !h.covers.contains(r) {

@@ -139,7 +139,7 @@ impl Placed {
 /// use repred::SourceId;
 /// use repred_place::{ObjectKey, Placement};
 ///
-/// let ids: Vec<SourceId> = (0..10).map(|i| SourceId::new(&format!("n{i}")).unwrap()).collect();
+/// let ids: Vec<SourceId> = (0..10).map(|i| SourceId::new(format!("n{i}")).unwrap()).collect();
 /// let mut a = Placement::default();
 /// let mut b = Placement::default();
 /// for id in &ids {

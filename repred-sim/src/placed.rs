@@ -285,12 +285,12 @@ impl Placer {
         let me = keeper.id();
         while let Some(command) = keeper.poll_command() {
             match command {
-                Command::Offer { object, k, to } => {
+                Command::Offer { object, k, to, leaving } => {
                     let taken = match self.node_of(to) {
                         Some(t) if sim.connected(node, t) => {
                             let taken = self.keepers[t as usize]
                                 .as_mut()
-                                .is_some_and(|tk| tk.handle_offer(now, object, k, me));
+                                .is_some_and(|tk| tk.handle_offer(now, object, k, me, leaving));
                             if taken && sim.node(t).replica(object).is_none() {
                                 sim.replicate(t, object);
                                 self.stats.copies += 1;
