@@ -17,8 +17,7 @@ use std::fmt::Debug;
 
 use repred::{
     Clock, ClockSummary, Config, Entry, Hello, Identity, LwwMap, OrSet, PROTOCOL_VERSION, Proof,
-    Reduce, Replica,
-    SessionError, Signature, SourceId, StreamId, StreamOpts, Timestamp,
+    Reduce, Replica, SessionError, Signature, SourceId, StreamId, StreamOpts, Timestamp,
 };
 use repred_suite::Model;
 

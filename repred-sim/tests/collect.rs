@@ -65,10 +65,8 @@ fn reachable(sim: &Sim<Set>, isolated: &BTreeSet<NodeIx>) -> Vec<NodeIx> {
 /// contract). The nodes out of reach collect later, when a peer brings
 /// them its floor.
 fn collect(sim: &mut Sim<Set>, members: &[NodeIx]) {
-    let clocks: Vec<Clock> = sim
-        .node_ids()
-        .filter_map(|n| sim.node(n).replica(0).map(|r| r.clock().clone()))
-        .collect();
+    let clocks: Vec<Clock> =
+        sim.node_ids().filter_map(|n| sim.node(n).replica(0).map(|r| r.clock().clone())).collect();
     let stable = Clock::stable_point(&clocks);
     for &n in members {
         sim.with_replica(n, 0, |r| r.collect(stable));
@@ -172,8 +170,7 @@ fn run(seed: u64, n: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     for _ in 0..300 {
         sim.run_for(2_000);
         let rejoined = rejoin_stale(&mut sim, &mut ledger);
-        if rejoined == 0 && sim.membership_converged().is_ok() && sim.objects_converged(0).is_ok()
-        {
+        if rejoined == 0 && sim.membership_converged().is_ok() && sim.objects_converged(0).is_ok() {
             converged = true;
             break;
         }
@@ -225,5 +222,3 @@ proptest! {
         run(seed, n, &ops)?;
     }
 }
-
-

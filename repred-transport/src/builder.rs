@@ -310,7 +310,7 @@ impl Builder {
 
     /// How often one connection is closed to make room for another random
     /// member ([`NodeConfig::rotate_every`], jittered). Default
-    /// [`DEFAULT_ROTATE_EVERY`] (30 s).
+    /// [`DEFAULT_ROTATE_EVERY`] (120 s).
     pub fn rotate_every(mut self, every: Duration) -> Self {
         self.node.rotate_every = every;
         self

@@ -1157,8 +1157,10 @@ impl Stream {
                 // An unsigned update that changed nothing here goes to an
                 // eager peer as a clock advance: the records before it,
                 // which made it redundant, went first on this stream (or
-                // the peer had them). A lazy stream holds some of those
-                // back, so it sends the update whole.
+                // the peer had them; what a merged snapshot brought, the
+                // peer has too, or the horizon it raised sends it a
+                // snapshot). A lazy stream holds some of those back, so it
+                // sends the update whole.
                 Entry::Unchanged(e)
                     if !lazy && e.signature.is_none() && !self.known.has(e.source, e.ts) =>
                 {
