@@ -4,7 +4,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Fields, Generics, Ident, Type, Visibility};
 
 use crate::attr;
-use crate::check::Ctxt;
+use crate::check::{self, Ctxt};
 
 pub struct Input<'a> {
     pub ident: &'a Ident,
@@ -76,8 +76,10 @@ impl<'a> Input<'a> {
         })
     }
 
-    /// The fields that replicate (not skipped).
+    /// The fields that replicate: not skipped, and not of a type that can
+    /// never be a lattice (reported by `check`, left out here so that the
+    /// generated impls hold despite it).
     pub fn replicated(&self) -> impl Iterator<Item = &Field<'a>> {
-        self.fields.iter().filter(|f| f.attrs.skip.is_none())
+        self.fields.iter().filter(|f| f.attrs.skip.is_none() && check::plain_type(f.ty).is_none())
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use proc_macro2::{Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, GenericParam, Type, WhereClause};
 
@@ -248,6 +249,9 @@ fn field_wise(input: &Input) -> TokenStream {
         local("total"),
     );
     let stable = local("stable");
+    let out = local("out");
+    let name_strs: Vec<String> = names.iter().map(|n| n.unraw().to_string()).collect();
+    let builders = builders(&fields, &change);
     let indices: Vec<u32> = (0..names.len() as u32).collect();
     let field_count = names.len() as u32;
     quote! {
@@ -280,13 +284,22 @@ fn field_wise(input: &Input) -> TokenStream {
                 }
             }
 
+            /// Only the parts that changed, each as itself: what a reader of
+            /// a change wants to see, not a row of `None`s.
             #[automatically_derived]
             impl #impl_g ::core::fmt::Debug for #change #ty_g #debug_where {
                 fn fmt(&self, #f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    #f.debug_struct(#change_name)
-                        #(.field(::core::stringify!(#names), &self.#names))*
-                        .finish()
+                    let mut #out = #f.debug_struct(#change_name);
+                    #(if let ::core::option::Option::Some(#part) = &self.#names {
+                        #out.field(#name_strs, #part);
+                    })*
+                    #out.finish()
                 }
+            }
+
+            #[automatically_derived]
+            impl #impl_g #change #ty_g #bounded {
+                #(#builders)*
             }
 
             #[automatically_derived]
@@ -369,6 +382,55 @@ fn field_wise(input: &Input) -> TokenStream {
             }
         };
     }
+}
+
+/// One change to one field, written in one call: `PlayerChange::best(42)`
+/// (a change of `best` alone) and `change.with_name(..)` (that field too),
+/// each taking anything that converts into the field's update. Each has its
+/// field's visibility. A field named `default` gets no constructor (it
+/// would hide `Default::default` behind `PlayerChange::default`), and a
+/// `with_` method whose name is another field's constructor is left out.
+fn builders(fields: &[&crate::ast::Field], change: &Ident) -> Vec<TokenStream> {
+    let taken: BTreeSet<String> = fields.iter().map(|f| f.ident.unraw().to_string()).collect();
+    let (update, chg) = (local("update"), local("change"));
+    let mut out = Vec::new();
+    for f in fields {
+        let (name, ty, vis) = (f.ident, f.ty, f.vis);
+        let plain = name.unraw();
+        let part = quote!(impl ::core::convert::Into<<#ty as ::repred::Reduce>::Update>);
+        if plain != "default" {
+            let doc = format!(
+                "A [`{change}`] of `{plain}` alone: `update` is `{plain}`'s update, or what \
+                 converts into it (`Max<T>` and `LwwRegister<T>` from a `T`)."
+            );
+            out.push(quote! {
+                #[doc = #doc]
+                #[allow(dead_code)]
+                #vis fn #name(#update: #part) -> Self {
+                    let mut #chg = <Self as ::core::default::Default>::default();
+                    #chg.#name = ::core::option::Option::Some(::core::convert::Into::into(#update));
+                    #chg
+                }
+            });
+        }
+        let with = format_ident!("with_{}", plain, span = name.span());
+        if !taken.contains(&with.to_string()) {
+            let doc = format!(
+                "This change with `{plain}` set to `update` too (replacing what it held for \
+                 `{plain}`)."
+            );
+            out.push(quote! {
+                #[doc = #doc]
+                #[allow(dead_code)]
+                #[must_use]
+                #vis fn #with(mut self, #update: #part) -> Self {
+                    self.#name = ::core::option::Option::Some(::core::convert::Into::into(#update));
+                    self
+                }
+            });
+        }
+    }
+    out
 }
 
 /// The change type's marker field for otherwise unused parameters. A field

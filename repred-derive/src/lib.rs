@@ -22,7 +22,22 @@ use syn::{DeriveInput, parse_macro_input};
 /// `Clone`, `PartialEq`, `Default`), so a change to one field travels without
 /// the others. Its visibility is the struct's, each field's the field's; doc
 /// comments and `#[serde(...)]` attributes on fields are copied over (they
-/// apply to the field's `Option<Update>`).
+/// apply to the field's `Option<Update>`). Its `Debug` lists only the fields
+/// that changed.
+///
+/// A change is written in one call: `PlayerChange::best(42)` changes `best`
+/// alone, and `.with_name(..)` adds another field; each takes the field's
+/// update or anything that converts into it (`Max<T>` and `LwwRegister<T>`
+/// from a bare `T`). A field named `default` gets no constructor (it would
+/// hide `Default::default`), only its `with_default`; a `with_x` method is
+/// left out when a field is itself named `with_x`.
+///
+/// A field whose type can never be a lattice (a primitive, a std string or
+/// collection, `Option`, a tuple or an array: repred implements `Reduce` for
+/// none, and nobody else may) is reported at the field with what to use
+/// instead, and left out of the generated code, so that uses of the type
+/// add no errors of their own. A bare name is taken as std's: write a type
+/// of your own that shadows one (`Vec`) with its path (`crate::Vec`).
 ///
 /// Keys of `#[replicated(...)]` on the struct:
 ///

@@ -5,7 +5,7 @@
 //! field, and every replica converges.
 //!
 //! ```
-//! use repred::{GSet, LwwRegister, Max, Network, Replica, Replicated, SourceId};
+//! use repred::{Delivery, GSet, LwwRegister, Max, Network, Replica, Replicated, SourceId};
 //!
 //! #[derive(Replicated, Default, Debug, PartialEq)]
 //! struct Player {
@@ -18,11 +18,24 @@
 //! let a = net.add(Replica::new(SourceId::new("a")?, Player::default()));
 //! let b = net.add(Replica::new(SourceId::new("b")?, Player::default()));
 //! net.link(a, b);
-//! net.update(a, PlayerChange { best: Some(Max::new(42)), ..Default::default() })?;
-//! net.update(b, PlayerChange { name: Some(LwwRegister::set("bo".into())), ..Default::default() })?;
+//! let mut seen = net[b].subscribe();
+//! net.update(a, PlayerChange::best(42))?; // a change to one field
+//! net.update(b, PlayerChange::name("bo".to_string()).with_badges(GSet::add("first".into())))?;
 //! net.pump();
 //! assert_eq!(net[a].state(), net[b].state());
 //! assert_eq!(net[a].state().best.get(), Some(&42));
+//! // Every change b applied, local or remote, with who made it.
+//! let changes: Vec<String> = net[b]
+//!     .changes(&mut seen)
+//!     .filter_map(|d| match d {
+//!         Delivery::Change(c) => Some(format!("{}: {:?}", c.source, c.change)),
+//!         Delivery::Lagged { .. } => None,
+//!     })
+//!     .collect();
+//! assert_eq!(changes, [
+//!     r#"b: PlayerChange { name: LwwRegister(Some("bo")), badges: GSet({"first"}) }"#,
+//!     "a: PlayerChange { best: Max(Some(42)) }",
+//! ]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::hash::Hash;
 
 use indexmap::IndexMap;
@@ -12,12 +13,35 @@ use crate::{Reduce, Stamp};
 /// `stamp: None` means "the stamp of the update that carries me": what a
 /// local write looks like, and how a write travels when its stamp is its
 /// update's (the replica fills it in before the merge).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Its `Debug` shows the value, and the stamp only when it is set
+/// (`Some("blue") @ 1700000000000.0 by a`): an unset stamp is the carrying
+/// update's, which is printed beside it if at all.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamped<T> {
     /// Who wrote it and when; `None` until the carrying update's stamp.
     pub stamp: Option<Stamp>,
     /// The value.
     pub value: T,
+}
+
+impl<T: fmt::Debug> fmt::Debug for Stamped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_stamped(&self.value, self.stamp, f)
+    }
+}
+
+/// `value`, then ` @ <ts> by <source>` when `stamp` is set.
+pub(crate) fn fmt_stamped(
+    value: &dyn fmt::Debug,
+    stamp: Option<Stamp>,
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
+    value.fmt(f)?;
+    match stamp {
+        Some(s) => write!(f, " @ {} by {}", s.ts, s.source),
+        None => Ok(()),
+    }
 }
 
 impl<T> Stamped<T> {
@@ -40,7 +64,10 @@ impl<T> Stamped<T> {
 /// One value; the newest write wins (by timestamp, then source id, so every
 /// replica picks the same winner).
 ///
-/// The state is its own update: write `LwwRegister::set(v)`.
+/// The state is its own update: write `LwwRegister::set(v)` (or
+/// `LwwRegister::from(v)`). Its `Debug` shows the value alone,
+/// `LwwRegister(Some("bo"))`; [`written_at`](LwwRegister::written_at) gives
+/// the winning write's stamp.
 ///
 /// ```
 /// use repred::{LwwRegister, Network, Replica, SourceId};
@@ -56,7 +83,7 @@ impl<T> Stamped<T> {
 /// assert_eq!(net[a].state().get().map(String::as_str), Some("second"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LwwRegister<T> {
     write: Option<Stamped<T>>,
 }
@@ -64,6 +91,20 @@ pub struct LwwRegister<T> {
 impl<T> Default for LwwRegister<T> {
     fn default() -> Self {
         LwwRegister { write: None }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for LwwRegister<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LwwRegister").field(&self.get()).finish()
+    }
+}
+
+/// A write of the value: `LwwRegister::from(v)` is `LwwRegister::set(v)`,
+/// and a derived change takes a bare value (`ProfileChange::name(n)`).
+impl<T> From<T> for LwwRegister<T> {
+    fn from(value: T) -> Self {
+        LwwRegister::set(value)
     }
 }
 
@@ -179,6 +220,11 @@ impl<K: Hash + Eq, V> LwwMap<K, V> {
         pairs.into_iter().map(|(k, v)| (k, Stamped::now(Some(v)))).collect()
     }
 
+    /// An update deleting many keys at once (one stamp for all).
+    pub fn delete_all(keys: impl IntoIterator<Item = K>) -> Writes<K, V> {
+        keys.into_iter().map(|k| (k, Stamped::now(None))).collect()
+    }
+
     /// The value at `key`, unless unset or deleted.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
@@ -266,6 +312,10 @@ where
     fn collect(&mut self, stable: crate::Timestamp) -> usize {
         let before = self.entries.len();
         self.entries.retain(|_, (stamp, value)| value.is_some() || stamp.ts >= stable);
+        // A map that lost most of its entries gives the memory back.
+        if self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to_fit();
+        }
         before - self.entries.len()
     }
 

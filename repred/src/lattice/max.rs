@@ -23,9 +23,24 @@ impl<T> Default for Max<T> {
     }
 }
 
+/// A register holding the value: `Max::from(3)` is `Max::new(3)`, and a
+/// derived change takes a bare value (`PlayerChange::best(42)`).
+impl<T> From<T> for Max<T> {
+    fn from(value: T) -> Self {
+        Max(Some(value))
+    }
+}
+
 impl<T> Max<T> {
-    /// A register holding `value`; as an update, a write of it.
+    /// A register holding `value`; as an update, a write of it (the same
+    /// as [`set`](Max::set)).
     pub fn new(value: T) -> Self {
+        Max(Some(value))
+    }
+
+    /// An update writing `value`: it changes the register if it is the
+    /// largest written yet.
+    pub fn set(value: T) -> Self {
         Max(Some(value))
     }
 
@@ -71,9 +86,24 @@ impl<T> Default for Min<T> {
     }
 }
 
+/// A register holding the value: `Min::from(3)` is `Min::new(3)`, and a
+/// derived change takes a bare value (`PlayerChange::best(42)`).
+impl<T> From<T> for Min<T> {
+    fn from(value: T) -> Self {
+        Min(Some(value))
+    }
+}
+
 impl<T> Min<T> {
-    /// A register holding `value`; as an update, a write of it.
+    /// A register holding `value`; as an update, a write of it (the same
+    /// as [`set`](Min::set)).
     pub fn new(value: T) -> Self {
+        Min(Some(value))
+    }
+
+    /// An update writing `value`: it changes the register if it is the
+    /// smallest written yet.
+    pub fn set(value: T) -> Self {
         Min(Some(value))
     }
 

@@ -12,6 +12,47 @@
 //! | [`LatticeMap`] | key -> any lattice | the keys' changes |
 //! | [`EventLog`] | scuttlebutt's reliable events: every event kept | the new events |
 //!
+//! **Writing to a lattice.** Every update is made by a function named after
+//! what it does, and returns the lattice's [`Update`](crate::Reduce::Update):
+//!
+//! - a write that needs nothing from the current state is an associated
+//!   function: [`Max::set`], [`Min::set`], [`LwwRegister::set`],
+//!   [`LwwMap::set`] and [`LwwMap::delete`], [`GSet::add`], [`OrSet::add`],
+//!   [`EventLog::emit`], [`LatticeMap::update`];
+//! - its `_all` form writes many under the update's one stamp:
+//!   [`LwwMap::set_all`], [`LwwMap::delete_all`], [`GSet::add_all`],
+//!   [`OrSet::add_all`];
+//! - a write that depends on what the replica holds is a method on the
+//!   state: [`OrSet::remove`] (takes out the adds this replica has seen),
+//!   [`GCounter::increment`], [`PnCounter::increment`] and
+//!   [`PnCounter::decrement`] (a writer's new total travels, not a delta,
+//!   so a repeated update never counts twice; the writer is the replica's
+//!   own id, `replica.id()`);
+//! - registers also convert from a bare value (`From<T>` for [`Max`],
+//!   [`Min`] and [`LwwRegister`]; `new` on `Max` and `Min`), so a derived
+//!   change takes one: `PlayerChange::best(42)`.
+//!
+//! ```
+//! use repred::{GCounter, GSet, Max, Reduce, SourceId};
+//!
+//! let mut best = Max::default();
+//! best.reduce(Max::set(3));
+//! best.reduce(Max::from(5));
+//! assert_eq!(best.get(), Some(&5));
+//!
+//! let mut tags = GSet::default();
+//! tags.reduce(GSet::add_all(["red".to_string(), "blue".to_string()]));
+//! assert_eq!(tags.len(), 2);
+//!
+//! // A state-dependent write: read the state, then write.
+//! let me = SourceId::new("me")?;
+//! let mut hits = GCounter::default();
+//! hits.reduce(hits.increment(me, 2));
+//! hits.reduce(hits.increment(me, 1));
+//! assert_eq!(hits.value(), 3);
+//! # Ok::<(), repred::InvalidSourceId>(())
+//! ```
+//!
 //! Lattices whose merge needs to know which write is newest keep a
 //! [`Stamp`](crate::Stamp) per part. A part written locally leaves it unset
 //! ([`Stamped::now`]); the replica fills it in with the update's own stamp, and

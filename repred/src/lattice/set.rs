@@ -42,6 +42,11 @@ impl<T: Ord> GSet<T> {
         GSet(BTreeSet::from([item]))
     }
 
+    /// An update adding every element of `items`.
+    pub fn add_all(items: impl IntoIterator<Item = T>) -> Self {
+        GSet(items.into_iter().collect())
+    }
+
     /// Whether `item` is in the set.
     pub fn contains(&self, item: &T) -> bool {
         self.0.contains(item)
@@ -87,7 +92,10 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for GSet<T> {
 }
 
 /// An update of an [`OrSet`]: tagged adds and removed tags.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Its `Debug` shows an add's tag only when it is set (an unset one is the
+/// carrying update's stamp): `OrSetUpdate { adds: ["milk"], removes: [] }`.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OrSetUpdate<T> {
     /// Elements added, each with the stamp of its add as a unique tag
     /// (`None`: the carrying update's stamp).
@@ -95,6 +103,19 @@ pub struct OrSetUpdate<T> {
     /// Adds that were observed and removed: the element and its add's tag
     /// (one update may add several elements under one stamp).
     pub removes: Vec<(T, Stamp)>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for OrSetUpdate<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Add<'a, T>(&'a T, Option<Stamp>);
+        impl<T: std::fmt::Debug> std::fmt::Debug for Add<'_, T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                super::lww::fmt_stamped(self.0, self.1, f)
+            }
+        }
+        let adds: Vec<Add<'_, T>> = self.adds.iter().map(|(t, s)| Add(t, *s)).collect();
+        f.debug_struct("OrSetUpdate").field("adds", &adds).field("removes", &self.removes).finish()
+    }
 }
 
 impl<T> Default for OrSetUpdate<T> {
@@ -159,6 +180,12 @@ impl<T: Ord + Clone> OrSet<T> {
     /// An update adding `item`.
     pub fn add(item: T) -> OrSetUpdate<T> {
         OrSetUpdate { adds: vec![(item, None)], removes: Vec::new() }
+    }
+
+    /// An update adding every element of `items` (one stamp, the update's,
+    /// tags them all).
+    pub fn add_all(items: impl IntoIterator<Item = T>) -> OrSetUpdate<T> {
+        OrSetUpdate { adds: items.into_iter().map(|i| (i, None)).collect(), removes: Vec::new() }
     }
 
     /// An update removing `item` as this replica sees it (empty if absent).
