@@ -26,7 +26,7 @@
 //!   three) merged one after the other.
 //!
 //! A violation panics with the law's name and proptest's smallest failing
-//! input.
+//! input; [`try_check`] returns it as a [`LawError`] instead.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -101,18 +101,55 @@ fn holds(ok: bool, law: impl FnOnce() -> String) -> Result<(), TestCaseError> {
     if ok { Ok(()) } else { Err(TestCaseError::fail(format!("law violated: {}", law()))) }
 }
 
+/// Why a check failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LawError {
+    /// A law does not hold.
+    #[error(
+        "repred::laws: {type_name} is not a lawful join.\n{law}\n\
+         minimal failing input (updates in order, each with its stamp): {input}\n\
+         group split points: {splits}"
+    )]
+    Violated {
+        /// The type checked.
+        type_name: &'static str,
+        /// The law, how it failed, and the two states compared
+        /// (`law violated: idempotence (...)`).
+        law: String,
+        /// proptest's smallest failing input: the updates in order, each
+        /// with its stamp (`{:#?}`).
+        input: String,
+        /// Where the updates were cut into three groups for associativity.
+        splits: String,
+    },
+    /// proptest gave up (too many rejected inputs from the strategy).
+    #[error("repred::laws: the check of {type_name} was aborted: {reason}")]
+    Aborted {
+        /// The type checked.
+        type_name: &'static str,
+        /// What proptest said.
+        reason: String,
+    },
+}
+
+/// The default configuration: 256 cases, no regression files (the caller's
+/// test is the place to pin a case).
+fn default_config() -> Config {
+    Config { cases: 256, failure_persistence: None, ..Config::default() }
+}
+
 /// Checks every law on `T` over updates drawn from `updates` (256 cases).
 ///
 /// # Panics
-/// With the violated law and the smallest failing input, when one fails.
+/// With the violated law and the smallest failing input, when one fails
+/// ([`try_check`] returns it instead).
 pub fn check<T>(updates: impl Strategy<Value = T::Update>)
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
     T::Update: Debug,
 {
-    // No regression files: the caller's test is the place to pin a case.
-    let config = Config { cases: 256, failure_persistence: None, ..Config::default() };
-    check_with::<T>(config, updates)
+    check_with::<T>(default_config(), updates)
 }
 
 /// [`check`] with a proptest configuration of your own (more cases, a fixed
@@ -121,6 +158,53 @@ where
 /// # Panics
 /// With the violated law and the smallest failing input, when one fails.
 pub fn check_with<T>(config: Config, updates: impl Strategy<Value = T::Update>)
+where
+    T: Reduce + Default + Clone + PartialEq + Debug,
+    T::Update: Debug,
+{
+    if let Err(e) = try_check_with::<T>(config, updates) {
+        panic!("{e}")
+    }
+}
+
+/// [`check`], returning the violation instead of panicking: for a report
+/// of your own, or to show a broken reducer failing.
+///
+/// ```
+/// use proptest::prelude::*;
+/// use repred::{Reduce, laws};
+///
+/// /// A tally: adds every update, so an update seen twice counts twice.
+/// #[derive(Clone, Default, Debug, PartialEq)]
+/// struct Tally(u64);
+///
+/// impl Reduce for Tally {
+///     type Update = u64;
+///     fn reduce(&mut self, n: u64) -> Option<u64> {
+///         self.0 += n;
+///         (n > 0).then_some(n)
+///     }
+///     fn snapshot(&self) -> u64 {
+///         self.0
+///     }
+/// }
+///
+/// let failure = laws::try_check::<Tally>(1..10u64).unwrap_err();
+/// assert!(matches!(&failure, laws::LawError::Violated { law, .. } if law.contains("idempotence")));
+/// ```
+pub fn try_check<T>(updates: impl Strategy<Value = T::Update>) -> Result<(), LawError>
+where
+    T: Reduce + Default + Clone + PartialEq + Debug,
+    T::Update: Debug,
+{
+    try_check_with::<T>(default_config(), updates)
+}
+
+/// [`check_with`], returning the violation instead of panicking.
+pub fn try_check_with<T>(
+    config: Config,
+    updates: impl Strategy<Value = T::Update>,
+) -> Result<(), LawError>
 where
     T: Reduce + Default + Clone + PartialEq + Debug,
     T::Update: Debug,
@@ -249,28 +333,22 @@ where
         }
         Ok(())
     });
+    let type_name = std::any::type_name::<T>();
     match result {
-        Ok(()) => {}
+        Ok(()) => Ok(()),
         Err(TestError::Fail(reason, (raw, first, second))) => {
             let ticks: Vec<(u8, u8)> = raw.iter().map(|(_, t, s)| (*t, *s)).collect();
             let updates: Vec<(T::Update, Stamp)> =
                 raw.into_iter().map(|(u, _, _)| u).zip(stamps(&ticks)).collect();
-            panic!(
-                "repred::laws: {} is not a lawful join.\n{}\n\
-                 minimal failing input (updates in order, each with its stamp): {:#?}\n\
-                 group split points: {:?}, {:?}",
-                std::any::type_name::<T>(),
-                reason.message(),
-                updates,
-                first,
-                second,
-            )
+            Err(LawError::Violated {
+                type_name,
+                law: reason.message().to_string(),
+                input: format!("{updates:#?}"),
+                splits: format!("{first:?}, {second:?}"),
+            })
         }
         Err(TestError::Abort(reason)) => {
-            panic!(
-                "repred::laws: the check of {} was aborted: {reason}",
-                std::any::type_name::<T>()
-            )
+            Err(LawError::Aborted { type_name, reason: reason.to_string() })
         }
     }
 }
