@@ -1,5 +1,53 @@
 //! repred over QUIC: peers that replicate named objects with no leader.
 //!
+//! Two nodes on this machine replicating a struct of your own
+//! (`#[derive(Replicated)]`, see [`repred`]): a change written on one is
+//! applied on the other, and every change, from anywhere, can be followed
+//! as a [`Stream`](tokio_stream::Stream) ([`StreamExt`] is re-exported
+//! here for its `next`).
+//!
+//! ```
+//! use repred::{GSet, Max, Replicated};
+//! use repred_transport::{Node, StreamExt};
+//!
+//! #[derive(Replicated, Default)]
+//! struct Board {
+//!     high: Max<u64>,
+//!     players: GSet<String>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let data = dir.path();
+//! // Nodes sharing a data directory share a cluster (its CA is made there).
+//! let a = Node::builder().listen("127.0.0.1:0".parse()?).data_dir(data).spawn().await?;
+//! let b = Node::builder()
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .bootstrap([a.addr()])
+//!     .data_dir(data)
+//!     .spawn()
+//!     .await?;
+//! let on_a = a.replicate("board", Board::default())?;
+//! let on_b = b.replicate("board", Board::default())?;
+//!
+//! let mut changes = on_b.changes();
+//! on_a.update(BoardChange::high(42).with_players(GSet::add("ann".into()))).await?;
+//! # let wait = async {
+//! while let Some(Ok(applied)) = changes.next().await {
+//!     println!("{} wrote {:?}", applied.source, applied.change);
+//!     if on_b.read(|board| board.high.get() == Some(&42)) {
+//!         break;
+//!     }
+//! }
+//! # };
+//! # tokio::time::timeout(std::time::Duration::from_secs(30), wait).await?;
+//! assert!(on_b.read(|board| board.players.contains(&"ann".to_string())));
+//! a.shutdown().await;
+//! b.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 //! A [`Node`] is one QUIC endpoint (quinn, rustls with ring). It replicates
 //! any number of named objects, each a [`repred::Replica`] driven through the
 //! core's sans-IO session API: per connection, one bidirectional stream per
@@ -27,42 +75,6 @@
 //! - **Misbehaviour**: a peer that sends a frame the core refuses is
 //!   disconnected with a [`CloseCode`] as the QUIC application error code and
 //!   the reason in words; nothing of that frame is applied.
-//!
-//! ```no_run
-//! use std::collections::BTreeSet;
-//! use repred::Reduce;
-//! use repred_transport::Node;
-//! use tokio_stream::StreamExt;
-//!
-//! #[derive(Default)]
-//! struct Names(BTreeSet<String>);
-//!
-//! impl Reduce for Names {
-//!     type Update = BTreeSet<String>;
-//!     fn reduce(&mut self, u: BTreeSet<String>) -> Option<BTreeSet<String>> {
-//!         let new: BTreeSet<String> = u.into_iter().filter(|n| self.0.insert(n.clone())).collect();
-//!         (!new.is_empty()).then_some(new)
-//!     }
-//!     fn snapshot(&self) -> BTreeSet<String> {
-//!         self.0.clone()
-//!     }
-//! }
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let node = Node::builder()
-//!     .listen("127.0.0.1:9000".parse()?)
-//!     .bootstrap(["127.0.0.1:9001".parse()?])
-//!     .spawn()
-//!     .await?;
-//! let names = node.replicate("names", Names::default())?;
-//! let mut changes = names.changes();
-//! names.update(["ann".to_string()].into()).await?;
-//! while let Some(Ok(applied)) = changes.next().await {
-//!     println!("{} added {:?}", applied.source, applied.change);
-//! }
-//! node.shutdown().await;
-//! # Ok(()) }
-//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -92,6 +104,9 @@ use repred::SourceId;
 /// ([`NodeConfig`](repred_node::NodeConfig)) and what
 /// [`Node::membership`] returns.
 pub use repred_node;
+/// `next()` and the other combinators for [`Handle::changes`]: re-exported
+/// so that `use repred_transport::StreamExt;` is all a reader needs.
+pub use tokio_stream::StreamExt;
 
 /// The live members: node id -> the address it listens on, this node
 /// included.

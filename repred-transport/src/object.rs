@@ -426,7 +426,8 @@ where
     }
 
     /// Every change applied from now on, local or remote, in the order this
-    /// node applied them.
+    /// node applied them: a [`Stream`], read with `changes.next().await`
+    /// after `use repred_transport::StreamExt;`.
     pub fn changes(&self) -> Changes<T::Update> {
         Changes { inner: BroadcastStream::new(self.shared.changes.subscribe()) }
     }
