@@ -131,6 +131,13 @@ impl Default for Builder {
 
 impl Builder {
     /// The UDP address to listen on. Default `127.0.0.1:0` (any free port).
+    ///
+    /// On port 0 the node's certificate is made for this run and written
+    /// nowhere (unless the data directory holds a `node-0.pem`), so a node
+    /// id lasts one run and no file is left per run; a durable store
+    /// ([`durable`](Builder::durable)) and a signing key
+    /// ([`signing`](Builder::signing)) are still named after the port
+    /// bound, so give such nodes a fixed port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
         self
@@ -373,14 +380,18 @@ impl Builder {
         });
         let dir = self.data_dir.clone();
         let port = bound.port();
+        // The certificate goes by the port asked for: with 0 (any free
+        // port) it is made for this run and never written, since a file
+        // named after a port picked at random would never be found again.
+        let cert_port = self.listen.port();
         let store_path = self.durable.then(|| dir.join(format!("node-{port}.redb")));
         let key_path = self.signing.then(|| dir.join(format!("signing-{port}.key")));
         let (create_cluster, deny) = (self.create_cluster, self.deny);
         let identity = tokio::task::spawn_blocking(move || {
             let credentials = if create_cluster {
-                Credentials::load_or_create(&dir, port)
+                Credentials::load_or_create(&dir, cert_port)
             } else {
-                Credentials::join(&dir, port)
+                Credentials::join(&dir, cert_port)
             };
             credentials.map(|c| c.deny(deny))
         })
@@ -398,6 +409,7 @@ impl Builder {
             ),
             None => None,
         };
+        let metrics = crate::metrics::NodeMetrics::new(identity.id());
         let durable = match store_path {
             Some(path) => {
                 let open = self.open_store.clone();
@@ -405,7 +417,7 @@ impl Builder {
                     .await
                     .map_err(|e| Error::Task(e.to_string()))?
                     .map_err(|e| Error::Storage(e.to_string()))?;
-                Some(Durable::new(store))
+                Some(Durable::new(store, metrics.store.clone()))
             }
             None => None,
         };
@@ -446,6 +458,11 @@ impl Builder {
         endpoint.set_default_client_config(client);
 
         let id = identity.id();
+        // Error level, so that the node's id and address frame every event
+        // of it that any filter lets through (warnings included); a span
+        // costs nothing per update, only per node, connection and stream.
+        let span = tracing::error_span!("node", id = %id, addr = %advertise);
+        crate::metrics::describe();
         let config = Config::default()
             .max_frame(s.max_frame)
             .require_signatures(self.require_signatures)
@@ -499,12 +516,22 @@ impl Builder {
             signer: signer_key,
             life_signer,
             life_id,
+            span: span.clone(),
+            metrics,
         });
+        tracing::info!(
+            parent: &span,
+            bootstrap = ?self.bootstrap,
+            durable = self.durable,
+            data_dir = %self.data_dir.display(),
+            "node started"
+        );
         if let Some(durable) = durable {
             inner.spawn(durable.run());
         }
         inner.spawn(accept_loop(inner.clone()));
-        let driver = Driver::new(inner.clone(), signer, opener, datagrams, control_rx, messages_rx);
+        let driver = Driver::new(inner.clone(), signer, opener, datagrams, control_rx, messages_rx)
+            .bootstrap(self.bootstrap);
         inner.spawn(driver.run());
         Ok(Node { inner })
     }

@@ -8,17 +8,19 @@
 //! module only executes them with tokio and quinn, as the simulator
 //! executes them on virtual time.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use quinn::{Connection, UdpPoller};
+use quinn::{Connection, ConnectionError, UdpPoller};
 use repred::SourceId;
-use repred_node::{Command, ConnId, DATAGRAM_HEADER, Datagram, NodeEvent};
+use repred_node::{Command, ConnId, DATAGRAM_HEADER, Datagram, MemberState, NodeEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::CloseCode;
 use crate::clock::{instant_at, now_ms, sleep_until_some};
@@ -31,14 +33,20 @@ use crate::udp::Received;
 /// How long a membership datagram may wait for room in the socket's buffer
 /// before it is dropped (as UDP may drop it anyway).
 const SEND_WAIT: Duration = Duration::from_millis(100);
+/// How often, at most, the driver counts members by state (for the
+/// `repred_members` gauges and the log of suspicions, which the node core
+/// does not report as events) and publishes the UDP byte totals.
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the node's tasks tell the driver.
 #[derive(Debug)]
 pub(crate) enum Control {
     /// A connection is up and registered under `key`.
     Connected { key: ConnId, peer: SourceId, addr: SocketAddr, outgoing: bool },
-    /// A dial the core asked for did not connect.
-    DialFailed { addr: SocketAddr },
+    /// A dial the core asked for did not connect; `refused` says why when
+    /// the peer answered and refused the handshake (rather than not
+    /// answering).
+    DialFailed { addr: SocketAddr, refused: Option<String> },
     /// A registered connection ended.
     Disconnected { key: ConnId },
     /// Leave the cluster (the node shuts down); answered once the goodbye
@@ -57,6 +65,56 @@ pub(crate) struct Driver {
     poller: Pin<Box<dyn UdpPoller>>,
     /// Who waits for the goodbye datagrams to be sent.
     leaving: Option<oneshot::Sender<()>>,
+    /// What tells an operator that this node cannot join.
+    bootstrap: Bootstrap,
+    /// When members were last counted by state, and what each was then.
+    census_at: Option<Instant>,
+    states: HashMap<SourceId, MemberState>,
+}
+
+/// The bootstrap addresses and which of them refused this node's
+/// handshake since it was last in a cluster: when every one has, the node
+/// warns once that it runs alone (their cluster is not ours, most likely),
+/// instead of retrying in silence forever.
+#[derive(Debug, Default)]
+struct Bootstrap {
+    addrs: Vec<SocketAddr>,
+    refused: BTreeMap<SocketAddr, String>,
+    warned: bool,
+}
+
+impl Bootstrap {
+    /// A dial to `addr` failed; `refused` as in [`Control::DialFailed`].
+    fn failed(&mut self, addr: SocketAddr, refused: Option<String>, alone: bool) {
+        if !self.addrs.contains(&addr) {
+            return;
+        }
+        match refused {
+            Some(why) => {
+                self.refused.insert(addr, why);
+            }
+            None => {
+                self.refused.remove(&addr);
+            }
+        }
+        if alone && !self.warned && self.refused.len() == self.addrs.len() {
+            self.warned = true;
+            tracing::warn!(
+                refusals = ?self.refused,
+                "every bootstrap peer refused this node's handshake, so it runs alone: they \
+                 are probably of another cluster (another data directory, or another \
+                 cluster.pem); start this node with their cluster's files, or bootstrap it \
+                 from members of its own"
+            );
+        }
+    }
+
+    /// This node is in a cluster (again): warn anew if it ends up alone
+    /// and refused again.
+    fn joined(&mut self) {
+        self.refused.clear();
+        self.warned = false;
+    }
 }
 
 impl Driver {
@@ -69,7 +127,26 @@ impl Driver {
         messages: mpsc::Receiver<(ConnId, Vec<u8>)>,
     ) -> Self {
         let poller = inner.socket.poller();
-        Self { inner, signer, opener, datagrams, control, messages, poller, leaving: None }
+        Self {
+            inner,
+            signer,
+            opener,
+            datagrams,
+            control,
+            messages,
+            poller,
+            leaving: None,
+            bootstrap: Bootstrap::default(),
+            census_at: None,
+            states: HashMap::new(),
+        }
+    }
+
+    /// The addresses the node bootstraps from, for the warning that all of
+    /// them refused it.
+    pub(crate) fn bootstrap(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.bootstrap.addrs = addrs;
+        self
     }
 
     /// Runs until the node stops: waits for a report, a peer's message, a
@@ -82,6 +159,7 @@ impl Driver {
         let mut phase = self.inner.phase.subscribe();
         loop {
             self.execute().await;
+            self.census();
             self.inner.reap();
             let deadline = self.inner.core().poll_timeout().map(instant_at);
             tokio::select! {
@@ -95,6 +173,48 @@ impl Driver {
         }
     }
 
+    /// Counts members by state for the gauges, logs the suspicions the
+    /// node core does not report as events, and publishes the UDP byte
+    /// totals: at most once per [`CENSUS_EVERY`], since it walks every
+    /// member.
+    fn census(&mut self) {
+        let now = Instant::now();
+        if self.census_at.is_some_and(|at| now < at + CENSUS_EVERY) {
+            return;
+        }
+        self.census_at = Some(now);
+        let members = self.inner.core().members();
+        let (mut alive, mut suspect, mut down) = (0u32, 0u32, 0u32);
+        let mut states = HashMap::with_capacity(members.len());
+        for m in members {
+            match m.state {
+                MemberState::Alive => alive += 1,
+                MemberState::Suspect => suspect += 1,
+                MemberState::Down => down += 1,
+            }
+            let before = self.states.get(&m.id).copied();
+            match (before, m.state) {
+                (Some(MemberState::Suspect), MemberState::Suspect) => {}
+                (_, MemberState::Suspect) => {
+                    tracing::info!(member = %m.id, member_addr = %m.addr, "member suspected");
+                }
+                (Some(MemberState::Suspect), MemberState::Alive) => {
+                    tracing::info!(member = %m.id, member_addr = %m.addr, "suspicion refuted");
+                }
+                _ => {}
+            }
+            states.insert(m.id, m.state);
+        }
+        self.states = states;
+        let metrics = &self.inner.metrics;
+        metrics.alive.set(alive);
+        metrics.suspect.set(suspect);
+        metrics.down.set(down);
+        let stats = self.inner.stats();
+        metrics.udp_tx.absolute(stats.udp_tx_bytes);
+        metrics.udp_rx.absolute(stats.udp_rx_bytes);
+    }
+
     /// A message from the peer's node core on connection `key`.
     fn message(&mut self, key: ConnId, message: &[u8]) {
         let handled = self.inner.core().handle_message(now_ms(), key, message);
@@ -106,6 +226,7 @@ impl Driver {
     fn datagram(&mut self, received: Received) {
         let inner = &self.inner;
         inner.membership_rx.fetch_add(received.bytes.len() as u64, Ordering::Relaxed);
+        inner.metrics.membership_rx.increment(received.bytes.len() as u64);
         // A partition (Node::block) drops membership as it drops QUIC.
         if inner.is_blocked(received.from) {
             return;
@@ -118,6 +239,12 @@ impl Driver {
         };
         let counter = if taken { &inner.datagrams_received } else { &inner.datagrams_refused };
         counter.fetch_add(1, Ordering::Relaxed);
+        if taken {
+            inner.metrics.datagrams_received.increment(1);
+        } else {
+            inner.metrics.datagrams_refused.increment(1);
+            tracing::trace!(from = %received.from, "membership datagram refused");
+        }
     }
 
     fn handle(&mut self, control: Control) {
@@ -127,7 +254,11 @@ impl Driver {
             Control::Connected { key, peer, addr, outgoing } => {
                 core.handle_connected(now, key, peer, addr, outgoing);
             }
-            Control::DialFailed { addr } => core.handle_dial_failed(now, addr),
+            Control::DialFailed { addr, refused } => {
+                core.handle_dial_failed(now, addr);
+                let alone = core.live().len() <= 1;
+                self.bootstrap.failed(addr, refused, alone);
+            }
             Control::Disconnected { key } => core.handle_disconnected(now, key),
             Control::Leave(done) => {
                 core.leave(now);
@@ -154,12 +285,33 @@ impl Driver {
             let mut changed = false;
             while let Some(event) = core.poll_event() {
                 changed = true;
-                if let NodeEvent::MemberUp { id, .. } = event {
-                    // Up again may be a new life, which lost the
-                    // certificates it held: attach ours until it says.
-                    self.opener.forget_mine(id);
+                match event {
+                    NodeEvent::MemberUp { id, addr } => {
+                        // Up again may be a new life, which lost the
+                        // certificates it held: attach ours until it says.
+                        self.opener.forget_mine(id);
+                        self.states.insert(id, MemberState::Alive);
+                        tracing::info!(member = %id, member_addr = %addr, "member up");
+                    }
+                    NodeEvent::MemberDown { id, addr } => {
+                        self.states.insert(id, MemberState::Down);
+                        tracing::info!(member = %id, member_addr = %addr, "member down");
+                    }
+                    NodeEvent::Joined => {
+                        self.bootstrap.joined();
+                        tracing::info!("joined the cluster");
+                    }
+                    NodeEvent::Isolated => {
+                        tracing::warn!("isolated: every member this node knew is down or gone");
+                    }
+                    NodeEvent::Rejoined => tracing::warn!(
+                        "this node was declared down (a partition, a long pause) and rejoined \
+                         under a renewed identity"
+                    ),
+                    other => tracing::debug!(event = ?other, "membership event"),
                 }
             }
+
             (transmits, commands, changed.then(|| core.live()))
         };
         if let Some(live) = live {
@@ -171,7 +323,8 @@ impl Driver {
         }
         for command in commands {
             match command {
-                Command::Dial { addr, .. } => {
+                Command::Dial { addr, expect } => {
+                    tracing::debug!(peer_addr = %addr, expect = ?expect, "dialing");
                     self.inner.spawn(dial(self.inner.clone(), addr));
                 }
                 Command::Close { conn, reason } => {
@@ -228,6 +381,8 @@ impl Driver {
         if sent.is_ok() {
             inner.datagrams_sent.fetch_add(1, Ordering::Relaxed);
             inner.membership_tx.fetch_add(wire.len() as u64, Ordering::Relaxed);
+            inner.metrics.datagrams_sent.increment(1);
+            inner.metrics.membership_tx.increment(wire.len() as u64);
         }
     }
 }
@@ -243,6 +398,32 @@ enum DialError {
     Connection(#[from] quinn::ConnectionError),
     #[error("handshake timed out")]
     Timeout,
+}
+
+impl DialError {
+    /// Why the peer refused us, when it answered and refused: a TLS alert
+    /// (its certificate is not our cluster's, or ours not its), or a
+    /// refused connection (a cap). `None` when it did not answer in time,
+    /// or this node gave up itself.
+    fn refusal(&self) -> Option<String> {
+        match self {
+            DialError::Connection(
+                e @ (ConnectionError::TransportError(_)
+                | ConnectionError::ConnectionClosed(_)
+                | ConnectionError::ApplicationClosed(_)
+                | ConnectionError::VersionMismatch),
+            ) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The span of one connection: the peer's node id and address, and who
+/// dialed. Error level, like the node's, so that its fields frame every
+/// event that passes the filter.
+fn connection_span(peer: SourceId, addr: SocketAddr, outgoing: bool) -> tracing::Span {
+    let direction = if outgoing { "out" } else { "in" };
+    tracing::error_span!("conn", peer = %peer, peer_addr = %addr, dir = %direction)
 }
 
 /// One attempt: the core decides when to try again.
@@ -264,20 +445,37 @@ async fn dial(inner: Arc<Inner>, addr: SocketAddr) {
         Ok(conn) if inner.running() && !inner.is_blocked(addr) => conn,
         Ok(conn) => {
             conn.close(CloseCode::Partitioned.varint(), b"refused");
-            return inner.report(Control::DialFailed { addr });
+            return inner.report(Control::DialFailed { addr, refused: None });
         }
-        Err(_) => return inner.report(Control::DialFailed { addr }),
+        Err(e) => {
+            let refused = e.refusal();
+            let counter = match &refused {
+                Some(_) => &inner.metrics.dial_refused,
+                None => &inner.metrics.dial_unreachable,
+            };
+            counter.increment(1);
+            match &refused {
+                Some(_) => {
+                    tracing::info!(peer_addr = %addr, error = %e, "dial refused by the peer")
+                }
+                None => tracing::debug!(peer_addr = %addr, error = %e, "dial failed"),
+            }
+            return inner.report(Control::DialFailed { addr, refused });
+        }
     };
     // A verified handshake always names the peer; not assumed.
     let Some(peer) = peer_id(&conn) else {
         conn.close(CloseCode::Released.varint(), b"no peer certificate");
-        return inner.report(Control::DialFailed { addr });
+        return inner.report(Control::DialFailed { addr, refused: None });
     };
+    let span = connection_span(peer, addr, true);
+    inner.metrics.opened_out.increment(1);
+    tracing::info!(parent: &span, "connected");
     let (key, outgoing) = inner.register(conn);
     // Reported before the connection can end, on the channel its end is
     // reported on: the core hears of both in order.
     inner.report(Control::Connected { key, peer, addr, outgoing: true });
-    run_connection(inner, key, true, outgoing).await;
+    run_connection(inner, key, true, outgoing).instrument(span).await;
 }
 
 /// Accepts connections within the caps, and tells the core of each.
@@ -292,8 +490,17 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             _ = phase.wait_for(|p| *p != Phase::Running) => return,
         };
         let remote = incoming.remote_address();
-        if inner.is_blocked(remote) || inner.over_cap(remote) {
+        let refusal = if inner.is_blocked(remote) {
+            Some((&inner.metrics.refused_blocked, "blocked"))
+        } else if inner.over_cap(remote) {
+            Some((&inner.metrics.refused_cap, "over the connection caps"))
+        } else {
+            None
+        };
+        if let Some((counter, reason)) = refusal {
             inner.refused.fetch_add(1, Ordering::Relaxed);
+            counter.increment(1);
+            tracing::info!(peer_addr = %remote, reason, "connection refused");
             incoming.refuse();
             continue;
         }
@@ -302,8 +509,29 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             let inner = task_inner;
             // A handshake that fails (another cluster's certificate, a
             // client without one) ends here: no connection, no streams.
-            let Ok(Ok(conn)) = timeout(inner.dial_timeout, incoming).await else { return };
+            let conn = match timeout(inner.dial_timeout, incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(
+                    e @ (ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_)),
+                )) => {
+                    inner.metrics.refused_handshake.increment(1);
+                    return tracing::warn!(
+                        peer_addr = %remote,
+                        error = %e,
+                        "handshake refused: the peer is not admitted to this cluster (another \
+                         cluster's certificate, or a revoked one), or it refused ours"
+                    );
+                }
+                Ok(Err(e)) => {
+                    return tracing::debug!(peer_addr = %remote, error = %e, "incoming handshake broke off");
+                }
+                Err(_) => {
+                    return tracing::debug!(peer_addr = %remote, "incoming handshake timed out");
+                }
+            };
             if inner.over_cap(remote) {
+                inner.metrics.refused_cap.increment(1);
+                tracing::info!(peer_addr = %remote, reason = "over the connection caps", "connection refused");
                 conn.close(CloseCode::TooManyConnections.varint(), b"too many connections");
                 return;
             }
@@ -311,9 +539,12 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(CloseCode::Released.varint(), b"no peer certificate");
                 return;
             };
+            let span = connection_span(peer, remote, false);
+            inner.metrics.opened_in.increment(1);
+            tracing::info!(parent: &span, "admitted");
             let (key, outgoing) = inner.register(conn);
             inner.report(Control::Connected { key, peer, addr: remote, outgoing: false });
-            run_connection(inner, key, false, outgoing).await;
+            run_connection(inner, key, false, outgoing).instrument(span).await;
         });
     }
 }

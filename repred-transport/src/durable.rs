@@ -15,17 +15,21 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use repred_store::{Batch, Store, StoreError, redb::StorageBackend};
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::metrics::StoreMetrics;
 
 /// The first retry after a failed commit comes this long after it...
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 /// ...and each later one twice as long after the last, up to this.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A commit that takes this long is logged at `info`, not `debug`: the
+/// writes waiting on it waited that long.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// An object whose log can be saved.
 pub(crate) trait Persist: Send + Sync {
@@ -97,15 +101,26 @@ pub(crate) struct Durable {
     /// Weak: objects hold the store, and a cycle would keep the file open
     /// (and locked) after the node is gone.
     objects: Mutex<Vec<Weak<dyn Persist>>>,
+    metrics: StoreMetrics,
+}
+
+/// What one successful round wrote.
+struct Committed {
+    entries: usize,
+    objects: usize,
+    /// How long the commit took (the transaction and its fsync, not the
+    /// encoding before it); zero when there was nothing to commit.
+    took: Duration,
 }
 
 impl Durable {
-    pub(crate) fn new(store: Store) -> Arc<Self> {
+    pub(crate) fn new(store: Store, metrics: StoreMetrics) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(store),
             requested: watch::Sender::new(0),
             progress: watch::Sender::new(Progress::default()),
             objects: Mutex::new(Vec::new()),
+            metrics,
         })
     }
 
@@ -193,12 +208,24 @@ impl Durable {
             let result = self.round(retry.is_some()).await;
             covered = target;
             match result {
-                Ok(()) => {
+                Ok(committed) => {
+                    if retry.is_some() {
+                        tracing::info!("store commit succeeded again after failing");
+                    }
                     retry = None;
+                    self.observe(&committed);
                     self.progress.send_modify(|p| p.committed = target);
                 }
                 Err(why) => {
-                    retry = Some(retry.map_or(RETRY_FIRST, |d: Duration| (d * 2).min(RETRY_MAX)));
+                    let delay = retry.map_or(RETRY_FIRST, |d: Duration| (d * 2).min(RETRY_MAX));
+                    retry = Some(delay);
+                    self.metrics.commit_failures.increment(1);
+                    tracing::warn!(
+                        error = %why,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "store commit failed; the writes waiting on it fail, and stay held back \
+                         from peers until a retry commits them"
+                    );
                     self.progress.send_modify(|p| {
                         p.failed = target;
                         p.failure = why;
@@ -208,16 +235,36 @@ impl Durable {
         }
     }
 
+    /// Counts and logs a successful round.
+    fn observe(&self, c: &Committed) {
+        if c.entries == 0 {
+            return;
+        }
+        let m = &self.metrics;
+        m.commits.increment(1);
+        m.entries_written.increment(c.entries as u64);
+        m.commit_seconds.record(c.took.as_secs_f64());
+        // Each commit is logged by the store at `debug`; the slow ones here,
+        // louder.
+        if c.took >= SLOW_COMMIT {
+            let ms = c.took.as_secs_f64() * 1e3;
+            tracing::info!(entries = c.entries, objects = c.objects, ms, "slow store commit");
+        }
+    }
+
     /// Commits what every object recorded, after reopening the store if
     /// asked. On failure: why, in words for the waiters.
-    async fn round(&self, reopen: bool) -> Result<(), String> {
+    async fn round(&self, reopen: bool) -> Result<Committed, String> {
         let objects: Vec<Arc<dyn Persist>> = {
             let mut list = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
             list.retain(|o| o.strong_count() > 0);
             list.iter().filter_map(Weak::upgrade).collect()
         };
         let store = self.store.clone();
+        // The store logs its commit in the node's span.
+        let span = tracing::Span::current();
         let result = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             if reopen {
                 // Before any object is locked: a reopen may take a while.
                 store.reopen()?;
@@ -231,18 +278,22 @@ impl Durable {
                     batches.push(batch);
                 }
             }
+            let mut committed =
+                Committed { entries: 0, objects: batches.len(), took: Duration::ZERO };
             if !batches.is_empty() {
-                store.commit_all(batches)?;
+                let started = Instant::now();
+                committed.entries = store.commit_all(batches)?;
+                committed.took = started.elapsed();
             }
             // Only now may peers see these entries (Replica::release).
             for (object, end) in objects.iter().zip(ends) {
                 object.saved(end);
             }
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(committed)
         })
         .await;
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(committed)) => Ok(committed),
             // The objects still hold every entry not released, and the next
             // round prepares from what the (reopened) disk holds: it writes
             // whatever a failed commit did not.
@@ -294,7 +345,7 @@ mod tests {
         let store = Store::open(path).unwrap();
         let mut replica = store.load_or_create::<GSet<u64>>("n", Config::default()).unwrap();
         replica.hold_until_released();
-        let durable = Durable::new(store);
+        let durable = Durable::new(store, StoreMetrics::noop());
         let numbers =
             Arc::new(Numbers { replica: Mutex::new(replica), released: AtomicU64::new(0) });
         durable.register(&(numbers.clone() as Arc<dyn Persist>));

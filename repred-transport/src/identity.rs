@@ -255,6 +255,11 @@ impl Credentials {
     /// the cluster key is here. The deny list is read from
     /// `<dir>/revoked`.
     ///
+    /// Port 0 (a node on any free port) reads `node-0.pem` if there is one
+    /// and otherwise, where the cluster key is, issues a certificate for
+    /// this run alone, written nowhere: a node id that lasts one run, and
+    /// no file left behind per run.
+    ///
     /// Blocking: it reads and writes files and generates keys.
     ///
     /// # Errors
@@ -320,6 +325,13 @@ impl Credentials {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match &ca {
+                // Port 0 is any free port, another one each run: a file
+                // named after it would never be found again, so the
+                // certificate is made for this run and kept in memory.
+                Some(ca) if port == 0 => {
+                    let issued = ca.issue(None)?;
+                    (issued.cert, issued.key)
+                }
                 Some(ca) => {
                     let issued = ca.issue(None)?;
                     // Written aside, then linked into place: a reader never

@@ -75,6 +75,13 @@
 //! - **Misbehaviour**: a peer that sends a frame the core refuses is
 //!   disconnected with a [`CloseCode`] as the QUIC application error code and
 //!   the reason in words; nothing of that frame is applied.
+//! - **Observing**: spans per node, connection (the peer's node id and
+//!   address) and stream (the object's name), and events for dials,
+//!   admissions and refusals with their reason, sessions synced with what
+//!   they moved, snapshots, commits and membership changes, through
+//!   `tracing`; counters and gauges through the `metrics` facade, listed
+//!   in [`metrics`]. Neither costs anything without a subscriber or a
+//!   recorder.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -86,6 +93,7 @@ mod driver;
 mod durable;
 pub mod identity;
 pub mod membership;
+pub mod metrics;
 mod node;
 mod object;
 mod session;

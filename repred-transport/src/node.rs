@@ -20,10 +20,12 @@ use repred_node::{ConnId, MemberInfo, NodeCore};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::builder::Settings;
 use crate::driver::Control;
 use crate::durable::Durable;
+use crate::metrics::NodeMetrics;
 use crate::object::{Handle, Object, Shared};
 use crate::udp::DemuxSocket;
 use crate::{CloseCode, Error, Members};
@@ -105,6 +107,10 @@ pub(crate) struct Inner {
     pub(crate) life_signer: Option<Identity>,
     /// The source of objects kept in memory only, fresh in every life.
     pub(crate) life_id: SourceId,
+    /// The node's span (its id and address): the parent of every task's.
+    pub(crate) span: tracing::Span,
+    /// The node's metric handles.
+    pub(crate) metrics: NodeMetrics,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,7 +121,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        lock(&self.tasks).spawn(task);
+        lock(&self.tasks).spawn(task.instrument(self.span.clone()));
+    }
+
+    /// Counts a stream or connection closed because the peer broke the
+    /// protocol.
+    pub(crate) fn count_violation(&self) {
+        self.violations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.violations.increment(1);
     }
 
     /// Drops the handles of tasks that have ended.
@@ -150,6 +163,7 @@ impl Inner {
         conns.next += 1;
         let remote = conn.remote_address();
         conns.map.insert(key, Conn { conn, remote, messages });
+        self.metrics.connections_open.increment(1.0);
         (key, outgoing)
     }
 
@@ -168,6 +182,7 @@ impl Inner {
             let stats = ended.conn.stats();
             self.ended_tx.fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
             self.ended_rx.fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+            self.metrics.connections_open.decrement(1.0);
             self.report(Control::Disconnected { key });
         }
     }
@@ -185,7 +200,10 @@ impl Inner {
     pub(crate) fn close(&self, key: ConnId, code: CloseCode, detail: &str) {
         if let Some(c) = lock(&self.conns).map.get(&key) {
             if code.is_violation() {
-                self.violations.fetch_add(1, Ordering::Relaxed);
+                self.count_violation();
+                tracing::warn!(peer_addr = %c.remote, code = ?code, detail, "closing a connection: the peer broke the protocol");
+            } else {
+                tracing::debug!(peer_addr = %c.remote, code = ?code, detail, "closing a connection");
             }
             c.conn.close(code.varint(), reason(code, detail).as_bytes());
         }
@@ -194,8 +212,39 @@ impl Inner {
     /// Closes a connection whose peer broke the protocol. The typed reason
     /// is the QUIC application close code; the reason bytes say it in words.
     pub(crate) fn violation(&self, conn: &Connection, code: CloseCode, detail: &str) {
-        self.violations.fetch_add(1, Ordering::Relaxed);
+        self.count_violation();
+        tracing::warn!(code = ?code, detail, "closing the connection: the peer broke the protocol");
         conn.close(code.varint(), reason(code, detail).as_bytes());
+    }
+
+    /// What [`Node::stats`] returns.
+    pub(crate) fn stats(&self) -> NodeStats {
+        let inner = self;
+        let conns = lock(&inner.conns);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (membership_tx_bytes, membership_rx_bytes) =
+            (load(&inner.membership_tx), load(&inner.membership_rx));
+        let (mut udp_tx_bytes, mut udp_rx_bytes) = (
+            load(&inner.ended_tx) + membership_tx_bytes,
+            load(&inner.ended_rx) + membership_rx_bytes,
+        );
+        for c in conns.map.values() {
+            let stats = c.conn.stats();
+            udp_tx_bytes += stats.udp_tx.bytes;
+            udp_rx_bytes += stats.udp_rx.bytes;
+        }
+        NodeStats {
+            connections: conns.map.len(),
+            violations: load(&inner.violations),
+            refused: load(&inner.refused),
+            udp_tx_bytes,
+            udp_rx_bytes,
+            datagrams_sent: load(&inner.datagrams_sent),
+            datagrams_received: load(&inner.datagrams_received),
+            datagrams_refused: load(&inner.datagrams_refused),
+            membership_tx_bytes,
+            membership_rx_bytes,
+        }
     }
 }
 
@@ -341,7 +390,13 @@ impl Node {
             // Peers get an entry only once it is on disk (see `durable`).
             replica.hold_until_released();
         }
-        let shared = Shared::with_store(name.to_string(), replica, durable.clone());
+        let shared = Shared::with_store(
+            name.to_string(),
+            replica,
+            durable.clone(),
+            &self.inner.metrics.label,
+        );
+        tracing::debug!(parent: &self.inner.span, object = %name, "replicating");
         if let Some(d) = &durable {
             d.register(&(shared.clone() as Arc<dyn crate::durable::Persist>));
         }
@@ -384,32 +439,7 @@ impl Node {
     /// Counters of connections, membership datagrams and the bytes they
     /// carried.
     pub fn stats(&self) -> NodeStats {
-        let inner = &self.inner;
-        let conns = lock(&inner.conns);
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let (membership_tx_bytes, membership_rx_bytes) =
-            (load(&inner.membership_tx), load(&inner.membership_rx));
-        let (mut udp_tx_bytes, mut udp_rx_bytes) = (
-            load(&inner.ended_tx) + membership_tx_bytes,
-            load(&inner.ended_rx) + membership_rx_bytes,
-        );
-        for c in conns.map.values() {
-            let stats = c.conn.stats();
-            udp_tx_bytes += stats.udp_tx.bytes;
-            udp_rx_bytes += stats.udp_rx.bytes;
-        }
-        NodeStats {
-            connections: conns.map.len(),
-            violations: load(&inner.violations),
-            refused: load(&inner.refused),
-            udp_tx_bytes,
-            udp_rx_bytes,
-            datagrams_sent: load(&inner.datagrams_sent),
-            datagrams_received: load(&inner.datagrams_received),
-            datagrams_refused: load(&inner.datagrams_refused),
-            membership_tx_bytes,
-            membership_rx_bytes,
-        }
+        self.inner.stats()
     }
 
     /// Fault injection: refuses connections and membership datagrams to and

@@ -13,10 +13,12 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tracing::Span;
 
 use crate::Error;
 use crate::clock::now_ms;
 use crate::durable::{Durable, Persist};
+use crate::metrics::ObjectMetrics;
 use repred_store::{Batch, Store, StoreError};
 
 /// How many applied changes a slow [`Changes`] reader may fall behind
@@ -121,6 +123,13 @@ struct Inner<T: Reduce> {
     traffic: Traffic,
     /// The latest refusals, oldest first, at most [`REFUSALS_KEPT`].
     refusals: std::collections::VecDeque<Refusal>,
+    /// The replica's counters when last read: the metrics count the
+    /// difference.
+    last: Stats,
+    /// Each live stream's span (its connection's peer, its object), so
+    /// that an event of that stream is logged in it whichever task drains
+    /// it.
+    spans: HashMap<StreamId, Span>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -131,6 +140,7 @@ pub(crate) struct Shared<T: Reduce> {
     durable: Option<Arc<Durable>>,
     wake: watch::Sender<u64>,
     changes: broadcast::Sender<Result<Applied<T::Update>, Lagged>>,
+    metrics: ObjectMetrics,
 }
 
 impl<T> Shared<T>
@@ -138,26 +148,35 @@ where
     T: Reduce + Send + 'static,
     T::Update: Send + Sync + 'static,
 {
-    /// An object whose log the node's store keeps.
+    /// An object whose log the node's store keeps; `node` labels its
+    /// metrics.
     pub(crate) fn with_store(
         name: String,
         replica: Replica<T>,
         durable: Option<Arc<Durable>>,
+        node: &str,
     ) -> Arc<Self> {
         let subscription = replica.subscribe();
+        // A loaded replica's counters start where its log left them; only
+        // what happens from now on is this process's to count.
+        let last = replica.stats();
         let inner = Inner {
             replica,
             subscription,
             live: HashMap::new(),
             traffic: Traffic::default(),
             refusals: Default::default(),
+            last,
+            spans: HashMap::new(),
         };
+        let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
             name,
             durable,
             inner: Mutex::new(inner),
             wake: watch::Sender::new(0),
             changes: broadcast::Sender::new(CHANGES_CAPACITY),
+            metrics,
         })
     }
 
@@ -168,9 +187,10 @@ where
     }
 
     /// After anything that may have changed the state: publish the applied
-    /// changes, keep the refusals among the events, and wake the writers.
+    /// changes, log and count what happened, keep the refusals among the
+    /// events, and wake the writers.
     fn settle(&self, inner: &mut Inner<T>) {
-        let Inner { replica, subscription, refusals, .. } = inner;
+        let Inner { replica, subscription, .. } = inner;
         let listening = self.changes.receiver_count() > 0;
         for delivery in replica.changes(subscription) {
             if !listening {
@@ -189,19 +209,82 @@ where
             };
             let _ = self.changes.send(item);
         }
+        self.observe(inner);
+        self.wake_writers();
+    }
+
+    /// Drains the replica's events into the log (each in its stream's
+    /// span), keeps the refusals, and counts what the replica did since
+    /// the last look.
+    fn observe(&self, inner: &mut Inner<T>) {
+        let Inner { replica, refusals, last, spans, .. } = inner;
+        let span_of = |stream: StreamId| spans.get(&stream).cloned().unwrap_or_else(Span::current);
         // Events are bounded by the core; what the transport keeps of them
         // is the refusals, for whoever asks.
         while let Some(event) = replica.poll_event() {
-            if let Event::End { reason, .. } = event
-                && is_refusal(&reason)
-            {
-                if refusals.len() >= REFUSALS_KEPT {
-                    refusals.pop_front();
+            match event {
+                Event::Header { stream, id, clock, .. } => tracing::debug!(
+                    parent: &span_of(stream),
+                    peer_source = %id,
+                    peer_sources = clock.len(),
+                    "hello received"
+                ),
+                Event::Synced { stream } => {
+                    let s = replica.stream_stats(stream).unwrap_or_default();
+                    tracing::info!(
+                        parent: &span_of(stream),
+                        bytes_sent = s.bytes_sent,
+                        bytes_received = s.bytes_received,
+                        updates_sent = s.updates_sent,
+                        updates_received = s.updates_received,
+                        snapshots_sent = s.snapshots_sent,
+                        "synced"
+                    );
                 }
-                refusals.push_back(Refusal { reason, at_ms: now_ms() });
+                Event::End { stream, reason } if is_refusal(&reason) => {
+                    self.metrics.streams_refused.increment(1);
+                    tracing::warn!(
+                        parent: &span_of(stream),
+                        reason = ?reason,
+                        "stream refused: one side refused the other's frames (the same name \
+                         replicated with two types?); the connection goes on"
+                    );
+                    if refusals.len() >= REFUSALS_KEPT {
+                        refusals.pop_front();
+                    }
+                    refusals.push_back(Refusal { reason, at_ms: now_ms() });
+                }
+                Event::End { stream, reason } => {
+                    tracing::debug!(parent: &span_of(stream), reason = ?reason, "stream ended");
+                }
+                Event::Rejected { source, ts, reason } => tracing::debug!(
+                    source = %source,
+                    ts = ?ts,
+                    reason = %reason,
+                    "update refused"
+                ),
+                Event::SnapshotRefused { stream, peer, reason } => tracing::debug!(
+                    parent: &span_of(stream),
+                    peer_source = %peer,
+                    reason = %reason,
+                    "snapshot refused"
+                ),
+                Event::Stale { stream, peer, floor } => tracing::warn!(
+                    parent: &span_of(stream),
+                    peer_source = %peer,
+                    floor = ?floor,
+                    "stale: the peer forgot deletes this replica may still hold; \
+                     Replica::rejoin starts it over from a peer's snapshot"
+                ),
+                _ => {}
             }
         }
-        self.wake_writers();
+        let now = replica.stats();
+        self.metrics.replica(last, &now);
+        if now.snapshots > last.snapshots {
+            tracing::info!(merged = now.snapshots - last.snapshots, "snapshot merged");
+        }
+        *last = now;
     }
 
     /// Tells every stream's writer there may be something to send.
@@ -209,9 +292,15 @@ where
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn remember(inner: &mut Inner<T>, stream: StreamId) {
-        if let Some(stats) = inner.replica.stream_stats(stream) {
-            inner.live.insert(stream, stats);
+    /// Keeps a live stream's counters, and counts what it moved since the
+    /// last look.
+    fn remember(&self, inner: &mut Inner<T>, stream: StreamId) {
+        let Some(stats) = inner.replica.stream_stats(stream) else { return };
+        let old = inner.live.insert(stream, stats).unwrap_or_default();
+        self.metrics.stream(&old, &stats);
+        if stats.snapshots_sent > old.snapshots_sent {
+            let span = inner.spans.get(&stream).cloned().unwrap_or_else(Span::current);
+            tracing::info!(parent: &span, "snapshot sent");
         }
     }
 
@@ -242,14 +331,18 @@ where
         let mut inner = self.lock();
         let id = inner.replica.open(StreamOpts::default())?;
         inner.traffic.sessions += 1;
-        Self::remember(&mut inner, id);
+        // Opened from the stream's task, in the stream's span.
+        inner.spans.insert(id, Span::current());
+        self.metrics.streams_opened.increment(1);
+        self.metrics.streams_open.increment(1.0);
+        self.remember(&mut inner, id);
         Ok(id)
     }
 
     fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError> {
         let mut inner = self.lock();
         let result = inner.replica.handle(stream, now_ms(), bytes);
-        Self::remember(&mut inner, stream);
+        self.remember(&mut inner, stream);
         self.settle(&mut inner);
         if let Some(durable) = &self.durable {
             // Remote changes are saved promptly too, though nobody waits.
@@ -261,7 +354,7 @@ where
     fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError> {
         let mut inner = self.lock();
         let written = inner.replica.poll_transmit(stream, out);
-        Self::remember(&mut inner, stream);
+        self.remember(&mut inner, stream);
         written
     }
 
@@ -285,12 +378,14 @@ where
 
     fn forget(&self, stream: StreamId) {
         let mut inner = self.lock();
-        Self::remember(&mut inner, stream);
+        self.remember(&mut inner, stream);
         inner.replica.abort(stream);
         if let Some(stats) = inner.live.remove(&stream) {
             inner.traffic.add(&stats);
+            self.metrics.streams_open.decrement(1.0);
         }
-        while inner.replica.poll_event().is_some() {}
+        self.observe(&mut inner);
+        inner.spans.remove(&stream);
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {

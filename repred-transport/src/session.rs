@@ -6,7 +6,6 @@
 //! between a quinn stream and the core's `handle` / `poll_transmit`.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use repred_node::ConnId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::CloseCode;
 use crate::clock::{instant_at, sleep_until_some};
@@ -74,7 +74,9 @@ pub(crate) async fn run_connection(
                     .collect();
                 for (name, object) in objects {
                     if lock(&opened).insert(name.clone()) {
-                        streams.spawn(open_stream(inner.clone(), conn.clone(), name, object));
+                        let span = tracing::error_span!("stream", object = %name);
+                        let task = open_stream(inner.clone(), conn.clone(), name, object);
+                        streams.spawn(task.instrument(span));
                     }
                 }
             }
@@ -91,14 +93,20 @@ pub(crate) async fn run_connection(
             },
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    // The object is named by the stream's first bytes.
+                    let span = tracing::error_span!("stream", object = tracing::field::Empty);
                     let task = accept_stream(inner.clone(), conn.clone(), send, recv, opened.clone());
-                    streams.spawn(task);
+                    streams.spawn(task.instrument(span));
                 }
                 Err(_) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = phase.changed() => {}
         }
+    }
+    match conn.close_reason() {
+        Some(reason) => tracing::info!(reason = %reason, "disconnected"),
+        None => tracing::info!("disconnected"),
     }
     inner.unregister(key);
 }
@@ -145,6 +153,7 @@ async fn accept_stream(
         Ok(name) => name,
         Err(detail) => return inner.violation(&conn, CloseCode::BadPreamble, &detail),
     };
+    tracing::Span::current().record("object", tracing::field::display(&name));
     if !lock(&opened).insert(name.clone()) {
         return inner.violation(&conn, CloseCode::DuplicateStream, &name);
     }
@@ -199,7 +208,9 @@ async fn drive(inner: &Inner, object: Arc<dyn Object>, mut send: SendStream, mut
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {
-        inner.violations.fetch_add(1, Ordering::Relaxed);
+        // Logged with the stream's end (`Shared::settle`), as the core
+        // reports it.
+        inner.count_violation();
         let _ = recv.stop(CloseCode::from(e).varint());
     };
     let reader = async {

@@ -478,14 +478,23 @@ async fn handshake(client: &quinn::Endpoint, addr: SocketAddr) -> Result<(), Con
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_node_is_refused_both_ways_while_the_others_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let x = spawn(dir.path(), &[]).await;
+    // On fixed ports: a node on port 0 keeps its certificate in memory, and
+    // the raw clients below load each node's from its file.
+    let on_port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let x = fast(dir.path()).listen(on_port()).spawn().await.unwrap();
     let x_id = format_node_id(x.id());
     // A has a data directory of its own, with the deny list in it.
     let a_dir = tempfile::tempdir().unwrap();
     std::fs::copy(dir.path().join(CA_FILE), a_dir.path().join(CA_FILE)).unwrap();
     admin(&[os("revoke"), os("--dir"), a_dir.path().as_os_str(), os(&x_id)]);
-    let a = spawn(a_dir.path(), &[x.addr()]).await;
-    let d = fast(dir.path()).deny([x.id()]).bootstrap([x.addr(), a.addr()]).spawn().await.unwrap();
+    let a = fast(a_dir.path()).listen(on_port()).bootstrap([x.addr()]).spawn().await.unwrap();
+    let d = fast(dir.path())
+        .listen(on_port())
+        .deny([x.id()])
+        .bootstrap([x.addr(), a.addr()])
+        .spawn()
+        .await
+        .unwrap();
     let b = spawn(dir.path(), &[x.addr(), a.addr()]).await;
     let handles: Vec<_> = [&a, &b, &d, &x]
         .iter()
