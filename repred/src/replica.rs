@@ -1033,7 +1033,13 @@ impl<T: Reduce> Replica<T> {
         for entry in entries {
             match &entry {
                 Entry::Change(e) | Entry::Unchanged(e) => {
-                    core.state.reduce(e.change.clone());
+                    // Recorded as they travel, without the stamps that are
+                    // the envelope's own: filled back in before the merge,
+                    // as on arrival, or a lattice that orders by stamps
+                    // (last-writer-wins, observed-remove) drops them.
+                    let mut change = e.change.clone();
+                    T::stamp(&mut change, e.stamp());
+                    core.state.reduce(change);
                     core.clock.observe(e.source, e.ts);
                     core.last = core.last.max(e.ts);
                 }
