@@ -81,7 +81,10 @@ fn custom(input: &Input, reduce: &syn::Path, update: &Type) -> TokenStream {
     let update_ty = quote_spanned! {update.span()=> #update};
     quote! {
         const _: () = {
+            // The signature checks name the user's types in a `fn` pointer,
+            // which clippy would otherwise call complex in the user's code.
             #[automatically_derived]
+            #[allow(clippy::type_complexity)]
             impl #impl_g ::repred::Reduce for #ident #ty_g #where_c {
                 type Update = #update_ty;
 
