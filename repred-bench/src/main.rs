@@ -13,13 +13,16 @@
 //! QUIC, against raw quinn), `resync` (equal replicas over QUIC), `fanout`
 //! (one writer, 16 subscribers over QUIC), `swim` (membership on real
 //! sockets: repred-transport clusters beside chitchat over UDP, idle bytes,
-//! failure detection, false positives), `all` (every one of them). Each
+//! failure detection, false positives), `tombstones` (1M inserts and 1M
+//! deletes on three replicas, then collection: tombstones and RSS), `all`
+//! (every one of them). Each
 //! scenario's environment variables are documented where it is.
 
 mod cluster;
 mod gossip;
 mod quic;
 mod swim;
+mod tombstones;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         "resync" => quic::resync(),
         "fanout" => quic::fanout(),
         "swim" => swim::swim(),
+        "tombstones" => tombstones::tombstones(),
         "all" => {
             digest();
             memory();
@@ -158,10 +162,11 @@ fn main() -> ExitCode {
             quic::resync();
             quic::fanout();
             swim::swim();
+            tombstones::tombstones();
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, all"
             );
             return ExitCode::from(2);
         }
