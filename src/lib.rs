@@ -1,6 +1,24 @@
 //! Fixtures shared by the workspace's integration tests and examples: small
 //! reducers shaped like the models of the JavaScript originals, kept minimal
 //! on purpose so that the core's tests do not depend on the stock lattices.
+//!
+//! ```
+//! use repred::{Network, Replica, SourceId};
+//! use repred_suite::Model;
+//!
+//! let mut net = Network::new();
+//! let a = net.add(Replica::new(SourceId::new("a")?, Model::default()));
+//! let b = net.add(Replica::new(SourceId::new("b")?, Model::default()));
+//! net.link(a, b);
+//! net.update(a, Model::set("colour", "red"))?;
+//! net.advance(1);
+//! net.update(b, Model::set("colour", "blue"))?; // newer: wins everywhere
+//! net.pump();
+//! assert_eq!(net[a].state().get("colour"), Some("blue"));
+//! assert_eq!(net[a].state(), net[b].state());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 

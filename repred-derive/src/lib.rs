@@ -1,10 +1,31 @@
 //! `#[derive(Replicated)]`: the proc macro behind `repred::Replicated`.
 //!
-//! Use it through `repred` (feature `derive`, on by default); see the
-//! `repred` crate docs for examples. The expansion runs in phases, as in
-//! serde_derive: `ast` parses the input keeping spans, `attr` reads the
+//! Use it through `repred` (feature `derive`, on by default):
+//!
+//! ```
+//! use repred::{GSet, LwwRegister, Max, Reduce, Replicated};
+//!
+//! /// Each field a lattice: the derive writes the merge and `PlayerChange`.
+//! #[derive(Replicated, Default, Debug)]
+//! struct Player {
+//!     name: LwwRegister<String>,
+//!     best: Max<u32>,
+//!     badges: GSet<String>,
+//! }
+//!
+//! let mut player = Player::default();
+//! let change = player.reduce(PlayerChange::best(42).with_badges(GSet::add("first".into())));
+//! assert_eq!(format!("{change:?}"), r#"Some(PlayerChange { best: Max(Some(42)), badges: GSet({"first"}) })"#);
+//! assert_eq!(player.reduce(PlayerChange::best(7)), None, "below the best: nothing changed");
+//! ```
+//!
+//! See [`Replicated`] for both modes and every key, and the `repred` crate
+//! docs for replicas. The expansion runs in phases, as in serde_derive:
+//! `ast` parses the input keeping spans, `attr` reads the
 //! `#[replicated(...)]` attributes, `check` validates (collecting every
 //! error), and `expand` writes the code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod ast;
 mod attr;

@@ -9,6 +9,37 @@
 //! new replicas' clocks cover it, and lets the next live node stand in for
 //! an absent owner until the owner returns (hinted handoff).
 //!
+//! ```
+//! use repred::SourceId;
+//! use repred_place::{ObjectKey, Placement};
+//!
+//! let node = |i: u32| SourceId::new(format!("node-{i}")).unwrap();
+//! let mut placement = Placement::default();
+//! for i in 0..8 {
+//!     placement.set(node(i), true); // a live member, as SWIM reports it
+//! }
+//! // Every node computes the same three replicas for a name, asking nobody.
+//! let key = ObjectKey::of(b"users/42");
+//! let replicas = placement.replicas(key, 3);
+//! println!("users/42 lives on {replicas:?}");
+//! assert_eq!(replicas.len(), 3);
+//!
+//! // A ninth node joins: only some objects move, and only onto it.
+//! let before: Vec<Vec<SourceId>> =
+//!     (0..1_000).map(|i| placement.replicas(ObjectKey::of(format!("o{i}").as_bytes()), 3)).collect();
+//! placement.set(node(8), true);
+//! let mut moved = 0;
+//! for (i, old) in before.iter().enumerate() {
+//!     let new = placement.replicas(ObjectKey::of(format!("o{i}").as_bytes()), 3);
+//!     if &new != old {
+//!         moved += 1;
+//!         assert!(new.contains(&node(8)), "an object moves only to make room for the newcomer");
+//!     }
+//! }
+//! println!("{moved} of 1,000 objects gained node-8 as a replica");
+//! assert!(moved > 0 && moved < 600);
+//! ```
+//!
 //! Both are sans-IO, like the other cores of repred: no sockets, no clock,
 //! no randomness. `repred-sim` drives them over the simulator's node cores
 //! and replicas; a QUIC node drives them over its connections.

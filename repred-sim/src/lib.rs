@@ -10,6 +10,40 @@
 //! without a store, joins and leaves. One seed replays one run exactly, and
 //! every failure message names its seed.
 //!
+//! Twenty nodes on a lossy network split in two halves, each half writes,
+//! the network heals, and every replica ends with every write:
+//!
+//! ```
+//! use repred::GSet;
+//! use repred_sim::{Sim, SimConfig};
+//!
+//! let config = SimConfig::new(42).loss(0.02).latency(2, 30);
+//! let mut sim = Sim::new(config, GSet::<u32>::default);
+//! let first = sim.add_node(&[]);
+//! for _ in 1..20 {
+//!     sim.add_node(&[first]);
+//! }
+//! for node in sim.node_ids() {
+//!     sim.replicate(node, 0); // every node holds object 0
+//! }
+//! sim.run_for(5_000);
+//!
+//! sim.partition(|node| node % 2); // odd and even nodes lose each other
+//! sim.update(2, 0, GSet::add(1))?;
+//! sim.update(3, 0, GSet::add(2))?;
+//! sim.run_for(10_000);
+//! assert!(sim.objects_converged(0).is_err(), "apart, the halves differ");
+//!
+//! sim.heal();
+//! let took = sim.run_until(60_000, 500, |s| {
+//!     s.membership_converged().is_ok() && s.objects_converged(0).is_ok()
+//! });
+//! println!("seed {}: whole again {took:?} ms after healing", sim.seed());
+//! assert!(took.is_some());
+//! assert_eq!(sim.node(7).replica(0).map(|r| r.state().len()), Some(2));
+//! # Ok::<(), repred::ReplicaError>(())
+//! ```
+//!
 //! Tests run it at 1,000 nodes (`tests/cluster.rs`), benches at 10,000.
 //!
 //! [`Placer`] runs placement (`repred-place`) on top: each node's keeper

@@ -37,7 +37,7 @@
 //!
 //! The sender must not be on the receiver's deny list. An attached
 //! certificate must stand for the sender id
-//! ([`certificate_id`](crate::identity::certificate_id)), carry a valid
+//! ([`crate::identity::certificate_id`]), carry a valid
 //! signature of this datagram, and pass the very checks of the TLS
 //! handshake (issued by the cluster, valid now, not denied); the receiver
 //! then keeps it (at most [`MAX_CERTIFICATES`], checked again every ten

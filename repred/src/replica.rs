@@ -55,9 +55,9 @@ pub struct Config {
     /// The most sources this replica does not know that one stream may name
     /// in claims it has not backed with updates (announcements, clock
     /// advances, refused updates). Past it the peer is cut off
-    /// ([`PeerMisbehaved::TooManySources`]). Clocks a peer sends are not
-    /// refused for their size, but only this many of their unknown sources
-    /// are remembered. Default 100,000.
+    /// ([`PeerMisbehaved::TooManySources`](crate::PeerMisbehaved::TooManySources)).
+    /// Clocks a peer sends are not refused for their size, but only this
+    /// many of their unknown sources are remembered. Default 100,000.
     pub max_unknown_sources: usize,
     /// How long a peer that announced an update (lazy relay) or was asked
     /// for one may take to deliver it before another peer that has it is
@@ -774,8 +774,9 @@ impl<T: Reduce> Replica<T> {
     /// store). As a safety net, every replica draws a random
     /// [life](Replica::life) here, and a peer that knew the id in another
     /// life refuses the stream
-    /// ([`PeerMisbehaved::Reincarnated`], a typed reason on both ends)
-    /// instead of splitting silently; only peers that met the old life
+    /// ([`PeerMisbehaved::Reincarnated`](crate::PeerMisbehaved::Reincarnated),
+    /// a typed reason on both ends) instead of splitting silently; only
+    /// peers that met the old life
     /// directly can tell, so do not rely on it alone.
     pub fn new(id: SourceId, state: T) -> Self {
         Self::with_config(id, state, Config::default())
