@@ -132,6 +132,14 @@ impl Durable {
         self.objects.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(object));
     }
 
+    /// Stops saving the object at `object` (its address: the node released
+    /// it). A round under way may still commit what it prepared of it;
+    /// [`flush`](Durable::flush) after this waits that out.
+    pub(crate) fn unregister(&self, object: *const ()) {
+        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        objects.retain(|o| !std::ptr::addr_eq(o.as_ptr(), object));
+    }
+
     /// Asks for everything recorded so far to be saved; returns the ticket
     /// to wait for.
     pub(crate) fn request(&self) -> u64 {

@@ -96,6 +96,7 @@ pub mod membership;
 pub mod metrics;
 mod node;
 mod object;
+mod release;
 mod session;
 mod udp;
 

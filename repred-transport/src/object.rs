@@ -98,6 +98,23 @@ pub(crate) trait Object: Send + Sync + 'static {
     fn poll_timeout(&self) -> Option<u64>;
     /// Runs the replica's due timers.
     fn handle_timeout(&self);
+    /// Which end, if either, ended `stream` because it stopped
+    /// replicating the object (a Close saying `Disposed`:
+    /// [`Node::release`](crate::Node::release)). Known until
+    /// [`forget`](Object::forget).
+    fn released(&self, stream: StreamId) -> Option<Released>;
+    /// Whether it was disposed of: being released (or the node stops), so
+    /// no stream is opened or taken for it.
+    fn is_disposed(&self) -> bool;
+}
+
+/// Which end of a stream released its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// This node.
+    Here,
+    /// The peer.
+    Peer,
 }
 
 /// A stream of an object that ended because one side refused the other:
@@ -130,6 +147,8 @@ struct Inner<T: Reduce> {
     /// that an event of that stream is logged in it whichever task drains
     /// it.
     spans: HashMap<StreamId, Span>,
+    /// Live streams that ended because one end released the object.
+    released: HashMap<StreamId, Released>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -168,6 +187,7 @@ where
             refusals: Default::default(),
             last,
             spans: HashMap::new(),
+            released: HashMap::new(),
         };
         let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
@@ -217,7 +237,7 @@ where
     /// span), keeps the refusals, and counts what the replica did since
     /// the last look.
     fn observe(&self, inner: &mut Inner<T>) {
-        let Inner { replica, refusals, last, spans, .. } = inner;
+        let Inner { replica, refusals, last, spans, released, .. } = inner;
         let span_of = |stream: StreamId| spans.get(&stream).cloned().unwrap_or_else(Span::current);
         // Events are bounded by the core; what the transport keeps of them
         // is the refusals, for whoever asks.
@@ -255,6 +275,15 @@ where
                     refusals.push_back(Refusal { reason, at_ms: now_ms() });
                 }
                 Event::End { stream, reason } => {
+                    match reason {
+                        EndReason::Local(CloseReason::Disposed) => {
+                            released.insert(stream, Released::Here);
+                        }
+                        EndReason::Remote(CloseReason::Disposed) => {
+                            released.insert(stream, Released::Peer);
+                        }
+                        _ => {}
+                    }
                     tracing::debug!(parent: &span_of(stream), reason = ?reason, "stream ended");
                 }
                 Event::Rejected { source, ts, reason } => tracing::debug!(
@@ -386,6 +415,7 @@ where
         }
         self.observe(&mut inner);
         inner.spans.remove(&stream);
+        inner.released.remove(&stream);
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -406,6 +436,14 @@ where
         let mut inner = self.lock();
         inner.replica.handle_timeout(now_ms());
         self.settle(&mut inner);
+    }
+
+    fn released(&self, stream: StreamId) -> Option<Released> {
+        self.lock().released.get(&stream).copied()
+    }
+
+    fn is_disposed(&self) -> bool {
+        self.lock().replica.is_disposed()
     }
 }
 

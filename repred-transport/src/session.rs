@@ -12,7 +12,7 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use repred::SessionError;
 use repred_node::ConnId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::Instrument;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::CloseCode;
 use crate::clock::{instant_at, sleep_until_some};
 use crate::node::{Inner, Phase, lock};
-use crate::object::Object;
+use crate::object::{Object, Released};
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 64 << 10;
@@ -29,6 +29,75 @@ const READ_CHUNK: usize = 64 << 10;
 const WRITE_BATCH: usize = 256 << 10;
 /// How long a stream may take to name its object.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer's stream for an object may wait for this side's last
+/// stream of it to end (the peer ended it, and opened another at once,
+/// after this node released the object) before it counts as a duplicate.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// The objects a connection has a stream of, one each.
+#[derive(Default)]
+struct Streamed {
+    names: Mutex<HashSet<String>>,
+    /// Bumped whenever a name is free again.
+    freed: watch::Sender<u64>,
+}
+
+/// A connection's stream of one object. The name is free again when it
+/// is dropped, with the stream's task, unless [`kept`](Claim::keep): a
+/// stream that ended for any reason but a release keeps its name taken
+/// for as long as the connection lasts (one stream per object per
+/// connection, refused or not).
+struct Claim {
+    streamed: Arc<Streamed>,
+    name: String,
+    kept: bool,
+}
+
+impl Claim {
+    /// Frees the name if either end released the object, so that it may be
+    /// streamed again; keeps it taken otherwise. Whether it was the peer.
+    fn end(mut self, released: Option<Released>) -> bool {
+        self.kept = released.is_none();
+        released == Some(Released::Peer)
+    }
+}
+
+impl Streamed {
+    fn claim(self: &Arc<Self>, name: &str) -> Option<Claim> {
+        lock(&self.names).insert(name.to_string()).then(|| Claim {
+            streamed: self.clone(),
+            name: name.to_string(),
+            kept: false,
+        })
+    }
+
+    /// Claims `name`, waiting up to [`REOPEN_WAIT`] for its last stream
+    /// to end.
+    async fn claim_within(self: &Arc<Self>, name: &str) -> Option<Claim> {
+        let mut freed = self.freed.subscribe();
+        let wait = async {
+            loop {
+                if let Some(claim) = self.claim(name) {
+                    return Some(claim);
+                }
+                if freed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        timeout(REOPEN_WAIT, wait).await.ok().flatten()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        lock(&self.streamed.names).remove(&self.name);
+        self.streamed.freed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
 
 /// Runs one connection: opens a stream per object (on the dialing side),
 /// accepts the peer's, carries the node cores' messages both ways
@@ -41,11 +110,12 @@ pub(crate) async fn run_connection(
     messages: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     let Some(conn) = lock(&inner.conns).map.get(&key).map(|c| c.conn.clone()) else { return };
-    let opened: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let streamed: Arc<Streamed> = Arc::default();
     let mut registry = inner.registry.subscribe();
     registry.mark_changed();
     let mut phase = inner.phase.subscribe();
-    let mut streams: JoinSet<()> = JoinSet::new();
+    // Each says whether the peer released its object.
+    let mut streams: JoinSet<bool> = JoinSet::new();
     // Not drained at shutdown: they end with the connection.
     let mut control: JoinSet<()> = JoinSet::new();
     control.spawn(crate::control::write(conn.clone(), messages));
@@ -73,9 +143,13 @@ pub(crate) async fn run_connection(
                     .map(|(n, o)| (n.clone(), o.clone()))
                     .collect();
                 for (name, object) in objects {
-                    if lock(&opened).insert(name.clone()) {
+                    // One being released waits for the registry to change.
+                    if object.is_disposed() {
+                        continue;
+                    }
+                    if let Some(claim) = streamed.claim(&name) {
                         let span = tracing::error_span!("stream", object = %name);
-                        let task = open_stream(inner.clone(), conn.clone(), name, object);
+                        let task = open_stream(inner.clone(), conn.clone(), claim, object);
                         streams.spawn(task.instrument(span));
                     }
                 }
@@ -95,12 +169,19 @@ pub(crate) async fn run_connection(
                 Ok((send, recv)) => {
                     // The object is named by the stream's first bytes.
                     let span = tracing::error_span!("stream", object = tracing::field::Empty);
-                    let task = accept_stream(inner.clone(), conn.clone(), send, recv, opened.clone());
+                    let task = accept_stream(inner.clone(), conn.clone(), send, recv, streamed.clone());
                     streams.spawn(task.instrument(span));
                 }
                 Err(_) => break,
             },
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(done) = streams.join_next(), if !streams.is_empty() => {
+                if outgoing && done.unwrap_or(false) {
+                    // The peer released the object: a new stream waits at
+                    // its end in case it replicates it again (the
+                    // accepting side cannot open one).
+                    registry.mark_changed();
+                }
+            }
             _ = phase.changed() => {}
         }
     }
@@ -119,12 +200,20 @@ fn preamble(name: &str) -> Vec<u8> {
     bytes
 }
 
-async fn open_stream(inner: Arc<Inner>, conn: Connection, name: String, object: Arc<dyn Object>) {
-    let Ok((mut send, recv)) = conn.open_bi().await else { return };
-    if send.write_all(&preamble(&name)).await.is_err() {
-        return;
+/// Opens this side's stream of an object; whether the peer ended it by
+/// releasing the object.
+async fn open_stream(
+    inner: Arc<Inner>,
+    conn: Connection,
+    claim: Claim,
+    object: Arc<dyn Object>,
+) -> bool {
+    let Ok((mut send, recv)) = conn.open_bi().await else { return claim.end(None) };
+    if send.write_all(&preamble(&claim.name)).await.is_err() {
+        return claim.end(None);
     }
-    drive(&inner, object, send, recv).await;
+    let released = drive(&inner, object, send, recv).await;
+    claim.end(released)
 }
 
 /// Reads a stream's first bytes: the object's name, one length byte first.
@@ -147,16 +236,20 @@ async fn accept_stream(
     conn: Connection,
     send: SendStream,
     mut recv: RecvStream,
-    opened: Arc<Mutex<HashSet<String>>>,
-) {
+    streamed: Arc<Streamed>,
+) -> bool {
     let name = match read_preamble(&mut recv).await {
         Ok(name) => name,
-        Err(detail) => return inner.violation(&conn, CloseCode::BadPreamble, &detail),
+        Err(detail) => {
+            inner.violation(&conn, CloseCode::BadPreamble, &detail);
+            return false;
+        }
     };
     tracing::Span::current().record("object", tracing::field::display(&name));
-    if !lock(&opened).insert(name.clone()) {
-        return inner.violation(&conn, CloseCode::DuplicateStream, &name);
-    }
+    let Some(claim) = streamed.claim_within(&name).await else {
+        inner.violation(&conn, CloseCode::DuplicateStream, &name);
+        return false;
+    };
     // An object this node has not replicated yet: the stream waits for it
     // (the stream cap bounds how many can wait), so that nodes may call
     // `replicate` in any order.
@@ -166,14 +259,16 @@ async fn accept_stream(
         // A known object wins over shutdown: the session then drains and
         // ends with a Close like any other.
         biased;
-        found = registry.wait_for(|r| r.contains_key(&name)) => match found {
+        // Not one being released: the stream waits for the next.
+        found = registry.wait_for(|r| r.get(&name).is_some_and(|o| !o.is_disposed())) => match found {
             Ok(r) => r.get(&name).cloned(),
             Err(_) => None,
         },
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
-    let Some(object) = object else { return };
-    drive(&inner, object, send, recv).await;
+    let Some(object) = object else { return claim.end(None) };
+    let released = drive(&inner, object, send, recv).await;
+    claim.end(released)
 }
 
 /// Drops the core's stream when the task ends, however it ends (a task is
@@ -203,8 +298,17 @@ impl Drop for Forget {
 /// it finishes, and the stream is stopped with the reason's code, so that
 /// one object's mistake (the same name replicated with two types, say)
 /// costs neither the connection nor the other objects.
-async fn drive(inner: &Inner, object: Arc<dyn Object>, mut send: SendStream, mut recv: RecvStream) {
-    let Ok(stream) = object.open() else { return };
+///
+/// Returns which end, if either, ended the stream by releasing the
+/// object.
+async fn drive(
+    inner: &Inner,
+    object: Arc<dyn Object>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Option<Released> {
+    // Disposed of: the node is releasing it (or shutting down).
+    let Ok(stream) = object.open() else { return Some(Released::Here) };
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {
@@ -213,25 +317,28 @@ async fn drive(inner: &Inner, object: Arc<dyn Object>, mut send: SendStream, mut
         inner.count_violation();
         let _ = recv.stop(CloseCode::from(e).varint());
     };
+    // Whether the peer sent anything at all.
     let reader = async {
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut heard = false;
         loop {
             match recv.read(&mut buf).await {
                 Ok(Some(n)) => {
+                    heard |= n > 0;
                     if let Err(e) = object.handle(stream, &buf[..n]) {
                         if let SessionError::Peer(e) = e {
                             refuse(&mut recv, &e);
                         }
-                        return;
+                        return heard;
                     }
                     if !object.has_stream(stream) {
                         // The peer sent Close: the session is over.
-                        return;
+                        return heard;
                     }
                 }
                 Ok(None) | Err(_) => {
                     object.abort(stream);
-                    return;
+                    return heard;
                 }
             }
         }
@@ -288,5 +395,9 @@ async fn drive(inner: &Inner, object: Arc<dyn Object>, mut send: SendStream, mut
             }
         }
     };
-    tokio::join!(reader, writer);
+    let (heard, ()) = tokio::join!(reader, writer);
+    // A peer that ended the stream without a word had no session with
+    // this one: it let the object go just as the stream came (see
+    // `Node::release`), and the stream may come again.
+    object.released(stream).or((!heard).then_some(Released::Peer))
 }
