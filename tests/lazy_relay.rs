@@ -352,8 +352,24 @@ fn relays_forward_updates_whole_so_two_paths_cannot_leave_a_gap() {
         let now = Network::<GSet<u8>>::EPOCH + 10;
         let mut r1: Replica<GSet<u8>> = Replica::new(id("r1"), GSet::default());
         let mut r2: Replica<GSet<u8>> = Replica::new(id("r2"), GSet::default());
+        let mut seen = r1.subscribe();
         r1.apply(now, u.clone());
         r1.apply(now, v.clone());
+        // Subscribers still see what changed here, not the whole update.
+        let changed: Vec<GSet<u8>> = r1
+            .changes(&mut seen)
+            .filter_map(|d| match d {
+                repred::Delivery::Change(c) => Some(c.change.clone()),
+                repred::Delivery::Lagged { .. } => None,
+            })
+            .collect();
+        let new_in_v: GSet<u8> =
+            v.change.iter().filter(|x| !u.change.contains(x)).copied().collect();
+        let mut expected = vec![u.change.clone()];
+        if !new_in_v.is_empty() {
+            expected.push(new_in_v);
+        }
+        assert_eq!(changed, expected);
         r2.apply(now, v.clone());
         r2.apply(now, u.clone());
         // a's update from r2, b's from r1.

@@ -9,13 +9,12 @@ use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 /// reads back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Entry<U> {
-    /// An update that changed the state: relayed to peers and subscribers
-    /// as its origin wrote it, even where only part of it was new here
-    /// (a peer that takes it from this replica may lack that part, and
-    /// the stamp it takes says it holds the whole update).
+    /// A local update that changed the state: relayed to peers and
+    /// subscribers (what it changed is the update itself). Peers' updates
+    /// recorded before [`Entry::Relayed`] existed are here too.
     Change(Envelope<U>),
-    /// An update that was new but changed nothing here: relayed verbatim,
-    /// for the same reason; subscribers see nothing.
+    /// An update that was new but changed nothing here: relayed verbatim
+    /// (see [`Entry::Relayed`]); subscribers see nothing.
     Unchanged(Envelope<U>),
     /// An unsigned update that was new but changed nothing, as earlier
     /// versions recorded it: only the clock moved, and peers were
@@ -54,13 +53,28 @@ pub enum Entry<U> {
         /// The collection floor.
         floor: Timestamp,
     },
+    /// A peer's update that changed the state. Peers get it as its origin
+    /// wrote it, even where only part of it was new here: a peer that
+    /// takes it from this replica may lack that part (a lazy relay pulls
+    /// each source from its own peer), and the stamp it takes says it
+    /// holds the whole update. Subscribers get `change`, what it changed
+    /// here.
+    Relayed {
+        /// The update as it came.
+        envelope: Envelope<U>,
+        /// What it changed here (stamps equal to the envelope's left
+        /// implicit).
+        change: U,
+    },
 }
 
 impl<U> Entry<U> {
     /// The origin stamp, for entries that travel as history.
     pub fn stamp(&self) -> Option<Stamp> {
         match self {
-            Entry::Change(e) | Entry::Unchanged(e) => Some(e.stamp()),
+            Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
+                Some(e.stamp())
+            }
             Entry::Advance(stamp) => Some(*stamp),
             Entry::Proven(proof) => Some(proof.stamp),
             Entry::Merge { .. } | Entry::Covered { .. } | Entry::Collected { .. } => None,
@@ -177,7 +191,11 @@ impl<U> History<U> {
             .records
             .iter()
             .filter_map(|r| match r {
-                Entry::Change(e) | Entry::Unchanged(e) if !clock.has(e.source, e.ts) => Some(e),
+                Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. }
+                    if !clock.has(e.source, e.ts) =>
+                {
+                    Some(e)
+                }
                 _ => None,
             })
             .collect();

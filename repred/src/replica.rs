@@ -567,8 +567,8 @@ impl<T: Reduce> Core<T> {
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         match self.admit(now, envelope) {
             Ok(Admitted { stamp, change, envelope, .. }) => {
-                let applied = change.and_then(|c| self.state.reduce(c)).is_some();
-                self.record(stamp, envelope, applied)
+                let result = change.and_then(|c| self.state.reduce(c));
+                self.record(stamp, envelope, result)
             }
             Err(outcome) => outcome,
         }
@@ -599,7 +599,7 @@ impl<T: Reduce> Core<T> {
             };
         }
         for Admitted { stamp, envelope, result, .. } in staged.drain(..) {
-            self.record(stamp, envelope, result.is_some());
+            self.record(stamp, envelope, result);
         }
         // Keep the allocation for the next frame.
         self.staged = staged;
@@ -658,13 +658,22 @@ impl<T: Reduce> Core<T> {
     /// forwarded only what the other's update had not already done would
     /// leave a peer that took one update from each with neither effect,
     /// its clock saying otherwise, for ever. So an update that changed
-    /// nothing here travels on whole too ([`Entry::Unchanged`]).
-    fn record(&mut self, stamp: Stamp, envelope: Envelope<T::Update>, applied: bool) -> Outcome {
+    /// nothing here travels on whole too ([`Entry::Unchanged`]); what it
+    /// did change is kept beside it for subscribers ([`Entry::Relayed`]).
+    fn record(
+        &mut self,
+        stamp: Stamp,
+        envelope: Envelope<T::Update>,
+        result: Option<T::Update>,
+    ) -> Outcome {
         debug_assert_eq!(envelope.stamp(), stamp);
-        self.history.push(if applied {
-            Entry::Change(envelope)
-        } else {
-            Entry::Unchanged(envelope)
+        let applied = result.is_some();
+        self.history.push(match result {
+            Some(mut change) => {
+                T::unstamp(&mut change, stamp);
+                Entry::Relayed { envelope, change }
+            }
+            None => Entry::Unchanged(envelope),
         });
         self.count(applied)
     }
@@ -1033,7 +1042,7 @@ impl<T: Reduce> Replica<T> {
         core.clock = base_clock;
         for entry in entries {
             match &entry {
-                Entry::Change(e) | Entry::Unchanged(e) => {
+                Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
                     // Recorded as they travel, without the stamps that are
                     // the envelope's own: filled back in before the merge,
                     // as on arrival, or a lattice that orders by stamps
@@ -1177,7 +1186,8 @@ impl<T: Reduce> Replica<T> {
         let mut kept = Vec::new();
         let mut dropped = Vec::new();
         for seq in core.history.first_seq()..core.history.end_seq() {
-            if let Some(Entry::Change(e) | Entry::Unchanged(e)) = core.history.get(seq)
+            if let Some(Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. }) =
+                core.history.get(seq)
                 && e.source == own
             {
                 if e.ts < floor { dropped.push(e.stamp()) } else { kept.push(e.clone()) }
@@ -1333,6 +1343,9 @@ impl<'a, U> Iterator for Changes<'a, U> {
             let change = match record {
                 Entry::Change(e) => {
                     Change { source: e.source, ts: e.ts, change: &e.change, via_snapshot: false }
+                }
+                Entry::Relayed { envelope: e, change } => {
+                    Change { source: e.source, ts: e.ts, change, via_snapshot: false }
                 }
                 Entry::Merge { from, change, .. } => {
                     Change { source: *from, ts: Timestamp::ZERO, change, via_snapshot: true }

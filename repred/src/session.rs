@@ -1168,7 +1168,7 @@ impl Stream {
                     claims.advances.push(e.stamp());
                 }
                 // Sent unless the peer has it; one clock lookup for both.
-                Entry::Change(e) | Entry::Unchanged(e) => {
+                Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
                     match self.known.observe_if(e.source, e.ts, || w.put(e)) {
                         Ok(sent) => count += u64::from(sent),
                         Err(err) => {
@@ -1241,7 +1241,7 @@ impl Stream {
                 continue;
             }
             match record {
-                Entry::Change(e) | Entry::Unchanged(e) => {
+                Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
                     if !claims.is_empty() {
                         if count > 0 {
                             w.finish();
