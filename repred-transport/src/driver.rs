@@ -302,7 +302,8 @@ impl Driver {
                         tracing::info!("joined the cluster");
                     }
                     NodeEvent::Isolated => {
-                        tracing::warn!("isolated: every member this node knew is down or gone");
+                        // Also what the last peer's goodbye looks like.
+                        tracing::info!("isolated: every member this node knew is down or gone");
                     }
                     NodeEvent::Rejoined => tracing::warn!(
                         "this node was declared down (a partition, a long pause) and rejoined \
