@@ -14,10 +14,12 @@
 //! (one writer, 16 subscribers over QUIC), `swim` (membership on real
 //! sockets: repred-transport clusters beside chitchat over UDP, idle bytes,
 //! failure detection, false positives), `tombstones` (1M inserts and 1M
-//! deletes on three replicas, then collection: tombstones and RSS), `all`
-//! (every one of them). Each
+//! deletes on three replicas, then collection: tombstones and RSS),
+//! `bigstate` (a state of 20M keys, over a gigabyte, to a fresh node over
+//! loopback QUIC), `all` (every one of them). Each
 //! scenario's environment variables are documented where it is.
 
+mod bigstate;
 mod cluster;
 mod gossip;
 mod quic;
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
         "fanout" => quic::fanout(),
         "swim" => swim::swim(),
         "tombstones" => tombstones::tombstones(),
+        "bigstate" => bigstate::bigstate(),
         "all" => {
             digest();
             memory();
@@ -163,10 +166,11 @@ fn main() -> ExitCode {
             quic::fanout();
             swim::swim();
             tombstones::tombstones();
+            bigstate::bigstate();
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, bigstate, all"
             );
             return ExitCode::from(2);
         }

@@ -162,7 +162,7 @@ impl Reduce for FixedLww {
 
 /// A server and a client endpoint on 127.0.0.1 with a self-signed
 /// certificate (TLS 1.3, ring), and a connection between them.
-async fn connect() -> (Endpoint, Endpoint, Connection, Connection) {
+pub(crate) async fn connect() -> (Endpoint, Endpoint, Connection, Connection) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let der = cert.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
@@ -237,7 +237,11 @@ pub struct CatchUp {
 /// The source side: reads the peer's Hello, then a blocking encoder fills
 /// reused buffers with `poll_transmit` while a writer task hands the
 /// previous one to quinn.
-async fn serve(conn: Connection, mut source: Replica<FixedLww>) -> (Replica<FixedLww>, u64) {
+pub(crate) async fn serve<T>(conn: Connection, mut source: Replica<T>) -> (Replica<T>, u64)
+where
+    T: Reduce + Send + 'static,
+    T::Update: Send,
+{
     let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
     let sid = source.open(StreamOpts::default().tail(false)).expect("open");
     let mut buf = vec![0u8; 64 << 10];
@@ -282,6 +286,16 @@ async fn serve(conn: Connection, mut source: Replica<FixedLww>) -> (Replica<Fixe
 }
 
 async fn fetch<T: Reduce + Default>(conn: Connection, total: u64, tail: bool) -> Replica<T> {
+    fetch_until(conn, tail, |r| r.stats().applied >= total).await
+}
+
+/// A fresh replica's side of a stream: its Hello, then what comes, until
+/// `done` or the stream's end.
+pub(crate) async fn fetch_until<T: Reduce + Default>(
+    conn: Connection,
+    tail: bool,
+    done: impl Fn(&Replica<T>) -> bool,
+) -> Replica<T> {
     let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
     let mut fresh = Replica::new(SourceId::random(), T::default());
     let sid = fresh.open(StreamOpts::default().tail(tail)).expect("open");
@@ -289,7 +303,7 @@ async fn fetch<T: Reduce + Default>(conn: Connection, total: u64, tail: bool) ->
     while fresh.poll_transmit(sid, &mut out).expect("transmit") > 0 {}
     send.write_all(&out).await.expect("hello");
     out.clear();
-    while fresh.stats().applied < total {
+    while !done(&fresh) {
         let Some(chunk) = recv.read_chunk(usize::MAX, true).await.expect("read") else { break };
         fresh.handle(sid, NOW + 2_000, &chunk.bytes).expect("handle");
         while fresh.poll_transmit(sid, &mut out).unwrap_or(0) > 0 {}
@@ -350,7 +364,7 @@ pub async fn raw(bytes: usize) -> (Duration, u64) {
     (time, udp)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
