@@ -13,6 +13,11 @@ impl Node {
         self.inner.durable.is_some()
     }
 
+    /// The names of the objects this node replicates now, in order.
+    pub fn replicated(&self) -> Vec<String> {
+        self.inner.registry.borrow().keys().cloned().collect()
+    }
+
     /// Stops replicating `name`: its streams end (each peer is told the
     /// object was disposed of, and the side that dialed opens a new stream
     /// that waits in case this node replicates it again), its handles
