@@ -42,7 +42,8 @@
 //!
 //! Both are sans-IO, like the other cores of repred: no sockets, no clock,
 //! no randomness. `repred-sim` drives them over the simulator's node cores
-//! and replicas; a QUIC node drives them over its connections.
+//! and replicas; with the feature `transport`, `transport::Placer`
+//! drives a keeper on a `repred-transport` QUIC node.
 //!
 //! **The placement** ([`Scheme::Neighbours`], the default): the member of
 //! highest *rendezvous weight* for an object (a 64-bit mix of a hash of the
@@ -67,6 +68,8 @@
 
 mod keeper;
 mod placement;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use keeper::{Command, Keeper, KeeperConfig, KeeperStats, Role};
 pub use placement::{Name, ObjectKey, Placed, Placement, Scheme};

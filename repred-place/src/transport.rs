@@ -1,0 +1,625 @@
+//! Placement on real nodes: a [`Keeper`] per `repred-transport`
+//! [`Node`], fed by the node's SWIM membership, its commands carried by a
+//! small replicated object (feature `transport`).
+//!
+//! The keeper decides everything (who holds what, whom to offer an object
+//! to, when a copy may go); [`Placer`] only executes it, as
+//! `repred-sim`'s placer does on the simulator:
+//!
+//! - **The carrier.** Every node replicates one control object, the
+//!   *directory* ([`DIRECTORY`]): a last-writer-wins map in which each node
+//!   writes only its own entries: its life (a random number drawn when the
+//!   placer starts) and whether it is leaving, and for every object it
+//!   holds, `k` and the object's clock as it last saw it. An entry of a
+//!   past life of its node counts for nothing.
+//! - **Offers** ([`Command::Offer`]): an object listed by any node is on
+//!   offer to its replicas; a node that is a replica by its own member list
+//!   and does not hold it asks its keeper
+//!   ([`Keeper::handle_offer`]) and, taken, replicates it, empty, syncing by
+//!   the ordinary anti-entropy of the object's streams. The offerer's offer
+//!   is taken once the replica lists the object.
+//! - **Checks** ([`Command::Check`]): whether the peer's listed clock
+//!   covers this node's clock of the object.
+//! - **Drops** ([`Command::Drop`]): the object is released
+//!   ([`Node::release`]) once no write is under way on it and every live
+//!   replica's listed clock still covers this node's; if a write came in
+//!   meanwhile, the keeper holds it again and asks again.
+//! - **A restart** takes up what the node held in its last life (listed
+//!   under its id in the directory; a durable node's store kept each
+//!   object), and hands each to its replicas, or keeps it, as the keeper
+//!   says.
+//!
+//! What it needs and what it does not do (yet):
+//!
+//! - A durable node ([`Builder::durable`](repred_transport::Builder::durable)):
+//!   an object released may come back later, and only a store keeps its
+//!   source id and log across that (a replica made again without its log
+//!   would have to write under a new id).
+//! - Replicas sync over the connections the node core keeps; an object's
+//!   stream exists only where both ends hold it, and is not relayed by
+//!   nodes that do not. So every two replicas need a connection of their
+//!   own: a full mesh, a cluster no larger than one more than
+//!   [`Builder::fanout`](repred_transport::Builder::fanout). Connections
+//!   chosen for placement (the simulator's data links) are not built on
+//!   the transport.
+//! - The directory lists every object's holders on every node: fine for
+//!   tens of nodes and thousands of objects, not for the 100,000 objects of
+//!   the simulator's tests, which carry offers point to point.
+//! - A node that holds no replica of an object cannot read or write it
+//!   through one ([`Placer::update`] says where the replicas are:
+//!   [`PlaceError::NotHeld`]); forwarding is not built.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use repred::{Clock, LwwMap, Reduce, SourceId, Stamp, Stamped};
+use repred_transport::repred_node::MemberState;
+use repred_transport::{Handle, Node};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{RwLock, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::{Command, Keeper, KeeperConfig, KeeperStats, Role};
+
+/// The name of the directory, the control object every placing node
+/// replicates.
+pub const DIRECTORY: &str = "repred-place/directory";
+
+/// A directory entry's key: a node's own record, or one object it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+enum Key {
+    Node(SourceId),
+    Held { node: SourceId, object: String },
+}
+
+/// A directory entry, written only by the node it is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Entry {
+    /// The node's placer: its life, and whether it is leaving.
+    Node { life: u64, leaving: bool },
+    /// The node holds the object (with `k` replicas), and had this clock
+    /// of it.
+    Held { life: u64, k: u32, clock: Clock },
+}
+
+/// The control object: see the [module](self).
+type Directory = LwwMap<Key, Entry>;
+
+/// Writes to the directory: entries set (`Some`) or deleted (`None`).
+type Listing = Vec<(Key, Stamped<Option<Entry>>)>;
+
+/// Errors of a [`Placer`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlaceError {
+    /// The node could not replicate, write or release an object.
+    #[error(transparent)]
+    Transport(#[from] repred_transport::Error),
+    /// This node holds no replica of the object; read and write it on one
+    /// of its replicas.
+    #[error("this node holds no replica of {name:?}; its replicas are {replicas:?}")]
+    NotHeld {
+        /// The object.
+        name: String,
+        /// Its live replicas, by this node's member list.
+        replicas: Vec<SourceId>,
+    },
+    /// The name is the directory's.
+    #[error("{0:?} is the placement directory's own name")]
+    Reserved(String),
+    /// Placement on the transport needs a durable node (see the
+    /// [module](self)).
+    #[error("placement needs a durable node (Builder::durable)")]
+    NotDurable,
+}
+
+/// How a [`Placer`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlacerConfig {
+    /// The keepers' settings: k, the scheme, how often to ask again. Every
+    /// node must place with the same k and scheme.
+    pub keeper: KeeperConfig,
+    /// How often the placer reads the member list and the directory, runs
+    /// the keeper and publishes what changed. Default 100 ms.
+    pub tick: Duration,
+}
+
+impl Default for PlacerConfig {
+    fn default() -> Self {
+        Self { keeper: KeeperConfig::default(), tick: Duration::from_millis(100) }
+    }
+}
+
+impl PlacerConfig {
+    /// Sets [`PlacerConfig::keeper`].
+    pub fn keeper(mut self, keeper: KeeperConfig) -> Self {
+        self.keeper = keeper;
+        self
+    }
+
+    /// Sets [`PlacerConfig::tick`].
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+}
+
+/// One object this node holds.
+struct Held<T: Reduce> {
+    handle: Handle<T>,
+    k: usize,
+    /// Writes hold it shared while they run; a drop holds it alone, so
+    /// that no acknowledged write lands on a copy being released.
+    writes: Arc<RwLock<()>>,
+}
+
+/// What the placer's task and its callers share, behind one lock (never
+/// held across an await).
+struct State<T: Reduce> {
+    keeper: Keeper<String>,
+    held: BTreeMap<String, Held<T>>,
+    /// The clock last listed for each held object.
+    listed: BTreeMap<String, Clock>,
+    /// Released objects whose entries are still to be deleted.
+    unlist: BTreeSet<String>,
+    /// Whether this life's node record is listed.
+    record_listed: bool,
+}
+
+struct Shared<T: Reduce> {
+    node: Node,
+    me: SourceId,
+    life: u64,
+    directory: Handle<Directory>,
+    config: PlacerConfig,
+    started: Instant,
+    state: Mutex<State<T>>,
+}
+
+/// The directory as one node reads it: the entries of current lives.
+#[derive(Default)]
+struct View {
+    /// Node -> whether it is leaving (nodes with a record).
+    leaving: BTreeMap<SourceId, bool>,
+    /// Object -> holder -> (k, clock), current lives only.
+    held: BTreeMap<String, BTreeMap<SourceId, (usize, Clock)>>,
+    /// Objects listed under this node's id by a past life, with k.
+    mine_before: BTreeMap<String, usize>,
+}
+
+impl View {
+    fn read(directory: &Directory, me: SourceId, life: u64) -> Self {
+        let mut lives = BTreeMap::new();
+        let mut view = View::default();
+        for (key, entry) in directory.iter() {
+            if let (Key::Node(node), Entry::Node { life, leaving }) = (key, entry) {
+                lives.insert(*node, *life);
+                view.leaving.insert(*node, *leaving);
+            }
+        }
+        for (key, entry) in directory.iter() {
+            let (Key::Held { node, object }, Entry::Held { life: of, k, clock }) = (key, entry)
+            else {
+                continue;
+            };
+            let k = *k as usize;
+            if *node == me && *of != life {
+                view.mine_before.insert(object.clone(), k);
+            } else if lives.get(node) == Some(of) {
+                view.held.entry(object.clone()).or_default().insert(*node, (k, clock.clone()));
+            }
+        }
+        view
+    }
+
+    fn lists(&self, node: SourceId, object: &str) -> Option<&Clock> {
+        self.held.get(object).and_then(|h| h.get(&node)).map(|(_, c)| c)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding it; the keeper between two calls is
+    // whole.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Places objects of type `T` on k of the nodes of a cluster, from one
+/// node: runs a [`Keeper`] for the node in a task of its own (see the
+/// [module](self) for how its commands are carried).
+///
+/// Dropping it stops the task and drops the node: a crash.
+/// [`Placer::shutdown`] shuts the node down cleanly.
+pub struct Placer<T: Reduce> {
+    shared: Arc<Shared<T>>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<T: Reduce> std::fmt::Debug for Placer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placer").field("node", &self.shared.me).finish_non_exhaustive()
+    }
+}
+
+impl<T> Placer<T>
+where
+    T: Reduce + Default + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    /// Starts placing on `node`, which must be durable: replicates the
+    /// directory and starts the task (on the current tokio runtime).
+    pub fn spawn(node: Node, config: PlacerConfig) -> Result<Self, PlaceError> {
+        if !node.is_durable() {
+            return Err(PlaceError::NotDurable);
+        }
+        let directory = node.replicate(DIRECTORY, Directory::default())?;
+        let me = node.id();
+        let life = u64::from_le_bytes(
+            SourceId::random().as_bytes()[..8].try_into().expect("16 bytes hold 8"),
+        );
+        let keeper = Keeper::new(me, config.keeper.clone());
+        let state = State {
+            keeper,
+            held: BTreeMap::new(),
+            listed: BTreeMap::new(),
+            unlist: BTreeSet::new(),
+            record_listed: false,
+        };
+        let shared = Arc::new(Shared {
+            node,
+            me,
+            life,
+            directory,
+            config,
+            started: Instant::now(),
+            state: Mutex::new(state),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(shared.clone(), stopped));
+        Ok(Self { shared, stop, task: Some(task) })
+    }
+
+    /// The node it places on.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
+    }
+
+    /// Holds `name` here (a new object, empty, or this node's copy if it
+    /// holds one): the keeper offers it to its replicas, and hands it off
+    /// if this node is none of them.
+    pub fn create(&self, name: &str) -> Result<(), PlaceError> {
+        if name == DIRECTORY {
+            return Err(PlaceError::Reserved(name.to_string()));
+        }
+        let shared = &self.shared;
+        let mut state = lock(&shared.state);
+        if state.held.contains_key(name) {
+            return Ok(());
+        }
+        let k = shared.config.keeper.k;
+        let handle = shared.node.replicate(name, T::default())?;
+        state.held.insert(name.to_string(), Held { handle, k, writes: Arc::default() });
+        state.keeper.hold(shared.now(), name.to_string(), None);
+        Ok(())
+    }
+
+    /// Writes to this node's replica of `name`: acknowledged (on disk)
+    /// when it returns. Fails with [`PlaceError::NotHeld`] when this node
+    /// holds no copy (it never did, or handed it off).
+    pub async fn update(&self, name: &str, update: T::Update) -> Result<Option<Stamp>, PlaceError> {
+        let (handle, writes) = self.held(name)?;
+        let _writing = writes.read().await;
+        // A drop may have released it while this write waited.
+        let still = lock(&self.shared.state)
+            .held
+            .get(name)
+            .is_some_and(|h| Arc::ptr_eq(&h.writes, &writes));
+        if !still {
+            return Err(self.not_held(name));
+        }
+        let stamp = handle.update(update).await?;
+        if stamp.is_some() {
+            lock(&self.shared.state).keeper.changed(&name.to_string());
+        }
+        Ok(stamp)
+    }
+
+    /// Reads this node's replica of `name`, if it holds one.
+    pub fn read<R>(&self, name: &str, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let handle = lock(&self.shared.state).held.get(name).map(|h| h.handle.clone())?;
+        Some(handle.read(f))
+    }
+
+    /// This node's clock of `name` (which writes its copy includes), if it
+    /// holds one.
+    pub fn clock(&self, name: &str) -> Option<Clock> {
+        lock(&self.shared.state).held.get(name).map(|h| h.handle.clock())
+    }
+
+    /// This node's handle of `name`, if it holds a copy: to follow its
+    /// changes. Write through [`Placer::update`], which a drop waits for.
+    pub fn handle(&self, name: &str) -> Option<Handle<T>> {
+        lock(&self.shared.state).held.get(name).map(|h| h.handle.clone())
+    }
+
+    /// The objects this node holds now, with why (`None`: dropped by the
+    /// keeper, being released).
+    pub fn holdings(&self) -> Vec<(String, Option<Role>)> {
+        let state = lock(&self.shared.state);
+        state.held.keys().map(|name| (name.clone(), state.keeper.role(name))).collect()
+    }
+
+    /// The live replicas of `name` by this node's member list, in
+    /// preference order.
+    pub fn replicas(&self, name: &str) -> Vec<SourceId> {
+        lock(&self.shared.state).keeper.place(&name.to_string(), None).replicas
+    }
+
+    /// Whether nothing is waiting: every object held here is known to be
+    /// on its replicas, and nothing waits to be dropped or released.
+    pub fn is_settled(&self) -> bool {
+        let state = lock(&self.shared.state);
+        state.keeper.is_settled() && state.held.len() == state.keeper.len()
+    }
+
+    /// The keeper's counters.
+    pub fn stats(&self) -> KeeperStats {
+        lock(&self.shared.state).keeper.stats()
+    }
+
+    /// Stops placing and shuts the node down cleanly (see
+    /// [`Node::shutdown`]). Objects stay where they are: their replicas
+    /// see the node go as they would see it crash.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let shared = self.shared.clone();
+        drop(self);
+        if let Ok(shared) = Arc::try_unwrap(shared) {
+            let Shared { node, state, directory, .. } = shared;
+            drop((state, directory));
+            node.shutdown().await;
+        }
+    }
+
+    fn held(&self, name: &str) -> Result<(Handle<T>, Arc<RwLock<()>>), PlaceError> {
+        let state = lock(&self.shared.state);
+        match state.held.get(name) {
+            Some(h) => Ok((h.handle.clone(), h.writes.clone())),
+            None => {
+                drop(state);
+                Err(self.not_held(name))
+            }
+        }
+    }
+
+    fn not_held(&self, name: &str) -> PlaceError {
+        PlaceError::NotHeld { name: name.to_string(), replicas: self.replicas(name) }
+    }
+}
+
+impl<T: Reduce> Drop for Placer<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl<T> Shared<T>
+where
+    T: Reduce + Default + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn view(&self) -> View {
+        self.directory.read(|d| View::read(d, self.me, self.life))
+    }
+
+    /// Replicates `name` here, empty or from the store, and records it.
+    fn take(&self, state: &mut State<T>, name: &str, k: usize) -> Result<(), PlaceError> {
+        let handle = self.node.replicate(name, T::default())?;
+        state.held.insert(name.to_string(), Held { handle, k, writes: Arc::default() });
+        Ok(())
+    }
+
+    /// One round: members, the directory, the keeper's commands, the
+    /// drops, and what to list. Returns the objects to drop.
+    fn round(&self) -> (Vec<String>, Option<Listing>) {
+        let now = self.now();
+        let members: Vec<(SourceId, bool)> = self
+            .node
+            .membership()
+            .into_iter()
+            .map(|m| (m.id, m.state != MemberState::Down))
+            .collect();
+        let view = self.view();
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        state.keeper.sync_members(now, members);
+
+        // What this node held in its last life: its store kept it.
+        for (name, k) in &view.mine_before {
+            if !state.held.contains_key(name) && self.take(state, name, *k).is_ok() {
+                state.keeper.hold(now, name.clone(), Some(*k));
+            }
+        }
+        // Offers: objects listed by others, of which this node is a
+        // replica by its own list and holds no copy.
+        for (name, holders) in &view.held {
+            if state.held.contains_key(name) {
+                continue;
+            }
+            let Some((&from, &(k, _))) = holders.iter().find(|(n, _)| **n != self.me) else {
+                continue;
+            };
+            if !state.keeper.place(name, Some(k)).is_replica(self.me) {
+                continue;
+            }
+            let leaving = view.leaving.get(&from).copied().unwrap_or(false);
+            if state.keeper.handle_offer(now, name.clone(), k, from, leaving)
+                && self.take(state, name, k).is_err()
+            {
+                // Could not replicate it: let the keeper forget it, the
+                // offer stands and is taken up again next round.
+                state.keeper.forget(name);
+            }
+        }
+        if state.keeper.poll_timeout().is_some_and(|at| at <= now) {
+            state.keeper.handle_timeout(now);
+        }
+        let mut drops = Vec::new();
+        while let Some(command) = state.keeper.poll_command() {
+            match command {
+                Command::Offer { object, to, .. } => {
+                    let taken = view.lists(to, &object).is_some();
+                    state.keeper.handle_offer_result(now, &object, to, taken);
+                }
+                Command::Check { object, peer } => {
+                    let mine = state.held.get(&object).map(|h| h.handle.clock());
+                    let covers = match (view.lists(peer, &object), mine) {
+                        (Some(theirs), Some(mine)) => theirs.covers(&mine),
+                        _ => false,
+                    };
+                    state.keeper.handle_check(now, &object, peer, covers);
+                }
+                Command::Drop { object } => drops.push(object),
+                // Access through a replica is not built: nothing routes.
+                Command::Attach { .. } => {}
+            }
+        }
+
+        // What to list: this life's record, changed clocks, deletions.
+        let mut writes: Listing = Vec::new();
+        if !state.record_listed {
+            let leaving = state.keeper.is_leaving();
+            let record = Entry::Node { life: self.life, leaving };
+            writes.push((Key::Node(self.me), Stamped::now(Some(record))));
+        }
+        for (name, held) in &state.held {
+            let clock = held.handle.clock();
+            if state.listed.get(name) == Some(&clock) {
+                continue;
+            }
+            let key = Key::Held { node: self.me, object: name.clone() };
+            let k = u32::try_from(held.k).unwrap_or(u32::MAX);
+            writes.push((key, Stamped::now(Some(Entry::Held { life: self.life, k, clock }))));
+        }
+        for name in &state.unlist {
+            let key = Key::Held { node: self.me, object: name.clone() };
+            writes.push((key, Stamped::now(None)));
+        }
+        // Entries of a past life for objects not held any more.
+        for name in view.mine_before.keys() {
+            if !state.held.contains_key(name) && !state.unlist.contains(name) {
+                let key = Key::Held { node: self.me, object: name.clone() };
+                writes.push((key, Stamped::now(None)));
+            }
+        }
+        (drops, (!writes.is_empty()).then_some(writes))
+    }
+
+    /// Lists what `round` asked for; remembers it as listed once written.
+    async fn list(&self, writes: Listing) -> Result<(), PlaceError> {
+        self.directory.update(writes.clone()).await?;
+        let mut state = lock(&self.state);
+        for (key, write) in writes {
+            match (key, write.value) {
+                (Key::Node(_), Some(_)) => state.record_listed = true,
+                (Key::Held { object, .. }, Some(Entry::Held { clock, .. }))
+                    if state.held.contains_key(&object) =>
+                {
+                    state.listed.insert(object, clock);
+                }
+                (Key::Held { object, .. }, None) => {
+                    state.unlist.remove(&object);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases `name`, which the keeper dropped: once writes under way
+    /// are done, if every live replica still lists a clock covering this
+    /// node's; otherwise the keeper holds it again.
+    async fn drop_object(&self, name: String) -> Result<(), PlaceError> {
+        let writes = match lock(&self.state).held.get(&name) {
+            Some(h) => h.writes.clone(),
+            None => return Ok(()),
+        };
+        let _alone = writes.write().await;
+        let covered = {
+            let view = self.view();
+            let state = lock(&self.state);
+            let Some(held) = state.held.get(&name) else { return Ok(()) };
+            let mine = held.handle.clock();
+            let placed = state.keeper.place(&name, Some(held.k));
+            let others: Vec<SourceId> =
+                placed.replicas.iter().copied().filter(|r| *r != self.me).collect();
+            !others.is_empty()
+                && others.iter().all(|r| view.lists(*r, &name).is_some_and(|c| c.covers(&mine)))
+        };
+        if !covered {
+            let mut state = lock(&self.state);
+            let k = state.held.get(&name).map(|h| h.k);
+            let now = self.now();
+            state.keeper.hold(now, name, k);
+            return Ok(());
+        }
+        let released = self.node.release(&name).await;
+        let mut state = lock(&self.state);
+        match released {
+            Ok(_) => {
+                state.held.remove(&name);
+                state.listed.remove(&name);
+                state.unlist.insert(name);
+                Ok(())
+            }
+            Err(e) => {
+                // Still here: the keeper holds it again, and drops it
+                // again once covered.
+                let k = state.held.get(&name).map(|h| h.k);
+                let now = self.now();
+                state.keeper.hold(now, name, k);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The placer's task: a round every tick until stopped or the node is
+/// gone.
+async fn run<T>(shared: Arc<Shared<T>>, mut stopped: watch::Receiver<bool>)
+where
+    T: Reduce + Default + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    let mut tick = tokio::time::interval(shared.config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let (drops, writes) = shared.round();
+        for name in drops {
+            // A failed release is retried by the keeper; nothing to do.
+            let _ = shared.drop_object(name).await;
+        }
+        if let Some(writes) = writes
+            && let Err(PlaceError::Transport(repred_transport::Error::Shutdown)) =
+                shared.list(writes).await
+        {
+            return;
+        }
+    }
+}
