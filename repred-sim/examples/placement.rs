@@ -11,8 +11,16 @@
 //! floor (what the newcomer must take, or what the leaver held); one node
 //! crashing: how long until every survivor marks it down, and how long
 //! after that every object it held has k live, converged replicas again.
-//! `SEED` changes the seed (default 42). Prints a markdown table row per
-//! size.
+//! Where a join's and a leave's bytes go: the updates the replicas took in
+//! that applied (new to them) and those they already had (duplicates, sent
+//! by more than one old replica), each against the floor; the rest of the
+//! bytes are session overhead (Hello with its clock, Sync, Close) and
+//! packet headers. `SEED` changes the seed (default 42). Prints a markdown
+//! table row per size.
+//!
+//! `PLACEMENT_ONLY=1` skips the simulation and prints, per size, only the
+//! spread of `PER_NODE` objects per node placed by the pure function (for
+//! sizes whose simulation does not fit in memory or time).
 
 use std::time::Instant;
 
@@ -73,6 +81,36 @@ fn static_spread(n: u32, per_node: u64) -> f64 {
     max / mean
 }
 
+/// Updates each live replica has taken in so far, by (node, object):
+/// `(applied or merged as a snapshot, already had)`.
+type Receipts = std::collections::HashMap<(NodeIx, ObjectId), (u64, u64)>;
+
+fn receipts(sim: &Sim<Blobs>) -> Receipts {
+    let mut sums = Receipts::new();
+    for n in sim.up_nodes() {
+        let node = sim.node(n);
+        for o in node.objects() {
+            if let Some(r) = node.replica(o) {
+                let s = r.stats();
+                sums.insert((n, o), (s.applied + s.unchanged + s.snapshots, s.old));
+            }
+        }
+    }
+    sums
+}
+
+/// What the replicas live at the end took in since `before` (a replica
+/// dropped meanwhile is not counted: it only gave).
+fn taken_since(sim: &Sim<Blobs>, before: &Receipts) -> (u64, u64) {
+    let mut taken = (0, 0);
+    for (pair, now) in receipts(sim) {
+        let then = before.get(&pair).copied().unwrap_or((0, 0));
+        taken.0 += now.0.saturating_sub(then.0);
+        taken.1 += now.1.saturating_sub(then.1);
+    }
+    taken
+}
+
 fn settled(placer: &Placer, sim: &Sim<Blobs>) -> bool {
     sim.up_nodes().iter().all(|&n| placer.keeper(n).is_none_or(|k| k.is_settled()))
 }
@@ -119,10 +157,18 @@ fn main() {
     let seed = env("SEED", 42);
     let per_node = env("PER_NODE", 100);
     let payload = env("PAYLOAD", 1024) as usize;
+    if env("PLACEMENT_ONLY", 0) == 1 {
+        println!("| N | objects per node (k = 3) | max/mean objects per node (placement alone) |");
+        println!("|---:|---:|---:|");
+        for n in sizes {
+            println!("| {n} | {} | {:.2} |", 3 * per_node, static_spread(n, per_node));
+        }
+        return;
+    }
     println!(
-        "| N | objects (k = 3) | objects per node: mean (max/mean) | max/mean at 100 per node (placement alone) | KiB per node: mean (max/mean) | place all (s) | join: copies / floor | join: bytes / floor | leave: copies / floor | leave: bytes / floor | crash: all mark it down (s) | k live replicas again after that (s) | data links per node: mean (max) | real time (s) |"
+        "| N | objects (k = 3) | objects per node: mean (max/mean) | max/mean at 100 per node (placement alone) | KiB per node: mean (max/mean) | place all (s) | join: copies / floor | join: bytes / floor | join: updates taken new / again, per floor | leave: copies / floor | leave: bytes / floor | leave: updates taken new / again, per leaver's object | crash: all mark it down (s) | k live replicas again after that (s) | data links per node: mean (max) | real time (s) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         run(n, seed, per_node, payload);
     }
@@ -167,6 +213,7 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     // One node joins.
     let copies0 = placer.stats().copies;
     let bytes0 = stream_bytes(&sim);
+    let taken0 = receipts(&sim);
     let newcomer = sim.add_node(&[0, 1, 2]);
     placer.adopt(&sim);
     sim.run_until(120_000, 500, |s| s.membership_converged().is_ok())
@@ -175,6 +222,9 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     let floor = 3.0 * objects as f64 / f64::from(n + 1);
     let join_copies = (placer.stats().copies - copies0) as f64 / floor;
     let join_bytes = (stream_bytes(&sim) - bytes0) as f64 / (floor * payload as f64);
+    let taken = taken_since(&sim, &taken0);
+    let join_new = taken.0 as f64 / floor;
+    let join_again = taken.1 as f64 / floor;
     let _ = newcomer;
 
     // One node leaves gracefully.
@@ -182,11 +232,15 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     let leaver_held = sim.node(leaver).objects().count() as f64;
     let copies0 = placer.stats().copies;
     let bytes0 = stream_bytes(&sim);
+    let taken0 = receipts(&sim);
     placer.start_leave(&sim, leaver);
     placer.run_until(&mut sim, 120_000, 500, |p, _| !p.is_leaving(leaver));
     quiesce(&mut placer, &mut sim, 120_000);
     let leave_copies = (placer.stats().copies - copies0) as f64 / leaver_held;
     let leave_bytes = (stream_bytes(&sim) - bytes0) as f64 / (leaver_held * payload as f64);
+    let taken = taken_since(&sim, &taken0);
+    let leave_new = taken.0 as f64 / leaver_held;
+    let leave_again = taken.1 as f64 / leaver_held;
 
     // One node crashes.
     let victim: NodeIx = n / 3;
@@ -220,7 +274,7 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     let links_mean = links.iter().sum::<usize>() as f64 / links.len() as f64;
     let links_max = links.iter().copied().max().unwrap_or(0);
     println!(
-        "| {n} | {objects} | {mean:.0} ({:.2}) | {:.2} | {kib:.1} ({:.2}) | {place_s:.1} | {join_copies:.2} | {join_bytes:.2} | {leave_copies:.2} | {leave_bytes:.2} | {detect_s:.2} | {restore_s:.2} | {links_mean:.1} ({links_max}) | {:.0} |",
+        "| {n} | {objects} | {mean:.0} ({:.2}) | {:.2} | {kib:.1} ({:.2}) | {place_s:.1} | {join_copies:.2} | {join_bytes:.2} | {join_new:.2} / {join_again:.2} | {leave_copies:.2} | {leave_bytes:.2} | {leave_new:.2} / {leave_again:.2} | {detect_s:.2} | {restore_s:.2} | {links_mean:.1} ({links_max}) | {:.0} |",
         max / mean,
         static_spread(n, 100),
         max / mean,
