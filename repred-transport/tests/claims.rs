@@ -84,10 +84,16 @@ async fn a_strict_node_refuses_unsigned_snapshots_and_advances_over_quic() {
     let clock: Clock = [(source, forged)].into_iter().collect();
     let state: BTreeMap<String, u64> = [("k".into(), 1_000_000), ("new".into(), 1)].into();
     let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
-    let begin = [postcard::to_allocvec(&clock).unwrap(), unsigned.clone()].concat();
+    // SnapshotBegin: the clock's size and digest (a strict node refuses an
+    // unsigned begin before the digest matters), then the signature.
+    let size = postcard::to_allocvec(&(clock.len() as u64, [0u8; 32])).unwrap();
+    let begin = [size, unsigned.clone()].concat();
+    let entries: Vec<(SourceId, Timestamp)> = clock.iter().collect();
+    let clock_chunk = postcard::to_allocvec(&entries).unwrap();
     let part = [postcard::to_allocvec(&(0u64, &state)).unwrap(), unsigned.clone()].concat();
     let end = [postcard::to_allocvec(&1u64).unwrap(), unsigned].concat();
-    let snapshot = [frame(3, &begin), frame(12, &part), frame(13, &end)].concat();
+    let snapshot =
+        [frame(3, &begin), frame(14, &clock_chunk), frame(12, &part), frame(13, &end)].concat();
     send_as_peer(dir.path(), &n, [hello("mallory"), snapshot].concat()).await;
     eventually("the snapshot was refused", Duration::from_secs(10), || {
         (on_n.stats().snapshots_refused == 1, on_n.stats())
