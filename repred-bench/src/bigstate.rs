@@ -15,7 +15,9 @@ use indexmap::map::Entry as MapEntry;
 use repred::{Config, Envelope, Reduce, Replica, SourceId, Stamp, Timestamp};
 
 use crate::gossip::KeyHasher;
-use crate::quic::{Bytes, Key, Put, Puts, Value, connect, fetch_until, raw, runtime, serve};
+use crate::quic::{
+    Bytes, Key, Put, Puts, Value, connect, fetch_until, overwrite, raw, runtime, serve,
+};
 use crate::rss_kib;
 
 const NOW: u64 = 1_700_000_000_000;
@@ -29,15 +31,7 @@ impl BigLww {
     fn put(&mut self, put: &Put) -> bool {
         let Some(stamp) = put.at else { return false };
         match self.0.entry(put.key) {
-            MapEntry::Occupied(mut slot) => {
-                let slot = slot.get_mut();
-                if stamp > slot.0 {
-                    *slot = (stamp, put.value);
-                    true
-                } else {
-                    false
-                }
-            }
+            MapEntry::Occupied(mut slot) => overwrite(slot.get_mut(), stamp, put),
             MapEntry::Vacant(slot) => {
                 slot.insert((stamp, put.value));
                 true
@@ -50,13 +44,7 @@ impl Reduce for BigLww {
     type Update = Puts;
 
     fn reduce(&mut self, update: Puts) -> Option<Puts> {
-        match update {
-            Puts::One(put) => self.put(&put).then_some(Puts::One(put)),
-            Puts::Many(puts) => {
-                let changed: Vec<Put> = puts.into_iter().filter(|p| self.put(p)).collect();
-                (!changed.is_empty()).then_some(Puts::Many(changed))
-            }
-        }
+        update.reduce_with(|p| self.put(p))
     }
 
     fn snapshot(&self) -> Puts {
@@ -85,26 +73,11 @@ impl Reduce for BigLww {
     }
 
     fn stamp(update: &mut Puts, stamp: Stamp) {
-        match update {
-            Puts::One(p) => {
-                p.at.get_or_insert(stamp);
-            }
-            Puts::Many(ps) => ps.iter_mut().for_each(|p| {
-                p.at.get_or_insert(stamp);
-            }),
-        }
+        update.stamp(stamp);
     }
 
     fn unstamp(change: &mut Puts, stamp: Stamp) {
-        let clear = |p: &mut Put| {
-            if p.at == Some(stamp) {
-                p.at = None;
-            }
-        };
-        match change {
-            Puts::One(p) => clear(p),
-            Puts::Many(ps) => ps.iter_mut().for_each(clear),
-        }
+        change.unstamp(stamp);
     }
 }
 

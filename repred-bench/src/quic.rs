@@ -95,6 +95,44 @@ impl Puts {
             Puts::Many(puts) => puts.iter_mut().for_each(f),
         }
     }
+
+    /// The writes `put` applied (a map's `reduce`).
+    pub(crate) fn reduce_with(self, mut put: impl FnMut(&Put) -> bool) -> Option<Puts> {
+        match self {
+            Puts::One(p) => put(&p).then_some(Puts::One(p)),
+            Puts::Many(puts) => {
+                let changed: Vec<Put> = puts.into_iter().filter(|p| put(p)).collect();
+                (!changed.is_empty()).then_some(Puts::Many(changed))
+            }
+        }
+    }
+
+    /// Fills in the stamp of writes that carry none (`Reduce::stamp`).
+    pub(crate) fn stamp(&mut self, stamp: Stamp) {
+        self.each(|p| {
+            p.at.get_or_insert(stamp);
+        });
+    }
+
+    /// Leaves implicit the stamps equal to the carrier's (`Reduce::unstamp`).
+    pub(crate) fn unstamp(&mut self, stamp: Stamp) {
+        self.each(|p| {
+            if p.at == Some(stamp) {
+                p.at = None;
+            }
+        });
+    }
+}
+
+/// Last writer wins: whether `put`, stamped, replaces what `slot` holds
+/// (and then it does).
+pub(crate) fn overwrite(slot: &mut (Stamp, Value), stamp: Stamp, put: &Put) -> bool {
+    if stamp > slot.0 {
+        *slot = (stamp, put.value);
+        true
+    } else {
+        false
+    }
 }
 
 /// scuttlebutt's model with fixed-size keys and values, as a user with
@@ -110,15 +148,7 @@ impl FixedLww {
         // Unstamped writes cannot be ordered; `stamp` has filled them in.
         let Some(stamp) = put.at else { return false };
         match self.0.entry(put.key) {
-            MapEntry::Occupied(mut slot) => {
-                let slot = slot.get_mut();
-                if stamp > slot.0 {
-                    *slot = (stamp, put.value);
-                    true
-                } else {
-                    false
-                }
-            }
+            MapEntry::Occupied(mut slot) => overwrite(slot.get_mut(), stamp, put),
             MapEntry::Vacant(slot) => {
                 slot.insert((stamp, put.value));
                 true
@@ -131,13 +161,7 @@ impl Reduce for FixedLww {
     type Update = Puts;
 
     fn reduce(&mut self, update: Puts) -> Option<Puts> {
-        match update {
-            Puts::One(put) => self.put(&put).then_some(Puts::One(put)),
-            Puts::Many(puts) => {
-                let changed: Vec<Put> = puts.into_iter().filter(|p| self.put(p)).collect();
-                (!changed.is_empty()).then_some(Puts::Many(changed))
-            }
-        }
+        update.reduce_with(|p| self.put(p))
     }
 
     fn snapshot(&self) -> Puts {
@@ -146,17 +170,11 @@ impl Reduce for FixedLww {
     }
 
     fn stamp(update: &mut Puts, stamp: Stamp) {
-        update.each(|p| {
-            p.at.get_or_insert(stamp);
-        });
+        update.stamp(stamp);
     }
 
     fn unstamp(change: &mut Puts, stamp: Stamp) {
-        change.each(|p| {
-            if p.at == Some(stamp) {
-                p.at = None;
-            }
-        });
+        change.unstamp(stamp);
     }
 }
 

@@ -354,14 +354,7 @@ impl<O: Name> Keeper<O> {
                 continue;
             }
             seen.insert(id);
-            let live = if self.departed.contains(&id) {
-                if !live {
-                    self.departed.remove(&id);
-                }
-                false
-            } else {
-                live
-            };
+            let live = self.counted_live(id, live);
             let new = !self.placement.contains(id);
             if self.placement.set(id, live) {
                 changed = true;
@@ -384,19 +377,25 @@ impl<O: Name> Keeper<O> {
         }
     }
 
+    /// Whether to count `id` live, as membership says it is (`live`): a
+    /// member that said it is leaving counts absent until membership
+    /// declares it down, after which a new life of it is live again.
+    fn counted_live(&mut self, id: SourceId, live: bool) -> bool {
+        if !self.departed.contains(&id) {
+            return live;
+        }
+        if !live {
+            self.departed.remove(&id);
+        }
+        false
+    }
+
     /// One member joined, came back (`live`) or was declared down.
     pub fn set_member(&mut self, now: u64, id: SourceId, live: bool) {
         if id == self.me {
             return;
         }
-        let live = if self.departed.contains(&id) {
-            if !live {
-                self.departed.remove(&id);
-            }
-            false
-        } else {
-            live
-        };
+        let live = self.counted_live(id, live);
         let new = !self.placement.contains(id);
         if self.placement.set(id, live) {
             let added = if new { vec![id] } else { Vec::new() };

@@ -605,6 +605,12 @@ impl<T: Reduce> Sim<T> {
             let local = ends[side].local;
             self.nodes[node as usize].core.handle_connected(now, local, peer_id, peer, side == 0);
         }
+        self.open_shared_streams(key, from, to);
+    }
+
+    /// Opens a stream on connection `key` for every object both ends hold,
+    /// and sends what that makes each end say.
+    fn open_shared_streams(&mut self, key: u64, from: NodeIx, to: NodeIx) {
         let shared: Vec<ObjectId> = self.nodes[from as usize]
             .objects
             .keys()
@@ -633,17 +639,7 @@ impl<T: Reduce> Sim<T> {
             ends[side] = End { node, life: n.life, local };
         }
         self.conns.insert(key, Conn { ends, severed: false, arrives: [0; 2], closed: [false; 2] });
-        let shared: Vec<ObjectId> = self.nodes[from as usize]
-            .objects
-            .keys()
-            .filter(|o| self.nodes[to as usize].objects.contains_key(o))
-            .copied()
-            .collect();
-        for object in shared {
-            self.open_stream(key, object);
-        }
-        self.flush(from);
-        self.flush(to);
+        self.open_shared_streams(key, from, to);
     }
 
     /// Opens a data link from `from` to `to`, beside the connections the
