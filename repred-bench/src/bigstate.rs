@@ -25,7 +25,7 @@ const NOW: u64 = 1_700_000_000_000;
 /// The catch-up map kept in insertion order, so that its snapshot can be
 /// cut by position: key -> (stamp, value), last writer wins.
 #[derive(Debug, Default)]
-pub struct BigLww(IndexMap<Key, (Stamp, Value), BuildHasherDefault<KeyHasher>>);
+pub struct BigLww(pub(crate) IndexMap<Key, (Stamp, Value), BuildHasherDefault<KeyHasher>>);
 
 impl BigLww {
     fn put(&mut self, put: &Put) -> bool {
