@@ -13,6 +13,18 @@
 //! with its clock and drops the entries before it, so the file follows the
 //! size of the state, not the number of updates.
 //!
+//! A snapshot is stored in parts ([`Reduce::snapshot_part`], about 1 MiB
+//! each, [`Store::part_bytes`]), each a row of its own keyed by the
+//! replica's name, the snapshot's generation and the part's index; a load
+//! merges them one by one into the state, after reserving room for the
+//! whole ([`Reduce::reserve`]). Neither a save nor a load holds more than
+//! one part encoded besides the state and redb's page cache (1 GiB at
+//! most by default, [`Store::open_with_cache_size`]). The header that
+//! names a generation commits after its parts and removes older ones in
+//! the same transaction, so a save cut at any point leaves the previous
+//! snapshot whole. Stores written before parts (the base in one blob in
+//! the header) load, and their next save stores the base as parts.
+//!
 //! It logs through [`tracing`](https://docs.rs/tracing): each commit at
 //! `debug` with its entries, bytes and latency (fsync included), each
 //! load at `debug` with the entries replayed, a reopen at `info`, and a
@@ -52,7 +64,7 @@ use std::time::Instant;
 /// The embedded database, re-exported for the backends of
 /// [`Store::open_with`].
 pub use redb;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use repred::{Clock, Config, Entry, Identity, Reduce, Replica, SourceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +72,17 @@ use serde::{Deserialize, Serialize};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("repred_meta");
 /// (name, disk sequence) -> one log entry.
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repred_entries");
+/// (name, generation, index) -> one part of a snapshot
+/// ([`Reduce::snapshot_part`]), postcard. A header names the one
+/// generation it stands on; parts of any other are a save under way, or
+/// one that never committed, and are not read.
+const PARTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("repred_parts");
+
+/// Default target size of one stored snapshot part: a save or a load holds
+/// about this much encoded besides the state (and redb's cache).
+const PART_BYTES: usize = 1 << 20;
+/// Parts start this many entries long, then follow the target size.
+const FIRST_PART_ENTRIES: usize = 64;
 
 /// Errors of the store. None of them leaves a half-written replica behind:
 /// a save either commits whole or not at all.
@@ -192,9 +215,12 @@ struct Meta {
     base_seq: u64,
     /// The next disk sequence.
     next_seq: u64,
-    /// The base's clock; the base state itself is in `base`.
+    /// The base's clock; the base state itself is in `parts` (or, written
+    /// by an earlier version, in `base`).
     base_clock: Clock,
-    /// `T::snapshot()` of the base, postcard; empty for `T::default()`.
+    /// `T::snapshot()` of the base, postcard, in one blob: only in headers
+    /// of earlier versions (empty in new ones, whose base is in `parts`).
+    /// Rewritten as parts at the next save.
     base: Vec<u8>,
     /// The replica's life ([`Replica::life`]): the log goes on, so the life
     /// does, and peers that met it before a crash welcome it back.
@@ -202,6 +228,34 @@ struct Meta {
     /// The replica's collection floor ([`Replica::floor`]) when the base
     /// was taken: the base is collected to it. (Later collections are
     /// entries of the log.)
+    floor: Timestamp,
+    /// Where the base state is: its parts in [`PARTS`].
+    parts: Parts,
+}
+
+/// The stored parts of a base state.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Parts {
+    /// Which generation of parts (0: none, the base is `T::default()` or
+    /// an older header's blob).
+    generation: u64,
+    /// How many parts, indexed from 0.
+    count: u64,
+    /// [`Reduce::entries_hint`] of the state they were cut from: a load
+    /// reserves that much once.
+    entries: Option<u64>,
+}
+
+/// A header as written before snapshots were stored in parts (read only).
+#[derive(Deserialize)]
+struct MetaV3 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
     floor: Timestamp,
 }
 
@@ -230,7 +284,23 @@ struct MetaV1 {
 
 impl Meta {
     fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        // Newest first: postcard ignores trailing bytes, so an older layout
+        // would read a newer header's prefix, while a newer one runs out of
+        // bytes on an older header.
         postcard::from_bytes(bytes).or_else(|e| {
+            if let Ok(v3) = postcard::from_bytes::<MetaV3>(bytes) {
+                return Ok(Meta {
+                    id: v3.id,
+                    last: v3.last,
+                    base_seq: v3.base_seq,
+                    next_seq: v3.next_seq,
+                    base_clock: v3.base_clock,
+                    base: v3.base,
+                    life: v3.life,
+                    floor: v3.floor,
+                    parts: Parts::default(),
+                });
+            }
             if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
                 return Ok(Meta {
                     id: v2.id,
@@ -241,6 +311,7 @@ impl Meta {
                     base: v2.base,
                     life: v2.life,
                     floor: Timestamp::ZERO,
+                    parts: Parts::default(),
                 });
             }
             let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
@@ -256,6 +327,7 @@ impl Meta {
                 base: v1.base,
                 life: life.max(1),
                 floor: Timestamp::ZERO,
+                parts: Parts::default(),
             })
         })
     }
@@ -308,6 +380,8 @@ pub struct Store {
     /// kept, since this process is the file's only writer. Locked before
     /// `db` wherever both are held.
     metas: Mutex<HashMap<String, Meta>>,
+    /// Target size of one stored snapshot part.
+    part_bytes: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -325,6 +399,26 @@ impl Store {
     /// file system) is a [`StoreError::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::start(path.as_ref(), Box::new(|path: &Path| Database::create(path)))
+    }
+
+    /// Opens (or creates) the store at `path`, as [`open`](Store::open),
+    /// with redb's page cache limited to `bytes` (redb's default: 1 GiB).
+    ///
+    /// What a save or a load of a large state holds in memory besides the
+    /// state itself is one part of its snapshot (about
+    /// [`part_bytes`](Store::part_bytes)) and this cache, which redb fills
+    /// with the pages it reads and writes up to its limit: a node that must
+    /// stay within a budget sets it here.
+    pub fn open_with_cache_size(path: impl AsRef<Path>, bytes: usize) -> Result<Self, StoreError> {
+        let open = move |path: &Path| redb::Builder::new().set_cache_size(bytes).create(path);
+        Self::start(path.as_ref(), Box::new(open))
+    }
+
+    /// Sets the target size of one stored part of a snapshot (default 1
+    /// MiB): a save encodes, and a load decodes, one part at a time.
+    pub fn part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes.max(1);
+        self
     }
 
     /// Opens (or creates) a store on a custom redb storage backend, which
@@ -350,6 +444,7 @@ impl Store {
             path: path.to_path_buf(),
             open,
             metas: Mutex::new(HashMap::new()),
+            part_bytes: PART_BYTES,
         })
     }
 
@@ -361,6 +456,7 @@ impl Store {
                 let txn = db.begin_write()?;
                 txn.open_table(META)?;
                 txn.open_table(ENTRIES)?;
+                txn.open_table(PARTS)?;
                 txn.commit()?;
                 Ok::<_, redb::Error>(())
             })();
@@ -531,10 +627,12 @@ impl Store {
         self.metas().insert(name.to_string(), meta.clone());
         let mut base = base();
         if !meta.base.is_empty() {
+            // A header of an earlier version, its base in one blob.
             let snapshot: T::Update =
                 postcard::from_bytes(&meta.base).map_err(|e| decode_error(name, "snapshot", e))?;
             base.reduce(snapshot);
         }
+        let snapshot_bytes = self.load_parts(name, &meta.parts, &mut base)?;
         let entries = self.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(ENTRIES).map_err(storage)?;
@@ -552,7 +650,8 @@ impl Store {
             path = %self.path.display(),
             name,
             entries = entries.len(),
-            snapshot_bytes = meta.base.len(),
+            parts = meta.parts.count,
+            snapshot_bytes = meta.base.len() as u64 + snapshot_bytes,
             "replica loaded"
         );
         // The restored replica numbers its log as the disk does, so the next
@@ -570,6 +669,48 @@ impl Store {
             .with_life(meta.life)
             .with_floor(meta.floor),
         ))
+    }
+
+    /// Merges the stored parts of a base state into `state`, one at a
+    /// time, after reserving room for them all; returns their bytes.
+    fn load_parts<T: Reduce>(
+        &self,
+        name: &str,
+        parts: &Parts,
+        state: &mut T,
+    ) -> Result<u64, StoreError> {
+        if parts.count == 0 {
+            return Ok(0);
+        }
+        if let Some(entries) = parts.entries {
+            state.reserve(entries);
+        }
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(PARTS).map_err(storage)?;
+            let g = parts.generation;
+            let mut next = 0;
+            let mut bytes = 0;
+            for item in table.range((name, g, 0)..(name, g, parts.count)).map_err(storage)? {
+                let (key, value) = item.map_err(storage)?;
+                if key.value().2 != next {
+                    break;
+                }
+                let part: T::Update = postcard::from_bytes(value.value())
+                    .map_err(|e| decode_error(name, "snapshot part", e))?;
+                bytes += value.value().len() as u64;
+                state.reduce(part);
+                next += 1;
+            }
+            if next != parts.count {
+                return Err(StoreError::Decode {
+                    name: name.to_string(),
+                    what: "snapshot",
+                    detail: format!("part {next} of {} is missing", parts.count),
+                });
+            }
+            Ok(bytes)
+        })
     }
 
     /// Loads the replica saved under `name`, or creates it with a fresh
@@ -601,15 +742,22 @@ impl Store {
         self.commit(batch)
     }
 
-    /// Encodes what `replica` has not saved yet, without writing: fast, so
-    /// it can run while the replica is locked, leaving the slow commit for
-    /// after the lock is released. Commit batches in the order they were
-    /// prepared.
+    /// Encodes what `replica` has not saved yet, without committing: fast,
+    /// so it can run while the replica is locked, leaving the slow commit
+    /// (and its fsync) for after the lock is released. Commit batches in
+    /// the order they were prepared.
     ///
     /// The first save of a replica, a replica whose history dropped entries
     /// before they were saved (saved too rarely for its history limit), and
     /// a log on disk longer than the history limit are all saved as a fresh
-    /// snapshot instead (counted as one entry).
+    /// snapshot instead (counted as one entry). A snapshot's parts are
+    /// written here, one at a time, under a generation no header names yet
+    /// (in a transaction without fsync), so that the batch holds none of
+    /// them: this is the one part of a save that reads the state, so it
+    /// runs under the caller's lock, as encoding the whole snapshot did.
+    /// Until [`commit`](Store::commit) names them they count for nothing:
+    /// a batch that fails or is dropped leaves the previous snapshot in
+    /// place, and the next snapshot's commit removes them.
     pub fn prepare<T: Reduce>(
         &self,
         name: &str,
@@ -639,7 +787,12 @@ impl Store {
             // Entries on disk are keyed by the replica's own sequence
             // numbers, so they must line up.
             let on_disk = (m.next_seq - m.base_seq) as usize;
-            on_disk <= replica.config().history_limit && replica.end_seq() >= m.next_seq
+            // A base in one blob (an earlier version's header) would be
+            // rewritten whole with every header: it is stored as parts
+            // instead, once.
+            on_disk <= replica.config().history_limit
+                && replica.end_seq() >= m.next_seq
+                && m.base.is_empty()
         });
         let mut batch = match appendable.map(|m| (replica.entries_from(m.next_seq), m)) {
             Some((Ok(entries), meta)) => {
@@ -649,24 +802,39 @@ impl Store {
                     encoded.push((seq, postcard::to_allocvec(entry).map_err(encode_error)?));
                     meta.next_seq = seq + 1;
                 }
-                Batch { name: name.to_string(), meta, entries: encoded, snapshot: false }
+                Batch {
+                    name: name.to_string(),
+                    meta,
+                    entries: encoded,
+                    snapshot: false,
+                    snapshot_bytes: 0,
+                }
             }
             _ => {
                 // A snapshot: the state with its clock stands for every entry
-                // so far, so the entries on disk go.
-                let base =
-                    postcard::to_allocvec(&replica.state().snapshot()).map_err(encode_error)?;
+                // so far, so the entries on disk go. Its parts are written
+                // now, under a new generation that no header names yet; the
+                // commit makes the header name it.
+                let newest = old.map_or(0, |m| m.parts.generation);
+                let (parts, bytes) = self.stage_parts(name, replica.state(), newest)?;
                 let meta = Meta {
                     id: replica.id(),
                     last: Timestamp::ZERO,
                     base_seq: replica.end_seq(),
                     next_seq: replica.end_seq(),
                     base_clock: replica.clock().clone(),
-                    base,
+                    base: Vec::new(),
                     life: replica.life(),
                     floor: replica.floor(),
+                    parts,
                 };
-                Batch { name: name.to_string(), meta, entries: Vec::new(), snapshot: true }
+                Batch {
+                    name: name.to_string(),
+                    meta,
+                    entries: Vec::new(),
+                    snapshot: true,
+                    snapshot_bytes: bytes,
+                }
             }
         };
         batch.meta.last = old.map_or(Timestamp::ZERO, |m| m.last).max(replica.last_timestamp());
@@ -674,6 +842,70 @@ impl Store {
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)
+    }
+
+    /// Writes `state`'s snapshot as parts of about
+    /// [`part_bytes`](Store::part_bytes) under a generation newer than any
+    /// of `name`'s on disk and than `newest`, encoding one part at a time;
+    /// returns where they are and their bytes.
+    ///
+    /// Committed without an fsync (redb's `Durability::None`): no header
+    /// names these parts until the batch's commit, so a crash before it
+    /// loses nothing (the previous snapshot and its parts stand), and that
+    /// durable commit makes these pages durable with it.
+    fn stage_parts<T: Reduce>(
+        &self,
+        name: &str,
+        state: &T,
+        newest: u64,
+    ) -> Result<(Parts, usize), StoreError> {
+        let encode_error = |e: postcard::Error| StoreError::Encode {
+            name: name.to_string(),
+            detail: e.to_string(),
+        };
+        let target = self.part_bytes;
+        self.with_db(|db| {
+            let mut txn = db.begin_write().map_err(storage)?;
+            txn.set_durability(redb::Durability::None).map_err(storage)?;
+            let (generation, count, bytes) = {
+                let mut table = txn.open_table(PARTS).map_err(storage)?;
+                let last = table
+                    .range((name, 0, 0)..=(name, u64::MAX, u64::MAX))
+                    .map_err(storage)?
+                    .next_back()
+                    .transpose()
+                    .map_err(storage)?
+                    .map_or(0, |(key, _)| key.value().1);
+                let generation = last.max(newest) + 1;
+                let mut cursor: Option<Vec<u8>> = None;
+                let mut entries = FIRST_PART_ENTRIES;
+                let mut buf = Vec::new();
+                let (mut index, mut bytes) = (0u64, 0usize);
+                loop {
+                    let (part, next) = state.snapshot_part(cursor.as_deref(), entries);
+                    buf.clear();
+                    buf = postcard::to_extend(&part, buf).map_err(encode_error)?;
+                    drop(part);
+                    table.insert((name, generation, index), buf.as_slice()).map_err(storage)?;
+                    index += 1;
+                    bytes += buf.len();
+                    // Aim at the target size, as the wire's parts do.
+                    if buf.len() < target / 2 {
+                        entries = entries.saturating_mul(2);
+                    } else if buf.len() > target && entries > 1 {
+                        entries /= 2;
+                    }
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                (generation, index, bytes)
+            };
+            txn.commit().map_err(storage)?;
+            let parts = Parts { generation, count, entries: state.entries_hint() };
+            Ok((parts, bytes))
+        })
     }
 
     /// Writes a prepared batch in one transaction (one fsync); returns how
@@ -747,6 +979,13 @@ impl Store {
             let mut table = txn.open_table(ENTRIES).map_err(storage)?;
             if batch.snapshot {
                 table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(storage)?;
+                // Older snapshots' parts, and those of saves that never
+                // committed, go with the header that named them.
+                let g = batch.meta.parts.generation;
+                txn.open_table(PARTS)
+                    .map_err(storage)?
+                    .retain_in((name, 0, 0)..(name, g, 0), |_, _| false)
+                    .map_err(storage)?;
             }
             for (seq, bytes) in &batch.entries {
                 table.insert((name, *seq), bytes.as_slice()).map_err(storage)?;
@@ -772,6 +1011,8 @@ pub struct Batch {
     meta: Meta,
     entries: Vec<(u64, Vec<u8>)>,
     snapshot: bool,
+    /// Bytes of the snapshot's parts, already staged on disk.
+    snapshot_bytes: usize,
 }
 
 impl Batch {
@@ -795,7 +1036,7 @@ impl Batch {
     /// Bytes of encoded entries, or of the snapshot, it writes.
     fn bytes(&self) -> usize {
         let entries: usize = self.entries.iter().map(|(_, bytes)| bytes.len()).sum();
-        entries + if self.snapshot { self.meta.base.len() } else { 0 }
+        entries + self.snapshot_bytes
     }
 }
 

@@ -108,6 +108,17 @@ pub trait Reduce {
         None
     }
 
+    /// Makes room for a state of about `entries` entries (as
+    /// [`entries_hint`](Reduce::entries_hint) counts them) before a snapshot
+    /// of that size is merged into it part by part: a map reserves its table
+    /// once instead of doubling it on the way (a 20M-entry map that doubles
+    /// holds its old and new arrays at once). Only a hint: the receiver
+    /// caps what a peer's hint may reserve, and a type may ignore it, which
+    /// is the default.
+    fn reserve(&mut self, entries: u64) {
+        let _ = entries;
+    }
+
     /// Forgets what only records a removal older than `stable`: the
     /// tombstones of deletes (a last-writer-wins delete, an observed
     /// remove) whose stamps' timestamps are below it. Returns how many

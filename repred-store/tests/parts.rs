@@ -1,0 +1,204 @@
+//! Snapshots stored in parts: a large state is written and read one part
+//! at a time, a failed save leaves the previous snapshot whole, and stores
+//! written before parts (one blob in the header) still load.
+
+#[path = "support/full_disk.rs"]
+mod full_disk;
+
+use full_disk::Disk;
+use repred::{Clock, Config, Entry, Envelope, GSet, LwwMap, Reduce, SourceId, Timestamp};
+use repred_store::Store;
+use repred_store::redb::{self, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+
+const NOW: u64 = 1_700_000_000_000;
+
+type Numbers = GSet<u64>;
+
+/// The store's tables, read behind its back (the store is closed first).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("repred_meta");
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repred_entries");
+const PARTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("repred_parts");
+
+/// How many parts of every generation the file holds, and the largest.
+fn stored_parts(path: &std::path::Path) -> (u64, usize) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(PARTS).unwrap();
+    let largest = redb::ReadableTable::iter(&table)
+        .unwrap()
+        .map(|item| item.unwrap().1.value().len())
+        .max()
+        .unwrap_or(0);
+    (table.len().unwrap(), largest)
+}
+
+/// A state many parts long saves and loads equal, state and clock, one
+/// part at a time (none much larger than the target); a later snapshot
+/// replaces the parts of the earlier one.
+#[test]
+fn a_state_of_many_parts_saves_and_loads_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let config = Config::default().history_limit(64);
+    let (state, clock, map, map_clock) = {
+        let store = Store::open(&path).unwrap().part_bytes(4 << 10);
+        let mut r = store.load_or_create::<Numbers>("n", config.clone()).unwrap();
+        let mut m = store.load_or_create::<LwwMap<u64, String>>("m", config.clone()).unwrap();
+        for i in 0..20_000u64 {
+            r.update(NOW, [i * 7].into()).unwrap();
+        }
+        for i in 0..5_000u64 {
+            m.update(NOW, LwwMap::set(i, format!("value {i}"))).unwrap();
+        }
+        // The history dropped what was never saved: both go as snapshots.
+        store.save("n", &r).unwrap();
+        store.save("m", &m).unwrap();
+        (r.state().clone(), r.clock().clone(), m.state().clone(), m.clock().clone())
+    };
+    let (parts, largest) = stored_parts(&path);
+    assert!(parts >= 10, "{parts} parts");
+    assert!(largest <= 8 << 10, "a part of {largest} bytes");
+
+    let store = Store::open(&path).unwrap().part_bytes(4 << 10);
+    let mut r = store.load::<Numbers>("n", config.clone()).unwrap().unwrap();
+    assert_eq!((r.state(), r.clock()), (&state, &clock));
+    let m = store.load::<LwwMap<u64, String>>("m", config.clone()).unwrap().unwrap();
+    assert_eq!((m.state(), m.clock()), (&map, &map_clock));
+
+    // Another snapshot of a smaller state: the earlier parts are gone.
+    for i in 0..100u64 {
+        r.update(NOW, [1_000_000 + i].into()).unwrap();
+    }
+    store.save("n", &r).unwrap();
+    let (state, clock) = (r.state().clone(), r.clock().clone());
+    drop((r, m, store));
+    let (after, _) = stored_parts(&path);
+    assert!(after <= parts + 1, "old parts left behind: {parts} then {after}");
+    let store = Store::open(&path).unwrap();
+    let r = store.load::<Numbers>("n", config).unwrap().unwrap();
+    assert_eq!((r.state(), r.clock()), (&state, &clock));
+}
+
+/// A save whose commit fails at any point (the disk fills after a number
+/// of writes) leaves the previous snapshot readable: after a reopen the
+/// store loads either it or the new one, whole.
+#[test]
+fn a_failed_snapshot_save_leaves_the_previous_one_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let disk = Disk::default();
+    let config = Config::default().history_limit(16);
+    let store = Store::open_with(&path, disk.backend()).unwrap().part_bytes(1 << 10);
+    let mut r = store.load_or_create::<Numbers>("n", config.clone()).unwrap();
+    for i in 0..3_000u64 {
+        r.update(NOW, [i].into()).unwrap();
+    }
+    store.save("n", &r).unwrap();
+    let before = r.state().clone();
+    for i in 3_000..6_000u64 {
+        r.update(NOW, [i].into()).unwrap();
+    }
+    let after = r.state().clone();
+    let mut failures = 0;
+    for budget in 0.. {
+        disk.fill_after(budget);
+        let saved = store.save("n", &r);
+        disk.set_full(false);
+        if saved.is_ok() {
+            break;
+        }
+        failures += 1;
+        store.reopen().unwrap();
+        let back = store.load::<Numbers>("n", config.clone()).unwrap().unwrap();
+        assert!(
+            back.state() == &before || back.state() == &after,
+            "budget {budget}: a torn snapshot of {} entries",
+            back.state().len()
+        );
+        assert!(budget < 10_000, "the save never succeeded");
+    }
+    assert!(failures > 3, "the budget must cut saves: only {failures} failed");
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let back = store.load::<Numbers>("n", config).unwrap().unwrap();
+    assert_eq!((back.state(), back.clock()), (&after, r.clock()));
+}
+
+/// A header as the previous version wrote it: the base state in one blob.
+#[derive(Serialize)]
+struct OldMeta {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+}
+
+/// A store in the previous layout (the base snapshot in the header, two
+/// entries after it) loads, and its next save rewrites the base as parts.
+#[test]
+fn a_store_with_the_base_in_one_blob_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let id = SourceId::new("old").unwrap();
+    let writer = SourceId::new("writer").unwrap();
+    let base: Numbers = (0..1_000u64).collect();
+    let base_clock: Clock = [(writer, Timestamp::new(NOW, 5))].into_iter().collect();
+    let entries: [Entry<<Numbers as Reduce>::Update>; 2] = [
+        Entry::Change(Envelope::new(writer, Timestamp::new(NOW, 6), [5_000u64].into())),
+        Entry::Change(Envelope::new(id, Timestamp::new(NOW, 7), [5_001u64].into())),
+    ];
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let meta = OldMeta {
+            id,
+            last: Timestamp::new(NOW, 7),
+            base_seq: 10,
+            next_seq: 12,
+            base_clock: base_clock.clone(),
+            base: postcard::to_allocvec(&base.snapshot()).unwrap(),
+            life: 42,
+            floor: Timestamp::ZERO,
+        };
+        let meta = postcard::to_allocvec(&meta).unwrap();
+        txn.open_table(META).unwrap().insert("n", meta.as_slice()).unwrap();
+        let mut table = txn.open_table(ENTRIES).unwrap();
+        for (seq, entry) in (10u64..).zip(&entries) {
+            table.insert(("n", seq), postcard::to_allocvec(entry).unwrap().as_slice()).unwrap();
+        }
+        drop(table);
+        txn.commit().unwrap();
+    }
+    let mut want = base.clone();
+    Reduce::reduce(&mut want, [5_000, 5_001].into());
+
+    let store = Store::open(&path).unwrap();
+    let mut r = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
+    assert_eq!((r.id(), r.life(), r.state()), (id, 42, &want));
+    assert_eq!(r.clock().get(writer), Timestamp::new(NOW, 6));
+    assert_eq!(r.clock().get(id), Timestamp::new(NOW, 7));
+    assert!(r.last_timestamp() >= Timestamp::new(NOW, 7));
+
+    // The next save stores the base as parts, and the header no longer
+    // carries it.
+    r.update(NOW, [9_999].into()).unwrap();
+    store.save("n", &r).unwrap();
+    let (state, clock) = (r.state().clone(), r.clock().clone());
+    drop((r, store));
+    let (parts, _) = stored_parts(&path);
+    assert!(parts >= 1);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let header = txn.open_table(META).unwrap().get("n").unwrap().unwrap().value().len();
+        assert!(header < 200, "the header still holds the base: {header} bytes");
+    }
+    let store = Store::open(&path).unwrap();
+    let r = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
+    assert_eq!((r.state(), r.clock(), r.life()), (&state, &clock, 42));
+}
