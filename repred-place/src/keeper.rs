@@ -102,15 +102,6 @@ pub enum Command<O> {
         /// Which object.
         object: O,
     },
-    /// Route this node's access to `object` (it holds no replica) through
-    /// the live replica `to`: the first, or the next when the one before
-    /// it went down.
-    Attach {
-        /// Which object.
-        object: O,
-        /// Through whom.
-        to: SourceId,
-    },
 }
 
 #[derive(Clone, Debug)]
@@ -124,13 +115,6 @@ struct Held {
     holds: BTreeSet<SourceId>,
     /// Replicas whose clock covered this node's since it last changed.
     covers: BTreeSet<SourceId>,
-}
-
-#[derive(Clone, Debug)]
-struct Access {
-    key: ObjectKey,
-    k: usize,
-    via: Option<SourceId>,
 }
 
 /// Counters of a keeper.
@@ -209,7 +193,6 @@ pub struct Keeper<O: Name> {
     /// membership protocol too says they are down.
     departed: BTreeSet<SourceId>,
     objects: BTreeMap<O, Held>,
-    access: BTreeMap<O, Access>,
     pending: BTreeSet<O>,
     /// Other nodes this node shares objects with, and how many.
     peers: BTreeMap<SourceId, usize>,
@@ -230,7 +213,6 @@ impl<O: Name> Keeper<O> {
             leaving: false,
             departed: BTreeSet::new(),
             objects: BTreeMap::new(),
-            access: BTreeMap::new(),
             pending: BTreeSet::new(),
             peers: BTreeMap::new(),
             commands: VecDeque::new(),
@@ -331,15 +313,15 @@ impl<O: Name> Keeper<O> {
     }
 
     /// The other nodes this node shares objects with (the replicas of what
-    /// it holds) and routes access through: the connections it needs.
+    /// it holds): the connections it needs for them.
     pub fn peers(&self) -> impl Iterator<Item = SourceId> + '_ {
-        self.peers.keys().copied().chain(self.access.values().filter_map(|a| a.via))
+        self.peers.keys().copied()
     }
 
     /// Whether this node needs a connection to `peer` (see
     /// [`Keeper::peers`]).
     pub fn wants(&self, peer: SourceId) -> bool {
-        self.peers.contains_key(&peer) || self.access.values().any(|a| a.via == Some(peer))
+        self.peers.contains_key(&peer)
     }
 
     /// The whole member list, `(id, live)`, as the membership protocol has
@@ -493,30 +475,6 @@ impl<O: Name> Keeper<O> {
         }
     }
 
-    /// Opens `object` on this node without holding it: reads and writes go
-    /// through one live replica; returns which (also handed out as a
-    /// [`Command::Attach`], again whenever it changes: the one before went
-    /// down or moved).
-    pub fn access(&mut self, object: O, k: Option<usize>) -> Option<SourceId> {
-        let k = k.unwrap_or(self.config.k);
-        let key = object.key();
-        let mut access = Access { key, k, via: None };
-        self.reroute(&object, &mut access);
-        let via = access.via;
-        self.access.insert(object, access);
-        via
-    }
-
-    /// Closes this node's access to `object`.
-    pub fn end_access(&mut self, object: &O) {
-        self.access.remove(object);
-    }
-
-    /// The replica `object`'s access goes through, if it is open.
-    pub fn route(&self, object: &O) -> Option<SourceId> {
-        self.access.get(object).and_then(|a| a.via)
-    }
-
     /// Runs what is due: offers and checks asked again.
     pub fn handle_timeout(&mut self, now: u64) {
         if self.retry_at.is_none_or(|at| at > now) {
@@ -646,24 +604,6 @@ impl<O: Name> Keeper<O> {
         }
         for object in moved {
             self.work(now, &object);
-        }
-        let routes: Vec<O> = self.access.keys().cloned().collect();
-        for object in routes {
-            let mut access = self.access[&object].clone();
-            self.reroute(&object, &mut access);
-            self.access.insert(object, access);
-        }
-    }
-
-    fn reroute(&mut self, object: &O, access: &mut Access) {
-        let replicas = self.placement.place(access.key, access.k).replicas;
-        let keep = access.via.is_some_and(|v| replicas.contains(&v));
-        if keep {
-            return;
-        }
-        access.via = replicas.first().copied();
-        if let Some(to) = access.via {
-            self.commands.push_back(Command::Attach { object: object.clone(), to });
         }
     }
 

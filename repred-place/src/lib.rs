@@ -7,7 +7,10 @@
 //! objects as membership changes, without loss: it offers an object to
 //! replicas that lack it, keeps a replica it should no longer hold until the
 //! new replicas' clocks cover it, and lets the next live node stand in for
-//! an absent owner until the owner returns (hinted handoff).
+//! an absent owner until the owner returns (hinted handoff). [`Route`] is
+//! the access of a node that holds no replica of an object: its copy syncs
+//! with one live replica, failing over to the next, and says which of its
+//! writes a replica acknowledged.
 //!
 //! ```
 //! use repred::SourceId;
@@ -61,15 +64,18 @@
 //! **Consistency**: eventual. Replicas are ordinary repred replicas that sync
 //! by anti-entropy; a read on one replica returns what that replica has, and
 //! its clock says how fresh that is (which writes of which sources it
-//! includes). A write is acknowledged by the replica that took it; it is
+//! includes). A write is acknowledged by the replica that took it (for a
+//! node going through a [`Route`], once a replica's clock covers it); it is
 //! safe from that replica's loss once another replica's clock covers it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod keeper;
 mod placement;
+mod route;
 #[cfg(feature = "transport")]
 pub mod transport;
 
 pub use keeper::{Command, Keeper, KeeperConfig, KeeperStats, Role};
 pub use placement::{Name, ObjectKey, Placed, Placement, Scheme};
+pub use route::{Route, RouteConfig, RouteEvent, RouteStats, WriteId};

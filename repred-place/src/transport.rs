@@ -492,8 +492,6 @@ where
                     state.keeper.handle_check(now, &object, peer, covers);
                 }
                 Command::Drop { object } => drops.push(object),
-                // Access through a replica is not built: nothing routes.
-                Command::Attach { .. } => {}
             }
         }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use repred::{Reduce, ReplicaError, SourceId, Stamp};
 use repred_node::MemberState;
-use repred_place::{Command, Keeper, KeeperConfig};
+use repred_place::{Command, Keeper, KeeperConfig, Route, RouteConfig, RouteEvent, WriteId};
 
 use crate::{NodeIx, ObjectId, Sim};
 
@@ -52,12 +52,30 @@ impl PlacementReport {
     }
 }
 
+/// A node's access to an object it holds no replica of ([`Placer::open`]).
+struct Client {
+    route: Route,
+    /// Writes waiting for a replica's clock to cover them.
+    waiting: BTreeMap<WriteId, Stamp>,
+    acked: Vec<Stamp>,
+    expired: Vec<Stamp>,
+}
+
 /// Drives a [`Keeper`] per simulated node: reads each node core's member
 /// list when it changed, carries offers (the offered node's keeper decides;
 /// taken, it creates an empty replica that syncs over the connection),
 /// answers checks with the peer replica's clock (what an acknowledgement
 /// carries), drops replicas, and keeps a data link ([`Sim::link`]) to every
 /// peer a keeper shares objects with, closing links nobody needs.
+///
+/// A node that holds no replica of an object can [`open`](Placer::open)
+/// it: the node gets a copy of its own, the placer runs a [`Route`] for it
+/// and links the node to the replica the route chose (the copy syncs over
+/// that link; the simulator streams an object over every connection of two
+/// nodes that hold it, so also over any connection the node cores keep to
+/// another holder), and feeds the route the replicas' clocks to
+/// acknowledge the copy's writes. The copy is no placement replica: the
+/// keepers never count it.
 ///
 /// Call [`Placer::step`] between runs of the simulation, or use
 /// [`Placer::run_for`] which does both.
@@ -70,6 +88,8 @@ pub struct Placer {
     index: BTreeMap<SourceId, NodeIx>,
     known: BTreeSet<ObjectId>,
     leaving: BTreeSet<NodeIx>,
+    clients: BTreeMap<(NodeIx, ObjectId), Client>,
+    route_config: RouteConfig,
     tick_ms: u64,
     stats: PlacerStats,
 }
@@ -86,9 +106,17 @@ impl Placer {
             index: BTreeMap::new(),
             known: BTreeSet::new(),
             leaving: BTreeSet::new(),
+            clients: BTreeMap::new(),
+            route_config: RouteConfig::default(),
             tick_ms: tick_ms.max(1),
             stats: PlacerStats::default(),
         }
+    }
+
+    /// Sets how the routes of [`Placer::open`] fail over and time out.
+    pub fn with_routes(mut self, config: RouteConfig) -> Self {
+        self.route_config = config;
+        self
     }
 
     /// Counters.
@@ -132,7 +160,9 @@ impl Placer {
             self.seen[i] = n.membership_events();
             self.synced_at[i] = now;
             for object in n.objects() {
-                keeper.hold(now, object, None);
+                if !self.clients.contains_key(&(node, object)) {
+                    keeper.hold(now, object, None);
+                }
             }
             self.keepers[i] = Some(keeper);
         }
@@ -158,10 +188,120 @@ impl Placer {
         update: T::Update,
     ) -> Result<Option<Stamp>, ReplicaError> {
         let stamp = sim.update(node, object, update)?;
-        if let Some(k) = self.keepers.get_mut(node as usize).and_then(Option::as_mut) {
+        if let (Some(client), Some(stamp)) = (self.clients.get_mut(&(node, object)), stamp) {
+            let write = client.route.wrote(sim.now(), stamp);
+            client.waiting.insert(write, stamp);
+        } else if let Some(k) = self.keepers.get_mut(node as usize).and_then(Option::as_mut) {
             k.changed(&object);
         }
         Ok(stamp)
+    }
+
+    /// Opens `object` on `node`, which holds no replica of it (else
+    /// nothing happens: write to its replica): the node gets a copy of its
+    /// own, which syncs with one live replica chosen by a [`Route`];
+    /// [`Placer::write`] on the node then writes to the copy, and
+    /// [`Placer::acknowledged`] lists the writes a replica's clock covers.
+    /// Returns the replica chosen, if any is live.
+    pub fn open<T: Reduce>(
+        &mut self,
+        sim: &mut Sim<T>,
+        node: NodeIx,
+        object: ObjectId,
+    ) -> Option<NodeIx> {
+        let keeper = self.keeper(node)?;
+        if keeper.role(&object).is_some() {
+            return None;
+        }
+        let replicas = keeper.place(&object, None).replicas;
+        if sim.node(node).replica(object).is_none() {
+            sim.replicate(node, object);
+        }
+        let mut route = Route::new(self.route_config.clone());
+        route.set_replicas(sim.now(), replicas);
+        let client =
+            Client { route, waiting: BTreeMap::new(), acked: Vec::new(), expired: Vec::new() };
+        self.clients.insert((node, object), client);
+        self.routes(sim, node);
+        self.via(node, object)
+    }
+
+    /// Closes `node`'s access to `object` ([`Placer::open`]): its copy is
+    /// dropped (writes not acknowledged yet may be lost with it).
+    pub fn close<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx, object: ObjectId) {
+        if self.clients.remove(&(node, object)).is_some() {
+            sim.release(node, object);
+        }
+    }
+
+    /// The route of `node`'s access to `object`, if it is open.
+    pub fn route(&self, node: NodeIx, object: ObjectId) -> Option<&Route> {
+        self.clients.get(&(node, object)).map(|c| &c.route)
+    }
+
+    /// The replica `node`'s access to `object` goes through now.
+    pub fn via(&self, node: NodeIx, object: ObjectId) -> Option<NodeIx> {
+        self.route(node, object)?.via().and_then(|id| self.node_of(id))
+    }
+
+    /// The stamps of `node`'s writes to `object` through its access that a
+    /// replica acknowledged, in the order they were.
+    pub fn acknowledged(&self, node: NodeIx, object: ObjectId) -> &[Stamp] {
+        self.clients.get(&(node, object)).map_or(&[], |c| &c.acked)
+    }
+
+    /// The stamps of `node`'s writes to `object` that no replica
+    /// acknowledged in time ([`RouteEvent::Expired`]).
+    pub fn expired(&self, node: NodeIx, object: ObjectId) -> &[Stamp] {
+        self.clients.get(&(node, object)).map_or(&[], |c| &c.expired)
+    }
+
+    /// Steps the routes of `node`'s accesses: the replicas as its keeper
+    /// places them, the clocks of those it is connected to, due timeouts,
+    /// and a link to each replica chosen.
+    fn routes<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
+        let now = sim.now();
+        let objects: Vec<ObjectId> =
+            self.clients.range((node, 0)..=(node, ObjectId::MAX)).map(|(&(_, o), _)| o).collect();
+        for object in objects {
+            let Some(keeper) = self.keeper(node) else { return };
+            let replicas = keeper.place(&object, None).replicas;
+            let clocks: Vec<(SourceId, repred::Clock)> = replicas
+                .iter()
+                .filter_map(|&id| {
+                    let t = self.node_of(id)?;
+                    let held = sim.node(t).replica(object)?;
+                    sim.connected(node, t).then(|| (id, held.clock().clone()))
+                })
+                .collect();
+            let Some(client) = self.clients.get_mut(&(node, object)) else { continue };
+            let route = &mut client.route;
+            route.set_replicas(now, replicas);
+            for (id, clock) in &clocks {
+                route.handle_clock(now, *id, clock);
+            }
+            if route.poll_timeout().is_some_and(|at| at <= now) {
+                route.handle_timeout(now);
+            }
+            let mut attach = None;
+            while let Some(event) = route.poll_event() {
+                match event {
+                    RouteEvent::Attach { to } => attach = Some(to),
+                    RouteEvent::Detach => attach = None,
+                    RouteEvent::Acked { write, .. } => {
+                        client.acked.extend(client.waiting.remove(&write));
+                    }
+                    RouteEvent::Expired { write } => {
+                        client.expired.extend(client.waiting.remove(&write));
+                    }
+                }
+            }
+            if let Some(t) = attach.and_then(|to| self.node_of(to))
+                && !sim.connected(node, t)
+            {
+                sim.link(node, t);
+            }
+        }
     }
 
     /// The live replicas of `object` as `node` sees them: where a client
@@ -172,10 +312,17 @@ impl Placer {
     }
 
     /// Crashes `node` (its keeper stops with it).
+    /// Its accesses ([`Placer::open`]) end, their copies with them.
     pub fn crash<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
         sim.crash(node);
         if let Some(k) = self.keepers.get_mut(node as usize) {
             *k = None;
+        }
+        let open: Vec<(NodeIx, ObjectId)> =
+            self.clients.range((node, 0)..=(node, ObjectId::MAX)).map(|(&key, _)| key).collect();
+        for (node, object) in open {
+            self.clients.remove(&(node, object));
+            sim.release(node, object);
         }
     }
 
@@ -260,6 +407,7 @@ impl Placer {
                 keeper.handle_timeout(now);
             }
             self.commands(sim, node);
+            self.routes(sim, node);
         }
         for &node in &nodes {
             self.links(sim, node);
@@ -295,6 +443,10 @@ impl Placer {
                                 sim.replicate(t, object);
                                 self.stats.copies += 1;
                             }
+                            if taken {
+                                // A copy it had open is its replica now.
+                                self.clients.remove(&(t, object));
+                            }
                             taken
                         }
                         Some(t) => {
@@ -326,7 +478,6 @@ impl Placer {
                     sim.release(node, object);
                     self.stats.drops += 1;
                 }
-                Command::Attach { .. } => {}
             }
         }
         self.keepers[i] = Some(keeper);
@@ -336,30 +487,44 @@ impl Placer {
     /// connected to; closes its links nobody at either end needs.
     fn links<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
         let Some(keeper) = self.keeper(node) else { return };
-        let wanted: Vec<NodeIx> = keeper.peers().filter_map(|p| self.node_of(p)).collect();
+        let mut wanted: Vec<NodeIx> = keeper.peers().filter_map(|p| self.node_of(p)).collect();
+        wanted.extend(self.vias(node));
         for t in wanted {
             if sim.node(t).is_up() && !sim.connected(node, t) {
                 sim.link(node, t);
             }
         }
         let me = sim.node(node).id();
+        let vias: BTreeSet<NodeIx> = self.vias(node).collect();
         for t in sim.links(node) {
-            let theirs = self.keeper(t).is_some_and(|k| k.wants(me));
-            let mine = self.keeper(node).is_some_and(|k| k.wants(sim.node(t).id()));
+            let theirs =
+                self.keeper(t).is_some_and(|k| k.wants(me)) || self.vias(t).any(|v| v == node);
+            let mine =
+                self.keeper(node).is_some_and(|k| k.wants(sim.node(t).id())) || vias.contains(&t);
             if !theirs && !mine {
                 sim.unlink(node, t);
             }
         }
     }
 
+    /// The replicas `node`'s accesses go through.
+    fn vias(&self, node: NodeIx) -> impl Iterator<Item = NodeIx> + '_ {
+        self.clients
+            .range((node, 0)..=(node, ObjectId::MAX))
+            .filter_map(|(_, c)| c.route.via().and_then(|id| self.node_of(id)))
+    }
+
     /// Where every object stands: held by exactly its live replicas (as
     /// the keeper of the first live node computes them) with one clock and
-    /// one state, or not.
+    /// one state, or not. The copies of nodes that opened an object
+    /// ([`Placer::open`]) are no replicas and do not count.
     pub fn check<T: Reduce + PartialEq>(&self, sim: &Sim<T>) -> PlacementReport {
         let mut holders: BTreeMap<ObjectId, Vec<NodeIx>> = BTreeMap::new();
         for node in sim.up_nodes() {
             for object in sim.node(node).objects() {
-                holders.entry(object).or_default().push(node);
+                if !self.clients.contains_key(&(node, object)) {
+                    holders.entry(object).or_default().push(node);
+                }
             }
         }
         let mut report = PlacementReport {

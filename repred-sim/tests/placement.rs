@@ -266,3 +266,87 @@ fn a_partition_heals_with_every_replica_set_converged() {
     assert_nothing_lost(&sim, &written);
     println!("partition: healed and settled in {took} ms; {:?}", placer.stats());
 }
+
+/// A node that holds no replica opens an object and writes through the
+/// first replica; that replica crashes in the middle of the writes. The
+/// route moves to the next live replica, the writes the crashed one never
+/// took reach it by the ordinary sync, every write is acknowledged, and
+/// every acknowledged write ends on the object's k live replicas, whose
+/// state the node's copy reads too.
+#[test]
+fn a_non_replica_writes_through_a_replica_and_fails_over_when_it_crashes() {
+    let config = SimConfig::new(seed(23)).latency(1, 20);
+    let (mut sim, mut placer) = cluster(30, config);
+    populate(&mut sim, &mut placer, 10);
+    settle(&mut sim, &mut placer, 60_000);
+    let object = 0;
+    let replicas = placer.replicas(0, object);
+    // Not the node that would stand in for the crashed replica either (it
+    // would become a replica, and its copy the replica's).
+    let keeper = placer.keeper(0).unwrap();
+    let next: Vec<NodeIx> = keeper
+        .place(&object, Some(4))
+        .replicas
+        .iter()
+        .filter_map(|id| placer.node_of(*id))
+        .collect();
+    let client = sim.up_nodes().into_iter().find(|n| !next.contains(n)).unwrap();
+    let first = placer.open(&mut sim, client, object).expect("a live replica");
+    assert_eq!(first, replicas[0], "seed {}: the first replica on the list", sim.seed());
+
+    let mut values: BTreeMap<repred::Stamp, u64> = BTreeMap::new();
+    for v in 0..40u64 {
+        if v == 20 {
+            placer.crash(&mut sim, first);
+        }
+        let stamp = placer.write(&mut sim, client, object, GSet::add(1_000 + v)).unwrap();
+        values.insert(stamp.expect("a new value changes the state"), 1_000 + v);
+        placer.run_for(&mut sim, 100);
+    }
+    // Bounded: SWIM takes about 4 s to declare the crash, the route's ack
+    // timeout 5 s; whichever comes first moves it.
+    let took = placer.run_until(&mut sim, 60_000, 500, |p, s| {
+        p.acknowledged(client, object).len() == values.len() && p.check(s).is_settled()
+    });
+    let role = placer.keeper(client).and_then(|k| k.role(&object));
+    let route = placer.route(client, object).unwrap_or_else(|| {
+        panic!("seed {}: client {client} no longer routes; its role {role:?}", sim.seed())
+    });
+    assert!(
+        took.is_some(),
+        "seed {}: {} of {} acknowledged ({} expired), via {:?}, {:?}",
+        sim.seed(),
+        placer.acknowledged(client, object).len(),
+        values.len(),
+        placer.expired(client, object).len(),
+        placer.via(client, object),
+        placer.check(&sim)
+    );
+    let via = placer.via(client, object).unwrap();
+    assert_ne!(via, first, "seed {}: still through the crashed replica", sim.seed());
+    assert!(route.stats().failovers >= 1);
+    let now_replicas = placer.replicas(client, object);
+    assert!(now_replicas.contains(&via));
+    assert_eq!(now_replicas.len(), 3);
+    let mine = sim.node(client).replica(object).unwrap().state().clone();
+    for &r in &now_replicas {
+        let state = sim.node(r).replica(object).unwrap().state();
+        for stamp in placer.acknowledged(client, object) {
+            assert!(
+                state.contains(&values[stamp]),
+                "seed {}: node {r} lacks {stamp:?}",
+                sim.seed()
+            );
+        }
+        assert_eq!(
+            state,
+            &mine,
+            "seed {}: the client's copy reads what replica {r} has",
+            sim.seed()
+        );
+    }
+    println!(
+        "write-through: settled {took:?} ms after the last write; via {first} then {via}; {:?}",
+        route.stats()
+    );
+}
