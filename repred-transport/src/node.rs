@@ -26,7 +26,7 @@ use crate::builder::Settings;
 use crate::driver::Control;
 use crate::durable::Durable;
 use crate::metrics::NodeMetrics;
-use crate::object::{Handle, Object, Shared};
+use crate::object::{Handle, Object, Peers, Shared};
 use crate::udp::DemuxSocket;
 use crate::{CloseCode, Error, Members};
 
@@ -356,6 +356,24 @@ impl Node {
         T: Reduce + Send + 'static,
         T::Update: Send + Sync + 'static,
     {
+        self.replicate_with(name, initial, Peers::All)
+    }
+
+    /// Replicates `initial` under `name` as [`replicate`](Node::replicate)
+    /// does, but streams it only with the `peers` given (by node id): a
+    /// node that reads and writes an object through one chosen peer that
+    /// replicates it (`repred-place` does, for a node that is no replica
+    /// of the object). Change the set with [`Node::set_peers`].
+    pub fn replicate_with<T>(
+        &self,
+        name: &str,
+        initial: T,
+        peers: Peers,
+    ) -> Result<Handle<T>, Error>
+    where
+        T: Reduce + Send + 'static,
+        T::Update: Send + Sync + 'static,
+    {
         if name.is_empty() || name.len() > usize::from(u8::MAX) {
             return Err(Error::InvalidName { name: name.into(), reason: "must be 1 to 255 bytes" });
         }
@@ -395,6 +413,7 @@ impl Node {
             replica,
             durable.clone(),
             &self.inner.metrics.label,
+            peers,
         );
         tracing::debug!(parent: &self.inner.span, object = %name, "replicating");
         if let Some(d) = &durable {
@@ -412,6 +431,21 @@ impl Node {
             return Err(Error::AlreadyReplicated(name.to_string()));
         }
         Ok(Handle { shared })
+    }
+
+    /// Changes which peers `name` is streamed with (see [`Peers`]): streams
+    /// with peers the new set admits are opened or taken from now on (on
+    /// connections up already, too). Streams open already go on until
+    /// they end (their connection closes, or a side releases the object):
+    /// a set is for choosing peers, not for cutting them off. Returns
+    /// whether `name` is replicated here.
+    pub fn set_peers(&self, name: &str, peers: Peers) -> bool {
+        let object = self.inner.registry.borrow().get(name).cloned();
+        let Some(object) = object else { return false };
+        object.set_peers(peers);
+        // Connections and streams waiting for the object look again.
+        self.inner.registry.send_modify(|_| {});
+        true
     }
 
     /// The live members (alive or suspected, not yet declared down), this

@@ -1,6 +1,6 @@
 //! Replicated objects held by a node, and the handles users hold.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -26,6 +26,40 @@ use repred_store::{Batch, Store, StoreError};
 const CHANGES_CAPACITY: usize = 1024;
 /// How many stream refusals an object remembers ([`Handle::refusals`]).
 const REFUSALS_KEPT: usize = 32;
+
+/// Which peers a node streams an object with ([`Node::replicate_with`],
+/// [`Node::set_peers`]).
+///
+/// [`Node::replicate_with`]: crate::Node::replicate_with
+/// [`Node::set_peers`]: crate::Node::set_peers
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Peers {
+    /// Every connected peer that replicates it: what
+    /// [`Node::replicate`](crate::Node::replicate) does.
+    #[default]
+    All,
+    /// Only these peers, by node id ([`Node::id`](crate::Node::id)): no
+    /// stream of the object is opened to another peer, and another peer's
+    /// stream of it waits, as for an object not replicated yet, until the
+    /// set admits that peer or the connection ends. Empty: nobody.
+    Only(BTreeSet<SourceId>),
+}
+
+impl Peers {
+    /// Only these peers.
+    pub fn only(peers: impl IntoIterator<Item = SourceId>) -> Self {
+        Self::Only(peers.into_iter().collect())
+    }
+
+    /// Whether the object is streamed with `peer` (`None`: a peer whose id
+    /// is not known, admitted only by [`Peers::All`]).
+    pub fn admits(&self, peer: Option<SourceId>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(set) => peer.is_some_and(|p| set.contains(&p)),
+        }
+    }
+}
 
 /// One applied change, local or remote, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +140,10 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// Whether it was disposed of: being released (or the node stops), so
     /// no stream is opened or taken for it.
     fn is_disposed(&self) -> bool;
+    /// Whether a stream of it may be opened or taken with `peer`.
+    fn admits(&self, peer: Option<SourceId>) -> bool;
+    /// Which peers it is streamed with from now on.
+    fn set_peers(&self, peers: Peers);
 }
 
 /// Which end of a stream released its object.
@@ -149,6 +187,8 @@ struct Inner<T: Reduce> {
     spans: HashMap<StreamId, Span>,
     /// Live streams that ended because one end released the object.
     released: HashMap<StreamId, Released>,
+    /// Which peers new streams may be with.
+    peers: Peers,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -174,6 +214,7 @@ where
         replica: Replica<T>,
         durable: Option<Arc<Durable>>,
         node: &str,
+        peers: Peers,
     ) -> Arc<Self> {
         let subscription = replica.subscribe();
         // A loaded replica's counters start where its log left them; only
@@ -188,6 +229,7 @@ where
             last,
             spans: HashMap::new(),
             released: HashMap::new(),
+            peers,
         };
         let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
@@ -445,6 +487,14 @@ where
     fn is_disposed(&self) -> bool {
         self.lock().replica.is_disposed()
     }
+
+    fn admits(&self, peer: Option<SourceId>) -> bool {
+        self.lock().peers.admits(peer)
+    }
+
+    fn set_peers(&self, peers: Peers) {
+        self.lock().peers = peers;
+    }
 }
 
 /// Whether a stream ended because one side refused the other (rather than
@@ -525,6 +575,11 @@ where
     /// What this node has seen of the object, per source.
     pub fn clock(&self) -> Clock {
         self.shared.lock().replica.clock().clone()
+    }
+
+    /// Which peers the object is streamed with ([`Node::set_peers`](crate::Node::set_peers)).
+    pub fn peers(&self) -> Peers {
+        self.shared.lock().peers.clone()
     }
 
     /// The id this node writes under.

@@ -110,6 +110,9 @@ pub(crate) async fn run_connection(
     messages: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     let Some(conn) = lock(&inner.conns).map.get(&key).map(|c| c.conn.clone()) else { return };
+    // Objects replicated with chosen peers only are streamed only with
+    // those (`Node::replicate_with`).
+    let peer = crate::identity::peer_id(&conn);
     let streamed: Arc<Streamed> = Arc::default();
     let mut registry = inner.registry.subscribe();
     registry.mark_changed();
@@ -143,8 +146,9 @@ pub(crate) async fn run_connection(
                     .map(|(n, o)| (n.clone(), o.clone()))
                     .collect();
                 for (name, object) in objects {
-                    // One being released waits for the registry to change.
-                    if object.is_disposed() {
+                    // One being released, or not for this peer, waits for
+                    // the registry to change.
+                    if object.is_disposed() || !object.admits(peer) {
                         continue;
                     }
                     if let Some(claim) = streamed.claim(&name) {
@@ -169,7 +173,7 @@ pub(crate) async fn run_connection(
                 Ok((send, recv)) => {
                     // The object is named by the stream's first bytes.
                     let span = tracing::error_span!("stream", object = tracing::field::Empty);
-                    let task = accept_stream(inner.clone(), conn.clone(), send, recv, streamed.clone());
+                    let task = accept_stream(inner.clone(), conn.clone(), peer, send, recv, streamed.clone());
                     streams.spawn(task.instrument(span));
                 }
                 Err(_) => break,
@@ -234,6 +238,7 @@ async fn read_preamble(recv: &mut RecvStream) -> Result<String, String> {
 async fn accept_stream(
     inner: Arc<Inner>,
     conn: Connection,
+    peer: Option<repred::SourceId>,
     send: SendStream,
     mut recv: RecvStream,
     streamed: Arc<Streamed>,
@@ -252,7 +257,8 @@ async fn accept_stream(
     };
     // An object this node has not replicated yet: the stream waits for it
     // (the stream cap bounds how many can wait), so that nodes may call
-    // `replicate` in any order.
+    // `replicate` in any order. So does one replicated with other peers
+    // only, until its peers admit this one.
     let mut registry = inner.registry.subscribe();
     let mut phase = inner.phase.subscribe();
     let object = tokio::select! {
@@ -260,7 +266,7 @@ async fn accept_stream(
         // ends with a Close like any other.
         biased;
         // Not one being released: the stream waits for the next.
-        found = registry.wait_for(|r| r.get(&name).is_some_and(|o| !o.is_disposed())) => match found {
+        found = registry.wait_for(|r| r.get(&name).is_some_and(|o| !o.is_disposed() && o.admits(peer))) => match found {
             Ok(r) => r.get(&name).cloned(),
             Err(_) => None,
         },
