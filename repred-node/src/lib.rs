@@ -84,6 +84,6 @@ mod timers;
 pub use config::NodeConfig;
 pub use node::{
     CloseWhy, Command, ConnId, DATAGRAM_HEADER, DATAGRAM_MARKER, Datagram, DatagramError,
-    MemberInfo, MemberState, NodeCore, NodeEvent, NodeStats, sender_of,
+    LiveDigest, MemberInfo, MemberState, NodeCore, NodeEvent, NodeStats, sender_of,
 };
 pub use peer::{Address, Peer};

@@ -9,7 +9,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use repred::SourceId;
 
-use crate::sync::{self, Known, STATE_CHUNK, Sync, View};
+use crate::sync::{self, Known, STATE_CHUNK, Sync, Tally};
 use crate::timers::Timers;
 use crate::{Address, NodeConfig, Peer};
 
@@ -21,6 +21,10 @@ pub type ConnId = u64;
 /// bits; repred nodes never negotiate greasing them), so a transport can
 /// share one UDP socket between QUIC and membership by this byte alone.
 pub const DATAGRAM_MARKER: u8 = 0x21;
+
+/// From this many members on, the members to dial are drawn at random
+/// positions of the member list instead of filtered from all of it.
+const SAMPLE_ABOVE: usize = 64;
 
 /// Bytes before the membership protocol's own in a datagram: the marker and
 /// the sender's node id.
@@ -127,6 +131,32 @@ pub enum MemberState {
     Suspect,
     /// Declared down (or left).
     Down,
+}
+
+/// How many members a node counts as up (itself included) and a
+/// fingerprint of which: what two connected nodes compare before they look
+/// for a difference. Two nodes with equal digests see the same live members
+/// (but for a 64-bit collision); comparing them costs nothing like a pass
+/// over the member lists, so a driver can check a large cluster's
+/// convergence this way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LiveDigest {
+    /// How many.
+    pub members: u32,
+    /// Which (a mix of their ids' fingerprints, independent of order).
+    pub fingerprint: u64,
+}
+
+impl LiveDigest {
+    /// The digest of a set of distinct node ids (a node's
+    /// [`live`](NodeCore::live) members, say).
+    pub fn of(ids: impl IntoIterator<Item = SourceId>) -> Self {
+        Self::from_tally(&Tally::of(ids))
+    }
+
+    fn from_tally(tally: &Tally) -> Self {
+        Self { members: tally.members(), fingerprint: tally.digest() }
+    }
 }
 
 /// Counters of a node core.
@@ -265,6 +295,9 @@ pub struct NodeCore<A: Address> {
     /// answers). It stops after this node renewed its identity (declared
     /// down: a partition, a long pause) until someone talks to the new one.
     active: bool,
+    /// The view compared with neighbours (this node and the members up),
+    /// kept up to date from the membership protocol's notifications.
+    view: Tally,
 }
 
 impl<A: Address> std::fmt::Debug for NodeCore<A> {
@@ -337,6 +370,7 @@ impl<A: Address> NodeCore<A> {
             stats: NodeStats::default(),
             left: false,
             active: false,
+            view: Tally::of([id]),
             config,
         };
         let first_rotation = now + node.jitter(node.config.rotate_every);
@@ -516,7 +550,13 @@ impl<A: Address> NodeCore<A> {
             return;
         }
         self.conns.insert(conn, Conn { peer, addr, outgoing, since: now });
-        self.send_hello(conn, false);
+        // The dialer opens the comparison (one exchange repairs both ends;
+        // two, one from each end, cost a second pass over both member
+        // lists for nothing: at 10,000 nodes, most of a forming cluster's
+        // work).
+        if outgoing {
+            self.send_hello(conn);
+        }
         self.schedule_maintain(now);
     }
 
@@ -545,20 +585,19 @@ impl<A: Address> NodeCore<A> {
         let message: Sync<A> =
             postcard::from_bytes(bytes).map_err(|e| DatagramError::Malformed(e.to_string()))?;
         match message {
-            Sync::Hello { digest, answer, .. } => {
-                let view = self.view();
+            Sync::Hello { digest, .. } => {
                 // Equal views: nothing more. Otherwise the buckets say where
-                // they differ (and the peer hears our count and fingerprint,
-                // so that it repairs too).
-                if digest != view.digest {
-                    self.send_sync(conn, &Sync::Buckets(view.buckets));
-                    if !answer {
-                        self.send_hello(conn, true);
-                    }
+                // they differ; the peer then sends its members of those
+                // buckets and asks for ours, so one round repairs both
+                // ends. (A Hello back, as `answer` once asked, started a
+                // second round over the same buckets: twice the members
+                // sent for the same repair.)
+                if digest != self.view.digest() {
+                    self.send_sync(conn, &Sync::Buckets(self.view.buckets().to_vec()));
                 }
             }
             Sync::Buckets(theirs) => {
-                let differing = self.view().differing(&theirs);
+                let differing = self.view.differing(&theirs);
                 if !differing.is_empty() {
                     self.send_members(conn, &differing);
                     self.send_sync(conn, &Sync::Want(differing));
@@ -568,7 +607,8 @@ impl<A: Address> NodeCore<A> {
             Sync::State(members) => {
                 let room =
                     self.config.max_members.saturating_sub(self.swim.iter_membership_state().len());
-                let news = sync::news(self.id, self.swim.iter_membership_state(), members, room);
+                let swim = &self.swim;
+                let news = sync::news(self.id, |addr| swim.member_at(addr), members, room);
                 // The cluster knows these already: not spread again.
                 let _ = self.swim.apply_many(news.into_iter(), false, &mut self.runtime);
             }
@@ -577,16 +617,11 @@ impl<A: Address> NodeCore<A> {
         Ok(())
     }
 
-    /// This node's view of who is up.
-    fn view(&self) -> View {
-        View::of(self.id, self.swim.iter_members())
-    }
-
     /// Tells the peer on `conn` how many members this node counts as up,
     /// and a fingerprint of which.
-    fn send_hello(&mut self, conn: ConnId, answer: bool) {
-        let view = self.view();
-        self.send_sync(conn, &Sync::Hello { members: view.members, digest: view.digest, answer });
+    fn send_hello(&mut self, conn: ConnId) {
+        let (members, digest) = (self.view.members(), self.view.digest());
+        self.send_sync(conn, &Sync::Hello { members, digest, answer: false });
     }
 
     /// Sends the members of `buckets`, in chunks.
@@ -679,6 +714,20 @@ impl<A: Address> NodeCore<A> {
         live
     }
 
+    /// How many members this node counts as up and a fingerprint of which,
+    /// as [`LiveDigest::of`] the ids of [`live`](NodeCore::live) gives, in
+    /// O(1) (kept up to date as members come and go).
+    pub fn live_digest(&self) -> LiveDigest {
+        if self.left {
+            // The view compared with neighbours counts this node still.
+            let mut view = self.view.clone();
+            view.remove(self.id);
+            LiveDigest::from_tally(&view)
+        } else {
+            LiveDigest::from_tally(&self.view)
+        }
+    }
+
     /// How many connections this node has, and to whom.
     pub fn connections(&self) -> impl Iterator<Item = (ConnId, SourceId, bool)> + '_ {
         self.conns.iter().map(|(&k, c)| (k, c.peer, c.outgoing))
@@ -732,17 +781,43 @@ impl<A: Address> NodeCore<A> {
             let free = |addr: &A, backoff: &BTreeMap<A, Backoff>, dialing: &BTreeMap<A, u64>| {
                 !dialing.contains_key(addr) && backoff.get(addr).is_none_or(|b| b.until <= now)
             };
-            let mut candidates: Vec<(A, Option<SourceId>)> = self
-                .swim
-                .iter_members()
-                .filter_map(|m| Some((m.id().id?, &m.id().addr)))
-                .filter(|(id, addr)| {
-                    *id != self.id
-                        && !connected.contains(id)
-                        && free(addr, &self.backoff, &self.dialing)
-                })
-                .map(|(id, addr)| (addr.clone(), Some(id)))
-                .collect();
+            let eligible = |m: &Member<Peer<A>>| {
+                let id = m.id().id?;
+                let ok = id != self.id
+                    && matches!(m.state(), foca::State::Alive | foca::State::Suspect)
+                    && !connected.contains(&id)
+                    && free(&m.id().addr, &self.backoff, &self.dialing);
+                ok.then(|| (m.id().addr.clone(), Some(id)))
+            };
+            // A few random members, drawn from foca's list by position
+            // (O(wanted), whatever N); the scan of every member only when
+            // the draws find too few (a small or mostly ineligible list).
+            let mut candidates = if alone {
+                Vec::new()
+            } else {
+                let all = self.swim.iter_membership_state().len();
+                let mut drawn: Vec<(A, Option<SourceId>)> = Vec::new();
+                if all >= SAMPLE_ABOVE {
+                    let need = want - busy;
+                    for _ in 0..need * 16 + 32 {
+                        if drawn.len() == need {
+                            break;
+                        }
+                        let pos = self.rng.random_range(0..all);
+                        let pick = self.swim.iter_membership_state().nth(pos).and_then(eligible);
+                        if let Some(pick) = pick.filter(|p| !drawn.iter().any(|d| d.0 == p.0)) {
+                            drawn.push(pick);
+                        }
+                    }
+                    if drawn.len() < need {
+                        drawn.clear();
+                    }
+                }
+                if drawn.is_empty() {
+                    drawn = self.swim.iter_members().filter_map(eligible).collect();
+                }
+                drawn
+            };
             if alone {
                 let conn_addrs: BTreeSet<&A> = self.conns.values().map(|c| &c.addr).collect();
                 candidates = self
@@ -793,7 +868,7 @@ impl<A: Address> NodeCore<A> {
         }
         let keys: Vec<ConnId> = self.conns.keys().copied().collect();
         let conn = keys[self.rng.random_range(0..keys.len())];
-        self.send_hello(conn, false);
+        self.send_hello(conn);
     }
 
     /// While the membership protocol is stopped (before joining, or after
@@ -856,9 +931,14 @@ impl<A: Address> NodeCore<A> {
             self.timers.set(now + after.as_millis() as u64, Timer::Swim(timer));
         }
         let mut changed = false;
+        let mut recount = false;
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
                 OwnedNotification::MemberUp(peer) => {
+                    // Every member up counts in the view, as `view_of` counts.
+                    if let Some(id) = peer.id {
+                        self.view.add(id);
+                    }
                     if let Some(id) = peer.id.filter(|id| *id != self.id) {
                         self.events.push_back(NodeEvent::MemberUp { id, addr: peer.addr });
                         changed = true;
@@ -866,13 +946,21 @@ impl<A: Address> NodeCore<A> {
                 }
                 OwnedNotification::MemberDown(peer) => {
                     if let Some(id) = peer.id {
+                        self.view.remove(id);
                         self.member_gone(id, peer.addr);
                         changed = true;
                     }
                 }
                 // A member's new life or renewal replaced the old one at
-                // its address; whether it is up is told separately.
-                OwnedNotification::Rename(..) => changed = true,
+                // its address; whether it is up is told separately (an Up
+                // or Down follows when that changed). A new life of the same
+                // node leaves the view as it was; another node id at that
+                // address (rare) changes it only if the member was up, which
+                // the notification does not say: count again.
+                OwnedNotification::Rename(old, new) => {
+                    recount |= old.id != new.id;
+                    changed = true;
+                }
                 OwnedNotification::Active => {
                     self.active = true;
                     self.events.push_back(NodeEvent::Joined);
@@ -888,6 +976,9 @@ impl<A: Address> NodeCore<A> {
                 }
                 OwnedNotification::Defunct => self.active = false,
             }
+        }
+        if recount {
+            self.view = sync::view_of(self.id, self.swim.iter_members());
         }
         if changed {
             self.schedule_maintain(now);

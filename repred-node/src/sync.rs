@@ -8,10 +8,13 @@
 //! (a few bytes; equal views stop there), then, if they differ, the
 //! fingerprints of 256 buckets of members, then only the members of the
 //! buckets that differ, both ways. What a node takes in is filtered to what
-//! changes its view before the membership protocol sees it, so a repair
-//! costs O(N) work however many members it carries.
+//! changes its view before the membership protocol sees it, one lookup per
+//! member carried.
+//!
+//! The fingerprints are kept up to date as members come and go ([`Tally`]),
+//! so comparing equal views costs the same at 10 members and at 10,000.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use foca::{Member, State};
 use repred::SourceId;
@@ -29,7 +32,8 @@ pub(crate) const STATE_CHUNK: usize = 1_000;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Sync<A> {
     /// How many members the sender counts as up, and a fingerprint of
-    /// which; `answer` marks the reply to one, which is not answered.
+    /// which. `answer` is always false now (it marked a Hello sent back,
+    /// which started a second, redundant round); kept for the wire format.
     Hello { members: u32, digest: u64, answer: bool },
     /// The fingerprints of the sender's view, per bucket.
     Buckets(Vec<u64>),
@@ -71,39 +75,75 @@ fn rank(state: State) -> u8 {
     }
 }
 
-/// A node's view of who is up (itself included): a count, a fingerprint,
-/// and the fingerprint per bucket.
-pub(crate) struct View {
-    pub(crate) members: u32,
-    pub(crate) digest: u64,
-    pub(crate) buckets: Vec<u64>,
+/// A count and a fingerprint per bucket of a set of member ids, kept up to
+/// date one member at a time: a member's fingerprint is XORed in when it
+/// comes up and out when it goes down, so the set's fingerprint never needs
+/// a pass over the member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tally {
+    members: u32,
+    buckets: Vec<u64>,
 }
 
-impl View {
-    pub(crate) fn of<'a, A: Address + 'a>(
-        me: SourceId,
-        up: impl Iterator<Item = &'a Member<Peer<A>>>,
-    ) -> Self {
-        let mut buckets = vec![0u64; BUCKETS];
-        let mut members = 1;
-        buckets[bucket(me)] ^= fingerprint(me);
-        for m in up {
-            if let Some(id) = m.id().id {
-                buckets[bucket(id)] ^= fingerprint(id);
-                members += 1;
-            }
-        }
-        let digest = buckets.iter().fold(0u64, |acc, b| acc ^ b.rotate_left(17) ^ (acc << 1));
-        Self { members, digest, buckets }
+impl Tally {
+    /// The empty set.
+    pub(crate) fn new() -> Self {
+        Self { members: 0, buckets: vec![0u64; BUCKETS] }
     }
 
-    /// The buckets in which `theirs` differs from this view.
+    /// The set of `ids`.
+    pub(crate) fn of(ids: impl IntoIterator<Item = SourceId>) -> Self {
+        let mut tally = Self::new();
+        for id in ids {
+            tally.add(id);
+        }
+        tally
+    }
+
+    /// `id` came up.
+    pub(crate) fn add(&mut self, id: SourceId) {
+        self.buckets[bucket(id)] ^= fingerprint(id);
+        self.members = self.members.wrapping_add(1);
+    }
+
+    /// `id` went down (XOR is its own inverse).
+    pub(crate) fn remove(&mut self, id: SourceId) {
+        self.buckets[bucket(id)] ^= fingerprint(id);
+        self.members = self.members.wrapping_sub(1);
+    }
+
+    /// How many members.
+    pub(crate) fn members(&self) -> u32 {
+        self.members
+    }
+
+    /// One fingerprint of the whole set (O(buckets), not O(members)).
+    pub(crate) fn digest(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |acc, b| acc ^ b.rotate_left(17) ^ (acc << 1))
+    }
+
+    /// The buckets in which `theirs` differs from this set.
     pub(crate) fn differing(&self, theirs: &[u64]) -> Vec<u16> {
         (0..BUCKETS)
             .filter(|&b| theirs.get(b).copied().unwrap_or_default() != self.buckets[b])
             .map(|b| b as u16)
             .collect()
     }
+
+    /// The fingerprint per bucket.
+    pub(crate) fn buckets(&self) -> &[u64] {
+        &self.buckets
+    }
+}
+
+/// A node's view of who is up, counted from scratch: itself and each member
+/// up with a node id. What [`Tally`] keeps incrementally, and what it is
+/// rebuilt from when an update does not say enough to adjust it.
+pub(crate) fn view_of<'a, A: Address + 'a>(
+    me: SourceId,
+    up: impl Iterator<Item = &'a Member<Peer<A>>>,
+) -> Tally {
+    Tally::of(std::iter::once(me).chain(up.filter_map(|m| m.id().id)))
 }
 
 /// The members (every state) in the given buckets, as a list carries them.
@@ -126,31 +166,30 @@ pub(crate) fn members_in<'a, A: Address + 'a>(
 /// Of what a peer sent, what changes this node's view: members it does not
 /// know, newer identities at an address, and newer states (a higher
 /// incarnation, or a worse state at the same one, as SWIM orders them).
-/// One pass over the view, so a repair costs O(N) however much it carries.
+/// `known` finds this node's member at an address (foca's index), so a
+/// repair costs one lookup per member it carries.
 pub(crate) fn news<'a, A: Address + 'a>(
     me: SourceId,
-    all: impl Iterator<Item = &'a Member<Peer<A>>>,
+    known: impl Fn(&A) -> Option<&'a Member<Peer<A>>>,
     incoming: Vec<Known<A>>,
     room: usize,
 ) -> Vec<Member<Peer<A>>> {
-    let mine: HashMap<&A, (&Peer<A>, u16, u8)> =
-        all.map(|m| (&m.id().addr, (m.id(), m.incarnation(), rank(m.state())))).collect();
     let mut unknown = 0usize;
     let mut out = Vec::new();
     for k in incoming {
         if k.peer.id.is_none() || k.peer.id == Some(me) || k.state > 2 {
             continue;
         }
-        let changes = match mine.get(&k.peer.addr) {
+        let changes = match known(&k.peer.addr) {
             None => {
                 unknown += 1;
                 unknown <= room
             }
-            Some((peer, incarnation, state)) => {
-                if **peer != k.peer {
-                    k.peer.bump > peer.bump
+            Some(m) => {
+                if *m.id() != k.peer {
+                    k.peer.bump > m.id().bump
                 } else {
-                    (k.incarnation, k.state) > (*incarnation, *state)
+                    (k.incarnation, k.state) > (m.incarnation(), rank(m.state()))
                 }
             }
         };
