@@ -118,3 +118,65 @@ fn a_fresh_peer_gets_the_state_when_history_is_much_longer() {
     assert_eq!(stats.updates_sent, 0);
     assert!(stats.bytes_sent < 100_000, "{} bytes", stats.bytes_sent);
 }
+
+/// An `LwwMap` that records what it was asked to reserve.
+#[derive(Default)]
+struct Reserving {
+    map: LwwMap<u64, u64>,
+    reserved: Vec<u64>,
+}
+
+impl repred::Reduce for Reserving {
+    type Update = <LwwMap<u64, u64> as repred::Reduce>::Update;
+
+    fn reduce(&mut self, update: Self::Update) -> Option<Self::Update> {
+        self.map.reduce(update)
+    }
+
+    fn snapshot(&self) -> Self::Update {
+        self.map.snapshot()
+    }
+
+    fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
+        self.map.snapshot_part(cursor, max)
+    }
+
+    fn entries_hint(&self) -> Option<u64> {
+        self.map.entries_hint()
+    }
+
+    fn reserve(&mut self, entries: u64) {
+        self.reserved.push(entries);
+        self.map.reserve(entries);
+    }
+
+    fn stamp(update: &mut Self::Update, stamp: repred::Stamp) {
+        LwwMap::<u64, u64>::stamp(update, stamp);
+    }
+
+    fn unstamp(change: &mut Self::Update, stamp: repred::Stamp) {
+        LwwMap::<u64, u64>::unstamp(change, stamp);
+    }
+}
+
+/// A snapshot's begin says how many entries the state holds: the fresh
+/// receiver reserves once, before its parts merge, up to its limit.
+#[test]
+fn a_fresh_peer_reserves_room_for_the_snapshot_once() {
+    for (limit, want) in [(u64::MAX, 5_000), (1_000, 1_000)] {
+        let mut net = Network::new();
+        let config = Config::default().history_limit(16);
+        let mut source = Replica::with_config(id("big"), Reserving::default(), config);
+        for k in 0..5_000u64 {
+            source.update(NOW, LwwMap::set(k, k)).unwrap();
+        }
+        let a = net.add(source);
+        let config = Config::default().max_snapshot_reserve(limit);
+        let b = net.add(Replica::with_config(id("fresh"), Reserving::default(), config));
+        net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].stats().snapshots, 1);
+        assert_eq!(net[b].state().map, net[a].state().map);
+        assert_eq!(net[b].state().reserved, [want], "limit {limit}");
+    }
+}

@@ -1123,9 +1123,14 @@ impl Oracle {
             return Expect::Refused("a begin whose clock's size and digest do not decode");
         };
         let id = snapshot_id(&body[..body.len() - rest.len()]);
-        let Some(proof) = decode_all::<Option<Signature>>(rest) else {
+        let Ok((proof, hint)) = postcard::take_from_bytes::<Option<Signature>>(rest) else {
             return Expect::Refused("a begin whose signature does not decode");
         };
+        // The state's size hint after the signature is optional (version
+        // 3), a single varint when there.
+        if !hint.is_empty() && decode_all::<u64>(hint).is_none() {
+            return Expect::Refused("a begin whose size hint does not decode");
+        }
         if !self.hello {
             return Expect::Refused("a begin before Hello");
         }

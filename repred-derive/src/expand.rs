@@ -344,6 +344,14 @@ fn field_wise(input: &Input) -> TokenStream {
                     ::core::option::Option::Some(#total)
                 }
 
+                // The hint is the fields' total, which cannot be split
+                // among them: each field that reserves gets the whole (a
+                // reservation costs address space more than memory).
+                fn reserve(&mut self, #total: u64) {
+                    #(::repred::Reduce::reserve(&mut self.#names, #total);)*
+                    let _ = #total;
+                }
+
                 fn collect(&mut self, #stable: ::repred::Timestamp) -> usize {
                     0 #(+ ::repred::Reduce::collect(&mut self.#names, #stable))*
                 }

@@ -29,6 +29,12 @@ pub struct Config {
     /// updates, and neither end holds more than a part of it encoded.
     /// Default 64 KiB.
     pub snapshot_part_bytes: usize,
+    /// Most entries a peer's snapshot may make this replica reserve room
+    /// for before its parts arrive ([`Reduce::reserve`](crate::Reduce::reserve)):
+    /// the sender's size hint is not signed, so a larger one reserves this
+    /// much and the state grows as parts come beyond it. Default 2^25
+    /// (33,554,432).
+    pub max_snapshot_reserve: u64,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
@@ -85,6 +91,7 @@ impl Default for Config {
             max_frame: 16 << 20,
             batch_bytes: 64 << 10,
             snapshot_part_bytes: 64 << 10,
+            max_snapshot_reserve: 1 << 25,
             max_events: 4_096,
             require_signatures: false,
             allowed_sources: None,
@@ -160,6 +167,12 @@ impl Config {
     /// Sets [`Config::snapshot_part_bytes`].
     pub fn snapshot_part_bytes(mut self, bytes: usize) -> Self {
         self.snapshot_part_bytes = bytes;
+        self
+    }
+
+    /// Sets [`Config::max_snapshot_reserve`].
+    pub fn max_snapshot_reserve(mut self, entries: u64) -> Self {
+        self.max_snapshot_reserve = entries;
         self
     }
 

@@ -708,7 +708,9 @@ impl Stream {
                     self.backfill.remove(&source);
                 }
             }
-            Frame::SnapshotBegin { sources, clock, digest, proof } if self.opts.receives => {
+            Frame::SnapshotBegin { sources, clock, digest, proof, entries }
+                if self.opts.receives =>
+            {
                 if self.snapshot_in.is_some() {
                     return Err(PeerMisbehaved::Malformed {
                         kind: "SnapshotBegin".into(),
@@ -718,7 +720,7 @@ impl Stream {
                 if let Some(refused) = self.vet_floor(id, core) {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
-                match Incoming::begin(core, sources, clock, digest, proof.as_ref()) {
+                match Incoming::begin(core, sources, clock, digest, proof.as_ref(), entries) {
                     Ok(incoming) => self.snapshot_in = Some(incoming),
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
                 }
@@ -744,6 +746,11 @@ impl Stream {
                 };
                 if let Err(refused) = incoming.part(index, &digest, proof.as_ref()) {
                     return self.refuse_snapshot(id, core, peer, refused);
+                }
+                // Room for the whole state once, with the first part taken
+                // (its clock checked), rather than doubling on the way.
+                if let Some(entries) = incoming.take_size_hint() {
+                    core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
                 core.merge_part(peer.map_or(core.id, |p| p.id), state);
             }

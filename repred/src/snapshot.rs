@@ -56,7 +56,18 @@ impl Outgoing {
         let proof = core.snapshot_signer.as_ref().map(|s| s.sign_snapshot(&id));
         let mut w = Writer::begin(out, Kind::SnapshotBegin);
         w.put_raw(&body);
-        put(w, &proof)?;
+        if let Err(e) = w.put(&proof) {
+            w.abandon();
+            return Err(e.into());
+        }
+        // How large the state is, so the receiver can make room once.
+        if let Some(entries) = core.state.entries_hint()
+            && let Err(e) = w.put(&entries)
+        {
+            w.abandon();
+            return Err(e.into());
+        }
+        w.finish();
         Ok(Self {
             id,
             clock_done: clock.is_empty(),
@@ -211,6 +222,8 @@ pub(crate) struct Incoming {
     /// by the same key.
     signer: Option<SourceId>,
     next: u64,
+    /// The sender's size hint, until the first part is taken.
+    entries: Option<u64>,
 }
 
 fn misbehaved(detail: &str) -> Refused {
@@ -229,6 +242,7 @@ impl Incoming {
         digest: [u8; 32],
         id: [u8; 32],
         proof: Option<&Signature>,
+        entries: Option<u64>,
     ) -> Result<Self, Refused> {
         let signer = core.vet_snapshot(&id, proof).map_err(Refused::Untrusted)?;
         Ok(Self {
@@ -240,6 +254,7 @@ impl Incoming {
             hasher: Sha256::new(),
             signer,
             next: 0,
+            entries,
         })
     }
 
@@ -300,6 +315,11 @@ impl Incoming {
         self.vouched(&frame::part_digest(&self.id, index, state), proof)?;
         self.next += 1;
         Ok(())
+    }
+
+    /// The sender's size hint, once: after the first part was taken.
+    pub(crate) fn take_size_hint(&mut self) -> Option<u64> {
+        self.entries.take()
     }
 
     /// Checks the end; returns the clock the whole snapshot stands for.

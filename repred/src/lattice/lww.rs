@@ -306,6 +306,12 @@ where
         Some(self.entries.len() as u64)
     }
 
+    /// Grows the table once to hold `entries` (deletes included).
+    fn reserve(&mut self, entries: u64) {
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        self.entries.reserve(entries.saturating_sub(self.entries.len()));
+    }
+
     /// Drops deletes older than `stable` (order kept, so positions of the
     /// rest only move down; the replica collects only when no snapshot is
     /// being sent).
