@@ -45,9 +45,19 @@
 //! - The directory lists every object's holders on every node: fine for
 //!   tens of nodes and thousands of objects, not for the 100,000 objects of
 //!   the simulator's tests, which carry offers point to point.
-//! - A node that holds no replica of an object cannot read or write it
-//!   through one ([`Placer::update`] says where the replicas are:
-//!   [`PlaceError::NotHeld`]); forwarding is not built.
+//!
+//! **A node that holds no replica** of an object opens it all the same
+//! ([`Placer::open`], and [`Placer::update`] on such a node): it
+//! replicates a copy of its own that is streamed with one live replica
+//! only ([`Node::replicate_with`], [`Peers`]), chosen and changed by a
+//! [`Route`] that the placer's task runs. The copy is never listed in the
+//! directory, so no keeper counts it a holder. A write goes to the copy
+//! under the copy's own source id, reaches the replica by the ordinary
+//! sync, and is *acknowledged* once a replica's listed clock covers its
+//! stamp; the replica in use fails over (the route moves to the next
+//! live one, [`Node::set_peers`]) when the member list drops it or it does
+//! not acknowledge in time, and writes it never took reach the next one by
+//! the sync. If this node becomes a replica, the copy becomes its replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -55,13 +65,15 @@ use std::time::Duration;
 
 use repred::{Clock, LwwMap, Reduce, SourceId, Stamp, Stamped};
 use repred_transport::repred_node::MemberState;
-use repred_transport::{Handle, Node};
+use repred_transport::{Changes, Handle, Node, Peers};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::{RwLock, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{Command, Keeper, KeeperConfig, KeeperStats, Role};
+use crate::{
+    Command, Keeper, KeeperConfig, KeeperStats, Role, Route, RouteConfig, RouteEvent, WriteId,
+};
 
 /// The name of the directory, the control object every placing node
 /// replicates.
@@ -97,14 +109,18 @@ pub enum PlaceError {
     /// The node could not replicate, write or release an object.
     #[error(transparent)]
     Transport(#[from] repred_transport::Error),
-    /// This node holds no replica of the object; read and write it on one
-    /// of its replicas.
-    #[error("this node holds no replica of {name:?}; its replicas are {replicas:?}")]
-    NotHeld {
+    /// A write through a replica (this node holds none of the object) was
+    /// made on this node's copy, but no replica's clock covered it within
+    /// [`RouteConfig::write_timeout_ms`]. It is not lost while this node
+    /// keeps its copy: it reaches a replica with a later sync.
+    #[error(
+        "no replica of {name:?} acknowledged the write {stamp:?} in time; it stays in this node's copy"
+    )]
+    NotAcknowledged {
         /// The object.
         name: String,
-        /// Its live replicas, by this node's member list.
-        replicas: Vec<SourceId>,
+        /// The write's stamp.
+        stamp: Stamp,
     },
     /// The name is the directory's.
     #[error("{0:?} is the placement directory's own name")]
@@ -125,11 +141,19 @@ pub struct PlacerConfig {
     /// How often the placer reads the member list and the directory, runs
     /// the keeper and publishes what changed. Default 100 ms.
     pub tick: Duration,
+    /// How the access of this node to objects it holds no replica of
+    /// ([`Placer::open`]) fails over and how long a write waits for its
+    /// acknowledgement.
+    pub route: RouteConfig,
 }
 
 impl Default for PlacerConfig {
     fn default() -> Self {
-        Self { keeper: KeeperConfig::default(), tick: Duration::from_millis(100) }
+        Self {
+            keeper: KeeperConfig::default(),
+            tick: Duration::from_millis(100),
+            route: RouteConfig::default(),
+        }
     }
 }
 
@@ -145,6 +169,12 @@ impl PlacerConfig {
         self.tick = tick;
         self
     }
+
+    /// Sets [`PlacerConfig::route`].
+    pub fn route(mut self, route: RouteConfig) -> Self {
+        self.route = route;
+        self
+    }
 }
 
 /// One object this node holds.
@@ -156,11 +186,49 @@ struct Held<T: Reduce> {
     writes: Arc<RwLock<()>>,
 }
 
+/// An object this node holds no replica of, opened here: its copy and
+/// the route that picks the replica the copy syncs with.
+struct Access<T: Reduce> {
+    handle: Handle<T>,
+    route: Route,
+    /// Writes waiting for an acknowledgement: told `true` once a replica's
+    /// clock covers them, `false` once they expired.
+    waiters: BTreeMap<WriteId, oneshot::Sender<bool>>,
+}
+
+impl<T: Reduce> Access<T> {
+    /// This node holds the object now: what its copy took is on a replica.
+    fn acknowledge_all(self) -> Handle<T> {
+        for (_, waiter) in self.waiters {
+            let _ = waiter.send(true);
+        }
+        self.handle
+    }
+}
+
+/// This node's copy of an object, as a write finds it.
+enum Copy<T: Reduce> {
+    /// A replica (or one being handed off), with the lock a drop takes.
+    Held(Handle<T>, Arc<RwLock<()>>),
+    /// A copy that goes through a replica.
+    Access(Handle<T>),
+}
+
+impl<T: Reduce> Copy<T> {
+    fn handle(&self) -> &Handle<T> {
+        match self {
+            Self::Held(handle, _) | Self::Access(handle) => handle,
+        }
+    }
+}
+
 /// What the placer's task and its callers share, behind one lock (never
 /// held across an await).
 struct State<T: Reduce> {
     keeper: Keeper<String>,
     held: BTreeMap<String, Held<T>>,
+    /// Objects opened here that this node holds no replica of.
+    open: BTreeMap<String, Access<T>>,
     /// The clock last listed for each held object.
     listed: BTreeMap<String, Clock>,
     /// Released objects whose entries are still to be deleted.
@@ -264,6 +332,7 @@ where
         let state = State {
             keeper,
             held: BTreeMap::new(),
+            open: BTreeMap::new(),
             listed: BTreeMap::new(),
             unlist: BTreeSet::new(),
             record_listed: false,
@@ -299,35 +368,53 @@ where
         if state.held.contains_key(name) {
             return Ok(());
         }
-        let k = shared.config.keeper.k;
-        let handle = shared.node.replicate(name, T::default())?;
-        state.held.insert(name.to_string(), Held { handle, k, writes: Arc::default() });
-        state.keeper.hold(shared.now(), name.to_string(), None);
-        Ok(())
+        shared.hold(&mut state, name)
     }
 
-    /// Writes to this node's replica of `name`: acknowledged (on disk)
-    /// when it returns. Fails with [`PlaceError::NotHeld`] when this node
-    /// holds no copy (it never did, or handed it off).
+    /// Opens `name` on this node, whether it holds a replica of it or not:
+    /// a handle to read it, write it and follow its changes. On a node the
+    /// member list makes a replica, it holds the object (as
+    /// [`Placer::create`]); on any other, it makes a copy that goes
+    /// through one live replica (see the [module](self)). The access
+    /// stays open until [`Placer::close`] (or the placer stops); opening
+    /// it again is cheap.
+    pub fn open(&self, name: &str) -> Result<ObjectHandle<T>, PlaceError> {
+        if name == DIRECTORY {
+            return Err(PlaceError::Reserved(name.to_string()));
+        }
+        self.shared.copy(name)?;
+        Ok(ObjectHandle { shared: self.shared.clone(), name: name.to_string() })
+    }
+
+    /// Closes this node's access to `name`, if it holds no replica of it:
+    /// its copy is released (the store keeps its log). Writes still
+    /// waiting for an acknowledgement fail with
+    /// [`PlaceError::NotAcknowledged`]; each reached a replica or is in
+    /// the copy's log. Returns whether an access was open.
+    pub async fn close(&self, name: &str) -> Result<bool, PlaceError> {
+        let access = lock(&self.shared.state).open.remove(name);
+        let Some(access) = access else { return Ok(false) };
+        drop(access);
+        self.shared.node.release(name).await?;
+        Ok(true)
+    }
+
+    /// Writes to `name` ([`ObjectHandle::update`]): on a node that holds a
+    /// replica, acknowledged (on disk) when it returns; on any other,
+    /// through a replica, acknowledged once a replica's clock covers it.
     pub async fn update(&self, name: &str, update: T::Update) -> Result<Option<Stamp>, PlaceError> {
-        let (handle, writes) = self.held(name)?;
-        let _writing = writes.read().await;
-        // A drop may have released it while this write waited.
-        let still = lock(&self.shared.state)
-            .held
-            .get(name)
-            .is_some_and(|h| Arc::ptr_eq(&h.writes, &writes));
-        if !still {
-            return Err(self.not_held(name));
-        }
-        let stamp = handle.update(update).await?;
-        if stamp.is_some() {
-            lock(&self.shared.state).keeper.changed(&name.to_string());
-        }
-        Ok(stamp)
+        self.open(name)?.update(update).await
     }
 
-    /// Reads this node's replica of `name`, if it holds one.
+    /// The objects opened here that this node holds no replica of
+    /// ([`Placer::open`]), each with the replica its copy goes through now.
+    pub fn opened(&self) -> Vec<(String, Option<SourceId>)> {
+        let state = lock(&self.shared.state);
+        state.open.iter().map(|(name, a)| (name.clone(), a.route.via())).collect()
+    }
+
+    /// Reads this node's replica of `name`, if it holds one (see
+    /// [`Placer::open`] to read an object this node holds no replica of).
     pub fn read<R>(&self, name: &str, f: impl FnOnce(&T) -> R) -> Option<R> {
         let handle = lock(&self.shared.state).held.get(name).map(|h| h.handle.clone())?;
         Some(handle.read(f))
@@ -386,20 +473,125 @@ where
             node.shutdown().await;
         }
     }
+}
 
-    fn held(&self, name: &str) -> Result<(Handle<T>, Arc<RwLock<()>>), PlaceError> {
-        let state = lock(&self.shared.state);
-        match state.held.get(name) {
-            Some(h) => Ok((h.handle.clone(), h.writes.clone())),
-            None => {
-                drop(state);
-                Err(self.not_held(name))
+/// An object opened on a placing node ([`Placer::open`]), whether the
+/// node holds a replica of it or goes through one.
+///
+/// **Consistency**: read-your-writes on the handle (reads come from this
+/// node's copy, which took every write made through it), eventual
+/// otherwise: other nodes' writes appear as the replica in use streams
+/// them back. A write through a replica returns once *acknowledged*: a
+/// replica's clock covers it, so it is no longer on this node alone (on a
+/// durable replica, on its disk within its store's next commit).
+pub struct ObjectHandle<T: Reduce> {
+    shared: Arc<Shared<T>>,
+    name: String,
+}
+
+impl<T: Reduce> std::fmt::Debug for ObjectHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectHandle").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl<T> ObjectHandle<T>
+where
+    T: Reduce + Default + Send + 'static,
+    T::Update: Send + Sync + 'static,
+{
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes to the object. On a node that holds a replica, it returns
+    /// once the write is on this node (on disk). On any other it writes to
+    /// this node's copy and returns once a replica acknowledged the write
+    /// (its clock covers it), through failovers, or fails with
+    /// [`PlaceError::NotAcknowledged`] after
+    /// [`RouteConfig::write_timeout_ms`]. `None`: it changed nothing.
+    pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, PlaceError> {
+        let shared = &self.shared;
+        let name = &self.name;
+        loop {
+            match shared.copy(name)? {
+                Copy::Held(handle, writes) => {
+                    let _writing = writes.read().await;
+                    // A drop may have released it while this write
+                    // waited: then it goes through a replica.
+                    let still = lock(&shared.state)
+                        .held
+                        .get(name)
+                        .is_some_and(|h| Arc::ptr_eq(&h.writes, &writes));
+                    if !still {
+                        continue;
+                    }
+                    let stamp = handle.update(update).await?;
+                    if stamp.is_some() {
+                        lock(&shared.state).keeper.changed(name);
+                    }
+                    return Ok(stamp);
+                }
+                Copy::Access(handle) => {
+                    let Some(stamp) = handle.update(update).await? else { return Ok(None) };
+                    let acked = {
+                        let mut state = lock(&shared.state);
+                        let state = &mut *state;
+                        match state.open.get_mut(name) {
+                            Some(access) => {
+                                let write = access.route.wrote(shared.now(), stamp);
+                                let (waiter, acked) = oneshot::channel();
+                                access.waiters.insert(write, waiter);
+                                acked
+                            }
+                            // This node holds it now: its replica has it.
+                            None if state.held.contains_key(name) => return Ok(Some(stamp)),
+                            None => return Err(shared.unacknowledged(name, stamp)),
+                        }
+                    };
+                    // The route expires it in time; the task's ticks and
+                    // a margin bound the wait here too.
+                    let limit = Duration::from_millis(shared.config.route.write_timeout_ms)
+                        + shared.config.tick * 10;
+                    return match tokio::time::timeout(limit, acked).await {
+                        Ok(Ok(true)) => Ok(Some(stamp)),
+                        _ => Err(shared.unacknowledged(name, stamp)),
+                    };
+                }
             }
         }
     }
 
-    fn not_held(&self, name: &str) -> PlaceError {
-        PlaceError::NotHeld { name: name.to_string(), replicas: self.replicas(name) }
+    /// Reads this node's copy: its replica, or the copy that goes through
+    /// one. The object is locked while `f` runs: keep it short.
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, PlaceError> {
+        Ok(self.shared.copy(&self.name)?.handle().read(f))
+    }
+
+    /// This node's clock of the object: which writes its copy includes.
+    pub fn clock(&self) -> Result<Clock, PlaceError> {
+        Ok(self.shared.copy(&self.name)?.handle().clock())
+    }
+
+    /// Every change applied to this node's copy from now on, local or
+    /// streamed back by the replica in use. It follows the copy it was
+    /// taken from: if this node stops being a replica (its replica is
+    /// dropped), take it again.
+    pub fn changes(&self) -> Result<Changes<T::Update>, PlaceError> {
+        Ok(self.shared.copy(&self.name)?.handle().changes())
+    }
+
+    /// The replica this node goes through now: `None` when it holds a
+    /// replica itself (or no replica is live).
+    pub fn via(&self) -> Option<SourceId> {
+        lock(&self.shared.state).open.get(&self.name).and_then(|a| a.route.via())
+    }
+
+    /// Whether this node holds a replica of the object (or a copy it
+    /// hands off).
+    pub fn is_held(&self) -> bool {
+        lock(&self.shared.state).held.contains_key(&self.name)
     }
 }
 
@@ -424,11 +616,104 @@ where
         self.directory.read(|d| View::read(d, self.me, self.life))
     }
 
-    /// Replicates `name` here, empty or from the store, and records it.
+    /// Replicates `name` here, empty or from the store, and records it. A
+    /// copy opened here becomes the replica: streamed with every peer from
+    /// now on, its waiting writes acknowledged.
     fn take(&self, state: &mut State<T>, name: &str, k: usize) -> Result<(), PlaceError> {
-        let handle = self.node.replicate(name, T::default())?;
+        let handle = match state.open.remove(name) {
+            Some(access) => {
+                self.node.set_peers(name, Peers::All);
+                access.acknowledge_all()
+            }
+            None => self.node.replicate(name, T::default())?,
+        };
         state.held.insert(name.to_string(), Held { handle, k, writes: Arc::default() });
         Ok(())
+    }
+
+    /// Holds `name` here as a new object (or this node's copy of it) with
+    /// the default k: the keeper offers it to the replicas.
+    fn hold(&self, state: &mut State<T>, name: &str) -> Result<(), PlaceError> {
+        self.take(state, name, self.config.keeper.k)?;
+        state.keeper.hold(self.now(), name.to_string(), None);
+        Ok(())
+    }
+
+    /// This node's copy of `name`: its replica if it holds one; else, if
+    /// its member list makes it a replica, a new replica held as
+    /// [`Placer::create`] does; else the copy that goes through a replica,
+    /// opened now if it is not yet.
+    fn copy(&self, name: &str) -> Result<Copy<T>, PlaceError> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if let Some(h) = state.held.get(name) {
+            return Ok(Copy::Held(h.handle.clone(), h.writes.clone()));
+        }
+        if let Some(a) = state.open.get(name) {
+            return Ok(Copy::Access(a.handle.clone()));
+        }
+        let placed = state.keeper.place(&name.to_string(), None);
+        if placed.is_replica(self.me) && !state.keeper.is_leaving() {
+            self.hold(state, name)?;
+            let h = &state.held[name];
+            return Ok(Copy::Held(h.handle.clone(), h.writes.clone()));
+        }
+        let mut route = Route::new(self.config.route.clone());
+        route.set_replicas(self.now(), placed.replicas.into_iter().filter(|r| *r != self.me));
+        let mut via = None;
+        while let Some(event) = route.poll_event() {
+            if let RouteEvent::Attach { to } = event {
+                via = Some(to);
+            }
+        }
+        let handle = self.node.replicate_with(name, T::default(), Peers::only(via))?;
+        let access = Access { handle: handle.clone(), route, waiters: BTreeMap::new() };
+        state.open.insert(name.to_string(), access);
+        Ok(Copy::Access(handle))
+    }
+
+    fn unacknowledged(&self, name: &str, stamp: Stamp) -> PlaceError {
+        PlaceError::NotAcknowledged { name: name.to_string(), stamp }
+    }
+
+    /// Steps the routes of the objects opened here: the replicas as the
+    /// keeper places them, their listed clocks, due timeouts; carries out
+    /// what they say.
+    fn routes(&self, state: &mut State<T>, view: &View, now: u64) {
+        let State { keeper, open, .. } = state;
+        for (name, access) in open.iter_mut() {
+            let replicas = keeper.place(name, None).replicas;
+            let route = &mut access.route;
+            route.set_replicas(now, replicas.into_iter().filter(|r| *r != self.me));
+            for &r in route.replicas().to_vec().iter() {
+                if let Some(clock) = view.lists(r, name) {
+                    route.handle_clock(now, r, clock);
+                }
+            }
+            if route.poll_timeout().is_some_and(|at| at <= now) {
+                route.handle_timeout(now);
+            }
+            while let Some(event) = route.poll_event() {
+                match event {
+                    RouteEvent::Attach { to } => {
+                        self.node.set_peers(name, Peers::only([to]));
+                    }
+                    RouteEvent::Detach => {
+                        self.node.set_peers(name, Peers::only([]));
+                    }
+                    RouteEvent::Acked { write, .. } => {
+                        if let Some(waiter) = access.waiters.remove(&write) {
+                            let _ = waiter.send(true);
+                        }
+                    }
+                    RouteEvent::Expired { write } => {
+                        if let Some(waiter) = access.waiters.remove(&write) {
+                            let _ = waiter.send(false);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// One round: members, the directory, the keeper's commands, the
@@ -494,6 +779,7 @@ where
                 Command::Drop { object } => drops.push(object),
             }
         }
+        self.routes(state, &view, now);
 
         // What to list: this life's record, changed clocks, deletions.
         let mut writes: Listing = Vec::new();
