@@ -418,11 +418,8 @@ impl<O: Name> Keeper<O> {
         from: SourceId,
         leaving: bool,
     ) -> bool {
-        if leaving && from != self.me && self.departed.insert(from) {
-            let new = !self.placement.contains(from);
-            self.placement.set(from, false);
-            let added = if new { vec![from] } else { Vec::new() };
-            self.refresh(now, &added, &[]);
+        if leaving {
+            self.handle_leaving(now, from);
         }
         if let Some(h) = self.objects.get_mut(&object) {
             if h.placed.replicas.contains(&from) {
@@ -439,6 +436,20 @@ impl<O: Name> Keeper<O> {
         self.insert(object.clone(), k, Some(from));
         self.work(now, &object);
         true
+    }
+
+    /// Member `id` said it is leaving (by an offer, or however the driver
+    /// learned it): count it absent from now on, until the membership
+    /// protocol has declared it down (after which a new life of it is live
+    /// again). Say it once per life of the leaver: said again after the
+    /// membership declared it down, it would count a new life absent.
+    pub fn handle_leaving(&mut self, now: u64, id: SourceId) {
+        if id != self.me && self.departed.insert(id) {
+            let new = !self.placement.contains(id);
+            self.placement.set(id, false);
+            let added = if new { vec![id] } else { Vec::new() };
+            self.refresh(now, &added, &[]);
+        }
     }
 
     /// What became of an [`Command::Offer`]: taken (the peer holds the

@@ -28,6 +28,10 @@
 //!   under its id in the directory; a durable node's store kept each
 //!   object), and hands each to its replicas, or keeps it, as the keeper
 //!   says.
+//! - **A leave** ([`Placer::leave`]): the node's record says it is
+//!   leaving; every other node counts it absent from then on
+//!   ([`Keeper::handle_leaving`], once per life), so its objects' next
+//!   replicas take them while it hands them off and releases each.
 //!
 //! What it needs and what it does not do (yet):
 //!
@@ -233,8 +237,11 @@ struct State<T: Reduce> {
     listed: BTreeMap<String, Clock>,
     /// Released objects whose entries are still to be deleted.
     unlist: BTreeSet<String>,
-    /// Whether this life's node record is listed.
+    /// Whether this life's node record is listed as it stands.
     record_listed: bool,
+    /// The lives of other nodes that said they are leaving, told to the
+    /// keeper once each.
+    departing: BTreeSet<(SourceId, u64)>,
 }
 
 struct Shared<T: Reduce> {
@@ -250,8 +257,8 @@ struct Shared<T: Reduce> {
 /// The directory as one node reads it: the entries of current lives.
 #[derive(Default)]
 struct View {
-    /// Node -> whether it is leaving (nodes with a record).
-    leaving: BTreeMap<SourceId, bool>,
+    /// Node -> (its life, whether it is leaving), for nodes with a record.
+    leaving: BTreeMap<SourceId, (u64, bool)>,
     /// Object -> holder -> (k, clock), current lives only.
     held: BTreeMap<String, BTreeMap<SourceId, (usize, Clock)>>,
     /// Objects listed under this node's id by a past life, with k.
@@ -265,7 +272,7 @@ impl View {
         for (key, entry) in directory.iter() {
             if let (Key::Node(node), Entry::Node { life, leaving }) = (key, entry) {
                 lives.insert(*node, *life);
-                view.leaving.insert(*node, *leaving);
+                view.leaving.insert(*node, (*life, *leaving));
             }
         }
         for (key, entry) in directory.iter() {
@@ -336,6 +343,7 @@ where
             listed: BTreeMap::new(),
             unlist: BTreeSet::new(),
             record_listed: false,
+            departing: BTreeSet::new(),
         };
         let shared = Arc::new(Shared {
             node,
@@ -457,9 +465,44 @@ where
         lock(&self.shared.state).keeper.stats()
     }
 
+    /// Leaves the cluster gracefully: this node is no replica of anything
+    /// from now on ([`Keeper::leave`]); it says so in the directory, so
+    /// that the other nodes count it absent at once and the next replicas
+    /// of its objects take them; it hands each object off and releases it
+    /// once every live replica's clock covers it; then it shuts down.
+    /// Writes on this node meanwhile still land (on its copies, handed off
+    /// with the rest). Returns whether everything was handed off within
+    /// `limit`; if not, it shuts down all the same, and what it still held
+    /// is covered as after a crash (stand-ins, and its store on a return).
+    pub async fn leave(self, limit: Duration) -> bool {
+        {
+            let mut state = lock(&self.shared.state);
+            let now = self.shared.now();
+            state.keeper.leave(now);
+            state.record_listed = false;
+        }
+        let shared = self.shared.clone();
+        let handed_off = async {
+            loop {
+                {
+                    let state = lock(&shared.state);
+                    if state.keeper.is_empty() && state.held.is_empty() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(shared.config.tick).await;
+            }
+        };
+        let done = tokio::time::timeout(limit, handed_off).await.is_ok();
+        drop(shared);
+        self.shutdown().await;
+        done
+    }
+
     /// Stops placing and shuts the node down cleanly (see
     /// [`Node::shutdown`]). Objects stay where they are: their replicas
-    /// see the node go as they would see it crash.
+    /// see the node go as they would see it crash (use [`Placer::leave`]
+    /// to hand them off first).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
@@ -730,6 +773,13 @@ where
         let mut state = lock(&self.state);
         let state = &mut *state;
         state.keeper.sync_members(now, members);
+        // Nodes leaving gracefully count absent at once, so that their
+        // objects' next replicas take them while they hand off.
+        for (&node, &(life, leaving)) in &view.leaving {
+            if leaving && node != self.me && state.departing.insert((node, life)) {
+                state.keeper.handle_leaving(now, node);
+            }
+        }
 
         // What this node held in its last life: its store kept it.
         for (name, k) in &view.mine_before {
@@ -749,7 +799,7 @@ where
             if !state.keeper.place(name, Some(k)).is_replica(self.me) {
                 continue;
             }
-            let leaving = view.leaving.get(&from).copied().unwrap_or(false);
+            let leaving = view.leaving.get(&from).is_some_and(|(_, leaving)| *leaving);
             if state.keeper.handle_offer(now, name.clone(), k, from, leaving)
                 && self.take(state, name, k).is_err()
             {
@@ -817,7 +867,9 @@ where
         let mut state = lock(&self.state);
         for (key, write) in writes {
             match (key, write.value) {
-                (Key::Node(_), Some(_)) => state.record_listed = true,
+                (Key::Node(_), Some(Entry::Node { leaving, .. })) => {
+                    state.record_listed = leaving == state.keeper.is_leaving();
+                }
                 (Key::Held { object, .. }, Some(Entry::Held { clock, .. }))
                     if state.held.contains_key(&object) =>
                 {

@@ -1,0 +1,118 @@
+//! A graceful leave on QUIC (issue 20): a node that holds objects leaves
+//! with `Placer::leave`; the others count it absent as soon as it says so
+//! in the directory, the next replicas take its objects, and it releases
+//! each once covered, so that when it is gone every object it held is on
+//! k other nodes already, with every acknowledged write. Eight nodes on
+//! 127.0.0.1, k = 3; every wait is bounded.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{
+    K, NODES, Set, eventually, free_ports, live, members_are, name, placed_and_converged, start,
+};
+use repred::{GSet, SourceId};
+use repred_place::transport::{Placer, PlacerConfig};
+use repred_transport::Node;
+
+const OBJECTS: u64 = 12;
+
+/// Writes `round * 1_000 + object` to every object from node 0 (directly
+/// on the objects it holds a replica of, through a replica on the others).
+async fn write_all(
+    placers: &[Option<Placer<Set>>],
+    acked: &mut BTreeMap<String, BTreeSet<u64>>,
+    round: u64,
+) {
+    let writer = placers[0].as_ref().unwrap();
+    for object in 0..OBJECTS {
+        let value = round * 1_000 + object;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            writer.update(&name(object), GSet::add(value)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: no answer within 60 s", name(object)))
+        .unwrap_or_else(|e| panic!("{}: {e}", name(object)));
+        acked.entry(name(object)).or_default().insert(value);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaving_hands_every_object_off_before_it_goes() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_ports(NODES);
+    let seed = addrs[0];
+    let mut nodes = vec![start(dir.path(), seed, None).await];
+    for addr in &addrs[1..] {
+        nodes.push(start(dir.path(), *addr, Some(seed)).await);
+    }
+    let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
+    let mut placers: Vec<Option<Placer<Set>>> = nodes
+        .into_iter()
+        .map(|n| Some(Placer::spawn(n, PlacerConfig::default()).expect("a durable node places")))
+        .collect();
+    eventually("all members see all", Duration::from_secs(30), || members_are(&placers, &ids))
+        .await;
+    let mut acked: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for object in 0..OBJECTS {
+        let primary = placers[0].as_ref().unwrap().replicas(&name(object))[0];
+        let p = live(&placers).find(|p| p.node().id() == primary).unwrap();
+        p.create(&name(object)).unwrap();
+    }
+    write_all(&placers, &mut acked, 1).await;
+    eventually("placed on k replicas", Duration::from_secs(60), || {
+        placed_and_converged(&placers, &acked)
+    })
+    .await;
+    eprintln!("{:?}: {OBJECTS} objects on their {K} replicas each", started.elapsed());
+
+    // A node that holds objects (not node 0, the writer) leaves.
+    let leaver = (1..NODES)
+        .find(|&i| !placers[i].as_ref().unwrap().holdings().is_empty())
+        .expect("someone besides node 0 holds an object");
+    let leaver_id = placers[leaver].as_ref().unwrap().node().id();
+    let held: Vec<String> =
+        placers[leaver].as_ref().unwrap().holdings().into_iter().map(|(o, _)| o).collect();
+    let handed_off = placers[leaver].take().unwrap().leave(Duration::from_secs(60)).await;
+    assert!(handed_off, "the leaver handed everything off within 60 s");
+    eprintln!("{:?}: node {leaver} left, having held {held:?}", started.elapsed());
+
+    // Gone, and each of its objects on k others already, with every write.
+    for object in &held {
+        let holders: Vec<&Placer<Set>> =
+            live(&placers).filter(|p| p.holdings().iter().any(|(o, _)| o == object)).collect();
+        assert!(holders.len() >= K, "{object}: on {} others as the leaver goes", holders.len());
+        for p in holders {
+            let missing: Vec<u64> = p
+                .read(object, |s| {
+                    acked[object].iter().copied().filter(|v| !s.contains(v)).collect()
+                })
+                .unwrap_or_default();
+            assert!(missing.is_empty(), "{object}: {} lacks {missing:?}", p.node().id());
+        }
+    }
+    let survivors: BTreeSet<SourceId> = ids.iter().copied().filter(|id| *id != leaver_id).collect();
+    eventually("the leaver is down for everyone", Duration::from_secs(30), || {
+        members_are(&placers, &survivors)
+    })
+    .await;
+    write_all(&placers, &mut acked, 2).await;
+    eventually("every object on k live replicas", Duration::from_secs(60), || {
+        placed_and_converged(&placers, &acked)
+    })
+    .await;
+    eprintln!("{:?}: every object on k live replicas", started.elapsed());
+
+    let shutdowns: Vec<_> =
+        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
+    for shutdown in shutdowns {
+        tokio::time::timeout(Duration::from_secs(20), shutdown)
+            .await
+            .expect("a placer and its node shut down")
+            .expect("the shutdown task ran");
+    }
+}
