@@ -18,7 +18,7 @@ use crate::gossip::KeyHasher;
 use crate::quic::{
     Bytes, Key, Put, Puts, Value, connect, fetch_until, overwrite, raw, runtime, serve,
 };
-use crate::rss_kib;
+use crate::{reset_peak, rss_kib};
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -57,6 +57,16 @@ impl Reduce for BigLww {
         Some(self.0.len() as u64)
     }
 
+    /// Room for the whole snapshot once (unless `BIGSTATE_RESERVE=0`, to
+    /// measure the map growing by doubling instead).
+    fn reserve(&mut self, entries: u64) {
+        if std::env::var("BIGSTATE_RESERVE").is_ok_and(|v| v == "0") {
+            return;
+        }
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        self.0.reserve(entries.saturating_sub(self.0.len()));
+    }
+
     /// Parts by position: `max` entries from the cursor's.
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Puts, Option<Vec<u8>>) {
         let start = cursor
@@ -81,17 +91,9 @@ impl Reduce for BigLww {
     }
 }
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-pub fn bigstate() {
-    let keys: u64 =
-        std::env::var("BIGSTATE_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
-    println!("### bigstate: a fresh node takes a state of {keys} keys over loopback QUIC\n");
-    println!("`cargo run --release -p repred-bench -- bigstate` (`BIGSTATE_KEYS` to change)\n");
-    let (base, _) = rss_kib();
-    let built = Instant::now();
+/// A replica of `keys` keys written by 16 sources, with a 1,024-record
+/// history.
+pub(crate) fn big_source(keys: u64) -> Replica<BigLww> {
     let config = Config::default().history_limit(1_024);
     let mut source = Replica::with_config(SourceId::random(), BigLww::default(), config);
     let writers: Vec<SourceId> = (0..16u128)
@@ -108,6 +110,21 @@ pub fn bigstate() {
         source
             .apply(NOW + 10_000_000, Envelope::new(writers[(i % 16) as usize], ts, Puts::One(put)));
     }
+    source
+}
+
+pub(crate) fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn bigstate() {
+    let keys: u64 =
+        std::env::var("BIGSTATE_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
+    println!("### bigstate: a fresh node takes a state of {keys} keys over loopback QUIC\n");
+    println!("`cargo run --release -p repred-bench -- bigstate` (`BIGSTATE_KEYS` to change)\n");
+    let (base, _) = rss_kib();
+    let built = Instant::now();
+    let source = big_source(keys);
     let (with_source, _) = rss_kib();
     println!(
         "source built in {:.1} s: {} entries; RSS {:.1} MiB before, {:.1} MiB with the source (its state: ~{:.1} MiB)\n",
@@ -117,6 +134,8 @@ pub fn bigstate() {
         mib(with_source),
         mib(with_source - base),
     );
+    // The transfer's peak, not the source's growth while it was built.
+    reset_peak();
     let rt = runtime();
     let (time, stream_bytes, fresh) = rt.block_on(async {
         let (_s, _c, sconn, cconn) = connect().await;

@@ -16,10 +16,12 @@
 //! failure detection, false positives), `tombstones` (1M inserts and 1M
 //! deletes on three replicas, then collection: tombstones and RSS),
 //! `bigstate` (a state of 20M keys, over a gigabyte, to a fresh node over
-//! loopback QUIC), `all` (every one of them). Each
+//! loopback QUIC), `bigstore` (the same state saved to a repred-store
+//! file and loaded back: time and peak RSS), `all` (every one of them). Each
 //! scenario's environment variables are documented where it is.
 
 mod bigstate;
+mod bigstore;
 mod cluster;
 mod gossip;
 mod quic;
@@ -38,6 +40,12 @@ type Registers = LatticeMap<u64, Max<u64>>;
 
 fn write(key: u64, value: u64) -> std::collections::BTreeMap<u64, Max<u64>> {
     Registers::update(key, Max::new(value))
+}
+
+/// Starts the peak resident set size (VmHWM) over from the current one,
+/// so that a phase's peak is its own (`/proc/self/clear_refs`, Linux 4.0+).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// (current, peak) resident set size in KiB, from /proc.
@@ -155,6 +163,7 @@ fn main() -> ExitCode {
         "swim" => swim::swim(),
         "tombstones" => tombstones::tombstones(),
         "bigstate" => bigstate::bigstate(),
+        "bigstore" => bigstore::bigstore(),
         "all" => {
             digest();
             memory();
@@ -167,10 +176,11 @@ fn main() -> ExitCode {
             swim::swim();
             tombstones::tombstones();
             bigstate::bigstate();
+            bigstore::bigstore();
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, bigstate, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, bigstate, bigstore, all"
             );
             return ExitCode::from(2);
         }

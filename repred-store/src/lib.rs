@@ -79,7 +79,8 @@ const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repre
 const PARTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("repred_parts");
 
 /// Default target size of one stored snapshot part: a save or a load holds
-/// about this much encoded besides the state (and redb's cache).
+/// about this much encoded besides the state (and redb's cache). Parts aim
+/// a little under it, so that each fits a page of this size.
 const PART_BYTES: usize = 1 << 20;
 /// Parts start this many entries long, then follow the target size.
 const FIRST_PART_ENTRIES: usize = 64;
@@ -889,12 +890,13 @@ impl Store {
                     table.insert((name, generation, index), buf.as_slice()).map_err(storage)?;
                     index += 1;
                     bytes += buf.len();
-                    // Aim at the target size, as the wire's parts do.
-                    if buf.len() < target / 2 {
-                        entries = entries.saturating_mul(2);
-                    } else if buf.len() > target && entries > 1 {
-                        entries /= 2;
-                    }
+                    // Aim at 7/8 of the target, in proportion to what
+                    // this part's entries took: redb keeps a large value
+                    // in a page of the next power of two, so a part just
+                    // over 1 MiB would take 2.
+                    let aim = (target as u128 * 7 / 8).max(1);
+                    let scaled = entries as u128 * aim / (buf.len() as u128).max(1);
+                    entries = scaled.clamp(1, entries as u128 * 2) as usize;
                     match next {
                         Some(next) => cursor = Some(next),
                         None => break,
