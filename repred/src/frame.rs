@@ -280,6 +280,8 @@ pub(crate) enum Frame<U> {
     SnapshotPart {
         index: u64,
         state: U,
+        /// How many bytes `state` took on the wire.
+        bytes: usize,
         /// SHA-256 of the encoded part (a signature covers it with the
         /// snapshot's id and the index).
         digest: [u8; 32],
@@ -371,11 +373,12 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             let proof: Option<Signature> = decode_all("SnapshotPart", tail)?;
             // Only a signature needs the digest: an unsigned part (the
             // common case, a gigabyte of them at times) is not hashed.
+            let bytes = rest.len() - tail.len();
             let digest = match proof {
-                Some(_) => Sha256::digest(&rest[..rest.len() - tail.len()]).into(),
+                Some(_) => Sha256::digest(&rest[..bytes]).into(),
                 None => [0; 32],
             };
-            Frame::SnapshotPart { index, state, digest, proof }
+            Frame::SnapshotPart { index, state, bytes, digest, proof }
         }
         Kind::SnapshotEnd => {
             let (parts, rest) =

@@ -100,6 +100,12 @@ pub(crate) struct History<U> {
     horizon: Clock,
     horizon_generation: u64,
     limit: usize,
+    /// The recorded [`Entry::Merge`]s still held, as (sequence, bytes
+    /// received), oldest first, and their total: a large snapshot's
+    /// changes would otherwise be a second copy of the state.
+    merges: VecDeque<(u64, usize)>,
+    merge_bytes: usize,
+    merge_limit: usize,
 }
 
 impl<U> History<U> {
@@ -110,6 +116,28 @@ impl<U> History<U> {
             horizon: Clock::new(),
             horizon_generation: 0,
             limit: limit.max(1),
+            merges: VecDeque::new(),
+            merge_bytes: 0,
+            merge_limit: usize::MAX,
+        }
+    }
+
+    /// Caps the bytes of snapshot changes kept (see [`push_merge`](Self::push_merge)).
+    pub(crate) fn with_merge_limit(mut self, bytes: usize) -> Self {
+        self.merge_limit = bytes;
+        self
+    }
+
+    /// Records what a snapshot part changed, `bytes` as it was received;
+    /// past the merge limit the oldest records go, as past the record
+    /// limit, so that whoever reads the history for them (a store, a
+    /// subscriber) finds it lagged and takes the state instead.
+    pub(crate) fn push_merge(&mut self, record: Entry<U>, bytes: usize) {
+        self.push(record);
+        self.merges.push_back((self.end_seq() - 1, bytes));
+        self.merge_bytes = self.merge_bytes.saturating_add(bytes);
+        while self.merge_bytes > self.merge_limit && !self.records.is_empty() {
+            self.evict_oldest();
         }
     }
 
@@ -122,6 +150,11 @@ impl<U> History<U> {
 
     fn evict_oldest(&mut self) {
         if let Some(old) = self.records.pop_front() {
+            if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
+                && let Some((_, bytes)) = self.merges.pop_front()
+            {
+                self.merge_bytes -= bytes;
+            }
             self.first_seq += 1;
             if let Some(stamp) = old.stamp()
                 && self.horizon.observe(stamp.source, stamp.ts)
@@ -144,6 +177,8 @@ impl<U> History<U> {
     /// Starts the log at `seq` (after a restore), empty.
     pub(crate) fn start_at(&mut self, seq: u64) {
         self.records.clear();
+        self.merges.clear();
+        self.merge_bytes = 0;
         self.first_seq = seq;
     }
 
@@ -211,6 +246,30 @@ mod tests {
 
     fn record(source: &str, ts: u64) -> Entry<u8> {
         Entry::Change(Envelope::new(SourceId::new(source).unwrap(), Timestamp::new(ts, 0), 0))
+    }
+
+    fn merge(bytes: u8) -> Entry<u8> {
+        Entry::Merge { from: SourceId::new("P").unwrap(), clock: Clock::new(), change: bytes }
+    }
+
+    #[test]
+    fn snapshot_changes_past_their_byte_limit_evict_the_oldest_records() {
+        let mut h = History::new(100).with_merge_limit(250);
+        h.push(record("A", 1));
+        h.push_merge(merge(1), 100);
+        h.push_merge(merge(2), 100);
+        assert_eq!((h.first_seq(), h.len()), (0, 3));
+        // Over 250: the oldest go, up to and including the first merge.
+        h.push_merge(merge(3), 100);
+        assert_eq!((h.first_seq(), h.len()), (2, 2));
+        h.push(record("A", 2));
+        h.push_merge(merge(4), 100);
+        assert_eq!((h.first_seq(), h.len()), (3, 3));
+        // One part larger than the limit leaves nothing of the snapshot.
+        h.push_merge(merge(5), 1_000);
+        assert!(h.len() == 0 && h.end_seq() == 7, "{} from {}", h.len(), h.first_seq());
+        h.push_merge(merge(6), 10);
+        assert_eq!((h.first_seq(), h.len()), (7, 1));
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub struct Config {
     /// updates, and neither end holds more than a part of it encoded.
     /// Default 64 KiB.
     pub snapshot_part_bytes: usize,
+    /// Most bytes (as received) of what snapshot parts changed that the
+    /// history keeps, for subscribers and a store, which read merged
+    /// snapshots from it. Past it the oldest records are dropped, as past
+    /// [`history_limit`](Config::history_limit): a store then saves a
+    /// snapshot of the state, and peers that lacked the dropped updates get
+    /// one, instead of the history holding a second copy of a large state
+    /// it received. Default 32 MiB.
+    pub history_snapshot_bytes: usize,
     /// Most entries a peer's snapshot may make this replica reserve room
     /// for before its parts arrive ([`Reduce::reserve`](crate::Reduce::reserve)):
     /// the sender's size hint is not signed, so a larger one reserves this
@@ -92,6 +100,7 @@ impl Default for Config {
             batch_bytes: 64 << 10,
             snapshot_part_bytes: 64 << 10,
             max_snapshot_reserve: 1 << 25,
+            history_snapshot_bytes: 32 << 20,
             max_events: 4_096,
             require_signatures: false,
             allowed_sources: None,
@@ -167,6 +176,12 @@ impl Config {
     /// Sets [`Config::snapshot_part_bytes`].
     pub fn snapshot_part_bytes(mut self, bytes: usize) -> Self {
         self.snapshot_part_bytes = bytes;
+        self
+    }
+
+    /// Sets [`Config::history_snapshot_bytes`].
+    pub fn history_snapshot_bytes(mut self, bytes: usize) -> Self {
+        self.history_snapshot_bytes = bytes;
         self
     }
 
@@ -703,9 +718,10 @@ impl<T: Reduce> Core<T> {
 
     /// Merges one part of a peer's snapshot: the state takes it, the clock
     /// does not move (that waits for the end).
-    pub(crate) fn merge_part(&mut self, from: SourceId, part: T::Update) {
+    /// `bytes` is the part as received: what the history counts it for.
+    pub(crate) fn merge_part(&mut self, from: SourceId, part: T::Update, bytes: usize) {
         if let Some(change) = self.state.reduce(part) {
-            self.history.push(Entry::Merge { from, clock: Clock::new(), change });
+            self.history.push_merge(Entry::Merge { from, clock: Clock::new(), change }, bytes);
         }
     }
 
@@ -851,7 +867,8 @@ impl<T: Reduce> Replica<T> {
                 state,
                 clock: Clock::new(),
                 last: Timestamp::ZERO,
-                history: History::new(config.history_limit),
+                history: History::new(config.history_limit)
+                    .with_merge_limit(config.history_snapshot_bytes),
                 staged: Vec::new(),
                 events: VecDeque::new(),
                 stats: Stats::default(),

@@ -737,7 +737,7 @@ impl Stream {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
             }
-            Frame::SnapshotPart { index, state, digest, proof } if self.opts.receives => {
+            Frame::SnapshotPart { index, state, bytes, digest, proof } if self.opts.receives => {
                 let Some(incoming) = &mut self.snapshot_in else {
                     return Err(PeerMisbehaved::Malformed {
                         kind: "SnapshotPart".into(),
@@ -752,7 +752,7 @@ impl Stream {
                 if let Some(entries) = incoming.take_size_hint() {
                     core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
-                core.merge_part(peer.map_or(core.id, |p| p.id), state);
+                core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
             }
             Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
                 let Some(incoming) = self.snapshot_in.take() else {
