@@ -298,6 +298,8 @@ pub struct NodeCore<A: Address> {
     /// The view compared with neighbours (this node and the members up),
     /// kept up to date from the membership protocol's notifications.
     view: Tally,
+    /// When this node last opened a comparison of views.
+    last_hello: Option<u64>,
 }
 
 impl<A: Address> std::fmt::Debug for NodeCore<A> {
@@ -371,6 +373,7 @@ impl<A: Address> NodeCore<A> {
             left: false,
             active: false,
             view: Tally::of([id]),
+            last_hello: None,
             config,
         };
         let first_rotation = now + node.jitter(node.config.rotate_every);
@@ -552,10 +555,15 @@ impl<A: Address> NodeCore<A> {
         self.conns.insert(conn, Conn { peer, addr, outgoing, since: now });
         // The dialer opens the comparison (one exchange repairs both ends;
         // two, one from each end, cost a second pass over both member
-        // lists for nothing: at 10,000 nodes, most of a forming cluster's
-        // work).
-        if outgoing {
-            self.send_hello(conn);
+        // lists for nothing), at most once per quarter of `compare_every`:
+        // a node that just joined fills its view with a dozen dials, and
+        // each comparison while its view still differs sends it most of the
+        // member list again (at 10,000 nodes, most of a forming cluster's
+        // work). Its first connection repairs it; the periodic comparison
+        // does the rest.
+        let spacing = self.config.compare_every.as_millis() as u64 / 4;
+        if outgoing && self.last_hello.is_none_or(|t| now.saturating_sub(t) >= spacing) {
+            self.send_hello(now, conn);
         }
         self.schedule_maintain(now);
     }
@@ -619,7 +627,8 @@ impl<A: Address> NodeCore<A> {
 
     /// Tells the peer on `conn` how many members this node counts as up,
     /// and a fingerprint of which.
-    fn send_hello(&mut self, conn: ConnId) {
+    fn send_hello(&mut self, now: u64, conn: ConnId) {
+        self.last_hello = Some(now);
         let (members, digest) = (self.view.members(), self.view.digest());
         self.send_sync(conn, &Sync::Hello { members, digest, answer: false });
     }
@@ -868,7 +877,7 @@ impl<A: Address> NodeCore<A> {
         }
         let keys: Vec<ConnId> = self.conns.keys().copied().collect();
         let conn = keys[self.rng.random_range(0..keys.len())];
-        self.send_hello(conn);
+        self.send_hello(now, conn);
     }
 
     /// While the membership protocol is stopped (before joining, or after

@@ -228,20 +228,53 @@ where
 /// than any update. What is sent, and in which order (most transmissions
 /// left first, then largest), is as upstream.
 pub(crate) struct AddrBroadcasts<K> {
-    heap: alloc::collections::BinaryHeap<Entry<Keyed<K>>>,
-    flop: alloc::collections::BinaryHeap<Entry<Keyed<K>>>,
+    heap: alloc::collections::BinaryHeap<Pending<K>>,
+    flop: alloc::collections::BinaryHeap<Pending<K>>,
     /// Address -> generation of its current update.
-    live: hashbrown::HashMap<K, u64>,
-    next_generation: u64,
+    live: hashbrown::HashMap<K, u32>,
+    next_generation: u32,
     /// No current update is shorter than this (a lower bound: it only
     /// grows back when the backlog empties).
     min_len: usize,
 }
 
+/// An update in the backlog, packed (a large cluster's nodes hold
+/// thousands each while it forms): 32 bytes and the encoded update for a
+/// 4-byte address, where upstream's entry took 48.
+///
+/// A generation tells the current update of an address from replaced ones;
+/// it wraps at 2^32, but a replaced update is dropped long before that many
+/// more are added (once replaced ones outnumber the current ones).
 #[derive(Debug, Clone)]
-struct Keyed<K> {
+struct Pending<K> {
+    data: alloc::boxed::Box<[u8]>,
     key: K,
-    generation: u64,
+    generation: u32,
+    /// Transmissions left (`Config::max_transmissions` is a u8).
+    remaining_tx: u8,
+}
+
+impl<K> PartialEq for Pending<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl<K> Eq for Pending<K> {}
+
+impl<K> PartialOrd for Pending<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K> Ord for Pending<K> {
+    /// As upstream's `Entry`: most transmissions left, then largest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.remaining_tx
+            .cmp(&other.remaining_tx)
+            .then_with(|| self.data.len().cmp(&other.data.len()))
+    }
 }
 
 impl<K> AddrBroadcasts<K>
@@ -266,7 +299,7 @@ where
         self.live.is_empty()
     }
 
-    fn is_current(&self, item: &Keyed<K>) -> bool {
+    fn is_current(&self, item: &Pending<K>) -> bool {
         self.live.get(&item.key) == Some(&item.generation)
     }
 
@@ -276,17 +309,18 @@ where
         self.next_generation = self.next_generation.wrapping_add(1);
         self.live.insert(key.clone(), generation);
         self.min_len = self.min_len.min(data.len());
-        self.heap.push(Entry {
-            remaining_tx: max_tx,
-            item: Keyed { key, generation },
-            data,
+        self.heap.push(Pending {
+            data: data.into_boxed_slice(),
+            key,
+            generation,
+            remaining_tx: u8::try_from(max_tx).unwrap_or(u8::MAX),
         });
         // Replaced updates are dropped in bulk once they outnumber the
         // current ones: O(1) per update, amortized.
         if self.heap.len() > 2 * self.live.len() + 64 {
             let live = &self.live;
             self.heap
-                .retain(|e| live.get(&e.item.key) == Some(&e.item.generation));
+                .retain(|e| live.get(&e.key) == Some(&e.generation));
         }
     }
 
@@ -308,7 +342,7 @@ where
             let Some(mut node) = self.heap.pop() else {
                 break;
             };
-            if !self.is_current(&node.item) {
+            if !self.is_current(&node) {
                 continue;
             }
             debug_assert!(node.remaining_tx > 0);
@@ -324,7 +358,7 @@ where
             if node.remaining_tx > 0 {
                 self.flop.push(node);
             } else {
-                self.live.remove(&node.item.key);
+                self.live.remove(&node.key);
             }
         }
 

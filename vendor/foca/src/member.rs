@@ -145,7 +145,9 @@ impl<T> Member<T> {
 /// unique (an update at a known address replaces the member there).
 pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
-    index: HashMap<T::Addr, usize>,
+    /// Positions as u32, half the room of a usize in every entry (a list
+    /// of 2^32 members would not fit in memory anyway).
+    index: HashMap<T::Addr, u32>,
     cursor: usize,
     num_active: usize,
 }
@@ -161,8 +163,8 @@ impl<T: crate::Identity> Members<T> {
         assert_eq!(self.index.len(), self.inner.len(), "one index entry per member");
         for (pos, member) in self.inner.iter().enumerate() {
             assert_eq!(
-                self.index.get(&member.id.addr()),
-                Some(&pos),
+                self.index.get(&member.id.addr()).map(|&p| p as usize),
+                Some(pos),
                 "index entry of {:?}",
                 member.id
             );
@@ -172,6 +174,12 @@ impl<T: crate::Identity> Members<T> {
             self.inner.iter().filter(|m| m.is_active()).count()
         );
     }
+}
+
+/// A position in the list as the index keeps it.
+fn slot(pos: usize) -> u32 {
+    debug_assert!(u32::try_from(pos).is_ok(), "over 2^32 members");
+    pos as u32
 }
 
 /// Below this many members, random picks scan the whole list as upstream
@@ -209,13 +217,13 @@ where
         for (pos, member) in self.inner.iter().enumerate() {
             // With duplicated addresses (see `new`) the first one wins, as
             // the linear scan it replaces found the first.
-            self.index.entry(member.id.addr()).or_insert(pos);
+            self.index.entry(member.id.addr()).or_insert(slot(pos));
         }
     }
 
     /// Where the member at `addr` is in `inner`.
     fn position(&self, addr: &T::Addr) -> Option<usize> {
-        self.index.get(addr).copied()
+        self.index.get(addr).map(|&pos| pos as usize)
     }
 
     /// The member at `addr`, if any.
@@ -230,8 +238,8 @@ where
         }
         self.inner.swap(a, b);
         for pos in [a, b] {
-            if let Some(slot) = self.index.get_mut(&self.inner[pos].id.addr()) {
-                *slot = pos;
+            if let Some(entry) = self.index.get_mut(&self.inner[pos].id.addr()) {
+                *entry = slot(pos);
             }
         }
     }
@@ -241,9 +249,9 @@ where
         let removed = self.inner.swap_remove(pos);
         self.index.remove(&removed.id.addr());
         if let Some(moved) = self.inner.get(pos)
-            && let Some(slot) = self.index.get_mut(&moved.id.addr())
+            && let Some(entry) = self.index.get_mut(&moved.id.addr())
         {
-            *slot = pos;
+            *entry = slot(pos);
         }
         removed
     }
@@ -503,7 +511,7 @@ where
 
                 // Insert at the end and swap with a random position.
                 let inserted_at = self.inner.len();
-                self.index.insert(update.id.addr(), inserted_at);
+                self.index.insert(update.id.addr(), slot(inserted_at));
                 self.inner.push(update);
 
                 let swap_idx = (0..self.inner.len())
