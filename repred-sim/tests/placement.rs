@@ -350,3 +350,51 @@ fn a_non_replica_writes_through_a_replica_and_fails_over_when_it_crashes() {
         route.stats()
     );
 }
+
+/// The node that opened an object is the next on its list: when the
+/// replica it goes through crashes, it stands in for it, and its copy,
+/// with every write it took, becomes that replica.
+#[test]
+fn a_non_replica_that_must_stand_in_makes_its_copy_the_replica() {
+    let config = SimConfig::new(seed(24)).latency(1, 20);
+    let (mut sim, mut placer) = cluster(30, config);
+    populate(&mut sim, &mut placer, 10);
+    settle(&mut sim, &mut placer, 60_000);
+    let object = 0;
+    let keeper = placer.keeper(0).unwrap();
+    let list: Vec<NodeIx> = keeper
+        .place(&object, Some(4))
+        .replicas
+        .iter()
+        .filter_map(|id| placer.node_of(*id))
+        .collect();
+    let client = list[3];
+    let first = placer.open(&mut sim, client, object).expect("a live replica");
+    assert_eq!(first, list[0]);
+    let mut values = Vec::new();
+    for v in 0..40u64 {
+        if v == 20 {
+            placer.crash(&mut sim, first);
+        }
+        placer.write(&mut sim, client, object, GSet::add(v)).unwrap();
+        values.push(v);
+        placer.run_for(&mut sim, 100);
+    }
+    let took = placer.run_until(&mut sim, 60_000, 500, |p, s| p.check(s).is_settled());
+    assert!(took.is_some(), "seed {}: not settled: {:?}", sim.seed(), placer.check(&sim));
+    assert!(placer.route(client, object).is_none(), "seed {}: still a copy", sim.seed());
+    let role = placer.keeper(client).and_then(|k| k.role(&object));
+    assert!(
+        matches!(role, Some(repred_place::Role::StandIn { .. })),
+        "seed {}: the client stands in: {role:?}",
+        sim.seed()
+    );
+    let replicas = placer.replicas(client, object);
+    assert!(replicas.contains(&client));
+    for &r in &replicas {
+        let state = sim.node(r).replica(object).unwrap().state();
+        for v in &values {
+            assert!(state.contains(v), "seed {}: node {r} lacks {v}", sim.seed());
+        }
+    }
+}
