@@ -633,7 +633,8 @@ impl Store {
                 postcard::from_bytes(&meta.base).map_err(|e| decode_error(name, "snapshot", e))?;
             base.reduce(snapshot);
         }
-        let snapshot_bytes = self.load_parts(name, &meta.parts, &mut base)?;
+        let cap = config.max_snapshot_reserve;
+        let snapshot_bytes = self.load_parts(name, &meta.parts, cap, &mut base)?;
         let entries = self.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(ENTRIES).map_err(storage)?;
@@ -673,18 +674,21 @@ impl Store {
     }
 
     /// Merges the stored parts of a base state into `state`, one at a
-    /// time, after reserving room for them all; returns their bytes.
+    /// time, after reserving room for them all (at most `cap` entries: a
+    /// damaged header must not make the process abort on an allocation);
+    /// returns their bytes.
     fn load_parts<T: Reduce>(
         &self,
         name: &str,
         parts: &Parts,
+        cap: u64,
         state: &mut T,
     ) -> Result<u64, StoreError> {
         if parts.count == 0 {
             return Ok(0);
         }
         if let Some(entries) = parts.entries {
-            state.reserve(entries);
+            state.reserve(entries.min(cap));
         }
         self.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;

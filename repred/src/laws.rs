@@ -23,7 +23,8 @@
 //!   when it did;
 //! - **snapshot**: the snapshot merged into an empty state gives the state,
 //!   and so do its parts ([`Reduce::snapshot_part`], one entry a part and
-//!   three) merged one after the other.
+//!   three) merged one after the other into a state that first reserved
+//!   room for them ([`Reduce::reserve`] of [`Reduce::entries_hint`]).
 //!
 //! A violation panics with the law's name and proptest's smallest failing
 //! input; [`try_check`] returns it as a [`LawError`] instead.
@@ -311,6 +312,11 @@ where
         // the state too, and the parts end.
         for max in [1, 3] {
             let mut rebuilt = T::default();
+            // As a receiver does with the sender's size hint: a
+            // reservation must not change what the parts build.
+            if let Some(entries) = all.entries_hint() {
+                rebuilt.reserve(entries);
+            }
             let mut cursor: Option<Vec<u8>> = None;
             let mut parts = 0usize;
             loop {
