@@ -750,7 +750,9 @@ impl Store {
     /// Encodes what `replica` has not saved yet, without committing: fast,
     /// so it can run while the replica is locked, leaving the slow commit
     /// (and its fsync) for after the lock is released. Commit batches in
-    /// the order they were prepared.
+    /// the order they were prepared, and [`discard`](Store::discard) those
+    /// that will not be committed: later prepares continue from each
+    /// batch.
     ///
     /// The first save of a replica, a replica whose history dropped entries
     /// before they were saved (saved too rarely for its history limit), and
@@ -941,6 +943,19 @@ impl Store {
             }
         }
         result
+    }
+
+    /// Gives up batches that were prepared and will not be committed (a
+    /// later batch of the same round failed to prepare, say): the store
+    /// forgets what [`prepare`](Store::prepare) assumed they would write,
+    /// so that the next prepare of each replica starts from its header on
+    /// disk and writes their entries again. Without it, the next prepare
+    /// would continue after entries that never reached the disk.
+    pub fn discard(&self, batches: impl IntoIterator<Item = Batch>) {
+        let mut metas = self.metas();
+        for batch in batches {
+            metas.remove(&batch.name);
+        }
     }
 
     fn write(&self, batch: &Batch) -> Result<usize, StoreError> {

@@ -277,15 +277,22 @@ impl Durable {
                 // Before any object is locked: a reopen may take a while.
                 store.reopen()?;
             }
-            let mut batches = Vec::new();
-            let mut ends = Vec::new();
+            let mut prepared = Vec::with_capacity(objects.len());
             for object in &objects {
-                let batch = object.prepare(&store)?;
-                ends.push(batch.end_seq());
-                if !batch.is_empty() {
-                    batches.push(batch);
+                match object.prepare(&store) {
+                    Ok(batch) => prepared.push(batch),
+                    Err(e) => {
+                        // The batches prepared so far will not be
+                        // committed: the store must not continue after
+                        // them next round, or their entries would never
+                        // be written and yet be released.
+                        store.discard(prepared);
+                        return Err(e);
+                    }
                 }
             }
+            let ends: Vec<u64> = prepared.iter().map(|b| b.end_seq()).collect();
+            let batches: Vec<_> = prepared.into_iter().filter(|b| !b.is_empty()).collect();
             let mut committed =
                 Committed { entries: 0, objects: batches.len(), took: Duration::ZERO };
             if !batches.is_empty() {
@@ -347,6 +354,47 @@ mod tests {
             self.replica.lock().unwrap().release(end_seq);
             self.released.fetch_max(end_seq, Ordering::SeqCst);
         }
+    }
+
+    /// An object whose prepare fails (as an encoding error would).
+    struct Refuses;
+
+    impl Persist for Refuses {
+        fn prepare(&self, _store: &Store) -> Result<Batch, StoreError> {
+            Err(StoreError::Encode { name: "refuses".into(), detail: "refused".into() })
+        }
+
+        fn saved(&self, _end_seq: u64) {}
+    }
+
+    /// One object's batch is prepared, the next object's prepare fails,
+    /// so the round commits nothing: the first object's entries must be
+    /// written by a later round, not skipped because the store counted
+    /// them as written when they were prepared.
+    #[tokio::test]
+    async fn a_round_that_fails_to_prepare_loses_no_other_objects_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.redb");
+        let (durable, numbers) = durable(&path);
+        numbers.update(1);
+        durable.round(false).await.unwrap();
+        numbers.update(2);
+        let failing: Arc<dyn Persist> = Arc::new(Refuses);
+        durable.register(&failing);
+        assert!(durable.round(false).await.is_err(), "the failing object fails the round");
+        assert!(numbers.released.load(Ordering::SeqCst) < numbers.end_seq(), "nothing released");
+        drop(failing);
+        // The failing object is gone (its handle dropped): the next round
+        // commits the rest, and releases it only then.
+        durable.round(false).await.unwrap();
+        assert_eq!(numbers.released.load(Ordering::SeqCst), numbers.end_seq());
+        drop((durable, numbers));
+        let store = Store::open(&path).unwrap();
+        let replica = store.load::<GSet<u64>>("n", Config::default()).unwrap().expect("saved");
+        assert!(
+            replica.state().contains(&2),
+            "the update released after the failed round is on disk"
+        );
     }
 
     fn durable(path: &std::path::Path) -> (Arc<Durable>, Arc<Numbers>) {
