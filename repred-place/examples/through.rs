@@ -1,7 +1,8 @@
 //! How long a write through a replica takes to be acknowledged, on eight
 //! durable repred-transport nodes over QUIC on 127.0.0.1 (k = 3), against
-//! a write on a replica; and how long writes wait when the replica in use
-//! is killed. Run with
+//! a write on a replica (back to back, and after pauses that keep writes
+//! out of step with the replica's tick); and how long writes wait when the
+//! replica in use is killed. Run with
 //!
 //!     cargo run --release -p repred-place --example through -- [WRITES]
 //!
@@ -113,6 +114,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         through.push(start.elapsed());
     }
 
+    // The same with a pause of 0 to 99 ms before each write, so that
+    // writes do not fall in step with the replica's tick.
+    let mut paused = Vec::new();
+    for i in 0..writes {
+        tokio::time::sleep(Duration::from_millis(i * 37 % 100)).await;
+        let start = Instant::now();
+        handle.update(GSet::add(3_000_000 + i)).await?;
+        paused.push(start.elapsed());
+    }
+
     // Kill the replica in use; the next writes wait for the failover.
     let victim = at(handle.via().expect("attached"));
     let killed = Instant::now();
@@ -129,7 +140,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| writes | count | median (ms) | p90 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---:|---:|---:|---:|---:|");
     row("on a replica (acknowledged on its disk)", direct);
-    row("through a replica (acknowledged by its listed clock)", through);
+    row("through a replica (acknowledged by its listed clock), back to back", through);
+    row("through a replica, each after a pause of 0-99 ms", paused);
     row("through a replica, after the one in use was killed", after);
     println!();
     println!(

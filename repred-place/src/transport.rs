@@ -69,7 +69,7 @@ use std::time::Duration;
 
 use repred::{Clock, LwwMap, Reduce, SourceId, Stamp, Stamped};
 use repred_transport::repred_node::MemberState;
-use repred_transport::{Changes, Handle, Node, Peers};
+use repred_transport::{Changes, Handle, Node, Peers, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -715,6 +715,19 @@ where
         Ok(Copy::Access(handle))
     }
 
+    /// Whether a write through a replica waits for its acknowledgement.
+    fn waiting(&self) -> bool {
+        lock(&self.state).open.values().any(|a| !a.waiters.is_empty())
+    }
+
+    /// Steps the routes alone, on the directory as it is now.
+    fn step_routes(&self) {
+        let view = self.view();
+        let now = self.now();
+        let mut state = lock(&self.state);
+        self.routes(&mut state, &view, now);
+    }
+
     fn unacknowledged(&self, name: &str, stamp: Stamp) -> PlaceError {
         PlaceError::NotAcknowledged { name: name.to_string(), stamp }
     }
@@ -941,9 +954,16 @@ where
 {
     let mut tick = tokio::time::interval(shared.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While writes through a replica wait, a replica's new listing is
+    // looked at as it arrives rather than at the next tick.
+    let mut listings = shared.directory.changes();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = listings.next(), if shared.waiting() => {
+                shared.step_routes();
+                continue;
+            }
             _ = stopped.wait_for(|s| *s) => return,
         }
         let (drops, writes) = shared.round();
