@@ -12,13 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{
-    K, NODES, OBJECTS, Set, eventually, free_ports, live, members_are, name, placed_and_converged,
-    start,
+    Cluster, K, NODES, OBJECTS, Set, cluster, create_on_primaries, eventually, live, members_are,
+    name, placed_and_converged, start,
 };
 use repred::{GSet, SourceId};
 use repred_place::Role;
 use repred_place::transport::{PlaceError, Placer, PlacerConfig};
-use repred_transport::Node;
 
 /// Writes `value` to `object` on the first running replica (as node 0
 /// places it); `Ok(true)` once acknowledged, `Ok(false)` if no replica
@@ -67,28 +66,12 @@ async fn write_all(
 async fn eight_nodes_keep_every_object_on_k_replicas_through_a_kill_and_a_restart() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let addrs = free_ports(NODES);
-    let seed = addrs[0];
-    let mut nodes = vec![start(dir.path(), seed, None).await];
-    for addr in &addrs[1..] {
-        nodes.push(start(dir.path(), *addr, Some(seed)).await);
-    }
-    let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
-    let mut placers: Vec<Option<Placer<Set>>> = nodes
-        .into_iter()
-        .map(|n| Some(Placer::spawn(n, PlacerConfig::default()).expect("a durable node places")))
-        .collect();
-    eventually("all members see all", Duration::from_secs(30), || members_are(&placers, &ids))
-        .await;
+    let Cluster { mut placers, ids, seed } = cluster(dir.path(), PlacerConfig::default()).await;
 
     // Each object is created on its primary (as node 0 places it), then
     // written once.
     let mut acked: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for object in 0..OBJECTS {
-        let primary = placers[0].as_ref().unwrap().replicas(&name(object))[0];
-        let p = live(&placers).find(|p| p.node().id() == primary).unwrap();
-        p.create(&name(object)).unwrap();
-    }
+    create_on_primaries(&placers, OBJECTS);
     write_all(&placers, &mut acked, 1).await;
     eventually("placed on k replicas", Duration::from_secs(60), || {
         placed_and_converged(&placers, &acked)

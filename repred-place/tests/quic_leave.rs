@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{
-    K, NODES, Set, eventually, free_ports, live, members_are, name, placed_and_converged, start,
+    Cluster, K, NODES, Set, cluster, create_on_primaries, eventually, live, members_are, name,
+    placed_and_converged,
 };
 use repred::{GSet, SourceId};
 use repred_place::transport::{Placer, PlacerConfig};
-use repred_transport::Node;
 
 const OBJECTS: u64 = 12;
 
@@ -44,25 +44,9 @@ async fn write_all(
 async fn a_node_leaving_hands_every_object_off_before_it_goes() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let addrs = free_ports(NODES);
-    let seed = addrs[0];
-    let mut nodes = vec![start(dir.path(), seed, None).await];
-    for addr in &addrs[1..] {
-        nodes.push(start(dir.path(), *addr, Some(seed)).await);
-    }
-    let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
-    let mut placers: Vec<Option<Placer<Set>>> = nodes
-        .into_iter()
-        .map(|n| Some(Placer::spawn(n, PlacerConfig::default()).expect("a durable node places")))
-        .collect();
-    eventually("all members see all", Duration::from_secs(30), || members_are(&placers, &ids))
-        .await;
+    let Cluster { mut placers, ids, .. } = cluster(dir.path(), PlacerConfig::default()).await;
     let mut acked: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for object in 0..OBJECTS {
-        let primary = placers[0].as_ref().unwrap().replicas(&name(object))[0];
-        let p = live(&placers).find(|p| p.node().id() == primary).unwrap();
-        p.create(&name(object)).unwrap();
-    }
+    create_on_primaries(&placers, OBJECTS);
     write_all(&placers, &mut acked, 1).await;
     eventually("placed on k replicas", Duration::from_secs(60), || {
         placed_and_converged(&placers, &acked)

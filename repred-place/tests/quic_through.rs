@@ -12,32 +12,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{
-    K, NODES, Set, eventually, free_ports, live, members_are, placed_and_converged, start,
+    Cluster, K, NODES, Set, cluster, eventually, live, members_are, placed_and_converged,
 };
 use repred::{GSet, SourceId};
-use repred_place::transport::{Placer, PlacerConfig};
+use repred_place::transport::PlacerConfig;
 use repred_place::{ObjectKey, Placement, RouteConfig};
-use repred_transport::Node;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_replica_writes_through_a_replica_and_fails_over_when_it_is_killed() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let addrs = free_ports(NODES);
-    let seed = addrs[0];
-    let mut nodes = vec![start(dir.path(), seed, None).await];
-    for addr in &addrs[1..] {
-        nodes.push(start(dir.path(), *addr, Some(seed)).await);
-    }
-    let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
     // A replica that does not acknowledge within 3 s is failed over.
     let config = PlacerConfig::default().route(RouteConfig::default().ack_timeout_ms(3_000));
-    let mut placers: Vec<Option<Placer<Set>>> = nodes
-        .into_iter()
-        .map(|n| Some(Placer::spawn(n, config.clone()).expect("a durable node places")))
-        .collect();
-    eventually("all members see all", Duration::from_secs(30), || members_are(&placers, &ids))
-        .await;
+    let Cluster { mut placers, ids, .. } = cluster(dir.path(), config).await;
 
     // The object lives on its primary and the next two; the fourth on its
     // list would stand in for a lost one, so the client is none of them.

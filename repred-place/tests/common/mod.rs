@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use repred::{GSet, SourceId};
-use repred_place::transport::{DIRECTORY, Placer};
+use repred_place::transport::{DIRECTORY, Placer, PlacerConfig};
 use repred_transport::repred_node::{MemberState, NodeConfig};
 use repred_transport::{Builder, Node};
 
@@ -51,6 +51,42 @@ pub async fn start(dir: &Path, listen: SocketAddr, bootstrap: Option<SocketAddr>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("node on {listen} did not start: {last:?}");
+}
+
+/// Eight placing nodes: each durable node on a free port, joined through
+/// the first (`seed`), a placer each, every member seeing every other.
+pub struct Cluster {
+    pub placers: Vec<Option<Placer<Set>>>,
+    pub ids: BTreeSet<SourceId>,
+    pub seed: SocketAddr,
+}
+
+/// Starts a [`Cluster`] of [`NODES`] nodes in `dir`, its placers run with
+/// `config`, and waits (at most 30 s) until every member sees all.
+pub async fn cluster(dir: &Path, config: PlacerConfig) -> Cluster {
+    let addrs = free_ports(NODES);
+    let seed = addrs[0];
+    let mut nodes = vec![start(dir, seed, None).await];
+    for addr in &addrs[1..] {
+        nodes.push(start(dir, *addr, Some(seed)).await);
+    }
+    let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
+    let placers: Vec<Option<Placer<Set>>> = nodes
+        .into_iter()
+        .map(|n| Some(Placer::spawn(n, config.clone()).expect("a durable node places")))
+        .collect();
+    eventually("all members see all", Duration::from_secs(30), || members_are(&placers, &ids))
+        .await;
+    Cluster { placers, ids, seed }
+}
+
+/// Creates objects `0..objects` each on its primary, as node 0 places it.
+pub fn create_on_primaries(placers: &[Option<Placer<Set>>], objects: u64) {
+    for object in 0..objects {
+        let primary = placers[0].as_ref().unwrap().replicas(&name(object))[0];
+        let p = live(placers).find(|p| p.node().id() == primary).unwrap();
+        p.create(&name(object)).unwrap();
+    }
 }
 
 /// Free ports for the nodes: a node keeps its id (its certificate, kept
