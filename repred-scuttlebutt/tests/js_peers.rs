@@ -56,8 +56,11 @@ fn both_write_before_and_after(transport: Transport, rust_listens: bool) {
     rust.wait_state(&both);
 
     js.set("from-js", json!({"after": [1, 2.5]}));
-    rust.set("from-rust", json!("after"));
+    // "both" set to null leaves no key in the state to wait for: written
+    // before "from-rust", it reaches JS first (a source's updates go in
+    // order), so waiting for "from-rust" waits for it too.
     rust.set("both", json!(null));
+    rust.set("from-rust", json!("after"));
     let after = json!({"from-js": {"after": [1, 2.5]}, "from-rust": "after"});
     let dump = js.wait_state(&after);
     rust.wait_state(&after);
