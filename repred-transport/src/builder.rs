@@ -495,6 +495,7 @@ impl Builder {
             dial_timeout,
             config,
             registry: watch::Sender::new(Registry::new()),
+            stream_ends: tokio::sync::broadcast::Sender::new(crate::object::STREAM_ENDS_CAPACITY),
             live: watch::Sender::new(Members::from([(id, advertise)])),
             core: Mutex::new(core),
             control,

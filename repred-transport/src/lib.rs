@@ -107,7 +107,9 @@ pub use builder::{Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE
 pub use close::CloseCode;
 pub use identity::{ClusterCa, Credentials, CredentialsError, NodeCertificate};
 pub use node::{Node, NodeStats};
-pub use object::{Applied, Changes, Handle, Lagged, Peers, Refusal, Traffic};
+pub use object::{
+    Applied, Changes, Handle, Lagged, Peers, Refusal, StreamEnded, StreamEnds, Traffic,
+};
 use repred::SourceId;
 /// The node core this crate executes, re-exported for its configuration
 /// ([`NodeConfig`](repred_node::NodeConfig)) and what

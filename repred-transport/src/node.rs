@@ -17,16 +17,17 @@ use std::time::Duration;
 use quinn::Connection;
 use repred::{Config, Identity, Reduce, Replica, SourceId};
 use repred_node::{ConnId, MemberInfo, NodeCore};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
+use tokio_stream::wrappers::BroadcastStream;
 use tracing::Instrument;
 
 use crate::builder::Settings;
 use crate::driver::Control;
 use crate::durable::Durable;
 use crate::metrics::NodeMetrics;
-use crate::object::{Handle, Object, Peers, Shared};
+use crate::object::{Handle, Object, Peers, Shared, StreamEnded, StreamEnds};
 use crate::udp::DemuxSocket;
 use crate::{CloseCode, Error, Members};
 
@@ -111,6 +112,8 @@ pub(crate) struct Inner {
     pub(crate) span: tracing::Span,
     /// The node's metric handles.
     pub(crate) metrics: NodeMetrics,
+    /// Every object's streams' ends ([`Node::stream_ends`]).
+    pub(crate) stream_ends: broadcast::Sender<StreamEnded>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -414,6 +417,7 @@ impl Node {
             durable.clone(),
             &self.inner.metrics.label,
             peers,
+            self.inner.stream_ends.clone(),
         );
         tracing::debug!(parent: &self.inner.span, object = %name, "replicating");
         if let Some(d) = &durable {
@@ -435,10 +439,13 @@ impl Node {
 
     /// Changes which peers `name` is streamed with (see [`Peers`]): streams
     /// with peers the new set admits are opened or taken from now on (on
-    /// connections up already, too). Streams open already go on until
-    /// they end (their connection closes, or a side releases the object):
-    /// a set is for choosing peers, not for cutting them off. Returns
-    /// whether `name` is replicated here.
+    /// connections up already, too), and streams open with peers it does
+    /// not admit are closed, each with a Close saying
+    /// [`CloseReason::Closed`](repred::CloseReason::Closed) (the peer's
+    /// [`Node::stream_ends`] reports it as
+    /// [`EndReason::Remote`](repred::EndReason::Remote)). The connection
+    /// goes on, and a stream of the object may come again on it if a later
+    /// set admits the peer. Returns whether `name` is replicated here.
     pub fn set_peers(&self, name: &str, peers: Peers) -> bool {
         let object = self.inner.registry.borrow().get(name).cloned();
         let Some(object) = object else { return false };
@@ -446,6 +453,19 @@ impl Node {
         // Connections and streams waiting for the object look again.
         self.inner.registry.send_modify(|_| {});
         true
+    }
+
+    /// Every stream of any object of this node that ends from now on, with
+    /// its peer and why: for a driver that streams an object with one
+    /// chosen peer ([`Node::replicate_with`]) and moves to another when
+    /// that stream ends, rather than when the peer is declared down. A
+    /// stream ends when either end closes it (a release, a set of peers
+    /// that dropped the other, a shutdown, a refusal) or it is lost (its
+    /// connection ended without a Close: the peer crashed and its endpoint
+    /// closed the connection, the network failed and the connection idled
+    /// out, or the node core closed the connection).
+    pub fn stream_ends(&self) -> StreamEnds {
+        StreamEnds { inner: BroadcastStream::new(self.inner.stream_ends.subscribe()) }
     }
 
     /// The live members (alive or suspected, not yet declared down), this

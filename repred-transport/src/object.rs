@@ -111,10 +111,53 @@ impl Traffic {
     }
 }
 
+/// One stream of an object that ended, with the peer it was with and why
+/// ([`Node::stream_ends`](crate::Node::stream_ends)): what a driver that
+/// streams an object with one chosen peer (`repred-place`'s route) needs to
+/// move to another at once rather than after a timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamEnded {
+    /// The object's name.
+    pub object: String,
+    /// The peer's node id (`None`: a peer whose certificate named none).
+    pub peer: Option<SourceId>,
+    /// Why, as the core says it: [`EndReason::Local`] this node ended it
+    /// (it released the object, [`Node::set_peers`](crate::Node::set_peers)
+    /// dropped the peer, it shuts down, or it refused the peer's frames),
+    /// [`EndReason::Remote`] the peer did, with its reason, and
+    /// [`EndReason::Aborted`] the stream or its connection was lost without
+    /// a Close (the peer crashed, the network, a connection the node core
+    /// closed).
+    pub reason: EndReason,
+}
+
+/// The stream of a node's [`StreamEnded`]s
+/// ([`Node::stream_ends`](crate::Node::stream_ends)).
+///
+/// Yields `Err(Lagged)` when the reader fell more than 1,024 ends behind.
+pub struct StreamEnds {
+    pub(crate) inner: BroadcastStream<StreamEnded>,
+}
+
+impl Stream for StreamEnds {
+    type Item = Result<StreamEnded, Lagged>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(|BroadcastStreamRecvError::Lagged(n)| Lagged(n))))
+    }
+}
+
+/// How many stream ends a slow [`StreamEnds`] reader may fall behind.
+pub(crate) const STREAM_ENDS_CAPACITY: usize = 1024;
+
 /// What the node's connections need of an object, whatever its type: the
 /// sans-IO replica's stream API, behind a lock, plus a way to wait for work.
 pub(crate) trait Object: Send + Sync + 'static {
-    fn open(&self) -> Result<StreamId, ReplicaError>;
+    /// A stream with `peer` (by node id, if its certificate names one).
+    fn open(&self, peer: Option<SourceId>) -> Result<StreamId, ReplicaError>;
     /// Feeds bytes from the peer. Wakes the writers: the peer's frames may
     /// call for an answer, and applied changes are to be relayed.
     fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError>;
@@ -132,21 +175,24 @@ pub(crate) trait Object: Send + Sync + 'static {
     fn poll_timeout(&self) -> Option<u64>;
     /// Runs the replica's due timers.
     fn handle_timeout(&self);
-    /// Which end, if either, ended `stream` because it stopped
-    /// replicating the object (a Close saying `Disposed`:
-    /// [`Node::release`](crate::Node::release)). Known until
-    /// [`forget`](Object::forget).
+    /// Which end, if either, ended `stream` on purpose with a Close: it
+    /// stopped replicating the object (`Disposed`:
+    /// [`Node::release`](crate::Node::release)) or streaming it with the
+    /// other (`Closed`: [`Node::set_peers`](crate::Node::set_peers), or a
+    /// node shutting down). Either may want a stream of it again later on
+    /// the same connection. Known until [`forget`](Object::forget).
     fn released(&self, stream: StreamId) -> Option<Released>;
     /// Whether it was disposed of: being released (or the node stops), so
     /// no stream is opened or taken for it.
     fn is_disposed(&self) -> bool;
     /// Whether a stream of it may be opened or taken with `peer`.
     fn admits(&self, peer: Option<SourceId>) -> bool;
-    /// Which peers it is streamed with from now on.
+    /// Which peers it is streamed with from now on: live streams with a
+    /// peer the set does not admit are closed.
     fn set_peers(&self, peers: Peers);
 }
 
-/// Which end of a stream released its object.
+/// Which end of a stream ended it on purpose ([`Object::released`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Released {
     /// This node.
@@ -185,10 +231,13 @@ struct Inner<T: Reduce> {
     /// that an event of that stream is logged in it whichever task drains
     /// it.
     spans: HashMap<StreamId, Span>,
-    /// Live streams that ended because one end released the object.
+    /// Live streams that one end ended on purpose ([`Object::released`]).
     released: HashMap<StreamId, Released>,
     /// Which peers new streams may be with.
     peers: Peers,
+    /// The peer of each live stream: whom [`Object::set_peers`] cuts, and
+    /// what a [`StreamEnded`] names.
+    stream_peers: HashMap<StreamId, Option<SourceId>>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -199,6 +248,8 @@ pub(crate) struct Shared<T: Reduce> {
     durable: Option<Arc<Durable>>,
     wake: watch::Sender<u64>,
     changes: broadcast::Sender<Result<Applied<T::Update>, Lagged>>,
+    /// The node's [`StreamEnded`]s.
+    ends: broadcast::Sender<StreamEnded>,
     metrics: ObjectMetrics,
 }
 
@@ -208,13 +259,14 @@ where
     T::Update: Send + Sync + 'static,
 {
     /// An object whose log the node's store keeps; `node` labels its
-    /// metrics.
+    /// metrics; its streams' ends go to `ends`.
     pub(crate) fn with_store(
         name: String,
         replica: Replica<T>,
         durable: Option<Arc<Durable>>,
         node: &str,
         peers: Peers,
+        ends: broadcast::Sender<StreamEnded>,
     ) -> Arc<Self> {
         let subscription = replica.subscribe();
         // A loaded replica's counters start where its log left them; only
@@ -230,6 +282,7 @@ where
             spans: HashMap::new(),
             released: HashMap::new(),
             peers,
+            stream_peers: HashMap::new(),
         };
         let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
@@ -238,6 +291,7 @@ where
             inner: Mutex::new(inner),
             wake: watch::Sender::new(0),
             changes: broadcast::Sender::new(CHANGES_CAPACITY),
+            ends,
             metrics,
         })
     }
@@ -279,7 +333,15 @@ where
     /// span), keeps the refusals, and counts what the replica did since
     /// the last look.
     fn observe(&self, inner: &mut Inner<T>) {
-        let Inner { replica, refusals, last, spans, released, .. } = inner;
+        let Inner { replica, refusals, last, spans, released, stream_peers, .. } = inner;
+        let ended = |stream: StreamId, reason: &EndReason| {
+            if self.ends.receiver_count() == 0 {
+                return;
+            }
+            let peer = stream_peers.get(&stream).copied().flatten();
+            let reason = reason.clone();
+            let _ = self.ends.send(StreamEnded { object: self.name.clone(), peer, reason });
+        };
         let span_of = |stream: StreamId| spans.get(&stream).cloned().unwrap_or_else(Span::current);
         // Events are bounded by the core; what the transport keeps of them
         // is the refusals, for whoever asks.
@@ -314,14 +376,16 @@ where
                     if refusals.len() >= REFUSALS_KEPT {
                         refusals.pop_front();
                     }
+                    ended(stream, &reason);
                     refusals.push_back(Refusal { reason, at_ms: now_ms() });
                 }
                 Event::End { stream, reason } => {
+                    ended(stream, &reason);
                     match reason {
-                        EndReason::Local(CloseReason::Disposed) => {
+                        EndReason::Local(CloseReason::Disposed | CloseReason::Closed) => {
                             released.insert(stream, Released::Here);
                         }
-                        EndReason::Remote(CloseReason::Disposed) => {
+                        EndReason::Remote(CloseReason::Disposed | CloseReason::Closed) => {
                             released.insert(stream, Released::Peer);
                         }
                         _ => {}
@@ -398,9 +462,14 @@ where
     T: Reduce + Send + 'static,
     T::Update: Send + Sync + 'static,
 {
-    fn open(&self) -> Result<StreamId, ReplicaError> {
+    fn open(&self, peer: Option<SourceId>) -> Result<StreamId, ReplicaError> {
         let mut inner = self.lock();
         let id = inner.replica.open(StreamOpts::default())?;
+        inner.stream_peers.insert(id, peer);
+        if !inner.peers.admits(peer) {
+            // The set dropped the peer while this stream was being taken.
+            inner.replica.close(id);
+        }
         inner.traffic.sessions += 1;
         // Opened from the stream's task, in the stream's span.
         inner.spans.insert(id, Span::current());
@@ -458,6 +527,7 @@ where
         self.observe(&mut inner);
         inner.spans.remove(&stream);
         inner.released.remove(&stream);
+        inner.stream_peers.remove(&stream);
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -493,7 +563,23 @@ where
     }
 
     fn set_peers(&self, peers: Peers) {
-        self.lock().peers = peers;
+        let mut inner = self.lock();
+        // A stream with a peer the set drops ends with a Close (`Closed`,
+        // the application's): the peer learns it was cut on purpose, and
+        // the name is free on the connection, so that a stream may come
+        // again if the set admits the peer later. Each writer sends its
+        // Close and finishes.
+        let cut: Vec<StreamId> = inner
+            .stream_peers
+            .iter()
+            .filter(|(_, peer)| !peers.admits(**peer))
+            .map(|(stream, _)| *stream)
+            .collect();
+        inner.peers = peers;
+        for stream in cut {
+            inner.replica.close(stream);
+        }
+        self.settle(&mut inner);
     }
 }
 

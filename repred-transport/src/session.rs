@@ -43,10 +43,11 @@ struct Streamed {
 }
 
 /// A connection's stream of one object. The name is free again when it
-/// is dropped, with the stream's task, unless [`kept`](Claim::keep): a
-/// stream that ended for any reason but a release keeps its name taken
-/// for as long as the connection lasts (one stream per object per
-/// connection, refused or not).
+/// is dropped, with the stream's task, unless [`kept`](Claim::end): a
+/// stream that ended for any reason but one end's choice (a release, or a
+/// set of peers that dropped the other) keeps its name taken for as long
+/// as the connection lasts (one stream per object per connection, refused
+/// or not).
 struct Claim {
     streamed: Arc<Streamed>,
     name: String,
@@ -54,11 +55,12 @@ struct Claim {
 }
 
 impl Claim {
-    /// Frees the name if either end released the object, so that it may be
-    /// streamed again; keeps it taken otherwise. Whether it was the peer.
+    /// Frees the name if either end ended the stream on purpose (released
+    /// the object, or dropped the other from its peers), so that it may be
+    /// streamed again; keeps it taken otherwise. Whether it was freed.
     fn end(mut self, released: Option<Released>) -> bool {
         self.kept = released.is_none();
-        released == Some(Released::Peer)
+        !self.kept
     }
 }
 
@@ -117,7 +119,7 @@ pub(crate) async fn run_connection(
     let mut registry = inner.registry.subscribe();
     registry.mark_changed();
     let mut phase = inner.phase.subscribe();
-    // Each says whether the peer released its object.
+    // Each says whether its name is free again.
     let mut streams: JoinSet<bool> = JoinSet::new();
     // Not drained at shutdown: they end with the connection.
     let mut control: JoinSet<()> = JoinSet::new();
@@ -153,7 +155,7 @@ pub(crate) async fn run_connection(
                     }
                     if let Some(claim) = streamed.claim(&name) {
                         let span = tracing::error_span!("stream", object = %name);
-                        let task = open_stream(inner.clone(), conn.clone(), claim, object);
+                        let task = open_stream(inner.clone(), conn.clone(), peer, claim, object);
                         streams.spawn(task.instrument(span));
                     }
                 }
@@ -180,9 +182,11 @@ pub(crate) async fn run_connection(
             },
             Some(done) = streams.join_next(), if !streams.is_empty() => {
                 if outgoing && done.unwrap_or(false) {
-                    // The peer released the object: a new stream waits at
-                    // its end in case it replicates it again (the
-                    // accepting side cannot open one).
+                    // One end released the object or dropped the other
+                    // from its peers: a new stream, if this side's set
+                    // admits the peer, waits at the peer's end in case it
+                    // replicates the object again or admits this node
+                    // again (the accepting side cannot open one).
                     registry.mark_changed();
                 }
             }
@@ -204,11 +208,11 @@ fn preamble(name: &str) -> Vec<u8> {
     bytes
 }
 
-/// Opens this side's stream of an object; whether the peer ended it by
-/// releasing the object.
+/// Opens this side's stream of an object; whether its name is free again.
 async fn open_stream(
     inner: Arc<Inner>,
     conn: Connection,
+    peer: Option<repred::SourceId>,
     claim: Claim,
     object: Arc<dyn Object>,
 ) -> bool {
@@ -216,7 +220,7 @@ async fn open_stream(
     if send.write_all(&preamble(&claim.name)).await.is_err() {
         return claim.end(None);
     }
-    let released = drive(&inner, object, send, recv).await;
+    let released = drive(&inner, object, peer, send, recv).await;
     claim.end(released)
 }
 
@@ -273,7 +277,7 @@ async fn accept_stream(
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
     let Some(object) = object else { return claim.end(None) };
-    let released = drive(&inner, object, send, recv).await;
+    let released = drive(&inner, object, peer, send, recv).await;
     claim.end(released)
 }
 
@@ -305,16 +309,17 @@ impl Drop for Forget {
 /// one object's mistake (the same name replicated with two types, say)
 /// costs neither the connection nor the other objects.
 ///
-/// Returns which end, if either, ended the stream by releasing the
-/// object.
+/// Returns which end, if either, ended the stream on purpose
+/// ([`Object::released`]).
 async fn drive(
     inner: &Inner,
     object: Arc<dyn Object>,
+    peer: Option<repred::SourceId>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Option<Released> {
     // Disposed of: the node is releasing it (or shutting down).
-    let Ok(stream) = object.open() else { return Some(Released::Here) };
+    let Ok(stream) = object.open(peer) else { return Some(Released::Here) };
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {

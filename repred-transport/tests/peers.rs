@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Counters, eventually, fast};
-use repred_transport::{Node, Peers};
+use repred::{CloseReason, EndReason};
+use repred_transport::{Node, Peers, StreamExt};
 
 async fn node(dir: &std::path::Path, bootstrap: &[std::net::SocketAddr]) -> Node {
     fast(dir).fanout(2).bootstrap(bootstrap.iter().copied()).spawn().await.expect("starts")
@@ -68,4 +69,83 @@ async fn an_object_streams_with_its_chosen_peers_only_and_follows_a_change() {
     b.shutdown().await;
     a.shutdown().await;
     c.shutdown().await;
+}
+
+/// Waits (at most 20 s) for `ends` to report a stream of `object` with
+/// `peer` that ended for `reason`; other ends are passed over.
+async fn ended(
+    ends: &mut repred_transport::StreamEnds,
+    object: &str,
+    peer: repred::SourceId,
+    reason: EndReason,
+) {
+    let wait = async {
+        while let Some(end) = ends.next().await {
+            let end = end.expect("the reader keeps up");
+            if end.object == object && end.peer == Some(peer) && end.reason == reason {
+                return;
+            }
+        }
+        panic!("the node stopped");
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no stream of {object} with {peer} ended for {reason:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_peers_that_drops_a_peer_closes_its_stream_and_a_later_one_opens_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // No rotation: the one connection stays, so that what ends here is
+    // the stream, not a connection traded away.
+    let start = |bootstrap: Vec<std::net::SocketAddr>| {
+        fast(dir.path()).rotate_every(Duration::from_secs(3_600)).bootstrap(bootstrap).spawn()
+    };
+    let a = start(vec![]).await.expect("starts");
+    let b = start(vec![a.addr()]).await.expect("starts");
+    eventually("connected", Duration::from_secs(20), || {
+        (a.connected() == vec![b.addr()] && b.connected() == vec![a.addr()], a.connected())
+    })
+    .await;
+    let on_a = a.replicate_with("doc", Counters::default(), Peers::only([b.id()])).unwrap();
+    let on_b = b.replicate("doc", Counters::default()).unwrap();
+    on_b.update(Counters::set("before", 1)).await.unwrap();
+    eventually("a has b's write", Duration::from_secs(20), || {
+        (on_a.read(|s| s.0.contains_key("before")), on_a.traffic())
+    })
+    .await;
+
+    // Each side in turn drops the other (one of them dialed the connection,
+    // the other accepted it: both ways are covered), then takes it back.
+    for (round, (cutter, other)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
+        let (on_cutter, on_other) = if round == 0 { (&on_a, &on_b) } else { (&on_b, &on_a) };
+        // Listening before the cut, so that no end is missed.
+        let mut cutter_ends = cutter.stream_ends();
+        let mut other_ends = other.stream_ends();
+        assert!(cutter.set_peers("doc", Peers::only([])));
+        ended(&mut cutter_ends, "doc", other.id(), EndReason::Local(CloseReason::Closed)).await;
+        ended(&mut other_ends, "doc", cutter.id(), EndReason::Remote(CloseReason::Closed)).await;
+        // The other side may have opened a new stream already, if it
+        // dialed: it waits at the cutter's end, unsynced, until the cutter
+        // admits it again.
+        eventually("no stream of doc at the cutter", Duration::from_secs(20), || {
+            (on_cutter.traffic().open == 0, on_cutter.traffic())
+        })
+        .await;
+        assert_eq!(cutter.connected(), vec![other.addr()], "the connection goes on");
+        assert_eq!(cutter.stats().violations + other.stats().violations, 0, "a clean close");
+
+        // A write made while cut reaches the cutter once it takes the peer
+        // back: a stream of the object opens again on the same connection.
+        let key = format!("while-cut-{round}");
+        on_other.update(Counters::set(&key, 2)).await.unwrap();
+        assert!(cutter.set_peers("doc", Peers::All));
+        eventually("the write made while cut arrives", Duration::from_secs(20), || {
+            (on_cutter.read(|s| s.0.contains_key(&key)), on_cutter.traffic())
+        })
+        .await;
+        assert_eq!(cutter.connected(), vec![other.addr()], "over the same connection");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
