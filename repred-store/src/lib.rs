@@ -958,6 +958,46 @@ impl Store {
         }
     }
 
+    /// Deletes everything saved under `name` (its header, log and
+    /// snapshot parts) in one transaction; returns whether anything was
+    /// there. When it returns, it is gone from the disk: a later load of
+    /// the name finds nothing, and a replica made again under it starts
+    /// from scratch under a new source id.
+    ///
+    /// For a replica the caller stopped saving and will not bring back
+    /// from here (one whose every entry is known to be held elsewhere:
+    /// `repred-place` drops an object from a node once its other replicas
+    /// cover it). Call it only once nothing saves that replica any more: a
+    /// [`Batch`] of it prepared before and committed after would leave a
+    /// header over a log that is gone (a later load fails to decode it).
+    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let mut metas = self.metas();
+        let removed = self.with_db(|db| {
+            let txn = db.begin_write().map_err(storage)?;
+            let found = {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                let found = meta.remove(name).map_err(storage)?.is_some();
+                txn.open_table(ENTRIES)
+                    .map_err(storage)?
+                    .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+                    .map_err(storage)?;
+                txn.open_table(PARTS)
+                    .map_err(storage)?
+                    .retain_in((name, 0, 0)..=(name, u64::MAX, u64::MAX), |_, _| false)
+                    .map_err(storage)?;
+                found
+            };
+            txn.commit().map_err(storage)?;
+            Ok(found)
+        });
+        // Whether it committed or not, the disk is the truth from here.
+        metas.remove(name);
+        if let Ok(found) = &removed {
+            tracing::debug!(path = %self.path.display(), name, found, "replica removed from the store");
+        }
+        removed
+    }
+
     fn write(&self, batch: &Batch) -> Result<usize, StoreError> {
         self.write_all(std::slice::from_ref(batch))
     }

@@ -202,3 +202,71 @@ fn a_store_with_the_base_in_one_blob_loads() {
     let r = store.load::<Numbers>("n", Config::default()).unwrap().unwrap();
     assert_eq!((r.state(), r.clock(), r.life()), (&state, &clock, 42));
 }
+
+/// Rows of each table under `name`: (header, log entries, parts).
+fn rows_of(path: &std::path::Path, name: &str) -> (usize, usize, usize) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let header = usize::from(redb::ReadableTable::get(&meta, name).unwrap().is_some());
+    let entries = txn.open_table(ENTRIES).unwrap();
+    let logged =
+        redb::ReadableTable::range(&entries, (name, 0)..=(name, u64::MAX)).unwrap().count();
+    let parts = txn.open_table(PARTS).unwrap();
+    let range = (name, 0, 0)..=(name, u64::MAX, u64::MAX);
+    let stored = redb::ReadableTable::range(&parts, range).unwrap().count();
+    (header, logged, stored)
+}
+
+/// `Store::remove` deletes a replica's header, log and snapshot parts in
+/// one go, and nothing of any other replica: a load finds nothing, before
+/// and after a reopen, and a replica made again under the name starts
+/// from scratch.
+#[test]
+fn a_removed_replica_is_gone_from_the_file_and_the_others_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let config = Config::default().history_limit(16);
+    let (gone_id, kept) = {
+        let store = Store::open(&path).unwrap().part_bytes(256);
+        let mut gone = store.load_or_create::<Numbers>("gone", config.clone()).unwrap();
+        let mut kept = store.load_or_create::<Numbers>("kept", config.clone()).unwrap();
+        // Past the history limit: a snapshot in several parts, then a log
+        // after it.
+        for i in 0..200u64 {
+            gone.update(NOW, [i].into()).unwrap();
+            kept.update(NOW, [i * 2].into()).unwrap();
+            if i % 50 == 49 {
+                store.save("gone", &gone).unwrap();
+                store.save("kept", &kept).unwrap();
+            }
+        }
+        for i in 0..5u64 {
+            gone.update(NOW, [1_000 + i].into()).unwrap();
+        }
+        store.save("gone", &gone).unwrap();
+        (gone.id(), kept.state().clone())
+    };
+    let (header, logged, parts) = rows_of(&path, "gone");
+    assert_eq!(header, 1);
+    assert!(logged > 0 && parts > 1, "a log and a snapshot in parts: {logged}, {parts}");
+
+    let store = Store::open(&path).unwrap();
+    assert!(store.remove("gone").unwrap());
+    assert!(store.load::<Numbers>("gone", config.clone()).unwrap().is_none());
+    assert!(!store.remove("gone").unwrap(), "nothing left to remove");
+    assert!(!store.remove("never").unwrap());
+    drop(store);
+    assert_eq!(rows_of(&path, "gone"), (0, 0, 0), "no row of it left");
+    let (header, _, parts) = rows_of(&path, "kept");
+    assert_eq!(header, 1);
+    assert!(parts > 0);
+
+    let store = Store::open(&path).unwrap();
+    assert!(store.load::<Numbers>("gone", config.clone()).unwrap().is_none(), "after a reopen");
+    let kept_again = store.load::<Numbers>("kept", config.clone()).unwrap().unwrap();
+    assert_eq!(kept_again.state(), &kept);
+    let again = store.load_or_create::<Numbers>("gone", config).unwrap();
+    assert_ne!(again.id(), gone_id, "made again: a new source id");
+    assert!(again.state().is_empty());
+}

@@ -62,3 +62,30 @@ impl Node {
         Ok(true)
     }
 }
+
+impl Node {
+    /// Deletes what this node's store keeps of `name`, an object it does
+    /// not replicate now (one it [released](Node::release)); returns
+    /// whether the store had anything of it. A later
+    /// [`replicate`](Node::replicate) of the name starts from scratch,
+    /// under a new source id, and syncs from its peers.
+    ///
+    /// For an object whose every update this node had is held elsewhere
+    /// (`repred-place` removes an object it dropped once the object's
+    /// other replicas cover it): what only this store kept is lost.
+    ///
+    /// It commits at once, with an fsync, on the calling thread (a few
+    /// milliseconds). Fails with [`Error::AlreadyReplicated`] if `name` is
+    /// replicated now (release it first), [`Error::Config`] on a node
+    /// that is not durable, [`Error::Storage`] if the store cannot be
+    /// written (nothing was deleted then).
+    pub fn remove_stored(&self, name: &str) -> Result<bool, Error> {
+        let Some(durable) = &self.inner.durable else {
+            return Err(Error::Config("only a durable node has a store to remove from"));
+        };
+        if self.inner.registry.borrow().contains_key(name) {
+            return Err(Error::AlreadyReplicated(name.to_string()));
+        }
+        durable.store().remove(name).map_err(|e| Error::Storage(e.to_string()))
+    }
+}
