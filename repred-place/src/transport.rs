@@ -59,17 +59,21 @@
 //! under the copy's own source id, reaches the replica by the ordinary
 //! sync, and is *acknowledged* once a replica's listed clock covers its
 //! stamp; the replica in use fails over (the route moves to the next
-//! live one, [`Node::set_peers`]) when the member list drops it or it does
-//! not acknowledge in time, and writes it never took reach the next one by
-//! the sync. If this node becomes a replica, the copy becomes its replica.
+//! live one, [`Node::set_peers`], which also closes the stream to the one
+//! left) when the copy's stream with it ends other than by this node's
+//! doing ([`Node::stream_ends`]: the replica released the object or shut
+//! down, or the connection was lost), when the member list drops it, or
+//! when it does not acknowledge in time; writes it never took reach the
+//! next one by the sync. If this node becomes a replica, the copy becomes
+//! its replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use repred::{Clock, LwwMap, Reduce, SourceId, Stamp, Stamped};
+use repred::{Clock, CloseReason, EndReason, LwwMap, Reduce, SourceId, Stamp, Stamped};
 use repred_transport::repred_node::MemberState;
-use repred_transport::{Changes, Handle, Node, Peers, StreamExt};
+use repred_transport::{Changes, Handle, Node, Peers, StreamEnded, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -395,15 +399,36 @@ where
     }
 
     /// Closes this node's access to `name`, if it holds no replica of it:
-    /// its copy is released (the store keeps its log). Writes still
-    /// waiting for an acknowledgement fail with
-    /// [`PlaceError::NotAcknowledged`]; each reached a replica or is in
-    /// the copy's log. Returns whether an access was open.
+    /// its copy is released. If a live replica's listed clock covers
+    /// everything the copy had (the test of an acknowledgement), the
+    /// store's copy is deleted too ([`Node::remove_stored`]); otherwise
+    /// the store keeps its log, and opening the object again resumes it
+    /// and syncs what no replica took. Writes still waiting for an
+    /// acknowledgement fail with [`PlaceError::NotAcknowledged`]; each
+    /// reached a replica or is in the copy's log. Returns whether an
+    /// access was open.
     pub async fn close(&self, name: &str) -> Result<bool, PlaceError> {
-        let access = lock(&self.shared.state).open.remove(name);
+        let shared = &self.shared;
+        let access = lock(&shared.state).open.remove(name);
         let Some(access) = access else { return Ok(false) };
+        let handle = access.handle.clone();
         drop(access);
-        self.shared.node.release(name).await?;
+        shared.node.release(name).await?;
+        // Released: the copy takes nothing more, its clock is final.
+        let mine = handle.clock();
+        let view = shared.view();
+        let state = lock(&shared.state);
+        // Not if this node holds it again meanwhile, nor opened it again.
+        if !state.held.contains_key(name) && !state.open.contains_key(name) {
+            let replicas = state.keeper.place(&name.to_string(), None).replicas;
+            let covered = replicas
+                .iter()
+                .any(|r| *r != shared.me && view.lists(*r, name).is_some_and(|c| c.covers(&mine)));
+            if covered {
+                // A failure leaves the log in the store: nothing lost.
+                let _ = shared.node.remove_stored(name);
+            }
+        }
         Ok(true)
     }
 
@@ -749,27 +774,55 @@ where
             if route.poll_timeout().is_some_and(|at| at <= now) {
                 route.handle_timeout(now);
             }
-            while let Some(event) = route.poll_event() {
-                match event {
-                    RouteEvent::Attach { to } => {
-                        self.node.set_peers(name, Peers::only([to]));
+            self.carry_out(name, access);
+        }
+    }
+
+    /// Carries out what the route of `name` says: the peers its copy is
+    /// streamed with, and the waiting writes' answers.
+    fn carry_out(&self, name: &str, access: &mut Access<T>) {
+        while let Some(event) = access.route.poll_event() {
+            match event {
+                RouteEvent::Attach { to } => {
+                    self.node.set_peers(name, Peers::only([to]));
+                }
+                RouteEvent::Detach => {
+                    self.node.set_peers(name, Peers::only([]));
+                }
+                RouteEvent::Acked { write, .. } => {
+                    if let Some(waiter) = access.waiters.remove(&write) {
+                        let _ = waiter.send(true);
                     }
-                    RouteEvent::Detach => {
-                        self.node.set_peers(name, Peers::only([]));
-                    }
-                    RouteEvent::Acked { write, .. } => {
-                        if let Some(waiter) = access.waiters.remove(&write) {
-                            let _ = waiter.send(true);
-                        }
-                    }
-                    RouteEvent::Expired { write } => {
-                        if let Some(waiter) = access.waiters.remove(&write) {
-                            let _ = waiter.send(false);
-                        }
+                }
+                RouteEvent::Expired { write } => {
+                    if let Some(waiter) = access.waiters.remove(&write) {
+                        let _ = waiter.send(false);
                     }
                 }
             }
         }
+    }
+
+    /// A stream of this node ended: if it was the stream of a copy opened
+    /// here with the replica its route goes through, and this node did not
+    /// end it itself (a new route's set of peers, a close, a shutdown),
+    /// the route fails that replica over at once
+    /// ([`Route::handle_failed`]): the replica went away, released the
+    /// object, shut down, refused this node or was refused, or the
+    /// connection to it was lost.
+    fn stream_ended(&self, end: &StreamEnded) {
+        let Some(peer) = end.peer else { return };
+        if matches!(end.reason, EndReason::Local(CloseReason::Closed | CloseReason::Disposed)) {
+            return;
+        }
+        let now = self.now();
+        let mut state = lock(&self.state);
+        let Some(access) = state.open.get_mut(&end.object) else { return };
+        if access.route.via() != Some(peer) {
+            return;
+        }
+        access.route.handle_failed(now, peer);
+        self.carry_out(&end.object, access);
     }
 
     /// One round: members, the directory, the keeper's commands, the
@@ -925,9 +978,31 @@ where
             return Ok(());
         }
         let released = self.node.release(&name).await;
+        let view = self.view();
         let mut state = lock(&self.state);
         match released {
             Ok(_) => {
+                // Its store's copy goes too if every live replica still
+                // covers what it had, checked again on the copy as
+                // released (a peer's update may have come in since the
+                // check above); otherwise the store keeps it, as it would
+                // for a node that makes it again. Under the state's lock,
+                // so that no replica of it is made here meanwhile.
+                if let Some(held) = state.held.get(&name) {
+                    let mine = held.handle.clock();
+                    let placed = state.keeper.place(&name, Some(held.k));
+                    let others: Vec<SourceId> =
+                        placed.replicas.iter().copied().filter(|r| *r != self.me).collect();
+                    let covered = !others.is_empty()
+                        && others
+                            .iter()
+                            .all(|r| view.lists(*r, &name).is_some_and(|c| c.covers(&mine)));
+                    if covered {
+                        // A failure leaves the log in the store: nothing
+                        // lost.
+                        let _ = self.node.remove_stored(&name);
+                    }
+                }
                 state.held.remove(&name);
                 state.listed.remove(&name);
                 state.unlist.insert(name);
@@ -957,11 +1032,21 @@ where
     // While writes through a replica wait, a replica's new listing is
     // looked at as it arrives rather than at the next tick.
     let mut listings = shared.directory.changes();
+    // A stream to the replica a copy goes through that ends fails it over
+    // at once, not after the acknowledgement timeout or SWIM's verdict.
+    // One missed (the reader lagged) is still caught by those.
+    let mut ends = shared.node.stream_ends();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = listings.next(), if shared.waiting() => {
                 shared.step_routes();
+                continue;
+            }
+            Some(end) = ends.next() => {
+                if let Ok(end) = end {
+                    shared.stream_ended(&end);
+                }
                 continue;
             }
             _ = stopped.wait_for(|s| *s) => return,

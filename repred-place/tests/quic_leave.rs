@@ -59,11 +59,26 @@ async fn a_node_leaving_hands_every_object_off_before_it_goes() {
         .find(|&i| !placers[i].as_ref().unwrap().holdings().is_empty())
         .expect("someone besides node 0 holds an object");
     let leaver_id = placers[leaver].as_ref().unwrap().node().id();
+    let leaver_port = placers[leaver].as_ref().unwrap().node().addr().port();
     let held: Vec<String> =
         placers[leaver].as_ref().unwrap().holdings().into_iter().map(|(o, _)| o).collect();
     let handed_off = placers[leaver].take().unwrap().leave(Duration::from_secs(60)).await;
     assert!(handed_off, "the leaver handed everything off within 60 s");
     eprintln!("{:?}: node {leaver} left, having held {held:?}", started.elapsed());
+
+    // Its store kept nothing of what it handed off: each object was
+    // removed once its other replicas covered it. (The node is shut down;
+    // its store's file is let go within a moment.)
+    let path = dir.path().join(format!("node-{leaver_port}.redb"));
+    let store = eventually("the leaver's store opens", Duration::from_secs(10), || {
+        repred_store::Store::open(&path).map_err(|e| e.to_string())
+    })
+    .await;
+    for object in &held {
+        let stored = store.load::<Set>(object, repred::Config::default()).unwrap();
+        assert!(stored.is_none(), "{object}: still in the leaver's store");
+    }
+    drop(store);
 
     // Gone, and each of its objects on k others already, with every write.
     for object in &held {

@@ -41,9 +41,19 @@ pub fn builder(dir: &Path) -> Builder {
 /// Starts a node on `listen`; a restarted node's port and store may take a
 /// moment to be let go by its last life (at most 100 tries, 5 s).
 pub async fn start(dir: &Path, listen: SocketAddr, bootstrap: Option<SocketAddr>) -> Node {
+    start_with(dir, listen, bootstrap, builder).await
+}
+
+/// [`start`] with the nodes' settings from `make` (see [`builder`]).
+pub async fn start_with(
+    dir: &Path,
+    listen: SocketAddr,
+    bootstrap: Option<SocketAddr>,
+    make: fn(&Path) -> Builder,
+) -> Node {
     let mut last = None;
     for _ in 0..100 {
-        let b = builder(dir).listen(listen).bootstrap(bootstrap);
+        let b = make(dir).listen(listen).bootstrap(bootstrap);
         match b.spawn().await {
             Ok(node) => return node,
             Err(e) => last = Some(e),
@@ -64,11 +74,16 @@ pub struct Cluster {
 /// Starts a [`Cluster`] of [`NODES`] nodes in `dir`, its placers run with
 /// `config`, and waits (at most 30 s) until every member sees all.
 pub async fn cluster(dir: &Path, config: PlacerConfig) -> Cluster {
+    cluster_with(dir, config, builder).await
+}
+
+/// [`cluster`] with the nodes' settings from `make` (see [`builder`]).
+pub async fn cluster_with(dir: &Path, config: PlacerConfig, make: fn(&Path) -> Builder) -> Cluster {
     let addrs = free_ports(NODES);
     let seed = addrs[0];
-    let mut nodes = vec![start(dir, seed, None).await];
+    let mut nodes = vec![start_with(dir, seed, None, make).await];
     for addr in &addrs[1..] {
-        nodes.push(start(dir, *addr, Some(seed)).await);
+        nodes.push(start_with(dir, *addr, Some(seed), make).await);
     }
     let ids: BTreeSet<SourceId> = nodes.iter().map(Node::id).collect();
     let placers: Vec<Option<Placer<Set>>> = nodes

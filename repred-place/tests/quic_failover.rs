@@ -1,0 +1,113 @@
+//! A node that writes through a replica moves to the next one as soon as
+//! its stream with the one in use ends (issue 20, `Route::handle_failed`),
+//! not when SWIM declares that replica down nor when an acknowledgement is
+//! late: eight repred-transport nodes over QUIC on 127.0.0.1, k = 3, with
+//! both of those made far longer than the test may take (suspicion 300 s,
+//! acknowledgement timeout 600 s). The replica in use is killed (dropped,
+//! no shutdown); the next write is acknowledged through the next replica
+//! on the list while the killed one is still a live member for everyone.
+//! Every wait is bounded; what is asserted is where things end up, not how
+//! fast.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Cluster, K, NODES, builder, cluster_with, eventually, placed_and_converged};
+use repred::{GSet, SourceId};
+use repred_place::transport::PlacerConfig;
+use repred_place::{ObjectKey, Placement, RouteConfig};
+use repred_transport::Builder;
+use repred_transport::repred_node::MemberState;
+
+/// SWIM takes 300 s to declare a member down: longer than any wait here.
+fn slow_detection(dir: &Path) -> Builder {
+    builder(dir).down_after(Duration::from_secs(300))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says_so() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let route = RouteConfig::default().ack_timeout_ms(600_000).write_timeout_ms(1_200_000);
+    let config = PlacerConfig::default().route(route);
+    let Cluster { mut placers, ids, .. } = cluster_with(dir.path(), config, slow_detection).await;
+
+    let doc = "doc";
+    let mut placement = Placement::default();
+    for id in &ids {
+        placement.set(*id, true);
+    }
+    let list = placement.place(ObjectKey::of(doc.as_bytes()), K + 1).replicas;
+    let at = |placers: &[Option<_>], id: SourceId| {
+        placers.iter().position(|p: &Option<repred_place::transport::Placer<common::Set>>| {
+            p.as_ref().is_some_and(|p| p.node().id() == id)
+        })
+    };
+    placers[at(&placers, list[0]).unwrap()].as_ref().unwrap().create(doc).unwrap();
+    let mut acked: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    acked.insert(doc.to_string(), BTreeSet::new());
+    eventually("placed on k replicas", Duration::from_secs(60), || {
+        placed_and_converged(&placers, &acked)
+    })
+    .await;
+    let client = (0..NODES)
+        .find(|&i| !list.contains(&placers[i].as_ref().unwrap().node().id()))
+        .expect("8 nodes, 4 on the list");
+    let handle = placers[client].as_ref().unwrap().open(doc).unwrap();
+    assert_eq!(handle.via(), Some(list[0]), "it goes through the first replica");
+
+    let write = |value: u64| {
+        let handle = &handle;
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), handle.update(GSet::add(value)))
+                .await
+                .unwrap_or_else(|_| panic!("write {value}: not acknowledged within 60 s"))
+                .unwrap_or_else(|e| panic!("write {value}: {e}"))
+        }
+    };
+    for value in 0..5 {
+        write(value).await;
+    }
+    eprintln!("{:?}: 5 writes acknowledged through {}", started.elapsed(), list[0]);
+
+    // Kill the replica in use: no shutdown, no goodbye.
+    let victim = at(&placers, list[0]).unwrap();
+    drop(placers[victim].take());
+    for value in 5..10 {
+        write(value).await;
+        let next = placers[at(&placers, list[1]).unwrap()].as_ref().unwrap();
+        // Acknowledged: on a replica's clock. The copy streams with the one
+        // it goes through alone, so that one has it.
+        assert!(next.read(doc, |s| s.contains(&value)).unwrap(), "{} lacks {value}", list[1]);
+    }
+    assert_eq!(handle.via(), Some(list[1]), "it moved to the next replica on the list");
+    // Neither SWIM nor the acknowledgement timeout did it: the killed
+    // replica is still a live member for the client, and the timeout is
+    // ten minutes.
+    let victim = placers[client]
+        .as_ref()
+        .unwrap()
+        .node()
+        .membership()
+        .into_iter()
+        .find(|m| m.id == list[0])
+        .expect("the client knows the killed replica");
+    assert_ne!(victim.state, MemberState::Down, "not declared down yet");
+    assert!(
+        placers[client].as_ref().unwrap().replicas(doc).contains(&list[0]),
+        "the killed replica is still a replica by the client's member list"
+    );
+    eprintln!("{:?}: 5 more acknowledged through {}", started.elapsed(), list[1]);
+
+    let shutdowns: Vec<_> =
+        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
+    for shutdown in shutdowns {
+        tokio::time::timeout(Duration::from_secs(20), shutdown)
+            .await
+            .expect("a placer and its node shut down")
+            .expect("the shutdown task ran");
+    }
+}
