@@ -262,7 +262,8 @@ pub enum PeerMisbehaved {
 #[derive(Debug)]
 pub(crate) enum Frame<U> {
     Hello(Hello),
-    Updates(Vec<Envelope<U>>),
+    /// Its envelopes are in the buffer [`decode`] was given.
+    Updates,
     SnapshotBegin {
         /// How many sources the snapshot's clock has.
         sources: u64,
@@ -318,7 +319,14 @@ fn decode_all<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, PeerMis
 
 /// Decodes one frame (without its length prefix). Nothing is applied here, so
 /// an error leaves everything as it was.
-pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, PeerMisbehaved> {
+///
+/// An Updates frame's envelopes go into `inbox` (emptied first, and left
+/// empty on an error): one buffer kept from frame to frame, where a vector
+/// per frame grew by doubling through each frame's thousands of envelopes.
+pub(crate) fn decode<U: DeserializeOwned>(
+    frame: &[u8],
+    inbox: &mut Vec<Envelope<U>>,
+) -> Result<Frame<U>, PeerMisbehaved> {
     let (&kind, body) = frame.split_first().ok_or(PeerMisbehaved::EmptyFrame)?;
     let kind = Kind::from_byte(kind).ok_or(PeerMisbehaved::UnknownFrame(kind))?;
     Ok(match kind {
@@ -335,21 +343,27 @@ pub(crate) fn decode<U: DeserializeOwned>(frame: &[u8]) -> Result<Frame<U>, Peer
             Frame::Hello(hello)
         }
         Kind::Updates => {
-            let mut envelopes = Vec::new();
+            inbox.clear();
             let mut rest = body;
             while !rest.is_empty() {
-                let (envelope, tail) =
-                    postcard::take_from_bytes(rest).map_err(|e| malformed("Updates", e))?;
-                envelopes.push(envelope);
-                rest = tail;
+                match postcard::take_from_bytes(rest) {
+                    Ok((envelope, tail)) => {
+                        inbox.push(envelope);
+                        rest = tail;
+                    }
+                    Err(e) => {
+                        inbox.clear();
+                        return Err(malformed("Updates", e));
+                    }
+                }
             }
-            if envelopes.is_empty() {
+            if inbox.is_empty() {
                 return Err(PeerMisbehaved::Malformed {
                     kind: "Updates".into(),
                     detail: "no updates".into(),
                 });
             }
-            Frame::Updates(envelopes)
+            Frame::Updates
         }
         Kind::SnapshotBegin => {
             let ((sources, clock), rest) =
@@ -536,13 +550,19 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_versions_are_typed_errors() {
-        assert_eq!(decode::<u8>(&[99]).unwrap_err(), PeerMisbehaved::UnknownFrame(99));
-        assert_eq!(decode::<u8>(&[]).unwrap_err(), PeerMisbehaved::EmptyFrame);
+        assert_eq!(
+            decode::<u8>(&[99], &mut Vec::new()).unwrap_err(),
+            PeerMisbehaved::UnknownFrame(99)
+        );
+        assert_eq!(decode::<u8>(&[], &mut Vec::new()).unwrap_err(), PeerMisbehaved::EmptyFrame);
         let mut out = Vec::new();
         let mut w = Writer::begin(&mut out, Kind::Hello);
         w.put(&7u16).unwrap();
         w.finish();
-        assert_eq!(decode::<u8>(&out[4..]).unwrap_err(), PeerMisbehaved::UnknownVersion(7));
+        assert_eq!(
+            decode::<u8>(&out[4..], &mut Vec::new()).unwrap_err(),
+            PeerMisbehaved::UnknownVersion(7)
+        );
     }
 
     #[test]
@@ -560,7 +580,7 @@ mod tests {
         let n = write_hello(&mut out, &hello).unwrap();
         assert_eq!(n, out.len());
         assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()) as usize, n - 4);
-        match decode::<u8>(&out[4..]).unwrap() {
+        match decode::<u8>(&out[4..], &mut Vec::new()).unwrap() {
             Frame::Hello(h) => assert_eq!(h, hello),
             other => panic!("decoded {other:?}"),
         }
@@ -573,6 +593,9 @@ mod tests {
         w.put(&CloseReason::Done).unwrap();
         w.put(&1u8).unwrap();
         w.finish();
-        assert!(matches!(decode::<u8>(&out[4..]), Err(PeerMisbehaved::Malformed { .. })));
+        assert!(matches!(
+            decode::<u8>(&out[4..], &mut Vec::new()),
+            Err(PeerMisbehaved::Malformed { .. })
+        ));
     }
 }

@@ -4,6 +4,10 @@ use std::collections::VecDeque;
 
 use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 
+mod records;
+
+use records::Records;
+
 /// One entry of a replica's log, in the order the replica took it in: what
 /// a durable store writes, and what [`Replica::restore`](crate::Replica::restore)
 /// reads back.
@@ -95,7 +99,7 @@ impl<U> Entry<U> {
 /// snapshot instead of history.
 #[derive(Debug)]
 pub(crate) struct History<U> {
-    records: VecDeque<Entry<U>>,
+    records: Records<Entry<U>>,
     first_seq: u64,
     horizon: Clock,
     horizon_generation: u64,
@@ -111,7 +115,7 @@ pub(crate) struct History<U> {
 impl<U> History<U> {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
-            records: VecDeque::new(),
+            records: Records::new(),
             first_seq: 0,
             horizon: Clock::new(),
             horizon_generation: 0,
@@ -149,14 +153,15 @@ impl<U> History<U> {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some(old) = self.records.pop_front() {
+        // Dropped where it lies: only its stamp is needed.
+        if let Some(stamp) = self.records.drop_front(Entry::stamp) {
             if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
                 && let Some((_, bytes)) = self.merges.pop_front()
             {
                 self.merge_bytes -= bytes;
             }
             self.first_seq += 1;
-            if let Some(stamp) = old.stamp()
+            if let Some(stamp) = stamp
                 && self.horizon.observe(stamp.source, stamp.ts)
             {
                 self.horizon_generation += 1;

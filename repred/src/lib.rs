@@ -98,6 +98,7 @@ mod session;
 mod signing;
 mod snapshot;
 mod source;
+mod source_table;
 mod timestamp;
 
 pub use clock::Clock;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::history::{Entry, History};
 use crate::session::Stream;
 use crate::signing::{ChangeDigest, change_digest};
+use crate::source_table::{SourceSlot, SourceTable};
 use crate::{
     Clock, Envelope, Event, Identity, Proof, Reduce, SourceId, Stamp, StreamId, Timestamp,
     VerifyError,
@@ -368,9 +369,15 @@ pub(crate) struct Core<T: Reduce> {
     /// The newest timestamp issued or accepted: the hybrid clock's memory.
     pub(crate) last: Timestamp,
     pub(crate) history: History<T::Update>,
-    /// Envelopes of the frame being handled, past their checks and awaiting
-    /// their reduces ([`Core::stage`]); empty between frames.
-    pub(crate) staged: Vec<Admitted<T::Update>>,
+    /// The envelopes of the Updates frame being handled, as decoded
+    /// (`frame::decode`); empty between frames.
+    pub(crate) inbox: Vec<Envelope<T::Update>>,
+    /// The inbox's envelopes past their checks, awaiting their reduces
+    /// ([`Core::stage`]); empty between frames.
+    pub(crate) staged: Vec<Staged<T::Update>>,
+    /// The sources of the Updates frame being handled, each looked up
+    /// once ([`SourceTable`]).
+    pub(crate) sources: SourceTable,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: Stats,
     pub(crate) config: Config,
@@ -443,14 +450,25 @@ impl<T: Reduce> Core<T> {
 /// An envelope past its checks, its change stamped, awaiting its reduce.
 pub(crate) struct Admitted<U> {
     stamp: Stamp,
-    /// The stamped change, until reduced.
-    change: Option<U>,
-    /// What its reduce returned.
-    result: Option<U>,
+    /// The stamped change.
+    change: U,
     /// The envelope as it came, recorded and relayed as it came (see
     /// [`Core::record`]).
     envelope: Envelope<U>,
 }
+
+/// An envelope of the inbox past its checks, awaiting its reduce.
+pub(crate) struct Staged<U> {
+    /// Where it is in the inbox.
+    index: usize,
+    /// The stamped change, then what its reduce returned.
+    change: Option<U>,
+}
+
+/// The most envelopes the inbox and the staged list keep room for between
+/// frames: a frame of default size holds a few thousand; one a peer made
+/// as large as the frame limit allows does not pin its size for ever.
+const KEEP_ENVELOPES: usize = 16_384;
 
 /// The stream a source's updates come from, and how far it is known to have
 /// them.
@@ -499,22 +517,54 @@ impl<T: Reduce> Core<T> {
     }
 
     pub(crate) fn check(&self, now: u64, source: SourceId, ts: Timestamp) -> Result<(), Rejection> {
-        if !source.is_valid() {
+        self.check_stamp(
+            now,
+            source.is_valid(),
+            || self.allows(source),
+            ts,
+            || self.clock.get(source),
+        )
+    }
+
+    /// The checks of [`check`](Core::check), given what depends on the
+    /// source alone (whether it is valid, whether the allow-list lets it
+    /// in) and its clock entry, each asked for only when needed.
+    fn check_stamp(
+        &self,
+        now: u64,
+        valid: bool,
+        allowed: impl FnOnce() -> bool,
+        ts: Timestamp,
+        seen: impl FnOnce() -> Timestamp,
+    ) -> Result<(), Rejection> {
+        if !valid {
             return Err(Rejection::ReservedSource);
         }
         if ts == Timestamp::ZERO {
             return Err(Rejection::ZeroTimestamp);
         }
-        if let Some(allowed) = &self.config.allowed_sources
-            && source != self.id
-            && !allowed.contains(&source)
-        {
+        if !allowed() {
             return Err(Rejection::NotAllowed);
         }
-        if ts < self.floor && !self.clock.has(source, ts) {
+        if ts < self.floor && ts > seen() {
             return Err(Rejection::BelowFloor { floor: self.floor });
         }
         self.check_skew(now, ts)
+    }
+
+    /// Whether the allow-list, if any, lets `source`'s updates in.
+    fn allows(&self, source: SourceId) -> bool {
+        self.config
+            .allowed_sources
+            .as_ref()
+            .is_none_or(|allowed| source == self.id || allowed.contains(&source))
+    }
+
+    /// `source`'s entries for a frame's [`SourceTable`]: our clock's, and
+    /// the stream's `known` (what its peer has).
+    pub(crate) fn source_slot(&self, source: SourceId, known: &Clock) -> SourceSlot {
+        let (valid, allowed) = (source.is_valid(), self.allows(source));
+        SourceSlot::new(source, self.clock.get(source), known.get(source), valid, allowed)
     }
 
     /// From now on, updates below `floor` that are new here are refused;
@@ -594,42 +644,74 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         match self.admit(now, envelope) {
-            Ok(Admitted { stamp, change, envelope, .. }) => {
-                let result = change.and_then(|c| self.state.reduce(c));
+            Ok(Admitted { stamp, change, envelope }) => {
+                let result = self.state.reduce(change);
                 self.record(stamp, envelope, result)
             }
             Err(outcome) => outcome,
         }
     }
 
-    /// Takes a peer's envelope up to its reduce, as [`apply`](Core::apply)
-    /// would, and keeps it for [`apply_staged`](Core::apply_staged); `Err`
-    /// is the outcome of one that goes no further (old or refused).
+    /// Takes the envelope at `index` of the inbox up to its reduce, as
+    /// [`apply`](Core::apply) would, with its source's clock entry from
+    /// `slot` (see [`SourceTable`]), and keeps it for
+    /// [`apply_staged`](Core::apply_staged); `Err` is the outcome of one
+    /// that goes no further (old or refused). The envelope stays in the
+    /// inbox, its stamps left implicit as it will travel.
     ///
     /// Staging a frame's envelopes and then reducing them back to back gives
     /// the same clock, state, history and counters as applying each in turn,
     /// but the reduces run in a tight loop, so that a large state's cache
     /// misses on one update overlap with the next instead of waiting behind
     /// the checks and records in between.
-    pub(crate) fn stage(&mut self, now: u64, envelope: Envelope<T::Update>) -> Result<(), Outcome> {
-        let admitted = self.admit(now, envelope)?;
-        self.staged.push(admitted);
+    pub(crate) fn stage(
+        &mut self,
+        now: u64,
+        index: usize,
+        envelope: &mut Envelope<T::Update>,
+        slot: &mut SourceSlot,
+    ) -> Result<(), Outcome> {
+        let (source, ts) = (envelope.source, envelope.ts);
+        debug_assert_eq!(slot.source, source);
+        if let Err(reason) = self.check_stamp(now, slot.valid, || slot.allowed, ts, || slot.seen) {
+            return Err(self.reject(source, ts, reason));
+        }
+        if ts <= slot.seen {
+            self.stats.old += 1;
+            return Err(Outcome::Old);
+        }
+        // Verified only once known to be new: duplicates cost no crypto.
+        if (envelope.signature.is_some() || self.config.is_strict())
+            && let Err(reason) = self.verify(envelope)
+        {
+            return Err(self.reject(source, ts, reason));
+        }
+        slot.seen = ts;
+        let change = self.take_in(envelope);
+        self.staged.push(Staged { index, change: Some(change) });
         Ok(())
     }
 
-    /// Reduces and records everything staged, in order.
+    /// Reduces and records everything staged, in order, and empties the
+    /// inbox.
     pub(crate) fn apply_staged(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
-        for admitted in &mut staged {
-            admitted.result = match admitted.change.take() {
-                Some(change) => self.state.reduce(change),
-                None => None,
-            };
+        for entry in &mut staged {
+            entry.change = entry.change.take().and_then(|change| self.state.reduce(change));
         }
-        for Admitted { stamp, envelope, result, .. } in staged.drain(..) {
-            self.record(stamp, envelope, result);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let mut reduced = staged.drain(..).peekable();
+        for (index, envelope) in inbox.drain(..).enumerate() {
+            // The old and refused were not staged: they go with the inbox.
+            if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
+                self.record(envelope.stamp(), envelope, change);
+            }
         }
-        // Keep the allocation for the next frame.
+        drop(reduced);
+        // Keep the allocations for the next frame.
+        inbox.shrink_to(KEEP_ENVELOPES);
+        staged.shrink_to(KEEP_ENVELOPES);
+        self.inbox = inbox;
         self.staged = staged;
     }
 
@@ -661,20 +743,28 @@ impl<T: Reduce> Core<T> {
             }
             self.clock.observe(source, ts);
         }
+        let mut envelope = envelope;
+        let change = self.take_in(&mut envelope);
+        Ok(Admitted { stamp: Stamp { ts, source }, change, envelope })
+    }
+
+    /// A new envelope's way in, past its checks and with the clock moved:
+    /// returns its change stamped for the reduce, and leaves the envelope
+    /// as it will be recorded and relayed.
+    fn take_in(&mut self, envelope: &mut Envelope<T::Update>) -> T::Update {
+        let stamp = envelope.stamp();
         // An update in our own name that we do not remember comes from an
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
-        self.last = self.last.max(ts);
-        let stamp = Stamp { ts, source };
+        self.last = self.last.max(stamp.ts);
         let mut change = envelope.change.clone();
         T::stamp(&mut change, stamp);
-        let mut envelope = envelope;
         if envelope.signature.is_none() {
             // Stamps equal to the envelope's travel implicit. (A signed
             // change is relayed as its origin signed it.)
             T::unstamp(&mut envelope.change, stamp);
         }
-        Ok(Admitted { stamp, change: Some(change), result: None, envelope })
+        change
     }
 
     /// Records what an admitted envelope's reduce returned.
@@ -869,7 +959,9 @@ impl<T: Reduce> Replica<T> {
                 last: Timestamp::ZERO,
                 history: History::new(config.history_limit)
                     .with_merge_limit(config.history_snapshot_bytes),
+                inbox: Vec::new(),
                 staged: Vec::new(),
+                sources: SourceTable::default(),
                 events: VecDeque::new(),
                 stats: Stats::default(),
                 config,

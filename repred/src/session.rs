@@ -7,9 +7,10 @@ use crate::history::Entry;
 use crate::reconcile::{Range, Reconciliation};
 use crate::replica::{Core, Parent};
 use crate::snapshot::{Incoming, Outgoing, Refused};
+use crate::source_table::SourceTable;
 use crate::{
-    Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Proof, Reduce, Rejection,
-    Replica, SourceId, Stamp, StreamId, Timestamp,
+    Clock, CloseReason, EndReason, Envelope, Event, Outcome, PeerMisbehaved, Proof, Reduce,
+    Rejection, Replica, SourceId, Stamp, StreamId, Timestamp,
 };
 
 /// How a stream takes part.
@@ -336,6 +337,49 @@ impl Stream {
         self.known.observe(source, ts);
     }
 
+    /// One envelope of an Updates frame: staged ([`Core::stage`]) and noted
+    /// as the peer's ([`note_known`](Stream::note_known)), on its source's
+    /// entries in the frame's table (or on the maps, for a source the
+    /// table cannot hold). The table is written back when the frame is done.
+    fn take_update<T: Reduce>(
+        &mut self,
+        core: &mut Core<T>,
+        sources: &mut SourceTable,
+        now: u64,
+        index: usize,
+        envelope: &mut Envelope<T::Update>,
+    ) -> Result<(), Outcome> {
+        let (source, ts) = (envelope.source, envelope.ts);
+        let known = &self.known;
+        let tabled = sources.find(source, || core.source_slot(source, known));
+        let mut loose = None;
+        let slot = match tabled.and_then(|at| sources.get_mut(at)) {
+            Some(slot) => slot,
+            None => loose.insert(core.source_slot(source, known)),
+        };
+        let staged = core.stage(now, index, envelope, slot);
+        // As `note_known`: what the peer sent, it has. A source neither
+        // side knows is counted against the limit, which reads the maps.
+        let noted = slot.valid && ts != Timestamp::ZERO;
+        let unknown = noted && slot.seen == Timestamp::ZERO && slot.known == Timestamp::ZERO;
+        if noted && !unknown {
+            slot.known = slot.known.max(ts);
+        }
+        match (tabled, loose) {
+            (Some(at), _) => sources.mark(at),
+            (None, Some(mut slot)) => slot.write_back(&mut core.clock, &mut self.known),
+            (None, None) => {}
+        }
+        if unknown {
+            sources.write_back(&mut core.clock, &mut self.known);
+            self.note_known(core, source, ts);
+            if let Some(at) = tabled {
+                sources.reload_known(at, self.known.get(source));
+            }
+        }
+        staged
+    }
+
     fn is_unknown<T: Reduce>(&self, core: &Core<T>, source: SourceId) -> bool {
         core.clock.get(source) == Timestamp::ZERO && self.known.get(source) == Timestamp::ZERO
     }
@@ -537,12 +581,15 @@ impl Stream {
         now: u64,
         bytes: &[u8],
     ) -> Result<Flow, PeerMisbehaved> {
-        let frame = frame::decode::<T::Update>(bytes)?;
+        let frame = frame::decode::<T::Update>(bytes, &mut core.inbox)?;
         self.stats.frames_received += 1;
         let peer = match (&frame, self.peer) {
             (Frame::Hello(_), Some(_)) => return Err(PeerMisbehaved::DuplicateHello),
             (Frame::Hello(_), None) | (Frame::Close(_), _) => None,
-            (other, None) => return Err(PeerMisbehaved::BeforeHello(frame_name(other).into())),
+            (other, None) => {
+                core.inbox.clear();
+                return Err(PeerMisbehaved::BeforeHello(frame_name(other).into()));
+            }
             (_, Some(peer)) => Some(peer),
         };
         match frame {
@@ -635,15 +682,17 @@ impl Stream {
                     }
                 }
             }
-            Frame::Updates(envelopes) => {
-                self.stats.updates_received += envelopes.len() as u64;
+            Frame::Updates => {
+                let mut inbox = std::mem::take(&mut core.inbox);
+                self.stats.updates_received += inbox.len() as u64;
                 if self.opts.receives {
                     let track = core.config.lazy_relay || core.lazy_peers;
                     let mut last: Option<Stamp> = None;
-                    for envelope in envelopes {
+                    let mut sources = std::mem::take(&mut core.sources);
+                    sources.begin(inbox.len());
+                    for (index, envelope) in inbox.iter_mut().enumerate() {
                         let stamp = envelope.stamp();
-                        let staged = core.stage(now, envelope);
-                        self.note_known(core, stamp.source, stamp.ts);
+                        let staged = self.take_update(core, &mut sources, now, index, envelope);
                         match staged {
                             // What we pull but cannot verify will not come
                             // from anyone: a sync waits for it no more.
@@ -666,11 +715,17 @@ impl Stream {
                             _ => {}
                         }
                     }
+                    sources.write_back(&mut core.clock, &mut self.known);
+                    core.sources = sources;
+                    core.inbox = inbox;
                     // The frame's reduces back to back (see `Core::stage`).
                     core.apply_staged();
                     if let Some(prev) = last {
                         self.track_parent(id, core, prev);
                     }
+                } else {
+                    inbox.clear();
+                    core.inbox = inbox;
                 }
             }
             // A peer that said it sends nothing would never serve a Want.
@@ -1346,7 +1401,7 @@ impl Claims<'_> {
 fn frame_name<U>(frame: &Frame<U>) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
-        Frame::Updates(_) => "Updates",
+        Frame::Updates => "Updates",
         Frame::SnapshotBegin { .. } => "SnapshotBegin",
         Frame::SnapshotClock(_) => "SnapshotClock",
         Frame::Ranges(_) => "Ranges",
@@ -1782,6 +1837,138 @@ mod tests {
         let stream = &r.streams[&s];
         assert!(stream.known.len() <= 501, "{} sources remembered", stream.known.len());
         assert_eq!(stream.known.get(r.id()), Timestamp::new(NOW, 0), "known sources are kept");
+    }
+
+    /// A replica with a stream whose peer said Hello, and no events left.
+    fn listening(config: Config) -> (Replica<Max>, StreamId) {
+        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
+        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut hello = Vec::new();
+        peer.poll_transmit(p, &mut hello).unwrap();
+        let s = r.open(StreamOpts::default()).unwrap();
+        r.handle(s, NOW, &hello).unwrap();
+        while r.poll_event().is_some() {}
+        (r, s)
+    }
+
+    /// Takes `frames` of updates in through `handle` (the frame's source
+    /// table), and the same envelopes one at a time as the loop did before
+    /// the table (apply, then note what the peer has), and checks that both
+    /// end the same: clock, state, counters, events, history, and the
+    /// stream's record of the peer and of unknown sources.
+    fn same_as_one_at_a_time(config: Config, frames: &[Vec<Envelope<u64>>]) {
+        let (mut framed, fs) = listening(config.clone());
+        let (mut single, ss) = listening(config);
+        for envelopes in frames {
+            let mut out = Vec::new();
+            let mut w = Writer::begin(&mut out, Kind::Updates);
+            for e in envelopes {
+                w.put(e).unwrap();
+            }
+            w.finish();
+            framed.handle(fs, NOW, &out).unwrap();
+            let mut stream = single.streams.remove(&ss).unwrap();
+            for e in envelopes {
+                single.core.apply(NOW, e.clone());
+                stream.note_known(&single.core, e.source, e.ts);
+            }
+            single.streams.insert(ss, stream);
+        }
+        assert_eq!(framed.clock(), single.clock());
+        assert_eq!(framed.state().0, single.state().0);
+        assert_eq!(framed.stats(), single.stats());
+        assert_eq!(framed.last_timestamp(), single.last_timestamp());
+        let events =
+            |r: &mut Replica<Max>| std::iter::from_fn(|| r.poll_event()).collect::<Vec<_>>();
+        assert_eq!(events(&mut framed), events(&mut single));
+        let log = |r: &Replica<Max>| {
+            r.entries_from(0).unwrap().map(|(_, e)| e.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(log(&framed), log(&single));
+        let (f, s) = (&framed.streams[&fs], &single.streams[&ss]);
+        assert_eq!((&f.known, f.foreign), (&s.known, s.foreign));
+        assert!(framed.core.inbox.is_empty() && framed.core.staged.is_empty());
+    }
+
+    fn update(source: SourceId, ts: Timestamp, value: u64) -> Envelope<u64> {
+        Envelope::new(source, ts, value)
+    }
+
+    #[test]
+    fn a_frame_of_mixed_sources_ends_as_one_update_at_a_time() {
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let t = |n: u16| Timestamp::new(NOW, n);
+        let reserved = SourceId::from_hash_raw([0; 16]);
+        let future = Timestamp::new(NOW + 3_600_000, 0);
+        // A first frame, so that the second finds sources it knows.
+        let first = vec![update(a, t(5), 5), update(b, t(2), 2)];
+        let mut second = vec![
+            update(a, t(6), 6),
+            update(b, t(1), 1), // older than the clock
+            update(c, t(3), 30),
+            update(a, t(6), 60), // a duplicate within the frame
+            update(reserved, t(7), 7),
+            update(c, Timestamp::ZERO, 8),
+            update(b, future, 9),
+            update(a, t(4), 4), // older than the frame's own
+            update(b, t(8), 1), // new, but changes nothing
+        ];
+        // Unknown sources, refused, past the limit of unknown sources in
+        // the middle of the frame; one of them comes back later.
+        for i in 0..6u64 {
+            second.push(update(id(&format!("x{i}")), future, i));
+            second.push(update(c, t(10 + i as u16), 100 + i));
+        }
+        second.push(update(id("x1"), t(20), 200));
+        let config = Config::default().max_unknown_sources(3);
+        same_as_one_at_a_time(config.clone(), &[first.clone(), second.clone()]);
+        same_as_one_at_a_time(config.clone(), &[[first.clone(), second.clone()].concat()]);
+        // A floor refuses what is new and older than it.
+        let (mut framed, fs) = listening(config.clone());
+        let (mut single, _) = listening(config);
+        framed.collect(t(4));
+        single.collect(t(4));
+        let mut out = Vec::new();
+        let mut w = Writer::begin(&mut out, Kind::Updates);
+        for e in [update(c, t(2), 2), update(c, t(5), 5), update(a, t(3), 3)] {
+            w.put(&e).unwrap();
+        }
+        w.finish();
+        framed.handle(fs, NOW, &out).unwrap();
+        for e in [update(c, t(2), 2), update(c, t(5), 5), update(a, t(3), 3)] {
+            single.apply(NOW, e);
+        }
+        assert_eq!((framed.clock(), framed.stats()), (single.clock(), single.stats()));
+        assert_eq!(framed.stats().rejected, 2);
+    }
+
+    #[test]
+    fn a_frame_of_signed_and_refused_updates_ends_as_one_update_at_a_time() {
+        use crate::Identity;
+        let signer = Identity::from_secret([7; 32]);
+        let forger = Identity::from_secret([8; 32]);
+        let outsider = Identity::from_secret([9; 32]);
+        let t = |n: u16| Timestamp::new(NOW, n);
+        let signed = |who: &Identity, as_: SourceId, ts: Timestamp, value: u64| {
+            let mut e = update(as_, ts, value);
+            e.signature = Some(who.sign(ts, &postcard::to_allocvec(&value).unwrap()));
+            e
+        };
+        let me = signer.id();
+        let frame = vec![
+            signed(&signer, me, t(1), 1),
+            signed(&forger, me, t(2), 2), // a forged signature
+            update(me, t(3), 3),          // unsigned
+            signed(&signer, me, t(1), 1), // a duplicate: no crypto, old
+            signed(&outsider, outsider.id(), t(4), 4), // not on the list
+            signed(&signer, me, t(5), 5),
+        ];
+        let strict = Config::default().allow_only([me]);
+        same_as_one_at_a_time(strict, std::slice::from_ref(&frame));
+        // Not strict: signed updates are verified, unsigned ones taken.
+        same_as_one_at_a_time(Config::default(), &[frame]);
     }
 
     #[test]

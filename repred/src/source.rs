@@ -23,8 +23,24 @@ use serde::{Deserialize, Serialize};
 /// assert_ne!(SourceId::random(), SourceId::random());
 /// # Ok::<(), repred::InvalidSourceId>(())
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourceId([u8; 16]);
+
+/// The order of the bytes, compared as one big-endian number: the same
+/// order as the derived one (lexicographic), in two comparisons of 64 bits
+/// instead of a byte loop. Clocks, parents and every per-source map are
+/// ordered by it, so each lookup compares ids a dozen times.
+impl Ord for SourceId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        u128::from_be_bytes(self.0).cmp(&u128::from_be_bytes(other.0))
+    }
+}
+
+impl PartialOrd for SourceId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Why a byte string cannot be a [`SourceId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +182,23 @@ mod tests {
         let a = SourceId::new("A").unwrap();
         let b = SourceId::new("B").unwrap();
         assert!(a < b);
+        // As the bytes compare, wherever they differ first.
+        let mut ids: Vec<SourceId> = (0..200u32)
+            .map(|i| {
+                let mut bytes = [0u8; 16];
+                bytes[(i % 16) as usize] = (i * 37 % 256) as u8 | 1;
+                bytes[15 - (i % 7) as usize] ^= (i % 251) as u8;
+                SourceId::from_hash(bytes)
+            })
+            .chain([SourceId::new("AB").unwrap(), SourceId::new("A").unwrap(), SourceId::random()])
+            .collect();
+        ids.sort();
+        assert!(ids.windows(2).all(|w| w[0].0 <= w[1].0));
+        for x in &ids {
+            for y in &ids {
+                assert_eq!(x.cmp(y), x.0.cmp(&y.0));
+            }
+        }
     }
 
     #[test]
