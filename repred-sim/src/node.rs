@@ -38,11 +38,19 @@ pub(crate) struct Object<T: Reduce> {
     /// Simulated connection -> the replica's stream on it.
     pub(crate) streams: BTreeMap<u64, StreamId>,
     pub(crate) timer_at: Option<u64>,
+    /// The peers it is streamed with (`None`: every peer that holds it),
+    /// as the transport's `Peers` ([`Sim::set_peers`](crate::Sim::set_peers)).
+    pub(crate) peers: Option<BTreeSet<NodeIx>>,
 }
 
 impl<T: Reduce> Object<T> {
     pub(crate) fn new(replica: Replica<T>) -> Self {
-        Self { replica, streams: BTreeMap::new(), timer_at: None }
+        Self { replica, streams: BTreeMap::new(), timer_at: None, peers: None }
+    }
+
+    /// Whether it may be streamed with `peer`.
+    pub(crate) fn admits(&self, peer: NodeIx) -> bool {
+        self.peers.as_ref().is_none_or(|p| p.contains(&peer))
     }
 
     /// Drops every stream without a word, as a crash or a cut does.

@@ -55,6 +55,9 @@ impl PlacementReport {
 /// A node's access to an object it holds no replica of ([`Placer::open`]).
 struct Client {
     route: Route,
+    /// The replica its copy was seen streaming with, while the route goes
+    /// through it: when that stream ends, the route fails it over.
+    streaming: Option<NodeIx>,
     /// Writes waiting for a replica's clock to cover them.
     waiting: BTreeMap<WriteId, Stamp>,
     acked: Vec<Stamp>,
@@ -69,12 +72,14 @@ struct Client {
 /// peer a keeper shares objects with, closing links nobody needs.
 ///
 /// A node that holds no replica of an object can [`open`](Placer::open)
-/// it: the node gets a copy of its own, the placer runs a [`Route`] for it
-/// and links the node to the replica the route chose (the copy syncs over
-/// that link; the simulator streams an object over every connection of two
-/// nodes that hold it, so also over any connection the node cores keep to
-/// another holder), and feeds the route the replicas' clocks to
-/// acknowledge the copy's writes. The copy is no placement replica: the
+/// it: the node gets a copy of its own, streamed with the replica the
+/// placer's [`Route`] for it chose and with no other node
+/// ([`Sim::set_peers`], as the transport's placer does with
+/// `Node::set_peers`), over a link to that replica if the node cores keep
+/// no connection between the two; the placer feeds the route the
+/// replicas' clocks to acknowledge the copy's writes, and tells it when
+/// the copy's stream with the replica in use ends
+/// ([`Route::handle_failed`]). The copy is no placement replica: the
 /// keepers never count it.
 ///
 /// Call [`Placer::step`] between runs of the simulation, or use
@@ -213,14 +218,21 @@ impl Placer {
         if keeper.role(&object).is_some() {
             return None;
         }
+        let me = keeper.id();
         let replicas = keeper.place(&object, None).replicas;
         if sim.node(node).replica(object).is_none() {
-            sim.replicate(node, object);
+            // Streamed with nobody until the route attaches.
+            sim.replicate_with(node, object, BTreeSet::new());
         }
         let mut route = Route::new(self.route_config.clone());
-        route.set_replicas(sim.now(), replicas);
-        let client =
-            Client { route, waiting: BTreeMap::new(), acked: Vec::new(), expired: Vec::new() };
+        route.set_replicas(sim.now(), replicas.into_iter().filter(|r| *r != me));
+        let client = Client {
+            route,
+            streaming: None,
+            waiting: BTreeMap::new(),
+            acked: Vec::new(),
+            expired: Vec::new(),
+        };
         self.clients.insert((node, object), client);
         self.routes(sim, node);
         self.via(node, object)
@@ -257,15 +269,18 @@ impl Placer {
     }
 
     /// Steps the routes of `node`'s accesses: the replicas as its keeper
-    /// places them, the clocks of those it is connected to, due timeouts,
-    /// and a link to each replica chosen.
+    /// places them, the clocks of those it is connected to, the end of the
+    /// stream with the replica in use, due timeouts; the copy streamed
+    /// with the replica chosen alone, over a link if need be.
     fn routes<T: Reduce>(&mut self, sim: &mut Sim<T>, node: NodeIx) {
         let now = sim.now();
         let objects: Vec<ObjectId> =
             self.clients.range((node, 0)..=(node, ObjectId::MAX)).map(|(&(_, o), _)| o).collect();
         for object in objects {
             let Some(keeper) = self.keeper(node) else { return };
-            let replicas = keeper.place(&object, None).replicas;
+            let me = keeper.id();
+            let mut replicas = keeper.place(&object, None).replicas;
+            replicas.retain(|r| *r != me);
             let clocks: Vec<(SourceId, repred::Clock)> = replicas
                 .iter()
                 .filter_map(|&id| {
@@ -274,20 +289,42 @@ impl Placer {
                     sim.connected(node, t).then(|| (id, held.clock().clone()))
                 })
                 .collect();
+            let via = self.via(node, object);
+            let streaming = via.is_some_and(|v| sim.is_streaming(node, object, v));
             let Some(client) = self.clients.get_mut(&(node, object)) else { continue };
             let route = &mut client.route;
             route.set_replicas(now, replicas);
             for (id, clock) in &clocks {
                 route.handle_clock(now, *id, clock);
             }
+            // The stream with the replica in use ended (its connection was
+            // seen gone, or the replica released the object): the
+            // transport's placer learns it from `Node::stream_ends`.
+            match (via, streaming) {
+                (Some(v), true) => client.streaming = Some(v),
+                (Some(v), false) if client.streaming == Some(v) => {
+                    client.streaming = None;
+                    if let Some(id) = route.via() {
+                        route.handle_failed(now, id);
+                    }
+                }
+                _ => {}
+            }
             if route.poll_timeout().is_some_and(|at| at <= now) {
                 route.handle_timeout(now);
             }
             let mut attach = None;
+            let mut moved = false;
             while let Some(event) = route.poll_event() {
                 match event {
-                    RouteEvent::Attach { to } => attach = Some(to),
-                    RouteEvent::Detach => attach = None,
+                    RouteEvent::Attach { to } => {
+                        attach = Some(to);
+                        moved = true;
+                    }
+                    RouteEvent::Detach => {
+                        attach = None;
+                        moved = true;
+                    }
                     RouteEvent::Acked { write, .. } => {
                         client.acked.extend(client.waiting.remove(&write));
                     }
@@ -296,7 +333,13 @@ impl Placer {
                     }
                 }
             }
-            if let Some(t) = attach.and_then(|to| self.node_of(to))
+            let attach = attach.and_then(|to| self.node_of(to));
+            if moved {
+                // Streamed with the replica chosen alone, as the
+                // transport's `Peers::only`.
+                sim.set_peers(node, object, Some(attach.into_iter().collect()));
+            }
+            if let Some(t) = attach
                 && !sim.connected(node, t)
             {
                 sim.link(node, t);
@@ -443,9 +486,10 @@ impl Placer {
                                 sim.replicate(t, object);
                                 self.stats.copies += 1;
                             }
-                            if taken {
-                                // A copy it had open is its replica now.
-                                self.clients.remove(&(t, object));
+                            if taken && self.clients.remove(&(t, object)).is_some() {
+                                // A copy it had open is its replica now,
+                                // streamed with every holder.
+                                sim.set_peers(t, object, None);
                             }
                             taken
                         }

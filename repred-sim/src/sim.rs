@@ -221,13 +221,34 @@ impl<T: Reduce> Sim<T> {
         self.hold(node, object, replica);
     }
 
+    /// Makes `node` hold `object` (from its initial state), streamed only
+    /// with `peers` (the transport's `Node::replicate_with`): what a node
+    /// that goes through one replica of an object holds.
+    pub fn replicate_with(&mut self, node: NodeIx, object: ObjectId, peers: BTreeSet<NodeIx>) {
+        let writer = self.fresh_writer();
+        let replica = Replica::with_config(writer, (self.make)(), self.config.replica.clone());
+        self.hold_with(node, object, replica, Some(peers));
+    }
+
     /// Makes `node` hold `object` as `replica`.
     pub fn hold(&mut self, node: NodeIx, object: ObjectId, replica: Replica<T>) {
+        self.hold_with(node, object, replica, None);
+    }
+
+    fn hold_with(
+        &mut self,
+        node: NodeIx,
+        object: ObjectId,
+        replica: Replica<T>,
+        peers: Option<BTreeSet<NodeIx>>,
+    ) {
         let n = &mut self.nodes[node as usize];
         if n.objects.contains_key(&object) {
             return;
         }
-        n.objects.insert(object, Object::new(replica));
+        let mut held = Object::new(replica);
+        held.peers = peers;
+        n.objects.insert(object, held);
         let conns: Vec<u64> = n.conns.values().copied().collect();
         let mut peers = BTreeSet::new();
         for conn in conns {
@@ -260,6 +281,54 @@ impl<T: Reduce> Sim<T> {
         n.dirty.insert(object);
         self.flush(node);
         Some(result)
+    }
+
+    /// Changes which peers `node` streams `object` with (`None`: every
+    /// peer that holds it), as the transport's `Node::set_peers`: its
+    /// streams with peers the set drops end at both ends (the transport's
+    /// peer gets a Close; here both ends abort at once, as
+    /// [`Sim::release`] does), and streams open on its connections with
+    /// peers the set admits that hold the object. Nothing if the node does
+    /// not hold it.
+    pub fn set_peers(&mut self, node: NodeIx, object: ObjectId, peers: Option<BTreeSet<NodeIx>>) {
+        let Some(o) = self.nodes[node as usize].objects.get_mut(&object) else { return };
+        o.peers = peers;
+        let conns: Vec<u64> = self.nodes[node as usize].conns.values().copied().collect();
+        let mut touched = BTreeSet::new();
+        for conn in conns {
+            let Some(c) = self.conns.get(&conn) else { continue };
+            let peer = c.ends[usize::from(c.ends[0].node == node)].node;
+            let admitted = self.nodes[node as usize].objects[&object].admits(peer);
+            if admitted {
+                self.open_stream(conn, object);
+            } else {
+                let o = self.nodes[node as usize].objects.get_mut(&object).expect("held");
+                if let Some(stream) = o.streams.remove(&conn) {
+                    o.replica.abort(stream);
+                }
+                if let Some(o) = self.nodes[peer as usize].objects.get_mut(&object)
+                    && let Some(stream) = o.streams.remove(&conn)
+                {
+                    o.replica.abort(stream);
+                }
+            }
+            touched.insert(peer);
+        }
+        self.nodes[node as usize].dirty.insert(object);
+        self.flush(node);
+        for peer in touched {
+            self.nodes[peer as usize].dirty.insert(object);
+            self.flush(peer);
+        }
+    }
+
+    /// Whether `node` has a stream of `object` with `peer` (on a
+    /// connection it has not seen end).
+    pub fn is_streaming(&self, node: NodeIx, object: ObjectId, peer: NodeIx) -> bool {
+        let Some(o) = self.nodes[node as usize].objects.get(&object) else { return false };
+        o.streams
+            .keys()
+            .any(|conn| self.conns.get(conn).is_some_and(|c| c.ends.iter().any(|e| e.node == peer)))
     }
 
     /// Makes `node` drop its replica of `object`; returns it.
@@ -712,9 +781,13 @@ impl<T: Reduce> Sim<T> {
             return;
         }
         let ends = c.ends;
-        let both = ends.iter().all(|e| {
+        // Each end holds it, has no stream of it here yet, and streams it
+        // with the other.
+        let both = ends.iter().zip(ends.iter().rev()).all(|(e, other)| {
             let n = &self.nodes[e.node as usize];
-            n.objects.get(&object).is_some_and(|o| !o.streams.contains_key(&conn))
+            n.objects
+                .get(&object)
+                .is_some_and(|o| !o.streams.contains_key(&conn) && o.admits(other.node))
         });
         if !both {
             return;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use repred::GSet;
-use repred_place::KeeperConfig;
+use repred_place::{KeeperConfig, RouteConfig};
 use repred_sim::{NodeIx, ObjectId, Placer, Sim, SimConfig};
 
 type S = Sim<GSet<u64>>;
@@ -397,4 +397,80 @@ fn a_non_replica_that_must_stand_in_makes_its_copy_the_replica() {
             assert!(state.contains(v), "seed {}: node {r} lacks {v}", sim.seed());
         }
     }
+}
+
+/// A node that opens an object streams its copy with the replica its route
+/// goes through and with no other, even when it is connected to every
+/// replica (as the transport's placer does with `Node::set_peers`). When
+/// that replica crashes, the route moves on once the copy's stream with it
+/// ends with the connection (noticed here after 500 ms), before the
+/// client's member list drops the replica and long before the
+/// acknowledgement timeout (10 minutes here).
+#[test]
+fn a_copy_streams_with_the_replica_in_use_alone() {
+    let config = SimConfig::new(seed(25)).latency(1, 20).conn_timeout(500);
+    let (mut sim, placer) = cluster(30, config);
+    let routes = RouteConfig::default().ack_timeout_ms(600_000).write_timeout_ms(1_200_000);
+    let mut placer = placer.with_routes(routes);
+    populate(&mut sim, &mut placer, 10);
+    settle(&mut sim, &mut placer, 60_000);
+    let object = 0;
+    let keeper = placer.keeper(0).unwrap();
+    let list: Vec<NodeIx> = keeper
+        .place(&object, Some(4))
+        .replicas
+        .iter()
+        .filter_map(|id| placer.node_of(*id))
+        .collect();
+    let client = sim.up_nodes().into_iter().find(|n| !list.contains(n)).unwrap();
+    let via = placer.open(&mut sim, client, object).expect("a live replica");
+    let replicas = placer.replicas(client, object);
+    // Connected to every replica: links of its own, beside whatever its
+    // node core keeps.
+    for &r in &replicas {
+        sim.link(client, r);
+    }
+    sim.run_for(200);
+    for &r in &replicas {
+        assert!(sim.connected(client, r), "seed {}: not linked to {r}", sim.seed());
+        assert_eq!(
+            sim.is_streaming(client, object, r),
+            r == via,
+            "seed {}: the copy streams with {r}, the route goes through {via}",
+            sim.seed()
+        );
+    }
+    assert_eq!(sim.node(client).replica(object).unwrap().stream_count(), 1);
+    for v in 0..10u64 {
+        placer.write(&mut sim, client, object, GSet::add(2_000 + v)).unwrap();
+        placer.run_for(&mut sim, 100);
+    }
+    let took =
+        placer.run_until(&mut sim, 30_000, 100, |p, _| p.acknowledged(client, object).len() == 10);
+    assert!(took.is_some(), "seed {}: not all acknowledged", sim.seed());
+    assert_eq!(placer.via(client, object), Some(via), "seed {}: it stayed", sim.seed());
+    assert_eq!(sim.node(client).replica(object).unwrap().stream_count(), 1);
+
+    placer.crash(&mut sim, via);
+    let moved = placer.run_until(&mut sim, 10_000, 50, |p, _| p.via(client, object) != Some(via));
+    assert!(moved.is_some(), "seed {}: still through the crashed replica", sim.seed());
+    assert!(
+        placer.replicas(client, object).contains(&via),
+        "seed {}: the member list dropped the crashed replica first",
+        sim.seed()
+    );
+    let now = placer.via(client, object).expect("a live replica");
+    // A link to it, if the cores keep no connection, is up a round trip
+    // later.
+    placer.run_for(&mut sim, 500);
+    assert_eq!(placer.via(client, object), Some(now));
+    for &r in &replicas {
+        let streams = r == now;
+        assert!(
+            r == via || sim.is_streaming(client, object, r) == streams,
+            "seed {}: after the failover the copy streams with {now} alone",
+            sim.seed()
+        );
+    }
+    println!("failover {moved:?} ms after the crash, through {now}");
 }
