@@ -55,6 +55,7 @@ impl<E> Records<E> {
         self.len == 0
     }
 
+    #[inline]
     pub(crate) fn push_back(&mut self, record: E) {
         let slots = self.slots();
         match self.chunks.back_mut() {
@@ -75,6 +76,7 @@ impl<E> Records<E> {
     /// Drops the oldest record where it lies (it is not moved out, which
     /// for a large record costs more than the drop), after `look` has seen
     /// it; returns what `look` returned.
+    #[inline]
     pub(crate) fn drop_front<R>(&mut self, look: impl FnOnce(&E) -> R) -> Option<R> {
         let front = self.chunks.front_mut()?;
         let slot = front.get_mut(self.skip)?;
