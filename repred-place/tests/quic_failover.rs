@@ -6,7 +6,8 @@
 //! acknowledgement timeout 600 s). The replica in use is killed (dropped,
 //! no shutdown); the next write is acknowledged through the next replica
 //! on the list while the killed one is still a live member for everyone.
-//! Every wait is bounded; what is asserted is where things end up, not how
+//! Then the access is closed, and the client's store keeps nothing of its
+//! copy. Every wait is bounded; what is asserted is where things end up, not how
 //! fast.
 
 mod common;
@@ -102,6 +103,15 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     );
     eprintln!("{:?}: 5 more acknowledged through {}", started.elapsed(), list[1]);
 
+    // Closing the access: every write of the copy is on a replica, so the
+    // client's store keeps nothing of it (read once the node is down).
+    let on_client = placers[client].as_ref().unwrap();
+    let client_port = on_client.node().addr().port();
+    assert!(on_client.close(doc).await.unwrap(), "an access was open");
+    assert!(!on_client.node().replicated().contains(&doc.to_string()), "the copy is released");
+    // The handle holds the placer's node: let it go, so the node shuts down.
+    drop(handle);
+
     let shutdowns: Vec<_> =
         placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
     for shutdown in shutdowns {
@@ -110,4 +120,11 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
             .expect("a placer and its node shut down")
             .expect("the shutdown task ran");
     }
+    let path = dir.path().join(format!("node-{client_port}.redb"));
+    let store = eventually("the client's store opens", Duration::from_secs(10), || {
+        repred_store::Store::open(&path).map_err(|e| e.to_string())
+    })
+    .await;
+    let stored = store.load::<common::Set>(doc, repred::Config::default()).unwrap();
+    assert!(stored.is_none(), "the closed copy is still in the client's store");
 }
