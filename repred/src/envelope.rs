@@ -31,3 +31,27 @@ impl<U> Envelope<U> {
         Stamp { ts: self.ts, source: self.source }
     }
 }
+
+/// An envelope as an Updates frame brings it, until it is recorded: its
+/// signature boxed, so that an unsigned one (most are) takes a third of the
+/// room in the inbox, and each move of it through decoding and staging
+/// copies that much less.
+#[derive(Debug)]
+pub(crate) struct Received<U> {
+    pub(crate) change: U,
+    pub(crate) ts: Timestamp,
+    pub(crate) source: SourceId,
+    pub(crate) signature: Option<Box<Signature>>,
+}
+
+impl<U> Received<U> {
+    pub(crate) fn stamp(&self) -> Stamp {
+        Stamp { ts: self.ts, source: self.source }
+    }
+
+    /// The envelope, as it is recorded and relayed.
+    pub(crate) fn into_envelope(self) -> Envelope<U> {
+        let Self { change, ts, source, signature } = self;
+        Envelope { change, ts, source, signature: signature.map(|boxed| *boxed) }
+    }
+}

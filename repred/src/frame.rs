@@ -6,7 +6,7 @@
 //! | kind | frame    | body                                             |
 //! |------|----------|--------------------------------------------------|
 //! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
-//! | 2    | Updates  | one or more [`Envelope`]s, back to back          |
+//! | 2    | Updates  | one or more [`Envelope`](crate::Envelope)s, back to back |
 //! | 3    | SnapshotBegin | how many sources the sender's clock has and its digest, an optional signature, then (optional, since version 3) about how many entries the state holds ([`Reduce::entries_hint`](crate::Reduce::entries_hint)) |
 //! | 14   | SnapshotClock | `(source, ts)` entries of that clock, in source order |
 //! | 12   | SnapshotPart | its index, a part of the state ([`Reduce::snapshot_part`](crate::Reduce::snapshot_part)), an optional signature |
@@ -42,7 +42,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use sha2::{Digest, Sha256};
 
-use crate::{Clock, Envelope, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
+use crate::envelope::Received;
+use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 
 /// The protocol version this crate speaks; a Hello with another is refused.
 ///
@@ -325,7 +326,7 @@ fn decode_all<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, PeerMis
 /// per frame grew by doubling through each frame's thousands of envelopes.
 pub(crate) fn decode<U: DeserializeOwned>(
     frame: &[u8],
-    inbox: &mut Vec<Envelope<U>>,
+    inbox: &mut Vec<Received<U>>,
 ) -> Result<Frame<U>, PeerMisbehaved> {
     let (&kind, body) = frame.split_first().ok_or(PeerMisbehaved::EmptyFrame)?;
     let kind = Kind::from_byte(kind).ok_or(PeerMisbehaved::UnknownFrame(kind))?;
@@ -419,21 +420,21 @@ pub(crate) fn decode<U: DeserializeOwned>(
 }
 
 /// One envelope from the front of `bytes`, as postcard decodes an
-/// [`Envelope`] (its fields in order: the change, the timestamp as a varint,
+/// [`Envelope`](crate::Envelope) (its fields in order: the change, the timestamp as a varint,
 /// the source as 16 bytes, the signature as an option), with the same
 /// errors, but the source copied in one piece rather than read as 16
 /// separate elements, and an absent signature read as its one byte: the
 /// fixed part of a small update cost as much to decode as its change.
-fn take_envelope<U: DeserializeOwned>(bytes: &[u8]) -> postcard::Result<(Envelope<U>, &[u8])> {
+fn take_envelope<U: DeserializeOwned>(bytes: &[u8]) -> postcard::Result<(Received<U>, &[u8])> {
     let (change, rest) = postcard::take_from_bytes::<U>(bytes)?;
     let (ts, rest) = postcard::take_from_bytes::<u64>(rest)?;
     let (source, rest) =
         rest.split_first_chunk::<16>().ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
     let (signature, rest) = match rest.split_first() {
         Some((0, rest)) => (None, rest),
-        _ => postcard::take_from_bytes::<Option<Signature>>(rest)?,
+        _ => postcard::take_from_bytes::<Option<Box<Signature>>>(rest)?,
     };
-    let envelope = Envelope {
+    let envelope = Received {
         change,
         ts: crate::Timestamp::from_raw(ts),
         source: SourceId::from_hash_raw(*source),
@@ -612,6 +613,7 @@ mod tests {
 
     #[test]
     fn envelopes_decode_as_postcard_decodes_them() {
+        use crate::Envelope;
         let source = SourceId::new("A").unwrap();
         let signed = crate::Identity::from_secret([3; 32]);
         let mut envelopes = vec![
@@ -625,7 +627,7 @@ mod tests {
             let mut padded = bytes.clone();
             padded.push(7);
             let (ours, rest) = take_envelope::<Vec<u8>>(&padded).unwrap();
-            assert_eq!((&ours, rest), (envelope, &[7u8][..]));
+            assert_eq!((&ours.into_envelope(), rest), (envelope, &[7u8][..]));
             // Cut anywhere, or with a bad option tag, both fail alike.
             for cut in 0..bytes.len() {
                 let theirs = postcard::take_from_bytes::<Envelope<Vec<u8>>>(&bytes[..cut]);

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::envelope::Received;
 use crate::history::{Entry, History};
 use crate::session::Stream;
 use crate::signing::{ChangeDigest, change_digest};
@@ -371,7 +372,7 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) history: History<T::Update>,
     /// The envelopes of the Updates frame being handled, as decoded
     /// (`frame::decode`); empty between frames.
-    pub(crate) inbox: Vec<Envelope<T::Update>>,
+    pub(crate) inbox: Vec<Received<T::Update>>,
     /// The inbox's envelopes past their checks, awaiting their reduces
     /// ([`Core::stage`]); empty between frames.
     pub(crate) staged: Vec<Staged<T::Update>>,
@@ -610,16 +611,21 @@ impl<T: Reduce> Core<T> {
 
     /// Checks an envelope's signature, if it has one or one is required;
     /// returns the digest of its change when it is signed.
-    fn verify(&self, envelope: &Envelope<T::Update>) -> Result<Option<ChangeDigest>, Rejection> {
-        match &envelope.signature {
+    fn verify(
+        &self,
+        Stamp { source, ts }: Stamp,
+        change: &T::Update,
+        signature: Option<&crate::Signature>,
+    ) -> Result<Option<ChangeDigest>, Rejection> {
+        match signature {
             None if self.config.is_strict() => Err(VerifyError::Unsigned.into()),
             None => Ok(None),
             Some(sig) => {
                 // A change that does not re-encode cannot have been signed.
-                let bytes = postcard::to_allocvec(&envelope.change)
+                let bytes = postcard::to_allocvec(change)
                     .map_err(|_| Rejection::Unverified(VerifyError::BadSignature))?;
                 let digest = change_digest(&bytes);
-                sig.verify_digest(envelope.source, envelope.ts, &digest)?;
+                sig.verify_digest(source, ts, &digest)?;
                 Ok(Some(digest))
             }
         }
@@ -668,7 +674,7 @@ impl<T: Reduce> Core<T> {
         &mut self,
         now: u64,
         index: usize,
-        envelope: &mut Envelope<T::Update>,
+        envelope: &mut Received<T::Update>,
         slot: &mut SourceSlot,
     ) -> Result<(), Outcome> {
         let (source, ts) = (envelope.source, envelope.ts);
@@ -681,13 +687,15 @@ impl<T: Reduce> Core<T> {
             return Err(Outcome::Old);
         }
         // Verified only once known to be new: duplicates cost no crypto.
-        if (envelope.signature.is_some() || self.config.is_strict())
-            && let Err(reason) = self.verify(envelope)
+        let signature = envelope.signature.as_deref();
+        if (signature.is_some() || self.config.is_strict())
+            && let Err(reason) = self.verify(envelope.stamp(), &envelope.change, signature)
         {
             return Err(self.reject(source, ts, reason));
         }
         slot.seen = ts;
-        let change = self.take_in(envelope);
+        let signed = envelope.signature.is_some();
+        let change = self.take_in(envelope.stamp(), &mut envelope.change, signed);
         self.staged.push(Staged { index, change: Some(change) });
         Ok(())
     }
@@ -704,7 +712,7 @@ impl<T: Reduce> Core<T> {
         for (index, envelope) in inbox.drain(..).enumerate() {
             // The old and refused were not staged: they go with the inbox.
             if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
-                self.record(envelope.stamp(), envelope, change);
+                self.record(envelope.stamp(), envelope.into_envelope(), change);
             }
         }
         drop(reduced);
@@ -738,33 +746,35 @@ impl<T: Reduce> Core<T> {
                 return Err(Outcome::Old);
             }
             // Verified only once known to be new: duplicates cost no crypto.
-            if let Err(reason) = self.verify(&envelope) {
+            if let Err(reason) =
+                self.verify(envelope.stamp(), &envelope.change, envelope.signature.as_ref())
+            {
                 return Err(self.reject(source, ts, reason));
             }
             self.clock.observe(source, ts);
         }
         let mut envelope = envelope;
-        let change = self.take_in(&mut envelope);
+        let signed = envelope.signature.is_some();
+        let change = self.take_in(envelope.stamp(), &mut envelope.change, signed);
         Ok(Admitted { stamp: Stamp { ts, source }, change, envelope })
     }
 
     /// A new envelope's way in, past its checks and with the clock moved:
-    /// returns its change stamped for the reduce, and leaves the envelope
-    /// as it will be recorded and relayed.
-    fn take_in(&mut self, envelope: &mut Envelope<T::Update>) -> T::Update {
-        let stamp = envelope.stamp();
+    /// returns its change stamped for the reduce, and leaves the envelope's
+    /// `change` as it will be recorded and relayed.
+    fn take_in(&mut self, stamp: Stamp, change: &mut T::Update, signed: bool) -> T::Update {
         // An update in our own name that we do not remember comes from an
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
         self.last = self.last.max(stamp.ts);
-        let mut change = envelope.change.clone();
-        T::stamp(&mut change, stamp);
-        if envelope.signature.is_none() {
+        let mut stamped = change.clone();
+        T::stamp(&mut stamped, stamp);
+        if !signed {
             // Stamps equal to the envelope's travel implicit. (A signed
             // change is relayed as its origin signed it.)
-            T::unstamp(&mut envelope.change, stamp);
+            T::unstamp(change, stamp);
         }
-        change
+        stamped
     }
 
     /// Records what an admitted envelope's reduce returned.

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::envelope::Received;
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::reconcile::{Range, Reconciliation};
@@ -9,8 +10,8 @@ use crate::replica::{Core, Parent};
 use crate::snapshot::{Incoming, Outgoing, Refused};
 use crate::source_table::SourceTable;
 use crate::{
-    Clock, CloseReason, EndReason, Envelope, Event, Outcome, PeerMisbehaved, Proof, Reduce,
-    Rejection, Replica, SourceId, Stamp, StreamId, Timestamp,
+    Clock, CloseReason, EndReason, Event, Outcome, PeerMisbehaved, Proof, Reduce, Rejection,
+    Replica, SourceId, Stamp, StreamId, Timestamp,
 };
 
 /// How a stream takes part.
@@ -347,7 +348,7 @@ impl Stream {
         sources: &mut SourceTable,
         now: u64,
         index: usize,
-        envelope: &mut Envelope<T::Update>,
+        envelope: &mut Received<T::Update>,
     ) -> Result<(), Outcome> {
         let (source, ts) = (envelope.source, envelope.ts);
         let known = &self.known;
@@ -1748,7 +1749,7 @@ impl<T: Reduce> Replica<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
+    use crate::{Config, Envelope};
 
     #[derive(Default)]
     struct Max(u64);
