@@ -410,6 +410,19 @@ pub async fn raw(bytes: usize) -> (Duration, u64) {
     (time, udp)
 }
 
+/// CPU time used so far: by this process (every thread, user and system)
+/// or by the calling thread alone. A figure that other processes on a
+/// loaded machine inflate less than wall time.
+pub(crate) fn cpu_time(thread: bool) -> Duration {
+    let clock = if thread { libc::CLOCK_THREAD_CPUTIME_ID } else { libc::CLOCK_PROCESS_CPUTIME_ID };
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -442,13 +455,21 @@ fn catchup_cpu(source: &mut Replica<FixedLww>) -> (usize, Duration, Duration, u6
 
 /// `CATCHUP_RUNS` (default 3) QUIC runs, then the encoder and the applier
 /// alone on one core each, `CATCHUP_CPU` times (default 1; set
-/// `CATCHUP_RUNS=0 CATCHUP_CPU=5` to profile the core's paths alone).
+/// `CATCHUP_RUNS=0 CATCHUP_CPU=5` to profile the core's paths alone), then
+/// `CATCHUP_RUNS` runs by the cheaper path (alone with `CATCHUP_HISTORY=0`).
 pub fn catchup() {
     let total = 1_000_000u64;
     let env = |name: &str, default: usize| {
         std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
     };
     let (runs, cpu) = (env("CATCHUP_RUNS", 3), env("CATCHUP_CPU", 1));
+    let rt = runtime();
+    // `CATCHUP_HISTORY=0`: the cheaper path's runs alone (to measure or
+    // profile the streamed snapshot without the history path's load).
+    if env("CATCHUP_HISTORY", 1) == 0 {
+        catchup_cheaper(&rt, total, runs);
+        return;
+    }
     println!(
         "### catch-up: a fresh node pulls 1,000,000 history updates from 100 sources over loopback QUIC\n"
     );
@@ -460,7 +481,6 @@ pub fn catchup() {
         "| run | repred time | updates/s | stream bytes/update | UDP bytes/update | raw quinn time | raw MB/s | repred / raw throughput |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let rt = runtime();
     let mut source = history_source::<FixedLww>(total as usize, 100);
     let mut rows = Vec::new();
     for run in 1..=runs {
@@ -510,24 +530,32 @@ fn catchup_cheaper(rt: &tokio::runtime::Runtime, total: u64, runs: usize) {
         "#### the cheaper path: the same source, its map counting its entries (`BigLww`), so the fresh node is sent a streamed snapshot\n"
     );
     println!(
-        "| run | repred time | stream bytes | snapshot parts' entries | raw quinn time, same bytes | repred / raw time |"
+        "| run | repred time | stream bytes | snapshot parts' entries | raw quinn time, same bytes | repred / raw time | CPU, repred | CPU, raw quinn |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut source = history_source::<BigLww>(total as usize, 100);
     let entries = source.state().0.len();
     let mut rows = Vec::new();
     for run in 1..=runs {
+        // CPU of the whole process (both ends, quinn, the runtime) over
+        // each transfer, connection set-up included.
+        let cpu = cpu_time(false);
         let (ours, back) = rt.block_on(catch_up_cheaper(source));
+        let ours_cpu = cpu_time(false) - cpu;
         source = back;
         assert_eq!(ours.applied, 1, "the fresh node was not sent a snapshot");
+        let cpu = cpu_time(false);
         let (raw_time, _) = rt.block_on(raw(ours.stream_bytes as usize));
+        let raw_cpu = cpu_time(false) - cpu;
         let ratio = ours.time.as_secs_f64() / raw_time.as_secs_f64();
         println!(
-            "| {run} | {:.3} s | {} | {entries} | {:.3} s | {:.2} |",
+            "| {run} | {:.3} s | {} | {entries} | {:.3} s | {:.2} | {:.1} ms | {:.1} ms |",
             ours.time.as_secs_f64(),
             ours.stream_bytes,
             raw_time.as_secs_f64(),
-            ratio
+            ratio,
+            ours_cpu.as_secs_f64() * 1e3,
+            raw_cpu.as_secs_f64() * 1e3,
         );
         rows.push(ratio);
     }
@@ -536,6 +564,56 @@ fn catchup_cheaper(rt: &tokio::runtime::Runtime, total: u64, runs: usize) {
         "\nmedian repred / raw quinn time by the cheaper path: {:.2} (goal: at most 1.5)\n",
         rows.get(rows.len() / 2).copied().unwrap_or(f64::NAN)
     );
+    let cpu = std::env::var("CATCHUP_CPU").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    for _ in 0..cpu {
+        let (bytes, encode, apply, inserts) = cheaper_cpu(&mut source);
+        println!(
+            "Without QUIC, one thread's CPU time: encoding the snapshot ({bytes} bytes) {:.1} ms, decoding and merging it into a fresh replica (in 1,200-byte reads, as quinn hands them over) {:.1} ms; the map's own inserts of the same entries into a reserved map {:.1} ms.\n",
+            encode.as_secs_f64() * 1e3,
+            apply.as_secs_f64() * 1e3,
+            inserts.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// The cheaper path's two ends without QUIC, each on one core: the source
+/// encodes the whole session for a fresh replica (Hello answered, the
+/// snapshot, Sync), then the fresh replica takes it in reads of a QUIC
+/// packet's size; and, as a floor, the bare inserts of the snapshot's
+/// entries into a reserved map.
+fn cheaper_cpu(source: &mut Replica<BigLww>) -> (usize, Duration, Duration, Duration) {
+    let mut out = Vec::with_capacity(8 << 20);
+    let mut fresh = Replica::new(SourceId::random(), BigLww::default());
+    let (sid, fid) = (
+        source.open(StreamOpts::default().tail(false)).expect("open"),
+        fresh.open(StreamOpts::default().tail(false)).expect("open"),
+    );
+    let mut hello = Vec::new();
+    while fresh.poll_transmit(fid, &mut hello).unwrap_or(0) > 0 {}
+    let t = cpu_time(true);
+    source.handle(sid, NOW + 2_000, &hello).expect("hello");
+    while source.poll_transmit(sid, &mut out).unwrap_or(0) > 0 {}
+    let encode = cpu_time(true) - t;
+    source.close(sid);
+    let t = cpu_time(true);
+    for chunk in out.chunks(1_200) {
+        fresh.handle(fid, NOW + 2_000, chunk).expect("apply");
+    }
+    let apply = cpu_time(true) - t;
+    assert_eq!(fresh.clock(), source.clock(), "the fresh replica did not catch up");
+    let puts: Vec<Put> = source
+        .state()
+        .0
+        .iter()
+        .map(|(&key, &(s, value))| Put { key, at: Some(s), value })
+        .collect();
+    let mut map = BigLww::default();
+    let t = cpu_time(true);
+    map.reserve(puts.len() as u64);
+    let changed = map.reduce(Puts::Many(puts));
+    let inserts = cpu_time(true) - t;
+    assert_eq!(changed.map(|c| matches!(c, Puts::Many(p) if p.len() == map.0.len())), Some(true));
+    (out.len(), encode, apply, inserts)
 }
 
 /// Equal replicas of `sources` sources exchange Hello and Sync over QUIC:

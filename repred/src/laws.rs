@@ -32,6 +32,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
+use postcard::ser_flavors::{AllocVec, Flavor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
@@ -321,6 +322,23 @@ where
             let mut parts = 0usize;
             loop {
                 let (part, next) = all.snapshot_part(cursor.as_deref(), max);
+                // Sent, a part is encoded straight from the state: the
+                // same bytes and the same next cursor.
+                let mut direct = postcard::Serializer { output: AllocVec::new() };
+                let direct_next = all
+                    .serialize_snapshot_part(cursor.as_deref(), max, &mut direct)
+                    .map_err(|e| TestCaseError::fail(format!("serialize_snapshot_part: {e}")))?;
+                let direct = direct
+                    .output
+                    .finalize()
+                    .map_err(|e| TestCaseError::fail(format!("serialize_snapshot_part: {e}")))?;
+                let built = postcard::to_allocvec(&part)
+                    .map_err(|e| TestCaseError::fail(format!("a part's encoding: {e}")))?;
+                holds(direct == built && direct_next == next, || {
+                    format!(
+                        "snapshot parts (max {max}): serialize_snapshot_part does not encode what snapshot_part returns ({direct:?} against {built:?})"
+                    )
+                })?;
                 rebuilt.reduce(part);
                 parts += 1;
                 holds(parts <= 100_000, || {

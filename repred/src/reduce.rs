@@ -98,6 +98,48 @@ pub trait Reduce {
         (self.snapshot(), None)
     }
 
+    /// [`snapshot_part`](Reduce::snapshot_part) serialized straight from the
+    /// state, for sending: serializes into `serializer` exactly what
+    /// serializing the part `snapshot_part(cursor, max)` returns would (the
+    /// receiver decodes it as an [`Update`](Reduce::Update)), and returns
+    /// the same next cursor.
+    ///
+    /// A type implements it to skip building each part as an update first
+    /// (for a map, a vector of copies of its entries, encoded and then
+    /// dropped): serializing a borrowed view of the entries with the same
+    /// shape (the same struct, variant and field names, sequences of known
+    /// length) gives the same bytes. The default builds the part and
+    /// serializes it.
+    ///
+    /// ```
+    /// use postcard::ser_flavors::{AllocVec, Flavor};
+    /// use repred::{LwwMap, Reduce};
+    ///
+    /// let mut map = LwwMap::default();
+    /// let mut write = LwwMap::set_all((0..10u32).map(|k| (k, k * 2)));
+    /// <LwwMap<u32, u32> as Reduce>::stamp(&mut write, repred::Stamp {
+    ///     ts: repred::Timestamp::new(1, 0),
+    ///     source: repred::SourceId::new("a")?,
+    /// });
+    /// map.reduce(write);
+    /// let (part, next) = map.snapshot_part(None, 4);
+    /// let mut direct = postcard::Serializer { output: AllocVec::new() };
+    /// let direct_next = map.serialize_snapshot_part(None, 4, &mut direct)?;
+    /// assert_eq!(direct.output.finalize()?, postcard::to_allocvec(&part)?);
+    /// assert_eq!(direct_next, next);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn serialize_snapshot_part<S: serde::Serializer>(
+        &self,
+        cursor: Option<&[u8]>,
+        max: usize,
+        serializer: S,
+    ) -> Result<Option<Vec<u8>>, S::Error> {
+        let (part, next) = self.snapshot_part(cursor, max);
+        part.serialize(serializer)?;
+        Ok(next)
+    }
+
     /// About how many entries [`snapshot`](Reduce::snapshot) would hold,
     /// if the type knows: a replica sends a peer that lacks much more
     /// history than that a snapshot instead (the cheaper path: a fresh peer

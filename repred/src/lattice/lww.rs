@@ -264,6 +264,32 @@ impl<K: Hash + Eq, V> LwwMap<K, V> {
     }
 }
 
+impl<K, V> LwwMap<K, V> {
+    /// The positions of the snapshot part after `cursor`, of at most `max`
+    /// entries, and the cursor after it (`None`: the last part).
+    fn part_range(
+        &self,
+        cursor: Option<&[u8]>,
+        max: usize,
+    ) -> (std::ops::Range<usize>, Option<Vec<u8>>) {
+        let start: usize =
+            cursor.and_then(|c| postcard::from_bytes::<u64>(c).ok()).unwrap_or(0) as usize;
+        let start = start.min(self.entries.len());
+        let end = start.saturating_add(max.max(1)).min(self.entries.len());
+        let next = (end < self.entries.len()).then(|| postcard::to_allocvec(&(end as u64)).ok());
+        (start..end, next.flatten())
+    }
+}
+
+/// A [`Stamped`] of borrowed value, serialized as one (the same name and
+/// fields), so a part encodes from the map without a clone.
+#[derive(Serialize)]
+#[serde(rename = "Stamped")]
+struct StampedRef<'a, T> {
+    stamp: Option<Stamp>,
+    value: &'a T,
+}
+
 impl<K, V> Reduce for LwwMap<K, V>
 where
     K: Hash + Eq + Clone + Serialize + DeserializeOwned,
@@ -327,16 +353,28 @@ where
 
     /// Parts by position in insertion order.
     fn snapshot_part(&self, cursor: Option<&[u8]>, max: usize) -> (Self::Update, Option<Vec<u8>>) {
-        let start: usize =
-            cursor.and_then(|c| postcard::from_bytes::<u64>(c).ok()).unwrap_or(0) as usize;
-        let start = start.min(self.entries.len());
-        let end = start.saturating_add(max.max(1)).min(self.entries.len());
-        let part = self.entries.as_slice()[start..end]
+        let (range, next) = self.part_range(cursor, max);
+        let part = self.entries.as_slice()[range]
             .iter()
             .map(|(k, (s, v))| (k.clone(), Stamped { stamp: Some(*s), value: v.clone() }))
             .collect();
-        let next = (end < self.entries.len()).then(|| postcard::to_allocvec(&(end as u64)).ok());
-        (part, next.flatten())
+        (part, next)
+    }
+
+    /// The same part as [`snapshot_part`](Reduce::snapshot_part), encoded
+    /// from the entries where they are: no clone of each key and value.
+    fn serialize_snapshot_part<S: serde::Serializer>(
+        &self,
+        cursor: Option<&[u8]>,
+        max: usize,
+        serializer: S,
+    ) -> Result<Option<Vec<u8>>, S::Error> {
+        let (range, next) = self.part_range(cursor, max);
+        let entries = &self.entries.as_slice()[range];
+        serializer.collect_seq(
+            entries.iter().map(|(k, (s, v))| (k, StampedRef { stamp: Some(*s), value: v })),
+        )?;
+        Ok(next)
     }
 
     fn stamp(update: &mut Self::Update, stamp: Stamp) {
