@@ -2,6 +2,7 @@
 //! machine per node.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use repred::SourceId;
 
@@ -187,7 +188,9 @@ pub struct KeeperStats {
 pub struct Keeper<O: Name> {
     me: SourceId,
     config: KeeperConfig,
-    placement: Placement,
+    /// Copied on write: keepers whose member lists are equal may share one
+    /// ([`Keeper::share_placement`]), as the simulator's thousands do.
+    placement: Arc<Placement>,
     leaving: bool,
     /// Members that said they are leaving, counted absent until the
     /// membership protocol too says they are down.
@@ -209,7 +212,7 @@ impl<O: Name> Keeper<O> {
         Self {
             me,
             config,
-            placement,
+            placement: Arc::new(placement),
             leaving: false,
             departed: BTreeSet::new(),
             objects: BTreeMap::new(),
@@ -234,6 +237,43 @@ impl<O: Name> Keeper<O> {
     /// The member list as this keeper has it.
     pub fn placement(&self) -> &Placement {
         &self.placement
+    }
+
+    /// The member list as this keeper has it, shared: what
+    /// [`Keeper::share_placement`] of another keeper takes.
+    pub fn shared_placement(&self) -> &Arc<Placement> {
+        &self.placement
+    }
+
+    /// Takes `other` as its member list if it is equal to this keeper's
+    /// own (same members, same liveness, same scheme): a saving of memory
+    /// for a driver that runs many keepers in one process (the simulator:
+    /// a list of N members per keeper is N^2 in all), changing nothing of
+    /// what the keeper decides. The next change of its list copies it.
+    /// Whether it is shared now.
+    pub fn share_placement(&mut self, other: &Arc<Placement>) -> bool {
+        if Arc::ptr_eq(&self.placement, other) {
+            return true;
+        }
+        if *self.placement != **other {
+            return false;
+        }
+        self.placement = other.clone();
+        true
+    }
+
+    /// Sets a member in the list, copying a shared list only if it
+    /// changes; whether it changed.
+    fn set_placement(&mut self, id: SourceId, live: bool) -> bool {
+        if self.placement.contains(id) && self.placement.is_live(id) == live {
+            return false;
+        }
+        Arc::make_mut(&mut self.placement).set(id, live)
+    }
+
+    /// Forgets a member, copying a shared list only if it was there.
+    fn remove_placement(&mut self, id: SourceId) -> bool {
+        self.placement.contains(id) && Arc::make_mut(&mut self.placement).remove(id)
     }
 
     /// Whether [`Keeper::leave`] was called.
@@ -338,7 +378,7 @@ impl<O: Name> Keeper<O> {
             seen.insert(id);
             let live = self.counted_live(id, live);
             let new = !self.placement.contains(id);
-            if self.placement.set(id, live) {
+            if self.set_placement(id, live) {
                 changed = true;
                 if new {
                     added.push(id);
@@ -352,7 +392,7 @@ impl<O: Name> Keeper<O> {
             .filter(|id| *id != self.me && !seen.contains(id))
             .collect();
         for id in &gone {
-            self.placement.remove(*id);
+            self.remove_placement(*id);
         }
         if changed || !gone.is_empty() {
             self.refresh(now, &added, &gone);
@@ -379,7 +419,7 @@ impl<O: Name> Keeper<O> {
         }
         let live = self.counted_live(id, live);
         let new = !self.placement.contains(id);
-        if self.placement.set(id, live) {
+        if self.set_placement(id, live) {
             let added = if new { vec![id] } else { Vec::new() };
             self.refresh(now, &added, &[]);
         }
@@ -389,7 +429,7 @@ impl<O: Name> Keeper<O> {
     /// the objects it owned are owned by others from now on.
     pub fn remove_member(&mut self, now: u64, id: SourceId) {
         self.departed.remove(&id);
-        if id != self.me && self.placement.remove(id) {
+        if id != self.me && self.remove_placement(id) {
             self.refresh(now, &[], &[id]);
         }
     }
@@ -399,7 +439,7 @@ impl<O: Name> Keeper<O> {
     /// for good once [`Keeper::is_empty`].
     pub fn leave(&mut self, now: u64) {
         self.leaving = true;
-        self.placement.set(self.me, false);
+        self.set_placement(self.me, false);
         self.refresh(now, &[], &[]);
     }
 
@@ -446,7 +486,7 @@ impl<O: Name> Keeper<O> {
     pub fn handle_leaving(&mut self, now: u64, id: SourceId) {
         if id != self.me && self.departed.insert(id) {
             let new = !self.placement.contains(id);
-            self.placement.set(id, false);
+            self.set_placement(id, false);
             let added = if new { vec![id] } else { Vec::new() };
             self.refresh(now, &added, &[]);
         }

@@ -85,7 +85,7 @@ pub enum Scheme {
     Rendezvous,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Member {
     /// Hashed into every rendezvous weight.
     weight: u64,
@@ -158,7 +158,7 @@ impl Placed {
 /// assert_eq!(now.owners, placed.owners);
 /// assert_eq!(now.stand_ins().len(), 1);
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     scheme: Scheme,
     members: BTreeMap<SourceId, Member>,

@@ -226,3 +226,33 @@ fn a_leaving_node_hands_everything_off() {
         }
     }
 }
+
+/// Keepers whose member lists are equal may share one (the simulator's
+/// memory at 10,000 nodes); a change to one keeper's list copies it, and
+/// the other keeps placing as before.
+#[test]
+fn keepers_with_equal_member_lists_share_one_and_a_change_copies_it() {
+    let ids: Vec<SourceId> = (0..8).map(|i| SourceId::new(format!("node-{i}")).unwrap()).collect();
+    let mut a: Keeper<String> = Keeper::new(ids[0], KeeperConfig::default());
+    let mut b: Keeper<String> = Keeper::new(ids[1], KeeperConfig::default());
+    for k in [&mut a, &mut b] {
+        k.sync_members(0, ids.iter().map(|&id| (id, true)));
+    }
+    assert!(b.share_placement(a.shared_placement()));
+    assert!(std::sync::Arc::ptr_eq(a.shared_placement(), b.shared_placement()));
+    let doc = "doc".to_string();
+    let before = a.place(&doc, None);
+    assert_eq!(b.place(&doc, None), before);
+
+    // The same list again: nothing copied.
+    b.sync_members(10, ids.iter().map(|&id| (id, true)));
+    assert!(std::sync::Arc::ptr_eq(a.shared_placement(), b.shared_placement()));
+    // A change: b's own copy, a's untouched.
+    b.set_member(20, before.replicas[0], false);
+    assert!(!std::sync::Arc::ptr_eq(a.shared_placement(), b.shared_placement()));
+    assert!(a.placement().is_live(before.replicas[0]));
+    assert!(!b.placement().is_live(before.replicas[0]));
+    assert_eq!(a.place(&doc, None), before);
+    assert_ne!(b.place(&doc, None).replicas, before.replicas);
+    assert!(!a.share_placement(b.shared_placement()), "not equal: not shared");
+}

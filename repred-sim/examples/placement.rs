@@ -21,6 +21,11 @@
 //! `PLACEMENT_ONLY=1` skips the simulation and prints, per size, only the
 //! spread of `PER_NODE` objects per node placed by the pure function (for
 //! sizes whose simulation does not fit in memory or time).
+//!
+//! On stderr, per size: how many distinct member lists the keepers hold
+//! (keepers with equal lists share one) and the process's peak RSS.
+//! `SHARE_LISTS=0` has every keeper keep its own list, as on the
+//! transport, to measure what sharing saves.
 
 use std::time::Instant;
 
@@ -111,6 +116,16 @@ fn taken_since(sim: &Sim<Blobs>, before: &Receipts) -> (u64, u64) {
     taken
 }
 
+/// The process's peak resident set (`VmHWM`), as Linux reports it.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 fn settled(placer: &Placer, sim: &Sim<Blobs>) -> bool {
     sim.up_nodes().iter().all(|&n| placer.keeper(n).is_none_or(|k| k.is_settled()))
 }
@@ -187,8 +202,11 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     }
     sim.run_until(600_000, 1_000, |s| s.membership_converged().is_ok())
         .expect("membership converges");
-    let mut placer = Placer::new(KeeperConfig::default(), 250);
+    let share = env("SHARE_LISTS", 1) == 1;
+    let mut placer = Placer::new(KeeperConfig::default(), 250).share_member_lists(share);
     placer.adopt(&sim);
+    let (lists, members) = placer.member_lists();
+    eprintln!("N = {n}: keepers adopted, {lists} member lists, {members} members in all");
 
     // Place every object.
     let objects = per_node * u64::from(n);
@@ -273,6 +291,11 @@ fn run(n: u32, seed: u64, per_node: u64, payload: usize) {
     let links: Vec<usize> = sim.up_nodes().iter().map(|&i| sim.node(i).link_count()).collect();
     let links_mean = links.iter().sum::<usize>() as f64 / links.len() as f64;
     let links_max = links.iter().copied().max().unwrap_or(0);
+    let (lists, members) = placer.member_lists();
+    eprintln!(
+        "N = {n}: at the end {lists} member lists, {members} members in all; peak RSS {}",
+        peak_rss()
+    );
     println!(
         "| {n} | {objects} | {mean:.0} ({:.2}) | {:.2} | {kib:.1} ({:.2}) | {place_s:.1} | {join_copies:.2} | {join_bytes:.2} | {join_new:.2} / {join_again:.2} | {leave_copies:.2} | {leave_bytes:.2} | {leave_new:.2} / {leave_again:.2} | {detect_s:.2} | {restore_s:.2} | {links_mean:.1} ({links_max}) | {:.0} |",
         max / mean,

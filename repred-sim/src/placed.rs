@@ -2,10 +2,13 @@
 //! core's member list, its commands carried out on the simulated cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use repred::{Reduce, ReplicaError, SourceId, Stamp};
 use repred_node::MemberState;
-use repred_place::{Command, Keeper, KeeperConfig, Route, RouteConfig, RouteEvent, WriteId};
+use repred_place::{
+    Command, Keeper, KeeperConfig, Placement, Route, RouteConfig, RouteEvent, WriteId,
+};
 
 use crate::{NodeIx, ObjectId, Sim};
 
@@ -97,6 +100,29 @@ pub struct Placer {
     route_config: RouteConfig,
     tick_ms: u64,
     stats: PlacerStats,
+    /// The member lists the keepers share, the latest last: keepers with
+    /// equal lists hold one copy ([`Keeper::share_placement`]) rather than
+    /// N lists of N members.
+    shared: Vec<Arc<Placement>>,
+    share_lists: bool,
+}
+
+/// How many distinct member lists [`Placer`] offers a keeper to share: a
+/// change spreading through the cluster makes a few at once.
+const SHARED_LISTS: usize = 4;
+
+/// Has `keeper` share an equal member list among `shared`, or offers its
+/// own to the next ones.
+fn share(shared: &mut Vec<Arc<Placement>>, keeper: &mut Keeper<ObjectId>) {
+    // Lists no keeper holds any more go.
+    shared.retain(|p| Arc::strong_count(p) > 1);
+    if shared.iter().rev().any(|p| keeper.share_placement(p)) {
+        return;
+    }
+    shared.push(keeper.shared_placement().clone());
+    if shared.len() > SHARED_LISTS {
+        shared.remove(0);
+    }
 }
 
 impl Placer {
@@ -115,6 +141,8 @@ impl Placer {
             route_config: RouteConfig::default(),
             tick_ms: tick_ms.max(1),
             stats: PlacerStats::default(),
+            shared: Vec::new(),
+            share_lists: true,
         }
     }
 
@@ -122,6 +150,29 @@ impl Placer {
     pub fn with_routes(mut self, config: RouteConfig) -> Self {
         self.route_config = config;
         self
+    }
+
+    /// Whether keepers with equal member lists share one (default: yes;
+    /// off, each keeps its own, as on the transport: to measure what it
+    /// saves). Decisions are the same either way.
+    pub fn share_member_lists(mut self, share: bool) -> Self {
+        self.share_lists = share;
+        self
+    }
+
+    /// How many distinct member lists the keepers hold, and how many
+    /// members they have in all: what the keepers' lists cost, in
+    /// members kept (about 90 bytes each).
+    pub fn member_lists(&self) -> (usize, usize) {
+        let mut seen: BTreeSet<*const Placement> = BTreeSet::new();
+        let mut members = 0;
+        for keeper in self.keepers.iter().flatten() {
+            let list = keeper.shared_placement();
+            if seen.insert(Arc::as_ptr(list)) {
+                members += list.len();
+            }
+        }
+        (seen.len(), members)
     }
 
     /// Counters.
@@ -162,6 +213,9 @@ impl Placer {
             }
             let mut keeper = Keeper::new(n.id(), self.config.clone());
             keeper.sync_members(now, members(sim, node));
+            if self.share_lists {
+                share(&mut self.shared, &mut keeper);
+            }
             self.seen[i] = n.membership_events();
             self.synced_at[i] = now;
             for object in n.objects() {
@@ -445,6 +499,9 @@ impl Placer {
                 self.seen[i] = events;
                 self.synced_at[i] = now;
                 keeper.sync_members(now, members(sim, node));
+                if self.share_lists {
+                    share(&mut self.shared, keeper);
+                }
             }
             if keeper.poll_timeout().is_some_and(|at| at <= now) {
                 keeper.handle_timeout(now);
