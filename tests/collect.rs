@@ -7,8 +7,8 @@ mod common;
 
 use common::{events, id};
 use repred::{
-    Clock, CloseReason, Config, EndReason, Event, LwwMap, Network, NodeId, OrSet, Outcome, Reduce,
-    Rejection, Replica, SourceId, Stamp, Timestamp,
+    Clock, CloseReason, Config, Delivery, EndReason, Event, LwwMap, Network, NodeId, OrSet,
+    Outcome, Reduce, Rejection, Replica, SourceId, Stamp, Timestamp,
 };
 
 type Map = LwwMap<u32, u32>;
@@ -191,10 +191,62 @@ fn a_replica_away_past_the_floor_is_stale_and_rejoins_without_resurrecting() {
     assert_eq!(net[b].clock(), net[c].clock());
 }
 
+/// Moves everything across one link, and nothing across the others.
+fn pump_link<T: Reduce>(net: &mut Network<T>, link: repred::LinkId) {
+    loop {
+        net.flush(link, 0);
+        net.flush(link, 1);
+        if net.deliver(link, 0, usize::MAX) + net.deliver(link, 1, usize::MAX) == 0 {
+            return;
+        }
+    }
+}
+
 /// A replica below a peer's floor that can still get the deletes as
-/// history is not stale: it catches up and takes the floor.
+/// history is not stale: it catches up and takes the floor. The history
+/// below the floor goes at a collection, except what a stream has yet to
+/// send: here `a`'s stream to `c` had not sent the delete yet.
 #[test]
 fn a_replica_that_can_catch_up_by_history_takes_the_floor() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    let ab = net.link(a, b);
+    let ac = net.link(a, c);
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.pump();
+    net.advance(10);
+    net.update(a, LwwMap::delete(1)).unwrap();
+    pump_link(&mut net, ab);
+    let floor = collect_all(&mut net, &[a, b]);
+    assert_eq!(net[b].history_len(), 1, "b keeps only the record of its collection");
+    assert_eq!(net[a].stats().history_collected, 1, "a keeps the delete its stream to c owes");
+    net.pump();
+    let seen = events(&mut net[c]);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    assert_eq!(net[c].state().get(&1), None, "c has the delete");
+    // Floors travel in Hello: c takes a's on its next stream.
+    net.cut(ac);
+    net.link(a, c);
+    net.pump();
+    assert!(!events(&mut net[c]).iter().any(|e| matches!(e, Event::Stale { .. })));
+    assert_eq!(net[c].floor(), floor, "c took the floor once it had a's history");
+    assert_eq!(net[c].state().entries_hint(), Some(0), "and collected");
+    assert_eq!(net[c].state(), net[a].state());
+    // A fresh replica takes the floor at once.
+    let d = net.add(replica("d", Map::default(), 100_000));
+    net.link(b, d);
+    net.pump();
+    assert_eq!(net[d].floor(), floor);
+    assert_eq!(net[d].state(), net[a].state());
+}
+
+/// A replica left out of the stable point while away lacks deletes below
+/// the floor that nobody's history holds any more: it is stale, and
+/// rejoins; having written nothing below the floor, it loses nothing.
+#[test]
+fn a_replica_away_when_the_history_went_is_stale_and_loses_nothing() {
     let mut net = Network::new();
     let a = net.add(replica("a", Map::default(), 100_000));
     let b = net.add(replica("b", Map::default(), 100_000));
@@ -208,21 +260,26 @@ fn a_replica_that_can_catch_up_by_history_takes_the_floor() {
     net.update(a, LwwMap::delete(1)).unwrap();
     net.pump();
     let floor = collect_all(&mut net, &[a, b]);
+    for n in [a, b] {
+        assert_eq!(net[n].history_len(), 1, "only the record of the collection is left");
+    }
     net.advance(10);
+    let late = net.update(c, LwwMap::set(2, 2)).unwrap().unwrap();
+    assert!(late.ts > floor);
     net.link(a, c);
     net.pump();
-    let seen = events(&mut net[c]);
-    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
-    assert_eq!(net[c].floor(), floor, "c took the floor once it had a's history");
-    assert_eq!(net[c].state().get(&1), None);
-    assert_eq!(net[c].state().entries_hint(), Some(0), "and collected");
-    assert_eq!(net[c].state(), net[a].state());
-    // A fresh replica takes the floor at once.
-    let d = net.add(replica("d", Map::default(), 100_000));
-    net.link(b, d);
+    assert!(events(&mut net[c]).iter().any(|e| matches!(e, Event::Stale { .. })));
+    assert_eq!(net[a].state().get(&1), None, "nothing came back to a");
+    assert_eq!(net[c].rejoin(Map::default()), Vec::<Stamp>::new(), "nothing of c's is lost");
+    net.link(a, c);
     net.pump();
-    assert_eq!(net[d].floor(), floor);
-    assert_eq!(net[d].state(), net[a].state());
+    assert_eq!(net[c].floor(), floor);
+    for n in [a, b, c] {
+        assert_eq!(net[n].state().get(&1), None);
+        assert_eq!(net[n].state().get(&2), Some(&2));
+    }
+    assert_eq!(net[c].state(), net[a].state());
+    assert_eq!(net[c].clock(), net[a].clock());
 }
 
 #[test]
@@ -270,4 +327,81 @@ fn a_replica_holding_writes_below_the_floor_is_stale_even_if_history_would_do() 
     assert_eq!(net[c].state(), net[a].state());
     assert_eq!(net[c].clock(), net[a].clock());
     assert_eq!(net[c].floor(), floor);
+}
+
+/// A collection drops the history below the floor, as an overflow would:
+/// a subscription that had not read it is told it lagged (the state holds
+/// the changes), one that had goes on as before, and a replica that comes
+/// later is brought up by snapshot and takes the floor, though a write
+/// reached its peer between its Hello and the snapshot (the snapshot's
+/// clock says the peer had it: it is not news of the newcomer's below the
+/// floor).
+#[test]
+fn the_history_below_the_floor_goes_with_the_tombstones() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    net.link(a, b);
+    let mut behind = net[a].subscribe();
+    for k in 0..100 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    net.advance(1);
+    for k in 0..100 {
+        net.update(b, LwwMap::delete(k)).unwrap();
+    }
+    net.pump();
+    let mut read = net[a].subscribe();
+    let floor = collect_all(&mut net, &[a, b]);
+    for n in [a, b] {
+        assert_eq!(net[n].stats().history_collected, 200, "every write and delete");
+        assert_eq!(net[n].history_len(), 1, "the record of the collection");
+        assert!(net[n].history(&Clock::new()).is_empty());
+    }
+    assert_eq!(net[a].changes(&mut behind).next(), Some(Delivery::Lagged { missed: 200 }));
+    assert_eq!(net[a].changes(&mut behind).count(), 0);
+    assert_eq!(net[a].changes(&mut read).count(), 0, "nothing unread went");
+    net.update(a, LwwMap::set(7, 7)).unwrap();
+    for subscription in [&mut behind, &mut read] {
+        let changes: Vec<_> = net[a].changes(subscription).collect();
+        assert!(matches!(changes[..], [Delivery::Change(_)]), "{changes:?}");
+    }
+    let c = net.add(replica("c", Map::default(), 100_000));
+    net.link(b, c);
+    net.pump();
+    assert_eq!(net[c].stats().snapshots, 1, "c is brought up by snapshot");
+    assert_eq!(net[c].floor(), floor);
+    assert_eq!(net[c].state(), net[a].state());
+    assert_eq!(net[c].clock(), net[a].clock());
+}
+
+/// A durable replica's records that its store has not released yet stay
+/// in the history through a collection, and go out once released.
+#[test]
+fn a_collection_keeps_what_is_not_released() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    net.link(a, b);
+    net.update(a, LwwMap::set(1, 1)).unwrap();
+    net.pump();
+    net[a].hold_until_released();
+    net.advance(1);
+    net.update(b, LwwMap::delete(1)).unwrap();
+    net.pump();
+    let released = net[a].end_seq();
+    net.update(a, LwwMap::set(2, 2)).unwrap();
+    net.pump();
+    assert_eq!(net[b].state().get(&2), None, "not released, so not sent");
+    let stable = collect_all(&mut net, &[a, b]);
+    assert!(stable > Timestamp::ZERO);
+    assert_eq!(net[a].stats().history_collected, 1, "a's first write; b's delete is unreleased");
+    assert_eq!(net[a].history_len(), 3);
+    let end = net[a].end_seq();
+    assert!(net[a].entries_from(released).is_ok(), "what the store has not saved is there");
+    net[a].release(end);
+    net.pump();
+    assert_eq!(net[b].state().get(&2), Some(&2));
+    assert_eq!(net[a].state(), net[b].state());
 }

@@ -6,7 +6,9 @@
 //! `OrSet<u64>`): tombstones held after the deletes and after the
 //! collection, the history's records, and the process's RSS at each step
 //! (one process holds all three replicas), also after glibc's
-//! `malloc_trim`, which returns what the allocator holds free. `TOMBSTONE_KEYS` changes the
+//! `malloc_trim`, which returns what the allocator holds free, and what
+//! the program holds from the allocator before the inserts and after the
+//! collection (glibc's `mallinfo2`: in use, whatever RSS says). `TOMBSTONE_KEYS` changes the
 //! number of keys (default 1,000,000), `TOMBSTONE_HISTORY` the replicas'
 //! history limit (default 65,536, `Config::default()`'s).
 
@@ -61,6 +63,16 @@ impl Subject for OrSet<u64> {
     }
 }
 
+/// What the program holds from the allocator, in KiB, as glibc counts it
+/// (in use in its heaps, and in chunks mapped on their own): unlike RSS,
+/// it falls as soon as memory is freed, whether or not the allocator
+/// gives it back to the system.
+fn in_use_kib() -> u64 {
+    // SAFETY: mallinfo2 only reads glibc's allocator counters.
+    let info = unsafe { libc::mallinfo2() };
+    ((info.uordblks + info.hblkhd) / 1024) as u64
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -78,6 +90,7 @@ fn run<T: Subject>() {
     net.link(nodes[0], nodes[2]);
     net.pump();
     let (before, _) = rss_kib();
+    let in_use_before = in_use_kib();
     // Writes go round-robin; the network is pumped every 10,000 so that
     // peers stay within each other's history.
     let write = |net: &mut Network<T>, key: u64, delete: bool| {
@@ -108,6 +121,7 @@ fn run<T: Subject>() {
         net[n].collect(stable);
     }
     let (collected, peak) = rss_kib();
+    let in_use_collected = in_use_kib();
     // What the allocator holds free but has not returned to the system.
     // SAFETY: malloc_trim only releases free memory at the heap's top and
     // in free pages; glibc is this binary's allocator on Linux.
@@ -117,7 +131,7 @@ fn run<T: Subject>() {
     let history: Vec<usize> = nodes.iter().map(|&n| net[n].history_len()).collect();
     let converged = nodes.iter().all(|&n| net[n].clock() == net[nodes[0]].clock());
     println!(
-        "| {} | {keys} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} s |",
+        "| {} | {keys} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} s |",
         T::NAME,
         tombstones_before.iter().max().unwrap_or(&0),
         after.iter().map(|a| a.1).max().unwrap_or(0),
@@ -128,6 +142,8 @@ fn run<T: Subject>() {
         mib(deleted),
         mib(collected),
         mib(trimmed),
+        mib(in_use_before),
+        mib(in_use_collected),
         mib(peak),
         start.elapsed().as_secs_f64(),
     );
@@ -140,9 +156,9 @@ pub fn tombstones() {
         "`cargo run --release -p repred-bench -- tombstones` (three replicas, default config; `TOMBSTONE_HISTORY=1024` for a short history)\n"
     );
     println!(
-        "| type | keys | tombstones after the deletes (per replica, max) | tombstones after collection | live entries | history records | RSS before (MiB) | after inserts | after deletes | after collection | after `malloc_trim` | peak | time |"
+        "| type | keys | tombstones after the deletes (per replica, max) | tombstones after collection | live entries | history records | RSS before (MiB) | after inserts | after deletes | after collection | after `malloc_trim` | in use before (MiB) | in use after collection | peak | time |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     run::<LwwMap<u64, u64>>();
     run::<OrSet<u64>>();
     println!();

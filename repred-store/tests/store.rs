@@ -305,6 +305,50 @@ fn a_collection_survives_a_restart_in_the_log_and_in_a_snapshot() {
     }
 }
 
+/// A collection drops history below the floor that the store has not
+/// saved yet (a replica saved without a hold): the next save is a
+/// snapshot, as after the history overflows, and nothing is lost.
+#[test]
+fn a_store_behind_a_collection_saves_a_snapshot_and_loses_nothing() {
+    use repred::{Clock, LwwMap, Reduce};
+    type Map = LwwMap<u32, u32>;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let store = Store::open(&path).unwrap();
+    let mut net: Network<Map> = Network::new();
+    let a = net.add(store.load_or_create::<Map>("map", Config::default()).unwrap());
+    let b = net.add(Replica::new(SourceId::new("b").unwrap(), Map::default()));
+    net.link(a, b);
+    for k in 0..20 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    assert_eq!(store.save("map", &net[a]).unwrap(), 20, "the log");
+    let saved = net[a].end_seq();
+    net.advance(1);
+    for k in 0..10 {
+        net.update(b, LwwMap::delete(k)).unwrap();
+    }
+    net.update(a, LwwMap::set(100, 1)).unwrap();
+    net.pump();
+    let stable = Clock::stable_point([net[a].clock(), net[b].clock()]);
+    for n in [a, b] {
+        net[n].collect(stable);
+    }
+    assert!(net[a].entries_from(saved).is_err(), "unsaved records went");
+    // The log would have been 12 entries: 10 deletes, a write, the
+    // collection.
+    assert_eq!(store.save("map", &net[a]).unwrap(), 1, "a snapshot");
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    let back = store.load::<Map>("map", Config::default()).unwrap().unwrap();
+    assert_eq!(back.state(), net[a].state());
+    assert_eq!(back.clock(), net[a].clock());
+    assert_eq!(back.floor(), stable);
+    assert_eq!(back.state().entries_hint(), Some(11), "10 live keys and 1 more, no tombstone");
+}
+
 /// Lattices that order writes by their stamps (last-writer-wins,
 /// observed-remove) come back from the log whole: the log keeps each
 /// change as it travels, without the stamps that are its envelope's own,

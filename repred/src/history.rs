@@ -195,6 +195,35 @@ impl<U> History<U> {
         }
     }
 
+    /// Drops the oldest records that are older than `stable`, before
+    /// sequence `keep_from` at most, as if the log had overflowed (the
+    /// horizon rises with them, readers behind find themselves lagged);
+    /// returns how many went.
+    ///
+    /// For a collection ([`Replica::collect`](crate::Replica::collect)):
+    /// every replica that can still write holds the updates older than a
+    /// stable point, so none needs them from this log. Only the oldest
+    /// run goes, since the log is in arrival order: it stops at the first
+    /// record at or above `stable`. Records without an origin stamp
+    /// (snapshot merges, their cover, earlier collections) never travel
+    /// as history, so they go with the run.
+    pub(crate) fn drop_stable(&mut self, stable: Timestamp, keep_from: u64) -> usize {
+        let before = self.records.len();
+        while self.first_seq < keep_from
+            && let Some(front) = self.records.front()
+            && front.stamp().is_none_or(|s| s.ts < stable)
+        {
+            self.evict_oldest();
+        }
+        // A log emptied by a collection gives its memory back, as a map
+        // that lost most of its entries does; it grows again as it fills.
+        if self.records.len() < self.records.capacity() / 4 {
+            self.records.shrink_to_fit();
+            self.merges.shrink_to_fit();
+        }
+        before - self.records.len()
+    }
+
     pub(crate) fn horizon(&self) -> &Clock {
         &self.horizon
     }
@@ -275,6 +304,30 @@ mod tests {
         assert!(h.len() == 0 && h.end_seq() == 7, "{} from {}", h.len(), h.first_seq());
         h.push_merge(merge(6), 10);
         assert_eq!((h.first_seq(), h.len()), (7, 1));
+    }
+
+    #[test]
+    fn a_collection_drops_the_oldest_run_below_the_floor() {
+        let mut h = History::new(100);
+        for ts in 1..=10 {
+            h.push(record(if ts % 2 == 0 { "A" } else { "B" }, ts));
+        }
+        h.push(merge(1));
+        h.push(record("A", 20));
+        h.push(record("B", 3));
+        let stable = Timestamp::new(15, 0);
+        // Not past what a reader still needs.
+        assert_eq!(h.drop_stable(stable, 4), 4);
+        assert_eq!(h.first_seq(), 4);
+        // The run goes, with the merge in it; it stops at the first record
+        // at or above the floor, though an older one comes after it.
+        assert_eq!(h.drop_stable(stable, u64::MAX), 7);
+        assert_eq!((h.first_seq(), h.len()), (11, 2));
+        assert_eq!(h.get(11).and_then(Entry::stamp).map(|s| s.ts), Some(Timestamp::new(20, 0)));
+        let (a, b) = (SourceId::new("A").unwrap(), SourceId::new("B").unwrap());
+        assert_eq!(h.horizon().get(a), Timestamp::new(10, 0));
+        assert_eq!(h.horizon().get(b), Timestamp::new(9, 0));
+        assert_eq!(h.drop_stable(stable, u64::MAX), 0);
     }
 
     #[test]

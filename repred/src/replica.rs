@@ -221,6 +221,9 @@ pub struct Stats {
     pub snapshots_refused: u64,
     /// Entries dropped by [`Replica::collect`] (tombstones of old deletes).
     pub collected: u64,
+    /// History records dropped by [`Replica::collect`]: older than the
+    /// floor, so every replica that can still write holds them.
+    pub history_collected: u64,
     /// Events dropped because nobody drained them.
     pub events_dropped: u64,
 }
@@ -600,12 +603,26 @@ impl<T: Reduce> Core<T> {
             })
     }
 
-    /// Forgets the deletes below the floor, recording that it did.
-    pub(crate) fn collect_now(&mut self) -> usize {
+    /// Forgets the deletes below the floor, and the history's records
+    /// below it from before `keep_from` (what no stream still has to send),
+    /// recording that it did.
+    ///
+    /// Records a durable store has not released yet stay, so that a store
+    /// keeping up goes on appending; one that fell behind them (a replica
+    /// saved without a hold) finds them gone and saves a snapshot, as
+    /// when the history overflows ([`Replica::entries_from`]).
+    pub(crate) fn collect_now(&mut self, keep_from: u64) -> usize {
         self.collect_pending = false;
         let dropped = self.state.collect(self.floor);
         self.stats.collected += dropped as u64;
+        let keep_from = keep_from.min(self.sendable_end());
+        self.stats.history_collected += self.history.drop_stable(self.floor, keep_from) as u64;
         self.history.push(Entry::Collected { floor: self.floor });
+        // The frame buffer kept between frames sits high in the heap
+        // (it grew as frames came, ~1 MiB for a frame of small updates):
+        // a collection gives it back with the rest; the next frame
+        // grows it again.
+        self.staged = Vec::new();
         dropped
     }
 
@@ -1256,6 +1273,16 @@ impl<T: Reduce> Replica<T> {
     /// higher floor takes it (collecting too) once it holds everything the
     /// peer held. A collection waits for the snapshots being sent to
     /// finish (they are cut by position); the floor holds at once.
+    ///
+    /// **The history goes too.** The oldest records below the floor are
+    /// dropped from the history ([`Stats::history_collected`]): every
+    /// replica that can still write holds them, so none needs them, and a
+    /// peer that lacks them is behind the floor (it gets a snapshot, or
+    /// is stale). Kept are the records a stream has yet to send and those
+    /// not yet [released](Replica::release). As when the history
+    /// overflows, a store that had not saved a dropped record saves a
+    /// snapshot instead ([`entries_from`](Replica::entries_from)), and a
+    /// [`Subscription`] that had not read it gets [`Delivery::Lagged`].
     ///
     /// ```
     /// use repred::{Clock, LwwMap, Network, Replica, SourceId};

@@ -821,6 +821,14 @@ impl Stream {
                     Ok(clock) => {
                         core.finish_snapshot(peer.map_or(core.id, |p| p.id), &clock);
                         self.known.merge(&clock);
+                        // The peer held all its snapshot stands for: a
+                        // floor waiting for the Sync is judged against
+                        // that too, or writes that reached it after its
+                        // Hello, which the snapshot brought, would count
+                        // as news of ours below its floor (stale).
+                        if let Some(held) = &mut self.floor_clock {
+                            held.merge(&clock);
+                        }
                     }
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
                 }
@@ -1597,7 +1605,17 @@ impl<T: Reduce> Replica<T> {
         if !self.core.collect_pending || self.streams.values().any(|s| s.snapshot_out.is_some()) {
             return 0;
         }
-        self.core.collect_now()
+        // The history below the floor goes too, but not what a stream has
+        // yet to send: its peer most likely has it (it is stable), but the
+        // stream cannot know that, and would send a snapshot instead.
+        let keep_from = self
+            .streams
+            .values()
+            .filter(|s| !s.ended && s.started && s.sends_updates())
+            .map(|s| s.cursor)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.core.collect_now(keep_from)
     }
 
     /// Closes a stream, telling the peer (the Close is the stream's last

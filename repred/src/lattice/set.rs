@@ -149,13 +149,67 @@ impl<T> Default for OrSetUpdate<T> {
 #[derive(Clone, Debug)]
 pub struct OrSet<T: Ord> {
     /// element -> tags of its live adds.
-    live: BTreeMap<T, BTreeSet<Stamp>>,
+    live: BTreeMap<T, Tags>,
     /// Adds that were removed.
     tombstones: BTreeSet<(Stamp, T)>,
     /// Tombstones of adds older than this were collected
     /// ([`Reduce::collect`]): such an add that is not live here was
     /// removed (every replica had it by then), so it stays out.
     floor: crate::Timestamp,
+}
+
+/// The tags of one element's live adds. Almost always one (a second comes
+/// only from a concurrent or repeated add), so one is kept inline: a set
+/// of its own per element cost a B-tree node of eleven stamps (288 bytes
+/// with the allocator's header) for the one it held.
+///
+/// Never empty, and `Many` holds two or more, so that equal tags compare
+/// equal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tags {
+    One(Stamp),
+    Many(BTreeSet<Stamp>),
+}
+
+impl Tags {
+    /// Adds `tag`; whether it was new.
+    fn insert(&mut self, tag: Stamp) -> bool {
+        match self {
+            Tags::One(one) if *one == tag => false,
+            Tags::One(one) => {
+                *self = Tags::Many(BTreeSet::from([*one, tag]));
+                true
+            }
+            Tags::Many(set) => set.insert(tag),
+        }
+    }
+
+    /// Removes `tag`: `None` if it was not there, else whether any tag is
+    /// left.
+    fn remove(&mut self, tag: &Stamp) -> Option<bool> {
+        match self {
+            Tags::One(one) => (one == tag).then_some(false),
+            Tags::Many(set) => {
+                if !set.remove(tag) {
+                    return None;
+                }
+                if set.len() == 1
+                    && let Some(&last) = set.first()
+                {
+                    *self = Tags::One(last);
+                }
+                Some(true)
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Stamp> {
+        let (one, many) = match self {
+            Tags::One(one) => (Some(one), None),
+            Tags::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 impl<T: Ord> Default for OrSet<T> {
@@ -229,9 +283,9 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
                 // Collected territory: no tombstone needed, the add is
                 // refused by its age (see `floor`).
                 if let Some(tags) = self.live.get_mut(&item)
-                    && tags.remove(&tag)
+                    && let Some(left) = tags.remove(&tag)
                 {
-                    if tags.is_empty() {
+                    if !left {
                         self.live.remove(&item);
                     }
                     changed.removes.push((item, tag));
@@ -241,11 +295,10 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
             if self.tombstones.insert((tag, item.clone())) {
                 // Where the add was seen, it goes; where not yet, the
                 // tombstone stops it when it comes.
-                if let Some(tags) = self.live.get_mut(&item) {
-                    tags.remove(&tag);
-                    if tags.is_empty() {
-                        self.live.remove(&item);
-                    }
+                if let Some(tags) = self.live.get_mut(&item)
+                    && tags.remove(&tag) == Some(false)
+                {
+                    self.live.remove(&item);
                 }
                 changed.removes.push((item, tag));
             }
@@ -255,7 +308,14 @@ impl<T: Ord + Clone + Serialize + DeserializeOwned> Reduce for OrSet<T> {
             if tag.ts < self.floor || self.tombstones.contains(&(tag, item.clone())) {
                 continue;
             }
-            if self.live.entry(item.clone()).or_default().insert(tag) {
+            let added = match self.live.get_mut(&item) {
+                Some(tags) => tags.insert(tag),
+                None => {
+                    self.live.insert(item.clone(), Tags::One(tag));
+                    true
+                }
+            };
+            if added {
                 changed.adds.push((item, Some(tag)));
             }
         }
