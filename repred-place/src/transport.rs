@@ -23,7 +23,10 @@
 //! - **Drops** ([`Command::Drop`]): the object is released
 //!   ([`Node::release`]) once no write is under way on it and every live
 //!   replica's listed clock still covers this node's; if a write came in
-//!   meanwhile, the keeper holds it again and asks again.
+//!   meanwhile, the keeper holds it again and asks again. Released, it is
+//!   deleted from the node's store ([`Node::remove_stored`]) if every live
+//!   replica's listed clock covers the copy as released (else the store
+//!   keeps its log, for a later return).
 //! - **A restart** takes up what the node held in its last life (listed
 //!   under its id in the directory; a durable node's store kept each
 //!   object), and hands each to its replicas, or keeps it, as the keeper
@@ -36,9 +39,11 @@
 //! What it needs and what it does not do (yet):
 //!
 //! - A durable node ([`Builder::durable`](repred_transport::Builder::durable)):
-//!   an object released may come back later, and only a store keeps its
-//!   source id and log across that (a replica made again without its log
-//!   would have to write under a new id).
+//!   what a node holds must outlive a restart, and an object released
+//!   before its replicas covered it may come back later, which only a
+//!   store's log (its source id, its writes) makes safe. One released once
+//!   covered is deleted from the store; made again, it writes under a new
+//!   id and syncs from the replicas.
 //! - Replicas sync over the connections the node core keeps; an object's
 //!   stream exists only where both ends hold it, and is not relayed by
 //!   nodes that do not. So every two replicas need a connection of their
