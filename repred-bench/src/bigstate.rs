@@ -16,7 +16,8 @@ use repred::{Config, Envelope, Reduce, Replica, SourceId, Stamp, Timestamp};
 
 use crate::gossip::KeyHasher;
 use crate::quic::{
-    Bytes, Key, Put, Puts, Value, connect, fetch_until, overwrite, raw, runtime, serve,
+    Bytes, Key, Put, Puts, Value, connect, cpu_time, fetch_until, overwrite, part_bytes, raw,
+    runtime, serve,
 };
 use crate::{reset_peak, rss_kib};
 
@@ -143,7 +144,7 @@ impl Reduce for BigLww {
 /// A replica of `keys` keys written by 16 sources, with a 1,024-record
 /// history.
 pub(crate) fn big_source(keys: u64) -> Replica<BigLww> {
-    let config = Config::default().history_limit(1_024);
+    let config = part_bytes(Config::default().history_limit(1_024), "BIGSTATE_PART_BYTES");
     let mut source = Replica::with_config(SourceId::random(), BigLww::default(), config);
     let writers: Vec<SourceId> = (0..16u128)
         .map(|s| SourceId::from_bytes((s + 1).to_be_bytes()).expect("a valid id"))
@@ -186,6 +187,8 @@ pub fn bigstate() {
     // The transfer's peak, not the source's growth while it was built.
     reset_peak();
     let rt = runtime();
+    // CPU of the whole process over each transfer (both ends, quinn).
+    let cpu = cpu_time(false);
     let (time, stream_bytes, fresh, source) = rt.block_on(async {
         let (_s, _c, sconn, cconn) = connect().await;
         let start = Instant::now();
@@ -198,17 +201,20 @@ pub fn bigstate() {
     // Both replicas still alive (the source was dropped before this was
     // read until issue 16's reserve: "RSS with both" held the fresh node
     // alone).
+    let ours_cpu = cpu_time(false) - cpu;
     let (after, peak) = rss_kib();
     drop(source);
     assert_eq!(fresh.state().0.len() as u64, keys, "the fresh node lacks entries");
+    let cpu = cpu_time(false);
     let (raw_time, _) = rt.block_on(raw(stream_bytes as usize));
+    let raw_cpu = cpu_time(false) - cpu;
     println!(
-        "| keys | stream bytes | repred time | MB/s | raw quinn time | raw MB/s | repred / raw | RSS with both (MiB) | peak RSS (MiB) | peak over both states (MiB) |"
+        "| keys | stream bytes | repred time | MB/s | raw quinn time | raw MB/s | repred / raw | RSS with both (MiB) | peak RSS (MiB) | peak over both states (MiB) | CPU, repred | CPU, raw quinn |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let state = with_source - base;
     println!(
-        "| {keys} | {stream_bytes} | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} |\n",
+        "| {keys} | {stream_bytes} | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} s | {:.2} s |\n",
         time.as_secs_f64(),
         stream_bytes as f64 / time.as_secs_f64() / 1e6,
         raw_time.as_secs_f64(),
@@ -217,5 +223,7 @@ pub fn bigstate() {
         mib(after),
         mib(peak),
         mib(peak.saturating_sub(base + 2 * state)),
+        ours_cpu.as_secs_f64(),
+        raw_cpu.as_secs_f64(),
     );
 }
