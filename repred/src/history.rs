@@ -115,7 +115,7 @@ pub(crate) struct History<U> {
 impl<U> History<U> {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
-            records: Records::new(),
+            records: Records::new(limit.max(1)),
             first_seq: 0,
             horizon: Clock::new(),
             horizon_generation: 0,
