@@ -889,10 +889,17 @@ impl Store {
                 let mut buf = Vec::new();
                 let (mut index, mut bytes) = (0u64, 0usize);
                 loop {
-                    let (part, next) = state.snapshot_part(cursor.as_deref(), entries);
+                    // Encoded from the state as it is read
+                    // (`Reduce::serialize_snapshot_part`): no part built.
                     buf.clear();
-                    buf = postcard::to_extend(&part, buf).map_err(encode_error)?;
-                    drop(part);
+                    let mut out = postcard::Serializer {
+                        output: postcard::ser_flavors::ExtendFlavor::new(std::mem::take(&mut buf)),
+                    };
+                    let next = state
+                        .serialize_snapshot_part(cursor.as_deref(), entries, &mut out)
+                        .map_err(encode_error)?;
+                    buf = postcard::ser_flavors::Flavor::finalize(out.output)
+                        .map_err(encode_error)?;
                     table.insert((name, generation, index), buf.as_slice()).map_err(storage)?;
                     index += 1;
                     bytes += buf.len();
