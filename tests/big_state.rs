@@ -3,7 +3,7 @@
 mod common;
 
 use common::{NOW, id};
-use repred::{Config, LwwMap, Network, Replica};
+use repred::{Config, Envelope, LwwMap, Network, Outcome, Replica, Timestamp};
 
 type Blobs = LwwMap<u64, Vec<u8>>;
 
@@ -124,6 +124,40 @@ fn a_fresh_peer_gets_the_state_when_history_is_much_longer() {
     assert_eq!(stats.snapshots_sent, 1);
     assert_eq!(stats.updates_sent, 0);
     assert!(stats.bytes_sent < 100_000, "{} bytes", stats.bytes_sent);
+}
+
+/// The cheaper path's estimate samples a long history rather than walking
+/// it: a peer that lacks the last 1,500 of 200,000 updates over 1,000 keys
+/// (fewer than twice the entries) still gets them as history, and one that
+/// lacks the last 20,000 gets the 1,000 entries.
+#[test]
+fn a_peer_behind_a_long_history_gets_whichever_is_cheaper() {
+    for (held, snapshots) in [(198_500u64, 0u64), (180_000, 1)] {
+        let config = Config::default().history_limit(1 << 20);
+        let mut a = Replica::with_config(id("holder"), Blobs::default(), config);
+        let mut b = Replica::new(id("behind"), Blobs::default());
+        for i in 0..200_000u64 {
+            let ts = Timestamp::new(NOW + i / 1_000, (i % 1_000) as u16 + 1);
+            let e = Envelope::new(id("writer"), ts, LwwMap::set(i % 1_000, vec![1; 8]));
+            if i < held {
+                assert_eq!(b.apply(NOW + 1_000, e.clone()), Outcome::Applied);
+            }
+            assert_eq!(a.apply(NOW + 1_000, e), Outcome::Applied);
+        }
+        let mut net = Network::new();
+        let a = net.add(a);
+        let b = net.add(b);
+        let link = net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].state(), net[a].state());
+        assert_eq!(net[b].clock(), net[a].clock());
+        let [(_, sa), _] = net.streams(link);
+        let stats = net[a].stream_stats(sa).unwrap();
+        assert_eq!(stats.snapshots_sent, snapshots, "holding {held}");
+        if snapshots == 0 {
+            assert_eq!(stats.updates_sent, 200_000 - held);
+        }
+    }
 }
 
 /// An `LwwMap` that records what it was asked to reserve.
