@@ -504,6 +504,20 @@ impl<'a> Writer<'a> {
         })
     }
 
+    /// Appends what `write` serializes (a value made as it is encoded,
+    /// such as a snapshot part read from the state), as [`put`](Self::put)
+    /// would a value; returns what `write` returns.
+    pub(crate) fn put_with<R>(
+        &mut self,
+        write: impl FnOnce(&mut postcard::Serializer<Append<'_>>) -> Result<R, postcard::Error>,
+    ) -> Result<R, postcard::Error> {
+        let mark = self.out.len();
+        let mut serializer = postcard::Serializer { output: Append(self.out) };
+        write(&mut serializer).inspect_err(|_| {
+            self.out.truncate(mark);
+        })
+    }
+
     /// Appends bytes already encoded.
     pub(crate) fn put_raw(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
@@ -535,7 +549,7 @@ impl<'a> Writer<'a> {
 
 /// A postcard flavor that appends to a borrowed buffer, so that encoding
 /// reuses the caller's allocation and a failure cannot lose earlier frames.
-struct Append<'a>(&'a mut Vec<u8>);
+pub(crate) struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();

@@ -295,25 +295,10 @@ impl Stream {
             && (!self.known.covers(core.history.horizon()) || self.snapshot_is_cheaper(core));
     }
 
-    /// Whether the peer lacks so much more history than the state holds
-    /// that a snapshot is the cheaper way to bring it up (the state's
-    /// entries, however many updates made them). Only for types that say
-    /// how many entries a snapshot holds.
+    /// Whether a snapshot is the cheaper way to bring the peer up
+    /// (`snapshot::is_cheaper`).
     fn snapshot_is_cheaper<T: Reduce>(&self, core: &Core<T>) -> bool {
-        let Some(entries) = core.state.entries_hint() else { return false };
-        // Counting what the peer lacks stops as soon as it is clearly more.
-        let enough = entries.saturating_mul(2).max(1_024);
-        let mut lacking = 0u64;
-        for seq in core.history.first_seq()..core.history.end_seq() {
-            let Some(stamp) = core.history.get(seq).and_then(|r| r.stamp()) else { continue };
-            if !self.known.has(stamp.source, stamp.ts) {
-                lacking += 1;
-                if lacking > enough {
-                    return true;
-                }
-            }
-        }
-        false
+        crate::snapshot::is_cheaper(core, &self.known)
     }
 
     /// Records that the peer has `(source, ts)`. A source this replica does
