@@ -618,11 +618,16 @@ impl<T: Reduce> Core<T> {
         let keep_from = keep_from.min(self.sendable_end());
         self.stats.history_collected += self.history.drop_stable(self.floor, keep_from) as u64;
         self.history.push(Entry::Collected { floor: self.floor });
-        // The frame buffer kept between frames sits high in the heap
-        // (it grew as frames came, ~1 MiB for a frame of small updates):
-        // a collection gives it back with the rest; the next frame
-        // grows it again.
-        self.staged = Vec::new();
+        // The buffers kept between frames sit high in the heap (they grew
+        // as frames came, up to ~1 MiB each for a frame of small updates):
+        // a collection gives them back with the rest, when not in use; the
+        // next frame grows them again.
+        if self.staged.is_empty() {
+            self.staged = Vec::new();
+        }
+        if self.inbox.is_empty() {
+            self.inbox = Vec::new();
+        }
         dropped
     }
 
