@@ -351,9 +351,9 @@ impl Stream {
         if noted && !unknown {
             slot.known = slot.known.max(ts);
         }
-        match (tabled, loose) {
-            (Some(at), _) => sources.mark(at),
-            (None, Some(mut slot)) => slot.write_back(&mut core.clock, &mut self.known),
+        match (loose, tabled) {
+            (Some(mut slot), _) => slot.write_back(&mut core.clock, &mut self.known),
+            (None, Some(at)) => sources.mark(at),
             (None, None) => {}
         }
         if unknown {
