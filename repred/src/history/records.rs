@@ -6,6 +6,11 @@ use std::collections::VecDeque;
 /// records stays small).
 const GROW_BY_DOUBLING: usize = 1_024;
 
+/// The most room a log takes in one step: a limit set far beyond what a
+/// log will hold (a log meant to keep everything) grows by doubling, as a
+/// vector does, rather than asking for all of it at once.
+const MAX_RESERVE_BYTES: usize = 1 << 30;
+
 /// A queue of records bounded by the history's limit, that grows without
 /// copying what it holds over and over, and drops its oldest record where
 /// it lies.
@@ -42,7 +47,10 @@ impl<E> Records<E> {
     pub(crate) fn push_back(&mut self, record: E) {
         let len = self.queue.len();
         if len == self.queue.capacity() && len >= GROW_BY_DOUBLING.max(self.limit / 8) {
-            self.queue.reserve_exact(self.limit.saturating_sub(len).max(1));
+            let rest = self.limit.saturating_sub(len).max(1);
+            if rest.saturating_mul(std::mem::size_of::<E>()) <= MAX_RESERVE_BYTES {
+                self.queue.reserve_exact(rest);
+            }
         }
         self.queue.push_back(record);
     }
@@ -141,6 +149,12 @@ mod tests {
             records.push_back([1; 64]);
         }
         assert_eq!((records.len(), records.capacity()), (limit, capacity));
+        // A limit far beyond what is held is not asked for at once.
+        let mut unbounded: Records<[u8; 64]> = Records::new(usize::MAX / 2);
+        for _ in 0..limit {
+            unbounded.push_back([0; 64]);
+        }
+        assert!(unbounded.capacity() < 4 * limit, "{}", unbounded.capacity());
         // A small log stays small.
         let mut small: Records<u64> = Records::new(limit);
         for i in 0..10 {
