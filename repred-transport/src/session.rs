@@ -370,8 +370,13 @@ async fn drive(
                     Ok(_) => {}
                     Err(_) => {
                         // One of our own updates does not encode: a bug on
-                        // this side, so the session ends, politely.
-                        object.close(stream);
+                        // this side, so the session ends. Without a Close:
+                        // a Close (`Closed`) tells the peer the stream may
+                        // come again, as after a set of peers dropped it,
+                        // and a new one would fail the same way, again and
+                        // again. The stream just finishes, and its name
+                        // stays taken on this connection at both ends.
+                        object.abort(stream);
                         break;
                     }
                 }

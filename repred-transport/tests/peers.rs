@@ -149,3 +149,81 @@ async fn a_set_of_peers_that_drops_a_peer_closes_its_stream_and_a_later_one_open
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A value whose update does not encode (a bug in a user's type).
+const POISON: u64 = 666;
+
+/// The largest number written; an update of [`POISON`] fails to encode.
+#[derive(Clone, Debug, Default)]
+struct Fragile(u64);
+
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Number(u64);
+
+impl serde::Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == POISON {
+            return Err(serde::ser::Error::custom("poisoned"));
+        }
+        s.serialize_newtype_struct("Number", &self.0)
+    }
+}
+
+impl repred::Reduce for Fragile {
+    type Update = Number;
+
+    fn reduce(&mut self, update: Number) -> Option<Number> {
+        (update.0 > self.0).then(|| {
+            self.0 = update.0;
+            update
+        })
+    }
+
+    fn snapshot(&self) -> Number {
+        Number(self.0)
+    }
+}
+
+/// A stream that ends because this side's own update does not encode ends
+/// without a Close, so that neither end opens it again (a Close would say
+/// it may come again, as after a cut, and it would fail the same way, over
+/// and over): the connection goes on, with no violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_does_not_encode_ends_the_stream_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |bootstrap: Vec<std::net::SocketAddr>| {
+        fast(dir.path()).rotate_every(Duration::from_secs(3_600)).bootstrap(bootstrap).spawn()
+    };
+    let a = start(vec![]).await.expect("starts");
+    let b = start(vec![a.addr()]).await.expect("starts");
+    eventually("connected", Duration::from_secs(20), || {
+        (a.connected() == vec![b.addr()] && b.connected() == vec![a.addr()], a.connected())
+    })
+    .await;
+    let on_a = a.replicate("x", Fragile::default()).unwrap();
+    let on_b = b.replicate("x", Fragile::default()).unwrap();
+    on_a.update(Number(1)).await.unwrap();
+    eventually("b has a's write", Duration::from_secs(20), || {
+        (on_b.read(|s| s.0 == 1), on_b.traffic())
+    })
+    .await;
+
+    let mut a_ends = a.stream_ends();
+    let mut b_ends = b.stream_ends();
+    on_a.update(Number(POISON)).await.unwrap();
+    ended(&mut a_ends, "x", b.id(), EndReason::Aborted).await;
+    ended(&mut b_ends, "x", a.id(), EndReason::Aborted).await;
+    let sessions = (on_a.traffic().sessions, on_b.traffic().sessions);
+    // Were it opened again, it would be within a round trip; a second is
+    // hundreds of them here.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (on_a.traffic().sessions, on_b.traffic().sessions),
+        sessions,
+        "no stream of x opened again"
+    );
+    assert_eq!(a.connected(), vec![b.addr()], "the connection goes on");
+    assert_eq!(a.stats().violations + b.stats().violations, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
