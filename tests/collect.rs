@@ -8,7 +8,7 @@ mod common;
 use common::{events, id};
 use repred::{
     Clock, CloseReason, Config, Delivery, EndReason, Event, LwwMap, Network, NodeId, OrSet,
-    Outcome, Reduce, Rejection, Replica, SourceId, Stamp, Timestamp,
+    Outcome, Reduce, Rejection, Replica, SourceId, Stamp, StreamOpts, Timestamp,
 };
 
 type Map = LwwMap<u32, u32>;
@@ -374,6 +374,47 @@ fn the_history_below_the_floor_goes_with_the_tombstones() {
     assert_eq!(net[c].floor(), floor);
     assert_eq!(net[c].state(), net[a].state());
     assert_eq!(net[c].clock(), net[a].clock());
+}
+
+/// A replica that takes a peer's floor at the Sync that follows the
+/// history it lacked, all in one delivery, keeps that history for its
+/// subscribers: the collection the floor triggers does not drop what they
+/// have had no chance to read.
+#[test]
+fn taking_the_floor_keeps_what_the_same_delivery_brought_for_subscribers() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let b = net.add(replica("b", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    let ab = net.link(a, b);
+    let ac = net.link(a, c);
+    for k in 0..10 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    // c misses these and the delete; a's stream to c still owes them.
+    for k in 10..20 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.advance(10);
+    net.update(a, LwwMap::delete(0)).unwrap();
+    pump_link(&mut net, ab);
+    let floor = collect_all(&mut net, &[a, b]);
+    net.cut(ac);
+    let mut watching = net[c].subscribe();
+    // c only listens (a read-only client): no stream of its own holds the
+    // records back.
+    let again = net.link_with(a, StreamOpts::default(), c, StreamOpts::receive_only());
+    pump_link(&mut net, again);
+    assert!(!events(&mut net[c]).iter().any(|e| matches!(e, Event::Stale { .. })));
+    assert_eq!(net[c].floor(), floor, "c took the floor at the Sync");
+    assert_eq!(net[c].state(), net[a].state());
+    let delivered: Vec<_> = net[c].changes(&mut watching).collect();
+    assert!(
+        !delivered.iter().any(|d| matches!(d, Delivery::Lagged { .. })),
+        "nothing c took went before its subscriber could read it: {delivered:?}"
+    );
+    assert_eq!(delivered.len(), 11, "the ten writes and the delete: {delivered:?}");
 }
 
 /// A durable replica's records that its store has not released yet stay

@@ -472,7 +472,7 @@ pub(crate) struct Staged<U> {
 /// The most envelopes the inbox and the staged list keep room for between
 /// frames: a frame of default size holds a few thousand; one a peer made
 /// as large as the frame limit allows does not pin its size for ever.
-const KEEP_ENVELOPES: usize = 16_384;
+pub(crate) const KEEP_ENVELOPES: usize = 16_384;
 
 /// The stream a source's updates come from, and how far it is known to have
 /// them.

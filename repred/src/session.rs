@@ -1510,6 +1510,10 @@ impl<T: Reduce> Replica<T> {
     pub fn handle(&mut self, id: StreamId, now: u64, bytes: &[u8]) -> Result<(), SessionError> {
         let Replica { core, streams, .. } = self;
         let stream = streams.get_mut(&id).filter(|s| !s.ended).ok_or(SessionError::NotOpen(id))?;
+        // What this call records stays through a collection it triggers (a
+        // newcomer's history, then the Sync that takes the peer's floor):
+        // a subscriber has had no chance to read it yet.
+        let recorded_from = core.history.end_seq();
         stream.stats.bytes_received += bytes.len() as u64;
         let mut pending = std::mem::take(&mut stream.recv);
         let (consumed, flow) = if pending.is_empty() {
@@ -1524,6 +1528,10 @@ impl<T: Reduce> Replica<T> {
         };
         let _ = consumed;
         stream.recv = pending;
+        // A frame decoded but not applied (a malformed tail, a frame before
+        // Hello, a stream that does not receive) leaves the inbox as large
+        // as the frame: keep no more than an applied frame keeps.
+        core.inbox.shrink_to(crate::replica::KEEP_ENVELOPES);
         for (to, source) in std::mem::take(&mut core.unwants) {
             if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
                 s.intents.insert(source, None);
@@ -1557,7 +1565,7 @@ impl<T: Reduce> Replica<T> {
         for sid in waiting {
             self.close_if_done(sid);
         }
-        self.collect_if_due();
+        self.collect_keeping(recorded_from);
         result
     }
 
@@ -1587,6 +1595,12 @@ impl<T: Reduce> Replica<T> {
     /// Runs a collection that waited for the snapshots being sent (their
     /// parts are cut by position, which collecting moves).
     pub(crate) fn collect_if_due(&mut self) -> usize {
+        self.collect_keeping(u64::MAX)
+    }
+
+    /// [`collect_if_due`](Self::collect_if_due), keeping the history from
+    /// `recorded_from` on as well.
+    fn collect_keeping(&mut self, recorded_from: u64) -> usize {
         if !self.core.collect_pending || self.streams.values().any(|s| s.snapshot_out.is_some()) {
             return 0;
         }
@@ -1599,7 +1613,8 @@ impl<T: Reduce> Replica<T> {
             .filter(|s| !s.ended && s.started && s.sends_updates())
             .map(|s| s.cursor)
             .min()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(u64::MAX)
+            .min(recorded_from);
         self.core.collect_now(keep_from)
     }
 
