@@ -343,6 +343,10 @@ impl Placer {
                     sim.connected(node, t).then(|| (id, held.clock().clone()))
                 })
                 .collect();
+            // The replica in use as the stream saw it, before the new list
+            // may move the route on: it is the one to fail if that stream
+            // ended, not whichever the list moved the route to.
+            let via_id = self.route(node, object).and_then(|r| r.via());
             let via = self.via(node, object);
             let streaming = via.is_some_and(|v| sim.is_streaming(node, object, v));
             let Some(client) = self.clients.get_mut(&(node, object)) else { continue };
@@ -358,7 +362,7 @@ impl Placer {
                 (Some(v), true) => client.streaming = Some(v),
                 (Some(v), false) if client.streaming == Some(v) => {
                     client.streaming = None;
-                    if let Some(id) = route.via() {
+                    if let Some(id) = via_id {
                         route.handle_failed(now, id);
                     }
                 }
@@ -374,10 +378,12 @@ impl Placer {
                     RouteEvent::Attach { to } => {
                         attach = Some(to);
                         moved = true;
+                        client.streaming = None;
                     }
                     RouteEvent::Detach => {
                         attach = None;
                         moved = true;
+                        client.streaming = None;
                     }
                     RouteEvent::Acked { write, .. } => {
                         client.acked.extend(client.waiting.remove(&write));
