@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{
     Cluster, K, NODES, OBJECTS, Set, cluster, create_on_primaries, eventually, live, members_are,
-    name, placed_and_converged, start,
+    name, placed_and_converged, shutdown_all, start,
 };
 use repred::{GSet, SourceId};
 use repred_place::Role;
@@ -149,12 +149,5 @@ async fn eight_nodes_keep_every_object_on_k_replicas_through_a_kill_and_a_restar
     let drops: u64 = live(&placers).map(|p| p.stats().drops).sum();
     assert!(drops >= owned.len() as u64, "the stand-ins dropped their copies: {drops}");
 
-    let shutdowns: Vec<_> =
-        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
-    for shutdown in shutdowns {
-        tokio::time::timeout(Duration::from_secs(20), shutdown)
-            .await
-            .expect("a placer and its node shut down")
-            .expect("the shutdown task ran");
-    }
+    shutdown_all(placers).await;
 }

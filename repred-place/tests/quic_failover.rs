@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, K, NODES, builder, cluster_with, eventually, placed_and_converged};
+use common::{
+    Cluster, K, NODES, builder, cluster_with, eventually, placed_and_converged, shutdown_all,
+};
 use repred::{GSet, SourceId};
 use repred_place::transport::PlacerConfig;
 use repred_place::{ObjectKey, Placement, RouteConfig};
@@ -112,14 +114,7 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     // The handle holds the placer's node: let it go, so the node shuts down.
     drop(handle);
 
-    let shutdowns: Vec<_> =
-        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
-    for shutdown in shutdowns {
-        tokio::time::timeout(Duration::from_secs(20), shutdown)
-            .await
-            .expect("a placer and its node shut down")
-            .expect("the shutdown task ran");
-    }
+    shutdown_all(placers).await;
     let path = dir.path().join(format!("node-{client_port}.redb"));
     let store = eventually("the client's store opens", Duration::from_secs(10), || {
         repred_store::Store::open(&path).map_err(|e| e.to_string())

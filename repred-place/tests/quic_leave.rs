@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{
     Cluster, K, NODES, Set, cluster, create_on_primaries, eventually, live, members_are, name,
-    placed_and_converged,
+    placed_and_converged, shutdown_all,
 };
 use repred::{GSet, SourceId};
 use repred_place::transport::{Placer, PlacerConfig};
@@ -106,12 +106,5 @@ async fn a_node_leaving_hands_every_object_off_before_it_goes() {
     .await;
     eprintln!("{:?}: every object on k live replicas", started.elapsed());
 
-    let shutdowns: Vec<_> =
-        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
-    for shutdown in shutdowns {
-        tokio::time::timeout(Duration::from_secs(20), shutdown)
-            .await
-            .expect("a placer and its node shut down")
-            .expect("the shutdown task ran");
-    }
+    shutdown_all(placers).await;
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{
     Cluster, K, NODES, Set, cluster, eventually, live, members_are, placed_and_converged,
+    shutdown_all,
 };
 use repred::{GSet, SourceId};
 use repred_place::transport::PlacerConfig;
@@ -108,12 +109,5 @@ async fn a_non_replica_writes_through_a_replica_and_fails_over_when_it_is_killed
     assert!(placers[client].as_ref().unwrap().holdings().is_empty(), "nor listed as one");
     eprintln!("{:?}: all on k replicas", started.elapsed());
 
-    let shutdowns: Vec<_> =
-        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
-    for shutdown in shutdowns {
-        tokio::time::timeout(Duration::from_secs(20), shutdown)
-            .await
-            .expect("a placer and its node shut down")
-            .expect("the shutdown task ran");
-    }
+    shutdown_all(placers).await;
 }

@@ -1797,7 +1797,11 @@ mod tests {
 
     /// A lazy replica with one stream whose peer said Hello.
     fn with_peer() -> (Replica<Max>, StreamId) {
-        let config = Config::default().lazy_relay(true);
+        with_peer_config(Config::default().lazy_relay(true))
+    }
+
+    /// A replica with one stream whose peer said Hello.
+    fn with_peer_config(config: Config) -> (Replica<Max>, StreamId) {
         let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
         let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
         let p = peer.open(StreamOpts::default()).unwrap();
@@ -1833,15 +1837,8 @@ mod tests {
 
     #[test]
     fn clocks_naming_unknown_sources_are_remembered_up_to_the_limit() {
-        let config = Config::default().max_unknown_sources(500);
-        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
+        let (mut r, s) = with_peer_config(Config::default().max_unknown_sources(500));
         r.update(NOW, 1).unwrap();
-        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
-        let p = peer.open(StreamOpts::default()).unwrap();
-        let mut hello = Vec::new();
-        peer.poll_transmit(p, &mut hello).unwrap();
-        let s = r.open(StreamOpts::default()).unwrap();
-        r.handle(s, NOW, &hello).unwrap();
         for round in 0..8u64 {
             let clock: Clock = (0..2_000u64)
                 .map(|i| {
@@ -1860,13 +1857,7 @@ mod tests {
 
     /// A replica with a stream whose peer said Hello, and no events left.
     fn listening(config: Config) -> (Replica<Max>, StreamId) {
-        let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
-        let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
-        let p = peer.open(StreamOpts::default()).unwrap();
-        let mut hello = Vec::new();
-        peer.poll_transmit(p, &mut hello).unwrap();
-        let s = r.open(StreamOpts::default()).unwrap();
-        r.handle(s, NOW, &hello).unwrap();
+        let (mut r, s) = with_peer_config(config);
         while r.poll_event().is_some() {}
         (r, s)
     }

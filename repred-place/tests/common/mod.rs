@@ -222,3 +222,16 @@ pub fn placed_and_converged(
     }
     Ok(())
 }
+
+/// Shuts every live placer and its node down, all at once, each within
+/// 20 s.
+pub async fn shutdown_all(placers: Vec<Option<Placer<Set>>>) {
+    let shutdowns: Vec<_> =
+        placers.into_iter().flatten().map(|p| tokio::spawn(p.shutdown())).collect();
+    for shutdown in shutdowns {
+        tokio::time::timeout(Duration::from_secs(20), shutdown)
+            .await
+            .expect("a placer and its node shut down")
+            .expect("the shutdown task ran");
+    }
+}
