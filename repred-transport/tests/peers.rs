@@ -93,13 +93,12 @@ async fn ended(
         .unwrap_or_else(|_| panic!("no stream of {object} with {peer} ended for {reason:?}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_set_of_peers_that_drops_a_peer_closes_its_stream_and_a_later_one_opens_it_again() {
-    let dir = tempfile::tempdir().unwrap();
-    // No rotation: the one connection stays, so that what ends here is
-    // the stream, not a connection traded away.
+/// Two nodes connected to each other. No rotation: the one connection
+/// stays, so that what ends in these tests is a stream, not a connection
+/// traded away.
+async fn connected_pair(dir: &std::path::Path) -> (Node, Node) {
     let start = |bootstrap: Vec<std::net::SocketAddr>| {
-        fast(dir.path()).rotate_every(Duration::from_secs(3_600)).bootstrap(bootstrap).spawn()
+        fast(dir).rotate_every(Duration::from_secs(3_600)).bootstrap(bootstrap).spawn()
     };
     let a = start(vec![]).await.expect("starts");
     let b = start(vec![a.addr()]).await.expect("starts");
@@ -107,6 +106,13 @@ async fn a_set_of_peers_that_drops_a_peer_closes_its_stream_and_a_later_one_open
         (a.connected() == vec![b.addr()] && b.connected() == vec![a.addr()], a.connected())
     })
     .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_peers_that_drops_a_peer_closes_its_stream_and_a_later_one_opens_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = connected_pair(dir.path()).await;
     let on_a = a.replicate_with("doc", Counters::default(), Peers::only([b.id()])).unwrap();
     let on_b = b.replicate("doc", Counters::default()).unwrap();
     on_b.update(Counters::set("before", 1)).await.unwrap();
@@ -191,15 +197,7 @@ impl repred::Reduce for Fragile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_that_does_not_encode_ends_the_stream_once() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |bootstrap: Vec<std::net::SocketAddr>| {
-        fast(dir.path()).rotate_every(Duration::from_secs(3_600)).bootstrap(bootstrap).spawn()
-    };
-    let a = start(vec![]).await.expect("starts");
-    let b = start(vec![a.addr()]).await.expect("starts");
-    eventually("connected", Duration::from_secs(20), || {
-        (a.connected() == vec![b.addr()] && b.connected() == vec![a.addr()], a.connected())
-    })
-    .await;
+    let (a, b) = connected_pair(dir.path()).await;
     let on_a = a.replicate("x", Fragile::default()).unwrap();
     let on_b = b.replicate("x", Fragile::default()).unwrap();
     on_a.update(Number(1)).await.unwrap();
