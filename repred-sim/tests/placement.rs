@@ -54,6 +54,13 @@ fn populate(sim: &mut S, placer: &mut Placer, count: u64) {
 
 /// Runs until every object is held by exactly its k live replicas, all
 /// converged; how long it took (virtual ms).
+/// The first four nodes on `object`'s preference list (its k = 3
+/// replicas and the next, which would stand in for one), as node 0 sees it.
+fn first_four(placer: &Placer, object: ObjectId) -> Vec<NodeIx> {
+    let keeper = placer.keeper(0).unwrap();
+    keeper.place(&object, Some(4)).replicas.iter().filter_map(|id| placer.node_of(*id)).collect()
+}
+
 fn settle(sim: &mut S, placer: &mut Placer, limit: u64) -> u64 {
     let took = placer.run_until(sim, limit, 2_000, |p, s| p.check(s).is_settled());
     let report = placer.check(sim);
@@ -283,13 +290,7 @@ fn a_non_replica_writes_through_a_replica_and_fails_over_when_it_crashes() {
     let replicas = placer.replicas(0, object);
     // Not the node that would stand in for the crashed replica either (it
     // would become a replica, and its copy the replica's).
-    let keeper = placer.keeper(0).unwrap();
-    let next: Vec<NodeIx> = keeper
-        .place(&object, Some(4))
-        .replicas
-        .iter()
-        .filter_map(|id| placer.node_of(*id))
-        .collect();
+    let next = first_four(&placer, object);
     let client = sim.up_nodes().into_iter().find(|n| !next.contains(n)).unwrap();
     let first = placer.open(&mut sim, client, object).expect("a live replica");
     assert_eq!(first, replicas[0], "seed {}: the first replica on the list", sim.seed());
@@ -361,13 +362,7 @@ fn a_non_replica_that_must_stand_in_makes_its_copy_the_replica() {
     populate(&mut sim, &mut placer, 10);
     settle(&mut sim, &mut placer, 60_000);
     let object = 0;
-    let keeper = placer.keeper(0).unwrap();
-    let list: Vec<NodeIx> = keeper
-        .place(&object, Some(4))
-        .replicas
-        .iter()
-        .filter_map(|id| placer.node_of(*id))
-        .collect();
+    let list = first_four(&placer, object);
     let client = list[3];
     let first = placer.open(&mut sim, client, object).expect("a live replica");
     assert_eq!(first, list[0]);
@@ -415,13 +410,7 @@ fn a_copy_streams_with_the_replica_in_use_alone() {
     populate(&mut sim, &mut placer, 10);
     settle(&mut sim, &mut placer, 60_000);
     let object = 0;
-    let keeper = placer.keeper(0).unwrap();
-    let list: Vec<NodeIx> = keeper
-        .place(&object, Some(4))
-        .replicas
-        .iter()
-        .filter_map(|id| placer.node_of(*id))
-        .collect();
+    let list = first_four(&placer, object);
     let client = sim.up_nodes().into_iter().find(|n| !list.contains(n)).unwrap();
     let via = placer.open(&mut sim, client, object).expect("a live replica");
     let replicas = placer.replicas(client, object);
