@@ -129,6 +129,18 @@ impl Peer {
         self.expect(&format!("`{line}`"), |l| l == line);
     }
 
+    /// Reads lines until each of `lines` has been printed, in any order,
+    /// within [`WAIT`]: `UP` comes from the connection and `joined` from the
+    /// board's sync, and either may be printed first.
+    fn expect_lines_in_any_order(&mut self, lines: &[String]) {
+        let mut missing: Vec<&String> = lines.iter().collect();
+        while !missing.is_empty() {
+            let what = format!("{missing:?}");
+            let line = self.expect(&what, |l| missing.iter().any(|m| m.as_str() == l));
+            missing.retain(|m| **m != line);
+        }
+    }
+
     /// Types `show` until the board's first line is `header` (it may still
     /// be syncing), within [`WAIT`].
     fn show_until(&mut self, header: &str) {
@@ -191,11 +203,9 @@ fn a_change_typed_on_one_peer_is_printed_on_the_other() {
     let [a, b] = free_ports();
     let mut pa = Peer::start(&binary, &dir, a, &[b], &[]);
     let mut pb = Peer::start(&binary, &dir, b, &[a], &[]);
-    pa.expect_line(&up(&[a, b]));
-    pb.expect_line(&up(&[a, b]));
     // Each peer's `joined` entry is what names its changes by port.
-    pa.expect_line(&format!("{b} joined"));
-    pb.expect_line(&format!("{a} joined"));
+    pa.expect_lines_in_any_order(&[up(&[a, b]), format!("{b} joined")]);
+    pb.expect_lines_in_any_order(&[up(&[a, b]), format!("{a} joined")]);
 
     pa.type_line("set color blue");
     pb.expect_line(&format!("{a} set color = blue (note #1)"));
@@ -233,9 +243,8 @@ fn a_restarted_peer_keeps_writing_visible_notes() {
     let [a, b] = free_ports();
     let mut pa = Peer::start(&binary, &dir, a, &[b], &[]);
     let mut pb = Peer::start(&binary, &dir, b, &[a], &[]);
-    pa.expect_line(&up(&[a, b]));
+    pa.expect_lines_in_any_order(&[up(&[a, b]), format!("{b} joined")]);
     pb.expect_line(&up(&[a, b]));
-    pa.expect_line(&format!("{b} joined"));
     pa.type_line("set first before the crash");
     pb.expect_line(&format!("{a} set first = before the crash (note #1)"));
     pb.type_line("set second from b");
@@ -318,8 +327,7 @@ fn metrics_addr_serves_counters_that_move_while_peers_write() {
         .parse()
         .expect("an address");
     let mut pb = Peer::start(&binary, &dir, b, &[a], &[]);
-    pa.expect_line(&up(&[a, b]));
-    pa.expect_line(&format!("{b} joined"));
+    pa.expect_lines_in_any_order(&[up(&[a, b]), format!("{b} joined")]);
 
     let object = ("object", "peer-board");
     let applied = |text: &str| series(text, "repred_updates_applied_total", &[object]);
