@@ -10,10 +10,12 @@
 //! `gossip` (repred against chitchat: a cluster converging on every node's
 //! keys), `idle` (bytes per node per second after convergence), `join` (a
 //! late joiner), `catchup` (a fresh node pulls 1M updates over loopback
-//! QUIC, against raw quinn), `resync` (equal replicas over QUIC), `fanout`
-//! (one writer, 16 subscribers over QUIC), `swim` (membership on real
-//! sockets: repred-transport clusters beside chitchat over UDP, idle bytes,
-//! failure detection, false positives), `tombstones` (1M inserts and 1M
+//! QUIC, against raw quinn), `catchup2p` (the same with the source and the
+//! fresh node in two processes, each pinned to its own core), `resync`
+//! (equal replicas over QUIC), `fanout` (one writer, 16 subscribers over
+//! QUIC), `swim` (membership on real sockets: repred-transport clusters
+//! beside chitchat over UDP, idle bytes, failure detection, false
+//! positives), `tombstones` (1M inserts and 1M
 //! deletes on three replicas, then collection: tombstones and RSS),
 //! `bigstate` (a state of 20M keys, over a gigabyte, to a fresh node over
 //! loopback QUIC), `bigstore` (the same state saved to a repred-store
@@ -22,6 +24,7 @@
 
 mod bigstate;
 mod bigstore;
+mod catchup2p;
 mod cluster;
 mod gossip;
 mod quic;
@@ -158,6 +161,9 @@ fn main() -> ExitCode {
         "idle" => gossip::idle(),
         "join" => gossip::join(),
         "catchup" => quic::catchup(),
+        "catchup2p" => return catchup2p::catchup2p(),
+        catchup2p::SENDER_ROLE => return catchup2p::sender(),
+        catchup2p::RECEIVER_ROLE => return catchup2p::receiver(),
         "resync" => quic::resync(),
         "fanout" => quic::fanout(),
         "swim" => swim::swim(),
@@ -171,6 +177,9 @@ fn main() -> ExitCode {
             gossip::idle();
             gossip::join();
             quic::catchup();
+            if catchup2p::catchup2p() != ExitCode::SUCCESS {
+                return ExitCode::FAILURE;
+            }
             quic::resync();
             quic::fanout();
             swim::swim();
@@ -180,7 +189,7 @@ fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, resync, fanout, swim, tombstones, bigstate, bigstore, all"
+                "unknown scenario {other:?}; one of: memory, digest, gossip, idle, join, catchup, catchup2p, resync, fanout, swim, tombstones, bigstate, bigstore, all"
             );
             return ExitCode::from(2);
         }
