@@ -330,6 +330,26 @@ mod tests {
         assert_eq!(h.drop_stable(stable, u64::MAX), 0);
     }
 
+    /// The memory a collection gives back is not taken again by the next
+    /// record (a log past an eighth of its limit takes the rest at once).
+    #[test]
+    fn a_collection_frees_memory_the_next_record_does_not_take_back() {
+        let limit = 40_000;
+        let mut h = History::new(limit);
+        for ts in 1..=limit as u64 {
+            h.push(record("A", ts));
+        }
+        assert_eq!(h.records.capacity(), limit);
+        // 8,000 records at and above the stable point stay: past an
+        // eighth of the limit, so the next push once took all of it back.
+        let stable = Timestamp::new(32_001, 0);
+        assert_eq!(h.drop_stable(stable, u64::MAX), 32_000);
+        let freed = h.records.capacity();
+        assert!(freed < limit / 4, "{freed}");
+        h.push(record("A", limit as u64 + 1));
+        assert!(h.records.capacity() <= 2 * freed, "{} of {limit}", h.records.capacity());
+    }
+
     #[test]
     fn eviction_raises_the_horizon_per_source() {
         let mut h = History::new(2);

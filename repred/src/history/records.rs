@@ -24,15 +24,22 @@ const MAX_RESERVE_BYTES: usize = 1 << 30;
 /// step; its pages are only touched as records come. One allocation, not
 /// chunks: an allocator reuses one block of the same size for the next
 /// replica's log, where chunks freed one by one go back to the system.
+///
+/// What counts as filling is growth since the log was last shrunk, not
+/// its length: a collection that leaves 20,000 of 100,000 records and
+/// gives the rest back would otherwise have the next push take all of it
+/// again, the memory freed for one record's time.
 #[derive(Debug)]
 pub(crate) struct Records<E> {
     queue: VecDeque<E>,
     limit: usize,
+    /// How many records the log held when it was last shrunk (0: never).
+    shrunk_at: usize,
 }
 
 impl<E> Records<E> {
     pub(crate) fn new(limit: usize) -> Self {
-        Self { queue: VecDeque::new(), limit }
+        Self { queue: VecDeque::new(), limit, shrunk_at: 0 }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -46,7 +53,9 @@ impl<E> Records<E> {
     #[inline]
     pub(crate) fn push_back(&mut self, record: E) {
         let len = self.queue.len();
-        if len == self.queue.capacity() && len >= GROW_BY_DOUBLING.max(self.limit / 8) {
+        if len == self.queue.capacity()
+            && len.saturating_sub(self.shrunk_at) >= GROW_BY_DOUBLING.max(self.limit / 8)
+        {
             let rest = self.limit.saturating_sub(len).max(1);
             if rest.saturating_mul(std::mem::size_of::<E>()) <= MAX_RESERVE_BYTES {
                 self.queue.reserve_exact(rest);
@@ -88,10 +97,13 @@ impl<E> Records<E> {
         self.queue.capacity()
     }
 
-    /// Gives back the room not in use.
+    /// Gives back the room not in use; it is taken again by doubling until
+    /// the log has grown by as much as a fresh one fills before taking the
+    /// rest of its limit (see [`Records`]).
     #[allow(dead_code)] // the log's collection (`History::drop_stable`) uses it
     pub(crate) fn shrink_to_fit(&mut self) {
         self.queue.shrink_to_fit();
+        self.shrunk_at = self.queue.len();
     }
 }
 
@@ -161,5 +173,34 @@ mod tests {
             small.push_back(i);
         }
         assert!(small.capacity() < 100);
+    }
+
+    /// The room a collection gave back stays given back: the next records
+    /// grow the log by doubling, and only a log filling up again (by an
+    /// eighth of its limit since) takes the rest of its limit at once.
+    #[test]
+    fn a_shrunk_log_does_not_take_its_limit_back_at_the_next_push() {
+        let limit = 100_000;
+        let mut records: Records<[u8; 64]> = Records::new(limit);
+        for _ in 0..limit {
+            records.push_back([0; 64]);
+        }
+        assert_eq!(records.capacity(), limit);
+        while records.len() > 20_000 {
+            records.drop_front(|_| ());
+        }
+        records.shrink_to_fit();
+        assert_eq!(records.capacity(), 20_000);
+        records.push_back([1; 64]);
+        assert!(records.capacity() <= 40_000, "the freed room came back: {}", records.capacity());
+        // Growth since the shrink, not size, is what counts as filling.
+        while records.len() < 20_000 + limit / 8 {
+            records.push_back([1; 64]);
+        }
+        assert!(records.capacity() <= 40_000, "{}", records.capacity());
+        while records.len() < 40_001 {
+            records.push_back([1; 64]);
+        }
+        assert_eq!(records.capacity(), limit, "filling again: the rest at once");
     }
 }
