@@ -24,9 +24,14 @@
 //!   ([`Node::release`]) once no write is under way on it and every live
 //!   replica's listed clock still covers this node's; if a write came in
 //!   meanwhile, the keeper holds it again and asks again. Released, it is
-//!   deleted from the node's store ([`Node::remove_stored`]) if every live
-//!   replica's listed clock covers the copy as released (else the store
-//!   keeps its log, for a later return).
+//!   deleted from the node's store once every live replica's listed clock
+//!   covers the copy as released, looked at every round until then (the
+//!   store keeps its log meanwhile, for a later return): see
+//!   [`Placer::stored`]. Deletions run off the runtime's workers, a
+//!   round's in one transaction ([`Node::remove_stored_many`]). A copy let
+//!   go is known only to this life of the placer: after a crash or a
+//!   restart, one not deleted yet stays in the store until the node holds
+//!   the object again and lets it go again.
 //! - **A restart** takes up what the node held in its last life (listed
 //!   under its id in the directory; a durable node's store kept each
 //!   object), and hands each to its replicas, or keeps it, as the keeper
@@ -87,6 +92,10 @@ use tokio::time::Instant;
 use crate::{
     Command, Keeper, KeeperConfig, KeeperStats, Role, Route, RouteConfig, RouteEvent, WriteId,
 };
+
+mod stored;
+
+use stored::Stored;
 
 /// The name of the directory, the control object every placing node
 /// replicates.
@@ -246,6 +255,9 @@ struct State<T: Reduce> {
     listed: BTreeMap<String, Clock>,
     /// Released objects whose entries are still to be deleted.
     unlist: BTreeSet<String>,
+    /// Copies let go whose store still keeps them, until covered (see
+    /// `stored.rs`).
+    stored: BTreeMap<String, Stored>,
     /// Whether this life's node record is listed as it stands.
     record_listed: bool,
     /// The lives of other nodes that said they are leaving, told to the
@@ -261,6 +273,9 @@ struct Shared<T: Reduce> {
     config: PlacerConfig,
     started: Instant,
     state: Mutex<State<T>>,
+    /// Counts the removals of stored copies done: a write that found its
+    /// object's copy being removed waits for the next.
+    removals: watch::Sender<u64>,
 }
 
 /// The directory as one node reads it: the entries of current lives.
@@ -351,6 +366,7 @@ where
             open: BTreeMap::new(),
             listed: BTreeMap::new(),
             unlist: BTreeSet::new(),
+            stored: BTreeMap::new(),
             record_listed: false,
             departing: BTreeSet::new(),
         };
@@ -362,6 +378,7 @@ where
             config,
             started: Instant::now(),
             state: Mutex::new(state),
+            removals: watch::Sender::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(shared.clone(), stopped));
@@ -394,7 +411,10 @@ where
     /// [`Placer::create`]); on any other, it makes a copy that goes
     /// through one live replica (see the [module](self)). The access
     /// stays open until [`Placer::close`] (or the placer stops); opening
-    /// it again is cheap.
+    /// it again is cheap. Fails with
+    /// [`Error::Removing`](repred_transport::Error::Removing) while this
+    /// node's store is deleting a copy of it it let go (a few
+    /// milliseconds; [`ObjectHandle::update`] waits that out by itself).
     pub fn open(&self, name: &str) -> Result<ObjectHandle<T>, PlaceError> {
         if name == DIRECTORY {
             return Err(PlaceError::Reserved(name.to_string()));
@@ -404,11 +424,16 @@ where
     }
 
     /// Closes this node's access to `name`, if it holds no replica of it:
-    /// its copy is released. If a live replica's listed clock covers
-    /// everything the copy had (the test of an acknowledgement), the
-    /// store's copy is deleted too ([`Node::remove_stored`]); otherwise
-    /// the store keeps its log, and opening the object again resumes it
-    /// and syncs what no replica took. Writes still waiting for an
+    /// its copy is released, and its store keeps the copy's log until
+    /// *every* live replica of the object lists a clock covering it; the
+    /// placer's task then deletes it ([`Node::remove_stored_many`],
+    /// [`Placer::stored`]). One covering replica is not enough: an
+    /// acknowledged write is on that replica, but if it crashed before
+    /// syncing the others and never came back, the copy would be the
+    /// write's only other home. Until then, opening the object again
+    /// resumes the copy and syncs what no replica took. (A replica that
+    /// crashed for good is covered for once the member list declares it
+    /// down and its stand-in has synced.) Writes still waiting for an
     /// acknowledgement fail with [`PlaceError::NotAcknowledged`]; each
     /// reached a replica or is in the copy's log. Returns whether an
     /// access was open.
@@ -420,19 +445,11 @@ where
         drop(access);
         shared.node.release(name).await?;
         // Released: the copy takes nothing more, its clock is final.
-        let mine = handle.clock();
-        let view = shared.view();
-        let state = lock(&shared.state);
+        let clock = handle.clock();
+        let mut state = lock(&shared.state);
         // Not if this node holds it again meanwhile, nor opened it again.
         if !state.held.contains_key(name) && !state.open.contains_key(name) {
-            let replicas = state.keeper.place(&name.to_string(), None).replicas;
-            let covered = replicas
-                .iter()
-                .any(|r| *r != shared.me && view.lists(*r, name).is_some_and(|c| c.covers(&mine)));
-            if covered {
-                // A failure leaves the log in the store: nothing lost.
-                let _ = shared.node.remove_stored(name);
-            }
+            state.stored.insert(name.to_string(), Stored { clock, k: None });
         }
         Ok(true)
     }
@@ -499,11 +516,13 @@ where
     /// from now on ([`Keeper::leave`]); it says so in the directory, so
     /// that the other nodes count it absent at once and the next replicas
     /// of its objects take them; it hands each object off and releases it
-    /// once every live replica's clock covers it; then it shuts down.
-    /// Writes on this node meanwhile still land (on its copies, handed off
-    /// with the rest). Returns whether everything was handed off within
-    /// `limit`; if not, it shuts down all the same, and what it still held
-    /// is covered as after a crash (stand-ins, and its store on a return).
+    /// once every live replica's clock covers it, and deletes it from its
+    /// store once every live replica's clock covers the copy as released;
+    /// then it shuts down. Writes on this node meanwhile still land (on
+    /// its copies, handed off with the rest). Returns whether everything
+    /// was handed off and deleted within `limit`; if not, it shuts down
+    /// all the same, and what it still held is covered as after a crash
+    /// (stand-ins, and its store on a return).
     pub async fn leave(self, limit: Duration) -> bool {
         {
             let mut state = lock(&self.shared.state);
@@ -516,7 +535,7 @@ where
             loop {
                 {
                     let state = lock(&shared.state);
-                    if state.keeper.is_empty() && state.held.is_empty() {
+                    if state.keeper.is_empty() && state.held.is_empty() && state.stored.is_empty() {
                         return;
                     }
                 }
@@ -583,12 +602,26 @@ where
     /// this node's copy and returns once a replica acknowledged the write
     /// (its clock covers it), through failovers, or fails with
     /// [`PlaceError::NotAcknowledged`] after
-    /// [`RouteConfig::write_timeout_ms`]. `None`: it changed nothing.
+    /// [`RouteConfig::write_timeout_ms`]. `None`: it changed nothing. If
+    /// this node's store is deleting a copy of the object it let go, the
+    /// write waits for that (bounded) and goes to a copy made afresh.
     pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, PlaceError> {
         let shared = &self.shared;
         let name = &self.name;
         loop {
-            match shared.copy(name)? {
+            let removals = *shared.removals.borrow();
+            let copy = match shared.copy(name) {
+                // This node's stored copy of it is being deleted (a
+                // transaction, a few milliseconds): made again once that
+                // is done, from scratch.
+                Err(PlaceError::Transport(repred_transport::Error::Removing(_)))
+                    if shared.removed(removals).await =>
+                {
+                    continue;
+                }
+                copy => copy?,
+            };
+            match copy {
                 Copy::Held(handle, writes) => {
                     let _writing = writes.read().await;
                     // A drop may have released it while this write
@@ -969,11 +1002,7 @@ where
             let state = lock(&self.state);
             let Some(held) = state.held.get(&name) else { return Ok(()) };
             let mine = held.handle.clock();
-            let placed = state.keeper.place(&name, Some(held.k));
-            let others: Vec<SourceId> =
-                placed.replicas.iter().copied().filter(|r| *r != self.me).collect();
-            !others.is_empty()
-                && others.iter().all(|r| view.lists(*r, &name).is_some_and(|c| c.covers(&mine)))
+            stored::covered(&state.keeper, &view, self.me, &name, Some(held.k), &mine)
         };
         if !covered {
             let mut state = lock(&self.state);
@@ -983,32 +1012,16 @@ where
             return Ok(());
         }
         let released = self.node.release(&name).await;
-        let view = self.view();
         let mut state = lock(&self.state);
         match released {
             Ok(_) => {
-                // Its store's copy goes too if every live replica still
-                // covers what it had, checked again on the copy as
-                // released (a peer's update may have come in since the
-                // check above); otherwise the store keeps it, as it would
-                // for a node that makes it again. Under the state's lock,
-                // so that no replica of it is made here meanwhile.
-                if let Some(held) = state.held.get(&name) {
-                    let mine = held.handle.clock();
-                    let placed = state.keeper.place(&name, Some(held.k));
-                    let others: Vec<SourceId> =
-                        placed.replicas.iter().copied().filter(|r| *r != self.me).collect();
-                    let covered = !others.is_empty()
-                        && others
-                            .iter()
-                            .all(|r| view.lists(*r, &name).is_some_and(|c| c.covers(&mine)));
-                    if covered {
-                        // A failure leaves the log in the store: nothing
-                        // lost.
-                        let _ = self.node.remove_stored(&name);
-                    }
+                // Its store's copy goes once every live replica covers it
+                // as released (a peer's update may have come in since the
+                // check above): looked at every round from now on.
+                if let Some(held) = state.held.remove(&name) {
+                    let copy = Stored { clock: held.handle.clock(), k: Some(held.k) };
+                    state.stored.insert(name.clone(), copy);
                 }
-                state.held.remove(&name);
                 state.listed.remove(&name);
                 state.unlist.insert(name);
                 Ok(())
@@ -1060,6 +1073,13 @@ where
         for name in drops {
             // A failed release is retried by the keeper; nothing to do.
             let _ = shared.drop_object(name).await;
+        }
+        // The copies let go that are covered now, this round's drops
+        // included: deleted in one transaction, off the runtime's workers,
+        // with no lock held.
+        let removable = shared.removable();
+        if !removable.is_empty() {
+            shared.remove(removable).await;
         }
         if let Some(writes) = writes
             && let Err(PlaceError::Transport(repred_transport::Error::Shutdown)) =

@@ -6,9 +6,11 @@
 //! acknowledgement timeout 600 s). The replica in use is killed (dropped,
 //! no shutdown); the next write is acknowledged through the next replica
 //! on the list while the killed one is still a live member for everyone.
-//! Then the access is closed, and the client's store keeps nothing of its
-//! copy. Every wait is bounded; what is asserted is where things end up, not how
-//! fast.
+//! Then the access is closed: the client's store keeps its copy while the
+//! killed replica, still listed live, has not covered it (the only other
+//! home of the writes made after the kill is one replica), and deletes it
+//! once the killed replica is back and covers it. Every wait is bounded;
+//! what is asserted is where things end up, not how fast.
 
 mod common;
 
@@ -36,7 +38,8 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     let dir = tempfile::tempdir().unwrap();
     let route = RouteConfig::default().ack_timeout_ms(600_000).write_timeout_ms(1_200_000);
     let config = PlacerConfig::default().route(route);
-    let Cluster { mut placers, ids, .. } = cluster_with(dir.path(), config, slow_detection).await;
+    let Cluster { mut placers, ids, seed } =
+        cluster_with(dir.path(), config.clone(), slow_detection).await;
 
     let doc = "doc";
     let mut placement = Placement::default();
@@ -77,8 +80,9 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     eprintln!("{:?}: 5 writes acknowledged through {}", started.elapsed(), list[0]);
 
     // Kill the replica in use: no shutdown, no goodbye.
-    let victim = at(&placers, list[0]).unwrap();
-    drop(placers[victim].take());
+    let killed = at(&placers, list[0]).unwrap();
+    let killed_addr = placers[killed].as_ref().unwrap().node().addr();
+    drop(placers[killed].take());
     for value in 5..10 {
         write(value).await;
         let next = placers[at(&placers, list[1]).unwrap()].as_ref().unwrap();
@@ -105,12 +109,32 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     );
     eprintln!("{:?}: 5 more acknowledged through {}", started.elapsed(), list[1]);
 
-    // Closing the access: every write of the copy is on a replica, so the
-    // client's store keeps nothing of it (read once the node is down).
+    // Closing the access: every write of the copy is on a replica, but
+    // the last five on one replica only, and the killed one, still a live
+    // replica for the client, covers none of them: the client's store
+    // keeps the copy, round after round, while that holds.
     let on_client = placers[client].as_ref().unwrap();
     let client_port = on_client.node().addr().port();
     assert!(on_client.close(doc).await.unwrap(), "an access was open");
     assert!(!on_client.node().replicated().contains(&doc.to_string()), "the copy is released");
+    for _ in 0..10 {
+        assert_eq!(on_client.stored(), [doc], "kept while a live replica does not cover it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The killed replica comes back on its store, takes the object up
+    // again and syncs it from the other two: now every live replica
+    // covers the copy, and the client's store lets it go.
+    let node = common::start_with(dir.path(), killed_addr, Some(seed), slow_detection).await;
+    assert_eq!(node.id(), list[0], "the same node (its certificate is in the data dir)");
+    placers[killed] = Some(repred_place::transport::Placer::spawn(node, config).unwrap());
+    let on_client = placers[client].as_ref().unwrap();
+    eventually("the client's stored copy is deleted", Duration::from_secs(60), || {
+        let stored = on_client.stored();
+        if stored.is_empty() { Ok(()) } else { Err(format!("still kept: {stored:?}")) }
+    })
+    .await;
+    eprintln!("{:?}: the closed copy deleted once all replicas covered it", started.elapsed());
     // The handle holds the placer's node: let it go, so the node shuts down.
     drop(handle);
 

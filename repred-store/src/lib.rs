@@ -974,33 +974,72 @@ impl Store {
     /// For a replica the caller stopped saving and will not bring back
     /// from here (one whose every entry is known to be held elsewhere:
     /// `repred-place` drops an object from a node once its other replicas
-    /// cover it). Call it only once nothing saves that replica any more: a
-    /// [`Batch`] of it prepared before and committed after would leave a
-    /// header over a log that is gone (a later load fails to decode it).
+    /// cover it). Call it only once nothing saves or loads that replica
+    /// any more: a [`Batch`] of it prepared before and committed after
+    /// would leave a header over a log that is gone (a later load fails to
+    /// decode it), and a load that reads it while the removal commits
+    /// gets the replica as it was.
+    ///
+    /// It commits with an fsync on the calling thread: call it off an
+    /// async runtime's workers. See [`remove_all`](Store::remove_all) to
+    /// remove many in one commit.
     pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        let mut metas = self.metas();
+        Ok(self.remove_all([name])? > 0)
+    }
+
+    /// Deletes everything saved under each of `names`, as
+    /// [`remove`](Store::remove) does, all in one transaction (one fsync);
+    /// returns how many of them had anything. When it fails, nothing was
+    /// deleted.
+    pub fn remove_all<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<usize, StoreError> {
+        let names: Vec<&str> = names.into_iter().collect();
+        // The headers' cache is not locked across the commit: a load or a
+        // save of another replica (which lock it) does not wait for this
+        // fsync.
         let removed = self.with_db(|db| {
             let txn = db.begin_write().map_err(storage)?;
-            let found = {
+            let mut found = 0;
+            {
                 let mut meta = txn.open_table(META).map_err(storage)?;
-                let found = meta.remove(name).map_err(storage)?.is_some();
-                txn.open_table(ENTRIES)
-                    .map_err(storage)?
-                    .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
-                    .map_err(storage)?;
-                txn.open_table(PARTS)
-                    .map_err(storage)?
-                    .retain_in((name, 0, 0)..=(name, u64::MAX, u64::MAX), |_, _| false)
-                    .map_err(storage)?;
-                found
-            };
+                let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+                let mut parts = txn.open_table(PARTS).map_err(storage)?;
+                for &name in &names {
+                    if meta.remove(name).map_err(storage)?.is_some() {
+                        found += 1;
+                    }
+                    entries
+                        .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+                        .map_err(storage)?;
+                    parts
+                        .retain_in((name, 0, 0)..=(name, u64::MAX, u64::MAX), |_, _| false)
+                        .map_err(storage)?;
+                }
+            }
             txn.commit().map_err(storage)?;
             Ok(found)
         });
         // Whether it committed or not, the disk is the truth from here.
-        metas.remove(name);
-        if let Ok(found) = &removed {
-            tracing::debug!(path = %self.path.display(), name, found, "replica removed from the store");
+        let mut metas = self.metas();
+        for name in &names {
+            metas.remove(*name);
+        }
+        drop(metas);
+        match &removed {
+            Ok(found) => tracing::debug!(
+                path = %self.path.display(),
+                names = names.len(),
+                found,
+                "replicas removed from the store"
+            ),
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                names = names.len(),
+                error = %e,
+                "removing replicas from the store failed; nothing of it was deleted"
+            ),
         }
         removed
     }

@@ -13,6 +13,7 @@
 //! 2 s: once the cause is gone, the next try commits everything still
 //! pending, and only then are those entries released to peers.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -101,7 +102,57 @@ pub(crate) struct Durable {
     /// Weak: objects hold the store, and a cycle would keep the file open
     /// (and locked) after the node is gone.
     objects: Mutex<Vec<Weak<dyn Persist>>>,
+    /// Names whose stored copy is being loaded or removed now: a removal
+    /// and a load of the same name exclude each other (see [`Claim`]).
+    claims: Mutex<HashMap<String, Claim>>,
     metrics: StoreMetrics,
+}
+
+/// What is under way on one name's stored copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// This many replicas of the name are being made: loaded from the
+    /// store, not registered yet.
+    Loading(usize),
+    /// Its stored copy is being deleted (a transaction and an fsync on the
+    /// blocking pool).
+    Removing,
+}
+
+/// A name claimed for a load ([`Durable::claim_load`]) or a removal
+/// ([`Durable::claim_removal`]); the claim ends when this is dropped.
+pub(crate) struct Claimed {
+    durable: Arc<Durable>,
+    name: String,
+}
+
+impl Claimed {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let mut claims = self.durable.claims();
+        if let Some(claim) = claims.get_mut(&self.name) {
+            match claim {
+                Claim::Loading(n) if *n > 1 => *n -= 1,
+                _ => {
+                    claims.remove(&self.name);
+                }
+            }
+        }
+    }
+}
+
+/// Why a name could not be claimed for a removal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Busy {
+    /// A replica of it is being made, or is registered.
+    InUse,
+    /// Another removal of it is under way.
+    Removing,
 }
 
 /// What one successful round wrote.
@@ -120,12 +171,56 @@ impl Durable {
             requested: watch::Sender::new(0),
             progress: watch::Sender::new(Progress::default()),
             objects: Mutex::new(Vec::new()),
+            claims: Mutex::new(HashMap::new()),
             metrics,
         })
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
+        // Each change to the map is one insert or remove: a panic cannot
+        // leave it half-changed.
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `name` for a replica being made from its stored copy: hold
+    /// the claim until the replica is registered, so that no removal of
+    /// the copy runs between the load and the registration. Fails with
+    /// [`Error::Removing`] while a removal of it is under way.
+    pub(crate) fn claim_load(self: &Arc<Self>, name: &str) -> Result<Claimed, Error> {
+        let mut claims = self.claims();
+        match claims.get_mut(name) {
+            Some(Claim::Removing) => return Err(Error::Removing(name.to_string())),
+            Some(Claim::Loading(n)) => *n += 1,
+            None => {
+                claims.insert(name.to_string(), Claim::Loading(1));
+            }
+        }
+        Ok(Claimed { durable: self.clone(), name: name.to_string() })
+    }
+
+    /// Claims `name` for the removal of its stored copy, unless a replica
+    /// of it is being made or (`in_use`, asked under the claims' lock, so
+    /// that no registration slips in between) is registered, or another
+    /// removal holds it.
+    pub(crate) fn claim_removal(
+        self: &Arc<Self>,
+        name: &str,
+        in_use: impl FnOnce() -> bool,
+    ) -> Result<Claimed, Busy> {
+        let mut claims = self.claims();
+        match claims.get(name) {
+            Some(Claim::Removing) => return Err(Busy::Removing),
+            Some(Claim::Loading(_)) => return Err(Busy::InUse),
+            None if in_use() => return Err(Busy::InUse),
+            None => {
+                claims.insert(name.to_string(), Claim::Removing);
+            }
+        }
+        Ok(Claimed { durable: self.clone(), name: name.to_string() })
     }
 
     pub(crate) fn register(&self, object: &Arc<dyn Persist>) {

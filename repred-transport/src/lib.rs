@@ -152,6 +152,11 @@ pub enum Error {
     /// An object of this name is replicated already.
     #[error("an object named {0:?} is replicated already")]
     AlreadyReplicated(String),
+    /// The node's stored copy of this object is being deleted
+    /// ([`Node::remove_stored`]); a replica of it can be made again once
+    /// that is done (a few milliseconds), and then starts from scratch.
+    #[error("the stored copy of {0:?} is being removed; replicate it again once that is done")]
+    Removing(String),
     /// The name cannot name an object.
     #[error("invalid object name {name:?}: {reason}")]
     InvalidName {

@@ -388,6 +388,9 @@ impl Node {
         }
         let config = self.inner.config.clone();
         let durable = self.inner.durable.clone();
+        // Held until the object is registered: no removal of its stored
+        // copy runs between the load and then (see `Node::remove_stored`).
+        let _loading = durable.as_ref().map(|d| d.claim_load(name)).transpose()?;
         let replica = match &durable {
             // Loading is a few small reads; done in place, before any peer
             // can see the object.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::durable::{Busy, Claimed, Durable};
 use crate::{Error, Node};
 
 impl Node {
@@ -74,18 +75,87 @@ impl Node {
     /// (`repred-place` removes an object it dropped once the object's
     /// other replicas cover it): what only this store kept is lost.
     ///
-    /// It commits at once, with an fsync, on the calling thread (a few
-    /// milliseconds). Fails with [`Error::AlreadyReplicated`] if `name` is
-    /// replicated now (release it first), [`Error::Config`] on a node
+    /// The transaction and its fsync run on tokio's blocking pool, not on
+    /// the task that awaits this. The removal is atomic with respect to a
+    /// [`replicate`](Node::replicate) of the same name, whichever task
+    /// calls either: the replicate either comes first (the removal then
+    /// fails with [`Error::AlreadyReplicated`] and deletes nothing), or
+    /// finds the removal under way and fails with [`Error::Removing`]
+    /// (call it again once this returned), or comes after it and starts
+    /// from scratch; it never resumes a copy that is being deleted. A
+    /// removal started runs to its end even if this future is dropped.
+    ///
+    /// Fails with [`Error::AlreadyReplicated`] if `name` is replicated
+    /// now or being made (release it first), [`Error::Removing`] if
+    /// another removal of it is under way, [`Error::Config`] on a node
     /// that is not durable, [`Error::Storage`] if the store cannot be
     /// written (nothing was deleted then).
-    pub fn remove_stored(&self, name: &str) -> Result<bool, Error> {
-        let Some(durable) = &self.inner.durable else {
-            return Err(Error::Config("only a durable node has a store to remove from"));
-        };
-        if self.inner.registry.borrow().contains_key(name) {
-            return Err(Error::AlreadyReplicated(name.to_string()));
+    pub async fn remove_stored(&self, name: &str) -> Result<bool, Error> {
+        let durable = self.store_to_remove_from()?;
+        let claim =
+            durable.claim_removal(name, || self.is_replicated(name)).map_err(
+                |busy| match busy {
+                    Busy::InUse => Error::AlreadyReplicated(name.to_string()),
+                    Busy::Removing => Error::Removing(name.to_string()),
+                },
+            )?;
+        Ok(remove(durable, vec![claim]).await? > 0)
+    }
+
+    /// Deletes what this node's store keeps of each of `names`, as
+    /// [`remove_stored`](Node::remove_stored) does, in one transaction
+    /// (one fsync for all): `repred-place` removes every object that a
+    /// round found covered at once. A name replicated now, being made or
+    /// being removed already is left as it is; returns the names removed
+    /// (whether the store had anything of them or not). Fails with
+    /// [`Error::Config`] on a node that is not durable, [`Error::Storage`]
+    /// if the store cannot be written (nothing was deleted then).
+    pub async fn remove_stored_many<S: AsRef<str>>(
+        &self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<String>, Error> {
+        let durable = self.store_to_remove_from()?;
+        let claims: Vec<Claimed> = names
+            .into_iter()
+            .filter_map(|name| {
+                let name = name.as_ref();
+                durable.claim_removal(name, || self.is_replicated(name)).ok()
+            })
+            .collect();
+        if claims.is_empty() {
+            return Ok(Vec::new());
         }
-        durable.store().remove(name).map_err(|e| Error::Storage(e.to_string()))
+        let names = claims.iter().map(|c| c.name().to_string()).collect();
+        remove(durable, claims).await?;
+        Ok(names)
+    }
+
+    fn store_to_remove_from(&self) -> Result<Arc<Durable>, Error> {
+        match &self.inner.durable {
+            Some(durable) => Ok(durable.clone()),
+            None => Err(Error::Config("only a durable node has a store to remove from")),
+        }
+    }
+
+    fn is_replicated(&self, name: &str) -> bool {
+        self.inner.registry.borrow().contains_key(name)
+    }
+}
+
+/// Deletes the claimed names' stored copies in one transaction on the
+/// blocking pool; the claims end once it committed (or failed), so that a
+/// replica made from then on finds the store as the removal left it.
+async fn remove(durable: Arc<Durable>, claims: Vec<Claimed>) -> Result<usize, Error> {
+    // The store logs the removal in the node's span.
+    let span = tracing::Span::current();
+    let removal = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let removed = durable.store().remove_all(claims.iter().map(Claimed::name));
+        drop(claims);
+        removed
+    });
+    match removal.await {
+        Ok(removed) => removed.map_err(|e| Error::Storage(e.to_string())),
+        Err(e) => Err(Error::Task(format!("removing stored copies: {e}"))),
     }
 }
