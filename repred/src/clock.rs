@@ -53,6 +53,29 @@ impl Clock {
         }
     }
 
+    /// Raises `source` to `ts` if that is newer; returns what it was
+    /// (`None`: `ts` was not newer), so that the raise can be undone
+    /// ([`set_back`](Clock::set_back)).
+    pub(crate) fn raise(&mut self, source: SourceId, ts: Timestamp) -> Option<Timestamp> {
+        if ts == Timestamp::ZERO {
+            return None;
+        }
+        let entry = self.0.entry(source).or_insert(Timestamp::ZERO);
+        let was = *entry;
+        (ts > was).then(|| std::mem::replace(entry, ts))
+    }
+
+    /// Puts `source` back to `ts` ([`Timestamp::ZERO`]: unseen): only to
+    /// undo raises for updates that were not applied after all (a user's
+    /// `reduce` panicked), since clocks otherwise never go back.
+    pub(crate) fn set_back(&mut self, source: SourceId, ts: Timestamp) {
+        if ts == Timestamp::ZERO {
+            self.0.remove(&source);
+        } else {
+            self.0.insert(source, ts);
+        }
+    }
+
     /// Raises `source` to `ts` if that is newer and `then` succeeds, in one
     /// lookup; returns whether it was raised. When `then` fails, nothing
     /// changes.

@@ -454,6 +454,9 @@ impl<T: Reduce> Core<T> {
 /// An envelope past its checks, its change stamped, awaiting its reduce.
 pub(crate) struct Admitted<U> {
     stamp: Stamp,
+    /// Its source's clock entry before it: what the clock goes back to if
+    /// its reduce never returns.
+    was: Timestamp,
     /// The stamped change.
     change: U,
     /// The envelope as it came, recorded and relayed as it came (see
@@ -467,12 +470,30 @@ pub(crate) struct Staged<U> {
     index: usize,
     /// The stamped change, then what its reduce returned.
     change: Option<U>,
+    /// Its source's clock entry before it (see [`Admitted`]).
+    was: Timestamp,
 }
 
 /// The most envelopes the inbox and the staged list keep room for between
 /// frames: a frame of default size holds a few thousand; one a peer made
 /// as large as the frame limit allows does not pin its size for ever.
 pub(crate) const KEEP_ENVELOPES: usize = 16_384;
+
+/// Undoes an admitted update's clock raise unless forgotten once its
+/// reduce returned: a user's `reduce` that panics (and a replica used
+/// after the panic was caught) must not leave the clock claiming an update
+/// the state never took, for nobody would send it again.
+struct SetBack<'a> {
+    clock: &'a mut Clock,
+    stamp: Stamp,
+    was: Timestamp,
+}
+
+impl Drop for SetBack<'_> {
+    fn drop(&mut self) {
+        self.clock.set_back(self.stamp.source, self.was);
+    }
+}
 
 /// The stream a source's updates come from, and how far it is known to have
 /// them.
@@ -672,8 +693,10 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         match self.admit(now, envelope) {
-            Ok(Admitted { stamp, change, envelope }) => {
+            Ok(Admitted { stamp, was, change, envelope }) => {
+                let unwinding = SetBack { clock: &mut self.clock, stamp, was };
                 let result = self.state.reduce(change);
+                std::mem::forget(unwinding);
                 self.record(stamp, envelope, result)
             }
             Err(outcome) => outcome,
@@ -715,24 +738,44 @@ impl<T: Reduce> Core<T> {
         {
             return Err(self.reject(source, ts, reason));
         }
-        slot.seen = ts;
+        let was = std::mem::replace(&mut slot.seen, ts);
         let signed = envelope.signature.is_some();
         let change = self.take_in(envelope.stamp(), &mut envelope.change, signed);
-        self.staged.push(Staged { index, change: Some(change) });
+        self.staged.push(Staged { index, change: Some(change), was });
         Ok(())
     }
 
     /// Reduces and records everything staged, in order, and empties the
     /// inbox.
+    ///
+    /// The clock took every staged stamp before the reduces, so should a
+    /// user's `reduce` panic (and the replica be used after the panic is
+    /// caught), the updates reduced before it are recorded as usual and
+    /// the clock goes back for the rest before the panic goes on: the
+    /// replica claims exactly what its state took, and its peers send the
+    /// rest again. (The update whose reduce panicked may have left part of
+    /// itself in the state: harmless, as reduces are joins, and it will be
+    /// reduced again.) Caught once a frame, not a guard per update, the
+    /// loops stay as tight as without it.
     pub(crate) fn apply_staged(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
-        for entry in &mut staged {
-            entry.change = entry.change.take().and_then(|change| self.state.reduce(change));
-        }
+        let mut reduced = 0;
+        let state = &mut self.state;
+        let reducing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for entry in &mut staged {
+                entry.change = entry.change.take().and_then(|change| state.reduce(change));
+                reduced += 1;
+            }
+        }));
         let mut inbox = std::mem::take(&mut self.inbox);
+        if reducing.is_err() {
+            self.set_back(&staged[reduced..], &inbox);
+            staged.truncate(reduced);
+        }
         let mut reduced = staged.drain(..).peekable();
         for (index, envelope) in inbox.drain(..).enumerate() {
-            // The old and refused were not staged: they go with the inbox.
+            // The old and refused were not staged (and those a panic
+            // left unreduced no longer are): they go with the inbox.
             if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
                 self.record(envelope.stamp(), envelope.into_envelope(), change);
             }
@@ -743,6 +786,23 @@ impl<T: Reduce> Core<T> {
         staged.shrink_to(KEEP_ENVELOPES);
         self.inbox = inbox;
         self.staged = staged;
+        if let Err(panic) = reducing {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// Gives the clock back for staged updates that were not reduced.
+    fn set_back(&mut self, unreduced: &[Staged<T::Update>], inbox: &[Received<T::Update>]) {
+        // A source's updates are staged in rising order: its first one
+        // unreduced holds what its clock entry was before them.
+        let mut done = std::collections::BTreeSet::new();
+        for entry in unreduced {
+            if let Some(envelope) = inbox.get(entry.index)
+                && done.insert(envelope.source)
+            {
+                self.clock.set_back(envelope.source, entry.was);
+            }
+        }
     }
 
     /// The checks before an envelope's reduce: refused and old ones stop
@@ -756,14 +816,16 @@ impl<T: Reduce> Core<T> {
         if let Err(reason) = self.check(now, source, ts) {
             return Err(self.reject(source, ts, reason));
         }
-        if envelope.signature.is_none() && !self.config.is_strict() {
+        let was = if envelope.signature.is_none() && !self.config.is_strict() {
             // Nothing to verify: one clock lookup tells old from new.
-            if !self.clock.observe(source, ts) {
+            let Some(was) = self.clock.raise(source, ts) else {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
-            }
+            };
+            was
         } else {
-            if self.clock.has(source, ts) {
+            let was = self.clock.get(source);
+            if ts <= was {
                 self.stats.old += 1;
                 return Err(Outcome::Old);
             }
@@ -774,11 +836,12 @@ impl<T: Reduce> Core<T> {
                 return Err(self.reject(source, ts, reason));
             }
             self.clock.observe(source, ts);
-        }
+            was
+        };
         let mut envelope = envelope;
         let signed = envelope.signature.is_some();
         let change = self.take_in(envelope.stamp(), &mut envelope.change, signed);
-        Ok(Admitted { stamp: Stamp { ts, source }, change, envelope })
+        Ok(Admitted { stamp: Stamp { ts, source }, was, change, envelope })
     }
 
     /// A new envelope's way in, past its checks and with the clock moved:
@@ -1524,5 +1587,121 @@ impl<'a, U> Iterator for Changes<'a, U> {
             };
             return Some(Delivery::Change(change));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::BTreeSet;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+    use crate::{Network, Outcome};
+
+    thread_local! {
+        /// The value whose insertion panics, on this test's thread only.
+        static POISON: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// A grow-only set whose reduce panics at the poisoned value, after
+    /// inserting the values before it in the same update: a user's bug that
+    /// leaves an update half in the state.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Fragile(BTreeSet<u64>);
+
+    impl Reduce for Fragile {
+        type Update = Vec<u64>;
+
+        fn reduce(&mut self, update: Vec<u64>) -> Option<Vec<u64>> {
+            let mut added = Vec::new();
+            for value in update {
+                assert!(POISON.get() != Some(value), "the user's reduce fails at {value}");
+                if self.0.insert(value) {
+                    added.push(value);
+                }
+            }
+            (!added.is_empty()).then_some(added)
+        }
+
+        fn snapshot(&self) -> Vec<u64> {
+            self.0.iter().copied().collect()
+        }
+    }
+
+    fn id(name: &str) -> SourceId {
+        SourceId::new(name).expect("a valid test id")
+    }
+
+    /// Whether every update of `source` that `replica`'s clock claims is in
+    /// its state, given what each wrote.
+    fn claims_only_what_it_holds(replica: &Replica<Fragile>, writes: &[(Stamp, Vec<u64>)]) {
+        let clock = replica.clock();
+        for (stamp, values) in writes {
+            if clock.has(stamp.source, stamp.ts) {
+                assert!(
+                    values.iter().all(|v| replica.state().0.contains(v)),
+                    "the clock claims {stamp:?}, but the state lacks some of {values:?}"
+                );
+            }
+        }
+    }
+
+    /// A user's reduce that panics mid-frame, caught, leaves the replica
+    /// claiming no update its reduce did not return from: what came before
+    /// is kept (and recorded), and a later sync brings the rest.
+    #[test]
+    fn a_reduce_that_panicked_mid_frame_leaves_the_rest_to_be_asked_for_again() {
+        let mut net = Network::new();
+        let a = net.add(Replica::new(id("a"), Fragile::default()));
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let link = net.link(a, b);
+        net.pump();
+        let mut writes = Vec::new();
+        for i in 0..100u64 {
+            // The 50th update carries the poison after a harmless value.
+            let values = if i == 50 { vec![i, 5_000] } else { vec![i, 1_000 + i] };
+            let stamp = net.update(a, values.clone()).ok().flatten();
+            writes.push((stamp.expect("a new update"), values));
+        }
+        POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| net.pump()));
+        POISON.set(None);
+        assert!(caught.is_err(), "the reduce panicked");
+        let b_clock = net[b].clock().get(id("a"));
+        assert!(b_clock < writes[50].0.ts, "b claims the update whose reduce panicked");
+        assert!(b_clock > Timestamp::ZERO, "what came before stays");
+        claims_only_what_it_holds(&net[b], &writes);
+        assert!(net[b].history_len() > 0, "and is recorded, to be relayed");
+
+        net.cut(link);
+        net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].state(), net[a].state());
+        assert_eq!(net[b].clock(), net[a].clock());
+    }
+
+    /// The same through `Replica::apply`: the clock stays where it was.
+    #[test]
+    fn a_reduce_that_panicked_in_apply_moves_no_clock() {
+        let mut r = Replica::new(id("r"), Fragile::default());
+        let now = Network::<Fragile>::EPOCH;
+        let ts = Timestamp::new(now, 0);
+        let first = Envelope::new(id("w"), ts, vec![1]);
+        assert_eq!(r.apply(now, first), Outcome::Applied);
+        let poisoned = Envelope::new(id("w"), ts.next(now), vec![2, 5_000]);
+        POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| r.apply(now, poisoned.clone())));
+        POISON.set(None);
+        assert!(caught.is_err());
+        assert_eq!(r.clock().get(id("w")), ts, "the clock went back");
+        assert_eq!(r.apply(now, poisoned), Outcome::Applied, "and it is taken when sent again");
+        let fresh = Envelope::new(id("v"), ts, vec![7, 5_000]);
+        POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| r.apply(now, fresh)));
+        POISON.set(None);
+        assert!(caught.is_err());
+        assert_eq!(r.clock().get(id("v")), Timestamp::ZERO, "a new source is unseen again");
+        assert_eq!(r.clock().len(), 1);
     }
 }
