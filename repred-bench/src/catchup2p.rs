@@ -24,8 +24,8 @@
 //! Environment: `CATCHUP_RUNS` (default 5) runs of each path;
 //! `CATCHUP_HISTORY=0` runs the cheaper path alone; `CATCHUP2P_PIN=0`
 //! leaves the processes unpinned (for comparison); `CATCHUP2P_WORKERS`
-//! (default 1) tokio worker threads per process; `CATCHUP_PART_BYTES` as
-//! in `catchup`.
+//! tokio worker threads per process (default 2, as `catchup`'s runtime; 0:
+//! a current-thread runtime); `CATCHUP_PART_BYTES` as in `catchup`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -311,7 +311,7 @@ fn run() -> Result<()> {
     println!("`CATCHUP_RUNS={runs} cargo run --release -p repred-bench -- catchup2p`\n");
     println!(
         "The `catchup` scenario's source, session loop and raw-quinn baseline, with the source in one process and the fresh node in another ({pinning}; {} tokio worker(s) each), over 127.0.0.1. Load average at the start: {}.\n",
-        env("CATCHUP2P_WORKERS", 1),
+        env("CATCHUP2P_WORKERS", 2),
         load_average()
     );
     let mut sender = Peer::spawn(SENDER_ROLE, &[], sender_cpu)?;
@@ -453,12 +453,20 @@ fn child_setup() -> Result<()> {
     Ok(())
 }
 
+/// The child's tokio runtime: `CATCHUP2P_WORKERS` worker threads (2, as
+/// `quic::runtime`, unless set), or with 0 a current-thread runtime
+/// (quinn's drivers and the session loop on the thread that blocks on
+/// them; on one core raw quinn measured twice as slow so).
 fn child_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env("CATCHUP2P_WORKERS", 1).max(1) as usize)
-        .enable_all()
-        .build()
-        .map_err(|e| Catchup2pError::Setup(format!("tokio runtime: {e}")))
+    let mut builder = match env("CATCHUP2P_WORKERS", 2) {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        workers => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers as usize);
+            b
+        }
+    };
+    builder.enable_all().build().map_err(|e| Catchup2pError::Setup(format!("tokio runtime: {e}")))
 }
 
 /// One answer to the parent, on its own line.
