@@ -446,3 +446,97 @@ fn a_collection_keeps_what_is_not_released() {
     assert_eq!(net[b].state().get(&2), Some(&2));
     assert_eq!(net[a].state(), net[b].state());
 }
+
+/// A write of `source` at `millis`, stamped as it travels.
+fn write(
+    source: SourceId,
+    millis: u64,
+    k: u32,
+    v: u32,
+) -> repred::Envelope<<Map as Reduce>::Update> {
+    let ts = Timestamp::new(millis, 0);
+    let mut w = LwwMap::set(k, v);
+    Map::stamp(&mut w, Stamp { ts, source });
+    repred::Envelope::new(source, ts, w)
+}
+
+/// `a` collects while `c` is away; then both take `records` writes (the
+/// record of the collection first in `a`'s history) of which `c` lacks
+/// those `lacks` names a source for, by their place in `a`'s history. `c`
+/// still holds all `a`'s history dropped, so the history it lacks brings
+/// it up; a snapshot from `a`, from above `c`'s floor, would find it
+/// stale. Returns `c`'s events once linked to `a`, and the network.
+fn behind_a_higher_floor(
+    records: usize,
+    lacks: impl Fn(usize) -> Option<SourceId>,
+) -> (Vec<Event>, Network<Map>, [NodeId; 2], Timestamp) {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 100_000));
+    let c = net.add(replica("c", Map::default(), 100_000));
+    let (w, now) = (id("w"), net.now());
+    for n in [a, c] {
+        assert_eq!(net[n].apply(now, write(w, now - 300_000, 0, 0)), Outcome::Applied);
+    }
+    let floor = Timestamp::new(now - 200_000, 0);
+    net[a].collect(floor);
+    assert_eq!(net[a].history_len(), 1, "only the record of the collection");
+    for at in 1..records {
+        let millis = now - 100_000 + at as u64;
+        match lacks(at) {
+            Some(source) => {
+                let lacked = write(source, millis, 1_000 + at as u32 % 32, 1);
+                assert_eq!(net[a].apply(now, lacked), Outcome::Applied);
+            }
+            None => {
+                for n in [a, c] {
+                    let e = write(w, millis, at as u32 % 50, at as u32);
+                    assert_ne!(net[n].apply(now, e), Outcome::Old);
+                }
+            }
+        }
+    }
+    assert_eq!(net[a].history_len(), records);
+    assert_eq!(net[c].floor(), Timestamp::ZERO);
+    events(&mut net[c]);
+    net.link(a, c);
+    net.pump();
+    (events(&mut net[c]), net, [a, c], floor)
+}
+
+fn brought_up_by_history(
+    seen: &[Event],
+    net: &Network<Map>,
+    [a, c]: [NodeId; 2],
+    floor: Timestamp,
+) {
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    assert_eq!(net[c].stats().snapshots, 0, "c got the history it lacked");
+    assert_eq!(net[c].floor(), floor, "and took a's floor");
+    assert_eq!(net[c].state(), net[a].state());
+    assert_eq!(net[c].clock(), net[a].clock());
+}
+
+/// A long history is sampled to judge whether a snapshot is cheaper: one
+/// whose sampled records happen to be the few a peer lacks must not send
+/// a snapshot to a peer below our floor, which would find it stale.
+#[test]
+fn a_peer_below_the_floor_lacking_little_is_not_sent_a_snapshot_by_a_sampling_error() {
+    // 65,536 records: every 64th sampled; c lacks 17 of them, a few
+    // against a state of ~70 entries, but 17 x 64 sampled.
+    let sources: Vec<SourceId> = (1..=17).map(|i| id(&format!("s{i}"))).collect();
+    let (seen, net, nodes, floor) = behind_a_higher_floor(65_536, |at| {
+        (at % 64 == 0).then(|| sources.get(at / 64 - 1).copied()).flatten()
+    });
+    brought_up_by_history(&seen, &net, nodes, floor);
+}
+
+/// Even where the snapshot is smaller (a history short enough to be
+/// counted: 3,000 records lacking against 82 entries), a peer with state
+/// below our floor gets the history it lacks: the snapshot would make it
+/// stale.
+#[test]
+fn a_peer_below_the_floor_lacking_much_is_brought_up_by_history() {
+    let v = id("v");
+    let (seen, net, nodes, floor) = behind_a_higher_floor(16_000, |at| (at >= 13_000).then_some(v));
+    brought_up_by_history(&seen, &net, nodes, floor);
+}

@@ -298,7 +298,7 @@ impl Stream {
     /// Whether a snapshot is the cheaper way to bring the peer up
     /// (`snapshot::is_cheaper`).
     fn snapshot_is_cheaper<T: Reduce>(&self, core: &Core<T>) -> bool {
-        crate::snapshot::is_cheaper(core, &self.known)
+        crate::snapshot::is_cheaper(core, &self.known, self.peer_floor)
     }
 
     /// Records that the peer has `(source, ts)`. A source this replica does

@@ -29,11 +29,20 @@ const SAMPLED_HISTORY: u64 = 16_384;
 /// How many records of such a history are looked at.
 const SAMPLES: u64 = 1_024;
 
-/// Whether a peer that has `known` lacks so much more history than the
-/// state holds that a snapshot is the cheaper way to bring it up (the
-/// state's entries, however many updates made them). Only for types that
-/// say how many entries a snapshot holds.
-pub(crate) fn is_cheaper<T: Reduce>(core: &Core<T>, known: &Clock) -> bool {
+/// Whether a peer that has `known`, with collection floor `floor`, lacks
+/// so much more history than the state holds that a snapshot is the
+/// cheaper way to bring it up (the state's entries, however many updates
+/// made them). Only for types that say how many entries a snapshot holds.
+///
+/// Only where the peer would take the snapshot: one from above its floor
+/// is refused by a peer that holds anything, which is then stale
+/// (`Stream::vet_floor`), where the history it lacks, which carries the
+/// deletes, would have brought it up and let it take our floor. So a peer
+/// with state and a lower floor than ours gets history, however long.
+pub(crate) fn is_cheaper<T: Reduce>(core: &Core<T>, known: &Clock, floor: Timestamp) -> bool {
+    if floor < core.floor && !known.is_empty() {
+        return false;
+    }
     let Some(entries) = core.state.entries_hint() else { return false };
     let enough = entries.saturating_mul(2).max(1_024);
     let (first, end) = (core.history.first_seq(), core.history.end_seq());
@@ -45,8 +54,9 @@ pub(crate) fn is_cheaper<T: Reduce>(core: &Core<T>, known: &Clock) -> bool {
     // walked: counting the 200,001 lacking records (of 216 bytes each) that
     // tell a fresh peer of the catch-up bench's source to take a snapshot
     // took ~6 ms, several times raw quinn's time to move the 7.6 MB
-    // snapshot. A wrong guess near the threshold only picks the dearer of
-    // two correct paths.
+    // snapshot. A wrong guess only picks the dearer of two paths that
+    // both bring the peer up: the one case where the snapshot would not
+    // (a peer with state below our floor) was ruled out above.
     if end - first > SAMPLED_HISTORY {
         let step = (end - first) / SAMPLES;
         let lacking = (0..SAMPLES)
