@@ -149,6 +149,8 @@ pub(crate) struct Stream {
     /// What the peer is known to have: its Hello clock, plus everything
     /// sent to it or received from it since.
     known: Clock,
+    /// The newest timestamp the peer has shown it holds ([`Replica::peer_heard`]).
+    shown: Timestamp,
     /// Whether the history send has begun (after the peer's clock, or at
     /// once when not awaiting it).
     started: bool,
@@ -238,6 +240,7 @@ impl Stream {
             recv: Vec::new(),
             peer: None,
             known: Clock::new(),
+            shown: Timestamp::ZERO,
             started: false,
             cursor: 0,
             sync_at: 0,
@@ -415,6 +418,7 @@ impl Stream {
         if self.catch_floor.is_some() && self.floor_clock.is_none() {
             self.floor_clock = Some(clock.clone());
         }
+        self.shown = self.shown.max(clock.max());
         for (source, ts) in clock.iter() {
             // Information, not a claim: only the limit's worth is kept.
             self.note_known(core, source, ts);
@@ -679,6 +683,9 @@ impl Stream {
                     for (index, envelope) in inbox.iter_mut().enumerate() {
                         let stamp = envelope.stamp();
                         let staged = self.take_update(core, &mut sources, now, index, envelope);
+                        if !matches!(staged, Err(Outcome::Rejected(_))) {
+                            self.shown = self.shown.max(stamp.ts);
+                        }
                         match staged {
                             // What we pull but cannot verify will not come
                             // from anyone: a sync waits for it no more.
@@ -723,6 +730,7 @@ impl Stream {
                     // not block honest announcements (a forged future ts
                     // would outbid them all).
                     if core.check(now, stamp.source, stamp.ts).is_ok() {
+                        self.shown = self.shown.max(stamp.ts);
                         self.note_known(core, stamp.source, stamp.ts);
                         self.heard_of(id, core, now, stamp);
                     }
@@ -805,6 +813,7 @@ impl Stream {
                 match incoming.end(parts, proof.as_ref()) {
                     Ok(clock) => {
                         core.finish_snapshot(peer.map_or(core.id, |p| p.id), &clock);
+                        self.shown = self.shown.max(clock.max());
                         self.known.merge(&clock);
                         // The peer held all its snapshot stands for: a
                         // floor waiting for the Sync is judged against
@@ -842,6 +851,9 @@ impl Stream {
                             && core.clock.get(stamp.source) == Timestamp::ZERO;
                         let outcome = core.advance(now, stamp);
                         let rejected = matches!(outcome, Outcome::Rejected(_));
+                        if !rejected {
+                            self.shown = self.shown.max(stamp.ts);
+                        }
                         if new_source && !rejected {
                             // A source only an advance vouches for: it stays
                             // in our clock, so it counts for good.
@@ -861,6 +873,9 @@ impl Stream {
                         let stamp = proof.stamp;
                         let outcome = core.prove(now, proof);
                         let rejected = matches!(outcome, Outcome::Rejected(_));
+                        if !rejected {
+                            self.shown = self.shown.max(stamp.ts);
+                        }
                         if rejected && core.parents.contains_key(&stamp.source) {
                             core.refused.observe(stamp.source, stamp.ts);
                         }
@@ -1652,6 +1667,69 @@ impl<T: Reduce> Replica<T> {
     /// The source id of the peer on a stream, once its Hello arrived.
     pub fn peer_id(&self, id: StreamId) -> Option<SourceId> {
         self.streams.get(&id).and_then(|s| s.peer.map(|p| p.id))
+    }
+
+    /// What the peer on a stream is known to hold, once its Hello arrived:
+    /// its Hello clock, plus everything sent or announced to it or received
+    /// from it since (sent or announced: perhaps still on the way, or to
+    /// be pulled from another peer). A lower bound of the peer's clock for
+    /// what it will hold once the streams deliver; for
+    /// [`Clock::stable_point`] pair it with [`peer_heard`](Replica::peer_heard),
+    /// since the peer may have written since, older than what it was sent.
+    ///
+    /// ```
+    /// use repred::{LwwMap, Network, Replica, SourceId};
+    ///
+    /// let mut net = Network::new();
+    /// let a = net.add(Replica::new(SourceId::new("a")?, LwwMap::<String, u32>::default()));
+    /// let b = net.add(Replica::new(SourceId::new("b")?, LwwMap::<String, u32>::default()));
+    /// let link = net.link(a, b);
+    /// net.update(a, LwwMap::set("k".to_string(), 1))?;
+    /// net.pump();
+    /// let [(_, on_a), _] = net.streams(link);
+    /// assert_eq!(net[a].peer_known(on_a).as_ref(), Some(net[a].clock()), "b holds what a sent");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn peer_known(&self, id: StreamId) -> Option<Clock> {
+        let stream = self.streams.get(&id).filter(|s| s.peer.is_some())?;
+        // What a lazy stream announced, the peer pulls from its parent if
+        // it lacks it, as it takes what was sent.
+        let mut known = stream.known.clone();
+        known.merge(&stream.announced);
+        Some(known)
+    }
+
+    /// The newest timestamp the peer on a stream has shown it holds, once
+    /// its Hello arrived: the greatest of its Hello clock and of every
+    /// update, announcement and snapshot clock it sent on the stream
+    /// (nothing this side sent it). Whatever the peer writes after it
+    /// sent that is newer (its timestamps pass all it has seen), and what
+    /// it wrote before went out on the stream first: so every write of the
+    /// peer's this replica lacks is either in the peer's Hello clock or
+    /// newer than this. [`Clock::stable_point`] over the
+    /// [`peer_known`](Replica::peer_known) clocks, capped just above each
+    /// stream's `peer_heard`, is a point the stream's peer will not write
+    /// under.
+    ///
+    /// ```
+    /// use repred::{LwwMap, Network, Replica, SourceId};
+    ///
+    /// let mut net = Network::new();
+    /// let a = net.add(Replica::new(SourceId::new("a")?, LwwMap::<String, u32>::default()));
+    /// let b = net.add(Replica::new(SourceId::new("b")?, LwwMap::<String, u32>::default()));
+    /// let link = net.link(a, b);
+    /// let stamp = net.update(b, LwwMap::set("k".to_string(), 1))?.expect("a change");
+    /// net.advance(5);
+    /// net.update(a, LwwMap::set("k".to_string(), 2))?;
+    /// net.pump();
+    /// let [(_, on_a), (_, on_b)] = net.streams(link);
+    /// // b sent its own write; a's write, which a sent b, b has not shown.
+    /// assert_eq!(net[a].peer_heard(on_a), Some(stamp.ts));
+    /// assert!(net[b].peer_heard(on_b) > Some(stamp.ts));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn peer_heard(&self, id: StreamId) -> Option<Timestamp> {
+        self.streams.get(&id).filter(|s| s.peer.is_some()).map(|s| s.shown)
     }
 
     fn close_if_done(&mut self, id: StreamId) {
