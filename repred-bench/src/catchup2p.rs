@@ -229,6 +229,57 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// CPU time the machine's other processes used while a section ran: all
+/// busy CPU time (`/proc/stat`) less this process's and its children's,
+/// a better figure of interference than the load average, which lags.
+struct OtherLoad {
+    start: Instant,
+    machine: u64,
+    ours: u64,
+    pids: [u32; 3],
+}
+
+impl OtherLoad {
+    fn start(sender: &Peer, receiver: &Peer) -> OtherLoad {
+        let pids = [std::process::id(), sender.child.id(), receiver.child.id()];
+        let ours = pids.iter().map(|&p| process_ticks(p)).sum();
+        OtherLoad { start: Instant::now(), machine: machine_busy_ticks(), ours, pids }
+    }
+
+    fn report(&self) -> String {
+        let ours: u64 = self.pids.iter().map(|&p| process_ticks(p)).sum();
+        let machine = machine_busy_ticks().saturating_sub(self.machine);
+        let ticks = machine.saturating_sub(ours.saturating_sub(self.ours));
+        // SAFETY: sysconf takes a constant and no pointers.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let wall = self.start.elapsed().as_secs_f64();
+        format!(
+            "other processes used {:.2} s of CPU over these {wall:.1} s ({:.2} cores of 2)",
+            ticks as f64 / hz,
+            ticks as f64 / hz / wall
+        )
+    }
+}
+
+/// Busy CPU ticks of the whole machine so far (user, nice, system, irq,
+/// softirq, steal).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else { return 0 };
+    let ticks: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum()
+}
+
+/// CPU ticks (user and system) a process has used so far; 0 once gone.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's name (in parentheses, and it may
+    // hold spaces): utime and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields.get(11..13).map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
 /// One transfer's figures: the receiver's time and each end's CPU.
 struct Transfer {
     time: Duration,
@@ -336,6 +387,7 @@ fn run() -> Result<()> {
         );
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut ratios = Vec::new();
+        let others = OtherLoad::start(&sender, &receiver);
         for run in 1..=runs {
             let ours =
                 transfer(&mut sender, &mut receiver, "serve", &format!("history {TOTAL}"), within)?;
@@ -370,9 +422,10 @@ fn run() -> Result<()> {
             ratios.push(ratio);
         }
         println!(
-            "\nmedian repred / raw quinn throughput by history: {:.2} (goal: at least 0.6). Load average: {}.\n",
+            "\nmedian repred / raw quinn throughput by history: {:.2} (goal: at least 0.6). Load average: {}; {}.\n",
             median(ratios),
-            load_average()
+            load_average(),
+            others.report()
         );
     }
 
@@ -393,6 +446,7 @@ fn run() -> Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
+    let others = OtherLoad::start(&sender, &receiver);
     for run in 1..=runs {
         let fetch = format!("snapshot {clock} {entries}");
         let ours = transfer(&mut sender, &mut receiver, "serve", &fetch, within)?;
@@ -417,9 +471,10 @@ fn run() -> Result<()> {
         ratios.push(ratio);
     }
     println!(
-        "\nmedian repred / raw quinn time by the cheaper path: {:.2} (goal: at most 1.5). Load average: {}.\n",
+        "\nmedian repred / raw quinn time by the cheaper path: {:.2} (goal: at most 1.5). Load average: {}; {}.\n",
         median(ratios),
-        load_average()
+        load_average(),
+        others.report()
     );
     sender.quit();
     receiver.quit();
