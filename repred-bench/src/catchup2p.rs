@@ -25,7 +25,9 @@
 //! `CATCHUP_HISTORY=0` runs the cheaper path alone; `CATCHUP2P_PIN=0`
 //! leaves the processes unpinned (for comparison); `CATCHUP2P_WORKERS`
 //! tokio worker threads per process (default 2, as `catchup`'s runtime; 0:
-//! a current-thread runtime); `CATCHUP_PART_BYTES` as in `catchup`.
+//! a current-thread runtime); `CATCHUP_PART_BYTES` as in `catchup`;
+//! `CATCHUP2P_READ_BYTES` (a diagnostic, see `fetch`) the fresh node's
+//! reads into a buffer of that size instead of `catchup`'s chunk by chunk.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -361,8 +363,12 @@ fn run() -> Result<()> {
     );
     println!("`CATCHUP_RUNS={runs} cargo run --release -p repred-bench -- catchup2p`\n");
     println!(
-        "The `catchup` scenario's source, session loop and raw-quinn baseline, with the source in one process and the fresh node in another ({pinning}; {} tokio worker(s) each), over 127.0.0.1. Load average at the start: {}.\n",
+        "The `catchup` scenario's source, session loop and raw-quinn baseline, with the source in one process and the fresh node in another ({pinning}; {} tokio worker(s) each{}), over 127.0.0.1. Load average at the start: {}.\n",
         env("CATCHUP2P_WORKERS", 2),
+        match env("CATCHUP2P_READ_BYTES", 0) {
+            0 => String::new(),
+            n => format!("; the fresh node reads up to {n} bytes at a time"),
+        },
         load_average()
     );
     let mut sender = Peer::spawn(SENDER_ROLE, &[], sender_cpu)?;
@@ -790,13 +796,25 @@ async fn fetch<T: Reduce + Default>(
     while fresh.poll_transmit(sid, &mut out).map_err(failed)? > 0 {}
     send.write_all(&out).await.map_err(failed)?;
     out.clear();
+    // `CATCHUP2P_READ_BYTES`: reads into a buffer of that size, each of
+    // several of quinn's chunks, instead of one chunk (~1.2 kB) per read as
+    // `catchup` does: to tell the cost per read from the cost per byte.
+    let read_bytes = env("CATCHUP2P_READ_BYTES", 0) as usize;
+    let mut buf = vec![0u8; read_bytes];
     let mut time = None;
     loop {
         if time.is_none() && done(&fresh) {
             time = Some(start.elapsed());
         }
-        let Some(chunk) = recv.read_chunk(usize::MAX, true).await.map_err(failed)? else { break };
-        fresh.handle(sid, NOW + 2_000, &chunk.bytes).map_err(failed)?;
+        if read_bytes > 0 {
+            let Some(n) = recv.read(&mut buf).await.map_err(failed)? else { break };
+            fresh.handle(sid, NOW + 2_000, &buf[..n]).map_err(failed)?;
+        } else {
+            let Some(chunk) = recv.read_chunk(usize::MAX, true).await.map_err(failed)? else {
+                break;
+            };
+            fresh.handle(sid, NOW + 2_000, &chunk.bytes).map_err(failed)?;
+        }
         while fresh.poll_transmit(sid, &mut out).unwrap_or(0) > 0 {}
         if !out.is_empty() {
             let _ = send.write_all(&out).await;
