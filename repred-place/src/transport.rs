@@ -11,7 +11,8 @@
 //!   writes only its own entries: its life (a random number drawn when the
 //!   placer starts) and whether it is leaving, and for every object it
 //!   holds, `k` and the object's clock as it last saw it. An entry of a
-//!   past life of its node counts for nothing.
+//!   past life of its node counts for nothing, but for one: each copy its
+//!   store keeps until covered (below), which only the node itself reads.
 //! - **Offers** ([`Command::Offer`]): an object listed by any node is on
 //!   offer to its replicas; a node that is a replica by its own member list
 //!   and does not hold it asks its keeper
@@ -28,10 +29,11 @@
 //!   covers the copy as released, looked at every round until then (the
 //!   store keeps its log meanwhile, for a later return): see
 //!   [`Placer::stored`]. Deletions run off the runtime's workers, a
-//!   round's in one transaction ([`Node::remove_stored_many`]). A copy let
-//!   go is known only to this life of the placer: after a crash or a
-//!   restart, one not deleted yet stays in the store until the node holds
-//!   the object again and lets it go again.
+//!   round's in one transaction ([`Node::remove_stored_many`]). The
+//!   copies kept are listed in the directory, which is durable too, so a
+//!   restart takes the list up; only a copy let go in the moment before a
+//!   crash, not listed yet, stays in the store until the node holds the
+//!   object again and lets it go again.
 //! - **A restart** takes up what the node held in its last life (listed
 //!   under its id in the directory; a durable node's store kept each
 //!   object), and hands each to its replicas, or keeps it, as the keeper
@@ -102,11 +104,13 @@ use stored::Stored;
 /// replicates.
 pub const DIRECTORY: &str = "repred-place/directory";
 
-/// A directory entry's key: a node's own record, or one object it holds.
+/// A directory entry's key: a node's own record, one object it holds, or
+/// one copy its store keeps until covered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Key {
     Node(SourceId),
     Held { node: SourceId, object: String },
+    Kept { node: SourceId, object: String },
 }
 
 /// A directory entry, written only by the node it is about.
@@ -117,6 +121,12 @@ enum Entry {
     /// The node holds the object (with `k` replicas), and had this clock
     /// of it.
     Held { life: u64, k: u32, clock: Clock },
+    /// The node let the object go, and its store keeps the copy until
+    /// every live replica covers `clock` (the copy as released; `k`:
+    /// `None` for the default). Its store outlives the node's lives, so
+    /// an entry of any life counts: a restart takes it up (see
+    /// `stored.rs`). Other nodes ignore it.
+    Kept { k: Option<u32>, clock: Clock },
 }
 
 /// The control object: see the [module](self).
@@ -223,6 +233,8 @@ struct State<T: Reduce> {
     /// Copies let go whose store still keeps them, until covered (see
     /// `stored.rs`).
     stored: BTreeMap<String, Stored>,
+    /// The clock of each copy kept as the directory lists it now.
+    kept_listed: BTreeMap<String, Clock>,
     /// Whether this life's node record is listed as it stands.
     record_listed: bool,
     /// The lives of other nodes that said they are leaving, told to the
@@ -252,6 +264,8 @@ struct View {
     held: BTreeMap<String, BTreeMap<SourceId, (usize, Clock)>>,
     /// Objects listed under this node's id by a past life, with k.
     mine_before: BTreeMap<String, usize>,
+    /// Copies this node's store keeps until covered, listed by any life.
+    kept: BTreeMap<String, Stored>,
 }
 
 impl View {
@@ -265,6 +279,13 @@ impl View {
             }
         }
         for (key, entry) in directory.iter() {
+            if let (Key::Kept { node, object }, Entry::Kept { k, clock }) = (key, entry)
+                && *node == me
+            {
+                let k = k.map(|k| k as usize);
+                view.kept.insert(object.clone(), Stored { clock: clock.clone(), k });
+                continue;
+            }
             let (Key::Held { node, object }, Entry::Held { life: of, k, clock }) = (key, entry)
             else {
                 continue;
@@ -332,6 +353,7 @@ where
             listed: BTreeMap::new(),
             unlist: BTreeSet::new(),
             stored: BTreeMap::new(),
+            kept_listed: BTreeMap::new(),
             record_listed: false,
             departing: BTreeSet::new(),
         };
@@ -675,6 +697,7 @@ where
                 writes.push((key, Stamped::now(None)));
             }
         }
+        self.list_kept(state, &view, &mut writes);
         (drops, (!writes.is_empty()).then_some(writes))
     }
 
@@ -694,6 +717,12 @@ where
                 }
                 (Key::Held { object, .. }, None) => {
                     state.unlist.remove(&object);
+                }
+                (Key::Kept { object, .. }, Some(Entry::Kept { clock, .. })) => {
+                    state.kept_listed.insert(object, clock);
+                }
+                (Key::Kept { object, .. }, None) => {
+                    state.kept_listed.remove(&object);
                 }
                 _ => {}
             }

@@ -8,8 +8,9 @@
 //! on the list while the killed one is still a live member for everyone.
 //! Then the access is closed: the client's store keeps its copy while the
 //! killed replica, still listed live, has not covered it (the only other
-//! home of the writes made after the kill is one replica), and deletes it
-//! once the killed replica is back and covers it. Every wait is bounded;
+//! home of the writes made after the kill is one replica), through a crash
+//! and restart of the client, and deletes it once the killed replica is
+//! back and covers it. Every wait is bounded;
 //! what is asserted is where things end up, not how fast.
 
 mod common;
@@ -38,7 +39,7 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     let dir = tempfile::tempdir().unwrap();
     let route = RouteConfig::default().ack_timeout_ms(600_000).write_timeout_ms(1_200_000);
     let config = PlacerConfig::default().route(route);
-    let Cluster { mut placers, ids, seed } =
+    let Cluster { mut placers, ids, .. } =
         cluster_with(dir.path(), config.clone(), slow_detection).await;
 
     let doc = "doc";
@@ -122,10 +123,36 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The client crashes and restarts (through a node that stays up): its
+    // new life takes the copy kept up from the directory, which its store
+    // kept, and keeps it as the last life did. Its placer starts once its
+    // node sees every member, so that it places with the whole list.
+    let client_addr = on_client.node().addr();
+    let through = placers[at(&placers, list[1]).unwrap()].as_ref().unwrap().node().addr();
+    drop(handle);
+    drop(placers[client].take());
+    let node = common::start_with(dir.path(), client_addr, Some(through), slow_detection).await;
+    eventually("the restarted client sees every member", Duration::from_secs(30), || {
+        let seen: BTreeSet<SourceId> = node.membership().into_iter().map(|m| m.id).collect();
+        if seen == ids { Ok(()) } else { Err(format!("{} of {}", seen.len(), ids.len())) }
+    })
+    .await;
+    placers[client] = Some(repred_place::transport::Placer::spawn(node, config.clone()).unwrap());
+    let on_client = placers[client].as_ref().unwrap();
+    eventually("the restarted client keeps the copy", Duration::from_secs(30), || {
+        let stored = on_client.stored();
+        if stored == [doc] { Ok(()) } else { Err(format!("kept: {stored:?}")) }
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(on_client.stored(), [doc], "kept while a live replica does not cover it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The killed replica comes back on its store, takes the object up
     // again and syncs it from the other two: now every live replica
     // covers the copy, and the client's store lets it go.
-    let node = common::start_with(dir.path(), killed_addr, Some(seed), slow_detection).await;
+    let node = common::start_with(dir.path(), killed_addr, Some(through), slow_detection).await;
     assert_eq!(node.id(), list[0], "the same node (its certificate is in the data dir)");
     placers[killed] = Some(repred_place::transport::Placer::spawn(node, config).unwrap());
     let on_client = placers[client].as_ref().unwrap();
@@ -135,8 +162,6 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     })
     .await;
     eprintln!("{:?}: the closed copy deleted once all replicas covered it", started.elapsed());
-    // The handle holds the placer's node: let it go, so the node shuts down.
-    drop(handle);
 
     shutdown_all(placers).await;
     let path = dir.path().join(format!("node-{client_port}.redb"));

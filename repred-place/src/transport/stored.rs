@@ -15,12 +15,18 @@
 //! ([`Error::Removing`](repred_transport::Error::Removing)), so nothing
 //! resumes a copy half deleted; a write on this node that finds it so
 //! waits for the removal ([`Shared::removed`]).
+//!
+//! The copies kept are listed in the directory under this node
+//! (`Entry::Kept`, with the clock to cover), which the node's store keeps
+//! as it keeps any object: a crash or a restart loses the list no more
+//! than it loses the copies, and the next life takes it up
+//! ([`Shared::list_kept`]).
 
 use std::time::Duration;
 
-use repred::{Clock, Reduce, SourceId};
+use repred::{Clock, Reduce, SourceId, Stamped};
 
-use super::{Placer, Shared, State, View, lock};
+use super::{Entry, Key, Listing, Placer, Shared, State, View, lock};
 use crate::Keeper;
 
 /// How long a write waits for the removal of a stored copy of its object
@@ -81,6 +87,39 @@ where
         names.into_iter().filter_map(|name| stored.remove_entry(&name)).collect()
     }
 
+    /// Takes up the copies kept that the directory lists under this node
+    /// and this life does not know of (a past life let them go, then
+    /// crashed or restarted before their deletion), and adds to `writes`
+    /// what makes the directory list the copies kept as they are: the
+    /// directory is itself durable, so the list survives a crash. A copy
+    /// let go in the moment before a crash, not listed yet, is not
+    /// covered by this: its log stays until the node lets it go again.
+    pub(super) fn list_kept(&self, state: &mut State<T>, view: &View, writes: &mut Listing) {
+        let State { held, open, stored, kept_listed, .. } = state;
+        for (name, copy) in &view.kept {
+            if !kept_listed.contains_key(name) && !stored.contains_key(name) {
+                kept_listed.insert(name.clone(), copy.clock.clone());
+                if !held.contains_key(name) && !open.contains_key(name) {
+                    stored.insert(name.clone(), copy.clone());
+                }
+            }
+        }
+        for (name, copy) in stored.iter() {
+            if kept_listed.get(name) != Some(&copy.clock) {
+                let k = copy.k.map(|k| u32::try_from(k).unwrap_or(u32::MAX));
+                let entry = Entry::Kept { k, clock: copy.clock.clone() };
+                let key = Key::Kept { node: self.me, object: name.clone() };
+                writes.push((key, Stamped::now(Some(entry))));
+            }
+        }
+        for name in kept_listed.keys() {
+            if !stored.contains_key(name) {
+                let key = Key::Kept { node: self.me, object: name.clone() };
+                writes.push((key, Stamped::now(None)));
+            }
+        }
+    }
+
     /// Deletes the copies `removable` took out from the node's store, in
     /// one transaction off the runtime's workers. Those it could not
     /// delete (a failing disk) are kept for the next round, unless this
@@ -123,7 +162,8 @@ where
     /// The copies this node let go (objects it dropped, accesses closed)
     /// whose log its store still keeps: each is deleted once every live
     /// replica of the object lists a clock covering it (checked every
-    /// tick), and kept, resumable, until then.
+    /// tick), and kept, resumable, until then, through restarts (the list
+    /// is in the directory).
     pub fn stored(&self) -> Vec<String> {
         lock(&self.shared.state).stored.keys().cloned().collect()
     }
