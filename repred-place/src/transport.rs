@@ -25,8 +25,10 @@
 //!   ([`Node::release`]) once no write is under way on it and every live
 //!   replica's listed clock still covers this node's; if a write came in
 //!   meanwhile, the keeper holds it again and asks again. Released, it is
-//!   deleted from the node's store once every live replica's listed clock
-//!   covers the copy as released, looked at every round until then (the
+//!   deleted from the node's store once the object's k live replicas all
+//!   list a clock covering the copy as released (fewer than k live ones,
+//!   or a member list still filling after a start, keep it), looked at
+//!   every round until then (the
 //!   store keeps its log meanwhile, for a later return): see
 //!   [`Placer::stored`]. Deletions run off the runtime's workers, a
 //!   round's in one transaction ([`Node::remove_stored_many`]). The
@@ -122,7 +124,7 @@ enum Entry {
     /// of it.
     Held { life: u64, k: u32, clock: Clock },
     /// The node let the object go, and its store keeps the copy until
-    /// every live replica covers `clock` (the copy as released; `k`:
+    /// its k live replicas cover `clock` (the copy as released; `k`:
     /// `None` for the default). Its store outlives the node's lives, so
     /// an entry of any life counts: a restart takes it up (see
     /// `stored.rs`). Other nodes ignore it.
@@ -412,7 +414,7 @@ where
 
     /// Closes this node's access to `name`, if it holds no replica of it:
     /// its copy is released, and its store keeps the copy's log until
-    /// *every* live replica of the object lists a clock covering it; the
+    /// the object's k live replicas *all* list a clock covering it; the
     /// placer's task then deletes it ([`Node::remove_stored_many`],
     /// [`Placer::stored`]). One covering replica is not enough: an
     /// acknowledged write is on that replica, but if it crashed before
@@ -504,8 +506,8 @@ where
     /// that the other nodes count it absent at once and the next replicas
     /// of its objects take them; it hands each object off and releases it
     /// once every live replica's clock covers it, and deletes it from its
-    /// store once every live replica's clock covers the copy as released;
-    /// then it shuts down. Writes on this node meanwhile still land (on
+    /// store once k live replicas cover the copy as released (see
+    /// [`Placer::stored`]); then it shuts down. Writes on this node meanwhile still land (on
     /// its copies, handed off with the rest). Returns whether everything
     /// was handed off and deleted within `limit`; if not, it shuts down
     /// all the same, and what it still held is covered as after a crash
@@ -757,8 +759,8 @@ where
         let mut state = lock(&self.state);
         match released {
             Ok(_) => {
-                // Its store's copy goes once every live replica covers it
-                // as released (a peer's update may have come in since the
+                // Its store's copy goes once k live replicas cover it as
+                // released (a peer's update may have come in since the
                 // check above): looked at every round from now on.
                 if let Some(held) = state.held.remove(&name) {
                     let copy = Stored { clock: held.handle.clock(), k: Some(held.k) };

@@ -1,6 +1,6 @@
 //! The stored copies a placing node let go: a replica the keeper dropped,
 //! an access closed ([`Placer::close`]). Released, an object's log stays
-//! in the node's store until every live replica of the object lists a
+//! in the node's store until the object's k live replicas all list a
 //! clock that covers the copy as released; then it is deleted
 //! ([`Node::remove_stored_many`](repred_transport::Node::remove_stored_many)).
 //!
@@ -46,10 +46,7 @@ pub(super) struct Stored {
 
 /// Whether every live replica of `name` but `me` lists a clock covering
 /// `clock` (and there is at least one): what a keeper's drop asks before
-/// releasing, asked again of the copy as released before its stored log
-/// goes. One covering replica is not enough: if it crashed before syncing
-/// the others and never came back, a write that only this copy and that
-/// replica had would be gone.
+/// releasing. (Its stored copy goes later, on the stricter [`may_go`].)
 pub(super) fn covered(
     keeper: &Keeper<String>,
     view: &View,
@@ -63,12 +60,34 @@ pub(super) fn covered(
     others.peek().is_some() && others.all(|r| view.lists(*r, name).is_some_and(|c| c.covers(clock)))
 }
 
+/// Whether the stored copy of `name` (`k` replicas, the copy's `clock`)
+/// may go: the object has all its k live replicas by this node's member
+/// list, none of them this node, and each lists a clock covering the
+/// copy. One covering replica is not enough: if it crashed before syncing
+/// the others and never came back, a write that only this copy and that
+/// replica had would be gone. With fewer (replicas down and not yet stood in for, or a member
+/// list still filling after a start, which could take a few nodes for all
+/// the replicas) the copy stays: it is then one more home of its writes.
+pub(super) fn may_go(
+    keeper: &Keeper<String>,
+    view: &View,
+    me: SourceId,
+    name: &str,
+    k: usize,
+    clock: &Clock,
+) -> bool {
+    let placed = keeper.place(&name.to_string(), Some(k));
+    let others: Vec<SourceId> = placed.replicas.into_iter().filter(|r| *r != me).collect();
+    others.len() >= k
+        && others.iter().all(|r| view.lists(*r, name).is_some_and(|c| c.covers(clock)))
+}
+
 impl<T> Shared<T>
 where
     T: Reduce + Default + Send + 'static,
     T::Update: Send + Sync + 'static,
 {
-    /// Takes out of the copies kept those that every live replica covers
+    /// Takes out of the copies kept those that k live replicas cover
     /// now, to be removed; forgets those this node replicates again (its
     /// store's log is in use).
     pub(super) fn removable(&self) -> Vec<(String, Stored)> {
@@ -79,9 +98,12 @@ where
         let mut state = lock(&self.state);
         let State { keeper, held, open, stored, .. } = &mut *state;
         stored.retain(|name, _| !held.contains_key(name) && !open.contains_key(name));
+        let default_k = self.config.keeper.k;
         let names: Vec<String> = stored
             .iter()
-            .filter(|(name, s)| covered(keeper, &view, self.me, name, s.k, &s.clock))
+            .filter(|(name, s)| {
+                may_go(keeper, &view, self.me, name, s.k.unwrap_or(default_k), &s.clock)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         names.into_iter().filter_map(|name| stored.remove_entry(&name)).collect()
@@ -160,11 +182,60 @@ where
     T::Update: Send + Sync + 'static,
 {
     /// The copies this node let go (objects it dropped, accesses closed)
-    /// whose log its store still keeps: each is deleted once every live
-    /// replica of the object lists a clock covering it (checked every
-    /// tick), and kept, resumable, until then, through restarts (the list
+    /// whose log its store still keeps: each is deleted once the object's
+    /// k live replicas (by this node's member list, none of them this
+    /// node) all list a clock covering it (checked every tick), and kept, resumable, until then, through restarts (the list
     /// is in the directory).
     pub fn stored(&self) -> Vec<String> {
         lock(&self.shared.state).stored.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeeperConfig;
+
+    fn id(i: u32) -> SourceId {
+        SourceId::new(format!("node-{i}")).unwrap()
+    }
+
+    /// A copy every listed replica covers, on a node whose member list
+    /// holds only some of the cluster (as after a start, before SWIM told
+    /// it of everyone): placed among those it knows, the object seems to
+    /// have fewer than k other replicas, and the copy must stay even
+    /// though each of those covers it. Once the whole list names k
+    /// replicas, the copy goes when all of them cover it, not before.
+    #[test]
+    fn a_copy_stays_until_k_live_replicas_cover_it() {
+        let me = id(0);
+        let clock = Clock::default();
+        let mut whole = Keeper::new(me, KeeperConfig::default());
+        whole.sync_members(0, (0..8).map(|i| (id(i), true)));
+        // An object this node is no replica of, on the whole list.
+        let (name, replicas) = (0..)
+            .map(|i| format!("doc-{i}"))
+            .map(|name| {
+                let replicas = whole.place(&name, Some(3)).replicas;
+                (name, replicas)
+            })
+            .find(|(_, replicas)| !replicas.contains(&me))
+            .expect("some object is placed elsewhere");
+        let mut view = View::default();
+        let list = |view: &mut View, node: SourceId| {
+            let holders = view.held.entry(name.clone()).or_default();
+            holders.insert(node, (3, clock.clone()));
+        };
+        list(&mut view, replicas[0]);
+        list(&mut view, replicas[1]);
+
+        // Knowing only the two that cover it: two replicas of three.
+        let mut partial = Keeper::new(me, KeeperConfig::default());
+        partial.sync_members(0, [(me, true), (replicas[0], true), (replicas[1], true)]);
+        assert!(!may_go(&partial, &view, me, &name, 3, &clock), "two replicas of three known");
+
+        assert!(!may_go(&whole, &view, me, &name, 3, &clock), "the third does not list it");
+        list(&mut view, replicas[2]);
+        assert!(may_go(&whole, &view, me, &name, 3, &clock), "all three cover it");
     }
 }
