@@ -451,14 +451,13 @@ impl<T: Reduce> Core<T> {
     }
 }
 
-/// An envelope past its checks, its change stamped, awaiting its reduce.
+/// An envelope past its checks, the clock moved, awaiting its stamps and
+/// its reduce.
 pub(crate) struct Admitted<U> {
     stamp: Stamp,
     /// Its source's clock entry before it: what the clock goes back to if
     /// its reduce never returns.
     was: Timestamp,
-    /// The stamped change.
-    change: U,
     /// The envelope as it came, recorded and relayed as it came (see
     /// [`Core::record`]).
     envelope: Envelope<U>,
@@ -479,10 +478,25 @@ pub(crate) struct Staged<U> {
 /// as large as the frame limit allows does not pin its size for ever.
 pub(crate) const KEEP_ENVELOPES: usize = 16_384;
 
+/// A new envelope's change stamped for its reduce; leaves the envelope's
+/// `change` as it will be recorded and relayed. The user's `Clone`,
+/// `stamp` and `unstamp` run here.
+fn prepare<T: Reduce>(stamp: Stamp, change: &mut T::Update, signed: bool) -> T::Update {
+    let mut stamped = change.clone();
+    T::stamp(&mut stamped, stamp);
+    if !signed {
+        // Stamps equal to the envelope's travel implicit. (A signed
+        // change is relayed as its origin signed it.)
+        T::unstamp(change, stamp);
+    }
+    stamped
+}
+
 /// Undoes an admitted update's clock raise unless forgotten once its
-/// reduce returned: a user's `reduce` that panics (and a replica used
-/// after the panic was caught) must not leave the clock claiming an update
-/// the state never took, for nobody would send it again.
+/// reduce returned: a user's `stamp`, `Clone` or `reduce` that panics (and
+/// a replica used after the panic was caught) must not leave the clock
+/// claiming an update the state never took, for nobody would send it
+/// again.
 struct SetBack<'a> {
     clock: &'a mut Clock,
     stamp: Stamp,
@@ -693,11 +707,24 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
         match self.admit(now, envelope) {
-            Ok(Admitted { stamp, was, change, envelope }) => {
+            Ok(Admitted { stamp, was, mut envelope }) => {
                 let unwinding = SetBack { clock: &mut self.clock, stamp, was };
-                let result = self.state.reduce(change);
+                let signed = envelope.signature.is_some();
+                let change = prepare::<T>(stamp, &mut envelope.change, signed);
+                let mut change = self.state.reduce(change);
                 std::mem::forget(unwinding);
-                self.record(stamp, envelope, result)
+                // The state took it: it is recorded even if `unstamp`
+                // panics (see `apply_staged`).
+                let unstamping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(change) = &mut change {
+                        T::unstamp(change, stamp);
+                    }
+                }));
+                let outcome = self.record(envelope, change);
+                if let Err(panic) = unstamping {
+                    std::panic::resume_unwind(panic);
+                }
+                outcome
             }
             Err(outcome) => outcome,
         }
@@ -757,6 +784,15 @@ impl<T: Reduce> Core<T> {
     /// itself in the state: harmless, as reduces are joins, and it will be
     /// reduced again.) Caught once a frame, not a guard per update, the
     /// loops stay as tight as without it.
+    ///
+    /// What the reduces returned is unstamped before anything is recorded,
+    /// also caught once: should the user's `unstamp` panic, every update
+    /// reduced is still recorded, those from the one that panicked on
+    /// keeping the stamps in their changes (for subscribers; a stamp set
+    /// is as good as one filled in, and their envelopes travel as they
+    /// came). An update the state took must have its record: one sent
+    /// again would change nothing and be recorded as unchanged, which
+    /// travels to an eager peer as a bare clock advance.
     pub(crate) fn apply_staged(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
         let mut reduced = 0;
@@ -772,12 +808,21 @@ impl<T: Reduce> Core<T> {
             self.set_back(&staged[reduced..], &inbox);
             staged.truncate(reduced);
         }
+        let unstamping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for entry in &mut staged {
+                if let Some(change) = &mut entry.change
+                    && let Some(envelope) = inbox.get(entry.index)
+                {
+                    T::unstamp(change, envelope.stamp());
+                }
+            }
+        }));
         let mut reduced = staged.drain(..).peekable();
         for (index, envelope) in inbox.drain(..).enumerate() {
             // The old and refused were not staged (and those a panic
             // left unreduced no longer are): they go with the inbox.
             if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
-                self.record(envelope.stamp(), envelope.into_envelope(), change);
+                self.record(envelope.into_envelope(), change);
             }
         }
         drop(reduced);
@@ -786,9 +831,24 @@ impl<T: Reduce> Core<T> {
         staged.shrink_to(KEEP_ENVELOPES);
         self.inbox = inbox;
         self.staged = staged;
-        if let Err(panic) = reducing {
+        if let Err(panic) = reducing.and(unstamping) {
             std::panic::resume_unwind(panic);
         }
+    }
+
+    /// Drops everything staged from the inbox's frame, whose staging a
+    /// user's `stamp`, `unstamp`, `Clone` or `Serialize` broke off with a
+    /// panic, and gives the clock back for it: left staged, the next frame
+    /// would reduce these changes and record them against its own
+    /// envelopes (the staged list points into the inbox by index), and the
+    /// clock would claim updates nothing reduced. The caller drops the
+    /// inbox and the frame's source table, which holds the raise for the
+    /// update whose staging panicked.
+    pub(crate) fn unstage(&mut self, inbox: &[Received<T::Update>]) {
+        let staged = std::mem::take(&mut self.staged);
+        self.set_back(&staged, inbox);
+        self.staged = staged;
+        self.staged.clear();
     }
 
     /// Gives the clock back for staged updates that were not reduced.
@@ -806,7 +866,9 @@ impl<T: Reduce> Core<T> {
     }
 
     /// The checks before an envelope's reduce: refused and old ones stop
-    /// here; a new one moves the clock and comes back stamped.
+    /// here; a new one moves the clock and comes back with what it was,
+    /// for [`apply`](Core::apply) to stamp and reduce it under a guard
+    /// that sets the clock back.
     fn admit(
         &mut self,
         now: u64,
@@ -838,10 +900,9 @@ impl<T: Reduce> Core<T> {
             self.clock.observe(source, ts);
             was
         };
-        let mut envelope = envelope;
-        let signed = envelope.signature.is_some();
-        let change = self.take_in(envelope.stamp(), &mut envelope.change, signed);
-        Ok(Admitted { stamp: Stamp { ts, source }, was, change, envelope })
+        // As in `take_in`, and before the user's code runs.
+        self.last = self.last.max(ts);
+        Ok(Admitted { stamp: Stamp { ts, source }, was, envelope })
     }
 
     /// A new envelope's way in, past its checks and with the clock moved:
@@ -852,17 +913,11 @@ impl<T: Reduce> Core<T> {
         // earlier life of this id (a restart that lost its store): accept it
         // and stamp everything after it.
         self.last = self.last.max(stamp.ts);
-        let mut stamped = change.clone();
-        T::stamp(&mut stamped, stamp);
-        if !signed {
-            // Stamps equal to the envelope's travel implicit. (A signed
-            // change is relayed as its origin signed it.)
-            T::unstamp(change, stamp);
-        }
-        stamped
+        prepare::<T>(stamp, change, signed)
     }
 
-    /// Records what an admitted envelope's reduce returned.
+    /// Records what an admitted envelope's reduce returned, its stamps
+    /// equal to the envelope's unset.
     ///
     /// The envelope is kept as it came, not cut down to what it changed
     /// here: a peer may take it from this replica without what cut it down
@@ -873,19 +928,10 @@ impl<T: Reduce> Core<T> {
     /// its clock saying otherwise, for ever. So an update that changed
     /// nothing here travels on whole too ([`Entry::Unchanged`]); what it
     /// did change is kept beside it for subscribers ([`Entry::Relayed`]).
-    fn record(
-        &mut self,
-        stamp: Stamp,
-        envelope: Envelope<T::Update>,
-        result: Option<T::Update>,
-    ) -> Outcome {
-        debug_assert_eq!(envelope.stamp(), stamp);
-        let applied = result.is_some();
-        self.history.push(match result {
-            Some(mut change) => {
-                T::unstamp(&mut change, stamp);
-                Entry::Relayed { envelope, change }
-            }
+    fn record(&mut self, envelope: Envelope<T::Update>, change: Option<T::Update>) -> Outcome {
+        let applied = change.is_some();
+        self.history.push(match change {
+            Some(change) => Entry::Relayed { envelope, change },
             None => Entry::Unchanged(envelope),
         });
         self.count(applied)
@@ -1131,7 +1177,11 @@ impl<T: Reduce> Replica<T> {
         let Some(mut change) = core.state.reduce(update) else {
             return Ok(None);
         };
-        T::unstamp(&mut change, stamp);
+        // The state took it: it is recorded even if `unstamp` panics, its
+        // stamps then left set, or it would never travel.
+        let unstamping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::unstamp(&mut change, stamp);
+        }));
         let mut envelope = Envelope::new(core.id, ts, change);
         if let Some(identity) = &core.identity {
             let bytes = postcard::to_allocvec(&envelope.change)
@@ -1142,6 +1192,9 @@ impl<T: Reduce> Replica<T> {
         core.clock.observe(core.id, ts);
         core.stats.local += 1;
         core.history.push(Entry::Change(envelope));
+        if let Err(panic) = unstamping {
+            std::panic::resume_unwind(panic);
+        }
         Ok(Some(stamp))
     }
 
@@ -1602,6 +1655,11 @@ mod tests {
     thread_local! {
         /// The value whose insertion panics, on this test's thread only.
         static POISON: Cell<Option<u64>> = const { Cell::new(None) };
+        /// The value whose update's stamping panics, on this thread only.
+        static STAMP_POISON: Cell<Option<u64>> = const { Cell::new(None) };
+        /// The value whose unstamping panics when it is all the update
+        /// holds (as a reduce returns it when the rest was there).
+        static UNSTAMP_POISON: Cell<Option<u64>> = const { Cell::new(None) };
     }
 
     /// A grow-only set whose reduce panics at the poisoned value, after
@@ -1626,6 +1684,20 @@ mod tests {
 
         fn snapshot(&self) -> Vec<u64> {
             self.0.iter().copied().collect()
+        }
+
+        /// A user's bug before any reduce: stamping an update that holds
+        /// the poisoned value panics.
+        fn stamp(update: &mut Vec<u64>, _: Stamp) {
+            if let Some(poison) = STAMP_POISON.get() {
+                assert!(!update.contains(&poison), "the user's stamp fails at {poison}");
+            }
+        }
+
+        fn unstamp(change: &mut Vec<u64>, _: Stamp) {
+            if let Some(poison) = UNSTAMP_POISON.get() {
+                assert!(change != &[poison], "the user's unstamp fails at {poison}");
+            }
         }
     }
 
@@ -1703,5 +1775,192 @@ mod tests {
         assert!(caught.is_err());
         assert_eq!(r.clock().get(id("v")), Timestamp::ZERO, "a new source is unseen again");
         assert_eq!(r.clock().len(), 1);
+    }
+
+    /// Runs `a`'s 100 updates to `b` in one frame, the 50th being
+    /// `poisoned`, with `poison` set to 5,000 and a panic caught; then `b`
+    /// resyncs with `a`, and `c`, which hears only from `b`, with `b`.
+    /// `b` holds 9,999 of its own, which `a` lacks as it writes.
+    fn panic_mid_frame_then_resync(
+        poison: &'static std::thread::LocalKey<Cell<Option<u64>>>,
+        poisoned: Vec<u64>,
+    ) {
+        let mut net = Network::new();
+        let a = net.add(Replica::new(id("a"), Fragile::default()));
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let link = net.link(a, b);
+        net.pump();
+        // Of b's that a has not heard of when it writes: a reduce at b
+        // returns less than a wrote.
+        net.update(b, vec![9_999]).expect("b's update");
+        let mut writes = Vec::new();
+        for i in 0..100u64 {
+            let values = if i == 50 { poisoned.clone() } else { vec![i, 1_000 + i] };
+            let stamp = net.update(a, values.clone()).ok().flatten();
+            writes.push((stamp.expect("a new update"), values));
+        }
+        poison.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| net.pump()));
+        poison.set(None);
+        assert!(caught.is_err(), "the user's code panicked");
+        claims_only_what_it_holds(&net[b], &writes);
+        assert!(net[b].core.staged.is_empty(), "nothing stays staged");
+        assert!(net[b].core.inbox.is_empty(), "nor in the inbox");
+
+        net.cut(link);
+        net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].state(), net[a].state());
+        assert_eq!(net[b].clock(), net[a].clock());
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        net.link(b, c);
+        net.pump();
+        assert_eq!(net[c].state(), net[a].state(), "b's history holds every update");
+        assert_eq!(net[c].clock(), net[a].clock());
+    }
+
+    /// A user's `stamp` that panics while a frame is being staged, caught,
+    /// leaves nothing of the frame staged or claimed: a later sync brings
+    /// all of it, and a third replica that hears only from this one gets
+    /// every update from its history (left staged, the frame's changes
+    /// were reduced with the next frame and recorded against its
+    /// envelopes, some of which then went unrecorded).
+    #[test]
+    fn a_stamp_that_panicked_mid_frame_leaves_nothing_staged_or_claimed() {
+        panic_mid_frame_then_resync(&STAMP_POISON, vec![50, 5_000]);
+    }
+
+    /// A user's `unstamp` that panics on what a reduce returned, before the
+    /// frame is recorded: every update reduced is still recorded (before,
+    /// those from it on were not, while the clock and the state had them:
+    /// a replica that hears only from this one never got them).
+    #[test]
+    fn an_unstamp_that_panicked_before_the_records_leaves_none_out() {
+        // 9,999 is there already at b: its reduce returns 5,000 alone.
+        panic_mid_frame_then_resync(&UNSTAMP_POISON, vec![5_000, 9_999]);
+    }
+
+    /// The same through `Replica::apply`: the clock, raised before the
+    /// stamp, goes back.
+    #[test]
+    fn a_stamp_that_panicked_in_apply_moves_no_clock() {
+        let mut r = Replica::new(id("r"), Fragile::default());
+        let now = Network::<Fragile>::EPOCH;
+        let ts = Timestamp::new(now, 0);
+        assert_eq!(r.apply(now, Envelope::new(id("w"), ts, vec![1])), Outcome::Applied);
+        let poisoned = Envelope::new(id("w"), ts.next(now), vec![2, 5_000]);
+        STAMP_POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| r.apply(now, poisoned.clone())));
+        STAMP_POISON.set(None);
+        assert!(caught.is_err());
+        assert_eq!(r.clock().get(id("w")), ts, "the clock went back");
+        assert_eq!(r.apply(now, poisoned), Outcome::Applied, "and it is taken when sent again");
+        assert_eq!(r.state().0, BTreeSet::from([1, 2, 5_000]));
+    }
+
+    /// A user's `unstamp` that panics in `Replica::apply`, on what the
+    /// reduce returned: the state took the update, so it is recorded, and
+    /// a replica that hears only from this one gets it.
+    #[test]
+    fn an_unstamp_that_panicked_in_apply_still_records_the_update() {
+        let mut net = Network::new();
+        let r = net.add(Replica::new(id("r"), Fragile::default()));
+        let now = Network::<Fragile>::EPOCH;
+        net[r].update(now, vec![9_999]).expect("r's update");
+        // 9,999 is there already: the reduce returns 5,000 alone.
+        let envelope = Envelope::new(id("w"), Timestamp::new(now, 0), vec![5_000, 9_999]);
+        UNSTAMP_POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| net[r].apply(now, envelope)));
+        UNSTAMP_POISON.set(None);
+        assert!(caught.is_err());
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        net.link(r, c);
+        net.pump();
+        assert_eq!(net[c].state(), net[r].state());
+        assert_eq!(net[c].clock(), net[r].clock());
+    }
+
+    /// A user's `unstamp` that panics in `Replica::update`, on what the
+    /// reduce returned: the state took the write, so it is recorded and
+    /// travels.
+    #[test]
+    fn an_unstamp_that_panicked_in_update_still_records_the_write() {
+        let mut net = Network::new();
+        let r = net.add(Replica::new(id("r"), Fragile::default()));
+        let now = Network::<Fragile>::EPOCH;
+        UNSTAMP_POISON.set(Some(5_000));
+        let caught = catch_unwind(AssertUnwindSafe(|| net[r].update(now, vec![5_000])));
+        UNSTAMP_POISON.set(None);
+        assert!(caught.is_err());
+        assert!(net[r].update(now, vec![1]).is_ok_and(|s| s.is_some()), "r writes on");
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        net.link(r, c);
+        net.pump();
+        assert_eq!(net[c].state(), net[r].state());
+        assert_eq!(net[c].clock(), net[r].clock());
+    }
+
+    /// Moves what `from` writes on `fs` to `to`'s `ts`, one frame per call
+    /// to `handle`, catching a panic from it; returns the bytes moved and
+    /// the panics caught.
+    fn frame_by_frame(
+        from: &mut Replica<Fragile>,
+        fs: StreamId,
+        to: &mut Replica<Fragile>,
+        ts: StreamId,
+    ) -> (usize, usize) {
+        let now = Network::<Fragile>::EPOCH;
+        let mut out = Vec::new();
+        while from.poll_transmit(fs, &mut out).unwrap_or(0) > 0 {}
+        let (mut at, mut panics) = (0, 0);
+        while at < out.len() {
+            let len = u32::from_le_bytes(out[at..at + 4].try_into().expect("a prefix")) as usize;
+            let frame = &out[at..at + 4 + len];
+            if catch_unwind(AssertUnwindSafe(|| to.handle(ts, now, frame))).is_err() {
+                panics += 1;
+            }
+            at += 4 + len;
+        }
+        (out.len(), panics)
+    }
+
+    /// Both ways until quiet; returns the panics caught.
+    fn exchange(x: &mut Replica<Fragile>, y: &mut Replica<Fragile>) -> usize {
+        let sx = x.open(crate::StreamOpts::default()).expect("open");
+        let sy = y.open(crate::StreamOpts::default()).expect("open");
+        let mut panics = 0;
+        loop {
+            let (there, p) = frame_by_frame(x, sx, y, sy);
+            let (back, q) = frame_by_frame(y, sy, x, sx);
+            panics += p + q;
+            if there + back == 0 {
+                return panics;
+            }
+        }
+    }
+
+    /// A user's `reduce` that panics on a snapshot's part, caught, leaves
+    /// the clock where it was even when the snapshot's end arrives: the
+    /// part was counted before its reduce, and without the snapshot
+    /// dropped the end gave the clock to a state that lacked the part.
+    #[test]
+    fn a_reduce_that_panicked_on_a_snapshot_part_ends_the_snapshot() {
+        let config = crate::Config::default().history_limit(4);
+        let mut a = Replica::with_config(id("a"), Fragile::default(), config);
+        let now = Network::<Fragile>::EPOCH;
+        for i in 0..20u64 {
+            a.update(now, vec![i, 5_000 + i]).expect("an update");
+        }
+        let mut b = Replica::new(id("b"), Fragile::default());
+        POISON.set(Some(5_019));
+        let panics = exchange(&mut a, &mut b);
+        POISON.set(None);
+        assert_eq!(panics, 1, "the reduce panicked");
+        assert_eq!(b.clock().get(id("a")), Timestamp::ZERO, "b claims nothing of a's");
+
+        assert_eq!(exchange(&mut a, &mut b), 0);
+        assert!(b.stats().snapshots > 0, "b was brought up by snapshot");
+        assert_eq!(b.state(), a.state());
+        assert_eq!(b.clock(), a.clock());
     }
 }

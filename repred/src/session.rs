@@ -1,6 +1,7 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use crate::envelope::Received;
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
@@ -680,33 +681,51 @@ impl Stream {
                     let mut last: Option<Stamp> = None;
                     let mut sources = std::mem::take(&mut core.sources);
                     sources.begin(inbox.len());
-                    for (index, envelope) in inbox.iter_mut().enumerate() {
-                        let stamp = envelope.stamp();
-                        let staged = self.take_update(core, &mut sources, now, index, envelope);
-                        if !matches!(staged, Err(Outcome::Rejected(_))) {
-                            self.shown = self.shown.max(stamp.ts);
-                        }
-                        match staged {
-                            // What we pull but cannot verify will not come
-                            // from anyone: a sync waits for it no more.
-                            Err(Outcome::Rejected(Rejection::Unverified(_)))
-                                if core.parents.contains_key(&stamp.source) =>
-                            {
-                                core.refused.observe(stamp.source, stamp.ts);
+                    // The user's `Clone`, `stamp` and `unstamp` (and
+                    // `Serialize`, for a signed update) run on each update
+                    // staged, after its clock entry moved: should one panic
+                    // (and the replica be used after the panic is caught),
+                    // nothing of this frame stays staged or claimed, and the
+                    // peer sends it again. Caught once a frame, as the
+                    // reduces are (`Core::apply_staged`), not per update.
+                    let staging = catch_unwind(AssertUnwindSafe(|| {
+                        for (index, envelope) in inbox.iter_mut().enumerate() {
+                            let stamp = envelope.stamp();
+                            let staged = self.take_update(core, &mut sources, now, index, envelope);
+                            if !matches!(staged, Err(Outcome::Rejected(_))) {
+                                self.shown = self.shown.max(stamp.ts);
                             }
-                            // A refused update says nothing of what the
-                            // peer will deliver, so it picks no parent.
-                            Err(Outcome::Rejected(_)) => {}
-                            _ if track => {
-                                if let Some(prev) = last
-                                    && prev.source != stamp.source
+                            match staged {
+                                // What we pull but cannot verify will not come
+                                // from anyone: a sync waits for it no more.
+                                Err(Outcome::Rejected(Rejection::Unverified(_)))
+                                    if core.parents.contains_key(&stamp.source) =>
                                 {
-                                    self.track_parent(id, core, prev);
+                                    core.refused.observe(stamp.source, stamp.ts);
                                 }
-                                last = Some(stamp);
+                                // A refused update says nothing of what the
+                                // peer will deliver, so it picks no parent.
+                                Err(Outcome::Rejected(_)) => {}
+                                _ if track => {
+                                    if let Some(prev) = last
+                                        && prev.source != stamp.source
+                                    {
+                                        self.track_parent(id, core, prev);
+                                    }
+                                    last = Some(stamp);
+                                }
+                                _ => {}
                             }
-                            _ => {}
                         }
+                    }));
+                    if let Err(panic) = staging {
+                        core.unstage(&inbox);
+                        inbox.clear();
+                        core.inbox = inbox;
+                        // Not written back: the table holds the raise of the
+                        // update whose staging panicked.
+                        core.sources = sources;
+                        resume_unwind(panic);
                     }
                     sources.write_back(&mut core.clock, &mut self.known);
                     core.sources = sources;
@@ -796,12 +815,21 @@ impl Stream {
                 if let Err(refused) = incoming.part(index, &digest, proof.as_ref()) {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
+                let hint = incoming.take_size_hint();
+                // The part is counted: should the user's `reserve` or
+                // `reduce` panic on it (and the replica be used after the
+                // panic is caught), the snapshot goes with it, or its end
+                // would give the clock it stands for to a state that lacks
+                // the part. Its next frame is then out of place, which
+                // ends the stream.
+                let incoming = self.snapshot_in.take();
                 // Room for the whole state once, with the first part taken
                 // (its clock checked), rather than doubling on the way.
-                if let Some(entries) = incoming.take_size_hint() {
+                if let Some(entries) = hint {
                     core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
                 core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
+                self.snapshot_in = incoming;
             }
             Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
                 let Some(incoming) = self.snapshot_in.take() else {
