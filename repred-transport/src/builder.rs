@@ -46,7 +46,15 @@ pub(crate) struct Settings {
     pub(crate) max_connections_per_peer: usize,
     pub(crate) max_streams_per_connection: u32,
     pub(crate) max_frame: usize,
+    /// How often the node collects tombstones, if it does.
+    pub(crate) collect_every: Option<Duration>,
+    /// How long a member declared down still counts as a writer.
+    pub(crate) collect_grace: Duration,
 }
+
+/// How long a member declared down still counts as a writer of an object
+/// unless told otherwise ([`Builder::collect_grace`]).
+const DEFAULT_COLLECT_GRACE: Duration = Duration::from_secs(3600);
 
 /// Configures and starts a [`Node`].
 ///
@@ -124,6 +132,8 @@ impl Default for Builder {
                 max_connections_per_peer: 4,
                 max_streams_per_connection: 64,
                 max_frame: Config::default().max_frame,
+                collect_every: None,
+                collect_grace: DEFAULT_COLLECT_GRACE,
             },
         }
     }
@@ -358,6 +368,54 @@ impl Builder {
         self
     }
 
+    /// Forgets old deletes (tombstones of OR-set removes, last-writer-wins
+    /// deletes, the history under them) by itself: every `period`, each
+    /// object is collected ([`Replica::collect`](repred::Replica::collect))
+    /// at the newest point that every member that can still write it has
+    /// provably passed. Default off: deletes are kept for ever.
+    ///
+    /// The members that can still write an object are those alive or
+    /// suspected, and those declared down less than the grace period ago
+    /// ([`collect_grace`](Builder::collect_grace)), that its [`Peers`]
+    /// admits; for each, the node needs a synced stream of the object with
+    /// it, which shows what the member holds (see
+    /// [`Replica::peer_heard`](repred::Replica::peer_heard)). A member with
+    /// none (one not connected to this node, one that does not replicate
+    /// the object, one down within the grace period) holds every
+    /// collection back; so does being alone. Every writer must therefore
+    /// be connected to this node: a cluster within the
+    /// [`fanout`](Builder::fanout). A member shows it passed a point by
+    /// sending something newer, so the newest deletes wait until every
+    /// writer has written or relayed something after them.
+    /// [`Handle::collections`] and
+    /// [`Handle::collection_blocked_by`] say what happened.
+    ///
+    /// The cost: a member away longer than the grace period is not waited
+    /// for; if it comes back holding deletes the others forgot, its
+    /// streams end as stale ([`Event::Stale`](repred::Event::Stale)) and it
+    /// must [`rejoin`](repred::Replica::rejoin). So may a member whose
+    /// connection closed while updates sent to it were on their way. The
+    /// node does not rejoin by itself yet: such a node stays behind until
+    /// it restarts.
+    ///
+    /// [`Peers`]: crate::Peers
+    /// [`Handle::collections`]: crate::Handle::collections
+    /// [`Handle::collection_blocked_by`]: crate::Handle::collection_blocked_by
+    pub fn collect_every(mut self, period: Duration) -> Self {
+        self.settings.collect_every = Some(period);
+        self
+    }
+
+    /// How long a member declared down (or forgotten by the membership)
+    /// still counts as a writer whose clock a collection waits for
+    /// ([`collect_every`](Builder::collect_every)). Longer keeps tombstones
+    /// longer while a member is down; shorter makes a member away that long
+    /// come back stale. Default one hour.
+    pub fn collect_grace(mut self, grace: Duration) -> Self {
+        self.settings.collect_grace = grace;
+        self
+    }
+
     /// Binds the socket, loads or creates the credentials, and starts the
     /// node's tasks on the current tokio runtime.
     pub async fn spawn(self) -> Result<Node, Error> {
@@ -367,6 +425,9 @@ impl Builder {
         node_config.max_active = node_config.max_active.min(node_config.max_connections);
         node_config.min_active = node_config.min_active.min(node_config.max_active);
         node_config.check().map_err(Error::Config)?;
+        if s.collect_every.is_some_and(|p| p.is_zero()) {
+            return Err(Error::Config("collect_every must be longer than zero"));
+        }
         let socket = std::net::UdpSocket::bind(self.listen)
             .map_err(|source| Error::Bind { addr: self.listen, source })?;
         let bound =
@@ -534,6 +595,9 @@ impl Builder {
         let driver = Driver::new(inner.clone(), signer, opener, datagrams, control_rx, messages_rx)
             .bootstrap(self.bootstrap);
         inner.spawn(driver.run());
+        if let Some(every) = inner.settings.collect_every {
+            inner.spawn(crate::collect::run(inner.clone(), every, inner.settings.collect_grace));
+        }
         Ok(Node { inner })
     }
 }

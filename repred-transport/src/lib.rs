@@ -88,6 +88,7 @@
 mod builder;
 mod clock;
 mod close;
+mod collect;
 mod control;
 mod driver;
 mod durable;

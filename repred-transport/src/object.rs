@@ -17,6 +17,7 @@ use tracing::Span;
 
 use crate::Error;
 use crate::clock::now_ms;
+use crate::collect::{Blocked, PeerView, admitted, stable_point};
 use crate::durable::{Durable, Persist};
 use crate::metrics::ObjectMetrics;
 use repred_store::{Batch, Store, StoreError};
@@ -190,6 +191,10 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// Which peers it is streamed with from now on: live streams with a
     /// peer the set does not admit are closed.
     fn set_peers(&self, peers: Peers);
+    /// Collects its deletes if it can (see [`crate::collect`]): `writers`
+    /// are the members, this node excluded, that may still write, before
+    /// the object's [`Peers`] filter.
+    fn collect(&self, writers: &BTreeSet<SourceId>);
 }
 
 /// Which end of a stream ended it on purpose ([`Object::released`]).
@@ -238,6 +243,18 @@ struct Inner<T: Reduce> {
     /// The peer of each live stream: whom [`Object::set_peers`] cuts, and
     /// what a [`StreamEnded`] names.
     stream_peers: HashMap<StreamId, Option<SourceId>>,
+    /// What the node's collections did ([`Object::collect`]).
+    collection: Collection,
+}
+
+/// What the node's collections of an object did
+/// ([`Builder::collect_every`](crate::Builder::collect_every)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Collection {
+    /// Collections that raised the floor.
+    runs: u64,
+    /// Why the last attempt did not collect, if it did not.
+    blocked: Option<Blocked>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -283,6 +300,7 @@ where
             released: HashMap::new(),
             peers,
             stream_peers: HashMap::new(),
+            collection: Collection::default(),
         };
         let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
@@ -581,6 +599,41 @@ where
         }
         self.settle(&mut inner);
     }
+
+    fn collect(&self, writers: &BTreeSet<SourceId>) {
+        let mut inner = self.lock();
+        let writers = admitted(writers, &inner.peers);
+        let verdict = {
+            let Inner { replica, stream_peers, .. } = &*inner;
+            let views: Vec<PeerView> = replica
+                .open_streams()
+                .filter(|&stream| replica.is_synced(stream))
+                .filter_map(|stream| {
+                    Some(PeerView {
+                        node: stream_peers.get(&stream).copied().flatten()?,
+                        known: replica.peer_known(stream)?,
+                        heard: replica.peer_heard(stream)?,
+                    })
+                })
+                .collect();
+            stable_point(&writers, replica.clock(), &views)
+        };
+        match verdict {
+            Ok(point) if point > inner.replica.floor() => {
+                let dropped = inner.replica.collect(point);
+                inner.collection = Collection { runs: inner.collection.runs + 1, blocked: None };
+                tracing::debug!(object = %self.name, point = ?point, dropped, "collected");
+                self.settle(&mut inner);
+            }
+            Ok(_) => inner.collection.blocked = None,
+            Err(blocked) => {
+                if inner.collection.blocked != Some(blocked) {
+                    tracing::debug!(object = %self.name, blocked = ?blocked, "not collecting");
+                }
+                inner.collection.blocked = Some(blocked);
+            }
+        }
+    }
 }
 
 /// Whether a stream ended because one side refused the other (rather than
@@ -686,6 +739,31 @@ where
     /// stream ended; the connection and membership went on.
     pub fn refusals(&self) -> Vec<Refusal> {
         self.shared.lock().refusals.iter().cloned().collect()
+    }
+
+    /// How many times the node collected the object's deletes
+    /// ([`Builder::collect_every`](crate::Builder::collect_every)): each
+    /// time its [floor](repred::Replica::floor) rose. What they dropped is
+    /// [`Stats::collected`].
+    pub fn collections(&self) -> u64 {
+        self.shared.lock().collection.runs
+    }
+
+    /// The member (node id) whose clock the node's last attempt to collect
+    /// the object lacked, if that is why it did not: a writer of the
+    /// object with no synced stream of it with this node
+    /// ([`Builder::collect_every`](crate::Builder::collect_every)).
+    pub fn collection_blocked_by(&self) -> Option<SourceId> {
+        match self.shared.lock().collection.blocked {
+            Some(Blocked::NoClock(member)) => Some(member),
+            Some(Blocked::Alone) | None => None,
+        }
+    }
+
+    /// The object's collection floor: deletes older than it are forgotten
+    /// ([`Replica::floor`](repred::Replica::floor)).
+    pub fn floor(&self) -> Timestamp {
+        self.shared.lock().replica.floor()
     }
 
     /// Counters of the object's sessions with peers, over its whole life.

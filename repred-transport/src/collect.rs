@@ -1,0 +1,308 @@
+//! Tombstone collection run by the node ([`Builder::collect_every`]): when
+//! it is safe to forget a delete, decided from what this node knows of the
+//! members that can still write an object.
+//!
+//! **The rule.** Every period, per object, the node collects
+//! ([`Replica::collect`](repred::Replica::collect)) at a point no write
+//! still to come can be older than, found from:
+//! - the *writers*: the members the node core knows, alive or suspected,
+//!   or declared down less than the grace period ago
+//!   ([`Builder::collect_grace`]), admitted by the object's [`Peers`]; this
+//!   node excluded (its own clock stands for it);
+//! - for each writer, every live stream of the object with it that has
+//!   synced (so this replica holds all the peer held at its Hello): what
+//!   the stream knows the peer holds ([`Replica::peer_known`]) and the
+//!   newest timestamp the peer has shown it holds
+//!   ([`Replica::peer_heard`]).
+//!
+//! The point is [`Clock::stable_point`] of this replica's clock and those
+//! known clocks, capped just above each `peer_heard`: a writer's writes
+//! this replica lacks are either in its Hello clock (held here, the stream
+//! being synced) or newer than what it last showed (its timestamps pass
+//! all it has seen). The cap is what makes the known clocks usable: they
+//! count what was *sent* to the peer too, and the peer may have written,
+//! older than that, before it arrived.
+//!
+//! A writer shows it passed a point by sending something newer: an idle
+//! writer holds the point where it last did, so the newest deletes are
+//! collected once every writer has written or relayed something after
+//! them.
+//!
+//! A writer with no such stream blocks the collection: the node does not
+//! guess. So does being alone (no other member known): a node that has not
+//! joined yet cannot tell who else writes. A stream shows only its own
+//! peer, so every writer must be connected to this node (a cluster within
+//! the fanout, [`Builder::fanout`]); in a larger one the node collects
+//! nothing.
+//!
+//! **The cost.** A member away longer than the grace period is dropped
+//! from the writers; if it comes back holding deletes the others forgot,
+//! its streams end with [`Event::Stale`](repred::Event::Stale) and it must
+//! [`rejoin`](repred::Replica::rejoin). So may a writer whose connection
+//! closed while updates sent or announced to it were on their way: the
+//! known clocks count them as held, others may collect past them and drop
+//! them from their history, and the writer, brought up by snapshot, is
+//! stale. The node logs [`Event::Stale`](repred::Event::Stale) but does
+//! not rejoin by itself (it has no empty state of the user's type). A write of a writer no longer
+//! counted (down past the grace period, a previous life of a restarted
+//! node, a node outside the [`Peers`] set writing through a replica) that
+//! reaches a member only after the member last showed its clock may be
+//! refused as older than the floor.
+//!
+//! [`Builder::collect_every`]: crate::Builder::collect_every
+//! [`Builder::collect_grace`]: crate::Builder::collect_grace
+//! [`Builder::fanout`]: crate::Builder::fanout
+//! [`Replica::peer_known`]: repred::Replica::peer_known
+//! [`Replica::peer_heard`]: repred::Replica::peer_heard
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use repred::{Clock, SourceId, Timestamp};
+use repred_node::{MemberInfo, MemberState};
+use tokio::time::MissedTickBehavior;
+
+use crate::clock::now_ms;
+use crate::node::Inner;
+use crate::object::{Object, Peers};
+
+/// What one live, synced stream of an object shows of its peer's replica.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerView {
+    /// The peer's node id.
+    pub(crate) node: SourceId,
+    /// What the stream knows the peer holds ([`repred::Replica::peer_known`]).
+    pub(crate) known: Clock,
+    /// The newest timestamp the peer has shown ([`repred::Replica::peer_heard`]).
+    pub(crate) heard: Timestamp,
+}
+
+/// Why an object was not collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// No member but this node can write it: one that has not joined
+    /// cannot tell who else writes.
+    Alone,
+    /// This writer has no synced stream of the object with this node.
+    NoClock(SourceId),
+}
+
+/// The point below which `own`'s deletes may be forgotten, given the
+/// `writers` (node ids, this node excluded) and the `views` of this
+/// object's streams: [`Clock::stable_point`] of `own` and every writer's
+/// known clocks, capped just above each writer's `heard`.
+pub(crate) fn stable_point(
+    writers: &BTreeSet<SourceId>,
+    own: &Clock,
+    views: &[PeerView],
+) -> Result<Timestamp, Blocked> {
+    if writers.is_empty() {
+        return Err(Blocked::Alone);
+    }
+    if let Some(&missing) = writers.iter().find(|&&w| !views.iter().any(|v| v.node == w)) {
+        return Err(Blocked::NoClock(missing));
+    }
+    // Only the writers' streams: another peer's clock could only hold the
+    // point back, and it cannot write.
+    let counted = || views.iter().filter(|v| writers.contains(&v.node));
+    let clocks = std::iter::once(own).chain(counted().map(|v| &v.known));
+    let point = Clock::stable_point(clocks);
+    let cap = counted().map(|v| v.heard.next(0)).min().unwrap_or(point);
+    Ok(point.min(cap))
+}
+
+/// Which members may still write, by the node core's membership seen each
+/// period: it keeps when each was first seen down (or gone from the
+/// membership), since the node core does not say.
+#[derive(Debug, Default)]
+pub(crate) struct Writers {
+    /// Every member seen, and since when (wall milliseconds) it has been
+    /// down or gone, if it is.
+    seen: BTreeMap<SourceId, Option<u64>>,
+}
+
+impl Writers {
+    /// The members, this node (`me`) excluded, that may still write at
+    /// `now`: alive or suspected, or down (or forgotten by the membership)
+    /// for less than `grace`. Any [`Peers`] filter is the object's to
+    /// apply ([`admitted`]).
+    pub(crate) fn observe<A>(
+        &mut self,
+        now: u64,
+        me: SourceId,
+        members: &[MemberInfo<A>],
+        grace: Duration,
+    ) -> BTreeSet<SourceId> {
+        let present: BTreeSet<SourceId> = members.iter().map(|m| m.id).collect();
+        for m in members.iter().filter(|m| m.id != me) {
+            let down = self.seen.entry(m.id).or_insert(None);
+            match m.state {
+                MemberState::Alive | MemberState::Suspect => *down = None,
+                MemberState::Down => {
+                    down.get_or_insert(now);
+                }
+            }
+        }
+        // Forgotten by the membership: down from now, if it was not.
+        for (id, down) in &mut self.seen {
+            if !present.contains(id) {
+                down.get_or_insert(now);
+            }
+        }
+        let grace = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.seen.retain(|_, down| down.is_none_or(|at| now.saturating_sub(at) < grace));
+        self.seen.keys().copied().collect()
+    }
+}
+
+/// The writers an object with `peers` streams with.
+pub(crate) fn admitted(writers: &BTreeSet<SourceId>, peers: &Peers) -> BTreeSet<SourceId> {
+    writers.iter().copied().filter(|&w| peers.admits(Some(w))).collect()
+}
+
+/// The node's collector: every `every`, reads the membership and offers
+/// each object the writers it found. Every decision is the objects' and
+/// [`stable_point`]'s; this only keeps time.
+pub(crate) async fn run(inner: Arc<Inner>, every: Duration, grace: Duration) {
+    let mut writers = Writers::default();
+    let mut tick = tokio::time::interval(every);
+    // A node too busy to keep up collects less often, not in bursts.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !inner.running() {
+            return;
+        }
+        let members = inner.core().members();
+        let now = writers.observe(now_ms(), inner.id, &members, grace);
+        let objects: Vec<Arc<dyn Object>> = inner.registry.borrow().values().cloned().collect();
+        for object in objects.iter().filter(|o| !o.is_disposed()) {
+            object.collect(&now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> SourceId {
+        SourceId::new(name).expect("a valid id")
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::new(ms, 0)
+    }
+
+    fn clock(entries: &[(&str, u64)]) -> Clock {
+        entries.iter().map(|&(s, ms)| (id(s), t(ms))).collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<SourceId> {
+        names.iter().map(|n| id(n)).collect()
+    }
+
+    #[test]
+    fn all_writers_shown_past_the_deletes_give_the_clocks_stable_point() {
+        let own = clock(&[("a", 50), ("b", 60), ("c", 70)]);
+        let (kb, kc) = (own.clone(), own.clone());
+        let views = [
+            PeerView { node: id("nb"), known: kb.clone(), heard: t(70) },
+            PeerView { node: id("nc"), known: kc.clone(), heard: t(70) },
+        ];
+        let point = stable_point(&set(&["nb", "nc"]), &own, &views);
+        assert_eq!(point, Ok(t(70).next(0)), "every delete up to 70 may go");
+    }
+
+    #[test]
+    fn a_writer_without_a_stream_blocks() {
+        let own = clock(&[("a", 50)]);
+        let kb = own.clone();
+        let views = [PeerView { node: id("nb"), known: kb.clone(), heard: t(50) }];
+        let point = stable_point(&set(&["nb", "nc"]), &own, &views);
+        assert_eq!(point, Err(Blocked::NoClock(id("nc"))));
+        // A stream with someone who is not a writer stands for nobody.
+        let views = [PeerView { node: id("nd"), known: kb.clone(), heard: t(50) }];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Err(Blocked::NoClock(id("nb"))));
+    }
+
+    #[test]
+    fn alone_it_does_not_collect() {
+        let own = clock(&[("a", 50)]);
+        assert_eq!(stable_point(&BTreeSet::new(), &own, &[]), Err(Blocked::Alone));
+    }
+
+    /// The case the cap is for: this node sent b a write of c's at 100, so
+    /// the stream counts it in b's known clock, and every clock agrees; but
+    /// b wrote at 60 before that arrived, and its write is still on the
+    /// way. The clocks alone would say 100; b only showed 50.
+    #[test]
+    fn what_was_sent_to_a_writer_does_not_move_the_point_past_what_it_showed() {
+        let own = clock(&[("b", 50), ("c", 100)]);
+        let (kb, kc) = (own.clone(), own.clone());
+        assert_eq!(Clock::stable_point([&own, &kb, &kc]), t(100).next(0));
+        let views = [
+            PeerView { node: id("nb"), known: kb.clone(), heard: t(50) },
+            PeerView { node: id("nc"), known: kc.clone(), heard: t(100) },
+        ];
+        assert_eq!(stable_point(&set(&["nb", "nc"]), &own, &views), Ok(t(50).next(0)));
+    }
+
+    #[test]
+    fn a_writer_behind_holds_the_point_at_what_it_lacks() {
+        let own = clock(&[("a", 80), ("b", 60)]);
+        let kb = clock(&[("a", 30), ("b", 60)]);
+        let views = [PeerView { node: id("nb"), known: kb.clone(), heard: t(60) }];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(30).next(0)));
+    }
+
+    #[test]
+    fn several_streams_with_one_writer_all_count() {
+        let own = clock(&[("a", 80)]);
+        let (fresh, old) = (own.clone(), clock(&[("a", 20)]));
+        let views = [
+            PeerView { node: id("nb"), known: fresh.clone(), heard: t(80) },
+            PeerView { node: id("nb"), known: old.clone(), heard: t(20) },
+        ];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(20).next(0)));
+    }
+
+    fn member(name: &str, state: MemberState) -> MemberInfo<u16> {
+        MemberInfo { id: id(name), addr: 0, state }
+    }
+
+    #[test]
+    fn a_member_down_counts_until_the_grace_period_is_over() {
+        let grace = Duration::from_secs(10);
+        let mut writers = Writers::default();
+        let me = id("me");
+        let all = [member("me", MemberState::Alive), member("b", MemberState::Alive)];
+        assert_eq!(writers.observe(1_000, me, &all, grace), set(&["b"]));
+        let down = [member("me", MemberState::Alive), member("b", MemberState::Down)];
+        assert_eq!(writers.observe(2_000, me, &down, grace), set(&["b"]), "down at 2 s");
+        assert_eq!(writers.observe(11_999, me, &down, grace), set(&["b"]));
+        assert_eq!(writers.observe(12_000, me, &down, grace), set(&[]), "gone at 12 s");
+        // Back: a writer again at once.
+        assert_eq!(writers.observe(13_000, me, &all, grace), set(&["b"]));
+    }
+
+    #[test]
+    fn a_member_forgotten_by_the_membership_counts_as_down_from_then() {
+        let grace = Duration::from_secs(10);
+        let mut writers = Writers::default();
+        let me = id("me");
+        let all = [member("me", MemberState::Alive), member("b", MemberState::Suspect)];
+        assert_eq!(writers.observe(1_000, me, &all, grace), set(&["b"]));
+        let alone = [member("me", MemberState::Alive)];
+        assert_eq!(writers.observe(5_000, me, &alone, grace), set(&["b"]));
+        assert_eq!(writers.observe(15_000, me, &alone, grace), set(&[]));
+    }
+
+    #[test]
+    fn the_peers_filter_drops_the_writers_it_does_not_admit() {
+        let writers = set(&["b", "c"]);
+        assert_eq!(admitted(&writers, &Peers::All), writers);
+        assert_eq!(admitted(&writers, &Peers::only([id("c")])), set(&["c"]));
+    }
+}
