@@ -237,6 +237,12 @@ struct State<T: Reduce> {
     stored: BTreeMap<String, Stored>,
     /// The clock of each copy kept as the directory lists it now.
     kept_listed: BTreeMap<String, Clock>,
+    /// Copies kept that a past life listed, taken up by this one and not
+    /// checked yet against the clock their store's log has (see
+    /// `stored.rs`): not removable until then.
+    unchecked: BTreeMap<String, Stored>,
+    /// Names being checked: the check has them replicated for a moment.
+    checking: BTreeSet<String>,
     /// Whether this life's node record is listed as it stands.
     record_listed: bool,
     /// The lives of other nodes that said they are leaving, told to the
@@ -356,6 +362,8 @@ where
             unlist: BTreeSet::new(),
             stored: BTreeMap::new(),
             kept_listed: BTreeMap::new(),
+            unchecked: BTreeMap::new(),
+            checking: BTreeSet::new(),
             record_listed: false,
             departing: BTreeSet::new(),
         };
@@ -508,8 +516,13 @@ where
     /// once every live replica's clock covers it, and deletes it from its
     /// store once k live replicas cover the copy as released (see
     /// [`Placer::stored`]); then it shuts down. Writes on this node meanwhile still land (on
-    /// its copies, handed off with the rest). Returns whether everything
-    /// was handed off and deleted within `limit`; if not, it shuts down
+    /// its copies, handed off with the rest). In a cluster of k nodes or
+    /// fewer, an object has fewer than k live replicas besides this node:
+    /// a copy every one of them covers cannot go, and `leave` does not
+    /// wait for it; it stays in the store and listed in the directory
+    /// (one more home of the object's writes), deleted by a later life
+    /// once k live replicas cover it. Returns whether everything
+    /// was handed off (and deleted, or kept so) within `limit`; if not, it shuts down
     /// all the same, and what it still held is covered as after a crash
     /// (stand-ins, and its store on a return).
     pub async fn leave(self, limit: Duration) -> bool {
@@ -522,11 +535,12 @@ where
         let shared = self.shared.clone();
         let handed_off = async {
             loop {
-                {
+                let placed = {
                     let state = lock(&shared.state);
-                    if state.keeper.is_empty() && state.held.is_empty() && state.stored.is_empty() {
-                        return;
-                    }
+                    state.keeper.is_empty() && state.held.is_empty()
+                };
+                if placed && shared.kept_handed_off() {
+                    return;
                 }
                 tokio::time::sleep(shared.config.tick).await;
             }
@@ -589,6 +603,9 @@ where
             None => self.node.replicate(name, T::default())?,
         };
         state.held.insert(name.to_string(), Held { handle, k, writes: Arc::default() });
+        // Its store's log is in use again: no copy kept to delete.
+        state.stored.remove(name);
+        state.unchecked.remove(name);
         Ok(())
     }
 
@@ -825,6 +842,8 @@ where
         if !removable.is_empty() {
             shared.remove(removable).await;
         }
+        // The copies a past life listed, against their store's clock.
+        shared.check_kept().await;
         if let Some(writes) = writes
             && let Err(PlaceError::Transport(repred_transport::Error::Shutdown)) =
                 shared.list(writes).await

@@ -9,8 +9,11 @@
 //! Then the access is closed: the client's store keeps its copy while the
 //! killed replica, still listed live, has not covered it (the only other
 //! home of the writes made after the kill is one replica), through a crash
-//! and restart of the client, and deletes it once the killed replica is
-//! back and covers it. Every wait is bounded;
+//! and restart of the client; a write put in the client's stored copy
+//! while it is down (as a resumed copy's, not yet listed) keeps the copy
+//! once the killed replica is back and covers the clock listed; opened,
+//! written and closed again, the copy is deleted once every replica
+//! covers it. Every wait is bounded;
 //! what is asserted is where things end up, not how fast.
 
 mod common;
@@ -131,6 +134,20 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
     let through = placers[at(&placers, list[1]).unwrap()].as_ref().unwrap().node().addr();
     drop(handle);
     drop(placers[client].take());
+    // Its stored copy holds a write its directory entry does not: as if
+    // the last life had opened the object again (resuming the copy),
+    // written to it, and crashed before any replica took the write or a
+    // round unlisted the copy. (Made here on its store, while it is down.)
+    let path = dir.path().join(format!("node-{client_port}.redb"));
+    let store = eventually("the client's store opens", Duration::from_secs(10), || {
+        repred_store::Store::open(&path).map_err(|e| e.to_string())
+    })
+    .await;
+    let mut copy = store.load::<common::Set>(doc, repred::Config::default()).unwrap().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    copy.update(u64::try_from(now.as_millis()).unwrap(), GSet::add(99)).unwrap();
+    store.save(doc, &copy).unwrap();
+    drop((copy, store));
     let node = common::start_with(dir.path(), client_addr, Some(through), slow_detection).await;
     eventually("the restarted client sees every member", Duration::from_secs(30), || {
         let seen: BTreeSet<SourceId> = node.membership().into_iter().map(|m| m.id).collect();
@@ -151,11 +168,41 @@ async fn the_route_fails_over_when_its_stream_ends_before_swim_or_a_timeout_says
 
     // The killed replica comes back on its store, takes the object up
     // again and syncs it from the other two: now every live replica
-    // covers the copy, and the client's store lets it go.
+    // covers the copy as listed, but not the write only the client's
+    // store has; the client keeps the copy (its new life checks the
+    // store's clock, not the listed one).
     let node = common::start_with(dir.path(), killed_addr, Some(through), slow_detection).await;
     assert_eq!(node.id(), list[0], "the same node (its certificate is in the data dir)");
     placers[killed] = Some(repred_place::transport::Placer::spawn(node, config).unwrap());
+    eventually("the killed replica back and synced", Duration::from_secs(60), || {
+        placed_and_converged(&placers, &acked)
+    })
+    .await;
+    for _ in 0..30 {
+        let stored = placers[client].as_ref().unwrap().stored();
+        assert_eq!(stored, [doc], "deleted with a write no replica has");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Opened again, the copy resumes and syncs that write to a replica;
+    // closed, it is deleted once all replicas cover it.
     let on_client = placers[client].as_ref().unwrap();
+    let handle = eventually("the client opens the object", Duration::from_secs(10), || {
+        on_client.open(doc).map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(handle.read(|s| s.contains(&99)).unwrap(), "the resumed copy has the write");
+    tokio::time::timeout(Duration::from_secs(60), handle.update(GSet::add(100)))
+        .await
+        .expect("write 100: acknowledged within 60 s")
+        .expect("write 100");
+    acked.get_mut(doc).unwrap().extend([99, 100]);
+    eventually("every replica has the client's writes", Duration::from_secs(60), || {
+        placed_and_converged(&placers, &acked)
+    })
+    .await;
+    drop(handle);
+    assert!(on_client.close(doc).await.unwrap(), "an access was open");
     eventually("the client's stored copy is deleted", Duration::from_secs(60), || {
         let stored = on_client.stored();
         if stored.is_empty() { Ok(()) } else { Err(format!("still kept: {stored:?}")) }

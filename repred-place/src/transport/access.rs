@@ -205,6 +205,11 @@ where
         if let Some(a) = state.open.get(name) {
             return Ok(Copy::Access(a.handle.clone()));
         }
+        if state.checking.contains(name) {
+            // Its stored copy is loaded for a moment to read its clock
+            // (`stored.rs`): as while it is removed, a write waits.
+            return Err(repred_transport::Error::Removing(name.to_string()).into());
+        }
         let placed = state.keeper.place(&name.to_string(), None);
         if placed.is_replica(self.me) && !state.keeper.is_leaving() {
             self.hold(state, name)?;
@@ -222,6 +227,11 @@ where
         let handle = self.node.replicate_with(name, T::default(), Peers::only(via))?;
         let access = Access { handle: handle.clone(), route, waiters: BTreeMap::new() };
         state.open.insert(name.to_string(), access);
+        // Its store's log is in use again, resumed: no copy kept to
+        // delete, whatever clock it was listed with (the next round
+        // deletes its `Kept` entry).
+        state.stored.remove(name);
+        state.unchecked.remove(name);
         Ok(Copy::Access(handle))
     }
 

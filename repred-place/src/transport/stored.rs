@@ -20,11 +20,23 @@
 //! (`Entry::Kept`, with the clock to cover), which the node's store keeps
 //! as it keeps any object: a crash or a restart loses the list no more
 //! than it loses the copies, and the next life takes it up
-//! ([`Shared::list_kept`]).
+//! ([`Shared::list_kept`]), counting the clock each copy's log has
+//! ([`Shared::check_kept`]): a past life may have resumed a copy and
+//! written to it before its entry was unlisted. A name this node
+//! replicates again (held or opened) drops its copy kept at once, before
+//! the resumed copy takes a write, and its entry is unlisted the next
+//! round.
+//!
+//! In a cluster of k nodes or fewer, a leaving node's copies never have
+//! k live replicas besides it: [`Placer::leave`] does not wait for them
+//! once those there are cover them ([`short_of_replicas`]); they stay,
+//! listed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use repred::{Clock, Reduce, SourceId, Stamped};
+use repred_transport::Peers;
 
 use super::{Entry, Key, Listing, Placer, Shared, State, View, lock};
 use crate::Keeper;
@@ -82,6 +94,30 @@ pub(super) fn may_go(
         && others.iter().all(|r| view.lists(*r, name).is_some_and(|c| c.covers(clock)))
 }
 
+/// Whether the stored copy of `name` cannot go for want of replicas and
+/// is as handed off as the cluster allows: by this node's member list the
+/// object has fewer than k live replicas besides this node (a cluster of
+/// k nodes or fewer, this one leaving), at least one, and each lists a
+/// clock covering the copy. [`Placer::leave`] does not wait for such a
+/// copy: it stays in the store, and listed, one more home of the
+/// object's writes while the cluster is short of k other nodes. (Should
+/// the node come back, its next life takes the list up and deletes the
+/// copy once k live replicas cover it.)
+pub(super) fn short_of_replicas(
+    keeper: &Keeper<String>,
+    view: &View,
+    me: SourceId,
+    name: &str,
+    k: usize,
+    clock: &Clock,
+) -> bool {
+    let placed = keeper.place(&name.to_string(), Some(k));
+    let others: Vec<SourceId> = placed.replicas.into_iter().filter(|r| *r != me).collect();
+    !others.is_empty()
+        && others.len() < k
+        && others.iter().all(|r| view.lists(*r, name).is_some_and(|c| c.covers(clock)))
+}
+
 impl<T> Shared<T>
 where
     T: Reduce + Default + Send + 'static,
@@ -114,15 +150,22 @@ where
     /// crashed or restarted before their deletion), and adds to `writes`
     /// what makes the directory list the copies kept as they are: the
     /// directory is itself durable, so the list survives a crash. A copy
+    /// taken up is not removable before [`Shared::check_kept`] read the
+    /// clock its store's log has: the past life may have resumed the copy
+    /// and written to it after listing it (its entry is deleted a round
+    /// after the take-up), so the listed clock may be short of it. A copy
     /// let go in the moment before a crash, not listed yet, is not
     /// covered by this: its log stays until the node lets it go again.
     pub(super) fn list_kept(&self, state: &mut State<T>, view: &View, writes: &mut Listing) {
-        let State { held, open, stored, kept_listed, .. } = state;
+        let State { held, open, stored, kept_listed, unchecked, checking, .. } = state;
         for (name, copy) in &view.kept {
-            if !kept_listed.contains_key(name) && !stored.contains_key(name) {
+            if !kept_listed.contains_key(name)
+                && !stored.contains_key(name)
+                && !unchecked.contains_key(name)
+            {
                 kept_listed.insert(name.clone(), copy.clock.clone());
                 if !held.contains_key(name) && !open.contains_key(name) {
-                    stored.insert(name.clone(), copy.clone());
+                    unchecked.insert(name.clone(), copy.clone());
                 }
             }
         }
@@ -135,33 +178,106 @@ where
             }
         }
         for name in kept_listed.keys() {
-            if !stored.contains_key(name) {
+            if !stored.contains_key(name)
+                && !unchecked.contains_key(name)
+                && !checking.contains(name)
+            {
                 let key = Key::Kept { node: self.me, object: name.clone() };
                 writes.push((key, Stamped::now(None)));
             }
         }
     }
 
+    /// Checks the copies kept that [`Shared::list_kept`] took up from a
+    /// past life: loads each from the store for a moment (replicated with
+    /// no peer, then released; an `open` meanwhile waits as for a
+    /// removal), and keeps it with its log's clock merged into the one
+    /// listed, so that it goes only once the object's replicas cover
+    /// every write it has. One that this node holds or opens meanwhile
+    /// needs no check (its log is in use); one that cannot be loaded or
+    /// released (the node's error) stays unchecked, kept, for the next
+    /// round.
+    pub(super) async fn check_kept(&self) {
+        let names: Vec<String> = {
+            let mut state = lock(&self.state);
+            let State { held, open, unchecked, .. } = &mut *state;
+            unchecked.retain(|name, _| !held.contains_key(name) && !open.contains_key(name));
+            unchecked.keys().cloned().collect()
+        };
+        for name in names {
+            let handle = {
+                let mut state = lock(&self.state);
+                if !state.unchecked.contains_key(&name) {
+                    continue;
+                }
+                match self.node.replicate_with(&name, T::default(), Peers::only(None)) {
+                    Ok(handle) => {
+                        state.checking.insert(name.clone());
+                        handle
+                    }
+                    Err(_) => continue,
+                }
+            };
+            let released = self.node.release(&name).await;
+            let mut clock = handle.clock();
+            drop(handle);
+            let mut state = lock(&self.state);
+            state.checking.remove(&name);
+            if released.is_ok()
+                && let Some(listed) = state.unchecked.remove(&name)
+            {
+                clock.merge(&listed.clock);
+                state.stored.insert(name, Stored { clock, k: listed.k });
+            }
+            drop(state);
+            // A write that found it being checked tries again.
+            self.removals.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Deletes the copies `removable` took out from the node's store, in
-    /// one transaction off the runtime's workers. Those it could not
-    /// delete (a failing disk) are kept for the next round, unless this
-    /// node replicates them again meanwhile. Tells writes waiting for a
-    /// removal that it is done, whatever the outcome.
+    /// one transaction off the runtime's workers. Those it did not delete
+    /// (a failing disk; a name the node skipped, replicated or being made
+    /// at that moment, say by a replicate that then failed) are kept for
+    /// the next round, unless this node replicates them again meanwhile.
+    /// Tells writes waiting for a removal that it is done, whatever the
+    /// outcome.
     pub(super) async fn remove(&self, copies: Vec<(String, Stored)>) {
         let removed = self.node.remove_stored_many(copies.iter().map(|(name, _)| name)).await;
         // The store logs a failure; it loses nothing (the copies stay).
-        if removed.is_err() {
+        let removed: BTreeSet<String> = removed.unwrap_or_default().into_iter().collect();
+        {
             let mut state = lock(&self.state);
-            let State { held, open, stored, .. } = &mut *state;
+            let State { held, open, stored, unchecked, .. } = &mut *state;
             for (name, copy) in copies {
-                if !held.contains_key(&name) && !open.contains_key(&name) {
+                if !removed.contains(&name)
+                    && !held.contains_key(&name)
+                    && !open.contains_key(&name)
+                    && !unchecked.contains_key(&name)
+                {
                     stored.entry(name).or_insert(copy);
                 }
             }
         }
-        // Names the node skipped are replicated again (or removed by
-        // someone else): nothing to keep for them.
         self.removals.send_modify(|n| *n += 1);
+    }
+
+    /// Whether [`Placer::leave`] has nothing more to wait for among the
+    /// copies kept: none unchecked, and each left [short of
+    /// replicas](short_of_replicas) and listed in the directory as it
+    /// is, so that a next life finds it (the others go as they are
+    /// covered).
+    pub(super) fn kept_handed_off(&self) -> bool {
+        let view = self.view();
+        let state = lock(&self.state);
+        let default_k = self.config.keeper.k;
+        state.unchecked.is_empty()
+            && state.checking.is_empty()
+            && state.stored.iter().all(|(name, s)| {
+                let k = s.k.unwrap_or(default_k);
+                state.kept_listed.get(name) == Some(&s.clock)
+                    && short_of_replicas(&state.keeper, &view, self.me, name, k, &s.clock)
+            })
     }
 
     /// Waits until the removal under way ends (bounded by
@@ -237,5 +353,42 @@ mod tests {
         assert!(!may_go(&whole, &view, me, &name, 3, &clock), "the third does not list it");
         list(&mut view, replicas[2]);
         assert!(may_go(&whole, &view, me, &name, 3, &clock), "all three cover it");
+    }
+
+    /// A node leaving a cluster of exactly k nodes: the object has k - 1
+    /// live replicas besides it, so its copy never may go, and `leave`
+    /// stops waiting for it once both cover it (not before). In a larger
+    /// cluster the rule never lets `leave` skip a copy.
+    #[test]
+    fn leave_keeps_a_copy_only_short_of_replicas_and_covered() {
+        let me = id(0);
+        let clock = Clock::default();
+        let name = "doc".to_string();
+        let mut small = Keeper::new(me, KeeperConfig::default());
+        small.sync_members(0, (0..3).map(|i| (id(i), true)));
+        small.leave(0);
+        let others: Vec<SourceId> =
+            small.place(&name, Some(3)).replicas.into_iter().filter(|r| *r != me).collect();
+        assert_eq!(others.len(), 2, "two replicas besides the leaver");
+        let mut view = View::default();
+        let list = |view: &mut View, node: SourceId| {
+            view.held.entry(name.clone()).or_default().insert(node, (3, clock.clone()));
+        };
+        assert!(!short_of_replicas(&small, &view, me, &name, 3, &clock), "nobody covers it");
+        list(&mut view, others[0]);
+        assert!(!short_of_replicas(&small, &view, me, &name, 3, &clock), "one of two covers it");
+        list(&mut view, others[1]);
+        assert!(short_of_replicas(&small, &view, me, &name, 3, &clock), "both cover it");
+        assert!(!may_go(&small, &view, me, &name, 3, &clock), "two of three: it stays");
+
+        let mut whole = Keeper::new(me, KeeperConfig::default());
+        whole.sync_members(0, (0..8).map(|i| (id(i), true)));
+        whole.leave(0);
+        let replicas = whole.place(&name, Some(3)).replicas;
+        for r in &replicas {
+            list(&mut view, *r);
+        }
+        assert!(!short_of_replicas(&whole, &view, me, &name, 3, &clock), "k replicas: it may go");
+        assert!(may_go(&whole, &view, me, &name, 3, &clock));
     }
 }
