@@ -376,19 +376,21 @@ impl Builder {
     ///
     /// The members that can still write an object are those alive or
     /// suspected, and those declared down less than the grace period ago
-    /// ([`collect_grace`](Builder::collect_grace)), that its [`Peers`]
-    /// admits; for each, the node needs a synced stream of the object with
+    /// ([`collect_grace`](Builder::collect_grace)); for each, the node
+    /// needs a synced stream of the object with
     /// it, which shows what the member holds (see
     /// [`Replica::peer_heard`](repred::Replica::peer_heard)). A member with
     /// none (one not connected to this node, one that does not replicate
     /// the object, one down within the grace period) holds every
-    /// collection back; so does being alone. Every writer must therefore
+    /// collection back; so does being alone, and so does streaming the
+    /// object with chosen peers only ([`Peers::Only`]). Every live stream
+    /// counts, a writer's or not. Every writer must therefore
     /// be connected to this node: a cluster within the
     /// [`fanout`](Builder::fanout). A member shows it passed a point by
     /// sending something newer, so the newest deletes wait until every
     /// writer has written or relayed something after them.
     /// [`Handle::collections`] and
-    /// [`Handle::collection_blocked_by`] say what happened.
+    /// [`Handle::collection_blocked`] say what happened.
     ///
     /// The cost: a member away longer than the grace period is not waited
     /// for; if it comes back holding deletes the others forgot, its
@@ -398,9 +400,9 @@ impl Builder {
     /// node does not rejoin by itself yet: such a node stays behind until
     /// it restarts.
     ///
-    /// [`Peers`]: crate::Peers
+    /// [`Peers::Only`]: crate::Peers::Only
     /// [`Handle::collections`]: crate::Handle::collections
-    /// [`Handle::collection_blocked_by`]: crate::Handle::collection_blocked_by
+    /// [`Handle::collection_blocked`]: crate::Handle::collection_blocked
     pub fn collect_every(mut self, period: Duration) -> Self {
         self.settings.collect_every = Some(period);
         self

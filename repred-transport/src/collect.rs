@@ -7,13 +7,13 @@
 //! still to come can be older than, found from:
 //! - the *writers*: the members the node core knows, alive or suspected,
 //!   or declared down less than the grace period ago
-//!   ([`Builder::collect_grace`]), admitted by the object's [`Peers`]; this
-//!   node excluded (its own clock stands for it);
-//! - for each writer, every live stream of the object with it that has
-//!   synced (so this replica holds all the peer held at its Hello): what
-//!   the stream knows the peer holds ([`Replica::peer_known`]) and the
-//!   newest timestamp the peer has shown it holds
-//!   ([`Replica::peer_heard`]).
+//!   ([`Builder::collect_grace`]); this node excluded (its own clock
+//!   stands for it). Each must have a synced live stream of the object
+//!   with this node (so this replica holds all the peer held at its
+//!   Hello);
+//! - every live, synced stream of the object, a writer's or not: what the
+//!   stream knows the peer holds ([`Replica::peer_known`]) and the newest
+//!   timestamp the peer has shown it holds ([`Replica::peer_heard`]).
 //!
 //! The point is [`Clock::stable_point`] of this replica's clock and those
 //! known clocks, capped just above each `peer_heard`: a writer's writes
@@ -30,7 +30,10 @@
 //!
 //! A writer with no such stream blocks the collection: the node does not
 //! guess. So does being alone (no other member known): a node that has not
-//! joined yet cannot tell who else writes. A stream shows only its own
+//! joined yet cannot tell who else writes. So does an object streamed with
+//! chosen peers only ([`Peers::Only`](crate::Peers::Only)): the members it
+//! does not stream with still write, through those it does, and their
+//! clocks are not known here. [`CollectionBlocked`] says which. A stream shows only its own
 //! peer, so every writer must be connected to this node (a cluster within
 //! the fanout, [`Builder::fanout`]); in a larger one the node collects
 //! nothing.
@@ -45,9 +48,10 @@
 //! stale. The node logs [`Event::Stale`](repred::Event::Stale) but does
 //! not rejoin by itself (it has no empty state of the user's type). A write of a writer no longer
 //! counted (down past the grace period, a previous life of a restarted
-//! node, a node outside the [`Peers`] set writing through a replica) that
-//! reaches a member only after the member last showed its clock may be
-//! refused as older than the floor.
+//! node) or not counted yet (a member this node has not heard of), that
+//! reaches this node only through another peer after that peer showed a
+//! newer timestamp, may be refused as older than the floor: no clock this
+//! node sees bounds it.
 //!
 //! [`Builder::collect_every`]: crate::Builder::collect_every
 //! [`Builder::collect_grace`]: crate::Builder::collect_grace
@@ -65,7 +69,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::clock::now_ms;
 use crate::node::Inner;
-use crate::object::{Object, Peers};
+use crate::object::Object;
 
 /// What one live, synced stream of an object shows of its peer's replica.
 #[derive(Clone, Debug)]
@@ -78,37 +82,49 @@ pub(crate) struct PeerView {
     pub(crate) heard: Timestamp,
 }
 
-/// Why an object was not collected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Blocked {
+/// Why the node's last attempt to collect an object's deletes did not
+/// ([`Handle::collection_blocked`](crate::Handle::collection_blocked)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectionBlocked {
     /// No member but this node can write it: one that has not joined
     /// cannot tell who else writes.
+    #[error("no other member is known: a node that has not joined cannot tell who else writes")]
     Alone,
-    /// This writer has no synced stream of the object with this node.
+    /// This writer (a node id) has no synced stream of the object with
+    /// this node, so its clock is not known.
+    #[error("member {0:?} has no synced stream of the object with this node")]
     NoClock(SourceId),
+    /// The object streams with chosen peers only
+    /// ([`Peers::Only`](crate::Peers::Only)): the members it does not
+    /// stream with still write, and their writes reach it through the
+    /// peers it does, unseen.
+    #[error("the object streams with chosen peers only; the others' clocks are not known")]
+    ChosenPeers,
 }
 
 /// The point below which `own`'s deletes may be forgotten, given the
 /// `writers` (node ids, this node excluded) and the `views` of this
-/// object's streams: [`Clock::stable_point`] of `own` and every writer's
-/// known clocks, capped just above each writer's `heard`.
+/// object's streams: [`Clock::stable_point`] of `own` and every stream's
+/// known clock, capped just above each stream's `heard`.
 pub(crate) fn stable_point(
     writers: &BTreeSet<SourceId>,
     own: &Clock,
     views: &[PeerView],
-) -> Result<Timestamp, Blocked> {
+) -> Result<Timestamp, CollectionBlocked> {
     if writers.is_empty() {
-        return Err(Blocked::Alone);
+        return Err(CollectionBlocked::Alone);
     }
     if let Some(&missing) = writers.iter().find(|&&w| !views.iter().any(|v| v.node == w)) {
-        return Err(Blocked::NoClock(missing));
+        return Err(CollectionBlocked::NoClock(missing));
     }
-    // Only the writers' streams: another peer's clock could only hold the
-    // point back, and it cannot write.
-    let counted = || views.iter().filter(|v| writers.contains(&v.node));
-    let clocks = std::iter::once(own).chain(counted().map(|v| &v.known));
+    // Every stream counts, a writer's or not: a peer that is not counted
+    // as a writer (down past the grace period, not in the membership yet)
+    // may still write, or relay another's write, and what it showed is
+    // all that bounds it.
+    let clocks = std::iter::once(own).chain(views.iter().map(|v| &v.known));
     let point = Clock::stable_point(clocks);
-    let cap = counted().map(|v| v.heard.next(0)).min().unwrap_or(point);
+    let cap = views.iter().map(|v| v.heard.next(0)).min().unwrap_or(point);
     Ok(point.min(cap))
 }
 
@@ -125,8 +141,7 @@ pub(crate) struct Writers {
 impl Writers {
     /// The members, this node (`me`) excluded, that may still write at
     /// `now`: alive or suspected, or down (or forgotten by the membership)
-    /// for less than `grace`. Any [`Peers`] filter is the object's to
-    /// apply ([`admitted`]).
+    /// for less than `grace`.
     pub(crate) fn observe<A>(
         &mut self,
         now: u64,
@@ -154,11 +169,6 @@ impl Writers {
         self.seen.retain(|_, down| down.is_none_or(|at| now.saturating_sub(at) < grace));
         self.seen.keys().copied().collect()
     }
-}
-
-/// The writers an object with `peers` streams with.
-pub(crate) fn admitted(writers: &BTreeSet<SourceId>, peers: &Peers) -> BTreeSet<SourceId> {
-    writers.iter().copied().filter(|&w| peers.admits(Some(w))).collect()
 }
 
 /// The node's collector: every `every`, reads the membership and offers
@@ -221,16 +231,41 @@ mod tests {
         let kb = own.clone();
         let views = [PeerView { node: id("nb"), known: kb.clone(), heard: t(50) }];
         let point = stable_point(&set(&["nb", "nc"]), &own, &views);
-        assert_eq!(point, Err(Blocked::NoClock(id("nc"))));
+        assert_eq!(point, Err(CollectionBlocked::NoClock(id("nc"))));
         // A stream with someone who is not a writer stands for nobody.
         let views = [PeerView { node: id("nd"), known: kb.clone(), heard: t(50) }];
-        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Err(Blocked::NoClock(id("nb"))));
+        assert_eq!(
+            stable_point(&set(&["nb"]), &own, &views),
+            Err(CollectionBlocked::NoClock(id("nb")))
+        );
+    }
+
+    /// A peer not counted as a writer (down past the grace period, say,
+    /// but still connected) can still write, or relay: what it showed
+    /// bounds the point as a writer's does. Counting only the writers'
+    /// streams gave 100 here, and its write at 60, on its way, would be
+    /// refused as older than the floor.
+    #[test]
+    fn a_stream_with_a_peer_not_counted_as_a_writer_still_bounds_the_point() {
+        let own = clock(&[("b", 100), ("m", 40)]);
+        let views = [
+            PeerView { node: id("nb"), known: own.clone(), heard: t(100) },
+            PeerView { node: id("nm"), known: own.clone(), heard: t(40) },
+        ];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(40).next(0)));
+        // And a stream whose peer knows less holds the point at that.
+        let behind = clock(&[("b", 70), ("m", 40)]);
+        let views = [
+            PeerView { node: id("nb"), known: own.clone(), heard: t(100) },
+            PeerView { node: id("nm"), known: behind, heard: t(100) },
+        ];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(70).next(0)));
     }
 
     #[test]
     fn alone_it_does_not_collect() {
         let own = clock(&[("a", 50)]);
-        assert_eq!(stable_point(&BTreeSet::new(), &own, &[]), Err(Blocked::Alone));
+        assert_eq!(stable_point(&BTreeSet::new(), &own, &[]), Err(CollectionBlocked::Alone));
     }
 
     /// The case the cap is for: this node sent b a write of c's at 100, so
@@ -297,12 +332,5 @@ mod tests {
         let alone = [member("me", MemberState::Alive)];
         assert_eq!(writers.observe(5_000, me, &alone, grace), set(&["b"]));
         assert_eq!(writers.observe(15_000, me, &alone, grace), set(&[]));
-    }
-
-    #[test]
-    fn the_peers_filter_drops_the_writers_it_does_not_admit() {
-        let writers = set(&["b", "c"]);
-        assert_eq!(admitted(&writers, &Peers::All), writers);
-        assert_eq!(admitted(&writers, &Peers::only([id("c")])), set(&["c"]));
     }
 }

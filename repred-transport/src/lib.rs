@@ -106,6 +106,7 @@ use std::net::SocketAddr;
 
 pub use builder::{Builder, DEFAULT_DOWN_AFTER, DEFAULT_HEARTBEAT, DEFAULT_ROTATE_EVERY};
 pub use close::CloseCode;
+pub use collect::CollectionBlocked;
 pub use identity::{ClusterCa, Credentials, CredentialsError, NodeCertificate};
 pub use node::{Node, NodeStats};
 pub use object::{

@@ -17,7 +17,7 @@ use tracing::Span;
 
 use crate::Error;
 use crate::clock::now_ms;
-use crate::collect::{Blocked, PeerView, admitted, stable_point};
+use crate::collect::{CollectionBlocked, PeerView, stable_point};
 use crate::durable::{Durable, Persist};
 use crate::metrics::ObjectMetrics;
 use repred_store::{Batch, Store, StoreError};
@@ -254,7 +254,7 @@ struct Collection {
     /// Collections that raised the floor.
     runs: u64,
     /// Why the last attempt did not collect, if it did not.
-    blocked: Option<Blocked>,
+    blocked: Option<CollectionBlocked>,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -602,8 +602,9 @@ where
 
     fn collect(&self, writers: &BTreeSet<SourceId>) {
         let mut inner = self.lock();
-        let writers = admitted(writers, &inner.peers);
-        let verdict = {
+        let verdict = if inner.peers != Peers::All {
+            Err(CollectionBlocked::ChosenPeers)
+        } else {
             let Inner { replica, stream_peers, .. } = &*inner;
             let views: Vec<PeerView> = replica
                 .open_streams()
@@ -616,7 +617,7 @@ where
                     })
                 })
                 .collect();
-            stable_point(&writers, replica.clock(), &views)
+            stable_point(writers, replica.clock(), &views)
         };
         match verdict {
             Ok(point) if point > inner.replica.floor() => {
@@ -749,14 +750,21 @@ where
         self.shared.lock().collection.runs
     }
 
+    /// Why the node's last attempt to collect the object's deletes did
+    /// not, if it did not
+    /// ([`Builder::collect_every`](crate::Builder::collect_every)).
+    pub fn collection_blocked(&self) -> Option<CollectionBlocked> {
+        self.shared.lock().collection.blocked
+    }
+
     /// The member (node id) whose clock the node's last attempt to collect
     /// the object lacked, if that is why it did not: a writer of the
     /// object with no synced stream of it with this node
-    /// ([`Builder::collect_every`](crate::Builder::collect_every)).
+    /// ([`CollectionBlocked::NoClock`]).
     pub fn collection_blocked_by(&self) -> Option<SourceId> {
-        match self.shared.lock().collection.blocked {
-            Some(Blocked::NoClock(member)) => Some(member),
-            Some(Blocked::Alone) | None => None,
+        match self.collection_blocked() {
+            Some(CollectionBlocked::NoClock(member)) => Some(member),
+            _ => None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! 16): three nodes over QUIC insert and delete distinct keys, agree, and
 //! then forget every delete by themselves, still agreeing; and a member
 //! whose clock a node cannot see (it does not replicate the object) holds
-//! the collection back until it does.
+//! the collection back until it does; so does streaming the object with
+//! chosen peers only.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use common::{eventually, fast};
 use repred::LwwMap;
-use repred_transport::{Handle, Node};
+use repred_transport::{CollectionBlocked, Handle, Node, Peers};
 
 type Map = LwwMap<String, u32>;
 
@@ -166,6 +167,53 @@ async fn a_member_whose_clock_a_node_cannot_see_holds_its_collection_back() {
         (left == [0, 0], (left, on_a.collection_blocked_by(), on_b.collection_blocked_by()))
     })
     .await;
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
+
+/// An object streamed with chosen peers only (`Peers::Only`) is not
+/// collected: the members it does not stream with still write, and their
+/// writes reach it through the peers it does, after those showed newer
+/// timestamps; no clock it sees bounds them. Before, a counted only the
+/// writers its `Peers` admitted (b), and collected past what c could
+/// still send through b. Streamed with every peer again, it collects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_streamed_with_chosen_peers_is_not_collected() {
+    let (_dir, [a, b, c]) = three().await;
+    let on_a = a.replicate_with("map", Map::default(), Peers::only([b.id()])).expect("replicates");
+    let on_b = b.replicate("map", Map::default()).expect("replicates");
+    let on_c = c.replicate("map", Map::default()).expect("replicates");
+    let maps = [on_a.clone(), on_b.clone(), on_c.clone()];
+    let deleted = vec!["gone".to_string()];
+    on_a.update(LwwMap::set("gone".to_string(), 1)).await.expect("set");
+    on_a.update(LwwMap::delete("gone".to_string())).await.expect("delete");
+    agree(&maps, &deleted, "c has the delete, through b").await;
+    for (i, map) in maps.iter().enumerate() {
+        map.update(LwwMap::set(format!("after-{i}"), 1)).await.expect("set");
+    }
+    agree(&maps, &deleted, "every write after the delete is everywhere").await;
+
+    eventually("a says why it does not collect", LIMIT, || {
+        (
+            on_a.collection_blocked() == Some(CollectionBlocked::ChosenPeers),
+            on_a.collection_blocked(),
+        )
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(on_a.collection_blocked(), Some(CollectionBlocked::ChosenPeers));
+    assert_eq!((on_a.collections(), on_a.stats().collected), (0, 0));
+    assert_eq!(tombstones(&on_a, &deleted), 1, "the delete is kept");
+
+    assert!(a.set_peers("map", Peers::All));
+    on_c.update(LwwMap::set("later".to_string(), 1)).await.expect("set");
+    on_b.update(LwwMap::set("later-b".to_string(), 1)).await.expect("set");
+    eventually("a collects once it streams with every peer", LIMIT, || {
+        (tombstones(&on_a, &deleted) == 0, (on_a.collection_blocked(), on_a.stats()))
+    })
+    .await;
+    agree(&maps, &deleted, "and they still agree").await;
     for node in [a, b, c] {
         node.shutdown().await;
     }

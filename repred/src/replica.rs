@@ -1781,15 +1781,21 @@ mod tests {
     /// `poisoned`, with `poison` set to 5,000 and a panic caught; then `b`
     /// resyncs with `a`, and `c`, which hears only from `b`, with `b`.
     /// `b` holds 9,999 of its own, which `a` lacks as it writes.
+    ///
+    /// With `while_staging`, the panic comes before the frame is reduced:
+    /// then nothing of it counts as shown by `a` either (`peer_heard`).
     fn panic_mid_frame_then_resync(
         poison: &'static std::thread::LocalKey<Cell<Option<u64>>>,
         poisoned: Vec<u64>,
+        while_staging: bool,
     ) {
         let mut net = Network::new();
         let a = net.add(Replica::new(id("a"), Fragile::default()));
         let b = net.add(Replica::new(id("b"), Fragile::default()));
         let link = net.link(a, b);
         net.pump();
+        let [_, (_, on_b)] = net.streams(link);
+        let heard = net[b].peer_heard(on_b);
         // Of b's that a has not heard of when it writes: a reduce at b
         // returns less than a wrote.
         net.update(b, vec![9_999]).expect("b's update");
@@ -1806,6 +1812,9 @@ mod tests {
         claims_only_what_it_holds(&net[b], &writes);
         assert!(net[b].core.staged.is_empty(), "nothing stays staged");
         assert!(net[b].core.inbox.is_empty(), "nor in the inbox");
+        if while_staging {
+            assert_eq!(net[b].peer_heard(on_b), heard, "nor shown");
+        }
 
         net.cut(link);
         net.link(a, b);
@@ -1827,7 +1836,7 @@ mod tests {
     /// envelopes, some of which then went unrecorded).
     #[test]
     fn a_stamp_that_panicked_mid_frame_leaves_nothing_staged_or_claimed() {
-        panic_mid_frame_then_resync(&STAMP_POISON, vec![50, 5_000]);
+        panic_mid_frame_then_resync(&STAMP_POISON, vec![50, 5_000], true);
     }
 
     /// A user's `unstamp` that panics on what a reduce returned, before the
@@ -1837,7 +1846,7 @@ mod tests {
     #[test]
     fn an_unstamp_that_panicked_before_the_records_leaves_none_out() {
         // 9,999 is there already at b: its reduce returns 5,000 alone.
-        panic_mid_frame_then_resync(&UNSTAMP_POISON, vec![5_000, 9_999]);
+        panic_mid_frame_then_resync(&UNSTAMP_POISON, vec![5_000, 9_999], false);
     }
 
     /// The same through `Replica::apply`: the clock, raised before the

@@ -173,8 +173,8 @@ pub(crate) struct Stream {
     hello_clock: Option<Clock>,
     /// The peer sent its whole clock, we a digest, and they differ: it
     /// needs our entries of its sources (of the others it has nothing to
-    /// send).
-    owe_clock: Option<Vec<SourceId>>,
+    /// send), as our Hello stood for them.
+    owe_clock: Option<Clock>,
     /// Finding the peer's clock range by range (both sent digests).
     reconcile: Option<Reconciliation>,
     /// Ranges to send the peer.
@@ -619,8 +619,18 @@ impl Stream {
                 // range (see `reconcile`), the smaller id asking first.
                 if !equal && self.hello_clock.is_some() {
                     match &hello.clock {
+                        // As of our Hello, not of the moment it is sent:
+                        // the peer takes what the Clock frame shows as held
+                        // (`peer_heard`), and a write of ours made since
+                        // may not have reached it yet.
                         ClockSummary::Full(clock) => {
-                            self.owe_clock = Some(clock.iter().map(|(s, _)| s).collect());
+                            let mine = self.hello_clock.as_ref();
+                            self.owe_clock = Some(
+                                clock
+                                    .iter()
+                                    .map(|(s, _)| (s, mine.map_or(Timestamp::ZERO, |m| m.get(s))))
+                                    .collect(),
+                            );
                         }
                         ClockSummary::Digest { .. } => {
                             let mine = self.hello_clock.take().unwrap_or_default();
@@ -688,6 +698,7 @@ impl Stream {
                     // nothing of this frame stays staged or claimed, and the
                     // peer sends it again. Caught once a frame, as the
                     // reduces are (`Core::apply_staged`), not per update.
+                    let shown = self.shown;
                     let staging = catch_unwind(AssertUnwindSafe(|| {
                         for (index, envelope) in inbox.iter_mut().enumerate() {
                             let stamp = envelope.stamp();
@@ -719,6 +730,7 @@ impl Stream {
                         }
                     }));
                     if let Err(panic) = staging {
+                        self.shown = shown;
                         core.unstage(&inbox);
                         inbox.clear();
                         core.inbox = inbox;
@@ -1060,9 +1072,8 @@ impl Stream {
             self.hello_sent = true;
             self.stats.frames_sent += 1;
         }
-        if let Some(sources) = self.owe_clock.take().filter(|_| !self.ended) {
+        if let Some(part) = self.owe_clock.take().filter(|_| !self.ended) {
             let mut w = Writer::begin(out, Kind::Clock);
-            let part: Clock = sources.into_iter().map(|s| (s, core.clock.get(s))).collect();
             w.put(&part)?;
             w.finish();
             self.stats.frames_sent += 1;
@@ -2085,6 +2096,40 @@ mod tests {
         same_as_one_at_a_time(strict, std::slice::from_ref(&frame));
         // Not strict: signed updates are verified, unsigned ones taken.
         same_as_one_at_a_time(Config::default(), &[frame]);
+    }
+
+    /// The Clock frame owed to a peer that sent its whole clock shows our
+    /// clock as of our Hello: a write made since, not sent yet, must not
+    /// count as shown (`peer_heard`), or the peer could collect past it
+    /// before it arrives.
+    #[test]
+    fn the_owed_clock_is_the_clock_of_the_hello() {
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let mut w = Replica::new(id("w"), Max(0));
+        // More sources than a Hello carries whole: w sends a digest.
+        for i in 0..=ClockSummary::INLINE_SOURCES as u64 {
+            let source = id(&format!("s{i}"));
+            assert_eq!(
+                w.apply(NOW, update(source, Timestamp::new(NOW, 1), i + 1)),
+                Outcome::Applied
+            );
+        }
+        let first = w.update(NOW, 100).unwrap().expect("a new write");
+        // p knows w's first write only: its clock, sent whole, differs.
+        let mut p = Replica::new(id("p"), Max(0));
+        assert_eq!(p.apply(NOW, update(w.id(), first.ts, 100)), Outcome::Applied);
+        let on_w = w.open(StreamOpts::receive_only()).unwrap();
+        let on_p = p.open(StreamOpts::default()).unwrap();
+        let mut hello = Vec::new();
+        p.poll_transmit(on_p, &mut hello).unwrap();
+        w.handle(on_w, NOW, &hello).unwrap();
+        // Written after the Hello; a stream that sends nothing never sends it.
+        let second = w.update(NOW + 10, 200).unwrap().expect("a new write");
+        let mut out = Vec::new();
+        w.poll_transmit(on_w, &mut out).unwrap();
+        p.handle(on_p, NOW + 10, &out).unwrap();
+        let heard = p.peer_heard(on_p).expect("p heard w's Hello and Clock");
+        assert_eq!(heard, first.ts, "w showed its first write, not {second:?}");
     }
 
     #[test]
