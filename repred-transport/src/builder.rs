@@ -394,11 +394,13 @@ impl Builder {
     ///
     /// The cost: a member away longer than the grace period is not waited
     /// for; if it comes back holding deletes the others forgot, its
-    /// streams end as stale ([`Event::Stale`](repred::Event::Stale)) and it
-    /// must [`rejoin`](repred::Replica::rejoin). So may a member whose
-    /// connection closed while updates sent to it were on their way. The
-    /// node does not rejoin by itself yet: such a node stays behind until
-    /// it restarts.
+    /// streams end as stale ([`Event::Stale`](repred::Event::Stale)), it
+    /// syncs with no peer, and it must rejoin
+    /// ([`Handle::rejoin`](crate::Handle::rejoin), or
+    /// [`Handle::rejoin_when_stale`](crate::Handle::rejoin_when_stale) to
+    /// have the node do it), losing its writes below the floor that the
+    /// others never got. So may a member whose connection closed while
+    /// updates sent to it were on their way.
     ///
     /// [`Peers::Only`]: crate::Peers::Only
     /// [`Handle::collections`]: crate::Handle::collections

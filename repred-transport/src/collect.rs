@@ -41,12 +41,13 @@
 //! **The cost.** A member away longer than the grace period is dropped
 //! from the writers; if it comes back holding deletes the others forgot,
 //! its streams end with [`Event::Stale`](repred::Event::Stale) and it must
-//! [`rejoin`](repred::Replica::rejoin). So may a writer whose connection
-//! closed while updates sent or announced to it were on their way: the
-//! known clocks count them as held, others may collect past them and drop
-//! them from their history, and the writer, brought up by snapshot, is
-//! stale. The node logs [`Event::Stale`](repred::Event::Stale) but does
-//! not rejoin by itself (it has no empty state of the user's type). A write of a writer no longer
+//! rejoin ([`Handle::rejoin`](crate::Handle::rejoin), or by itself with
+//! [`Handle::rejoin_when_stale`](crate::Handle::rejoin_when_stale)), losing
+//! its own writes below the floor that the others never got. So may a
+//! writer whose connection closed while updates sent or announced to it
+//! were on their way: the known clocks count them as held, others may
+//! collect past them and drop them from their history, and the writer,
+//! brought up by snapshot, is stale. A write of a writer no longer
 //! counted (down past the grace period, a previous life of a restarted
 //! node) or not counted yet (a member this node has not heard of), that
 //! reaches this node only through another peer after that peer showed a

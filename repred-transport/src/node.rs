@@ -414,6 +414,8 @@ impl Node {
             // Peers get an entry only once it is on disk (see `durable`).
             replica.hold_until_released();
         }
+        // Weak: the node owns its objects, not they the node.
+        let node = Arc::downgrade(&self.inner);
         let shared = Shared::with_store(
             name.to_string(),
             replica,
@@ -421,6 +423,11 @@ impl Node {
             &self.inner.metrics.label,
             peers,
             self.inner.stream_ends.clone(),
+            Box::new(move || {
+                if let Some(inner) = node.upgrade() {
+                    inner.registry.send_modify(|_| {});
+                }
+            }),
         );
         tracing::debug!(parent: &self.inner.span, object = %name, "replicating");
         if let Some(d) = &durable {

@@ -22,6 +22,8 @@ use crate::durable::{Durable, Persist};
 use crate::metrics::ObjectMetrics;
 use repred_store::{Batch, Store, StoreError};
 
+mod rejoin;
+
 /// How many applied changes a slow [`Changes`] reader may fall behind
 /// before it is told it lagged.
 const CHANGES_CAPACITY: usize = 1024;
@@ -245,6 +247,18 @@ struct Inner<T: Reduce> {
     stream_peers: HashMap<StreamId, Option<SourceId>>,
     /// What the node's collections did ([`Object::collect`]).
     collection: Collection,
+    /// Makes the empty state to start over from when a peer finds the
+    /// replica stale ([`Handle::rejoin_when_stale`]).
+    fresh: Option<Box<dyn Fn() -> T + Send>>,
+}
+
+impl<T: Reduce> Inner<T> {
+    /// Whether a new stream with `peer` may be opened or taken: its set of
+    /// peers admits it, and the replica is not stale (a stream would only
+    /// be refused again; it waits for [`Handle::rejoin`]).
+    fn admits(&self, peer: Option<SourceId>) -> bool {
+        self.peers.admits(peer) && self.replica.stale_floor().is_none()
+    }
 }
 
 /// What the node's collections of an object did
@@ -268,6 +282,9 @@ pub(crate) struct Shared<T: Reduce> {
     /// The node's [`StreamEnded`]s.
     ends: broadcast::Sender<StreamEnded>,
     metrics: ObjectMetrics,
+    /// Tells the node's connections to look at the objects again (which
+    /// each admits): after a [`Handle::rejoin`].
+    look_again: Box<dyn Fn() + Send + Sync>,
 }
 
 impl<T> Shared<T>
@@ -284,6 +301,7 @@ where
         node: &str,
         peers: Peers,
         ends: broadcast::Sender<StreamEnded>,
+        look_again: Box<dyn Fn() + Send + Sync>,
     ) -> Arc<Self> {
         let subscription = replica.subscribe();
         // A loaded replica's counters start where its log left them; only
@@ -301,6 +319,7 @@ where
             peers,
             stream_peers: HashMap::new(),
             collection: Collection::default(),
+            fresh: None,
         };
         let metrics = ObjectMetrics::new(node, &name);
         Arc::new(Self {
@@ -311,6 +330,7 @@ where
             changes: broadcast::Sender::new(CHANGES_CAPACITY),
             ends,
             metrics,
+            look_again,
         })
     }
 
@@ -399,11 +419,18 @@ where
                 }
                 Event::End { stream, reason } => {
                     ended(stream, &reason);
+                    // A stale end frees the name too: once the stale
+                    // side rejoins, a stream of the object comes again
+                    // (until then that side admits nobody).
                     match reason {
-                        EndReason::Local(CloseReason::Disposed | CloseReason::Closed) => {
+                        EndReason::Local(
+                            CloseReason::Disposed | CloseReason::Closed | CloseReason::Stale { .. },
+                        ) => {
                             released.insert(stream, Released::Here);
                         }
-                        EndReason::Remote(CloseReason::Disposed | CloseReason::Closed) => {
+                        EndReason::Remote(
+                            CloseReason::Disposed | CloseReason::Closed | CloseReason::Stale { .. },
+                        ) => {
                             released.insert(stream, Released::Peer);
                         }
                         _ => {}
@@ -427,7 +454,7 @@ where
                     peer_source = %peer,
                     floor = ?floor,
                     "stale: the peer forgot deletes this replica may still hold; \
-                     Replica::rejoin starts it over from a peer's snapshot"
+                     Handle::rejoin starts it over from a peer's snapshot"
                 ),
                 _ => {}
             }
@@ -484,8 +511,9 @@ where
         let mut inner = self.lock();
         let id = inner.replica.open(StreamOpts::default())?;
         inner.stream_peers.insert(id, peer);
-        if !inner.peers.admits(peer) {
-            // The set dropped the peer while this stream was being taken.
+        if !inner.admits(peer) {
+            // The set dropped the peer while this stream was being taken,
+            // or the replica went stale.
             inner.replica.close(id);
         }
         inner.traffic.sessions += 1;
@@ -502,9 +530,14 @@ where
         let result = inner.replica.handle(stream, now_ms(), bytes);
         self.remember(&mut inner, stream);
         self.settle(&mut inner);
+        let rejoined = self.rejoin_if_stale(&mut inner);
+        drop(inner);
         if let Some(durable) = &self.durable {
             // Remote changes are saved promptly too, though nobody waits.
             durable.request();
+        }
+        if rejoined {
+            (self.look_again)();
         }
         result
     }
@@ -577,7 +610,7 @@ where
     }
 
     fn admits(&self, peer: Option<SourceId>) -> bool {
-        self.lock().peers.admits(peer)
+        self.lock().admits(peer)
     }
 
     fn set_peers(&self, peers: Peers) {
