@@ -383,12 +383,17 @@ impl Builder {
     /// none (one not connected to this node, one that does not replicate
     /// the object, one down within the grace period) holds every
     /// collection back; so does being alone, and so does streaming the
-    /// object with chosen peers only ([`Peers::Only`]). Every live stream
-    /// counts, a writer's or not. Every writer must therefore
+    /// object with chosen peers only ([`Peers::Only`]), and so does a
+    /// stream of it that has not synced yet. Every synced stream counts,
+    /// a writer's or not. Every writer must therefore
     /// be connected to this node: a cluster within the
     /// [`fanout`](Builder::fanout). A member shows it passed a point by
-    /// sending something newer, so the newest deletes wait until every
-    /// writer has written or relayed something after them.
+    /// sending something newer: one that took others' changes and has not
+    /// written since shows it by itself, once a period
+    /// ([`Replica::show_progress`](repred::Replica::show_progress)), so
+    /// the newest deletes go a period or two after every member took them.
+    /// Every member should collect: one that does not holds the point
+    /// where it last wrote.
     /// [`Handle::collections`] and
     /// [`Handle::collection_blocked`] say what happened.
     ///

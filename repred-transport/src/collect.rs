@@ -13,7 +13,9 @@
 //!   Hello);
 //! - every live, synced stream of the object, a writer's or not: what the
 //!   stream knows the peer holds ([`Replica::peer_known`]) and the newest
-//!   timestamp the peer has shown it holds ([`Replica::peer_heard`]).
+//!   timestamp the peer has shown it holds ([`Replica::peer_heard`]). A
+//!   stream not synced yet blocks the collection until it is: its peer
+//!   may hold writes this node lacks.
 //!
 //! The point is [`Clock::stable_point`] of this replica's clock and those
 //! known clocks, capped just above each `peer_heard`: a writer's writes
@@ -23,10 +25,18 @@
 //! count what was *sent* to the peer too, and the peer may have written,
 //! older than that, before it arrived.
 //!
-//! A writer shows it passed a point by sending something newer: an idle
-//! writer holds the point where it last did, so the newest deletes are
-//! collected once every writer has written or relayed something after
-//! them.
+//! A writer shows it passed a point by sending something newer. One that
+//! has not written since it took others' changes shows it by itself, once
+//! a period: its collector records a no-op of its own at a new timestamp
+//! ([`Replica::show_progress`](repred::Replica::show_progress)), which its
+//! peers take as it shows them. So the newest deletes go a period or two
+//! after every writer took them, written after or not; this costs an
+//! advance (about 30 bytes to each peer, a record in each history) per
+//! period in which others changed the object, from each member that did
+//! not write meanwhile, and only from members that collect: a member
+//! without [`Builder::collect_every`] holds the point where it last wrote.
+//! A replica that takes only signed updates refuses an unsigned node's
+//! advances; a signing node sends its own as signed proofs.
 //!
 //! A writer with no such stream blocks the collection: the node does not
 //! guess. So does being alone (no other member known): a node that has not
@@ -102,22 +112,34 @@ pub enum CollectionBlocked {
     /// peers it does, unseen.
     #[error("the object streams with chosen peers only; the others' clocks are not known")]
     ChosenPeers,
+    /// A stream of the object has not synced yet: its peer may hold
+    /// writes this node lacks, older than the point would be.
+    #[error("a stream of the object is still syncing")]
+    Syncing,
 }
 
 /// The point below which `own`'s deletes may be forgotten, given the
-/// `writers` (node ids, this node excluded) and the `views` of this
-/// object's streams: [`Clock::stable_point`] of `own` and every stream's
-/// known clock, capped just above each stream's `heard`.
+/// `writers` (node ids, this node excluded), the `views` of this object's
+/// synced streams and how many of its open streams are `syncing` still:
+/// [`Clock::stable_point`] of `own` and every synced stream's known
+/// clock, capped just above each stream's `heard`.
 pub(crate) fn stable_point(
     writers: &BTreeSet<SourceId>,
     own: &Clock,
     views: &[PeerView],
+    syncing: usize,
 ) -> Result<Timestamp, CollectionBlocked> {
     if writers.is_empty() {
         return Err(CollectionBlocked::Alone);
     }
     if let Some(&missing) = writers.iter().find(|&&w| !views.iter().any(|v| v.node == w)) {
         return Err(CollectionBlocked::NoClock(missing));
+    }
+    // A peer whose stream has not synced may hold writes of its own (or
+    // relayed) that this node lacks, made while it was away, by a member
+    // this node has not heard of yet: its Hello clock is not all here.
+    if syncing > 0 {
+        return Err(CollectionBlocked::Syncing);
     }
     // Every stream counts, a writer's or not: a peer that is not counted
     // as a writer (down past the grace period, not in the membership yet)
@@ -189,6 +211,7 @@ pub(crate) async fn run(inner: Arc<Inner>, every: Duration, grace: Duration) {
         let now = writers.observe(now_ms(), inner.id, &members, grace);
         let objects: Vec<Arc<dyn Object>> = inner.registry.borrow().values().cloned().collect();
         for object in objects.iter().filter(|o| !o.is_disposed()) {
+            object.show_progress();
             object.collect(&now);
         }
     }
@@ -222,7 +245,7 @@ mod tests {
             PeerView { node: id("nb"), known: kb.clone(), heard: t(70) },
             PeerView { node: id("nc"), known: kc.clone(), heard: t(70) },
         ];
-        let point = stable_point(&set(&["nb", "nc"]), &own, &views);
+        let point = stable_point(&set(&["nb", "nc"]), &own, &views, 0);
         assert_eq!(point, Ok(t(70).next(0)), "every delete up to 70 may go");
     }
 
@@ -231,12 +254,12 @@ mod tests {
         let own = clock(&[("a", 50)]);
         let kb = own.clone();
         let views = [PeerView { node: id("nb"), known: kb.clone(), heard: t(50) }];
-        let point = stable_point(&set(&["nb", "nc"]), &own, &views);
+        let point = stable_point(&set(&["nb", "nc"]), &own, &views, 0);
         assert_eq!(point, Err(CollectionBlocked::NoClock(id("nc"))));
         // A stream with someone who is not a writer stands for nobody.
         let views = [PeerView { node: id("nd"), known: kb.clone(), heard: t(50) }];
         assert_eq!(
-            stable_point(&set(&["nb"]), &own, &views),
+            stable_point(&set(&["nb"]), &own, &views, 0),
             Err(CollectionBlocked::NoClock(id("nb")))
         );
     }
@@ -253,20 +276,32 @@ mod tests {
             PeerView { node: id("nb"), known: own.clone(), heard: t(100) },
             PeerView { node: id("nm"), known: own.clone(), heard: t(40) },
         ];
-        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(40).next(0)));
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 0), Ok(t(40).next(0)));
         // And a stream whose peer knows less holds the point at that.
         let behind = clock(&[("b", 70), ("m", 40)]);
         let views = [
             PeerView { node: id("nb"), known: own.clone(), heard: t(100) },
             PeerView { node: id("nm"), known: behind, heard: t(100) },
         ];
-        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(70).next(0)));
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 0), Ok(t(70).next(0)));
+    }
+
+    /// A stream still syncing blocks: its peer (a member this node has
+    /// not heard of yet, say, not counted as a writer) may hold a write
+    /// made while it was away, older than the point the synced streams
+    /// give; collected past, that write would be refused when it came.
+    #[test]
+    fn a_stream_still_syncing_blocks() {
+        let own = clock(&[("b", 100)]);
+        let views = [PeerView { node: id("nb"), known: own.clone(), heard: t(100) }];
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 0), Ok(t(100).next(0)));
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 1), Err(CollectionBlocked::Syncing));
     }
 
     #[test]
     fn alone_it_does_not_collect() {
         let own = clock(&[("a", 50)]);
-        assert_eq!(stable_point(&BTreeSet::new(), &own, &[]), Err(CollectionBlocked::Alone));
+        assert_eq!(stable_point(&BTreeSet::new(), &own, &[], 0), Err(CollectionBlocked::Alone));
     }
 
     /// The case the cap is for: this node sent b a write of c's at 100, so
@@ -282,7 +317,7 @@ mod tests {
             PeerView { node: id("nb"), known: kb.clone(), heard: t(50) },
             PeerView { node: id("nc"), known: kc.clone(), heard: t(100) },
         ];
-        assert_eq!(stable_point(&set(&["nb", "nc"]), &own, &views), Ok(t(50).next(0)));
+        assert_eq!(stable_point(&set(&["nb", "nc"]), &own, &views, 0), Ok(t(50).next(0)));
     }
 
     #[test]
@@ -290,7 +325,7 @@ mod tests {
         let own = clock(&[("a", 80), ("b", 60)]);
         let kb = clock(&[("a", 30), ("b", 60)]);
         let views = [PeerView { node: id("nb"), known: kb.clone(), heard: t(60) }];
-        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(30).next(0)));
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 0), Ok(t(30).next(0)));
     }
 
     #[test]
@@ -301,7 +336,7 @@ mod tests {
             PeerView { node: id("nb"), known: fresh.clone(), heard: t(80) },
             PeerView { node: id("nb"), known: old.clone(), heard: t(20) },
         ];
-        assert_eq!(stable_point(&set(&["nb"]), &own, &views), Ok(t(20).next(0)));
+        assert_eq!(stable_point(&set(&["nb"]), &own, &views, 0), Ok(t(20).next(0)));
     }
 
     fn member(name: &str, state: MemberState) -> MemberInfo<u16> {

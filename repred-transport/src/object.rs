@@ -194,9 +194,12 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// peer the set does not admit are closed.
     fn set_peers(&self, peers: Peers);
     /// Collects its deletes if it can (see [`crate::collect`]): `writers`
-    /// are the members, this node excluded, that may still write, before
-    /// the object's [`Peers`] filter.
+    /// are the members, this node excluded, that may still write.
     fn collect(&self, writers: &BTreeSet<SourceId>);
+    /// Shows the peers this node passed the changes it took since the
+    /// last call, unless it wrote since ([`repred::Replica::show_progress`]):
+    /// a member that does not write still lets the deletes it saw go.
+    fn show_progress(&self);
 }
 
 /// Which end of a stream ended it on purpose ([`Object::released`]).
@@ -269,6 +272,9 @@ struct Collection {
     runs: u64,
     /// Why the last attempt did not collect, if it did not.
     blocked: Option<CollectionBlocked>,
+    /// The replica's count of remote changes (and snapshots) when
+    /// [`Object::show_progress`] last looked.
+    changes_seen: u64,
 }
 
 /// One replicated object: its replica and the channels around it.
@@ -633,12 +639,39 @@ where
         self.settle(&mut inner);
     }
 
+    fn show_progress(&self) {
+        let mut inner = self.lock();
+        let replica = &inner.replica;
+        let stats = replica.stats();
+        let changes = stats.applied + stats.snapshots;
+        // Only what others changed calls for it: an advance changes
+        // nothing, so those of the others call for none in return.
+        let news = changes != inner.collection.changes_seen;
+        let behind = replica.clock().get(replica.id()) < replica.clock().max();
+        let idle = !replica.is_disposed() && replica.stale_floor().is_none();
+        inner.collection.changes_seen = changes;
+        if !(news && behind && idle) {
+            return;
+        }
+        if inner.replica.show_progress(now_ms()).is_err() {
+            return;
+        }
+        self.settle(&mut inner);
+        drop(inner);
+        if let Some(durable) = &self.durable {
+            // Held until saved, as every record of a durable node.
+            durable.request();
+        }
+    }
+
     fn collect(&self, writers: &BTreeSet<SourceId>) {
         let mut inner = self.lock();
         let verdict = if inner.peers != Peers::All {
             Err(CollectionBlocked::ChosenPeers)
         } else {
             let Inner { replica, stream_peers, .. } = &*inner;
+            let syncing =
+                replica.open_streams().filter(|&stream| !replica.is_synced(stream)).count();
             let views: Vec<PeerView> = replica
                 .open_streams()
                 .filter(|&stream| replica.is_synced(stream))
@@ -650,12 +683,13 @@ where
                     })
                 })
                 .collect();
-            stable_point(writers, replica.clock(), &views)
+            stable_point(writers, replica.clock(), &views, syncing)
         };
         match verdict {
             Ok(point) if point > inner.replica.floor() => {
                 let dropped = inner.replica.collect(point);
-                inner.collection = Collection { runs: inner.collection.runs + 1, blocked: None };
+                inner.collection.runs += 1;
+                inner.collection.blocked = None;
                 tracing::debug!(object = %self.name, point = ?point, dropped, "collected");
                 self.settle(&mut inner);
             }

@@ -218,3 +218,35 @@ async fn an_object_streamed_with_chosen_peers_is_not_collected() {
         node.shutdown().await;
     }
 }
+
+/// Members that never write still let the deletes go: each shows it
+/// passed the changes it took (`Replica::show_progress`, once a period),
+/// so a, b and c all forget a's deletes though only a wrote. Before, an
+/// idle member held the point where it last wrote, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_go_though_only_one_member_writes() {
+    let (_dir, nodes) = three().await;
+    let maps: Vec<Handle<Map>> =
+        nodes.iter().map(|n| n.replicate("map", Map::default()).expect("replicates")).collect();
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        maps[0].update(LwwMap::set(key.clone(), 1)).await.expect("set");
+        maps[0].update(LwwMap::delete(key.clone())).await.expect("delete");
+    }
+    maps[0].update(LwwMap::set("kept".to_string(), 1)).await.expect("set");
+    agree(&maps, &keys, "b and c have the deletes").await;
+    eventually("every node forgets every delete", LIMIT, || {
+        let left: Vec<usize> = maps.iter().map(|m| tombstones(m, &keys)).collect();
+        let blocked: Vec<_> = maps.iter().map(Handle::collection_blocked).collect();
+        (left.iter().all(|&n| n == 0), (left, blocked))
+    })
+    .await;
+    for map in &maps[1..] {
+        assert_eq!(map.stats().local, 0, "b and c wrote nothing");
+    }
+    let live = agree(&maps, &keys, "and they still agree").await;
+    assert_eq!(live, [("kept".to_string(), 1)]);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

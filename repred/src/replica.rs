@@ -1198,6 +1198,56 @@ impl<T: Reduce> Replica<T> {
         Ok(Some(stamp))
     }
 
+    /// Shows the peers that this replica has passed every update it holds,
+    /// without changing anything: a new timestamp of its own, recorded and
+    /// sent like an update that changed nothing (an advance; a proof,
+    /// signed, from a signing replica, for peers that take no unsigned
+    /// word). Each direct peer's [`peer_heard`](Replica::peer_heard) moves
+    /// past all this replica had seen, so a collection there need not wait
+    /// for its next write: what a writer that has stopped writing does to
+    /// let the deletes it saw go ([`Clock::stable_point`]). Returns the
+    /// timestamp.
+    ///
+    /// ```
+    /// use repred::{LwwMap, Network, Replica, SourceId};
+    ///
+    /// let mut net = Network::new();
+    /// let a = net.add(Replica::new(SourceId::new("a")?, LwwMap::<String, u32>::default()));
+    /// let b = net.add(Replica::new(SourceId::new("b")?, LwwMap::<String, u32>::default()));
+    /// let link = net.link(a, b);
+    /// net.update(a, LwwMap::set("k".to_string(), 1))?;
+    /// let delete = net.update(a, LwwMap::delete("k".to_string()))?.expect("a tombstone");
+    /// net.pump();
+    /// let [(_, on_a), _] = net.streams(link);
+    /// assert!(net[a].peer_heard(on_a) < Some(delete.ts), "b wrote nothing since");
+    /// let now = net.now();
+    /// net[b].show_progress(now)?;
+    /// net.pump();
+    /// assert!(net[a].peer_heard(on_a) > Some(delete.ts), "b showed it passed the delete");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn show_progress(&mut self, now: u64) -> Result<Stamp, ReplicaError> {
+        let core = &mut self.core;
+        if core.disposed {
+            return Err(ReplicaError::Disposed);
+        }
+        let ts = core.last.next(now);
+        let stamp = Stamp { ts, source: core.id };
+        let entry = match &core.identity {
+            Some(identity) => {
+                // Nothing changed: the digest of no bytes.
+                let digest = change_digest(&[]);
+                let signature = identity.sign_digest(ts, &digest);
+                Entry::Proven(Proof { stamp, digest, signature })
+            }
+            None => Entry::Advance(stamp),
+        };
+        core.last = ts;
+        core.clock.observe(core.id, ts);
+        core.history.push(entry);
+        Ok(stamp)
+    }
+
     /// Applies an update from elsewhere, as if it had arrived on a stream.
     ///
     /// `now` is this replica's wall time, against which forged timestamps
@@ -1971,5 +2021,33 @@ mod tests {
         assert!(b.stats().snapshots > 0, "b was brought up by snapshot");
         assert_eq!(b.state(), a.state());
         assert_eq!(b.clock(), a.clock());
+    }
+
+    /// A signing replica shows its progress with a signed proof, which a
+    /// peer that takes no unsigned word takes: its clock and `peer_heard`
+    /// move; an unsigned advance it refuses.
+    #[test]
+    fn a_signing_replica_shows_progress_to_a_strict_peer() {
+        let signer = Identity::from_secret([7; 32]);
+        let mut net = Network::new();
+        let strict = Config::default().require_signatures(true);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), strict));
+        let b = net.add(Replica::with_identity(signer, Fragile::default(), Config::default()));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let to_b = net.link(a, b);
+        let to_c = net.link(a, c);
+        net.update(b, vec![1]).expect("b's write");
+        net.pump();
+        let now = net.now() + 5;
+        let shown = net[b].show_progress(now).expect("a progress");
+        let unsigned = net[c].show_progress(now).expect("a progress");
+        net.pump();
+        let [(_, on_b), _] = net.streams(to_b);
+        let [(_, on_c), _] = net.streams(to_c);
+        assert_eq!(net[a].clock().get(shown.source), shown.ts, "the proof moved a's clock");
+        assert_eq!(net[a].peer_heard(on_b), Some(shown.ts));
+        assert_eq!(net[a].clock().get(unsigned.source), Timestamp::ZERO, "refused, unsigned");
+        assert!(net[a].peer_heard(on_c) < Some(unsigned.ts));
+        assert_eq!(net[a].state().0, BTreeSet::from([1]), "nothing changed");
     }
 }

@@ -168,6 +168,11 @@ pub(crate) struct Stream {
     hello_sent: bool,
     /// Our clock as our Hello summarises it, fixed when the stream opens.
     hello: ClockSummary,
+    /// Our collection floor when the stream opened, which our Hello
+    /// carries with the clock it summarises: a floor raised since may
+    /// stand above updates that clock lacks, which the peer would then
+    /// refuse when the history brings them.
+    hello_floor: Timestamp,
     /// When our Hello carried only a digest: the clock it stood for, to
     /// adopt as the peer's if the digests match.
     hello_clock: Option<Clock>,
@@ -228,11 +233,12 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    fn new(opts: StreamOpts, clock: &Clock) -> Self {
+    fn new(opts: StreamOpts, clock: &Clock, floor: Timestamp) -> Self {
         let hello = ClockSummary::of(clock);
         let hello_clock = matches!(hello, ClockSummary::Digest { .. }).then(|| clock.clone());
         Self {
             hello,
+            hello_floor: floor,
             hello_clock,
             owe_clock: None,
             reconcile: None,
@@ -743,7 +749,13 @@ impl Stream {
                     core.sources = sources;
                     core.inbox = inbox;
                     // The frame's reduces back to back (see `Core::stage`).
-                    core.apply_staged();
+                    // Those after a reduce that panics are set back (their
+                    // clock entries too), so they count as not shown.
+                    let applied = catch_unwind(AssertUnwindSafe(|| core.apply_staged()));
+                    if let Err(panic) = applied {
+                        self.shown = shown;
+                        resume_unwind(panic);
+                    }
                     if let Some(prev) = last {
                         self.track_parent(id, core, prev);
                     }
@@ -1066,7 +1078,7 @@ impl Stream {
                 sends: self.opts.sends,
                 receives: self.opts.receives,
                 life: core.life,
-                floor: core.floor,
+                floor: self.hello_floor,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
@@ -1184,8 +1196,9 @@ impl Stream {
     }
 
     /// Begins a snapshot when the peer lacks what fell off the history,
-    /// and sends its next parts (about a batch's worth a call, so live
-    /// updates go out in between).
+    /// and sends its next parts (about a batch's worth a call, so the
+    /// other streams of a connection get their turn in between). The
+    /// history after it waits until it ends (see `send_batch`).
     fn send_snapshot<T: Reduce>(
         &mut self,
         core: &Core<T>,
@@ -1238,8 +1251,12 @@ impl Stream {
         let history = &core.history;
         let end = core.sendable_end();
         // A snapshot still owed (held back until released) comes first: the
-        // records after a gap would be of no use before it.
-        if self.cursor >= end || self.need_snapshot {
+        // records after a gap would be of no use before it. So does one
+        // being sent: a record of a source now would claim to the peer
+        // every older one of that source (its clock moves to it), some of
+        // which may be in parts still to come; a stream cut then would
+        // leave the peer claiming what it never got.
+        if self.cursor >= end || self.need_snapshot || self.snapshot_out.is_some() {
             return Ok(());
         }
         let lazy = self.lazy(core);
@@ -1540,7 +1557,7 @@ impl<T: Reduce> Replica<T> {
         }
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
-        let mut stream = Stream::new(opts, &self.core.clock);
+        let mut stream = Stream::new(opts, &self.core.clock, self.core.floor);
         if !stream.opts.sends {
             stream.started = true;
             stream.cursor = self.core.history.end_seq();
@@ -1743,7 +1760,8 @@ impl<T: Reduce> Replica<T> {
     /// update, announcement and snapshot clock it sent on the stream
     /// (nothing this side sent it). Whatever the peer writes after it
     /// sent that is newer (its timestamps pass all it has seen), and what
-    /// it wrote before went out on the stream first: so every write of the
+    /// it wrote before went out on the stream first (in its history, or in
+    /// a snapshot, which the history after it waits for): so every write of the
     /// peer's this replica lacks is either in the peer's Hello clock or
     /// newer than this. [`Clock::stable_point`] over the
     /// [`peer_known`](Replica::peer_known) clocks, capped just above each
@@ -2130,6 +2148,98 @@ mod tests {
         p.handle(on_p, NOW + 10, &out).unwrap();
         let heard = p.peer_heard(on_p).expect("p heard w's Hello and Clock");
         assert_eq!(heard, first.ts, "w showed its first write, not {second:?}");
+    }
+
+    /// Moves frames between two streams until neither has anything to
+    /// send (bounded).
+    fn exchange<T: Reduce>(a: &mut Replica<T>, sa: StreamId, b: &mut Replica<T>, sb: StreamId) {
+        for _ in 0..10_000 {
+            let mut out = Vec::new();
+            let from_a = a.poll_transmit(sa, &mut out).unwrap();
+            if from_a > 0 {
+                b.handle(sb, NOW, &out).unwrap();
+            }
+            out.clear();
+            let from_b = b.poll_transmit(sb, &mut out).unwrap();
+            if from_b > 0 {
+                a.handle(sa, NOW, &out).unwrap();
+            }
+            if from_a == 0 && from_b == 0 {
+                return;
+            }
+        }
+        panic!("the streams never went quiet");
+    }
+
+    /// A write made while a snapshot is being sent waits for its end:
+    /// sent between two parts, it moved the peer's clock for its source
+    /// past older writes still to come in the parts, and a stream cut then
+    /// left the peer claiming what it never got (the next stream sent it
+    /// nothing of them: they differ for good).
+    #[test]
+    fn a_write_made_during_a_snapshot_waits_for_its_end() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let config = Config::default().snapshot_part_bytes(64).batch_bytes(64);
+        let mut y = Replica::with_config(id("y"), Map::default(), config.clone());
+        // Each key written three times: the state is the cheaper path.
+        for round in 0..3 {
+            for i in 0..1_000 {
+                y.update(NOW, crate::LwwMap::set(format!("key{i:04}"), round)).unwrap();
+            }
+        }
+        let mut n = Replica::with_config(id("n"), Map::default(), config);
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let mut out = Vec::new();
+        n.poll_transmit(sn, &mut out).unwrap();
+        y.handle(sy, NOW, &out).unwrap();
+        // y's Hello and its snapshot's first parts; then a write; then more.
+        out.clear();
+        y.poll_transmit(sy, &mut out).unwrap();
+        y.update(NOW + 1, crate::LwwMap::set("late".to_string(), 2)).unwrap().expect("a write");
+        y.poll_transmit(sy, &mut out).unwrap();
+        n.handle(sn, NOW + 1, &out).unwrap();
+        assert_eq!(n.stats().snapshots, 0, "the snapshot is still on its way");
+        assert_eq!(n.clock().get(y.id()), Timestamp::ZERO, "n claims none of y's writes");
+        // The stream is cut; a new one brings everything.
+        y.abort(sy);
+        n.abort(sn);
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        exchange(&mut y, sy, &mut n, sn);
+        assert_eq!(n.stats().snapshots, 1, "brought up by snapshot");
+        assert_eq!(n.clock(), y.clock());
+        assert_eq!(n.state(), y.state(), "n holds every write of y's");
+    }
+
+    /// The floor a Hello carries is the one of the moment the stream
+    /// opened, as its clock is: a collection between the open and the
+    /// Hello's sending raised the floor past a write the clock lacks, the
+    /// peer took that floor and refused the write when it came.
+    #[test]
+    fn a_hello_carries_the_floor_of_its_clock() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let mut y = Replica::new(id("y"), Map::default());
+        let mut n = Replica::new(id("n"), Map::default());
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        // n's Hello first: y's stream starts, and keeps what it has yet to
+        // send through the collection.
+        let mut out = Vec::new();
+        n.poll_transmit(sn, &mut out).unwrap();
+        y.handle(sy, NOW, &out).unwrap();
+        // After the open: a write of m's, which n lacks, then a
+        // collection past it.
+        let w =
+            Envelope::new(id("m"), Timestamp::new(NOW, 0), crate::LwwMap::set("k".to_string(), 1));
+        assert_eq!(y.apply(NOW, w), Outcome::Applied);
+        y.collect(Timestamp::new(NOW + 5, 0));
+        exchange(&mut y, sy, &mut n, sn);
+        assert!(n.stats().rejected == 0, "n refused nothing: {:?}", n.stats());
+        assert_eq!(n.clock(), y.clock());
+        assert_eq!(n.state(), y.state(), "n holds m's write");
     }
 
     #[test]
