@@ -1587,17 +1587,30 @@ impl<T: Reduce> Replica<T> {
         let recorded_from = core.history.end_seq();
         stream.stats.bytes_received += bytes.len() as u64;
         let mut pending = std::mem::take(&mut stream.recv);
-        let (consumed, flow) = if pending.is_empty() {
-            let (consumed, flow) = handle_frames(stream, id, core, now, bytes);
-            pending.extend_from_slice(&bytes[consumed..]);
-            (consumed, flow)
-        } else {
-            pending.extend_from_slice(bytes);
-            let (consumed, flow) = handle_frames(stream, id, core, now, &pending);
-            pending.drain(..consumed);
-            (consumed, flow)
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            if pending.is_empty() {
+                let (consumed, flow) = handle_frames(stream, id, core, now, bytes);
+                pending.extend_from_slice(&bytes[consumed..]);
+                flow
+            } else {
+                pending.extend_from_slice(bytes);
+                let (consumed, flow) = handle_frames(stream, id, core, now, &pending);
+                pending.drain(..consumed);
+                flow
+            }
+        }));
+        let flow = match handled {
+            Ok(flow) => flow,
+            // The user's code panicked on a frame: the frames after it in
+            // these bytes are lost, and a stream that went on would take
+            // the next ones over a gap (a later update of a source past
+            // missing ones). It ends as if its link were cut; a new one
+            // brings all again.
+            Err(panic) => {
+                self.abort(id);
+                resume_unwind(panic);
+            }
         };
-        let _ = consumed;
         stream.recv = pending;
         // A frame decoded but not applied (a malformed tail, a frame before
         // Hello, a stream that does not receive) leaves the inbox as large
@@ -1654,7 +1667,18 @@ impl<T: Reduce> Replica<T> {
     ) -> Result<usize, SessionError> {
         let Replica { core, streams, .. } = self;
         let Some(stream) = streams.get_mut(&id) else { return Ok(0) };
-        let written = stream.transmit(id, core, out);
+        let before = out.len();
+        let written = match catch_unwind(AssertUnwindSafe(|| stream.transmit(id, core, out))) {
+            Ok(written) => written,
+            // The user's `Serialize` panicked mid-frame: the stream counts
+            // as sent what it was writing, which the peer will never get.
+            // It ends as if its link were cut, its partial frame dropped.
+            Err(panic) => {
+                out.truncate(before);
+                self.abort(id);
+                resume_unwind(panic);
+            }
+        };
         if stream.ended && stream.close_out.is_none() {
             streams.remove(&id);
         }
