@@ -252,7 +252,7 @@ struct Inner<T: Reduce> {
     collection: Collection,
     /// Makes the empty state to start over from when a peer finds the
     /// replica stale ([`Handle::rejoin_when_stale`]).
-    fresh: Option<Box<dyn Fn() -> T + Send>>,
+    fresh: Option<Arc<dyn Fn() -> T + Send + Sync>>,
 }
 
 impl<T: Reduce> Inner<T> {
@@ -536,14 +536,14 @@ where
         let result = inner.replica.handle(stream, now_ms(), bytes);
         self.remember(&mut inner, stream);
         self.settle(&mut inner);
-        let rejoined = self.rejoin_if_stale(&mut inner);
+        let rejoin = self.rejoin_factory(&inner);
         drop(inner);
         if let Some(durable) = &self.durable {
             // Remote changes are saved promptly too, though nobody waits.
             durable.request();
         }
-        if rejoined {
-            (self.look_again)();
+        if let Some(make) = rejoin {
+            self.rejoin_with(make);
         }
         result
     }

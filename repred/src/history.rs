@@ -110,6 +110,10 @@ pub(crate) struct History<U> {
     merges: VecDeque<(u64, usize)>,
     merge_bytes: usize,
     merge_limit: usize,
+    /// The first record a snapshot being sent needs kept: its stream sends
+    /// no history until the snapshot ends, then the history from there
+    /// (`u64::MAX`: no snapshot being sent).
+    snapshot_from: u64,
 }
 
 impl<U> History<U> {
@@ -123,7 +127,22 @@ impl<U> History<U> {
             merges: VecDeque::new(),
             merge_bytes: 0,
             merge_limit: usize::MAX,
+            snapshot_from: u64::MAX,
         }
+    }
+
+    /// Keeps the records from `from` on (the earliest where a snapshot
+    /// being sent began, if any) past the limit, up to twice the limit:
+    /// evicted, its stream would find them gone when the snapshot ends and
+    /// send another, and under steady writes another, never done.
+    pub(crate) fn keep_for_snapshots(&mut self, from: Option<u64>) {
+        self.snapshot_from = from.unwrap_or(u64::MAX);
+    }
+
+    /// Whether the oldest record is one a snapshot being sent needs kept,
+    /// and the log has room for it under twice its limit.
+    fn kept_for_snapshot(&self) -> bool {
+        self.first_seq >= self.snapshot_from && self.records.len() < self.limit.saturating_mul(2)
     }
 
     /// Caps the bytes of snapshot changes kept (see [`push_merge`](Self::push_merge)).
@@ -146,7 +165,8 @@ impl<U> History<U> {
     }
 
     pub(crate) fn push(&mut self, record: Entry<U>) {
-        if self.records.len() >= self.limit {
+        // Over the limit after a snapshot kept records: back under it.
+        while self.records.len() >= self.limit && !self.kept_for_snapshot() {
             self.evict_oldest();
         }
         self.records.push_back(record);

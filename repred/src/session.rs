@@ -1078,7 +1078,16 @@ impl Stream {
                 sends: self.opts.sends,
                 receives: self.opts.receives,
                 life: core.life,
-                floor: self.hello_floor,
+                // The floor of the moment the stream opened, unless the
+                // clock is still the one the Hello summarises: a floor
+                // taken since (from a peer whose clock ours covers, say)
+                // holds for that clock too, and a lower one would have
+                // the peer refuse our snapshot as from below its floor.
+                floor: if core.clock.digest() == self.hello.hash() {
+                    core.floor
+                } else {
+                    self.hello_floor
+                },
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
@@ -1205,13 +1214,13 @@ impl Stream {
         out: &mut Vec<u8>,
     ) -> Result<(), SessionError> {
         let history = &core.history;
-        let lagged = self.cursor < history.first_seq();
-        if lagged || self.horizon_generation != history.horizon_generation() {
-            self.horizon_generation = history.horizon_generation();
-            self.cursor = self.cursor.max(history.first_seq());
-            if !self.covers_horizon(core) {
-                self.need_snapshot = true;
-            }
+        // While a snapshot goes out, what falls off the history is judged
+        // once it ends: the snapshot holds all that came before its start,
+        // which the peer is not known to hold until then (judged now, the
+        // eviction of any such record, as every write of a full history
+        // evicts one, called for another snapshot after it).
+        if self.snapshot_out.is_none() {
+            self.check_horizon(core);
         }
         if self.snapshot_out.is_none() {
             // A snapshot holds every record, so it waits for all of them to
@@ -1227,7 +1236,8 @@ impl Stream {
             self.stats.frames_sent += 1;
             self.need_snapshot = false;
             // The snapshot holds everything recorded so far; history goes
-            // on from here.
+            // on from here, once it ends (kept meanwhile: see
+            // `Replica::keep_for_snapshots`).
             self.cursor = history.end_seq();
         }
         let Some(snapshot) = &mut self.snapshot_out else { return Ok(()) };
@@ -1239,8 +1249,24 @@ impl Stream {
             self.stats.snapshots_sent += 1;
             self.known.merge(&clock);
             self.snapshot_out = None;
+            self.check_horizon(core);
         }
         Ok(())
+    }
+
+    /// Whether what fell off the history since the last look is held by
+    /// the peer; if not, a snapshot is owed. Moves the cursor past what
+    /// fell off.
+    fn check_horizon<T: Reduce>(&mut self, core: &Core<T>) {
+        let history = &core.history;
+        let lagged = self.cursor < history.first_seq();
+        if lagged || self.horizon_generation != history.horizon_generation() {
+            self.horizon_generation = history.horizon_generation();
+            self.cursor = self.cursor.max(history.first_seq());
+            if !self.covers_horizon(core) {
+                self.need_snapshot = true;
+            }
+        }
     }
 
     fn send_batch<T: Reduce>(
@@ -1668,6 +1694,7 @@ impl<T: Reduce> Replica<T> {
         let Replica { core, streams, .. } = self;
         let Some(stream) = streams.get_mut(&id) else { return Ok(0) };
         let before = out.len();
+        let sending = stream.snapshot_out.is_some();
         let written = match catch_unwind(AssertUnwindSafe(|| stream.transmit(id, core, out))) {
             Ok(written) => written,
             // The user's `Serialize` panicked mid-frame: the stream counts
@@ -1679,12 +1706,26 @@ impl<T: Reduce> Replica<T> {
                 resume_unwind(panic);
             }
         };
-        if stream.ended && stream.close_out.is_none() {
-            streams.remove(&id);
+        if sending != stream.snapshot_out.is_some() {
+            self.keep_for_snapshots();
+        }
+        if let Some(stream) = self.streams.get(&id)
+            && stream.ended
+            && stream.close_out.is_none()
+        {
+            self.streams.remove(&id);
         }
         self.close_if_done(id);
         self.collect_if_due();
         written
+    }
+
+    /// Has the history keep what the snapshots being sent need: the
+    /// records from the earliest one's start on (see `send_batch`).
+    fn keep_for_snapshots(&mut self) {
+        let from =
+            self.streams.values().filter(|s| s.snapshot_out.is_some()).map(|s| s.cursor).min();
+        self.core.history.keep_for_snapshots(from);
     }
 
     /// Runs a collection that waited for the snapshots being sent (their
@@ -1842,6 +1883,7 @@ impl<T: Reduce> Replica<T> {
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.snapshot_out = None;
         }
+        self.keep_for_snapshots();
         self.collect_if_due();
     }
 
@@ -2264,6 +2306,78 @@ mod tests {
         assert!(n.stats().rejected == 0, "n refused nothing: {:?}", n.stats());
         assert_eq!(n.clock(), y.clock());
         assert_eq!(n.state(), y.state(), "n holds m's write");
+    }
+
+    /// The records written while a snapshot goes out wait for its end
+    /// (see `send_batch`), so the history keeps them past its limit (up to
+    /// twice it): evicted, the stream found them gone at the end and sent
+    /// another snapshot, and under steady writes another, never done.
+    #[test]
+    fn writes_during_a_snapshot_are_kept_for_after_it() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let config = Config::default().history_limit(32).snapshot_part_bytes(64).batch_bytes(64);
+        let mut y = Replica::with_config(id("y"), Map::default(), config.clone());
+        for i in 0..1_000 {
+            y.update(NOW, crate::LwwMap::set(format!("key{i:04}"), i)).unwrap();
+        }
+        let mut n = Replica::with_config(id("n"), Map::default(), config);
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let mut out = Vec::new();
+        n.poll_transmit(sn, &mut out).unwrap();
+        y.handle(sy, NOW, &out).unwrap();
+        // More writes than the limit while the snapshot goes out, part by part.
+        for i in 0..48 {
+            out.clear();
+            y.poll_transmit(sy, &mut out).unwrap();
+            n.handle(sn, NOW, &out).unwrap();
+            y.update(NOW + 1, crate::LwwMap::set(format!("late{i:02}"), i)).unwrap();
+        }
+        assert_eq!(n.stats().snapshots, 0, "the snapshot took longer than the writes");
+        exchange(&mut y, sy, &mut n, sn);
+        assert_eq!(y.stream_stats(sy).map(|s| s.snapshots_sent), Some(1), "one snapshot");
+        assert_eq!(n.clock(), y.clock());
+        assert_eq!(n.state(), y.state());
+        // Once sent, the history goes back under its limit.
+        y.update(NOW + 2, crate::LwwMap::set("after".to_string(), 1)).unwrap();
+        assert!(y.history_len() <= 32, "{} records", y.history_len());
+    }
+
+    /// A floor taken after the stream opened goes in the Hello when the
+    /// clock is still the one it summarises: with the floor of the open,
+    /// lower than the peer's, the peer refused the snapshot that followed
+    /// as from below its floor.
+    #[test]
+    fn a_hello_carries_a_floor_taken_since_for_the_same_clock() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let set = |k: &str, v: u32| crate::LwwMap::set(k.to_string(), v);
+        let shared = Envelope::new(id("m"), Timestamp::new(NOW, 0), set("k", 1));
+        let mut n = Replica::new(id("n"), Map::default());
+        assert_eq!(n.apply(NOW, shared.clone()), Outcome::Applied);
+        n.collect(Timestamp::new(NOW + 5, 0));
+        // y holds all n holds, and many overwrites of its own since: a
+        // snapshot is n's cheaper path.
+        let mut y = Replica::new(id("y"), Map::default());
+        assert_eq!(y.apply(NOW, shared), Outcome::Applied);
+        for round in 0..3 {
+            for i in 0..1_000 {
+                y.update(NOW + 10, set(&format!("key{i:04}"), round)).unwrap();
+            }
+        }
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        // n's Hello reaches y before y sends its own: y takes n's floor.
+        let mut out = Vec::new();
+        n.poll_transmit(sn, &mut out).unwrap();
+        y.handle(sy, NOW + 10, &out).unwrap();
+        assert_eq!(y.floor(), n.floor());
+        exchange(&mut y, sy, &mut n, sn);
+        assert_eq!(n.stats().snapshots_refused, 0, "{:?}", n.stats());
+        assert_eq!(n.stats().snapshots, 1);
+        assert_eq!(n.clock(), y.clock());
+        assert_eq!(n.state(), y.state());
     }
 
     #[test]

@@ -10,9 +10,14 @@
 //! their connections, at both ends, so that a stream comes again once it
 //! has; and the connections look again when it does.
 
+use std::sync::Arc;
+
 use repred::{Reduce, Stamp, Timestamp};
 
 use super::{Handle, Inner, Shared};
+
+/// Makes the empty state a stale object starts over from.
+type Fresh<T> = Arc<dyn Fn() -> T + Send + Sync>;
 
 impl<T> Shared<T>
 where
@@ -24,6 +29,10 @@ where
     /// released. Returns the stamps of this node's own writes the replica
     /// dropped ([`Replica::rejoin`](repred::Replica::rejoin)).
     fn rejoin_locked(&self, inner: &mut Inner<T>, fresh: T) -> Vec<Stamp> {
+        // Released (or being released): its last save is under way.
+        if inner.replica.is_disposed() {
+            return Vec::new();
+        }
         let floor = inner.replica.stale_floor();
         let dropped = inner.replica.rejoin(fresh);
         // Its streams ended with a local Stale close, which frees their
@@ -44,15 +53,28 @@ where
         dropped
     }
 
-    /// Rejoins at once if the replica is stale and
-    /// [`Handle::rejoin_when_stale`] gave the empty state; whether it did.
-    pub(super) fn rejoin_if_stale(&self, inner: &mut Inner<T>) -> bool {
-        if inner.replica.stale_floor().is_none() {
-            return false;
+    /// What makes the empty state, if the replica is stale (and not
+    /// released) and [`Handle::rejoin_when_stale`] gave it.
+    pub(super) fn rejoin_factory(&self, inner: &Inner<T>) -> Option<Fresh<T>> {
+        let stale = inner.replica.stale_floor().is_some() && !inner.replica.is_disposed();
+        stale.then(|| inner.fresh.clone()).flatten()
+    }
+
+    /// Rejoins from `make()` if the replica is (still) stale. The user's
+    /// code runs with the object unlocked: it may read the handle.
+    pub(super) fn rejoin_with(&self, make: Fresh<T>) {
+        let fresh = make();
+        let rejoined = {
+            let mut inner = self.lock();
+            let stale = inner.replica.stale_floor().is_some() && !inner.replica.is_disposed();
+            if stale {
+                self.rejoin_locked(&mut inner, fresh);
+            }
+            stale
+        };
+        if rejoined {
+            (self.look_again)();
         }
-        let Some(fresh) = inner.fresh.as_ref().map(|make| make()) else { return false };
-        self.rejoin_locked(inner, fresh);
-        true
     }
 }
 
@@ -85,7 +107,12 @@ where
     /// lost (a write made while away, below deletes the others forgot).
     /// Meant for after [`stale_floor`](Handle::stale_floor) says so; see
     /// [`rejoin_when_stale`](Handle::rejoin_when_stale) to have the node
-    /// do it by itself.
+    /// do it by itself. Of a durable node's own writes, only those in its
+    /// log are listed, not those its store holds in its saved snapshot.
+    /// A limit to know: a durable node that restarts after a rejoin,
+    /// before any peer brought it up, is stale again (the store keeps no
+    /// trace of the rejoin), and a second rejoin drops the writes the
+    /// first one kept.
     ///
     /// ```no_run
     /// # async fn run(node: repred_transport::Node) -> Result<(), repred_transport::Error> {
@@ -121,14 +148,14 @@ where
     /// map.rejoin_when_stale(LwwMap::default);
     /// # Ok(()) }
     /// ```
-    pub fn rejoin_when_stale(&self, fresh: impl Fn() -> T + Send + 'static) {
-        let rejoined = {
+    pub fn rejoin_when_stale(&self, fresh: impl Fn() -> T + Send + Sync + 'static) {
+        let rejoin = {
             let mut inner = self.shared.lock();
-            inner.fresh = Some(Box::new(fresh));
-            self.shared.rejoin_if_stale(&mut inner)
+            inner.fresh = Some(Arc::new(fresh));
+            self.shared.rejoin_factory(&inner)
         };
-        if rejoined {
-            (self.shared.look_again)();
+        if let Some(make) = rejoin {
+            self.shared.rejoin_with(make);
         }
     }
 }
