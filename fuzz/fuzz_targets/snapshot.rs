@@ -1,6 +1,7 @@
 //! Snapshots, as they travel in parts (a SnapshotBegin, kind 3: postcard
 //! `(u64, [u8; 32])`, the size and digest of the clock, then
-//! `Option<Signature>`, then optionally the state's size hint, a `u64`;
+//! `Option<Signature>`, then optionally `(Option<u64>, Timestamp)`, the
+//! state's size hint and the sender's collection floor;
 //! SnapshotClock chunks, kind 14: `Vec<(SourceId,
 //! Timestamp)>`; SnapshotParts, kind 12: index, `T::Update`,
 //! `Option<Signature>`; a SnapshotEnd, kind 13: how many parts,

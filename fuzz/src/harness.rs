@@ -1063,6 +1063,9 @@ impl Begun {
 struct Oracle {
     trust: Trust,
     now: u64,
+    /// Whether the replica holds anything (a write of its own): a begin
+    /// from above its floor (zero) then finds it stale.
+    holds_state: bool,
     hello: bool,
     synced: bool,
     ended: bool,
@@ -1078,8 +1081,8 @@ fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 }
 
 impl Oracle {
-    fn new(trust: Trust, now: u64) -> Self {
-        Self { trust, now, hello: false, synced: false, ended: false, begun: None }
+    fn new(trust: Trust, now: u64, holds_state: bool) -> Self {
+        Self { trust, now, holds_state, hello: false, synced: false, ended: false, begun: None }
     }
 
     fn judge<T: Reduce>(&mut self, frame: &[u8]) -> Expect<T::Update> {
@@ -1126,16 +1129,30 @@ impl Oracle {
         let Ok((proof, hint)) = postcard::take_from_bytes::<Option<Signature>>(rest) else {
             return Expect::Refused("a begin whose signature does not decode");
         };
-        // The state's size hint after the signature is optional (version
-        // 3), a single varint when there.
-        if !hint.is_empty() && decode_all::<u64>(hint).is_none() {
-            return Expect::Refused("a begin whose size hint does not decode");
-        }
+        // After the signature (version 4): the state's size hint, if any,
+        // and the sender's floor; a hand-built begin may leave both out.
+        let floor = if hint.is_empty() {
+            None
+        } else {
+            match decode_all::<(Option<u64>, repred::Timestamp)>(hint) {
+                Some((_, floor)) => Some(floor),
+                None => return Expect::Refused("a begin whose size hint and floor do not decode"),
+            }
+        };
         if !self.hello {
             return Expect::Refused("a begin before Hello");
         }
         if self.begun.is_some() {
             return Expect::Refused("a begin before the last snapshot's end");
+        }
+        // The Hello's floor is zero, as is the replica's.
+        if let Some(floor) = floor.filter(|&f| f > repred::Timestamp::ZERO) {
+            if floor.millis() > self.now + Config::default().max_skew_millis {
+                return Expect::Refused("a begin whose floor is ahead of the clock");
+            }
+            if self.holds_state {
+                return Expect::Refused("a begin from above the floor of a replica with state");
+            }
         }
         let signer = match proof.map(|p| verify(p, &id)) {
             None => None,
@@ -1379,7 +1396,7 @@ where
         let stream = replica.open(StreamOpts::default()).expect("open");
         settle(&mut replica, now, &[stream]);
         let start = (replica.state().clone(), replica.clock().clone());
-        let mut oracle = Oracle::new(trust, now);
+        let mut oracle = Oracle::new(trust, now, !replica.clock().is_empty());
         for frame in &input {
             let state = replica.state().clone();
             let clock = replica.clock().clone();

@@ -232,6 +232,9 @@ struct Meta {
     floor: Timestamp,
     /// Where the base state is: its parts in [`PARTS`].
     parts: Parts,
+    /// [`Replica::rejoined_below`]: a replica saved after a rejoin, before
+    /// a peer brought it up, is not stale when it comes back.
+    rejoined_below: Timestamp,
 }
 
 /// The stored parts of a base state.
@@ -245,6 +248,20 @@ struct Parts {
     /// [`Reduce::entries_hint`] of the state they were cut from: a load
     /// reserves that much once.
     entries: Option<u64>,
+}
+
+/// A header as written before rejoins were saved (read only).
+#[derive(Deserialize)]
+struct MetaV4 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+    parts: Parts,
 }
 
 /// A header as written before snapshots were stored in parts (read only).
@@ -289,6 +306,20 @@ impl Meta {
         // would read a newer header's prefix, while a newer one runs out of
         // bytes on an older header.
         postcard::from_bytes(bytes).or_else(|e| {
+            if let Ok(v4) = postcard::from_bytes::<MetaV4>(bytes) {
+                return Ok(Meta {
+                    id: v4.id,
+                    last: v4.last,
+                    base_seq: v4.base_seq,
+                    next_seq: v4.next_seq,
+                    base_clock: v4.base_clock,
+                    base: v4.base,
+                    life: v4.life,
+                    floor: v4.floor,
+                    parts: v4.parts,
+                    rejoined_below: Timestamp::ZERO,
+                });
+            }
             if let Ok(v3) = postcard::from_bytes::<MetaV3>(bytes) {
                 return Ok(Meta {
                     id: v3.id,
@@ -300,6 +331,7 @@ impl Meta {
                     life: v3.life,
                     floor: v3.floor,
                     parts: Parts::default(),
+                    rejoined_below: Timestamp::ZERO,
                 });
             }
             if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
@@ -313,6 +345,7 @@ impl Meta {
                     life: v2.life,
                     floor: Timestamp::ZERO,
                     parts: Parts::default(),
+                    rejoined_below: Timestamp::ZERO,
                 });
             }
             let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
@@ -329,6 +362,7 @@ impl Meta {
                 life: life.max(1),
                 floor: Timestamp::ZERO,
                 parts: Parts::default(),
+                rejoined_below: Timestamp::ZERO,
             })
         })
     }
@@ -669,7 +703,8 @@ impl Store {
                 config,
             )
             .with_life(meta.life)
-            .with_floor(meta.floor),
+            .with_floor(meta.floor)
+            .with_rejoined_below(meta.rejoined_below),
         ))
     }
 
@@ -834,6 +869,7 @@ impl Store {
                     life: replica.life(),
                     floor: replica.floor(),
                     parts,
+                    rejoined_below: replica.rejoined_below(),
                 };
                 Batch {
                     name: name.to_string(),

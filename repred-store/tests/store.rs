@@ -384,3 +384,50 @@ fn stamped_lattices_come_back_from_the_log() {
     round_trip::<LwwRegister<u32>>(vec![LwwRegister::set(1), LwwRegister::set(2)]);
     round_trip::<OrSet<u32>>(vec![OrSet::add(7), OrSet::add(8)]);
 }
+
+/// A replica that rejoined (stale, started over keeping its own newer
+/// writes) and was saved before a peer brought it up is not stale when it
+/// comes back: the store keeps the floor it started over below
+/// (`Replica::rejoined_below`). Before, the restored replica held its kept
+/// write with no trace of the rejoin, a peer's snapshot from above its
+/// floor found it stale again, and a second rejoin dropped that write.
+#[test]
+fn a_replica_saved_after_a_rejoin_comes_back_ready_to_be_brought_up() {
+    type Map = repred::LwwMap<String, u32>;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let id = |name: &str| SourceId::new(name).unwrap();
+    let mut net = Network::starting_at(NOW);
+    let a = net.add(Replica::new(id("a"), Map::default()));
+    let b = net.add(Replica::new(id("b"), Map::default()));
+    net.update(a, repred::LwwMap::set("ka".to_string(), 1)).unwrap();
+    // b writes where a cannot hear; a collects past it.
+    net.update(b, repred::LwwMap::set("old".to_string(), 2)).unwrap();
+    net.advance(10);
+    let floor = repred::Timestamp::new(NOW + 5, 0);
+    net[a].collect(floor);
+    net.link(a, b);
+    net.pump();
+    assert_eq!(net[b].stale_floor(), Some(floor), "b holds a write below a's floor that a lacks");
+    net.advance(10);
+    let kept = net.update(b, repred::LwwMap::set("new".to_string(), 3)).unwrap().unwrap();
+    let lost = net[b].rejoin(Map::default());
+    assert_eq!(lost.len(), 1, "the write below the floor");
+    assert!(net[b].rejoined_below() >= floor);
+    {
+        let store = Store::open(&path).unwrap();
+        store.save("m", &net[b]).unwrap();
+    }
+    // b restarts from its store before any peer brought it up.
+    let store = Store::open(&path).unwrap();
+    let restored = store.load::<Map>("m", Config::default()).unwrap().unwrap();
+    assert_eq!(restored.rejoined_below(), net[b].rejoined_below());
+    assert!(restored.clock().has(kept.source, kept.ts), "the kept write is there");
+    let b2 = net.add(restored);
+    net.link(a, b2);
+    net.pump();
+    assert_eq!(net[b2].stale_floor(), None, "not stale again");
+    assert_eq!(net[b2].state(), net[a].state());
+    assert_eq!(net[b2].clock(), net[a].clock());
+    assert_eq!(net[a].state().get("new"), Some(&3), "the kept write reached a");
+}

@@ -7,7 +7,7 @@
 //! |------|----------|--------------------------------------------------|
 //! | 1    | Hello    | protocol version (varint), then [`Hello`]        |
 //! | 2    | Updates  | one or more [`Envelope`](crate::Envelope)s, back to back |
-//! | 3    | SnapshotBegin | how many sources the sender's clock has and its digest, an optional signature, then (optional, since version 3) about how many entries the state holds ([`Reduce::entries_hint`](crate::Reduce::entries_hint)) |
+//! | 3    | SnapshotBegin | how many sources the sender's clock has and its digest, an optional signature, then (since version 4) about how many entries the state holds if the sender knows ([`Reduce::entries_hint`](crate::Reduce::entries_hint)) and its collection floor as the snapshot begins |
 //! | 14   | SnapshotClock | `(source, ts)` entries of that clock, in source order |
 //! | 12   | SnapshotPart | its index, a part of the state ([`Reduce::snapshot_part`](crate::Reduce::snapshot_part)), an optional signature |
 //! | 13   | SnapshotEnd | how many parts, an optional signature |
@@ -51,7 +51,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 /// refuses as bytes left over (and version 2 of before issue 16 sent
 /// snapshots in one frame: the streamed ones and the Ranges frame came
 /// without a bump).
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: a SnapshotBegin ends with the size hint (if any) and the sender's
+/// collection floor as it begins, which may have risen since its Hello.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -276,6 +279,12 @@ pub(crate) enum Frame<U> {
         /// About how many entries the state holds, if the sender said:
         /// not signed, so only ever a hint (the receiver caps it).
         entries: Option<u64>,
+        /// The sender's collection floor as the snapshot begins, if it
+        /// said (version 4): the floor its state is collected at, which
+        /// may have risen since its Hello. Not signed: checked for skew,
+        /// and only ever raises what the receiver takes the sender's
+        /// floor to be.
+        floor: Option<crate::Timestamp>,
     },
     SnapshotClock(Vec<(SourceId, crate::Timestamp)>),
     Ranges(Vec<crate::reconcile::Range>),
@@ -372,11 +381,15 @@ pub(crate) fn decode<U: DeserializeOwned>(
             let digest = snapshot_id(&body[..body.len() - rest.len()]);
             let (proof, rest) =
                 postcard::take_from_bytes(rest).map_err(|e| malformed("SnapshotBegin", e))?;
-            // The size hint came with version 3; hand-built begins without
-            // it still decode.
-            let entries =
-                if rest.is_empty() { None } else { Some(decode_all("SnapshotBegin", rest)?) };
-            Frame::SnapshotBegin { sources, clock, digest, proof, entries }
+            // The size hint and the floor came with versions 3 and 4;
+            // hand-built begins without them still decode.
+            let (entries, floor) = if rest.is_empty() {
+                (None, None)
+            } else {
+                let (entries, floor) = decode_all("SnapshotBegin", rest)?;
+                (entries, Some(floor))
+            };
+            Frame::SnapshotBegin { sources, clock, digest, proof, entries, floor }
         }
         Kind::SnapshotClock => Frame::SnapshotClock(decode_all("SnapshotClock", body)?),
         Kind::Ranges => Frame::Ranges(decode_all("Ranges", body)?),

@@ -137,6 +137,13 @@ impl<U> History<U> {
     /// send another, and under steady writes another, never done.
     pub(crate) fn keep_for_snapshots(&mut self, from: Option<u64>) {
         self.snapshot_from = from.unwrap_or(u64::MAX);
+        if from.is_none() && self.records.capacity() > self.limit.saturating_mul(3) / 2 {
+            // The room taken past the limit goes back with what is past it.
+            while self.records.len() > self.limit {
+                self.evict_oldest();
+            }
+            self.records.shrink_to_fit();
+        }
     }
 
     /// Whether the oldest record is one a snapshot being sent needs kept,

@@ -620,13 +620,20 @@ impl<T: Reduce> Core<T> {
     /// `peer` lacks (when the history no longer tells, it assumes so).
     pub(crate) fn holds_news_below(&self, peer: &Clock, floor: Timestamp) -> bool {
         let horizon = self.history.horizon();
+        // Of its own writes, one that rejoined below `floor` or higher
+        // holds none below it: the rejoin dropped them, and it writes
+        // above the floor since. Its horizon says otherwise once a store
+        // restored it from a snapshot (every source of the base counts as
+        // possibly below), which made it stale again after a restart.
+        let own_above = floor <= self.fresh_to;
         let mut ahead = BTreeMap::new();
         for (source, ts) in self.clock.iter() {
             let theirs = peer.get(source);
             if ts <= theirs || theirs >= floor {
                 continue;
             }
-            if ts < floor || horizon.get(source) > theirs {
+            let hidden = horizon.get(source) > theirs && !(own_above && source == self.id);
+            if ts < floor || hidden {
                 return true;
             }
             ahead.insert(source, theirs);
@@ -1547,6 +1554,24 @@ impl<T: Reduce> Replica<T> {
             core.history.push(Entry::Change(envelope));
         }
         dropped
+    }
+
+    /// The floor a [`rejoin`](Replica::rejoin) started this replica over
+    /// below ([`Timestamp::ZERO`] if it never rejoined): a snapshot from a
+    /// peer at that floor or under brings it up although it holds state
+    /// (its own writes kept by the rejoin), which a replica that did not
+    /// start over would refuse as stale. A durable store saves it.
+    pub fn rejoined_below(&self) -> Timestamp {
+        self.core.fresh_to
+    }
+
+    /// This replica as [`rejoin`](Replica::rejoin) below `floor` left it
+    /// ([`rejoined_below`](Replica::rejoined_below)): for a durable store
+    /// restoring a replica saved after a rejoin, before a peer brought it
+    /// up (without it, the restored replica would be stale again).
+    pub fn with_rejoined_below(mut self, floor: Timestamp) -> Self {
+        self.core.fresh_to = self.core.fresh_to.max(floor);
+        self
     }
 
     /// This replica with collection floor `floor` (collecting at it): for

@@ -168,6 +168,10 @@ pub(crate) struct Stream {
     hello_sent: bool,
     /// Our clock as our Hello summarises it, fixed when the stream opens.
     hello: ClockSummary,
+    /// A snapshot went out on this stream and the history written since
+    /// its start is still more than the log keeps: the history keeps it
+    /// for the stream (`Replica::keep_for_snapshots`).
+    catching_up: bool,
     /// Our collection floor when the stream opened, which our Hello
     /// carries with the clock it summarises: a floor raised since may
     /// stand above updates that clock lacks, which the peer would then
@@ -238,6 +242,7 @@ impl Stream {
         let hello_clock = matches!(hello, ClockSummary::Digest { .. }).then(|| clock.clone());
         Self {
             hello,
+            catching_up: false,
             hello_floor: floor,
             hello_clock,
             owe_clock: None,
@@ -800,7 +805,7 @@ impl Stream {
                     self.backfill.remove(&source);
                 }
             }
-            Frame::SnapshotBegin { sources, clock, digest, proof, entries }
+            Frame::SnapshotBegin { sources, clock, digest, proof, entries, floor }
                 if self.opts.receives =>
             {
                 if self.snapshot_in.is_some() {
@@ -808,6 +813,15 @@ impl Stream {
                         kind: "SnapshotBegin".into(),
                         detail: "a snapshot begun before the last one ended".into(),
                     });
+                }
+                // The floor the snapshot's state is collected at: the
+                // sender's may have risen since its Hello (it took ours).
+                if let Some(floor) = floor.filter(|&f| f > self.peer_floor) {
+                    core.check_skew(now, floor).map_err(|e| PeerMisbehaved::Malformed {
+                        kind: "SnapshotBegin".into(),
+                        detail: format!("collection floor: {e}"),
+                    })?;
+                    self.peer_floor = floor;
                 }
                 if let Some(refused) = self.vet_floor(id, core) {
                     return self.refuse_snapshot(id, core, peer, refused);
@@ -972,7 +986,13 @@ impl Stream {
             kind: "Hello".into(),
             detail: format!("collection floor: {e}"),
         })?;
-        if !core.clock.is_empty() && hello.clock == self.hello {
+        // The peer holds what our Hello stood for, and we hold nothing
+        // more: its floor is ours. (Our clock may have moved since the
+        // open, by a write below the floor the peer lacks.)
+        if !core.clock.is_empty()
+            && hello.clock == self.hello
+            && core.clock.digest() == self.hello.hash()
+        {
             core.raise_floor(hello.floor);
             return Ok(None);
         }
@@ -1235,6 +1255,7 @@ impl Stream {
             self.snapshot_out = Some(Outgoing::begin(core, out)?);
             self.stats.frames_sent += 1;
             self.need_snapshot = false;
+            self.catching_up = true;
             // The snapshot holds everything recorded so far; history goes
             // on from here, once it ends (kept meanwhile: see
             // `Replica::keep_for_snapshots`).
@@ -1633,7 +1654,7 @@ impl<T: Reduce> Replica<T> {
             // missing ones). It ends as if its link were cut; a new one
             // brings all again.
             Err(panic) => {
-                self.abort(id);
+                self.abort_quietly(id);
                 resume_unwind(panic);
             }
         };
@@ -1694,7 +1715,7 @@ impl<T: Reduce> Replica<T> {
         let Replica { core, streams, .. } = self;
         let Some(stream) = streams.get_mut(&id) else { return Ok(0) };
         let before = out.len();
-        let sending = stream.snapshot_out.is_some();
+        let catching_up = stream.catching_up;
         let written = match catch_unwind(AssertUnwindSafe(|| stream.transmit(id, core, out))) {
             Ok(written) => written,
             // The user's `Serialize` panicked mid-frame: the stream counts
@@ -1702,11 +1723,19 @@ impl<T: Reduce> Replica<T> {
             // It ends as if its link were cut, its partial frame dropped.
             Err(panic) => {
                 out.truncate(before);
-                self.abort(id);
+                self.abort_quietly(id);
                 resume_unwind(panic);
             }
         };
-        if sending != stream.snapshot_out.is_some() {
+        if stream.catching_up
+            && stream.snapshot_out.is_none()
+            && core.history.end_seq().saturating_sub(stream.cursor)
+                < core.config.history_limit as u64
+        {
+            // What it has yet to send fits in the log again.
+            stream.catching_up = false;
+        }
+        if catching_up || stream.catching_up {
             self.keep_for_snapshots();
         }
         if let Some(stream) = self.streams.get(&id)
@@ -1720,11 +1749,12 @@ impl<T: Reduce> Replica<T> {
         written
     }
 
-    /// Has the history keep what the snapshots being sent need: the
-    /// records from the earliest one's start on (see `send_batch`).
+    /// Has the history keep what the streams catching up after a snapshot
+    /// need: the records from the earliest one's cursor on (see
+    /// `send_batch`).
     fn keep_for_snapshots(&mut self) {
         let from =
-            self.streams.values().filter(|s| s.snapshot_out.is_some()).map(|s| s.cursor).min();
+            self.streams.values().filter(|s| s.catching_up && !s.ended).map(|s| s.cursor).min();
         self.core.history.keep_for_snapshots(from);
     }
 
@@ -1763,6 +1793,16 @@ impl<T: Reduce> Replica<T> {
     /// Drops a stream without telling the peer, as when a link is cut.
     pub fn abort(&mut self, id: StreamId) {
         self.end_stream(id, EndReason::Aborted);
+    }
+
+    /// [`abort`](Replica::abort) after the user's code panicked: no
+    /// collection runs meanwhile (it would run the user's code again, and
+    /// could drop records a subscriber has not read); it waits for the
+    /// next call that runs one.
+    fn abort_quietly(&mut self, id: StreamId) {
+        let pending = std::mem::replace(&mut self.core.collect_pending, false);
+        self.end_stream(id, EndReason::Aborted);
+        self.core.collect_pending |= pending;
     }
 
     /// How many streams are open.
@@ -2335,6 +2375,21 @@ mod tests {
             y.update(NOW + 1, crate::LwwMap::set(format!("late{i:02}"), i)).unwrap();
         }
         assert_eq!(n.stats().snapshots, 0, "the snapshot took longer than the writes");
+        // Once the snapshot is in, writes go on while the stream sends what
+        // was written meanwhile, a batch at a time: what it has yet to send
+        // stays kept until it fits in the log again (let go at the end,
+        // the next write evicted it, and another snapshot followed).
+        for i in 0..400 {
+            out.clear();
+            y.poll_transmit(sy, &mut out).unwrap();
+            n.handle(sn, NOW + 2, &out).unwrap();
+            out.clear();
+            n.poll_transmit(sn, &mut out).unwrap();
+            y.handle(sy, NOW + 2, &out).unwrap();
+            if n.stats().snapshots == 1 {
+                y.update(NOW + 2, crate::LwwMap::set(format!("later{i:03}"), i)).unwrap();
+            }
+        }
         exchange(&mut y, sy, &mut n, sn);
         assert_eq!(y.stream_stats(sy).map(|s| s.snapshots_sent), Some(1), "one snapshot");
         assert_eq!(n.clock(), y.clock());
@@ -2378,6 +2433,35 @@ mod tests {
         assert_eq!(n.stats().snapshots, 1);
         assert_eq!(n.clock(), y.clock());
         assert_eq!(n.state(), y.state());
+    }
+
+    /// A Hello whose clock is the one ours stood for gives its floor only
+    /// if our clock has not moved since: a write taken since, below that
+    /// floor and lacked by the peer, makes us stale, not floored past it
+    /// (which had the peer refuse it for good).
+    #[test]
+    fn a_floor_is_not_taken_over_a_write_taken_since_the_open() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let set = |k: &str, v: u32| crate::LwwMap::set(k.to_string(), v);
+        let shared = Envelope::new(id("s"), Timestamp::new(NOW, 0), set("k", 1));
+        let mut y = Replica::new(id("y"), Map::default());
+        let mut n = Replica::new(id("n"), Map::default());
+        for r in [&mut y, &mut n] {
+            assert_eq!(r.apply(NOW, shared.clone()), Outcome::Applied);
+        }
+        let floor = Timestamp::new(NOW + 5, 0);
+        n.collect(floor);
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        // Since the open, y took a write n lacks, below n's floor.
+        let below = Envelope::new(id("q"), Timestamp::new(NOW + 1, 0), set("q", 2));
+        assert_eq!(y.apply(NOW + 1, below), Outcome::Applied);
+        let mut out = Vec::new();
+        n.poll_transmit(sn, &mut out).unwrap();
+        y.handle(sy, NOW + 10, &out).unwrap();
+        assert_eq!(y.floor(), Timestamp::ZERO, "y did not take n's floor");
+        assert_eq!(y.stale_floor(), Some(floor), "y is stale");
     }
 
     #[test]

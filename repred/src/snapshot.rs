@@ -116,10 +116,10 @@ impl Outgoing {
             w.abandon();
             return Err(e.into());
         }
-        // How large the state is, so the receiver can make room once.
-        if let Some(entries) = core.state.entries_hint()
-            && let Err(e) = w.put(&entries)
-        {
+        // How large the state is, so the receiver can make room once, and
+        // the floor the state is collected at now (the Hello's may be
+        // older: the receiver judges the snapshot by it).
+        if let Err(e) = w.put(&(core.state.entries_hint(), core.floor)) {
             w.abandon();
             return Err(e.into());
         }

@@ -56,7 +56,11 @@ impl<E> Records<E> {
         if len == self.queue.capacity()
             && len.saturating_sub(self.shrunk_at) >= GROW_BY_DOUBLING.max(self.limit / 8)
         {
-            let rest = self.limit.saturating_sub(len).max(1);
+            // Past the limit (records kept for a snapshot being sent, see
+            // `History::keep_for_snapshots`): another limit's worth at once,
+            // as room taken one record at a time would move the ring's
+            // wrapped part, half the log, on every push.
+            let rest = if len >= self.limit { self.limit } else { self.limit - len };
             if rest.saturating_mul(std::mem::size_of::<E>()) <= MAX_RESERVE_BYTES {
                 self.queue.reserve_exact(rest);
             }
@@ -100,7 +104,6 @@ impl<E> Records<E> {
     /// Gives back the room not in use; it is taken again by doubling until
     /// the log has grown by as much as a fresh one fills before taking the
     /// rest of its limit (see [`Records`]).
-    #[allow(dead_code)] // the log's collection (`History::drop_stable`) uses it
     pub(crate) fn shrink_to_fit(&mut self) {
         self.queue.shrink_to_fit();
         self.shrunk_at = self.queue.len();
@@ -110,6 +113,25 @@ impl<E> Records<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pushed past its limit (the history keeps records for a snapshot),
+    /// the log takes room a limit at a time: taken a record at a time, it
+    /// grew on every push, each growth moving half the log.
+    #[test]
+    fn past_its_limit_it_grows_a_limit_at_a_time() {
+        let limit = 10_000;
+        let mut records: Records<u64> = Records::new(limit);
+        for i in 0..limit as u64 {
+            records.push_back(i);
+        }
+        let mut growths = 0;
+        for i in 0..limit as u64 {
+            let before = records.capacity();
+            records.push_back(i);
+            growths += usize::from(records.capacity() != before);
+        }
+        assert!(growths <= 1, "{growths} growths");
+    }
 
     /// The same operations on a `VecDeque`, as the reference.
     #[test]
