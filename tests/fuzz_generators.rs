@@ -249,7 +249,7 @@ fn snapshot_case() -> impl Strategy<Value = SnapshotCase> {
             prop::collection::vec(part, 0..4),
             prop::option::weighted(0.85, end),
             prop::bool::weighted(0.1),
-            (0u8..8, prop::bool::weighted(0.9), any::<bool>()),
+            (0u8..8, prop::bool::weighted(0.9), any::<bool>(), prop::option::weighted(0.2, ts())),
             prop_oneof![Just(0u16), any::<u16>()],
         )
             .prop_map(
@@ -260,7 +260,7 @@ fn snapshot_case() -> impl Strategy<Value = SnapshotCase> {
                     parts,
                     end,
                     twice,
-                    (peer, hello, sync),
+                    (peer, hello, sync, floor),
                     late,
                 )| SnapshotCase {
                     clock,
@@ -275,6 +275,7 @@ fn snapshot_case() -> impl Strategy<Value = SnapshotCase> {
                     hello,
                     sync,
                     late,
+                    floor,
                 },
             )
     })
@@ -400,6 +401,7 @@ fn built_snapshots_are_taken_as_built() {
         peer: 2,
         hello: true,
         sync: true,
+        floor: None,
         late: 0,
     };
     let report = |plain, trusting, parts| SnapshotReport { plain, trusting, parts };

@@ -285,6 +285,7 @@ fuzz_target!(|data: &[u8]| {
         hello: input.hello,
         sync: input.sync,
         late: input.late,
+        floor: None,
     };
     run(kind, input.seeded, Job::Case(&case));
 });

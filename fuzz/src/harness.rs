@@ -865,6 +865,9 @@ pub struct SnapshotCase {
     pub sync: bool,
     /// Milliseconds of skew added to [`NOW`] for the receivers.
     pub late: u16,
+    /// The collection floor the begin ends with, a timestamp as it
+    /// encodes (`None`: the begin ends after its signature).
+    pub floor: Option<u64>,
 }
 
 /// A signature as `sig` says, `own` being the digest the frame's signature
@@ -904,7 +907,9 @@ pub fn snapshot_case_frames(case: &SnapshotCase) -> Vec<Vec<u8>> {
         Stale::Contents => sha256(&[&begin]),
         Stale::Kind => part_digest(&id, 0, &sha256(&[])),
     });
-    out.push(frame(SNAPSHOT_BEGIN, &[begin, encode(&proof)].concat()));
+    // After the signature: no size hint, and the floor if any.
+    let tail = case.floor.map(|floor| encode(&(None::<u64>, floor))).unwrap_or_default();
+    out.push(frame(SNAPSHOT_BEGIN, &[begin, encode(&proof), tail].concat()));
     // A sequence of `([u8; 16], u64)` encodes as one of `(SourceId,
     // Timestamp)` does.
     match case.chunk {
@@ -1030,8 +1035,10 @@ enum Expect<U> {
     Ended,
     /// A part taken: the state joins it, the clock stays.
     Part(U),
-    /// An end taken: the clock joins the begin's clock, the state stays.
-    End(Clock),
+    /// An end taken: the clock joins the begin's clock, the state stays,
+    /// but for a snapshot from above the replica's floor: then the
+    /// replica takes that floor, and its state is collected at it.
+    End(Clock, Option<repred::Timestamp>),
 }
 
 /// A snapshot the oracle saw begin.
@@ -1063,9 +1070,13 @@ impl Begun {
 struct Oracle {
     trust: Trust,
     now: u64,
-    /// Whether the replica holds anything (a write of its own): a begin
-    /// from above its floor (zero) then finds it stale.
+    /// Whether the replica holds anything (a write of its own, or a
+    /// snapshot taken): a begin from above its floor then finds it stale.
     holds_state: bool,
+    /// The replica's collection floor (zero, until it takes a snapshot's).
+    ours: repred::Timestamp,
+    /// The peer's floor, as its Hello (zero) and begins said.
+    theirs: repred::Timestamp,
     hello: bool,
     synced: bool,
     ended: bool,
@@ -1082,7 +1093,17 @@ fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 
 impl Oracle {
     fn new(trust: Trust, now: u64, holds_state: bool) -> Self {
-        Self { trust, now, holds_state, hello: false, synced: false, ended: false, begun: None }
+        Self {
+            trust,
+            now,
+            holds_state,
+            ours: repred::Timestamp::ZERO,
+            theirs: repred::Timestamp::ZERO,
+            hello: false,
+            synced: false,
+            ended: false,
+            begun: None,
+        }
     }
 
     fn judge<T: Reduce>(&mut self, frame: &[u8]) -> Expect<T::Update> {
@@ -1145,14 +1166,15 @@ impl Oracle {
         if self.begun.is_some() {
             return Expect::Refused("a begin before the last snapshot's end");
         }
-        // The Hello's floor is zero, as is the replica's.
-        if let Some(floor) = floor.filter(|&f| f > repred::Timestamp::ZERO) {
+        // The floor only rises: the Hello's is zero.
+        if let Some(floor) = floor.filter(|&f| f > self.theirs) {
             if floor.millis() > self.now + Config::default().max_skew_millis {
                 return Expect::Refused("a begin whose floor is ahead of the clock");
             }
-            if self.holds_state {
-                return Expect::Refused("a begin from above the floor of a replica with state");
-            }
+            self.theirs = floor;
+        }
+        if self.theirs > self.ours && self.holds_state {
+            return Expect::Refused("a begin from above the floor of a replica with state");
         }
         let signer = match proof.map(|p| verify(p, &id)) {
             None => None,
@@ -1274,7 +1296,12 @@ impl Oracle {
         if let Err(why) = vouched(begun.signer, &end_digest(&begun.id, parts), proof) {
             return Expect::Refused(why);
         }
-        Expect::End(begun.clock)
+        self.holds_state |= !begun.clock.is_empty();
+        let floor = (self.theirs > self.ours).then_some(self.theirs);
+        if let Some(floor) = floor {
+            self.ours = floor;
+        }
+        Expect::End(begun.clock, floor)
     }
 }
 
@@ -1448,9 +1475,20 @@ where
                     );
                     report.parts[role] += 1;
                 }
-                Expect::End(of) => {
+                Expect::End(of, floor) => {
                     assert!(open, "{who} refused a valid snapshot end: {result:?}");
-                    assert!(same_state, "{who} changed its state at a snapshot's end");
+                    match floor {
+                        None => assert!(same_state, "{who} changed its state at a snapshot's end"),
+                        Some(floor) => {
+                            let mut collected = state;
+                            collected.collect(floor);
+                            assert!(
+                                collected == *replica.state(),
+                                "{who} did not take the snapshot's floor {floor:?} at its end"
+                            );
+                            assert_eq!(replica.floor(), floor, "{who} kept its floor");
+                        }
+                    }
                     let mut joined = clock;
                     joined.merge(&of);
                     assert!(

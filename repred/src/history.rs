@@ -137,13 +137,11 @@ impl<U> History<U> {
     /// send another, and under steady writes another, never done.
     pub(crate) fn keep_for_snapshots(&mut self, from: Option<u64>) {
         self.snapshot_from = from.unwrap_or(u64::MAX);
-        if from.is_none() && self.records.capacity() > self.limit.saturating_mul(3) / 2 {
-            // The room taken past the limit goes back with what is past it.
-            while self.records.len() > self.limit {
-                self.evict_oldest();
-            }
-            self.records.shrink_to_fit();
-        }
+    }
+
+    /// The most records kept (but for a snapshot's stream).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Whether the oldest record is one a snapshot being sent needs kept,
@@ -172,9 +170,17 @@ impl<U> History<U> {
     }
 
     pub(crate) fn push(&mut self, record: Entry<U>) {
-        // Over the limit after a snapshot kept records: back under it.
-        while self.records.len() >= self.limit && !self.kept_for_snapshot() {
-            self.evict_oldest();
+        // Over the limit after a snapshot kept records: back under it,
+        // and the room taken past it goes back once nothing needs it.
+        if self.records.len() >= self.limit && !self.kept_for_snapshot() {
+            while self.records.len() >= self.limit && !self.kept_for_snapshot() {
+                self.evict_oldest();
+            }
+            if self.snapshot_from == u64::MAX
+                && self.records.capacity() > self.limit.saturating_mul(3) / 2
+            {
+                self.records.shrink_to_fit();
+            }
         }
         self.records.push_back(record);
     }

@@ -966,6 +966,12 @@ impl<T: Reduce> Core<T> {
     /// A peer's snapshot is complete: the clock it stands for is ours too.
     pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
+        if clock.get(self.id) > Timestamp::ZERO {
+            // It may have brought back our own writes from below the floor
+            // we rejoined under (from a peer that had them): they count as
+            // any source's do now (see `holds_news_below`).
+            self.fresh_to = Timestamp::ZERO;
+        }
         self.clock.merge(clock);
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
@@ -2150,5 +2156,59 @@ mod tests {
         }
         assert_eq!(b.state(), a.state());
         assert_eq!(b.clock(), a.clock());
+    }
+
+    /// A replica that rejoined below a floor trusts it holds no own write
+    /// under it only until a snapshot brings its own writes back: one from
+    /// a peer that had not collected (and still held an own write below
+    /// the floor that the others lack) makes it stale to a peer at the
+    /// floor again, as any replica holding such a write is. Before, it
+    /// took that peer's floor, and its next snapshot could bring back
+    /// what the peer had deleted and forgotten.
+    #[test]
+    fn own_writes_a_snapshot_brought_back_count_after_a_rejoin() {
+        type Map = crate::LwwMap<String, u32>;
+        let set = |k: &str, v: u32| crate::LwwMap::set(k.to_string(), v);
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Map::default(), small));
+        let b = net.add(Replica::new(id("b"), Map::default()));
+        let c = net.add(Replica::new(id("c"), Map::default()));
+        // c gets a's writes; then b's old write reaches a, not c.
+        for i in 0..4 {
+            net.update(a, set(&format!("a{i}"), i)).expect("a's write");
+        }
+        let link = net.link(a, c);
+        net.pump();
+        net.cut(link);
+        let link = net.link(a, b);
+        net.update(b, set("old", 1)).expect("b's write");
+        net.pump();
+        net.cut(link);
+        assert!(net[a].state().get("old").is_some() && net[c].state().get("old").is_none());
+        net.advance(10);
+        net.update(c, set("c", 1)).expect("c's write");
+        let floor = Timestamp::new(net.now(), 0);
+        net[c].collect(floor);
+        net.advance(10);
+        // Stale to c, b rejoins, keeping a newer write.
+        let link = net.link(b, c);
+        net.pump();
+        assert_eq!(net[b].stale_floor(), Some(floor));
+        net.cut(link);
+        net.update(b, set("new", 2)).expect("b's write");
+        net[b].rejoin(Map::default());
+        // a, which never collected, brings b up by snapshot (its history
+        // keeps two records), b's old write with it.
+        let link = net.link(a, b);
+        net.pump();
+        net.cut(link);
+        assert!(net[b].stats().snapshots > 0, "brought up by snapshot");
+        assert!(net[b].state().get("old").is_some(), "b's old write is back");
+        // To c, at the floor, b is stale again.
+        net.link(b, c);
+        net.pump();
+        assert_eq!(net[b].stale_floor(), Some(floor), "b holds a write below c's floor");
+        assert!(net[c].state().get("old").is_none(), "c never took it");
     }
 }

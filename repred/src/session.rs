@@ -231,6 +231,10 @@ pub(crate) struct Stream {
     catch_floor: Option<Timestamp>,
     /// The peer's clock when it said hello, while `catch_floor` waits.
     floor_clock: Option<Clock>,
+    /// The floor, above ours, that the snapshot being received was
+    /// collected at (its begin said so): taken at its end, as a Hello's
+    /// is at the Sync, since we then hold exactly what it stood for.
+    snapshot_floor: Option<Timestamp>,
     /// A reason to close the stream with, found outside frame handling.
     refuse: Option<CloseReason>,
     stats: StreamStats,
@@ -278,6 +282,7 @@ impl Stream {
             peer_floor: Timestamp::ZERO,
             catch_floor: None,
             floor_clock: None,
+            snapshot_floor: None,
             refuse: None,
             stats: StreamStats::default(),
         }
@@ -827,7 +832,10 @@ impl Stream {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
                 match Incoming::begin(core, sources, clock, digest, proof.as_ref(), entries) {
-                    Ok(incoming) => self.snapshot_in = Some(incoming),
+                    Ok(incoming) => {
+                        self.snapshot_in = Some(incoming);
+                        self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
+                    }
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
                 }
             }
@@ -888,6 +896,16 @@ impl Stream {
                         // as news of ours below its floor (stale).
                         if let Some(held) = &mut self.floor_clock {
                             held.merge(&clock);
+                        }
+                        // Taken from above our floor (we held nothing it
+                        // could have forgotten, see `vet_floor`): its floor
+                        // is ours now, or we would take writes below it
+                        // that its state no longer holds the deletes of,
+                        // and wait for ever to send the peer a snapshot.
+                        if let Some(floor) = self.snapshot_floor.take().filter(|&f| f > core.floor)
+                            && let Some(flow) = self.take_floor(id, core, &clock, floor)
+                        {
+                            return Ok(flow);
                         }
                     }
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
@@ -1729,8 +1747,7 @@ impl<T: Reduce> Replica<T> {
         };
         if stream.catching_up
             && stream.snapshot_out.is_none()
-            && core.history.end_seq().saturating_sub(stream.cursor)
-                < core.config.history_limit as u64
+            && core.history.end_seq().saturating_sub(stream.cursor) < core.history.limit() as u64
         {
             // What it has yet to send fits in the log again.
             stream.catching_up = false;
@@ -2462,6 +2479,36 @@ mod tests {
         y.handle(sy, NOW + 10, &out).unwrap();
         assert_eq!(y.floor(), Timestamp::ZERO, "y did not take n's floor");
         assert_eq!(y.stale_floor(), Some(floor), "y is stale");
+    }
+
+    /// A fresh replica brought up by a snapshot from a peer whose floor
+    /// rose after its Hello takes that floor at the snapshot's end (the
+    /// begin says it): before, it kept floor zero, took writes below the
+    /// floor the snapshot's state had forgotten the deletes of, and held
+    /// any snapshot it owed that peer for ever (a peer floor above its).
+    #[test]
+    fn a_snapshot_from_a_floor_risen_since_the_hello_gives_its_floor() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let config = Config::default().history_limit(8);
+        let mut y = Replica::with_config(id("y"), Map::default(), config.clone());
+        for i in 0..100 {
+            y.update(NOW, crate::LwwMap::set(format!("key{i:03}"), i)).unwrap();
+        }
+        let mut n = Replica::with_config(id("n"), Map::default(), config);
+        let (sy, sn) =
+            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let mut out = Vec::new();
+        y.poll_transmit(sy, &mut out).unwrap();
+        n.handle(sn, NOW, &out).unwrap();
+        // After its Hello (floor zero), y collects.
+        let floor = Timestamp::new(NOW + 5, 0);
+        y.collect(floor);
+        exchange(&mut y, sy, &mut n, sn);
+        assert_eq!(n.stats().snapshots, 1, "brought up by snapshot");
+        assert_eq!(n.floor(), floor, "n took the snapshot's floor");
+        assert!(y.is_synced(sy) && n.is_synced(sn));
+        assert_eq!(n.state(), y.state());
     }
 
     #[test]
