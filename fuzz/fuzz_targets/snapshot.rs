@@ -164,6 +164,8 @@ struct Input {
     sync: bool,
     late: u16,
     seeded: bool,
+    /// The floor the begin ends with (`None`: none).
+    floor: Option<Ts>,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -285,7 +287,7 @@ fuzz_target!(|data: &[u8]| {
         hello: input.hello,
         sync: input.sync,
         late: input.late,
-        floor: None,
+        floor: input.floor.as_ref().map(Ts::raw),
     };
     run(kind, input.seeded, Job::Case(&case));
 });

@@ -235,6 +235,8 @@ struct Meta {
     /// [`Replica::rejoined_below`]: a replica saved after a rejoin, before
     /// a peer brought it up, is not stale when it comes back.
     rejoined_below: Timestamp,
+    /// [`Replica::rejoin_brought_back`], saved with it.
+    rejoin_brought_back: Timestamp,
 }
 
 /// The stored parts of a base state.
@@ -318,6 +320,7 @@ impl Meta {
                     floor: v4.floor,
                     parts: v4.parts,
                     rejoined_below: Timestamp::ZERO,
+                    rejoin_brought_back: Timestamp::ZERO,
                 });
             }
             if let Ok(v3) = postcard::from_bytes::<MetaV3>(bytes) {
@@ -332,6 +335,7 @@ impl Meta {
                     floor: v3.floor,
                     parts: Parts::default(),
                     rejoined_below: Timestamp::ZERO,
+                    rejoin_brought_back: Timestamp::ZERO,
                 });
             }
             if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
@@ -346,6 +350,7 @@ impl Meta {
                     floor: Timestamp::ZERO,
                     parts: Parts::default(),
                     rejoined_below: Timestamp::ZERO,
+                    rejoin_brought_back: Timestamp::ZERO,
                 });
             }
             let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
@@ -363,6 +368,7 @@ impl Meta {
                 floor: Timestamp::ZERO,
                 parts: Parts::default(),
                 rejoined_below: Timestamp::ZERO,
+                rejoin_brought_back: Timestamp::ZERO,
             })
         })
     }
@@ -704,7 +710,7 @@ impl Store {
             )
             .with_life(meta.life)
             .with_floor(meta.floor)
-            .with_rejoined_below(meta.rejoined_below),
+            .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back),
         ))
     }
 
@@ -870,6 +876,7 @@ impl Store {
                     floor: replica.floor(),
                     parts,
                     rejoined_below: replica.rejoined_below(),
+                    rejoin_brought_back: replica.rejoin_brought_back(),
                 };
                 Batch {
                     name: name.to_string(),
@@ -882,6 +889,8 @@ impl Store {
         };
         batch.meta.last = old.map_or(Timestamp::ZERO, |m| m.last).max(replica.last_timestamp());
         batch.meta.life = replica.life();
+        batch.meta.rejoined_below = replica.rejoined_below();
+        batch.meta.rejoin_brought_back = replica.rejoin_brought_back();
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)

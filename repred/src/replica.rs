@@ -427,6 +427,9 @@ pub(crate) struct Core<T: Reduce> {
     /// Since a [`Replica::rejoin`], the floor below which this replica
     /// holds nothing stale: snapshots from up to it may be merged.
     pub(crate) fresh_to: Timestamp,
+    /// Of our own writes below `fresh_to`, the newest a snapshot taken
+    /// since the rejoin may have brought back (zero: none).
+    pub(crate) own_back: Timestamp,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -621,10 +624,11 @@ impl<T: Reduce> Core<T> {
     pub(crate) fn holds_news_below(&self, peer: &Clock, floor: Timestamp) -> bool {
         let horizon = self.history.horizon();
         // Of its own writes, one that rejoined below `floor` or higher
-        // holds none below it: the rejoin dropped them, and it writes
-        // above the floor since. Its horizon says otherwise once a store
-        // restored it from a snapshot (every source of the base counts as
-        // possibly below), which made it stale again after a restart.
+        // holds none below it but those a snapshot brought back since (up
+        // to `own_back`): the rejoin dropped them, and it writes above the
+        // floor since. Its horizon says otherwise once a store restored it
+        // from a snapshot, or its log overflowed (every source counts as
+        // possibly below), which made it stale again.
         let own_above = floor <= self.fresh_to;
         let mut ahead = BTreeMap::new();
         for (source, ts) in self.clock.iter() {
@@ -632,7 +636,11 @@ impl<T: Reduce> Core<T> {
             if ts <= theirs || theirs >= floor {
                 continue;
             }
-            let hidden = horizon.get(source) > theirs && !(own_above && source == self.id);
+            let hidden = if own_above && source == self.id {
+                self.own_back > theirs
+            } else {
+                horizon.get(source) > theirs
+            };
             if ts < floor || hidden {
                 return true;
             }
@@ -966,12 +974,11 @@ impl<T: Reduce> Core<T> {
     /// A peer's snapshot is complete: the clock it stands for is ours too.
     pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
-        if clock.get(self.id) > Timestamp::ZERO {
-            // It may have brought back our own writes from below the floor
-            // we rejoined under (from a peer that had them): they count as
-            // any source's do now (see `holds_news_below`).
-            self.fresh_to = Timestamp::ZERO;
-        }
+        // It may have brought back our own writes from below the floor we
+        // rejoined under (from a peer that had them): up to its clock's
+        // entry for us, which `holds_news_below` weighs as it would a
+        // horizon.
+        self.own_back = self.own_back.max(clock.get(self.id).min(self.fresh_to));
         self.clock.merge(clock);
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
@@ -1135,6 +1142,7 @@ impl<T: Reduce> Replica<T> {
                 collect_pending: false,
                 stale: Timestamp::ZERO,
                 fresh_to: Timestamp::ZERO,
+                own_back: Timestamp::ZERO,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1503,8 +1511,10 @@ impl<T: Reduce> Replica<T> {
     /// Every stream ends (reopen them). The replica keeps its id, life and
     /// keys, and its own writes at or above the floor, which go out again.
     /// It returns the stamps of its own writes below the floor, which it
-    /// drops: those its peers already had come back with them; the others
-    /// are refused ([`Rejection::BelowFloor`]) and lost.
+    /// drops: those its peers already had come back with them, by snapshot
+    /// (not by history once it holds a newer write of its own, kept or
+    /// made since, whose stamp claims them); the others are refused
+    /// ([`Rejection::BelowFloor`]) and lost.
     ///
     /// A limit to know: a replica only goes stale when a collection ran at
     /// a point that was not stable for it (its clock, or one of the
@@ -1544,6 +1554,7 @@ impl<T: Reduce> Replica<T> {
         // the floor, see `Stream::compare_floors`).
         core.floor = Timestamp::ZERO;
         core.fresh_to = floor;
+        core.own_back = Timestamp::ZERO;
         core.stale = Timestamp::ZERO;
         core.collect_pending = false;
         core.last = core.last.max(floor);
@@ -1571,12 +1582,23 @@ impl<T: Reduce> Replica<T> {
         self.core.fresh_to
     }
 
+    /// Of this replica's own writes below [`rejoined_below`](Replica::rejoined_below),
+    /// the newest a snapshot taken since may have brought back, from a
+    /// peer that had them ([`Timestamp::ZERO`]: none): a peer lacking
+    /// those finds it stale. A durable store saves it.
+    pub fn rejoin_brought_back(&self) -> Timestamp {
+        self.core.own_back
+    }
+
     /// This replica as [`rejoin`](Replica::rejoin) below `floor` left it
     /// ([`rejoined_below`](Replica::rejoined_below)): for a durable store
     /// restoring a replica saved after a rejoin, before a peer brought it
     /// up (without it, the restored replica would be stale again).
-    pub fn with_rejoined_below(mut self, floor: Timestamp) -> Self {
+    /// `brought_back` is what [`rejoin_brought_back`](Replica::rejoin_brought_back)
+    /// said.
+    pub fn with_rejoined_below(mut self, floor: Timestamp, brought_back: Timestamp) -> Self {
         self.core.fresh_to = self.core.fresh_to.max(floor);
+        self.core.own_back = self.core.own_back.max(brought_back);
         self
     }
 
@@ -2210,5 +2232,47 @@ mod tests {
         net.pump();
         assert_eq!(net[b].stale_floor(), Some(floor), "b holds a write below c's floor");
         assert!(net[c].state().get("old").is_none(), "c never took it");
+    }
+
+    /// A replica that rejoined and then wrote past its log's limit takes
+    /// the floor from the floor's peer, which holds an old write of its
+    /// own: the log's eviction raised its horizon for its own source above
+    /// the floor, which for its own source does not count (only what a
+    /// snapshot may have brought back does; see `holds_news_below`).
+    #[test]
+    fn a_rejoined_replica_whose_log_overflowed_still_takes_the_floor() {
+        type Map = crate::LwwMap<String, u32>;
+        let set = |k: &str, v: u32| crate::LwwMap::set(k.to_string(), v);
+        let mut net = Network::new();
+        let a = net.add(Replica::new(id("a"), Map::default()));
+        let small = Config::default().history_limit(2);
+        let b = net.add(Replica::with_config(id("b"), Map::default(), small));
+        // a holds a write of b's from before they split.
+        let link = net.link(a, b);
+        net.update(b, set("early", 0)).expect("b's write");
+        net.pump();
+        net.cut(link);
+        net.update(b, set("old", 1)).expect("b's write a never gets");
+        net.advance(10);
+        net.update(a, set("a", 1)).expect("a's write");
+        let floor = Timestamp::new(net.now(), 0);
+        net[a].collect(floor);
+        net.advance(10);
+        let link = net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].stale_floor(), Some(floor));
+        net.cut(link);
+        net[b].rejoin(Map::default());
+        for i in 0..3 {
+            net.update(b, set(&format!("new{i}"), i)).expect("b's write");
+        }
+        net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].stale_floor(), None, "not stale again");
+        assert_eq!(net[b].floor(), floor);
+        assert_eq!(net[a].state().get("new2"), Some(&2), "b's writes reached a");
+        assert_eq!(net[b].state().get("a"), Some(&1), "a's reached b");
+        // (b's own "early", which a holds, does not come back: b's newer
+        // writes' stamps claim it. A limit of `rejoin`, documented there.)
     }
 }

@@ -454,8 +454,9 @@ impl Stream {
             return;
         }
         *flag = true;
+        // A floor taken since (at a snapshot's end) is not judged again.
         if !sent
-            && let Some(floor) = self.catch_floor.take()
+            && let Some(floor) = self.catch_floor.take().filter(|&f| f > core.floor)
             && let Some(peer) = self.floor_clock.take()
         {
             // We hold all the peer held at its Hello: nothing it forgot
@@ -1058,7 +1059,9 @@ impl Stream {
             }));
         }
         if theirs > ours {
-            if core.clock.is_empty() || theirs <= core.fresh_to {
+            if core.clock.is_empty()
+                || (theirs <= core.fresh_to && core.own_back == Timestamp::ZERO)
+            {
                 // Nothing here predates the floor: the snapshot brings us
                 // up, and the floor follows with the peer's Sync.
                 return None;
