@@ -138,7 +138,7 @@ async fn away_past_the_grace_then_rejoin(by_itself: bool) {
     let all = agree(&[&on_a, &on_b, &on_c], "b is brought up again").await;
     let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["after-a", "after-c", "b-before"], "gone stays gone, b's write came back");
-    assert_eq!(on_b.stale_floor(), None);
+    assert_eq!(on_b.stale_floor(), None, "{:?}", on_b.refusals());
     let first = tokio::time::timeout(LIMIT, changes.next()).await.expect("a change in time");
     assert!(matches!(first, Some(Err(Lagged(_)))), "readers are told to read again: {first:?}");
     // And it replicates again both ways.

@@ -1059,9 +1059,7 @@ impl Stream {
             }));
         }
         if theirs > ours {
-            if core.clock.is_empty()
-                || (theirs <= core.fresh_to && core.own_back == Timestamp::ZERO)
-            {
+            if core.clock.is_empty() || theirs <= core.fresh_to {
                 // Nothing here predates the floor: the snapshot brings us
                 // up, and the floor follows with the peer's Sync.
                 return None;
