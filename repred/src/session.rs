@@ -2274,6 +2274,11 @@ mod tests {
         assert_eq!(heard, first.ts, "w showed its first write, not {second:?}");
     }
 
+    /// A stream at each of `a` and `b`, with default options.
+    fn open_pair<T: Reduce>(a: &mut Replica<T>, b: &mut Replica<T>) -> (StreamId, StreamId) {
+        (a.open(StreamOpts::default()).unwrap(), b.open(StreamOpts::default()).unwrap())
+    }
+
     /// Moves frames between two streams until neither has anything to
     /// send (bounded).
     fn exchange<T: Reduce>(a: &mut Replica<T>, sa: StreamId, b: &mut Replica<T>, sb: StreamId) {
@@ -2313,8 +2318,7 @@ mod tests {
             }
         }
         let mut n = Replica::with_config(id("n"), Map::default(), config);
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         let mut out = Vec::new();
         n.poll_transmit(sn, &mut out).unwrap();
         y.handle(sy, NOW, &out).unwrap();
@@ -2329,8 +2333,7 @@ mod tests {
         // The stream is cut; a new one brings everything.
         y.abort(sy);
         n.abort(sn);
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         exchange(&mut y, sy, &mut n, sn);
         assert_eq!(n.stats().snapshots, 1, "brought up by snapshot");
         assert_eq!(n.clock(), y.clock());
@@ -2347,8 +2350,7 @@ mod tests {
         let id = |name: &str| SourceId::new(name).unwrap();
         let mut y = Replica::new(id("y"), Map::default());
         let mut n = Replica::new(id("n"), Map::default());
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         // n's Hello first: y's stream starts, and keeps what it has yet to
         // send through the collection.
         let mut out = Vec::new();
@@ -2380,8 +2382,7 @@ mod tests {
             y.update(NOW, crate::LwwMap::set(format!("key{i:04}"), i)).unwrap();
         }
         let mut n = Replica::with_config(id("n"), Map::default(), config);
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         let mut out = Vec::new();
         n.poll_transmit(sn, &mut out).unwrap();
         y.handle(sy, NOW, &out).unwrap();
@@ -2439,8 +2440,7 @@ mod tests {
                 y.update(NOW + 10, set(&format!("key{i:04}"), round)).unwrap();
             }
         }
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         // n's Hello reaches y before y sends its own: y takes n's floor.
         let mut out = Vec::new();
         n.poll_transmit(sn, &mut out).unwrap();
@@ -2470,8 +2470,7 @@ mod tests {
         }
         let floor = Timestamp::new(NOW + 5, 0);
         n.collect(floor);
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         // Since the open, y took a write n lacks, below n's floor.
         let below = Envelope::new(id("q"), Timestamp::new(NOW + 1, 0), set("q", 2));
         assert_eq!(y.apply(NOW + 1, below), Outcome::Applied);
@@ -2497,8 +2496,7 @@ mod tests {
             y.update(NOW, crate::LwwMap::set(format!("key{i:03}"), i)).unwrap();
         }
         let mut n = Replica::with_config(id("n"), Map::default(), config);
-        let (sy, sn) =
-            (y.open(StreamOpts::default()).unwrap(), n.open(StreamOpts::default()).unwrap());
+        let (sy, sn) = open_pair(&mut y, &mut n);
         let mut out = Vec::new();
         y.poll_transmit(sy, &mut out).unwrap();
         n.handle(sn, NOW, &out).unwrap();
