@@ -2275,4 +2275,72 @@ mod tests {
         // (b's own "early", which a holds, does not come back: b's newer
         // writes' stamps claim it. A limit of `rejoin`, documented there.)
     }
+
+    /// A rejoined replica brought up by one peer's snapshot, which held an
+    /// old write of the replica's own, is not stale to a second peer at a
+    /// higher floor that holds that write too: what the first snapshot
+    /// brought back is weighed against the second's clock at the floor's
+    /// taking (its snapshot's end), not refused at its begin. Refusing at
+    /// the begin (49b76f1 reverted it) had repred-transport's
+    /// tests/stale.rs fail about one run in six under load, when the second
+    /// snapshot began after the first had ended.
+    #[test]
+    fn a_second_floor_peer_holding_what_a_snapshot_brought_back_finds_a_rejoined_replica_fresh() {
+        type Map = crate::LwwMap<String, u32>;
+        let set = |k: &str, v: u32| crate::LwwMap::set(k.to_string(), v);
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Map::default(), small.clone()));
+        let b = net.add(Replica::new(id("b"), Map::default()));
+        let c = net.add(Replica::with_config(id("c"), Map::default(), small));
+        // All three hold b's early write and a's.
+        let links = [net.link(a, b), net.link(b, c), net.link(a, c)];
+        net.update(b, set("early", 0)).expect("b's write");
+        for i in 0..4 {
+            net.update(a, set(&format!("a{i}"), i)).expect("a's write");
+        }
+        net.pump();
+        for link in links {
+            net.cut(link);
+        }
+        // Apart: a collects at fa; b writes where nobody hears; c writes and
+        // collects at fc, above b's lost write.
+        net.advance(10);
+        let fa = Timestamp::new(net.now(), 0);
+        net[a].collect(fa);
+        net.advance(10);
+        net.update(b, set("old", 1)).expect("b's lost write");
+        net.advance(10);
+        for i in 0..4 {
+            net.update(c, set(&format!("c{i}"), i)).expect("c's write");
+        }
+        let fc = Timestamp::new(net.now(), 0);
+        net[c].collect(fc);
+        net.advance(10);
+        // Stale to c; b rejoins under fc.
+        let link = net.link(b, c);
+        net.pump();
+        net.cut(link);
+        assert_eq!(net[b].stale_floor(), Some(fc));
+        net[b].rejoin(Map::default());
+        // a brings b up by snapshot (its log keeps two records), b's early
+        // write with it; b takes a's floor.
+        let link = net.link(a, b);
+        net.pump();
+        net.cut(link);
+        assert!(net[b].stats().snapshots > 0, "a brought b up by snapshot");
+        assert_eq!(net[b].state().get("early"), Some(&0), "b's early write is back");
+        assert_eq!(net[b].floor(), fa);
+        // c, at the higher floor and holding the early write too, brings
+        // the rest by snapshot: b is not stale, and takes fc.
+        let snapshots = net[b].stats().snapshots;
+        net.link(b, c);
+        net.pump();
+        assert!(net[b].stats().snapshots > snapshots, "c sent a snapshot");
+        assert_eq!(net[b].stale_floor(), None, "b holds nothing below fc that c lacks");
+        assert_eq!(net[b].floor(), fc);
+        assert_eq!(net[b].clock(), net[c].clock());
+        assert_eq!(net[b].state().get("c3"), Some(&3));
+        assert!(net[b].state().get("old").is_none() && net[c].state().get("old").is_none());
+    }
 }
