@@ -170,6 +170,12 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     Shutdown,
+    /// The object's replica refused a local update: a `reduce` panicked on
+    /// an earlier one ([`ReplicaError::Poisoned`](repred::ReplicaError::Poisoned);
+    /// [`Handle::rejoin`] starts it over), or the change could not be
+    /// signed.
+    #[error(transparent)]
+    Replica(repred::ReplicaError),
     /// The node's store could not be opened, read or written.
     #[error("storage: {0}")]
     Storage(String),

@@ -494,7 +494,10 @@ where
     /// will hold it.
     pub(crate) fn update(&self, update: T::Update) -> Result<(Option<Stamp>, Option<u64>), Error> {
         let mut inner = self.lock();
-        let stamp = inner.replica.update(now_ms(), update).map_err(|_| Error::Shutdown)?;
+        let stamp = inner.replica.update(now_ms(), update).map_err(|e| match e {
+            ReplicaError::Disposed => Error::Shutdown,
+            e => Error::Replica(e),
+        })?;
         let mut ticket = None;
         if stamp.is_some() {
             self.settle(&mut inner);
@@ -752,6 +755,11 @@ where
     /// returned survives a crash. Concurrent updates share one commit. Fails
     /// after the node shut down or crashed (dropped), or when the store
     /// cannot be written; the update may then be on disk or not.
+    ///
+    /// Should the type's `reduce` panic, the panic goes on to the caller and
+    /// the object is [poisoned](Handle::is_poisoned): the state may hold
+    /// part of that update, which no peer would ever get, so later updates
+    /// fail ([`Error::Replica`]) until [`rejoin`](Handle::rejoin).
     pub async fn update(&self, update: T::Update) -> Result<Option<Stamp>, Error> {
         let (stamp, ticket) = self.shared.update(update)?;
         if let (Some(ticket), Some(durable)) = (ticket, &self.shared.durable) {
@@ -772,6 +780,14 @@ where
             durable.request();
         }
         outcome
+    }
+
+    /// Whether a local update's `reduce` panicked, so the state may hold
+    /// what no peer will get: local updates fail until
+    /// [`rejoin`](Handle::rejoin) starts the object over from its peers
+    /// ([`Replica::is_poisoned`](repred::Replica::is_poisoned)).
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.lock().replica.is_poisoned()
     }
 
     /// Reads the state. The object is locked while `f` runs: keep it short.

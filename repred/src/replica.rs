@@ -321,9 +321,18 @@ pub enum ReplicaError {
     #[error("the replica was disposed of")]
     Disposed,
     /// A signed update's change does not encode, so it cannot be signed. The
-    /// state has already taken the change; it will not travel.
+    /// state has already taken the change; it will not travel, and the
+    /// replica is [poisoned](Replica::is_poisoned).
     #[error("the change does not encode, so it cannot be signed: {0}")]
     Encode(String),
+    /// A local update's `reduce` panicked (or its change could not be
+    /// signed), so the state may hold part of an update that no record
+    /// accounts for and no peer will get. The replica takes no more local
+    /// updates until it [rejoins](Replica::rejoin) from its peers' state.
+    #[error(
+        "a local update's reduce panicked, so the state may hold what no record accounts for; rejoin the replica from its peers (Replica::rejoin)"
+    )]
+    Poisoned,
 }
 
 /// A replicated state with its clock and history; the sans-IO heart of repred.
@@ -386,6 +395,10 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) stats: Stats,
     pub(crate) config: Config,
     pub(crate) disposed: bool,
+    /// A local update's reduce panicked, or its change could not be
+    /// signed: the state may hold what no record accounts for
+    /// ([`ReplicaError::Poisoned`]).
+    pub(crate) poisoned: bool,
     /// Signs local updates when set.
     pub(crate) identity: Option<Identity>,
     /// Per source, the stream that pushes it to us (lazy relay).
@@ -1127,6 +1140,7 @@ impl<T: Reduce> Replica<T> {
                 stats: Stats::default(),
                 config,
                 disposed: false,
+                poisoned: false,
                 identity: None,
                 parents: BTreeMap::new(),
                 lazy_peers: false,
@@ -1183,6 +1197,44 @@ impl<T: Reduce> Replica<T> {
     ///
     /// Returns the stamp it was recorded under, or `None` when it changed
     /// nothing (then nothing is recorded or sent).
+    ///
+    /// Should the state's `reduce` panic, the panic goes on to the caller
+    /// and the replica is [poisoned](Replica::is_poisoned): the state may
+    /// hold part of the update, which no record accounts for and no peer
+    /// would ever get (a peer's update is sent again, and reduced again; a
+    /// local one is not). Later updates return [`ReplicaError::Poisoned`]
+    /// until [`rejoin`](Replica::rejoin) starts the state over.
+    ///
+    /// ```
+    /// use repred::{Reduce, Replica, ReplicaError, SourceId};
+    ///
+    /// #[derive(Default)]
+    /// struct Fragile(Vec<u32>);
+    ///
+    /// impl Reduce for Fragile {
+    ///     type Update = Vec<u32>;
+    ///     fn reduce(&mut self, update: Vec<u32>) -> Option<Vec<u32>> {
+    ///         for n in &update {
+    ///             assert!(*n != 13, "unlucky");
+    ///             self.0.push(*n); // half the update is in before the panic
+    ///         }
+    ///         Some(update)
+    ///     }
+    ///     fn snapshot(&self) -> Vec<u32> {
+    ///         self.0.clone()
+    ///     }
+    /// }
+    ///
+    /// let mut r = Replica::new(SourceId::new("r")?, Fragile::default());
+    /// let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    ///     r.update(1, vec![1, 13]).ok();
+    /// }));
+    /// assert!(panicked.is_err() && r.is_poisoned());
+    /// assert_eq!(r.update(2, vec![2]), Err(ReplicaError::Poisoned));
+    /// r.rejoin(Fragile::default());
+    /// assert!(!r.is_poisoned() && r.update(3, vec![3]).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(
         &mut self,
         now: u64,
@@ -1192,10 +1244,19 @@ impl<T: Reduce> Replica<T> {
         if core.disposed {
             return Err(ReplicaError::Disposed);
         }
+        if core.poisoned {
+            return Err(ReplicaError::Poisoned);
+        }
         let ts = core.last.next(now);
         let stamp = Stamp { ts, source: core.id };
         T::stamp(&mut update, stamp);
-        let Some(mut change) = core.state.reduce(update) else {
+        let state = &mut core.state;
+        let reduced =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.reduce(update)));
+        let Some(mut change) = reduced.unwrap_or_else(|panic| {
+            core.poisoned = true;
+            std::panic::resume_unwind(panic)
+        }) else {
             return Ok(None);
         };
         // The state took it: it is recorded even if `unstamp` panics, its
@@ -1205,8 +1266,10 @@ impl<T: Reduce> Replica<T> {
         }));
         let mut envelope = Envelope::new(core.id, ts, change);
         if let Some(identity) = &core.identity {
-            let bytes = postcard::to_allocvec(&envelope.change)
-                .map_err(|e| ReplicaError::Encode(e.to_string()))?;
+            let bytes = postcard::to_allocvec(&envelope.change).map_err(|e| {
+                core.poisoned = true;
+                ReplicaError::Encode(e.to_string())
+            })?;
             envelope.signature = Some(identity.sign(ts, &bytes));
         }
         core.last = ts;
@@ -1516,6 +1579,10 @@ impl<T: Reduce> Replica<T> {
     /// made since, whose stamp claims them); the others are refused
     /// ([`Rejection::BelowFloor`]) and lost.
     ///
+    /// It is also how a [poisoned](Replica::is_poisoned) replica starts
+    /// over: the floor is then its own, and the state is its peers' and its
+    /// own recorded writes, without what the panicked `reduce` left.
+    ///
     /// A limit to know: a replica only goes stale when a collection ran at
     /// a point that was not stable for it (its clock, or one of the
     /// replicas it talked to, was left out of [`Clock::stable_point`]).
@@ -1556,6 +1623,9 @@ impl<T: Reduce> Replica<T> {
         core.fresh_to = floor;
         core.own_back = Timestamp::ZERO;
         core.stale = Timestamp::ZERO;
+        // Until the kept writes are back in: a panic in their reduce leaves
+        // the state holding part of one its log lacks.
+        core.poisoned = true;
         core.collect_pending = false;
         core.last = core.last.max(floor);
         core.parents.clear();
@@ -1570,6 +1640,7 @@ impl<T: Reduce> Replica<T> {
             core.clock.observe(own, stamp.ts);
             core.history.push(Entry::Change(envelope));
         }
+        core.poisoned = false;
         dropped
     }
 
@@ -1637,6 +1708,15 @@ impl<T: Reduce> Replica<T> {
     /// Whether [`dispose`](Replica::dispose) was called.
     pub fn is_disposed(&self) -> bool {
         self.core.disposed
+    }
+
+    /// Whether a local update's `reduce` panicked (or its change could not
+    /// be signed), so the state may hold what no record accounts for:
+    /// local updates are refused ([`ReplicaError::Poisoned`]) until
+    /// [`rejoin`](Replica::rejoin). Peers' updates are still taken (they
+    /// are joins, and sent again should one panic).
+    pub fn is_poisoned(&self) -> bool {
+        self.core.poisoned
     }
 
     /// Ends every stream (each sends a Close), then refuses local updates.
@@ -2342,5 +2422,44 @@ mod tests {
         assert_eq!(net[b].clock(), net[c].clock());
         assert_eq!(net[b].state().get("c3"), Some(&3));
         assert!(net[b].state().get("old").is_none() && net[c].state().get("old").is_none());
+    }
+
+    /// A local update whose reduce panics poisons the replica: what it
+    /// left in the state has no record and would never reach a peer, so
+    /// local updates are refused until a rejoin starts the state over from
+    /// the peers' and the replica's own recorded writes.
+    #[test]
+    fn a_local_reduce_that_panics_poisons_the_replica_until_it_rejoins() {
+        let mut net = Network::new();
+        let a = net.add(Replica::new(id("a"), Fragile::default()));
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let link = net.link(a, b);
+        net.update(b, vec![1]).expect("b's write");
+        net.update(a, vec![2]).expect("a's write");
+        net.pump();
+        POISON.set(Some(13));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = net.update(b, vec![7, 13]);
+        }));
+        POISON.set(None);
+        assert!(panicked.is_err(), "the panic goes on to the caller");
+        assert!(net[b].is_poisoned());
+        assert!(net[b].state().0.contains(&7), "the reduce left part of the update");
+        assert_eq!(net.update(b, vec![8]), Err(ReplicaError::Poisoned));
+        // Peers' updates are still taken.
+        net.update(a, vec![3]).expect("a's write");
+        net.pump();
+        assert!(net[b].state().0.contains(&3));
+        assert!(!net[a].state().0.contains(&7), "nothing sends what no record holds");
+        net.cut(link);
+        net[b].rejoin(Fragile::default());
+        assert!(!net[b].is_poisoned());
+        net.update(b, vec![4]).expect("b writes again");
+        net.link(a, b);
+        net.pump();
+        let all = BTreeSet::from([1, 2, 3, 4]);
+        assert_eq!(net[a].state().0, all);
+        assert_eq!(net[b].state().0, all, "the part the panic left is gone");
+        assert_eq!(net[a].clock(), net[b].clock());
     }
 }
