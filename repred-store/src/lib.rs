@@ -146,6 +146,17 @@ pub enum StoreError {
         /// The id of the replica being saved.
         given: SourceId,
     },
+    /// A replica whose state may hold what no record accounts for
+    /// ([`Replica::is_poisoned`]) is saved for the first time: its state
+    /// cannot be saved. (Once saved, such a replica's saves append its
+    /// records and hold back any snapshot until it rejoins.)
+    #[error(
+        "'{name}' is poisoned (a local reduce panicked), so its state is not saved; rejoin it first (Replica::rejoin)"
+    )]
+    Poisoned {
+        /// Which replica.
+        name: String,
+    },
     /// The last [`reopen`](Store::reopen) failed, so the store has no
     /// database open; reopen it again.
     #[error("the store {path} is closed: its last reopen failed")]
@@ -798,7 +809,10 @@ impl Store {
     /// The first save of a replica, a replica whose history dropped entries
     /// before they were saved (saved too rarely for its history limit), and
     /// a log on disk longer than the history limit are all saved as a fresh
-    /// snapshot instead (counted as one entry). A snapshot's parts are
+    /// snapshot instead (counted as one entry); for a
+    /// [poisoned](Replica::is_poisoned) replica, that snapshot waits for its
+    /// rejoin (the batch is empty; a first save is
+    /// [`StoreError::Poisoned`]). A snapshot's parts are
     /// written here, one at a time, under a generation no header names yet
     /// (in a transaction without fsync), so that the batch holds none of
     /// them: this is the one part of a save that reads the state, so it
@@ -858,6 +872,21 @@ impl Store {
                     snapshot_bytes: 0,
                 }
             }
+            // A poisoned replica's state holds what no entry accounts for
+            // (Replica::is_poisoned): saved as a snapshot, it would come
+            // back at the next start as if sound. What is on disk stays,
+            // and loads without it; the rejoin that ends the poisoning
+            // restarts the log, so the next save is a snapshot again.
+            _ if replica.is_poisoned() => match old {
+                Some(meta) => Batch {
+                    name: name.to_string(),
+                    meta: meta.clone(),
+                    entries: Vec::new(),
+                    snapshot: false,
+                    snapshot_bytes: 0,
+                },
+                None => return Err(StoreError::Poisoned { name: name.to_string() }),
+            },
             _ => {
                 // A snapshot: the state with its clock stands for every entry
                 // so far, so the entries on disk go. Its parts are written

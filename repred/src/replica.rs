@@ -1254,11 +1254,12 @@ impl<T: Reduce> Replica<T> {
         let reduced =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.reduce(update)));
         let Some(mut change) = reduced.unwrap_or_else(|panic| {
-            core.poisoned = true;
+            self.poison(ts);
             std::panic::resume_unwind(panic)
         }) else {
             return Ok(None);
         };
+        let core = &mut self.core;
         // The state took it: it is recorded even if `unstamp` panics, its
         // stamps then left set, or it would never travel.
         let unstamping = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1266,11 +1267,13 @@ impl<T: Reduce> Replica<T> {
         }));
         let mut envelope = Envelope::new(core.id, ts, change);
         if let Some(identity) = &core.identity {
-            let bytes = postcard::to_allocvec(&envelope.change).map_err(|e| {
-                core.poisoned = true;
-                ReplicaError::Encode(e.to_string())
-            })?;
-            envelope.signature = Some(identity.sign(ts, &bytes));
+            match postcard::to_allocvec(&envelope.change) {
+                Ok(bytes) => envelope.signature = Some(identity.sign(ts, &bytes)),
+                Err(e) => {
+                    self.poison(ts);
+                    return Err(ReplicaError::Encode(e.to_string()));
+                }
+            }
         }
         core.last = ts;
         core.clock.observe(core.id, ts);
@@ -1579,9 +1582,16 @@ impl<T: Reduce> Replica<T> {
     /// made since, whose stamp claims them); the others are refused
     /// ([`Rejection::BelowFloor`]) and lost.
     ///
+    /// The floor is the highest of the stale verdict's, the replica's own
+    /// and those of the peers it streams with (any of which would find it
+    /// stale again for a write kept below its floor).
+    ///
     /// It is also how a [poisoned](Replica::is_poisoned) replica starts
-    /// over: the floor is then its own, and the state is its peers' and its
-    /// own recorded writes, without what the panicked `reduce` left.
+    /// over: the state becomes its peers' and its own recorded writes,
+    /// without what the panicked `reduce` left. Should a kept write's
+    /// `reduce` panic here, every kept write is still recorded (and sent),
+    /// the replica stays poisoned and the panic goes on: a second rejoin
+    /// keeps them all again.
     ///
     /// A limit to know: a replica only goes stale when a collection ran at
     /// a point that was not stable for it (its clock, or one of the
@@ -1596,7 +1606,9 @@ impl<T: Reduce> Replica<T> {
     ///
     /// A durable store saves a whole snapshot on its next save.
     pub fn rejoin(&mut self, fresh: T) -> Vec<Stamp> {
-        let floor = self.core.stale.max(self.core.floor);
+        // A peer streamed with at a higher floor would find the replica
+        // stale again at once, for its own writes kept below that floor.
+        let floor = self.core.stale.max(self.core.floor).max(self.highest_peer_floor());
         let open: Vec<StreamId> = self.open_streams().collect();
         for id in open {
             self.end_stream(id, crate::EndReason::Local(crate::CloseReason::Stale { floor }));
@@ -1623,24 +1635,37 @@ impl<T: Reduce> Replica<T> {
         core.fresh_to = floor;
         core.own_back = Timestamp::ZERO;
         core.stale = Timestamp::ZERO;
-        // Until the kept writes are back in: a panic in their reduce leaves
-        // the state holding part of one its log lacks.
-        core.poisoned = true;
+        core.poisoned = false;
         core.collect_pending = false;
         core.last = core.last.max(floor);
         core.parents.clear();
         core.demoted.clear();
         core.neighbours.clear();
         core.refused = Clock::new();
+        // Every kept write is recorded, even past one whose reduce panics:
+        // the log is what travels, and what a second rejoin keeps; the
+        // state, missing some, is poisoned.
+        let mut panicked = None;
         for envelope in kept {
             let stamp = envelope.stamp();
-            let mut change = envelope.change.clone();
-            T::stamp(&mut change, stamp);
-            core.state.reduce(change);
+            if panicked.is_none() {
+                let mut change = envelope.change.clone();
+                let state = &mut core.state;
+                let reducing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    T::stamp(&mut change, stamp);
+                    state.reduce(change);
+                }));
+                if let Err(panic) = reducing {
+                    core.poisoned = true;
+                    panicked = Some(panic);
+                }
+            }
             core.clock.observe(own, stamp.ts);
             core.history.push(Entry::Change(envelope));
         }
-        core.poisoned = false;
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
         dropped
     }
 
@@ -2461,5 +2486,167 @@ mod tests {
         assert_eq!(net[a].state().0, all);
         assert_eq!(net[b].state().0, all, "the part the panic left is gone");
         assert_eq!(net[a].clock(), net[b].clock());
+    }
+
+    /// A grow-only set sent in parts, whose reduce takes an update's values
+    /// from the highest down and panics at the poisoned value, the higher
+    /// ones already in.
+    #[derive(Default, Debug)]
+    struct FragileParts(BTreeSet<u64>);
+
+    impl Reduce for FragileParts {
+        type Update = BTreeSet<u64>;
+
+        fn reduce(&mut self, update: BTreeSet<u64>) -> Option<BTreeSet<u64>> {
+            let mut added = BTreeSet::new();
+            for value in update.into_iter().rev() {
+                assert!(POISON.get() != Some(value), "the user's reduce fails at {value}");
+                if self.0.insert(value) {
+                    added.insert(value);
+                }
+            }
+            (!added.is_empty()).then_some(added)
+        }
+
+        fn snapshot(&self) -> BTreeSet<u64> {
+            self.0.clone()
+        }
+
+        fn snapshot_part(
+            &self,
+            cursor: Option<&[u8]>,
+            max: usize,
+        ) -> (BTreeSet<u64>, Option<Vec<u8>>) {
+            let from =
+                cursor.and_then(|c| <[u8; 8]>::try_from(c).ok()).map_or(0, u64::from_be_bytes);
+            let part = self.0.range(from..).take(max.max(1)).copied().collect();
+            let next = self.0.range(from..).nth(max.max(1)).map(|n| n.to_be_bytes().to_vec());
+            (part, next)
+        }
+    }
+
+    /// Runs `write` on `r` with `POISON` at 13; whether it panicked.
+    fn poisoned_write<T: Reduce>(r: &mut Replica<T>, now: u64, write: T::Update) -> bool {
+        POISON.set(Some(13));
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            let _ = r.update(now, write);
+        }));
+        POISON.set(None);
+        panicked.is_err()
+    }
+
+    /// A poisoned replica starts no snapshot (the panic's leftover would go
+    /// with it), and its stamp is spent.
+    #[test]
+    fn a_poisoned_replica_sends_no_snapshot() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        // c's writes reach a, whose log keeps two records.
+        let ac = net.link(a, c);
+        for i in 1..=3 {
+            net.update(c, vec![i]).expect("c's write");
+        }
+        net.pump();
+        net.cut(ac);
+        let before = net[a].last_timestamp();
+        let now = net.now();
+        assert!(poisoned_write(&mut net[a], now, vec![7, 13]));
+        assert!(net[a].last_timestamp() > before, "the panicked write's stamp is spent");
+        // b lacks what a's log no longer holds: it would need a snapshot.
+        let ab = net.link(a, b);
+        net.pump();
+        assert_eq!(net[b].stats().snapshots, 0, "no snapshot from a poisoned replica");
+        assert!(!net[b].state().0.contains(&7));
+        net.cut(ab);
+        net[a].rejoin(Fragile::default());
+        net.link(a, c);
+        net.link(a, b);
+        net.pump();
+        let all = BTreeSet::from([1, 2, 3]);
+        for r in [a, b, c] {
+            assert_eq!(net[r].state().0, all, "the leftover is nowhere");
+        }
+    }
+
+    /// A snapshot going out when its replica is poisoned is cut short: its
+    /// later parts, made from the state as they go, would carry the
+    /// leftover.
+    #[test]
+    fn a_snapshot_going_out_is_cut_short_by_a_poisoning() {
+        const NOW: u64 = 1_700_000_000_000;
+        let config = Config::default().history_limit(2).batch_bytes(64).snapshot_part_bytes(64);
+        let mut a = Replica::with_config(id("a"), FragileParts::default(), config);
+        for chunk in 0..5u64 {
+            a.update(NOW, (chunk * 100..chunk * 100 + 100).collect()).expect("a's write");
+        }
+        let mut b = Replica::new(id("b"), FragileParts::default());
+        let (sa, sb) = (
+            a.open(crate::StreamOpts::default()).expect("open"),
+            b.open(crate::StreamOpts::default()).expect("open"),
+        );
+        let mut hello = Vec::new();
+        while b.poll_transmit(sb, &mut hello).expect("b's frames") > 0 {}
+        a.handle(sa, NOW, &hello).expect("b's hello");
+        let mut first = Vec::new();
+        a.poll_transmit(sa, &mut first).expect("a's first frames");
+        b.handle(sb, NOW, &first).expect("the snapshot's first part");
+        let seen = b.state().0.len();
+        assert!(seen > 0 && !b.state().0.contains(&499), "the snapshot is part way");
+        // 1000 sorts last: a later part would carry it.
+        assert!(poisoned_write(&mut a, NOW + 1, BTreeSet::from([1000, 13])));
+        assert!(!a.open_streams().any(|s| s == sa), "the stream sending it was cut");
+        let mut rest = Vec::new();
+        while let Ok(n) = a.poll_transmit(sa, &mut rest)
+            && n > 0
+        {}
+        let _ = b.handle(sb, NOW + 1, &rest);
+        assert!(!b.state().0.contains(&1000), "the leftover went nowhere");
+    }
+
+    /// A kept write whose reduce panics in a rejoin leaves every kept write
+    /// recorded, the replica poisoned; a second rejoin keeps them all.
+    #[test]
+    fn a_rejoin_whose_kept_write_panics_keeps_every_write_for_the_next() {
+        let mut r = Replica::new(id("r"), Fragile::default());
+        for write in [vec![1], vec![13], vec![3]] {
+            r.update(1_700_000_000_000, write).expect("r's write");
+        }
+        POISON.set(Some(13));
+        let panicked = catch_unwind(AssertUnwindSafe(|| r.rejoin(Fragile::default())));
+        POISON.set(None);
+        assert!(panicked.is_err());
+        assert!(r.is_poisoned());
+        assert_eq!(r.history_len(), 3, "every kept write is recorded");
+        r.rejoin(Fragile::default());
+        assert!(!r.is_poisoned());
+        assert_eq!(r.state().0, BTreeSet::from([1, 13, 3]));
+    }
+
+    /// A rejoin takes the highest floor of the peers it streams with: one
+    /// whose Hello said a higher floor than the replica's own (not taken
+    /// yet: the replica lacks some of its writes) would find it stale at
+    /// once for a write kept below that floor.
+    #[test]
+    fn a_rejoin_takes_the_highest_floor_of_its_peers() {
+        const NOW: u64 = 1_700_000_000_000;
+        let mut a = Replica::new(id("a"), Fragile::default());
+        a.update(NOW, vec![1]).expect("a's write");
+        let floor = Timestamp::new(NOW + 10, 0);
+        a.collect(floor);
+        let mut b = Replica::new(id("b"), Fragile::default());
+        b.update(NOW + 20, vec![2]).expect("b's write");
+        let (sa, sb) = (
+            a.open(crate::StreamOpts::default()).expect("open"),
+            b.open(crate::StreamOpts::default()).expect("open"),
+        );
+        let mut hello = Vec::new();
+        a.poll_transmit(sa, &mut hello).expect("a's hello");
+        b.handle(sb, NOW + 20, &hello).expect("a's hello");
+        assert_eq!(b.floor(), Timestamp::ZERO, "b lacks a's write: the floor waits");
+        b.rejoin(Fragile::default());
+        assert_eq!(b.rejoined_below(), floor);
     }
 }

@@ -1264,10 +1264,13 @@ impl Stream {
         if self.snapshot_out.is_none() {
             // A snapshot holds every record, so it waits for all of them to
             // be released; and one to a peer with a higher floor waits for
-            // ours to rise (it would be refused: see `compare_floors`).
+            // ours to rise (it would be refused: see `compare_floors`). A
+            // poisoned state holds what no record accounts for: none goes
+            // out until a rejoin (see `Replica::poison`).
             if !self.need_snapshot
                 || core.sendable_end() < history.end_seq()
                 || self.peer_floor > core.floor
+                || core.poisoned
             {
                 return Ok(());
             }
@@ -1821,6 +1824,33 @@ impl<T: Reduce> Replica<T> {
         let pending = std::mem::replace(&mut self.core.collect_pending, false);
         self.end_stream(id, EndReason::Aborted);
         self.core.collect_pending |= pending;
+    }
+
+    /// A local update's `reduce` panicked at `ts`, or its change could not
+    /// be signed: the state may hold part of it, with no record
+    /// ([`Replica::is_poisoned`]). The stamp is spent (what is in the state
+    /// carries it, so no later write may reuse it), and the snapshots going
+    /// out, made from the state part by part, are cut short: a peer would
+    /// take the leftover from them. No snapshot starts until a rejoin.
+    pub(crate) fn poison(&mut self, ts: Timestamp) {
+        self.core.poisoned = true;
+        self.core.last = self.core.last.max(ts);
+        let sending: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.ended && s.snapshot_out.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in sending {
+            self.abort_quietly(id);
+        }
+    }
+
+    /// The highest collection floor among the peers this replica streams
+    /// with (each one's Hello, or its snapshot's begin, said it).
+    pub(crate) fn highest_peer_floor(&self) -> Timestamp {
+        let open = self.streams.values().filter(|s| !s.ended);
+        open.map(|s| s.peer_floor).max().unwrap_or(Timestamp::ZERO)
     }
 
     /// How many streams are open.

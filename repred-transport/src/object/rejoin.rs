@@ -105,7 +105,8 @@ where
     /// out again; it returns the stamps of those below, which it drops:
     /// the ones its peers had come back with their state, the others are
     /// lost (a write made while away, below deletes the others forgot).
-    /// Meant for after [`stale_floor`](Handle::stale_floor) says so; see
+    /// Meant for after [`stale_floor`](Handle::stale_floor) or
+    /// [`is_poisoned`](Handle::is_poisoned) says so; see
     /// [`rejoin_when_stale`](Handle::rejoin_when_stale) to have the node
     /// do it by itself. Of a durable node's own writes, only those in its
     /// log are listed, not those its store holds in its saved snapshot.
