@@ -54,7 +54,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 4: a SnapshotBegin ends with the size hint (if any) and the sender's
 /// collection floor as it begins, which may have risen since its Hello.
-pub const PROTOCOL_VERSION: u16 = 4;
+///
+/// 5: a Hello ends with whether the sender asks to be brought up by
+/// snapshot (a replica that rejoined lacking own writes it had).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -123,6 +126,11 @@ pub struct Hello {
     pub life: u64,
     /// The sender's collection floor ([`Replica::floor`](crate::Replica::floor)).
     pub floor: crate::Timestamp,
+    /// The sender asks for a snapshot even if history would do: it
+    /// [rejoined](crate::Replica::rejoin) without some of its own writes
+    /// (dropped below the floor, or gone from its log), which its clock
+    /// still claims, so only a snapshot brings them back.
+    pub wants_snapshot: bool,
 }
 
 /// A clock as a Hello carries it: whole when small, else a fingerprint.
@@ -627,6 +635,7 @@ mod tests {
             receives: false,
             life: 7,
             floor: crate::Timestamp::new(5, 0),
+            wants_snapshot: true,
         };
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();

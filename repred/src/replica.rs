@@ -443,6 +443,12 @@ pub(crate) struct Core<T: Reduce> {
     /// Of our own writes below `fresh_to`, the newest a snapshot taken
     /// since the rejoin may have brought back (zero: none).
     pub(crate) own_back: Timestamp,
+    /// The newest of its own writes a rejoin left this replica without
+    /// (dropped below the floor, or gone from its log before it): its clock
+    /// claims them (its kept writes' stamps do), so only a snapshot brings
+    /// them back. Its Hellos ask for one until a snapshot comes
+    /// ([`Timestamp::ZERO`]: none missing).
+    pub(crate) own_missing: Timestamp,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -992,6 +998,10 @@ impl<T: Reduce> Core<T> {
         // entry for us, which `holds_news_below` weighs as it would a
         // horizon.
         self.own_back = self.own_back.max(clock.get(self.id).min(self.fresh_to));
+        // What the peer had of ours is back; what it lacked, no peer is
+        // sure to have (a write made alone, its log since overflowed), and
+        // a snapshot per stream would be a high price to keep asking.
+        self.own_missing = Timestamp::ZERO;
         self.clock.merge(clock);
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
@@ -1157,6 +1167,7 @@ impl<T: Reduce> Replica<T> {
                 stale: Timestamp::ZERO,
                 fresh_to: Timestamp::ZERO,
                 own_back: Timestamp::ZERO,
+                own_missing: Timestamp::ZERO,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1577,10 +1588,14 @@ impl<T: Reduce> Replica<T> {
     /// Every stream ends (reopen them). The replica keeps its id, life and
     /// keys, and its own writes at or above the floor, which go out again.
     /// It returns the stamps of its own writes below the floor, which it
-    /// drops: those its peers already had come back with them, by snapshot
-    /// (not by history once it holds a newer write of its own, kept or
-    /// made since, whose stamp claims them); the others are refused
-    /// ([`Rejection::BelowFloor`]) and lost.
+    /// drops: those its peers already had come back with them; the others
+    /// are refused ([`Rejection::BelowFloor`]) and lost. Its own writes
+    /// that were gone from its log come back the same way. As its clock
+    /// still claims them (its kept writes' stamps, or those of writes made
+    /// since, do), no peer would send them by history: its Hellos ask for a
+    /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot))
+    /// until one comes, and the first peer's brings back what that peer
+    /// had. (A durable replica restarted before then no longer asks.)
     ///
     /// The floor is the highest of the stale verdict's, the replica's own
     /// and those of the peers it streams with (any of which would find it
@@ -1625,6 +1640,10 @@ impl<T: Reduce> Replica<T> {
                 if e.ts < floor { dropped.push(e.stamp()) } else { kept.push(e.clone()) }
             }
         }
+        // Gone from the log before this, or dropped now: once a kept write,
+        // or one made since, claims them, no peer sends them by history.
+        let newest_dropped = dropped.iter().map(|s| s.ts).max().unwrap_or(Timestamp::ZERO);
+        let own_missing = core.history.horizon().get(own).max(newest_dropped);
         core.history.restart();
         core.state = fresh;
         core.clock = Clock::new();
@@ -1634,6 +1653,7 @@ impl<T: Reduce> Replica<T> {
         core.floor = Timestamp::ZERO;
         core.fresh_to = floor;
         core.own_back = Timestamp::ZERO;
+        core.own_missing = own_missing;
         core.stale = Timestamp::ZERO;
         core.poisoned = false;
         core.collect_pending = false;
@@ -2377,8 +2397,9 @@ mod tests {
         assert_eq!(net[b].floor(), floor);
         assert_eq!(net[a].state().get("new2"), Some(&2), "b's writes reached a");
         assert_eq!(net[b].state().get("a"), Some(&1), "a's reached b");
-        // (b's own "early", which a holds, does not come back: b's newer
-        // writes' stamps claim it. A limit of `rejoin`, documented there.)
+        // b's own "early", which a holds and b's newer writes' stamps
+        // claim, comes back by the snapshot b's Hello asked for.
+        assert_eq!(net[b].state().get("early"), Some(&0), "b's dropped write is back");
     }
 
     /// A rejoined replica brought up by one peer's snapshot, which held an
@@ -2648,5 +2669,37 @@ mod tests {
         assert_eq!(b.floor(), Timestamp::ZERO, "b lacks a's write: the floor waits");
         b.rejoin(Fragile::default());
         assert_eq!(b.rejoined_below(), floor);
+    }
+
+    /// A replica that rejoins gets back its own writes that were gone from
+    /// its log, although a kept write's stamp, and one made since, claim
+    /// them: its Hello asks for a snapshot, which holds them.
+    #[test]
+    fn a_rejoined_replica_gets_back_its_own_writes_gone_from_its_log() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        net.update(a, vec![4]).expect("a's write after the rejoin");
+        let snapshots = net[a].stats().snapshots;
+        net.link(a, c);
+        net.pump();
+        assert!(net[a].stats().snapshots > snapshots, "c sent the snapshot a asked for");
+        let all = BTreeSet::from([1, 2, 3, 4]);
+        assert_eq!(net[a].state().0, all, "a's write gone from its log is back");
+        assert_eq!(net[c].state().0, all);
+        assert_eq!(net[a].clock(), net[c].clock());
+        // Brought up: the next stream asks for nothing.
+        let snapshots = net[a].stats().snapshots;
+        net.link(a, c);
+        net.pump();
+        assert_eq!(net[a].stats().snapshots, snapshots, "no second snapshot");
     }
 }

@@ -227,6 +227,8 @@ pub(crate) struct Stream {
     announced: Clock,
     /// The peer's collection floor, from its Hello.
     peer_floor: Timestamp,
+    /// The peer's Hello asked for a snapshot (`Hello::wants_snapshot`).
+    peer_wants_snapshot: bool,
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
     /// The peer's clock when it said hello, while `catch_floor` waits.
@@ -280,6 +282,7 @@ impl Stream {
             intents: BTreeMap::new(),
             announced: Clock::new(),
             peer_floor: Timestamp::ZERO,
+            peer_wants_snapshot: false,
             catch_floor: None,
             floor_clock: None,
             snapshot_floor: None,
@@ -312,7 +315,9 @@ impl Stream {
         self.sync_at = core.history.end_seq();
         self.horizon_generation = core.history.horizon_generation();
         self.need_snapshot = self.sends_updates()
-            && (!self.known.covers(core.history.horizon()) || self.snapshot_is_cheaper(core));
+            && (self.peer_wants_snapshot
+                || !self.known.covers(core.history.horizon())
+                || self.snapshot_is_cheaper(core));
     }
 
     /// Whether a snapshot is the cheaper way to bring the peer up
@@ -620,6 +625,7 @@ impl Stream {
                 }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
+                self.peer_wants_snapshot = hello.wants_snapshot;
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
@@ -1127,6 +1133,7 @@ impl Stream {
                 } else {
                     self.hello_floor
                 },
+                wants_snapshot: core.own_missing > Timestamp::ZERO,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;

@@ -110,10 +110,11 @@ where
     /// [`rejoin_when_stale`](Handle::rejoin_when_stale) to have the node
     /// do it by itself. Of a durable node's own writes, only those in its
     /// log are listed, not those its store holds in its saved snapshot.
-    /// A limit to know: a durable node that restarts after a rejoin,
-    /// before any peer brought it up, is stale again (the store keeps no
-    /// trace of the rejoin), and a second rejoin drops the writes the
-    /// first one kept.
+    /// Its own writes the peers had, those dropped and those gone from its
+    /// log, come back by a snapshot its streams ask for until one comes
+    /// (`Hello::wants_snapshot`). A limit to know: a durable node that
+    /// restarts before then no longer asks, so those come back only if a
+    /// peer sends a snapshot anyway.
     ///
     /// ```no_run
     /// # async fn run(node: repred_transport::Node) -> Result<(), repred_transport::Error> {
