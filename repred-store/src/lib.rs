@@ -248,6 +248,27 @@ struct Meta {
     rejoined_below: Timestamp,
     /// [`Replica::rejoin_brought_back`], saved with it.
     rejoin_brought_back: Timestamp,
+    /// [`Replica::rejoin_missing`]: a replica saved after a rejoin, before
+    /// a snapshot brought back its own writes it lacks, still asks for one
+    /// when it comes back.
+    rejoin_missing: Timestamp,
+}
+
+/// A header as written before a rejoin's missing writes were saved (read
+/// only).
+#[derive(Deserialize)]
+struct MetaV5 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+    parts: Parts,
+    rejoined_below: Timestamp,
+    rejoin_brought_back: Timestamp,
 }
 
 /// The stored parts of a base state.
@@ -319,6 +340,22 @@ impl Meta {
         // would read a newer header's prefix, while a newer one runs out of
         // bytes on an older header.
         postcard::from_bytes(bytes).or_else(|e| {
+            if let Ok(v5) = postcard::from_bytes::<MetaV5>(bytes) {
+                return Ok(Meta {
+                    id: v5.id,
+                    last: v5.last,
+                    base_seq: v5.base_seq,
+                    next_seq: v5.next_seq,
+                    base_clock: v5.base_clock,
+                    base: v5.base,
+                    life: v5.life,
+                    floor: v5.floor,
+                    parts: v5.parts,
+                    rejoined_below: v5.rejoined_below,
+                    rejoin_brought_back: v5.rejoin_brought_back,
+                    rejoin_missing: Timestamp::ZERO,
+                });
+            }
             if let Ok(v4) = postcard::from_bytes::<MetaV4>(bytes) {
                 return Ok(Meta {
                     id: v4.id,
@@ -332,6 +369,7 @@ impl Meta {
                     parts: v4.parts,
                     rejoined_below: Timestamp::ZERO,
                     rejoin_brought_back: Timestamp::ZERO,
+                    rejoin_missing: Timestamp::ZERO,
                 });
             }
             if let Ok(v3) = postcard::from_bytes::<MetaV3>(bytes) {
@@ -347,6 +385,7 @@ impl Meta {
                     parts: Parts::default(),
                     rejoined_below: Timestamp::ZERO,
                     rejoin_brought_back: Timestamp::ZERO,
+                    rejoin_missing: Timestamp::ZERO,
                 });
             }
             if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
@@ -362,6 +401,7 @@ impl Meta {
                     parts: Parts::default(),
                     rejoined_below: Timestamp::ZERO,
                     rejoin_brought_back: Timestamp::ZERO,
+                    rejoin_missing: Timestamp::ZERO,
                 });
             }
             let Ok(v1) = postcard::from_bytes::<MetaV1>(bytes) else { return Err(e) };
@@ -380,6 +420,7 @@ impl Meta {
                 parts: Parts::default(),
                 rejoined_below: Timestamp::ZERO,
                 rejoin_brought_back: Timestamp::ZERO,
+                rejoin_missing: Timestamp::ZERO,
             })
         })
     }
@@ -721,7 +762,8 @@ impl Store {
             )
             .with_life(meta.life)
             .with_floor(meta.floor)
-            .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back),
+            .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back)
+            .with_rejoin_missing(meta.rejoin_missing),
         ))
     }
 
@@ -906,6 +948,7 @@ impl Store {
                     parts,
                     rejoined_below: replica.rejoined_below(),
                     rejoin_brought_back: replica.rejoin_brought_back(),
+                    rejoin_missing: replica.rejoin_missing(),
                 };
                 Batch {
                     name: name.to_string(),
@@ -920,6 +963,7 @@ impl Store {
         batch.meta.life = replica.life();
         batch.meta.rejoined_below = replica.rejoined_below();
         batch.meta.rejoin_brought_back = replica.rejoin_brought_back();
+        batch.meta.rejoin_missing = replica.rejoin_missing();
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)
@@ -1223,4 +1267,44 @@ impl Batch {
 
 fn decode_error(name: &str, what: &'static str, e: postcard::Error) -> StoreError {
     StoreError::Decode { name: name.to_string(), what, detail: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header written before `rejoin_missing` was saved still loads, its
+    /// other fields intact: the field is the layout's last, so the older
+    /// header is the newer's encoding without it.
+    #[test]
+    fn a_header_from_before_rejoin_missing_decodes() {
+        let id = SourceId::new("a").expect("a valid id");
+        let meta = Meta {
+            id,
+            last: Timestamp::new(7, 1),
+            base_seq: 3,
+            next_seq: 9,
+            base_clock: Clock::new(),
+            base: Vec::new(),
+            life: 5,
+            floor: Timestamp::new(4, 0),
+            parts: Parts { generation: 2, count: 1, entries: Some(10) },
+            rejoined_below: Timestamp::new(6, 0),
+            rejoin_brought_back: Timestamp::new(2, 0),
+            rejoin_missing: Timestamp::new(3, 0),
+        };
+        let mut bytes = postcard::to_allocvec(&meta).expect("a header encodes");
+        let tail = postcard::to_allocvec(&meta.rejoin_missing).expect("a stamp encodes");
+        assert!(bytes.ends_with(&tail));
+        let newest = Meta::decode(&bytes).expect("the newest header decodes");
+        assert_eq!(newest.rejoin_missing, meta.rejoin_missing);
+        bytes.truncate(bytes.len() - tail.len());
+        let older = Meta::decode(&bytes).expect("the older header decodes");
+        assert_eq!(older.rejoin_missing, Timestamp::ZERO);
+        assert_eq!((older.id, older.life, older.floor), (id, 5, meta.floor));
+        assert_eq!((older.base_seq, older.next_seq), (3, 9));
+        assert_eq!(older.rejoined_below, meta.rejoined_below);
+        assert_eq!(older.rejoin_brought_back, meta.rejoin_brought_back);
+        assert_eq!(older.parts.generation, 2);
+    }
 }

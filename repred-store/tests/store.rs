@@ -436,3 +436,43 @@ fn a_replica_saved_after_a_rejoin_comes_back_ready_to_be_brought_up() {
     assert_eq!(net[b2].clock(), net[a].clock());
     assert_eq!(net[a].state().get("new"), Some(&3), "the kept write reached a");
 }
+
+/// A replica saved after a rejoin that left it without some of its own
+/// writes (gone from its log), before a snapshot brought them back, still
+/// asks for one when it comes back (`Replica::rejoin_missing`). Before, the
+/// restored replica stopped asking, and as its clock claims those writes
+/// no peer sent them by history: they were lost from its state for good.
+#[test]
+fn a_replica_saved_after_a_rejoin_still_asks_for_its_missing_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let id = |name: &str| SourceId::new(name).unwrap();
+    let small = Config::default().history_limit(2);
+    let mut net = Network::starting_at(NOW);
+    let a = net.add(Replica::with_config(id("a"), Numbers::default(), small.clone()));
+    let c = net.add(Replica::new(id("c"), Numbers::default()));
+    let link = net.link(a, c);
+    for i in 1..=3 {
+        net.update(a, [i].into()).unwrap();
+    }
+    net.pump();
+    net.cut(link);
+    // Its log kept the last two: the first is gone from it.
+    net[a].rejoin(Numbers::default());
+    let missing = net[a].rejoin_missing();
+    assert!(missing > repred::Timestamp::ZERO);
+    assert!(!net[a].state().contains(&1));
+    {
+        let store = Store::open(&path).unwrap();
+        store.save("a", &net[a]).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let restored = store.load::<Numbers>("a", small).unwrap().unwrap();
+    assert_eq!(restored.rejoin_missing(), missing);
+    let a2 = net.add(restored);
+    net.link(a2, c);
+    net.pump();
+    assert!(net[a2].state().contains(&1), "the write gone from its log is back");
+    assert_eq!(net[a2].state(), net[c].state());
+    assert_eq!(net[a2].rejoin_missing(), repred::Timestamp::ZERO, "brought up: it asks no more");
+}

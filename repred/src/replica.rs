@@ -1594,8 +1594,9 @@ impl<T: Reduce> Replica<T> {
     /// still claims them (its kept writes' stamps, or those of writes made
     /// since, do), no peer would send them by history: its Hellos ask for a
     /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot))
-    /// until one comes, and the first peer's brings back what that peer
-    /// had. (A durable replica restarted before then no longer asks.)
+    /// until one comes ([`rejoin_missing`](Replica::rejoin_missing)), and
+    /// the first peer's brings back what that peer had. A durable store
+    /// keeps asking across a restart.
     ///
     /// The floor is the highest of the stale verdict's, the replica's own
     /// and those of the peers it streams with (any of which would find it
@@ -1643,7 +1644,9 @@ impl<T: Reduce> Replica<T> {
         // Gone from the log before this, or dropped now: once a kept write,
         // or one made since, claims them, no peer sends them by history.
         let newest_dropped = dropped.iter().map(|s| s.ts).max().unwrap_or(Timestamp::ZERO);
-        let own_missing = core.history.horizon().get(own).max(newest_dropped);
+        // A rejoin before a snapshot came still lacks what the last one
+        // did, though its restart emptied the horizon.
+        let own_missing = core.own_missing.max(core.history.horizon().get(own)).max(newest_dropped);
         core.history.restart();
         core.state = fresh;
         core.clock = Clock::new();
@@ -1704,6 +1707,26 @@ impl<T: Reduce> Replica<T> {
     /// those finds it stale. A durable store saves it.
     pub fn rejoin_brought_back(&self) -> Timestamp {
         self.core.own_back
+    }
+
+    /// The newest of this replica's own writes a [`rejoin`](Replica::rejoin)
+    /// left it without ([`Timestamp::ZERO`]: none, or a snapshot came
+    /// since): its clock still claims them, so no peer sends them by
+    /// history, and its Hellos ask for a snapshot instead
+    /// ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot)). A durable
+    /// store saves it.
+    pub fn rejoin_missing(&self) -> Timestamp {
+        self.core.own_missing
+    }
+
+    /// This replica lacking its own writes up to `missing`, as
+    /// [`rejoin_missing`](Replica::rejoin_missing) said: for a durable
+    /// store restoring a replica saved after a rejoin, before a snapshot
+    /// came (without it, the restored replica would never ask for one,
+    /// and those writes would be lost from its state for good).
+    pub fn with_rejoin_missing(mut self, missing: Timestamp) -> Self {
+        self.core.own_missing = self.core.own_missing.max(missing);
+        self
     }
 
     /// This replica as [`rejoin`](Replica::rejoin) below `floor` left it
@@ -1878,7 +1901,7 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
-    use crate::{Network, Outcome};
+    use crate::{Network, Outcome, StreamOpts};
 
     thread_local! {
         /// The value whose insertion panics, on this test's thread only.
@@ -2701,5 +2724,86 @@ mod tests {
         net.link(a, c);
         net.pump();
         assert_eq!(net[a].stats().snapshots, snapshots, "no second snapshot");
+    }
+
+    /// A second rejoin before a snapshot came still asks for one: the
+    /// first emptied the horizon that said what was gone.
+    #[test]
+    fn a_second_rejoin_before_a_snapshot_still_asks_for_one() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        let missing = net[a].rejoin_missing();
+        assert!(missing > Timestamp::ZERO);
+        net[a].rejoin(Fragile::default());
+        assert_eq!(net[a].rejoin_missing(), missing);
+        net.link(a, c);
+        net.pump();
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3]), "the first write is back");
+        assert_eq!(net[a].clock(), net[c].clock());
+    }
+
+    /// A peer whose stream does not await the clock has started, and sent
+    /// its history, before the Hello asking for a snapshot arrives: it
+    /// sends one then.
+    #[test]
+    fn a_peer_not_awaiting_the_clock_sends_the_snapshot_asked_for() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        // One at a time: c gets them by history, so its own history, from
+        // its start, leaves a fresh peer nothing it needs a snapshot for.
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+            net.pump();
+        }
+        net.cut(link);
+        assert_eq!(net[c].stats().snapshots, 0);
+        net[a].rejoin(Fragile::default());
+        let eager = StreamOpts::default().await_clock(false);
+        net.link_with(a, StreamOpts::default(), c, eager);
+        net.pump();
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3]), "the first write is back");
+        assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A peer asked for a snapshot it cannot send (it is poisoned) sends
+    /// its history instead: a wanted snapshot is a favour, and waiting for
+    /// it held back every update to the asker.
+    #[test]
+    fn a_wanted_snapshot_that_cannot_go_does_not_hold_back_history() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.update(c, vec![10]).expect("c's write");
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        net.update(c, vec![11]).expect("c's write");
+        let now = net.now();
+        assert!(poisoned_write(&mut net[c], now, vec![12, 13]));
+        let snapshots = net[a].stats().snapshots;
+        net.link(a, c);
+        net.pump();
+        assert_eq!(net[a].stats().snapshots, snapshots, "none from a poisoned replica");
+        let state = &net[a].state().0;
+        assert!(state.contains(&10) && state.contains(&11), "c's history came: {state:?}");
+        assert!(!state.contains(&12), "not the panic's leftover");
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks");
     }
 }

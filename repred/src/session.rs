@@ -227,7 +227,9 @@ pub(crate) struct Stream {
     announced: Clock,
     /// The peer's collection floor, from its Hello.
     peer_floor: Timestamp,
-    /// The peer's Hello asked for a snapshot (`Hello::wants_snapshot`).
+    /// The peer's Hello asked for a snapshot (`Hello::wants_snapshot`),
+    /// and none has gone out since: one goes when it can (see
+    /// [`Stream::honours_wanted`]).
     peer_wants_snapshot: bool,
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
@@ -315,9 +317,22 @@ impl Stream {
         self.sync_at = core.history.end_seq();
         self.horizon_generation = core.history.horizon_generation();
         self.need_snapshot = self.sends_updates()
-            && (self.peer_wants_snapshot
-                || !self.known.covers(core.history.horizon())
-                || self.snapshot_is_cheaper(core));
+            && (!self.known.covers(core.history.horizon()) || self.snapshot_is_cheaper(core));
+    }
+
+    /// Whether a snapshot the peer asked for goes out next, before any
+    /// more history. Unlike one the peer needs (`need_snapshot`: history
+    /// after a gap is of no use to it), a wanted one is only a favour, so
+    /// it is not waited for when it cannot go: from a poisoned state, or
+    /// to a peer at a higher floor (which would refuse it); history goes
+    /// on instead, and the peer asks again on its next stream.
+    fn honours_wanted<T: Reduce>(&self, core: &Core<T>) -> bool {
+        self.peer_wants_snapshot && !core.poisoned && self.peer_floor <= core.floor
+    }
+
+    /// Whether a snapshot is to go out before any more history.
+    fn owes_snapshot<T: Reduce>(&self, core: &Core<T>) -> bool {
+        self.need_snapshot || self.honours_wanted(core)
     }
 
     /// Whether a snapshot is the cheaper way to bring the peer up
@@ -625,7 +640,12 @@ impl Stream {
                 }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
-                self.peer_wants_snapshot = hello.wants_snapshot;
+                // Wherever the stream is (one not awaiting the clock has
+                // started already); a snapshot already going out, or sent,
+                // holds all the peer asks for.
+                self.peer_wants_snapshot = hello.wants_snapshot
+                    && self.snapshot_out.is_none()
+                    && self.stats.snapshots_sent == 0;
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
@@ -1190,7 +1210,7 @@ impl Stream {
             self.send_batch(core, out)?;
         }
         // The sync follows the history, and a snapshot in parts, complete.
-        let snapshot_done = self.snapshot_out.is_none() && !self.need_snapshot;
+        let snapshot_done = self.snapshot_out.is_none() && !self.owes_snapshot(core);
         if self.started && !self.sync_sent && self.cursor >= self.sync_at && snapshot_done {
             Writer::begin(out, Kind::Sync).finish();
             self.stats.frames_sent += 1;
@@ -1274,7 +1294,7 @@ impl Stream {
             // ours to rise (it would be refused: see `compare_floors`). A
             // poisoned state holds what no record accounts for: none goes
             // out until a rejoin (see `Replica::poison`).
-            if !self.need_snapshot
+            if !self.owes_snapshot(core)
                 || core.sendable_end() < history.end_seq()
                 || self.peer_floor > core.floor
                 || core.poisoned
@@ -1284,6 +1304,7 @@ impl Stream {
             self.snapshot_out = Some(Outgoing::begin(core, out)?);
             self.stats.frames_sent += 1;
             self.need_snapshot = false;
+            self.peer_wants_snapshot = false;
             self.catching_up = true;
             // The snapshot holds everything recorded so far; history goes
             // on from here, once it ends (kept meanwhile: see
@@ -1332,7 +1353,7 @@ impl Stream {
         // every older one of that source (its clock moves to it), some of
         // which may be in parts still to come; a stream cut then would
         // leave the peer claiming what it never got.
-        if self.cursor >= end || self.need_snapshot || self.snapshot_out.is_some() {
+        if self.cursor >= end || self.owes_snapshot(core) || self.snapshot_out.is_some() {
             return Ok(());
         }
         let lazy = self.lazy(core);

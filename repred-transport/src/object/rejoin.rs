@@ -112,9 +112,9 @@ where
     /// log are listed, not those its store holds in its saved snapshot.
     /// Its own writes the peers had, those dropped and those gone from its
     /// log, come back by a snapshot its streams ask for until one comes
-    /// (`Hello::wants_snapshot`). A limit to know: a durable node that
-    /// restarts before then no longer asks, so those come back only if a
-    /// peer sends a snapshot anyway.
+    /// (`Hello::wants_snapshot`), a durable node's across a restart too
+    /// (its store saves `Replica::rejoin_missing`). The first snapshot
+    /// ends the asking: what that peer lacked of them stays lost.
     ///
     /// ```no_run
     /// # async fn run(node: repred_transport::Node) -> Result<(), repred_transport::Error> {
