@@ -997,11 +997,16 @@ impl<T: Reduce> Core<T> {
         // rejoined under (from a peer that had them): up to its clock's
         // entry for us, which `holds_news_below` weighs as it would a
         // horizon.
-        self.own_back = self.own_back.max(clock.get(self.id).min(self.fresh_to));
-        // What the peer had of ours is back; what it lacked, no peer is
-        // sure to have (a write made alone, its log since overflowed), and
-        // a snapshot per stream would be a high price to keep asking.
-        self.own_missing = Timestamp::ZERO;
+        let theirs = clock.get(self.id);
+        self.own_back = self.own_back.max(theirs.min(self.fresh_to));
+        // What the peer had of ours is back: all of our writes up to its
+        // clock's entry for us. Asking ends once that reaches the newest
+        // missing one, or all our clock claims (what it claims beyond, no
+        // peer holds back from us); a peer that had less (one we reached
+        // first, say) leaves it to the next.
+        if theirs >= self.own_missing.min(self.clock.get(self.id)) {
+            self.own_missing = Timestamp::ZERO;
+        }
         self.clock.merge(clock);
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
@@ -1593,10 +1598,13 @@ impl<T: Reduce> Replica<T> {
     /// that were gone from its log come back the same way. As its clock
     /// still claims them (its kept writes' stamps, or those of writes made
     /// since, do), no peer would send them by history: its Hellos ask for a
-    /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot))
-    /// until one comes ([`rejoin_missing`](Replica::rejoin_missing)), and
-    /// the first peer's brings back what that peer had. A durable store
-    /// keeps asking across a restart.
+    /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot),
+    /// [`rejoin_missing`](Replica::rejoin_missing)) until one from a peer
+    /// that held the newest of them comes (one from a peer that had fewer
+    /// brings back what it had, and leaves the rest to the next). A
+    /// durable store keeps asking across a restart. A peer whose floor
+    /// rose past the rejoin's finds the replica stale with its snapshot,
+    /// and it rejoins again.
     ///
     /// The floor is the highest of the stale verdict's, the replica's own
     /// and those of the peers it streams with (any of which would find it
@@ -1618,7 +1626,11 @@ impl<T: Reduce> Replica<T> {
     /// dropped write and has not collected may keep it where the others
     /// never get it (found by repred-sim's fault tests; the fix is for a
     /// floor to travel with the clock it was collected at). Collect at the
-    /// stable point of every replica that can still write.
+    /// stable point of every replica that can still write. The same holds
+    /// for its writes gone from its log, whatever the reason to rejoin: a
+    /// peer that lacked an older one when it took the kept writes lacks it
+    /// for good, though the replica itself gets it back from a peer that
+    /// held it.
     ///
     /// A durable store saves a whole snapshot on its next save.
     pub fn rejoin(&mut self, fresh: T) -> Vec<Stamp> {
@@ -1710,8 +1722,8 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The newest of this replica's own writes a [`rejoin`](Replica::rejoin)
-    /// left it without ([`Timestamp::ZERO`]: none, or a snapshot came
-    /// since): its clock still claims them, so no peer sends them by
+    /// left it without ([`Timestamp::ZERO`]: none, or a snapshot from a
+    /// peer that held it came since): its clock still claims them, so no peer sends them by
     /// history, and its Hellos ask for a snapshot instead
     /// ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot)). A durable
     /// store saves it.
@@ -2805,5 +2817,88 @@ mod tests {
         assert!(state.contains(&10) && state.contains(&11), "c's history came: {state:?}");
         assert!(!state.contains(&12), "not the panic's leftover");
         assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks");
+    }
+
+    /// A peer that did not await the clock and does not tail sent its Sync
+    /// before the Hello asking for a snapshot came, with the asker's Sync
+    /// in the same read: it sends the snapshot before it is done (it
+    /// closed at once, and the asker never got it).
+    #[test]
+    fn a_peer_that_does_not_tail_sends_the_snapshot_asked_for_before_it_closes() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+            net.pump();
+        }
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        let eager = StreamOpts::default().await_clock(false);
+        net.link_with(a, eager.clone(), c, eager.tail(false));
+        net.pump();
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3]), "the first write is back");
+        assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A stream that takes nothing does not ask for a snapshot, and its
+    /// peer, which sends it nothing, still says Sync.
+    #[test]
+    fn a_stream_that_takes_nothing_asks_for_no_snapshot() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let ab = net.link_with(a, StreamOpts::send_only(), b, StreamOpts::default());
+        net.pump();
+        let [_, (_, sb)] = net.streams(ab);
+        let events: Vec<Event> = std::iter::from_fn(|| net[b].poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sb)),
+            "b said Sync: {events:?}"
+        );
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks its other peers");
+    }
+
+    /// A snapshot from a peer that had fewer of a rejoined replica's own
+    /// writes than it lacks (the first it reached) does not end its asking:
+    /// the next peer's brings back the rest. Asking ended at the first,
+    /// and the replica lacked its first write for good, though c had it.
+    #[test]
+    fn a_snapshot_lacking_some_missing_writes_leaves_the_asking_to_the_next_peer() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        // b never heard of a: its snapshot brings nothing of a's back.
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        net.update(b, vec![20]).expect("b's write");
+        let ab = net.link(a, b);
+        net.pump();
+        assert!(net[a].stats().snapshots > 0, "b sent the snapshot a asked for");
+        assert!(net[a].state().0.contains(&20));
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks");
+        net.cut(ab);
+        net.link(a, c);
+        net.pump();
+        assert!(net[a].state().0.contains(&1), "c brought back a's first write");
+        assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
     }
 }

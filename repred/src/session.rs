@@ -327,7 +327,10 @@ impl Stream {
     /// to a peer at a higher floor (which would refuse it); history goes
     /// on instead, and the peer asks again on its next stream.
     fn honours_wanted<T: Reduce>(&self, core: &Core<T>) -> bool {
-        self.peer_wants_snapshot && !core.poisoned && self.peer_floor <= core.floor
+        self.peer_wants_snapshot
+            && self.sends_updates()
+            && !core.poisoned
+            && self.peer_floor <= core.floor
     }
 
     /// Whether a snapshot is to go out before any more history.
@@ -492,9 +495,22 @@ impl Stream {
         });
         if self.sync_sent && self.sync_received {
             core.emit(Event::Synced { stream: id });
-            if !self.opts.tail {
-                self.done = true;
-            }
+            self.finish_if_synced(core);
+        }
+    }
+
+    /// A stream that does not tail is done once both Syncs are in, but
+    /// for a snapshot still going out or asked for: a stream that did not
+    /// await the peer's clock sent its Sync before the Hello asking for one
+    /// came (see `transmit`).
+    fn finish_if_synced<T: Reduce>(&mut self, core: &Core<T>) {
+        if self.sync_sent
+            && self.sync_received
+            && !self.opts.tail
+            && self.snapshot_out.is_none()
+            && !self.honours_wanted(core)
+        {
+            self.done = true;
         }
     }
 
@@ -1153,7 +1169,8 @@ impl Stream {
                 } else {
                     self.hello_floor
                 },
-                wants_snapshot: core.own_missing > Timestamp::ZERO,
+                // A stream that takes nothing would ignore the snapshot.
+                wants_snapshot: self.opts.receives && core.own_missing > Timestamp::ZERO,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
@@ -1208,6 +1225,9 @@ impl Stream {
             self.send_backfill(core, out)?;
             self.send_snapshot(core, out)?;
             self.send_batch(core, out)?;
+            if !self.done {
+                self.finish_if_synced(core);
+            }
         }
         // The sync follows the history, and a snapshot in parts, complete.
         let snapshot_done = self.snapshot_out.is_none() && !self.owes_snapshot(core);

@@ -111,10 +111,10 @@ where
     /// do it by itself. Of a durable node's own writes, only those in its
     /// log are listed, not those its store holds in its saved snapshot.
     /// Its own writes the peers had, those dropped and those gone from its
-    /// log, come back by a snapshot its streams ask for until one comes
-    /// (`Hello::wants_snapshot`), a durable node's across a restart too
-    /// (its store saves `Replica::rejoin_missing`). The first snapshot
-    /// ends the asking: what that peer lacked of them stays lost.
+    /// log, come back by a snapshot its streams ask for
+    /// (`Hello::wants_snapshot`) until a peer that held the newest of them
+    /// sends one, a durable node's across a restart too (its store saves
+    /// `Replica::rejoin_missing`). A write no peer held is lost.
     ///
     /// ```no_run
     /// # async fn run(node: repred_transport::Node) -> Result<(), repred_transport::Error> {
