@@ -446,9 +446,16 @@ pub(crate) struct Core<T: Reduce> {
     /// The newest of its own writes a rejoin left this replica without
     /// (dropped below the floor, or gone from its log before it): its clock
     /// claims them (its kept writes' stamps do), so only a snapshot brings
-    /// them back. Its Hellos ask for one until a snapshot comes
-    /// ([`Timestamp::ZERO`]: none missing).
+    /// them back. Its Hellos ask for one until a snapshot comes whose
+    /// clock claims them ([`Timestamp::ZERO`]: none missing).
     pub(crate) own_missing: Timestamp,
+    /// Per peer that asked for a snapshot (`Hello::wants_snapshot`), our
+    /// clock's entry for it when we said we would send one: we send
+    /// another only once that entry has risen (the peer's writes reached
+    /// us), or a peer whose writes never do (it is refused, or streams
+    /// only to us) would cost a snapshot per stream for ever. Bounded by
+    /// [`MAX_LIVES`].
+    pub(crate) answered: BTreeMap<SourceId, Timestamp>,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -999,12 +1006,12 @@ impl<T: Reduce> Core<T> {
         // horizon.
         let theirs = clock.get(self.id);
         self.own_back = self.own_back.max(theirs.min(self.fresh_to));
-        // What the peer had of ours is back: all of our writes up to its
-        // clock's entry for us. Asking ends once that reaches the newest
-        // missing one, or all our clock claims (what it claims beyond, no
-        // peer holds back from us); a peer that had less (one we reached
-        // first, say) leaves it to the next.
-        if theirs >= self.own_missing.min(self.clock.get(self.id)) {
+        // What the peer had of ours is back, up to its clock's entry for
+        // us. Asking ends once that claims the newest missing write; a
+        // peer that had less (one we reached first, say) leaves it to the
+        // next. (A peer that took our kept writes claims what it may
+        // lack: see the limit on `Replica::rejoin`.)
+        if theirs >= self.own_missing {
             self.own_missing = Timestamp::ZERO;
         }
         self.clock.merge(clock);
@@ -1173,6 +1180,7 @@ impl<T: Reduce> Replica<T> {
                 fresh_to: Timestamp::ZERO,
                 own_back: Timestamp::ZERO,
                 own_missing: Timestamp::ZERO,
+                answered: BTreeMap::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1599,12 +1607,13 @@ impl<T: Reduce> Replica<T> {
     /// still claims them (its kept writes' stamps, or those of writes made
     /// since, do), no peer would send them by history: its Hellos ask for a
     /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot),
-    /// [`rejoin_missing`](Replica::rejoin_missing)) until one from a peer
-    /// that held the newest of them comes (one from a peer that had fewer
-    /// brings back what it had, and leaves the rest to the next). A
-    /// durable store keeps asking across a restart. A peer whose floor
-    /// rose past the rejoin's finds the replica stale with its snapshot,
-    /// and it rejoins again.
+    /// [`rejoin_missing`](Replica::rejoin_missing)) until one whose clock
+    /// claims the newest of them comes (one from a peer that had fewer
+    /// brings back what it had, and leaves the rest to the next; a peer
+    /// answers once until our writes reach it). A durable store keeps
+    /// asking across a restart. A snapshot from a peer whose floor rose
+    /// past the rejoin's is refused as stale, and the replica rejoins
+    /// again.
     ///
     /// The floor is the highest of the stale verdict's, the replica's own
     /// and those of the peers it streams with (any of which would find it
@@ -1629,8 +1638,8 @@ impl<T: Reduce> Replica<T> {
     /// stable point of every replica that can still write. The same holds
     /// for its writes gone from its log, whatever the reason to rejoin: a
     /// peer that lacked an older one when it took the kept writes lacks it
-    /// for good, though the replica itself gets it back from a peer that
-    /// held it.
+    /// for good, and so does the replica if that peer's snapshot comes
+    /// before one from a peer that held it.
     ///
     /// A durable store saves a whole snapshot on its next save.
     pub fn rejoin(&mut self, fresh: T) -> Vec<Stamp> {
@@ -1722,9 +1731,10 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The newest of this replica's own writes a [`rejoin`](Replica::rejoin)
-    /// left it without ([`Timestamp::ZERO`]: none, or a snapshot from a
-    /// peer that held it came since): its clock still claims them, so no peer sends them by
-    /// history, and its Hellos ask for a snapshot instead
+    /// left it without ([`Timestamp::ZERO`]: none, or a snapshot whose
+    /// clock claims it came since). Once its clock claims them (its kept
+    /// writes' stamps, or those of writes made since), no peer sends them
+    /// by history, so its Hellos ask for a snapshot instead
     /// ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot)). A durable
     /// store saves it.
     pub fn rejoin_missing(&self) -> Timestamp {
@@ -2837,10 +2847,19 @@ mod tests {
         net.cut(link);
         net[a].rejoin(Fragile::default());
         let eager = StreamOpts::default().await_clock(false);
-        net.link_with(a, eager.clone(), c, eager.tail(false));
+        let ac = net.link_with(a, eager.clone(), c, eager.tail(false));
         net.pump();
         assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3]), "the first write is back");
         assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+        // And then it is done, as a stream that does not tail is.
+        let [_, (_, sc)] = net.streams(ac);
+        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e,
+                Event::End { stream, reason: crate::EndReason::Local(crate::CloseReason::Done) }
+                    if *stream == sc)),
+            "c's stream closed as done: {events:?}"
+        );
     }
 
     /// A stream that takes nothing does not ask for a snapshot, and its
@@ -2900,5 +2919,79 @@ mod tests {
         net.pump();
         assert!(net[a].state().0.contains(&1), "c brought back a's first write");
         assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A rejoin that kept none of its own writes (other sources' filled
+    /// its log) asks for no snapshot while its clock claims none of them:
+    /// history brings back what peers have. Once it writes, its clock
+    /// claims them, and it asks. Before, the first snapshot (from a peer
+    /// that had none of them) ended the asking, and after the write no
+    /// peer sent them back.
+    #[test]
+    fn a_rejoin_that_kept_no_write_asks_once_its_clock_claims_the_missing() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let ac = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        for i in 10..=11 {
+            net.update(c, vec![i]).expect("c's write");
+        }
+        net.pump();
+        net.cut(ac);
+        net[a].rejoin(Fragile::default());
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO);
+        assert!(net[a].state().0.is_empty(), "c's writes filled a's log: it kept none of its own");
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        let ab = net.link(a, b);
+        net.pump();
+        net.cut(ab);
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "b had none of them");
+        net.update(a, vec![4]).expect("a's write after the rejoin");
+        net.link(a, c);
+        net.pump();
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3, 4, 10, 11]));
+        assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A peer answers a request for a snapshot once until the asker's
+    /// writes reach it: one that never takes them (its stream does not
+    /// receive) would otherwise send a whole snapshot on every stream.
+    #[test]
+    fn a_peer_answers_a_snapshot_request_once_until_the_askers_writes_reach_it() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let ac = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+        }
+        net.pump();
+        net.cut(ac);
+        net[a].rejoin(Fragile::default());
+        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        net.update(b, vec![20]).expect("b's write");
+        let deaf = StreamOpts { receives: false, ..StreamOpts::default() };
+        for round in 0..3 {
+            let ab = net.link_with(a, StreamOpts::default(), b, deaf.clone());
+            net.pump();
+            net.cut(ab);
+            assert_eq!(net[a].stats().snapshots, 1, "round {round}: b answered once");
+        }
+        assert!(net[a].state().0.contains(&20));
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks others");
+        // Once a's writes reach b, b answers again.
+        let ab = net.link(a, b);
+        net.pump();
+        net.cut(ab);
+        let snapshots = net[a].stats().snapshots;
+        net.link(a, b);
+        net.pump();
+        assert_eq!(net[a].stats().snapshots, snapshots + 1, "b answered again");
     }
 }

@@ -502,7 +502,8 @@ impl Stream {
     /// A stream that does not tail is done once both Syncs are in, but
     /// for a snapshot still going out or asked for: a stream that did not
     /// await the peer's clock sent its Sync before the Hello asking for one
-    /// came (see `transmit`).
+    /// came (see `transmit`). (Should the asker's stream not tail either,
+    /// the peer's Sync ends it first, and it asks again on its next.)
     fn finish_if_synced<T: Reduce>(&mut self, core: &Core<T>) {
         if self.sync_sent
             && self.sync_received
@@ -661,7 +662,17 @@ impl Stream {
                 // holds all the peer asks for.
                 self.peer_wants_snapshot = hello.wants_snapshot
                     && self.snapshot_out.is_none()
-                    && self.stats.snapshots_sent == 0;
+                    && self.stats.snapshots_sent == 0
+                    && self.sends_updates()
+                    && core.answered.get(&hello.id).is_none_or(|&at| core.clock.get(hello.id) > at);
+                if self.peer_wants_snapshot {
+                    if core.answered.len() >= crate::replica::MAX_LIVES
+                        && !core.answered.contains_key(&hello.id)
+                    {
+                        core.answered.pop_first();
+                    }
+                    core.answered.insert(hello.id, core.clock.get(hello.id));
+                }
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
@@ -1169,8 +1180,12 @@ impl Stream {
                 } else {
                     self.hello_floor
                 },
-                // A stream that takes nothing would ignore the snapshot.
-                wants_snapshot: self.opts.receives && core.own_missing > Timestamp::ZERO,
+                // A stream that takes nothing would ignore the snapshot;
+                // and while our clock claims none of our own writes, the
+                // peer's history brings back what it has of them.
+                wants_snapshot: self.opts.receives
+                    && core.own_missing > Timestamp::ZERO
+                    && core.clock.get(core.id) > Timestamp::ZERO,
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
