@@ -962,7 +962,7 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         receives: true,
         life: 7,
         floor: repred::Timestamp::ZERO,
-        wants_snapshot: false,
+        missing_own: None,
     };
     let mut payload = vec![1u8];
     payload.extend_from_slice(&encode(&PROTOCOL_VERSION));

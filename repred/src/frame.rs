@@ -57,7 +57,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 5: a Hello ends with whether the sender asks to be brought up by
 /// snapshot (a replica that rejoined lacking own writes it had).
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// 6: that ending says instead after which of its own writes it lacks
+/// some, so that only a peer holding a newer one answers.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -126,11 +129,14 @@ pub struct Hello {
     pub life: u64,
     /// The sender's collection floor ([`Replica::floor`](crate::Replica::floor)).
     pub floor: crate::Timestamp,
-    /// The sender asks for a snapshot even if history would do: it
-    /// [rejoined](crate::Replica::rejoin) without some of its own writes
-    /// (dropped below the floor, or gone from its log), which its clock
-    /// still claims, so only a snapshot brings them back.
-    pub wants_snapshot: bool,
+    /// `Some(after)`: the sender lacks some of its own writes newer than
+    /// `after`, which its clock claims: it [rejoined](crate::Replica::rejoin)
+    /// without them (dropped below the floor, or gone from its log), so no
+    /// peer sends them by history, and it asks for a snapshot. A peer whose
+    /// clock holds a write of the sender's newer than `after` sends one,
+    /// even if history would do; `after` rises with each snapshot taken
+    /// ([`Replica::rejoin_missing`](crate::Replica::rejoin_missing)).
+    pub missing_own: Option<crate::Timestamp>,
 }
 
 /// A clock as a Hello carries it: whole when small, else a fingerprint.
@@ -635,7 +641,7 @@ mod tests {
             receives: false,
             life: 7,
             floor: crate::Timestamp::new(5, 0),
-            wants_snapshot: true,
+            missing_own: Some(crate::Timestamp::new(4, 1)),
         };
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();

@@ -449,13 +449,10 @@ pub(crate) struct Core<T: Reduce> {
     /// them back. Its Hellos ask for one until a snapshot comes whose
     /// clock claims them ([`Timestamp::ZERO`]: none missing).
     pub(crate) own_missing: Timestamp,
-    /// Per peer that asked for a snapshot (`Hello::wants_snapshot`), our
-    /// clock's entry for it when we said we would send one: we send
-    /// another only once that entry has risen (the peer's writes reached
-    /// us), or a peer whose writes never do (it is refused, or streams
-    /// only to us) would cost a snapshot per stream for ever. Bounded by
-    /// [`MAX_LIVES`].
-    pub(crate) answered: BTreeMap<SourceId, Timestamp>,
+    /// Since the rejoin, the newest of its own writes a snapshot's clock
+    /// claimed: it holds its own writes up to here, and its Hellos ask
+    /// only peers holding a newer one (`Hello::missing_own`).
+    pub(crate) own_held: Timestamp,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -1011,6 +1008,7 @@ impl<T: Reduce> Core<T> {
         // peer that had less (one we reached first, say) leaves it to the
         // next. (A peer that took our kept writes claims what it may
         // lack: see the limit on `Replica::rejoin`.)
+        self.own_held = self.own_held.max(theirs);
         if theirs >= self.own_missing {
             self.own_missing = Timestamp::ZERO;
         }
@@ -1180,7 +1178,7 @@ impl<T: Reduce> Replica<T> {
                 fresh_to: Timestamp::ZERO,
                 own_back: Timestamp::ZERO,
                 own_missing: Timestamp::ZERO,
-                answered: BTreeMap::new(),
+                own_held: Timestamp::ZERO,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1606,12 +1604,11 @@ impl<T: Reduce> Replica<T> {
     /// that were gone from its log come back the same way. As its clock
     /// still claims them (its kept writes' stamps, or those of writes made
     /// since, do), no peer would send them by history: its Hellos ask for a
-    /// snapshot ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot),
+    /// snapshot ([`Hello::missing_own`](crate::Hello::missing_own),
     /// [`rejoin_missing`](Replica::rejoin_missing)) until one whose clock
-    /// claims the newest of them comes (one from a peer that had fewer
-    /// brings back what it had, and leaves the rest to the next; a peer
-    /// answers once until our writes reach it). A durable store keeps
-    /// asking across a restart. A snapshot from a peer whose floor rose
+    /// claims the newest of them comes. Only a peer holding more of them
+    /// than the snapshots taken so far brought back sends one. A durable
+    /// store keeps asking across a restart. A snapshot from a peer whose floor rose
     /// past the rejoin's is refused as stale, and the replica rejoins
     /// again.
     ///
@@ -1678,6 +1675,7 @@ impl<T: Reduce> Replica<T> {
         core.fresh_to = floor;
         core.own_back = Timestamp::ZERO;
         core.own_missing = own_missing;
+        core.own_held = Timestamp::ZERO;
         core.stale = Timestamp::ZERO;
         core.poisoned = false;
         core.collect_pending = false;
@@ -1735,8 +1733,8 @@ impl<T: Reduce> Replica<T> {
     /// clock claims it came since). Once its clock claims them (its kept
     /// writes' stamps, or those of writes made since), no peer sends them
     /// by history, so its Hellos ask for a snapshot instead
-    /// ([`Hello::wants_snapshot`](crate::Hello::wants_snapshot)). A durable
-    /// store saves it.
+    /// ([`Hello::missing_own`](crate::Hello::missing_own)), while its clock
+    /// claims any of its own writes. A durable store saves it.
     pub fn rejoin_missing(&self) -> Timestamp {
         self.core.own_missing
     }
@@ -2877,22 +2875,25 @@ mod tests {
         net.pump();
         net.cut(link);
         net[a].rejoin(Fragile::default());
-        let b = net.add(Replica::new(id("b"), Fragile::default()));
-        let ab = net.link_with(a, StreamOpts::send_only(), b, StreamOpts::default());
+        // c holds what a lacks: it would answer a stream that takes.
+        while net[c].poll_event().is_some() {}
+        let ac = net.link_with(a, StreamOpts::send_only(), c, StreamOpts::default());
         net.pump();
-        let [_, (_, sb)] = net.streams(ab);
-        let events: Vec<Event> = std::iter::from_fn(|| net[b].poll_event()).collect();
+        let [_, (_, sc)] = net.streams(ac);
+        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
         assert!(
-            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sb)),
-            "b said Sync: {events:?}"
+            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sc)),
+            "c said Sync: {events:?}"
         );
-        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks its other peers");
+        assert_eq!(net[a].stats().snapshots, 0);
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks its other streams");
     }
 
     /// A snapshot from a peer that had fewer of a rejoined replica's own
-    /// writes than it lacks (the first it reached) does not end its asking:
-    /// the next peer's brings back the rest. Asking ended at the first,
-    /// and the replica lacked its first write for good, though c had it.
+    /// writes than it lacks (one it needed from the first peer it reached)
+    /// does not end its asking: the next peer's brings back the rest.
+    /// Asking ended at the first, and the replica lacked its first write
+    /// for good, though c had it.
     #[test]
     fn a_snapshot_lacking_some_missing_writes_leaves_the_asking_to_the_next_peer() {
         let mut net = Network::new();
@@ -2906,12 +2907,14 @@ mod tests {
         net.pump();
         net.cut(link);
         net[a].rejoin(Fragile::default());
-        // b never heard of a: its snapshot brings nothing of a's back.
-        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        // b never heard of a, and its log lost its first write: a needs
+        // its snapshot, which brings nothing of a's back.
+        let b = net.add(Replica::with_config(id("b"), Fragile::default(), small_b()));
         net.update(b, vec![20]).expect("b's write");
+        net.update(b, vec![21]).expect("b's write");
         let ab = net.link(a, b);
         net.pump();
-        assert!(net[a].stats().snapshots > 0, "b sent the snapshot a asked for");
+        assert_eq!(net[a].stats().snapshots, 1, "b sent the snapshot a needed");
         assert!(net[a].state().0.contains(&20));
         assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks");
         net.cut(ab);
@@ -2946,23 +2949,28 @@ mod tests {
         net[a].rejoin(Fragile::default());
         assert!(net[a].rejoin_missing() > Timestamp::ZERO);
         assert!(net[a].state().0.is_empty(), "c's writes filled a's log: it kept none of its own");
-        let b = net.add(Replica::new(id("b"), Fragile::default()));
+        // b's snapshot (a needs it: b's log lost its first write) has none
+        // of a's writes.
+        let b = net.add(Replica::with_config(id("b"), Fragile::default(), small_b()));
+        net.update(b, vec![20]).expect("b's write");
+        net.update(b, vec![21]).expect("b's write");
         let ab = net.link(a, b);
         net.pump();
         net.cut(ab);
+        assert_eq!(net[a].stats().snapshots, 1);
         assert!(net[a].rejoin_missing() > Timestamp::ZERO, "b had none of them");
         net.update(a, vec![4]).expect("a's write after the rejoin");
         net.link(a, c);
         net.pump();
-        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3, 4, 10, 11]));
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3, 4, 10, 11, 20, 21]));
         assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
     }
 
-    /// A peer answers a request for a snapshot once until the asker's
-    /// writes reach it: one that never takes them (its stream does not
-    /// receive) would otherwise send a whole snapshot on every stream.
+    /// Only a peer whose clock holds the newest write the asker lacks
+    /// answers its request: one without it (here one that never takes the
+    /// asker's writes) would send a whole state on every stream for less.
     #[test]
-    fn a_peer_answers_a_snapshot_request_once_until_the_askers_writes_reach_it() {
+    fn a_peer_without_the_missing_writes_sends_no_snapshot() {
         let mut net = Network::new();
         let small = Config::default().history_limit(2);
         let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
@@ -2981,17 +2989,20 @@ mod tests {
             let ab = net.link_with(a, StreamOpts::default(), b, deaf.clone());
             net.pump();
             net.cut(ab);
-            assert_eq!(net[a].stats().snapshots, 1, "round {round}: b answered once");
+            assert_eq!(net[a].stats().snapshots, 0, "round {round}: b sent none");
         }
-        assert!(net[a].state().0.contains(&20));
-        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks others");
-        // Once a's writes reach b, b answers again.
-        let ab = net.link(a, b);
+        assert!(net[a].state().0.contains(&20), "b's history came");
+        assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks");
+        net.link(a, c);
         net.pump();
-        net.cut(ab);
-        let snapshots = net[a].stats().snapshots;
-        net.link(a, b);
-        net.pump();
-        assert_eq!(net[a].stats().snapshots, snapshots + 1, "b answered again");
+        assert_eq!(net[a].stats().snapshots, 1, "c answered");
+        assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3, 20]));
+        assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A log of one record: a peer that lacks the first of two writes
+    /// needs a snapshot.
+    fn small_b() -> Config {
+        Config::default().history_limit(1)
     }
 }

@@ -227,9 +227,9 @@ pub(crate) struct Stream {
     announced: Clock,
     /// The peer's collection floor, from its Hello.
     peer_floor: Timestamp,
-    /// The peer's Hello asked for a snapshot (`Hello::wants_snapshot`),
-    /// and none has gone out since: one goes when it can (see
-    /// [`Stream::honours_wanted`]).
+    /// The peer's Hello asked for a snapshot (`Hello::missing_own`) that
+    /// ours can answer, and none has gone out since: one goes when it can
+    /// (see [`Stream::honours_wanted`]).
     peer_wants_snapshot: bool,
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
@@ -503,7 +503,8 @@ impl Stream {
     /// for a snapshot still going out or asked for: a stream that did not
     /// await the peer's clock sent its Sync before the Hello asking for one
     /// came (see `transmit`). (Should the asker's stream not tail either,
-    /// the peer's Sync ends it first, and it asks again on its next.)
+    /// the peer's Sync, ahead of the snapshot, ends it first: a pair of
+    /// such streams never answers a request.)
     fn finish_if_synced<T: Reduce>(&mut self, core: &Core<T>) {
         if self.sync_sent
             && self.sync_received
@@ -660,19 +661,13 @@ impl Stream {
                 // Wherever the stream is (one not awaiting the clock has
                 // started already); a snapshot already going out, or sent,
                 // holds all the peer asks for.
-                self.peer_wants_snapshot = hello.wants_snapshot
-                    && self.snapshot_out.is_none()
-                    && self.stats.snapshots_sent == 0
-                    && self.sends_updates()
-                    && core.answered.get(&hello.id).is_none_or(|&at| core.clock.get(hello.id) > at);
-                if self.peer_wants_snapshot {
-                    if core.answered.len() >= crate::replica::MAX_LIVES
-                        && !core.answered.contains_key(&hello.id)
-                    {
-                        core.answered.pop_first();
-                    }
-                    core.answered.insert(hello.id, core.clock.get(hello.id));
-                }
+                // Only from a peer holding more of its writes than it got
+                // back so far: one without would send a whole state for
+                // nothing, on every stream for as long as the peer asks.
+                self.peer_wants_snapshot =
+                    hello.missing_own.is_some_and(|after| core.clock.get(hello.id) > after)
+                        && self.snapshot_out.is_none()
+                        && self.stats.snapshots_sent == 0;
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
@@ -1183,9 +1178,10 @@ impl Stream {
                 // A stream that takes nothing would ignore the snapshot;
                 // and while our clock claims none of our own writes, the
                 // peer's history brings back what it has of them.
-                wants_snapshot: self.opts.receives
+                missing_own: (self.opts.receives
                     && core.own_missing > Timestamp::ZERO
-                    && core.clock.get(core.id) > Timestamp::ZERO,
+                    && core.clock.get(core.id) > Timestamp::ZERO)
+                    .then_some(core.own_held),
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
@@ -1246,7 +1242,9 @@ impl Stream {
         }
         // The sync follows the history, and a snapshot in parts, complete.
         let snapshot_done = self.snapshot_out.is_none() && !self.owes_snapshot(core);
-        if self.started && !self.sync_sent && self.cursor >= self.sync_at && snapshot_done {
+        // To a peer that takes nothing, there is no history to send first.
+        let sent = self.cursor >= self.sync_at || !self.sends_updates();
+        if self.started && !self.sync_sent && sent && snapshot_done {
             Writer::begin(out, Kind::Sync).finish();
             self.stats.frames_sent += 1;
             self.mark_sync(id, core, true);

@@ -112,7 +112,7 @@ where
     /// log are listed, not those its store holds in its saved snapshot.
     /// Its own writes the peers had, those dropped and those gone from its
     /// log, come back by a snapshot its streams ask for
-    /// (`Hello::wants_snapshot`) until a peer that held the newest of them
+    /// (`Hello::missing_own`) until a peer that held the newest of them
     /// sends one, a durable node's across a restart too (its store saves
     /// `Replica::rejoin_missing`). A write no peer held is lost.
     ///
