@@ -134,7 +134,9 @@ pub struct Hello {
     /// without them (dropped below the floor, or gone from its log), so no
     /// peer sends them by history, and it asks for a snapshot. A peer whose
     /// clock holds a write of the sender's newer than `after` sends one,
-    /// even if history would do; `after` rises with each snapshot taken
+    /// even if history would do. `after` is the newest of its own writes
+    /// the clocks of the snapshots it took since claimed; it asks until
+    /// one claims the newest it lacks
     /// ([`Replica::rejoin_missing`](crate::Replica::rejoin_missing)).
     pub missing_own: Option<crate::Timestamp>,
 }

@@ -453,6 +453,12 @@ pub(crate) struct Core<T: Reduce> {
     /// claimed: it holds its own writes up to here, and its Hellos ask
     /// only peers holding a newer one (`Hello::missing_own`).
     pub(crate) own_held: Timestamp,
+    /// Per peer that refused, as unsigned or untrusted, the snapshot we
+    /// sent at its request, the point it asked after: we do not answer the
+    /// same request again (its trust, not the snapshot, said no, and every
+    /// stream would cost it a whole state and us its history), only one
+    /// from further on. Bounded by [`MAX_LIVES`].
+    pub(crate) declined: BTreeMap<SourceId, Timestamp>,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -1179,6 +1185,7 @@ impl<T: Reduce> Replica<T> {
                 own_back: Timestamp::ZERO,
                 own_missing: Timestamp::ZERO,
                 own_held: Timestamp::ZERO,
+                declined: BTreeMap::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -2998,6 +3005,38 @@ mod tests {
         assert_eq!(net[a].stats().snapshots, 1, "c answered");
         assert_eq!(net[a].state().0, BTreeSet::from([1, 2, 3, 20]));
         assert_eq!(net[a].rejoin_missing(), Timestamp::ZERO);
+    }
+
+    /// A strict replica that trusts nobody's snapshots does not ask for
+    /// one; one that trusts some asks, and a peer whose snapshot it refused
+    /// as unsigned does not answer the same request again: each stream
+    /// would cost a whole state, refused, and hold back the history.
+    #[test]
+    fn a_refused_answer_is_not_sent_again() {
+        for trusted in [false, true] {
+            let mut net = Network::new();
+            let mut strict = Config::default().history_limit(2).require_signatures(true);
+            if trusted {
+                strict = strict.trust_snapshots_from([id("z")]);
+            }
+            let a = net.add(Replica::with_config(id("a"), Fragile::default(), strict));
+            let c = net.add(Replica::new(id("c"), Fragile::default()));
+            let ac = net.link(a, c);
+            for i in 1..=3 {
+                net.update(a, vec![i]).expect("a's write");
+            }
+            net.pump();
+            net.cut(ac);
+            net[a].rejoin(Fragile::default());
+            assert!(net[a].rejoin_missing() > Timestamp::ZERO);
+            for round in 0..3 {
+                let ac = net.link(a, c);
+                net.pump();
+                net.cut(ac);
+                let refused = net[a].stats().snapshots_refused;
+                assert_eq!(refused, u64::from(trusted), "trusted {trusted}, round {round}");
+            }
+        }
     }
 
     /// A log of one record: a peer that lacks the first of two writes

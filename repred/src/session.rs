@@ -231,6 +231,9 @@ pub(crate) struct Stream {
     /// ours can answer, and none has gone out since: one goes when it can
     /// (see [`Stream::honours_wanted`]).
     peer_wants_snapshot: bool,
+    /// The point the peer's Hello asked for a snapshot after, if it asked
+    /// (see `Core::declined`).
+    peer_missing: Option<Timestamp>,
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
     /// The peer's clock when it said hello, while `catch_floor` waits.
@@ -285,6 +288,7 @@ impl Stream {
             announced: Clock::new(),
             peer_floor: Timestamp::ZERO,
             peer_wants_snapshot: false,
+            peer_missing: None,
             catch_floor: None,
             floor_clock: None,
             snapshot_floor: None,
@@ -503,8 +507,8 @@ impl Stream {
     /// for a snapshot still going out or asked for: a stream that did not
     /// await the peer's clock sent its Sync before the Hello asking for one
     /// came (see `transmit`). (Should the asker's stream not tail either,
-    /// the peer's Sync, ahead of the snapshot, ends it first: a pair of
-    /// such streams never answers a request.)
+    /// the peer's Sync, ahead of the snapshot, ends it first: on a pair of
+    /// such streams a request is never met, and the snapshot begun is cut.)
     fn finish_if_synced<T: Reduce>(&mut self, core: &Core<T>) {
         if self.sync_sent
             && self.sync_received
@@ -664,10 +668,11 @@ impl Stream {
                 // Only from a peer holding more of its writes than it got
                 // back so far: one without would send a whole state for
                 // nothing, on every stream for as long as the peer asks.
-                self.peer_wants_snapshot =
-                    hello.missing_own.is_some_and(|after| core.clock.get(hello.id) > after)
-                        && self.snapshot_out.is_none()
-                        && self.stats.snapshots_sent == 0;
+                self.peer_wants_snapshot = hello.missing_own.is_some_and(|after| {
+                    core.clock.get(hello.id) > after && core.declined.get(&hello.id) != Some(&after)
+                }) && self.snapshot_out.is_none()
+                    && self.stats.snapshots_sent == 0;
+                self.peer_missing = hello.missing_own;
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
@@ -1019,7 +1024,20 @@ impl Stream {
                     }
                 }
             }
-            Frame::Close(reason) => return Ok(Flow::Closed(reason)),
+            Frame::Close(reason) => {
+                if let CloseReason::SnapshotRefused(
+                    crate::SnapshotRefusal::Unsigned | crate::SnapshotRefusal::Untrusted(_),
+                ) = &reason
+                    && let (Some(peer), Some(after)) = (self.peer, self.peer_missing)
+                    && (self.snapshot_out.is_some() || self.stats.snapshots_sent > 0)
+                {
+                    if core.declined.len() >= crate::replica::MAX_LIVES {
+                        core.declined.pop_first();
+                    }
+                    core.declined.insert(peer.id, after);
+                }
+                return Ok(Flow::Closed(reason));
+            }
         }
         Ok(Flow::Continue)
     }
@@ -1178,10 +1196,12 @@ impl Stream {
                 // A stream that takes nothing would ignore the snapshot;
                 // and while our clock claims none of our own writes, the
                 // peer's history brings back what it has of them.
+                // Nor does one that takes no snapshot at all.
                 missing_own: (self.opts.receives
                     && core.own_missing > Timestamp::ZERO
-                    && core.clock.get(core.id) > Timestamp::ZERO)
-                    .then_some(core.own_held),
+                    && core.clock.get(core.id) > Timestamp::ZERO
+                    && (!core.config.is_strict() || !core.config.trust_snapshots_from.is_empty()))
+                .then_some(core.own_held),
             };
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
