@@ -454,16 +454,23 @@ pub(crate) struct Core<T: Reduce> {
     /// only peers holding a newer one (`Hello::missing_own`).
     pub(crate) own_held: Timestamp,
     /// Per peer that refused, as unsigned or untrusted, the snapshot we
-    /// sent at its request, the point it asked after: we do not answer the
-    /// same request again (its trust, not the snapshot, said no, and every
-    /// stream would cost it a whole state and us its history), only one
-    /// from further on. Bounded by [`MAX_LIVES`].
-    pub(crate) declined: BTreeMap<SourceId, Timestamp>,
+    /// sent at its request: the point it asked after, and until when (ms)
+    /// we do not answer the same request again. Its trust, not the
+    /// snapshot, said no, and every stream would cost it a whole state and
+    /// us its history; but its settings may change (a restart trusting
+    /// us), so only for [`DECLINE_MILLIS`]. Bounded by [`MAX_LIVES`].
+    pub(crate) declined: BTreeMap<SourceId, (Timestamp, u64)>,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
 /// forgotten life is only a missed warning, not a wrong result).
 pub(crate) const MAX_LIVES: usize = 65_536;
+
+/// How long a peer's refusal of the snapshot it asked for stands (see
+/// `Core::declined`): 10 minutes, so that a strict peer costs at most one
+/// refused snapshot each that long, and one whose trust changed is
+/// answered again within it.
+pub(crate) const DECLINE_MILLIS: u64 = 600_000;
 
 /// A fresh life: random, never zero.
 fn random_life() -> u64 {
@@ -3036,6 +3043,13 @@ mod tests {
                 let refused = net[a].stats().snapshots_refused;
                 assert_eq!(refused, u64::from(trusted), "trusted {trusted}, round {round}");
             }
+            // The refusal stands for a while: a's settings may change.
+            net.advance(DECLINE_MILLIS);
+            let ac = net.link(a, c);
+            net.pump();
+            net.cut(ac);
+            let refused = net[a].stats().snapshots_refused;
+            assert_eq!(refused, 2 * u64::from(trusted), "trusted {trusted}: answered again");
         }
     }
 

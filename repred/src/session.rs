@@ -669,7 +669,11 @@ impl Stream {
                 // back so far: one without would send a whole state for
                 // nothing, on every stream for as long as the peer asks.
                 self.peer_wants_snapshot = hello.missing_own.is_some_and(|after| {
-                    core.clock.get(hello.id) > after && core.declined.get(&hello.id) != Some(&after)
+                    core.clock.get(hello.id) > after
+                        && core
+                            .declined
+                            .get(&hello.id)
+                            .is_none_or(|&(was, until)| was != after || now >= until)
                 }) && self.snapshot_out.is_none()
                     && self.stats.snapshots_sent == 0;
                 self.peer_missing = hello.missing_own;
@@ -1034,7 +1038,8 @@ impl Stream {
                     if core.declined.len() >= crate::replica::MAX_LIVES {
                         core.declined.pop_first();
                     }
-                    core.declined.insert(peer.id, after);
+                    let until = now.saturating_add(crate::replica::DECLINE_MILLIS);
+                    core.declined.insert(peer.id, (after, until));
                 }
                 return Ok(Flow::Closed(reason));
             }
