@@ -3053,6 +3053,32 @@ mod tests {
         }
     }
 
+    /// A stream that did not await the clock owes a snapshot from its
+    /// start (its log lost records), held back by a store's hold; the
+    /// peer's Hello then says it takes nothing: the stream owes it none,
+    /// and says Sync (it waited for ever).
+    #[test]
+    fn a_snapshot_owed_to_a_peer_that_takes_nothing_does_not_hold_the_sync() {
+        let mut net = Network::new();
+        let small = Config::default().history_limit(2);
+        let c = net.add(Replica::with_config(id("c"), Fragile::default(), small));
+        for i in 1..=3 {
+            net.update(c, vec![i]).expect("c's write");
+        }
+        net[c].hold_until_released();
+        net.update(c, vec![4]).expect("c's write, not yet saved");
+        let a = net.add(Replica::new(id("a"), Fragile::default()));
+        let eager = StreamOpts::default().await_clock(false);
+        let ac = net.link_with(a, StreamOpts::send_only(), c, eager);
+        net.pump();
+        let [_, (_, sc)] = net.streams(ac);
+        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sc)),
+            "c said Sync: {events:?}"
+        );
+    }
+
     /// A log of one record: a peer that lacks the first of two writes
     /// needs a snapshot.
     fn small_b() -> Config {

@@ -337,9 +337,11 @@ impl Stream {
             && self.peer_floor <= core.floor
     }
 
-    /// Whether a snapshot is to go out before any more history.
+    /// Whether a snapshot is to go out before any more history (none to
+    /// a peer that takes nothing: one owed before its Hello said so is
+    /// not, or its Sync would wait for ever).
     fn owes_snapshot<T: Reduce>(&self, core: &Core<T>) -> bool {
-        self.need_snapshot || self.honours_wanted(core)
+        self.sends_updates() && (self.need_snapshot || self.honours_wanted(core))
     }
 
     /// Whether a snapshot is the cheaper way to bring the peer up
