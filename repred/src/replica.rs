@@ -472,6 +472,16 @@ pub(crate) const MAX_LIVES: usize = 65_536;
 /// answered again within it.
 pub(crate) const DECLINE_MILLIS: u64 = 600_000;
 
+/// Inserts into a map of what peers said, keyed by their ids, holding at
+/// most [`MAX_LIVES`]: past it the lowest-keyed entry goes (each such map
+/// is only a memory of claims, whose loss costs a repeat, not a result).
+pub(crate) fn insert_bounded<V>(map: &mut BTreeMap<SourceId, V>, peer: SourceId, value: V) {
+    if map.len() >= MAX_LIVES && !map.contains_key(&peer) {
+        map.pop_first();
+    }
+    map.insert(peer, value);
+}
+
 /// A fresh life: random, never zero.
 fn random_life() -> u64 {
     let mut bytes = [0u8; 8];
@@ -1008,6 +1018,18 @@ impl<T: Reduce> Core<T> {
     }
 
     /// A peer's snapshot is complete: the clock it stands for is ours too.
+    /// Whether `peer`'s request for a snapshot of its writes after `after`
+    /// still stands refused at `now` (see `declined`).
+    pub(crate) fn declines(&self, peer: SourceId, after: Timestamp, now: u64) -> bool {
+        self.declined.get(&peer).is_some_and(|&(was, until)| was == after && now < until)
+    }
+
+    /// `peer` refused the snapshot it asked for after `after`: not the
+    /// same again for [`DECLINE_MILLIS`].
+    pub(crate) fn decline(&mut self, peer: SourceId, after: Timestamp, now: u64) {
+        insert_bounded(&mut self.declined, peer, (after, now.saturating_add(DECLINE_MILLIS)));
+    }
+
     pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
         // It may have brought back our own writes from below the floor we
@@ -1935,7 +1957,7 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
-    use crate::{Network, Outcome, StreamOpts};
+    use crate::{Network, NodeId, Outcome, StreamOpts};
 
     thread_local! {
         /// The value whose insertion panics, on this test's thread only.
@@ -2733,17 +2755,7 @@ mod tests {
     /// them: its Hello asks for a snapshot, which holds them.
     #[test]
     fn a_rejoined_replica_gets_back_its_own_writes_gone_from_its_log() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-        }
-        net.pump();
-        net.cut(link);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
         net.update(a, vec![4]).expect("a's write after the rejoin");
         let snapshots = net[a].stats().snapshots;
         net.link(a, c);
@@ -2764,17 +2776,7 @@ mod tests {
     /// first emptied the horizon that said what was gone.
     #[test]
     fn a_second_rejoin_before_a_snapshot_still_asks_for_one() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-        }
-        net.pump();
-        net.cut(link);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
         let missing = net[a].rejoin_missing();
         assert!(missing > Timestamp::ZERO);
         net[a].rejoin(Fragile::default());
@@ -2790,20 +2792,10 @@ mod tests {
     /// sends one then.
     #[test]
     fn a_peer_not_awaiting_the_clock_sends_the_snapshot_asked_for() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
         // One at a time: c gets them by history, so its own history, from
         // its start, leaves a fresh peer nothing it needs a snapshot for.
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-            net.pump();
-        }
-        net.cut(link);
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), true);
         assert_eq!(net[c].stats().snapshots, 0);
-        net[a].rejoin(Fragile::default());
         let eager = StreamOpts::default().await_clock(false);
         net.link_with(a, StreamOpts::default(), c, eager);
         net.pump();
@@ -2847,17 +2839,7 @@ mod tests {
     /// closed at once, and the asker never got it).
     #[test]
     fn a_peer_that_does_not_tail_sends_the_snapshot_asked_for_before_it_closes() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-            net.pump();
-        }
-        net.cut(link);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), true);
         let eager = StreamOpts::default().await_clock(false);
         let ac = net.link_with(a, eager.clone(), c, eager.tail(false));
         net.pump();
@@ -2878,17 +2860,7 @@ mod tests {
     /// peer, which sends it nothing, still says Sync.
     #[test]
     fn a_stream_that_takes_nothing_asks_for_no_snapshot() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-        }
-        net.pump();
-        net.cut(link);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
         // c holds what a lacks: it would answer a stream that takes.
         while net[c].poll_event().is_some() {}
         let ac = net.link_with(a, StreamOpts::send_only(), c, StreamOpts::default());
@@ -2910,17 +2882,7 @@ mod tests {
     /// for good, though c had it.
     #[test]
     fn a_snapshot_lacking_some_missing_writes_leaves_the_asking_to_the_next_peer() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let link = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-        }
-        net.pump();
-        net.cut(link);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
         // b never heard of a, and its log lost its first write: a needs
         // its snapshot, which brings nothing of a's back.
         let b = net.add(Replica::with_config(id("b"), Fragile::default(), small_b()));
@@ -2985,17 +2947,7 @@ mod tests {
     /// asker's writes) would send a whole state on every stream for less.
     #[test]
     fn a_peer_without_the_missing_writes_sends_no_snapshot() {
-        let mut net = Network::new();
-        let small = Config::default().history_limit(2);
-        let a = net.add(Replica::with_config(id("a"), Fragile::default(), small));
-        let c = net.add(Replica::new(id("c"), Fragile::default()));
-        let ac = net.link(a, c);
-        for i in 1..=3 {
-            net.update(a, vec![i]).expect("a's write");
-        }
-        net.pump();
-        net.cut(ac);
-        net[a].rejoin(Fragile::default());
+        let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
         let b = net.add(Replica::new(id("b"), Fragile::default()));
         net.update(b, vec![20]).expect("b's write");
         let deaf = StreamOpts { receives: false, ..StreamOpts::default() };
@@ -3021,20 +2973,11 @@ mod tests {
     #[test]
     fn a_refused_answer_is_not_sent_again() {
         for trusted in [false, true] {
-            let mut net = Network::new();
-            let mut strict = Config::default().history_limit(2).require_signatures(true);
+            let mut strict = small().require_signatures(true);
             if trusted {
                 strict = strict.trust_snapshots_from([id("z")]);
             }
-            let a = net.add(Replica::with_config(id("a"), Fragile::default(), strict));
-            let c = net.add(Replica::new(id("c"), Fragile::default()));
-            let ac = net.link(a, c);
-            for i in 1..=3 {
-                net.update(a, vec![i]).expect("a's write");
-            }
-            net.pump();
-            net.cut(ac);
-            net[a].rejoin(Fragile::default());
+            let (mut net, a, c) = rejoined_without_its_first_write(strict, false);
             assert!(net[a].rejoin_missing() > Timestamp::ZERO);
             for round in 0..3 {
                 let ac = net.link(a, c);
@@ -3083,5 +3026,34 @@ mod tests {
     /// needs a snapshot.
     fn small_b() -> Config {
         Config::default().history_limit(1)
+    }
+
+    /// A log of two records.
+    fn small() -> Config {
+        Config::default().history_limit(2)
+    }
+
+    /// a (with `config`, whose log holds two records) wrote 1, 2 and 3,
+    /// which c took (`one_at_a_time`: each by history before the next),
+    /// then they parted and a rejoined: its first write is gone from its
+    /// log, and its clock claims it.
+    fn rejoined_without_its_first_write(
+        config: Config,
+        one_at_a_time: bool,
+    ) -> (Network<Fragile>, NodeId, NodeId) {
+        let mut net = Network::new();
+        let a = net.add(Replica::with_config(id("a"), Fragile::default(), config));
+        let c = net.add(Replica::new(id("c"), Fragile::default()));
+        let link = net.link(a, c);
+        for i in 1..=3 {
+            net.update(a, vec![i]).expect("a's write");
+            if one_at_a_time {
+                net.pump();
+            }
+        }
+        net.pump();
+        net.cut(link);
+        net[a].rejoin(Fragile::default());
+        (net, a, c)
     }
 }

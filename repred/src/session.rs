@@ -655,27 +655,20 @@ impl Stream {
                         }
                         Some(_) => {}
                         None => {
-                            if core.lives.len() >= crate::replica::MAX_LIVES {
-                                core.lives.pop_first();
-                            }
-                            core.lives.insert(hello.id, hello.life);
+                            crate::replica::insert_bounded(&mut core.lives, hello.id, hello.life);
                         }
                     }
                 }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
                 // Wherever the stream is (one not awaiting the clock has
-                // started already); a snapshot already going out, or sent,
-                // holds all the peer asks for.
-                // Only from a peer holding more of its writes than it got
-                // back so far: one without would send a whole state for
-                // nothing, on every stream for as long as the peer asks.
+                // started already), and only from a peer holding more of
+                // its writes than it got back so far: one without would
+                // send a whole state for nothing, on every stream for as
+                // long as the peer asks. A snapshot already going out, or
+                // sent, holds all the peer asks for.
                 self.peer_wants_snapshot = hello.missing_own.is_some_and(|after| {
-                    core.clock.get(hello.id) > after
-                        && core
-                            .declined
-                            .get(&hello.id)
-                            .is_none_or(|&(was, until)| was != after || now >= until)
+                    core.clock.get(hello.id) > after && !core.declines(hello.id, after, now)
                 }) && self.snapshot_out.is_none()
                     && self.stats.snapshots_sent == 0;
                 self.peer_missing = hello.missing_own;
@@ -1037,11 +1030,7 @@ impl Stream {
                     && let (Some(peer), Some(after)) = (self.peer, self.peer_missing)
                     && (self.snapshot_out.is_some() || self.stats.snapshots_sent > 0)
                 {
-                    if core.declined.len() >= crate::replica::MAX_LIVES {
-                        core.declined.pop_first();
-                    }
-                    let until = now.saturating_add(crate::replica::DECLINE_MILLIS);
-                    core.declined.insert(peer.id, (after, until));
+                    core.decline(peer.id, after, now);
                 }
                 return Ok(Flow::Closed(reason));
             }
