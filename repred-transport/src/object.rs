@@ -23,6 +23,8 @@ use crate::metrics::ObjectMetrics;
 use repred_store::{Batch, Store, StoreError};
 
 mod rejoin;
+#[cfg(test)]
+mod tests;
 
 /// How many applied changes a slow [`Changes`] reader may fall behind
 /// before it is told it lagged.
@@ -555,6 +557,10 @@ where
         let mut inner = self.lock();
         let written = inner.replica.poll_transmit(stream, out);
         self.remember(&mut inner, stream);
+        // Sending may end a sync (our Sync after the peer's, say, when
+        // what it waited for was held for the store): its events are
+        // logged now, not whenever something else happens next.
+        self.observe(&mut inner);
         written
     }
 

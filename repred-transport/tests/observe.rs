@@ -108,7 +108,9 @@ async fn connections_syncs_members_and_commits_are_logged_and_counted() {
         let synced = has_line(&lines, &[&peer_b, "object=counters", "synced", "updates_sent="]);
         let up = has_line(&lines, &["member up", &format!("member={idb}")]);
         let commit = has_line(&lines, &["store commit", "entries=", "ms="]);
-        (connected && synced && up && commit, (connected, synced, up, commit, lines))
+        // b's lines too: what a waits for may be b's doing.
+        let seen = (connected, synced, up, commit, lines, observed.logs.of(&b));
+        (connected && synced && up && commit, seen)
     })
     .await;
 
@@ -119,7 +121,11 @@ async fn connections_syncs_members_and_commits_are_logged_and_counted() {
         let seen = (
             series(&text, "repred_updates_local_total", &[node_a, object]),
             series(&text, "repred_updates_applied_total", &[node_b, object]),
-            series(&text, "repred_stream_updates_received_total", &[node_b, object]),
+            // At least: when both ends dial at once, the twin connection's
+            // stream may deliver a write before it is closed as the
+            // duplicate, and the kept one, whose Hello left before, again.
+            series(&text, "repred_stream_updates_received_total", &[node_b, object])
+                .is_some_and(|n| n >= 5.0),
             series(&text, "repred_bytes_sent_total", &[node_a, object]).unwrap_or(0.0) > 0.0,
             series(&text, "repred_connections_open", &[node_a]),
             series(&text, "repred_streams_open", &[node_b, object]),
@@ -127,8 +133,7 @@ async fn connections_syncs_members_and_commits_are_logged_and_counted() {
             series(&text, "repred_store_commit_seconds_count", &[node_a]).unwrap_or(0.0) > 0.0,
             series(&text, "repred_udp_bytes_sent_total", &[node_b]).unwrap_or(0.0) > 0.0,
         );
-        let want =
-            (Some(5.0), Some(5.0), Some(5.0), true, Some(1.0), Some(1.0), Some(2.0), true, true);
+        let want = (Some(5.0), Some(5.0), true, true, Some(1.0), Some(1.0), Some(2.0), true, true);
         (seen == want, seen)
     })
     .await;
