@@ -496,7 +496,24 @@ where
     /// will hold it.
     pub(crate) fn update(&self, update: T::Update) -> Result<(Option<Stamp>, Option<u64>), Error> {
         let mut inner = self.lock();
-        let stamp = inner.replica.update(now_ms(), update).map_err(|e| match e {
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.replica.update(now_ms(), update)
+        }));
+        // A write that panicked in the user's reduce, or could not be
+        // signed, poisoned the replica, which cut the snapshots going out:
+        // those streams' ends are logged, and their writers woken to
+        // finish, now rather than at whatever happens next.
+        if !matches!(written, Ok(Ok(_))) {
+            self.settle(&mut inner);
+        }
+        let stamp = match written {
+            Ok(stamp) => stamp,
+            Err(panic) => {
+                drop(inner);
+                std::panic::resume_unwind(panic)
+            }
+        };
+        let stamp = stamp.map_err(|e| match e {
             ReplicaError::Disposed => Error::Shutdown,
             e => Error::Replica(e),
         })?;

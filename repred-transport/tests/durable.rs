@@ -79,7 +79,10 @@ async fn a_crashed_durable_node_resumes_with_everything_acknowledged() {
         (n == 151, n)
     })
     .await;
-    assert_eq!(on_a.traffic().updates_received, 0, "b resent nothing");
+    // None of the 150: at most the new write comes back, on the twin
+    // connection of a simultaneous dial whose Hello left before it.
+    let received = on_a.traffic().updates_received;
+    assert!(received <= 1, "b resent what a had: {received} updates");
     a.shutdown().await;
     b.shutdown().await;
 }
