@@ -502,14 +502,20 @@ where
         // A write that panicked in the user's reduce, or could not be
         // signed, poisoned the replica, which cut the snapshots going out:
         // those streams' ends are logged, and their writers woken to
-        // finish, now rather than at whatever happens next.
-        if !matches!(written, Ok(Ok(_))) {
+        // finish, now rather than at whatever happens next. (A write
+        // refused as disposed or poisoned changed nothing.)
+        if matches!(written, Err(_) | Ok(Err(ReplicaError::Encode(_)))) {
             self.settle(&mut inner);
         }
         let stamp = match written {
             Ok(stamp) => stamp,
             Err(panic) => {
                 drop(inner);
+                // One whose `unstamp` panicked is recorded all the same:
+                // saved, and so sent, as any other.
+                if let Some(durable) = &self.durable {
+                    durable.request();
+                }
                 std::panic::resume_unwind(panic)
             }
         };

@@ -172,14 +172,16 @@ async fn a_node_every_bootstrap_peer_refuses_warns() {
         1,
         "said once, not at every retry"
     );
-    // And a saw the other side of it.
-    let text = observed.metrics.render();
-    let refused = series(
-        &text,
-        "repred_connections_refused_total",
-        &[("node", &a.id().to_string()), ("reason", "handshake")],
-    );
-    assert!(refused.unwrap_or(0.0) >= 1.0, "{refused:?}");
+    // And a saw the other side of it (counted once a's end of the failed
+    // handshake is done, which may be after x heard of it).
+    let node_a = a.id().to_string();
+    eventually("a counted the refusal", Duration::from_secs(20), || {
+        let text = observed.metrics.render();
+        let labels = [("node", node_a.as_str()), ("reason", "handshake")];
+        let refused = series(&text, "repred_connections_refused_total", &labels);
+        (refused.unwrap_or(0.0) >= 1.0, refused)
+    })
+    .await;
     x.shutdown().await;
     a.shutdown().await;
 }
