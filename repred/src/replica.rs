@@ -2858,6 +2858,17 @@ mod tests {
 
     /// A stream that takes nothing does not ask for a snapshot, and its
     /// peer, which sends it nothing, still says Sync.
+    /// Asserts that `c`, on its side of `link`, said Sync (among the
+    /// events it has not yet given out).
+    fn assert_said_sync<T: Reduce>(net: &mut Network<T>, c: NodeId, link: crate::LinkId) {
+        let [_, (_, sc)] = net.streams(link);
+        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sc)),
+            "c said Sync: {events:?}"
+        );
+    }
+
     #[test]
     fn a_stream_that_takes_nothing_asks_for_no_snapshot() {
         let (mut net, a, c) = rejoined_without_its_first_write(small(), false);
@@ -2865,12 +2876,7 @@ mod tests {
         while net[c].poll_event().is_some() {}
         let ac = net.link_with(a, StreamOpts::send_only(), c, StreamOpts::default());
         net.pump();
-        let [_, (_, sc)] = net.streams(ac);
-        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
-        assert!(
-            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sc)),
-            "c said Sync: {events:?}"
-        );
+        assert_said_sync(&mut net, c, ac);
         assert_eq!(net[a].stats().snapshots, 0);
         assert!(net[a].rejoin_missing() > Timestamp::ZERO, "a still asks its other streams");
     }
@@ -3014,12 +3020,7 @@ mod tests {
         let eager = StreamOpts::default().await_clock(false);
         let ac = net.link_with(a, StreamOpts::send_only(), c, eager);
         net.pump();
-        let [_, (_, sc)] = net.streams(ac);
-        let events: Vec<Event> = std::iter::from_fn(|| net[c].poll_event()).collect();
-        assert!(
-            events.iter().any(|e| matches!(e, Event::SyncSent { stream } if *stream == sc)),
-            "c said Sync: {events:?}"
-        );
+        assert_said_sync(&mut net, c, ac);
     }
 
     /// A log of one record: a peer that lacks the first of two writes
