@@ -200,6 +200,10 @@ pub enum CloseReason {
     /// One side's collection floor is above the other's, and the other
     /// holds state: it may keep what the first has forgotten it deleted,
     /// so they must not sync ([`Event::Stale`](crate::Event::Stale)).
+    /// A closer that took another peer's snapshot since its Hello is not
+    /// stale for this alone (no `Event::Stale`): the peer chose its
+    /// snapshot against a clock the closer has left behind, and a new
+    /// stream, whose Hello tells the clock now, may bring it up by history.
     #[error("one side is stale: the other collected deletes up to {floor}")]
     Stale {
         /// The higher of the two floors.

@@ -244,11 +244,15 @@ pub(crate) struct Stream {
     snapshot_floor: Option<Timestamp>,
     /// A reason to close the stream with, found outside frame handling.
     refuse: Option<CloseReason>,
+    /// How many snapshots this replica had taken when the Hello's clock
+    /// was summarised: a peer's snapshot chosen against that clock is out
+    /// of date once another came since (see `vet_floor`).
+    snapshots_at_hello: u64,
     stats: StreamStats,
 }
 
 impl Stream {
-    fn new(opts: StreamOpts, clock: &Clock, floor: Timestamp) -> Self {
+    fn new(opts: StreamOpts, clock: &Clock, floor: Timestamp, snapshots: u64) -> Self {
         let hello = ClockSummary::of(clock);
         let hello_clock = matches!(hello, ClockSummary::Digest { .. }).then(|| clock.clone());
         Self {
@@ -293,6 +297,7 @@ impl Stream {
             floor_clock: None,
             snapshot_floor: None,
             refuse: None,
+            snapshots_at_hello: snapshots,
             stats: StreamStats::default(),
         }
     }
@@ -1111,7 +1116,14 @@ impl Stream {
     /// Whether the peer's snapshot may be merged, by floors: one from below
     /// our floor may hold what we forgot was deleted; one from above, when
     /// we hold state, may miss deletes we never saw, and merging cannot
-    /// remove what we hold, so we are stale.
+    /// remove what we hold, so we are stale. Unless we took another
+    /// snapshot since our Hello: the peer chose its snapshot against a
+    /// clock we have left behind (a rejoined or fresh replica, owed one by
+    /// every peer, takes the first to come), so the refusal proves nothing
+    /// about us. The stream is closed all the same (merging is as unsafe),
+    /// and a new one's Hello tells the peer our clock now: it sends the
+    /// history we lack, and its floor is ours at the Sync, or a snapshot
+    /// again, and then we are stale.
     fn vet_floor<T: Reduce>(&self, id: StreamId, core: &mut Core<T>) -> Option<Refused> {
         let (ours, theirs) = (core.floor, self.peer_floor);
         if theirs < ours {
@@ -1125,6 +1137,9 @@ impl Stream {
                 // Nothing here predates the floor: the snapshot brings us
                 // up, and the floor follows with the peer's Sync.
                 return None;
+            }
+            if core.stats.snapshots > self.snapshots_at_hello {
+                return Some(Refused::Outdated(theirs));
             }
             core.stale = core.stale.max(theirs);
             let peer = self.peer.map_or(core.id, |p| p.id);
@@ -1146,7 +1161,7 @@ impl Stream {
     ) -> Result<Flow, PeerMisbehaved> {
         match refused {
             Refused::Misbehaved(e) => Err(e),
-            Refused::Stale(floor) => {
+            Refused::Stale(floor) | Refused::Outdated(floor) => {
                 self.snapshot_in = None;
                 Ok(Flow::Refuse(CloseReason::Stale { floor }))
             }
@@ -1703,7 +1718,8 @@ impl<T: Reduce> Replica<T> {
         }
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
-        let mut stream = Stream::new(opts, &self.core.clock, self.core.floor);
+        let mut stream =
+            Stream::new(opts, &self.core.clock, self.core.floor, self.core.stats.snapshots);
         if !stream.opts.sends {
             stream.started = true;
             stream.cursor = self.core.history.end_seq();

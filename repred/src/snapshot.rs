@@ -261,6 +261,10 @@ pub(crate) enum Refused {
     Untrusted(SnapshotRefusal),
     /// The peer's floor is above ours and we hold state (`Event::Stale`).
     Stale(Timestamp),
+    /// As `Stale`, but the peer chose the snapshot against a clock of
+    /// ours that another snapshot has left behind: not proof that we are
+    /// stale, so the stream closes (as stale) without saying we are.
+    Outdated(Timestamp),
 }
 
 impl From<PeerMisbehaved> for Refused {
