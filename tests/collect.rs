@@ -202,15 +202,14 @@ fn pump_link<T: Reduce>(net: &mut Network<T>, link: repred::LinkId) {
     }
 }
 
-/// A rejoined replica is owed a snapshot by every peer. One from a peer
-/// at a higher floor, chosen against the rejoin's empty clock, that comes
-/// after another peer's snapshot brought the replica up is not merged
-/// (the two floors' states may disagree on deletes) but does not make it
-/// stale either: the stream closes, and the next stream brings it up by
-/// history and gives it the higher floor. (The transport's stale test
-/// failed now and then this way.)
-#[test]
-fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() {
+/// `c` was stale at `a`'s floor and rejoined; `b` then collected again,
+/// higher, and wrote what `a` lacks (so `c`, brought up by `a`, cannot take
+/// `b`'s floor on `b`'s word). `c` (after a write of its own between the
+/// two floors, if `write_between`) streams with both, and `a`'s snapshot
+/// is all in before `b`'s begins: `b` chose its snapshot against the
+/// rejoin's clock, which `a`'s has left behind, so `c` declines it without
+/// being stale. Returns the network, `[a, b, c]` and `b`'s floor.
+fn declined_after_a_rejoin(write_between: bool) -> (Network<Map>, [NodeId; 3], Timestamp) {
     let mut net = Network::new();
     let a = net.add(replica("a", Map::default(), 16));
     let b = net.add(replica("b", Map::default(), 16));
@@ -227,6 +226,13 @@ fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() 
     }
     net.pump();
     let low = collect_all(&mut net, &[a, b]);
+    net.link(a, c);
+    net.pump();
+    assert_eq!(net[c].stale_floor(), Some(low));
+    net[c].rejoin(Map::default());
+    events(&mut net[c]);
+    net.advance(10);
+    let between = write_between.then(|| net.update(c, LwwMap::set(100, 100)).unwrap().unwrap());
     // b alone collects again, higher: a stays at the first floor.
     net.advance(10);
     for k in 40..60 {
@@ -237,20 +243,15 @@ fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() 
     net[b].collect(high);
     assert!(high > low);
     assert_eq!(net[a].floor(), low);
-
-    net.link(a, c);
-    net.pump();
-    assert_eq!(net[c].stale_floor(), Some(low));
-    net[c].rejoin(Map::default());
-    events(&mut net[c]);
-    // b has writes that a lacks: c, brought up by a, cannot take b's
-    // floor on b's word (its clock does not cover b's).
+    if let Some(stamp) = between {
+        assert!(low < stamp.ts && stamp.ts < high, "c's write is between the floors");
+    }
     net.advance(10);
     for k in 60..65 {
         net.update(b, LwwMap::set(k, k)).unwrap();
     }
-    // Both peers hear the rejoined c's Hello before either answers; a's
-    // snapshot is all in first.
+    // Both of c's Hellos summarise the rejoin's clock; a's snapshot is all
+    // in first.
     let ac = net.link(a, c);
     let bc = net.link(b, c);
     pump_link(&mut net, ac);
@@ -270,7 +271,19 @@ fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() 
         "b's snapshot is declined: {seen:?}"
     );
     assert_eq!(net[c].stats().snapshots, 1, "and nothing of it merged");
+    assert_eq!(net[c].stats().snapshots_refused, 0);
+    (net, [a, b, c], high)
+}
 
+/// A rejoined replica is owed a snapshot by every peer. One from a peer
+/// at a higher floor that comes after another peer's snapshot brought the
+/// replica up is not merged (the two floors' states may disagree on
+/// deletes) but does not make it stale either: the next stream brings it
+/// up by history and gives it the higher floor. (The transport's stale
+/// test failed now and then this way.)
+#[test]
+fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() {
+    let (mut net, [_, b, c], high) = declined_after_a_rejoin(false);
     net.link(b, c);
     net.pump();
     assert!(!events(&mut net[c]).iter().any(|e| matches!(e, Event::Stale { .. })));
@@ -280,6 +293,23 @@ fn a_second_snapshot_from_a_higher_floor_after_a_rejoin_is_declined_not_stale() 
         assert_eq!(net[c].state().get(&k), net[b].state().get(&k), "key {k}");
     }
     assert_eq!(net[c].clock(), net[b].clock());
+}
+
+/// As above, but the rejoined replica holds a write of its own below the
+/// higher floor that its peer lacks: declining the snapshot does not hide
+/// that it is stale, which the next stream finds.
+#[test]
+fn a_declined_snapshot_does_not_hide_a_replica_that_is_stale() {
+    let (mut net, [_, b, c], high) = declined_after_a_rejoin(true);
+    net.link(b, c);
+    net.pump();
+    let seen = events(&mut net[c]);
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
+        "{seen:?}"
+    );
+    assert_eq!(net[c].stale_floor(), Some(high));
+    assert_eq!(net[b].state().get(&100), None, "c's write below b's floor stays out");
 }
 
 /// A replica below a peer's floor that can still get the deletes as

@@ -429,7 +429,10 @@ where
                     ended(stream, &reason);
                     // A stale end frees the name too: once the stale
                     // side rejoins, a stream of the object comes again
-                    // (until then that side admits nobody).
+                    // (until then that side admits nobody). One that
+                    // declined a snapshot chosen against a clock it has
+                    // left behind is not stale: the stream comes again
+                    // at once, its Hello telling the clock now.
                     match reason {
                         EndReason::Local(
                             CloseReason::Disposed | CloseReason::Closed | CloseReason::Stale { .. },

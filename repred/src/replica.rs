@@ -1645,8 +1645,12 @@ impl<T: Reduce> Replica<T> {
     /// claims the newest of them comes. Only a peer holding more of them
     /// than the snapshots taken so far brought back sends one. A durable
     /// store keeps asking across a restart. A snapshot from a peer whose floor rose
-    /// past the rejoin's is refused as stale, and the replica rejoins
-    /// again.
+    /// past the rejoin's is refused: as stale, and the replica rejoins
+    /// again, unless another peer's snapshot came since the stream
+    /// opened (the peer chose it against the rejoin's clock): then the
+    /// stream ends ([`CloseReason::Stale`](crate::CloseReason::Stale),
+    /// without [`Event::Stale`]) and the next brings it up by history, or
+    /// finds it stale.
     ///
     /// The floor is the highest of the stale verdict's, the replica's own
     /// and those of the peers it streams with (any of which would find it

@@ -246,8 +246,10 @@ pub(crate) struct Stream {
     refuse: Option<CloseReason>,
     /// How many snapshots this replica had taken when the Hello's clock
     /// was summarised: a peer's snapshot chosen against that clock is out
-    /// of date once another came since (see `vet_floor`).
+    /// of date once another peer's came since (see `vet_floor`).
     snapshots_at_hello: u64,
+    /// How many snapshots this stream brought in since.
+    snapshots_taken: u64,
     stats: StreamStats,
 }
 
@@ -298,6 +300,7 @@ impl Stream {
             snapshot_floor: None,
             refuse: None,
             snapshots_at_hello: snapshots,
+            snapshots_taken: 0,
             stats: StreamStats::default(),
         }
     }
@@ -945,6 +948,7 @@ impl Stream {
                 match incoming.end(parts, proof.as_ref()) {
                     Ok(clock) => {
                         core.finish_snapshot(peer.map_or(core.id, |p| p.id), &clock);
+                        self.snapshots_taken += 1;
                         self.shown = self.shown.max(clock.max());
                         self.known.merge(&clock);
                         // The peer held all its snapshot stands for: a
@@ -1117,13 +1121,13 @@ impl Stream {
     /// our floor may hold what we forgot was deleted; one from above, when
     /// we hold state, may miss deletes we never saw, and merging cannot
     /// remove what we hold, so we are stale. Unless we took another
-    /// snapshot since our Hello: the peer chose its snapshot against a
-    /// clock we have left behind (a rejoined or fresh replica, owed one by
-    /// every peer, takes the first to come), so the refusal proves nothing
-    /// about us. The stream is closed all the same (merging is as unsafe),
-    /// and a new one's Hello tells the peer our clock now: it sends the
-    /// history we lack, and its floor is ours at the Sync, or a snapshot
-    /// again, and then we are stale.
+    /// peer's snapshot since our Hello: the peer chose its snapshot against
+    /// a clock we have left behind (a rejoined or fresh replica, owed one
+    /// by every peer, takes the first to come), so the refusal proves
+    /// nothing about us. The stream is closed all the same (merging is as
+    /// unsafe), and a new one's Hello tells the peer our clock now: it
+    /// sends the history we lack, and at the Sync we take its floor or are
+    /// stale (`take_floor`), or it sends a snapshot again, and we are.
     fn vet_floor<T: Reduce>(&self, id: StreamId, core: &mut Core<T>) -> Option<Refused> {
         let (ours, theirs) = (core.floor, self.peer_floor);
         if theirs < ours {
@@ -1138,7 +1142,8 @@ impl Stream {
                 // up, and the floor follows with the peer's Sync.
                 return None;
             }
-            if core.stats.snapshots > self.snapshots_at_hello {
+            let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
+            if others > 0 {
                 return Some(Refused::Outdated(theirs));
             }
             core.stale = core.stale.max(theirs);
