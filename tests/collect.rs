@@ -312,6 +312,71 @@ fn a_declined_snapshot_does_not_hide_a_replica_that_is_stale() {
     assert_eq!(net[b].state().get(&100), None, "c's write below b's floor stays out");
 }
 
+/// A fresh replica takes in two snapshots at once, from peers at two
+/// floors: `a`'s, cut before a delete reached `a`, still holds the key;
+/// `b`'s, collected past the delete, holds neither the key nor its
+/// tombstone, and its clock claims the delete. Both merged, the key would
+/// be back for good (the delete, coming after `a`'s snapshot, is old by
+/// then). The second to begin is declined instead; `a` then sends the
+/// delete, and `b`'s next stream brings the rest by history.
+#[test]
+fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
+    let mut net = Network::new();
+    let a = net.add(replica("a", Map::default(), 16));
+    let b = net.add(replica("b", Map::default(), 16));
+    let ab = net.link(a, b);
+    for k in 1..10 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+    }
+    net.pump();
+    let low = collect_all(&mut net, &[a, b]);
+    assert!(low > Timestamp::ZERO);
+    // d's Hello reaches a, and a writes its whole snapshot out, 5 in it.
+    let d = net.add(replica("d", Map::default(), 100_000));
+    let ad = net.link(a, d);
+    net.flush(ad, 1);
+    net.deliver(ad, 1, usize::MAX);
+    net.flush(ad, 0);
+    assert!(!net[d].receiving_snapshot());
+    // Then b deletes 5, a takes it, and b alone collects past it.
+    net.advance(10);
+    net.update(b, LwwMap::delete(5)).unwrap();
+    net.advance(10);
+    net.update(a, LwwMap::set(20, 20)).unwrap();
+    pump_link(&mut net, ab);
+    let high = Clock::stable_point(&[net[a].clock().clone(), net[b].clock().clone()]);
+    net[b].collect(high);
+    assert!(high > low);
+    assert_eq!(net[b].state().entries_hint(), Some(9), "b forgot the tombstone");
+    // a's snapshot begins at d; then b's comes, whole.
+    while !net[d].receiving_snapshot() {
+        assert_eq!(net.deliver(ad, 0, 1), 1, "a's snapshot begins");
+    }
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    let seen = events(&mut net[d]);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    let [_, (_, from_b)] = net.streams(bd);
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            Event::End { stream, reason: EndReason::Local(CloseReason::Stale { floor }) }
+                if *stream == from_b && *floor == high
+        )),
+        "b's snapshot is declined: {seen:?}"
+    );
+    pump_link(&mut net, ad);
+    assert!(!net[d].receiving_snapshot());
+    assert_eq!(net[d].stats().snapshots, 1, "a's alone");
+    assert_eq!(net[d].state().get(&5), None, "a sent the delete after its snapshot");
+    net.link(b, d);
+    net.pump();
+    assert_eq!(net[d].stale_floor(), None);
+    assert_eq!(net[d].floor(), high);
+    assert_eq!(net[d].state(), net[b].state());
+    assert_eq!(net[d].clock(), net[b].clock());
+}
+
 /// A replica below a peer's floor that can still get the deletes as
 /// history is not stale: it catches up and takes the floor. The history
 /// below the floor goes at a collection, except what a stream has yet to

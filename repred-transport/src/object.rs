@@ -190,6 +190,8 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// Whether it was disposed of: being released (or the node stops), so
     /// no stream is opened or taken for it.
     fn is_disposed(&self) -> bool;
+    /// Whether it is taking in a peer's snapshot (streams wait to open).
+    fn receiving_snapshot(&self) -> bool;
     /// Whether a stream of it may be opened or taken with `peer`.
     fn admits(&self, peer: Option<SourceId>) -> bool;
     /// Which peers it is streamed with from now on: live streams with a
@@ -650,6 +652,10 @@ where
         self.lock().replica.is_disposed()
     }
 
+    fn receiving_snapshot(&self) -> bool {
+        self.lock().replica.receiving_snapshot()
+    }
+
     fn admits(&self, peer: Option<SourceId>) -> bool {
         self.lock().admits(peer)
     }
@@ -881,6 +887,15 @@ where
             Some(CollectionBlocked::NoClock(member)) => Some(member),
             _ => None,
         }
+    }
+
+    /// Whether the object is taking in a peer's snapshot: a fresh node, or
+    /// one far behind, catching up
+    /// ([`Replica::receiving_snapshot`](repred::Replica::receiving_snapshot)).
+    /// Meanwhile its other streams wait to open (at most 30 s), so that
+    /// their peers see the clock the snapshot brings.
+    pub fn receiving_snapshot(&self) -> bool {
+        self.shared.lock().replica.receiving_snapshot()
     }
 
     /// The object's collection floor: deletes older than it are forgotten

@@ -29,6 +29,11 @@ const READ_CHUNK: usize = 64 << 10;
 const WRITE_BATCH: usize = 256 << 10;
 /// How long a stream may take to name its object.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a stream waits to open while its object takes in a snapshot
+/// (see [`await_snapshots`]).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+/// How often that wait looks again, whatever woke it or did not.
+const SNAPSHOT_LOOK: Duration = Duration::from_millis(250);
 /// How long a peer's stream for an object may wait for this side's last
 /// stream of it to end (the peer ended it, and opened another at once,
 /// after this node released the object) before it counts as a duplicate.
@@ -224,6 +229,40 @@ async fn open_stream(
     claim.end(released)
 }
 
+/// Waits, up to [`SNAPSHOT_WAIT`], while the object takes in a peer's
+/// snapshot ([`Replica::receiving_snapshot`](repred::Replica::receiving_snapshot)):
+/// a stream opened meanwhile shows its peer the clock of before it, and a
+/// peer at another collection floor would answer with a snapshot the
+/// replica declines, its stream coming again at once, and again, for as
+/// long as the first snapshot takes. Neither end's session exists yet: the
+/// peer's waits for this side's Hello (or its bytes wait in the stream).
+async fn await_snapshots(inner: &Inner, object: &dyn Object) {
+    let mut wake = object.wakeups();
+    let mut phase = inner.phase.subscribe();
+    let wait = async {
+        loop {
+            // Seen before looking: a snapshot that ends meanwhile wakes us.
+            wake.borrow_and_update();
+            if !object.receiving_snapshot() || !inner.running() {
+                return;
+            }
+            tokio::select! {
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                // A stream that ends without frames handled wakes nobody.
+                () = tokio::time::sleep(SNAPSHOT_LOOK) => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            }
+        }
+    };
+    if timeout(SNAPSHOT_WAIT, wait).await.is_err() {
+        tracing::debug!("opening the stream while a snapshot is still coming in");
+    }
+}
+
 /// Reads a stream's first bytes: the object's name, one length byte first.
 async fn read_preamble(recv: &mut RecvStream) -> Result<String, String> {
     let read = async {
@@ -318,6 +357,7 @@ async fn drive(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Option<Released> {
+    await_snapshots(inner, &*object).await;
     // Disposed of: the node is releasing it (or shutting down).
     let Ok(stream) = object.open(peer) else { return Some(Released::Here) };
     let _forget = Forget { object: object.clone(), stream };

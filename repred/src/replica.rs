@@ -460,6 +460,10 @@ pub(crate) struct Core<T: Reduce> {
     /// us its history; but its settings may change (a restart trusting
     /// us), so only for [`DECLINE_MILLIS`]. Bounded by [`MAX_LIVES`].
     pub(crate) declined: BTreeMap<SourceId, (Timestamp, u64)>,
+    /// The streams taking in a peer's snapshot, and the floor each was
+    /// collected at: two from different floors are not taken at once
+    /// (see `Stream::vet_floor`).
+    pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -1215,6 +1219,7 @@ impl<T: Reduce> Replica<T> {
                 own_missing: Timestamp::ZERO,
                 own_held: Timestamp::ZERO,
                 declined: BTreeMap::new(),
+                receiving: BTreeMap::new(),
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1836,6 +1841,17 @@ impl<T: Reduce> Replica<T> {
     /// Whether [`dispose`](Replica::dispose) was called.
     pub fn is_disposed(&self) -> bool {
         self.core.disposed
+    }
+
+    /// Whether a peer's snapshot is being taken in. A stream opened
+    /// meanwhile would show its peer the clock of before it: a peer that
+    /// could bring this replica up by history sends a snapshot instead, and
+    /// one from another collection floor is declined (its stream ends with
+    /// [`CloseReason::Stale`](crate::CloseReason::Stale), and this replica
+    /// is not stale): a transport opens streams once this is false (the
+    /// QUIC node waits for it, within a bound).
+    pub fn receiving_snapshot(&self) -> bool {
+        !self.core.receiving.is_empty()
     }
 
     /// Whether a local update's `reduce` panicked (or its change could not

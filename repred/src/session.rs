@@ -894,6 +894,7 @@ impl Stream {
                 }
                 match Incoming::begin(core, sources, clock, digest, proof.as_ref(), entries) {
                     Ok(incoming) => {
+                        core.receiving.insert(id, self.peer_floor);
                         self.snapshot_in = Some(incoming);
                         self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
                     }
@@ -945,6 +946,7 @@ impl Stream {
                         detail: "a snapshot end before its begin".into(),
                     });
                 };
+                core.receiving.remove(&id);
                 match incoming.end(parts, proof.as_ref()) {
                     Ok(clock) => {
                         core.finish_snapshot(peer.map_or(core.id, |p| p.id), &clock);
@@ -1127,7 +1129,10 @@ impl Stream {
     /// nothing about us. The stream is closed all the same (merging is as
     /// unsafe), and a new one's Hello tells the peer our clock now: it
     /// sends the history we lack, and at the Sync we take its floor or are
-    /// stale (`take_floor`), or it sends a snapshot again, and we are.
+    /// stale (`take_floor`), or it sends a snapshot again, and we are. The
+    /// same while another peer's snapshot from another floor is coming in
+    /// (a fresh replica's streams all begin with one): whichever begins
+    /// second is declined.
     fn vet_floor<T: Reduce>(&self, id: StreamId, core: &mut Core<T>) -> Option<Refused> {
         let (ours, theirs) = (core.floor, self.peer_floor);
         if theirs < ours {
@@ -1135,6 +1140,14 @@ impl Stream {
                 floor: ours,
                 theirs,
             }));
+        }
+        // Another peer's snapshot is coming in, from another floor: the
+        // two states may disagree on deletes (one may hold what the other
+        // forgot was deleted), and the clocks that would tell are not in
+        // yet. Not proof that we are stale either (see below).
+        let other = core.receiving.iter().find(|&(&s, &f)| s != id && f != theirs);
+        if let Some((_, &floor)) = other {
+            return Some(Refused::Outdated(theirs.max(floor)));
         }
         if theirs > ours {
             if core.clock.is_empty() || theirs <= core.fresh_to {
@@ -1164,6 +1177,7 @@ impl Stream {
         peer: Option<Peer>,
         refused: Refused,
     ) -> Result<Flow, PeerMisbehaved> {
+        core.receiving.remove(&id);
         match refused {
             Refused::Misbehaved(e) => Err(e),
             Refused::Stale(floor) | Refused::Outdated(floor) => {
@@ -2055,6 +2069,7 @@ impl<T: Reduce> Replica<T> {
             return;
         }
         stream.ended = true;
+        self.core.receiving.remove(&id);
         stream.close_out = match &reason {
             EndReason::Local(r) => Some(r.clone()),
             EndReason::Remote(_) | EndReason::Aborted => None,

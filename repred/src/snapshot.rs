@@ -262,8 +262,9 @@ pub(crate) enum Refused {
     /// The peer's floor is above ours and we hold state (`Event::Stale`).
     Stale(Timestamp),
     /// As `Stale`, but the peer chose the snapshot against a clock of
-    /// ours that another snapshot has left behind: not proof that we are
-    /// stale, so the stream closes (as stale) without saying we are.
+    /// ours that another snapshot has left behind, or another from another
+    /// floor is coming in: not proof that we are stale, so the stream
+    /// closes (as stale) without saying we are.
     Outdated(Timestamp),
 }
 
