@@ -312,15 +312,11 @@ fn a_declined_snapshot_does_not_hide_a_replica_that_is_stale() {
     assert_eq!(net[b].state().get(&100), None, "c's write below b's floor stays out");
 }
 
-/// A fresh replica takes in two snapshots at once, from peers at two
-/// floors: `a`'s, cut before a delete reached `a`, still holds the key;
-/// `b`'s, collected past the delete, holds neither the key nor its
-/// tombstone, and its clock claims the delete. Both merged, the key would
-/// be back for good (the delete, coming after `a`'s snapshot, is old by
-/// then). The second to begin is declined instead; `a` then sends the
-/// delete, and `b`'s next stream brings the rest by history.
-#[test]
-fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
+/// `a` and `b` collected at a first floor; `d` joins, and `a` writes its
+/// whole snapshot out to it, key 5 alive in it; then `b` deletes 5 and `a`
+/// takes the delete (which its stream sends `d` after the snapshot).
+/// Returns the network, `[a, b, d]` and `a`'s link with `d`.
+fn five_alive_in_a_snapshot(d: Replica<Map>) -> (Network<Map>, [NodeId; 3], repred::LinkId) {
     let mut net = Network::new();
     let a = net.add(replica("a", Map::default(), 16));
     let b = net.add(replica("b", Map::default(), 16));
@@ -329,31 +325,41 @@ fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
         net.update(a, LwwMap::set(k, k)).unwrap();
     }
     net.pump();
-    let low = collect_all(&mut net, &[a, b]);
-    assert!(low > Timestamp::ZERO);
-    // d's Hello reaches a, and a writes its whole snapshot out, 5 in it.
-    let d = net.add(replica("d", Map::default(), 100_000));
+    assert!(collect_all(&mut net, &[a, b]) > Timestamp::ZERO);
+    let d = net.add(d);
     let ad = net.link(a, d);
     net.flush(ad, 1);
     net.deliver(ad, 1, usize::MAX);
     net.flush(ad, 0);
     assert!(!net[d].receiving_snapshot());
-    // Then b deletes 5, a takes it, and b alone collects past it.
     net.advance(10);
     net.update(b, LwwMap::delete(5)).unwrap();
     net.advance(10);
     net.update(a, LwwMap::set(20, 20)).unwrap();
     pump_link(&mut net, ab);
+    (net, [a, b, d], ad)
+}
+
+/// Delivers `a`'s bytes to `d` until `a`'s snapshot has begun there.
+fn begin_at(net: &mut Network<Map>, link: repred::LinkId, d: NodeId) {
+    while !net[d].receiving_snapshot() {
+        assert_eq!(net.deliver(link, 0, 1), 1, "a's snapshot begins");
+    }
+}
+
+/// `b` collects past its delete of 5, alone: its floor is above `a`'s.
+fn b_collects_past_the_delete(net: &mut Network<Map>, a: NodeId, b: NodeId) -> Timestamp {
     let high = Clock::stable_point(&[net[a].clock().clone(), net[b].clock().clone()]);
+    let low = net[b].floor();
     net[b].collect(high);
     assert!(high > low);
     assert_eq!(net[b].state().entries_hint(), Some(9), "b forgot the tombstone");
-    // a's snapshot begins at d; then b's comes, whole.
-    while !net[d].receiving_snapshot() {
-        assert_eq!(net.deliver(ad, 0, 1), 1, "a's snapshot begins");
-    }
-    let bd = net.link(b, d);
-    pump_link(&mut net, bd);
+    high
+}
+
+/// `b`'s snapshot to `d` was declined: its stream ended as stale, and `d`
+/// is not.
+fn declined(net: &mut Network<Map>, bd: repred::LinkId, d: NodeId, high: Timestamp) {
     let seen = events(&mut net[d]);
     assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
     let [_, (_, from_b)] = net.streams(bd);
@@ -365,16 +371,95 @@ fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
         )),
         "b's snapshot is declined: {seen:?}"
     );
-    pump_link(&mut net, ad);
+}
+
+/// Then `a`'s stream brings the delete after its snapshot, and `b`'s next
+/// stream the rest, by history: `d` ends as `b`, at `b`'s floor.
+fn brought_up_without_five(net: &mut Network<Map>, [a, b, d]: [NodeId; 3], ad: repred::LinkId) {
+    pump_link(net, ad);
     assert!(!net[d].receiving_snapshot());
     assert_eq!(net[d].stats().snapshots, 1, "a's alone");
     assert_eq!(net[d].state().get(&5), None, "a sent the delete after its snapshot");
     net.link(b, d);
     net.pump();
     assert_eq!(net[d].stale_floor(), None);
-    assert_eq!(net[d].floor(), high);
+    assert_eq!(net[d].floor(), net[b].floor());
     assert_eq!(net[d].state(), net[b].state());
     assert_eq!(net[d].clock(), net[b].clock());
+    assert_eq!(net[a].state().get(&5), None);
+}
+
+/// A fresh replica takes in two snapshots at once, from peers at two
+/// floors: `a`'s, cut before a delete reached `a`, still holds the key;
+/// `b`'s, collected past the delete, holds neither the key nor its
+/// tombstone, and its clock claims the delete. Both merged, the key would
+/// be back for good (the delete, coming after `a`'s snapshot, is old by
+/// then: without the rule, `d` holds 5). The second to begin is declined.
+#[test]
+fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+    let high = b_collects_past_the_delete(&mut net, a, b);
+    begin_at(&mut net, ad, d);
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    declined(&mut net, bd, d, high);
+    brought_up_without_five(&mut net, [a, b, d], ad);
+}
+
+/// The same one after the other, on a replica that rejoined below a floor
+/// above both (a snapshot from up to that floor is taken although it holds
+/// state, its own writes kept by the rejoin): once `a`'s snapshot is in,
+/// it holds more than its own writes, and `b`'s is declined, or 5 would
+/// be back (without the rule it is).
+#[test]
+fn a_rejoined_replica_takes_no_second_floor_once_a_snapshot_is_in() {
+    let far = Timestamp::new(Network::<Map>::EPOCH + 3_600_000, 0);
+    let d = replica("d", Map::default(), 1_000).with_rejoined_below(far, Timestamp::ZERO);
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(d);
+    let high = b_collects_past_the_delete(&mut net, a, b);
+    assert!(high < far);
+    // b's stream opens (d's Hello shows the rejoin's clock); a's snapshot
+    // comes in, alone, not the delete a has sent since; then b's.
+    let bd = net.link(b, d);
+    net.deliver(ad, 0, usize::MAX);
+    assert_eq!(net[d].stats().snapshots, 1);
+    assert_eq!(net[d].state().get(&5), Some(&5));
+    pump_link(&mut net, bd);
+    declined(&mut net, bd, d, high);
+    brought_up_without_five(&mut net, [a, b, d], ad);
+}
+
+/// A replica collects while a snapshot comes in, at a point stable for
+/// every writer (`a` took the delete after its snapshot was cut): the
+/// collection waits for the snapshot, or the tombstone of 5 (from `b`'s
+/// snapshot, at the same floor) would go before `a`'s part that holds 5
+/// alive came, and 5 would be back (without the rule it is). A floor taken
+/// from another peer's Hello collects the same way.
+#[test]
+fn a_collection_waits_for_the_snapshot_coming_in() {
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+    begin_at(&mut net, ad, d);
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    assert_eq!(net[d].stats().snapshots, 1, "b's, at the same floor, alongside");
+    assert!(net[d].receiving_snapshot(), "a's is still coming in");
+    let stable = Clock::stable_point(&[
+        net[a].clock().clone(),
+        net[b].clock().clone(),
+        net[d].clock().clone(),
+    ]);
+    net[d].collect(stable);
+    assert_eq!(net[d].floor(), stable, "the floor holds at once");
+    pump_link(&mut net, ad);
+    assert!(!net[d].receiving_snapshot());
+    assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
+    assert_eq!(net[d].state().entries_hint(), Some(9), "and the collection ran once it was in");
+    for n in [a, b] {
+        net[n].collect(stable);
+    }
+    net.pump();
+    assert_eq!(net[d].state(), net[b].state());
+    assert_eq!(net[a].state(), net[b].state());
 }
 
 /// A replica below a peer's floor that can still get the deletes as

@@ -892,7 +892,7 @@ where
     /// Whether the object is taking in a peer's snapshot: a fresh node, or
     /// one far behind, catching up
     /// ([`Replica::receiving_snapshot`](repred::Replica::receiving_snapshot)).
-    /// Meanwhile its other streams wait to open (at most 30 s), so that
+    /// Meanwhile new streams of it wait to open (at most 30 s), so that
     /// their peers see the clock the snapshot brings.
     pub fn receiving_snapshot(&self) -> bool {
         self.shared.lock().replica.receiving_snapshot()

@@ -3,7 +3,8 @@
 //! session.
 //!
 //! Nothing here decides anything about the protocol: each stream is a pipe
-//! between a quinn stream and the core's `handle` / `poll_transmit`.
+//! between a quinn stream and the core's `handle` / `poll_transmit`, opened
+//! once the core says it may (`Replica::receiving_snapshot`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -234,8 +235,9 @@ async fn open_stream(
 /// a stream opened meanwhile shows its peer the clock of before it, and a
 /// peer at another collection floor would answer with a snapshot the
 /// replica declines, its stream coming again at once, and again, for as
-/// long as the first snapshot takes. Neither end's session exists yet: the
-/// peer's waits for this side's Hello (or its bytes wait in the stream).
+/// long as the first snapshot takes. This side's session does not exist
+/// yet: the peer's waits for its Hello (or its bytes wait in the stream).
+/// When to open is the replica's to say; this only waits.
 async fn await_snapshots(inner: &Inner, object: &dyn Object) {
     let mut wake = object.wakeups();
     let mut phase = inner.phase.subscribe();

@@ -56,6 +56,8 @@ async fn a_node_taking_in_a_snapshot_opens_no_other_stream_until_it_is_in() {
         (on_d.receiving_snapshot() || stats.snapshots > 0, stats)
     })
     .await;
+    // Were the snapshot in already (a fast machine), the run would show
+    // less: printed with the assertion below.
     let during = on_d.receiving_snapshot();
     assert!(d.set_peers("blobs", Peers::All));
     eventually("d has every write", LIMIT, || (on_d.clock() == on_a.clock(), on_d.clock().len()))

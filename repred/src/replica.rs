@@ -432,7 +432,8 @@ pub(crate) struct Core<T: Reduce> {
     /// below it that are new here are refused ([`Replica::collect`]).
     pub(crate) floor: Timestamp,
     /// A collection waits for the snapshots being sent to finish (a
-    /// snapshot's parts are cut by position, which collecting moves).
+    /// snapshot's parts are cut by position, which collecting moves), and
+    /// for those coming in.
     pub(crate) collect_pending: bool,
     /// The highest floor of a peer that found this replica stale, if any
     /// ([`Event::Stale`]).
@@ -1593,7 +1594,9 @@ impl<T: Reduce> Replica<T> {
     /// Floors spread by themselves: a replica that meets a peer with a
     /// higher floor takes it (collecting too) once it holds everything the
     /// peer held. A collection waits for the snapshots being sent to
-    /// finish (they are cut by position); the floor holds at once.
+    /// finish (they are cut by position), and for those coming in (their
+    /// parts, cut at a lower floor, may hold what the tombstones it drops
+    /// would delete); the floor holds at once.
     ///
     /// **The history goes too.** The oldest records below the floor are
     /// dropped from the history ([`Stats::history_collected`]): every

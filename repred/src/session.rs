@@ -1150,9 +1150,14 @@ impl Stream {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
         if theirs > ours {
-            if core.clock.is_empty() || theirs <= core.fresh_to {
-                // Nothing here predates the floor: the snapshot brings us
-                // up, and the floor follows with the peer's Sync.
+            // Nothing here predates the floor: the snapshot brings us up,
+            // and the floor follows with the peer's Sync. Since a rejoin
+            // below it, that holds while we hold none but our own writes
+            // (those it kept, or made since): what a snapshot or history
+            // brought since came from a lower floor, and may hold what the
+            // peer forgot was deleted.
+            let own_only = || core.clock.iter().all(|(source, _)| source == core.id);
+            if core.clock.is_empty() || (theirs <= core.fresh_to && own_only()) {
                 return None;
             }
             let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
@@ -1900,7 +1905,12 @@ impl<T: Reduce> Replica<T> {
     /// [`collect_if_due`](Self::collect_if_due), keeping the history from
     /// `recorded_from` on as well.
     fn collect_keeping(&mut self, recorded_from: u64) -> usize {
-        if !self.core.collect_pending || self.streams.values().any(|s| s.snapshot_out.is_some()) {
+        // Nor while a snapshot comes in: its parts, cut at its floor, may
+        // hold what the tombstones collected now would have deleted.
+        if !self.core.collect_pending
+            || !self.core.receiving.is_empty()
+            || self.streams.values().any(|s| s.snapshot_out.is_some())
+        {
             return 0;
         }
         // The history below the floor goes too, but not what a stream has
