@@ -406,29 +406,6 @@ fn two_snapshots_from_two_floors_are_not_taken_in_at_once() {
     brought_up_without_five(&mut net, [a, b, d], ad);
 }
 
-/// The same one after the other, on a replica that rejoined below a floor
-/// above both (a snapshot from up to that floor is taken although it holds
-/// state, its own writes kept by the rejoin): once `a`'s snapshot is in,
-/// it holds more than its own writes, and `b`'s is declined, or 5 would
-/// be back (without the rule it is).
-#[test]
-fn a_rejoined_replica_takes_no_second_floor_once_a_snapshot_is_in() {
-    let far = Timestamp::new(Network::<Map>::EPOCH + 3_600_000, 0);
-    let d = replica("d", Map::default(), 1_000).with_rejoined_below(far, Timestamp::ZERO);
-    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(d);
-    let high = b_collects_past_the_delete(&mut net, a, b);
-    assert!(high < far);
-    // b's stream opens (d's Hello shows the rejoin's clock); a's snapshot
-    // comes in, alone, not the delete a has sent since; then b's.
-    let bd = net.link(b, d);
-    net.deliver(ad, 0, usize::MAX);
-    assert_eq!(net[d].stats().snapshots, 1);
-    assert_eq!(net[d].state().get(&5), Some(&5));
-    pump_link(&mut net, bd);
-    declined(&mut net, bd, d, high);
-    brought_up_without_five(&mut net, [a, b, d], ad);
-}
-
 /// A replica collects while a snapshot comes in, at a point stable for
 /// every writer (`a` took the delete after its snapshot was cut): the
 /// collection waits for the snapshot, or the tombstone of 5 (from `b`'s

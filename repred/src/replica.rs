@@ -1578,7 +1578,8 @@ impl<T: Reduce> Replica<T> {
     /// Forgets the deletes older than `stable` (tombstones of OR-set
     /// removes, last-writer-wins deletes: whatever [`Reduce::collect`]
     /// drops) and raises the [floor](Replica::floor) to it; returns how
-    /// many entries went.
+    /// many entries went (none yet while a snapshot is being sent or taken
+    /// in: the collection waits for it, see below).
     ///
     /// **The rule.** `stable` must be *causally stable*: every replica
     /// that could still send an update older than `stable` has every

@@ -1151,13 +1151,12 @@ impl Stream {
         }
         if theirs > ours {
             // Nothing here predates the floor: the snapshot brings us up,
-            // and the floor follows with the peer's Sync. Since a rejoin
-            // below it, that holds while we hold none but our own writes
-            // (those it kept, or made since): what a snapshot or history
-            // brought since came from a lower floor, and may hold what the
-            // peer forgot was deleted.
-            let own_only = || core.clock.iter().all(|(source, _)| source == core.id);
-            if core.clock.is_empty() || (theirs <= core.fresh_to && own_only()) {
+            // and the floor follows with the peer's Sync. Nor since a
+            // rejoin below it, whatever came since: a delete below it was
+            // stable before the rejoin (a floor held it), so every peer
+            // that can still write held it, and whatever snapshot or
+            // history came from them since held it too.
+            if core.clock.is_empty() || theirs <= core.fresh_to {
                 return None;
             }
             let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
