@@ -49,6 +49,17 @@ fn snapshot_frame(clock: &Clock, state: &BTreeMap<String, Write>) -> Vec<u8> {
     .concat()
 }
 
+/// The frames of a transmitted buffer, each with its length prefix.
+fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        frames.push(bytes[..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    frames
+}
+
 /// A stream on `r` from a peer calling itself `name` that sends and
 /// receives, its Hello handled.
 fn raw_peer(r: &mut Replica<Model>, name: &str, now: u64) -> StreamId {
@@ -121,6 +132,79 @@ fn an_unsigned_snapshot_is_refused_by_a_strict_replica() {
     );
     assert_eq!(net[victim].stats().snapshots_refused, 1);
     assert_eq!(net[victim].stats().snapshots, 0);
+}
+
+/// A snapshot coming in holds back snapshots from other floors and
+/// collection until it ends, so a sender that goes quiet midway is bounded
+/// in time: with no frame of it for `snapshot_stall_millis` (each frame
+/// restarts the wait), it is refused with a typed reason and its stream
+/// closed.
+#[test]
+fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled() {
+    let mut sender =
+        Replica::with_config(id("mallory"), Model::default(), Config::default().history_limit(1));
+    for i in 0..3 {
+        sender.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
+    }
+    let config = Config::default().snapshot_stall_millis(5_000);
+    let mut victim = Replica::with_config(id("victim"), Model::default(), config);
+    let p = sender.open(StreamOpts::default()).unwrap();
+    let s = victim.open(StreamOpts::default()).unwrap();
+    let mut hello = Vec::new();
+    sender.poll_transmit(p, &mut hello).unwrap();
+    victim.handle(s, NOW, &hello).unwrap();
+    let mut reply = Vec::new();
+    victim.poll_transmit(s, &mut reply).unwrap();
+    sender.handle(p, NOW, &reply).unwrap();
+    let mut sent = Vec::new();
+    sender.poll_transmit(p, &mut sent).unwrap();
+    let frames = split_frames(&sent);
+    let of_kind = |kind: u8| -> Vec<u8> {
+        frames.iter().find(|f| f[4] == kind).expect("the sender sent a snapshot").clone()
+    };
+    let (begin, clock_chunk, part) =
+        (of_kind(SNAPSHOT_BEGIN), of_kind(SNAPSHOT_CLOCK), of_kind(SNAPSHOT_PART));
+    assert_eq!(victim.poll_timeout(), None);
+    events(&mut victim);
+
+    victim.handle(s, NOW, &begin).unwrap();
+    assert!(victim.receiving_snapshot());
+    assert_eq!(victim.poll_timeout(), Some(NOW + 5_000));
+    victim.handle(s, NOW + 4_000, &clock_chunk).unwrap();
+    assert_eq!(victim.poll_timeout(), Some(NOW + 9_000), "a frame restarts the wait");
+    victim.handle_timeout(NOW + 8_999);
+    assert!(victim.receiving_snapshot(), "refused before its time");
+    assert_eq!(ended(&events(&mut victim), s), None);
+
+    victim.handle_timeout(NOW + 9_000);
+    assert!(!victim.receiving_snapshot());
+    let stalled = SnapshotRefusal::Stalled { millis: 5_000 };
+    let seen = events(&mut victim);
+    assert!(seen.contains(&Event::SnapshotRefused {
+        stream: s,
+        peer: id("mallory"),
+        reason: stalled.clone(),
+    }));
+    assert_eq!(
+        ended(&seen, s),
+        Some(&EndReason::Local(CloseReason::SnapshotRefused(stalled.clone())))
+    );
+    assert_eq!(victim.stats().snapshots_refused, 1);
+    assert_eq!(victim.poll_timeout(), None, "nothing waits any more");
+    // The close tells the peer why.
+    let mut out = Vec::new();
+    victim.poll_transmit(s, &mut out).unwrap();
+    let mut peer: Replica<Model> = Replica::new(id("mallory"), Model::default());
+    let p = peer.open(StreamOpts::default()).unwrap();
+    peer.handle(p, NOW + 9_000, &out).unwrap();
+    assert_eq!(
+        ended(&events(&mut peer), p),
+        Some(&EndReason::Remote(CloseReason::SnapshotRefused(stalled)))
+    );
+    // What comes late is not taken.
+    assert!(victim.handle(s, NOW + 9_001, &part).is_err());
+    assert_eq!(victim.state().get("k0"), None);
+    assert_eq!(victim.stats().snapshots, 0);
 }
 
 /// Point 1: an allow-list makes a replica strict: a snapshot signed by a

@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub(crate) collect_every: Option<Duration>,
     /// How long a member declared down still counts as a writer.
     pub(crate) collect_grace: Duration,
+    /// How long a peer's snapshot may go without a frame of it.
+    pub(crate) snapshot_stall: Duration,
 }
 
 /// How long a member declared down still counts as a writer of an object
@@ -134,6 +136,7 @@ impl Default for Builder {
                 max_frame: Config::default().max_frame,
                 collect_every: None,
                 collect_grace: DEFAULT_COLLECT_GRACE,
+                snapshot_stall: Duration::from_millis(Config::default().snapshot_stall_millis),
             },
         }
     }
@@ -368,6 +371,18 @@ impl Builder {
         self
     }
 
+    /// How long a peer's snapshot of an object may go without a frame of
+    /// it (its clock or a part) before the node refuses it and closes the
+    /// stream ([`SnapshotRefusal::Stalled`](repred::SnapshotRefusal::Stalled),
+    /// in [`Handle::refusals`](crate::Handle::refusals)): while one comes
+    /// in, the object's new streams wait for it and its collection waits.
+    /// Keep it above the time a part (64 KiB) takes on the slowest link.
+    /// Default 30 s ([`Config::snapshot_stall_millis`](repred::Config::snapshot_stall_millis)).
+    pub fn snapshot_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.snapshot_stall = timeout;
+        self
+    }
+
     /// Forgets old deletes (tombstones of OR-set removes, last-writer-wins
     /// deletes, the history under them) by itself: every `period`, each
     /// object is collected ([`Replica::collect`](repred::Replica::collect))
@@ -535,6 +550,7 @@ impl Builder {
         crate::metrics::describe();
         let config = Config::default()
             .max_frame(s.max_frame)
+            .snapshot_stall_millis(u64::try_from(s.snapshot_stall.as_millis()).unwrap_or(u64::MAX))
             .require_signatures(self.require_signatures)
             .trust_snapshots_from(self.trust_snapshots_from.iter().copied())
             .lazy_relay(self.lazy_relay);

@@ -195,3 +195,59 @@ async fn a_type_mismatch_ends_that_objects_stream_alone() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer that begins a snapshot and goes quiet: the node refuses it as
+/// stalled once `snapshot_stall_timeout` passes without a frame of it
+/// (while one comes in, the object's new streams wait and its collection
+/// waits), closes that stream with the reason, and a writer that comes
+/// after is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = Duration::from_millis(1_500);
+    let n = fast(dir.path()).snapshot_stall_timeout(stall).spawn().await.unwrap();
+    let on_n = n.replicate("counters", Counters::default()).unwrap();
+
+    // A begin frame (unsigned, a clock of one source to come), and nothing
+    // after it: the stream stays open.
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
+    let begin = frame(3, &[size, unsigned].concat());
+    let credentials = Credentials::load_or_create(dir.path(), 1).unwrap();
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(credentials.client_config(transport).unwrap());
+    let conn = client.connect(n.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
+    send.write_all(&opening).await.unwrap();
+
+    // The node writes its Hello, then the Close, and finishes the stream:
+    // reading ends, long before the connection would idle out.
+    let read = tokio::time::timeout(Duration::from_secs(60), recv.read_to_end(1 << 20)).await;
+    assert!(read.is_ok(), "the node never closed the quiet stream");
+    let stalled = |r: &repred_transport::Refusal| {
+        matches!(
+            r.reason,
+            EndReason::Local(CloseReason::SnapshotRefused(SnapshotRefusal::Stalled { millis }))
+                if millis >= stall.as_millis() as u64
+        )
+    };
+    let refusals = on_n.refusals();
+    assert!(refusals.iter().any(stalled), "{refusals:?}");
+    assert_eq!(on_n.stats().snapshots_refused, 1);
+    assert!(!on_n.receiving_snapshot());
+    conn.close(0u8.into(), b"done");
+    client.wait_idle().await;
+
+    let w = fast(dir.path()).bootstrap([n.addr()]).spawn().await.unwrap();
+    let on_w = w.replicate("counters", Counters::default()).unwrap();
+    on_w.update(Counters::set("k", 1)).await.unwrap();
+    eventually("n has w's write", Duration::from_secs(20), || {
+        (on_n.read(|c| c.0.get("k") == Some(&1)), on_n.read(Counters::clone))
+    })
+    .await;
+    drop(send);
+    w.shutdown().await;
+    n.shutdown().await;
+}

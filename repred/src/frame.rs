@@ -60,7 +60,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 6: that ending says instead after which of its own writes it lacks
 /// some, so that only a peer holding a newer one answers.
-pub const PROTOCOL_VERSION: u16 = 6;
+///
+/// 7: a snapshot may be refused as stalled (`SnapshotRefusal::Stalled` in
+/// a Close), which version 6 does not decode.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;

@@ -45,6 +45,15 @@ pub struct Config {
     /// much and the state grows as parts come beyond it. Default 2^25
     /// (33,554,432).
     pub max_snapshot_reserve: u64,
+    /// How long a peer's snapshot may go without a frame of it (its clock
+    /// or a part) once begun, before this replica refuses it
+    /// ([`SnapshotRefusal::Stalled`]) and closes the stream. While one comes
+    /// in, snapshots from other collection floors are declined and
+    /// collection waits ([`Replica::receiving_snapshot`]), so a sender
+    /// that stops midway must not hold them for ever. Set it above the time
+    /// a part ([`snapshot_part_bytes`](Config::snapshot_part_bytes), the
+    /// sender's) takes on the slowest link. Default 30,000 ms.
+    pub snapshot_stall_millis: u64,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
@@ -102,6 +111,7 @@ impl Default for Config {
             batch_bytes: 64 << 10,
             snapshot_part_bytes: 64 << 10,
             max_snapshot_reserve: 1 << 25,
+            snapshot_stall_millis: 30_000,
             history_snapshot_bytes: 32 << 20,
             max_events: 4_096,
             require_signatures: false,
@@ -190,6 +200,12 @@ impl Config {
     /// Sets [`Config::max_snapshot_reserve`].
     pub fn max_snapshot_reserve(mut self, entries: u64) -> Self {
         self.max_snapshot_reserve = entries;
+        self
+    }
+
+    /// Sets [`Config::snapshot_stall_millis`].
+    pub fn snapshot_stall_millis(mut self, millis: u64) -> Self {
+        self.snapshot_stall_millis = millis;
         self
     }
 
@@ -310,6 +326,14 @@ pub enum SnapshotRefusal {
         floor: Timestamp,
         /// The sender's.
         theirs: Timestamp,
+    },
+    /// No frame of the snapshot came for
+    /// [`Config::snapshot_stall_millis`]: the sender stopped midway, or
+    /// its link is slower than a part per that long.
+    #[error("no frame of the snapshot came for {millis} ms")]
+    Stalled {
+        /// How long this replica waited.
+        millis: u64,
     },
 }
 

@@ -165,6 +165,10 @@ pub(crate) struct Stream {
     snapshot_out: Option<Outgoing>,
     /// A snapshot being received, part by part.
     snapshot_in: Option<Incoming>,
+    /// When the last frame of `snapshot_in` came: it is refused as stalled
+    /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
+    /// after.
+    snapshot_heard: u64,
     hello_sent: bool,
     /// Our clock as our Hello summarises it, fixed when the stream opens.
     hello: ClockSummary,
@@ -277,6 +281,7 @@ impl Stream {
             need_snapshot: false,
             snapshot_out: None,
             snapshot_in: None,
+            snapshot_heard: 0,
             hello_sent: false,
             sync_sent: false,
             sync_received: false,
@@ -896,6 +901,7 @@ impl Stream {
                     Ok(incoming) => {
                         core.receiving.insert(id, self.peer_floor);
                         self.snapshot_in = Some(incoming);
+                        self.snapshot_heard = now;
                         self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
                     }
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
@@ -912,6 +918,7 @@ impl Stream {
                 if let Err(refused) = incoming.clock_chunk(now, skew, entries) {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
+                self.snapshot_heard = now;
             }
             Frame::SnapshotPart { index, state, bytes, digest, proof } if self.opts.receives => {
                 let Some(incoming) = &mut self.snapshot_in else {
@@ -938,6 +945,7 @@ impl Stream {
                 }
                 core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
                 self.snapshot_in = incoming;
+                self.snapshot_heard = now;
             }
             Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
                 let Some(incoming) = self.snapshot_in.take() else {
@@ -2117,7 +2125,13 @@ impl<T: Reduce> Replica<T> {
     /// cannot take it back by announcing, only by delivering; a sync waits
     /// no longer for announcements that are overdue. Call it when
     /// [`poll_timeout`](Replica::poll_timeout) says, with the wall time.
+    ///
+    /// A peer's snapshot that went without a frame of it for
+    /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
+    /// is refused here ([`SnapshotRefusal::Stalled`](crate::SnapshotRefusal::Stalled)),
+    /// closing its stream.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.refuse_stalled_snapshots(now);
         let Replica { core, streams, .. } = self;
         let overdue: Vec<(SourceId, Parent)> = core
             .parents
@@ -2161,9 +2175,34 @@ impl<T: Reduce> Replica<T> {
         }
     }
 
+    /// A snapshot coming in holds back others' from other floors, and
+    /// collection (see `vet_floor`, `Replica::collect`): one whose sender
+    /// went quiet midway is refused, so that it holds them no longer than
+    /// the stall limit. What its parts merged stays, as when a link is cut.
+    fn refuse_stalled_snapshots(&mut self, now: u64) {
+        let stall = self.core.config.snapshot_stall_millis;
+        let stalled: Vec<(StreamId, u64)> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.ended && s.snapshot_in.is_some())
+            .filter(|(_, s)| s.snapshot_heard.saturating_add(stall) <= now)
+            .map(|(&sid, s)| (sid, now.saturating_sub(s.snapshot_heard)))
+            .collect();
+        for (sid, millis) in stalled {
+            let Replica { core, streams, .. } = self;
+            let Some(stream) = streams.get_mut(&sid) else { continue };
+            let peer = stream.peer;
+            let refused = Refused::Untrusted(crate::SnapshotRefusal::Stalled { millis });
+            if let Ok(Flow::Refuse(reason)) = stream.refuse_snapshot(sid, core, peer, refused) {
+                self.end_stream(sid, EndReason::Local(reason));
+            }
+        }
+    }
+
     /// When [`handle_timeout`](Replica::handle_timeout) is next due (wall
     /// milliseconds), if anything waits for it: a lazy-relay parent owing
-    /// an announced update, or a sync waiting for announced updates.
+    /// an announced update, a sync waiting for announced updates, or a
+    /// snapshot coming in (its stall limit).
     pub fn poll_timeout(&self) -> Option<u64> {
         let parents = self.core.parents.values().filter_map(|p| p.due.map(|d| d.deadline));
         let heard = self
@@ -2171,7 +2210,13 @@ impl<T: Reduce> Replica<T> {
             .values()
             .filter(|s| !s.ended && s.sync_frame && !s.sync_received)
             .flat_map(|s| s.heard.values().map(|&(_, deadline)| deadline));
-        parents.chain(heard).min()
+        let stall = self.core.config.snapshot_stall_millis;
+        let snapshots = self
+            .streams
+            .values()
+            .filter(|s| !s.ended && s.snapshot_in.is_some())
+            .map(|s| s.snapshot_heard.saturating_add(stall));
+        parents.chain(heard).chain(snapshots).min()
     }
 }
 
