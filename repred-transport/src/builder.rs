@@ -371,12 +371,12 @@ impl Builder {
         self
     }
 
-    /// How long a peer's snapshot of an object may go without a frame of
-    /// it (its clock or a part) before the node refuses it and closes the
-    /// stream ([`SnapshotRefusal::Stalled`](repred::SnapshotRefusal::Stalled),
+    /// How long a peer's snapshot of an object may go without a byte of
+    /// it before the node refuses it and closes the stream ([`SnapshotRefusal::Stalled`](repred::SnapshotRefusal::Stalled),
     /// in [`Handle::refusals`](crate::Handle::refusals)): while one comes
     /// in, the object's new streams wait for it and its collection waits.
-    /// Keep it above the time a part (64 KiB) takes on the slowest link.
+    /// The stream's name is freed, so the peer may send it again on a
+    /// new stream.
     /// Default 30 s ([`Config::snapshot_stall_millis`](repred::Config::snapshot_stall_millis)).
     pub fn snapshot_stall_timeout(mut self, timeout: Duration) -> Self {
         self.settings.snapshot_stall = timeout;
@@ -451,6 +451,9 @@ impl Builder {
         node_config.check().map_err(Error::Config)?;
         if s.collect_every.is_some_and(|p| p.is_zero()) {
             return Err(Error::Config("collect_every must be longer than zero"));
+        }
+        if s.snapshot_stall < Duration::from_millis(1) {
+            return Err(Error::Config("snapshot_stall_timeout must be at least 1 ms"));
         }
         let socket = std::net::UdpSocket::bind(self.listen)
             .map_err(|source| Error::Bind { addr: self.listen, source })?;

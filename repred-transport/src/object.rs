@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 
 use repred::{
     Clock, CloseReason, Delivery, EndReason, Event, Reduce, Replica, ReplicaError, SessionError,
-    SourceId, Stamp, Stats, StreamId, StreamOpts, StreamStats, Subscription, Timestamp,
+    SnapshotRefusal, SourceId, Stamp, Stats, StreamId, StreamOpts, StreamStats, Subscription,
+    Timestamp,
 };
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
@@ -425,28 +426,15 @@ where
                         refusals.pop_front();
                     }
                     ended(stream, &reason);
+                    if let Some(by) = released_by(&reason) {
+                        released.insert(stream, by);
+                    }
                     refusals.push_back(Refusal { reason, at_ms: now_ms() });
                 }
                 Event::End { stream, reason } => {
                     ended(stream, &reason);
-                    // A stale end frees the name too: once the stale
-                    // side rejoins, a stream of the object comes again
-                    // (until then that side admits nobody). One that
-                    // declined a snapshot chosen against a clock it has
-                    // left behind is not stale: the stream comes again
-                    // at once, its Hello telling the clock now.
-                    match reason {
-                        EndReason::Local(
-                            CloseReason::Disposed | CloseReason::Closed | CloseReason::Stale { .. },
-                        ) => {
-                            released.insert(stream, Released::Here);
-                        }
-                        EndReason::Remote(
-                            CloseReason::Disposed | CloseReason::Closed | CloseReason::Stale { .. },
-                        ) => {
-                            released.insert(stream, Released::Peer);
-                        }
-                        _ => {}
+                    if let Some(by) = released_by(&reason) {
+                        released.insert(stream, by);
                     }
                     tracing::debug!(parent: &span_of(stream), reason = ?reason, "stream ended");
                 }
@@ -742,6 +730,31 @@ where
                 inner.collection.blocked = Some(blocked);
             }
         }
+    }
+}
+
+/// Which end, if either, ended a stream so that it may come again on the
+/// same connection ([`Object::released`]). A stale end frees the name too:
+/// once the stale side rejoins, a stream of the object comes again (until
+/// then that side admits nobody). One that declined a snapshot chosen
+/// against a clock it has left behind is not stale: the stream comes again
+/// at once, its Hello telling the clock now. A snapshot refused as stalled
+/// frees it as well: its sender may have been slow, not lying, and may
+/// send it again.
+fn released_by(reason: &EndReason) -> Option<Released> {
+    let again = |r: &CloseReason| {
+        matches!(
+            r,
+            CloseReason::Disposed
+                | CloseReason::Closed
+                | CloseReason::Stale { .. }
+                | CloseReason::SnapshotRefused(SnapshotRefusal::Stalled { .. })
+        )
+    };
+    match reason {
+        EndReason::Local(r) if again(r) => Some(Released::Here),
+        EndReason::Remote(r) if again(r) => Some(Released::Peer),
+        _ => None,
     }
 }
 

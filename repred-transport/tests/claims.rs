@@ -197,9 +197,10 @@ async fn a_type_mismatch_ends_that_objects_stream_alone() {
 }
 
 /// A peer that begins a snapshot and goes quiet: the node refuses it as
-/// stalled once `snapshot_stall_timeout` passes without a frame of it
+/// stalled once `snapshot_stall_timeout` passes without a byte of it
 /// (while one comes in, the object's new streams wait and its collection
-/// waits), closes that stream with the reason, and a writer that comes
+/// waits), closes that stream with the reason, frees the object's name on
+/// that connection (the peer may send it again), and a writer that comes
 /// after is heard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
@@ -237,6 +238,17 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
     assert!(refusals.iter().any(stalled), "{refusals:?}");
     assert_eq!(on_n.stats().snapshots_refused, 1);
     assert!(!on_n.receiving_snapshot());
+    // A sender that was slow, not lying, reads the Close and ends its side
+    // too; then the name is free: a second stream of the object on the
+    // same connection is served (a duplicate would close the connection).
+    send.finish().unwrap();
+    let (mut send2, mut recv2) = conn.open_bi().await.unwrap();
+    send2.write_all(&[b"\x08counters".as_slice(), &hello("mallory")].concat()).await.unwrap();
+    let mut head = [0u8; 5];
+    let served = tokio::time::timeout(Duration::from_secs(30), recv2.read_exact(&mut head)).await;
+    assert!(matches!(served, Ok(Ok(()))), "no second stream: {served:?}");
+    assert_eq!(head[4], 1, "the node's Hello");
+    drop(send2);
     conn.close(0u8.into(), b"done");
     client.wait_idle().await;
 
@@ -247,7 +259,17 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
         (on_n.read(|c| c.0.get("k") == Some(&1)), on_n.read(Counters::clone))
     })
     .await;
-    drop(send);
     w.shutdown().await;
     n.shutdown().await;
+}
+
+/// A stall limit of zero would refuse every snapshot: the builder says so.
+#[tokio::test]
+async fn a_zero_snapshot_stall_timeout_is_refused_by_the_builder() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = fast(dir.path()).snapshot_stall_timeout(Duration::ZERO).spawn().await;
+    let Err(repred_transport::Error::Config(message)) = built else {
+        panic!("a node with no stall limit was built");
+    };
+    assert!(message.contains("snapshot_stall_timeout"), "{message}");
 }

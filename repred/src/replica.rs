@@ -45,14 +45,15 @@ pub struct Config {
     /// much and the state grows as parts come beyond it. Default 2^25
     /// (33,554,432).
     pub max_snapshot_reserve: u64,
-    /// How long a peer's snapshot may go without a frame of it (its clock
-    /// or a part) once begun, before this replica refuses it
+    /// How long a peer's snapshot may go without a byte of it once begun,
+    /// before this replica refuses it
     /// ([`SnapshotRefusal::Stalled`]) and closes the stream. While one comes
     /// in, snapshots from other collection floors are declined and
     /// collection waits ([`Replica::receiving_snapshot`]), so a sender
-    /// that stops midway must not hold them for ever. Set it above the time
-    /// a part ([`snapshot_part_bytes`](Config::snapshot_part_bytes), the
-    /// sender's) takes on the slowest link. Default 30,000 ms.
+    /// that stops midway must not hold them for ever. A slow link is not
+    /// a stall: any bytes of the snapshot restart the wait. Zero refuses
+    /// every snapshot at the next [`Replica::handle_timeout`]. Default
+    /// 30,000 ms.
     pub snapshot_stall_millis: u64,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
@@ -327,10 +328,10 @@ pub enum SnapshotRefusal {
         /// The sender's.
         theirs: Timestamp,
     },
-    /// No frame of the snapshot came for
-    /// [`Config::snapshot_stall_millis`]: the sender stopped midway, or
-    /// its link is slower than a part per that long.
-    #[error("no frame of the snapshot came for {millis} ms")]
+    /// No byte of the snapshot came for
+    /// [`Config::snapshot_stall_millis`]: the sender stopped midway (or
+    /// its link did, and the connection has not noticed yet).
+    #[error("no byte of the snapshot came for {millis} ms")]
     Stalled {
         /// How long this replica waited.
         millis: u64,

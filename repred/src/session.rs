@@ -165,7 +165,8 @@ pub(crate) struct Stream {
     snapshot_out: Option<Outgoing>,
     /// A snapshot being received, part by part.
     snapshot_in: Option<Incoming>,
-    /// When the last frame of `snapshot_in` came: it is refused as stalled
+    /// When the last bytes of `snapshot_in` came (its begin, or any bytes
+    /// since): it is refused as stalled
     /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
     /// after.
     snapshot_heard: u64,
@@ -918,7 +919,6 @@ impl Stream {
                 if let Err(refused) = incoming.clock_chunk(now, skew, entries) {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
-                self.snapshot_heard = now;
             }
             Frame::SnapshotPart { index, state, bytes, digest, proof } if self.opts.receives => {
                 let Some(incoming) = &mut self.snapshot_in else {
@@ -945,7 +945,6 @@ impl Stream {
                 }
                 core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
                 self.snapshot_in = incoming;
-                self.snapshot_heard = now;
             }
             Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
                 let Some(incoming) = self.snapshot_in.take() else {
@@ -1779,6 +1778,12 @@ impl<T: Reduce> Replica<T> {
         // a subscriber has had no chance to read it yet.
         let recorded_from = core.history.end_seq();
         stream.stats.bytes_received += bytes.len() as u64;
+        // Bytes of a part still coming are progress too: a part may be as
+        // large as a frame may, and the stall limit bounds silence, not how
+        // long a part takes on a slow link.
+        if stream.snapshot_in.is_some() && !bytes.is_empty() {
+            stream.snapshot_heard = now;
+        }
         let mut pending = std::mem::take(&mut stream.recv);
         let handled = catch_unwind(AssertUnwindSafe(|| {
             if pending.is_empty() {
@@ -2126,7 +2131,7 @@ impl<T: Reduce> Replica<T> {
     /// no longer for announcements that are overdue. Call it when
     /// [`poll_timeout`](Replica::poll_timeout) says, with the wall time.
     ///
-    /// A peer's snapshot that went without a frame of it for
+    /// A peer's snapshot that went without a byte of it for
     /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
     /// is refused here ([`SnapshotRefusal::Stalled`](crate::SnapshotRefusal::Stalled)),
     /// closing its stream.
