@@ -767,3 +767,46 @@ fn a_peer_below_the_floor_lacking_much_is_brought_up_by_history() {
     let (seen, net, nodes, floor) = behind_a_higher_floor(16_000, |at| (at >= 13_000).then_some(v));
     brought_up_by_history(&seen, &net, nodes, floor);
 }
+
+/// As above, but `a`'s snapshot is cut after its part holding 5 alive was
+/// merged, before its end: `d`'s clock says nothing of that part, so `b`'s
+/// snapshot, from the higher floor, would be taken as by any fresh replica,
+/// and 5 would be back for good (without the rule `d` holds 5 and `b`'s
+/// clock). `d` finds itself stale instead, and a rejoin brings it up
+/// from `b` without 5.
+#[test]
+fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+    let high = b_collects_past_the_delete(&mut net, a, b);
+    for _ in 0..1_000_000 {
+        if net[d].state().get(&5).is_some() {
+            break;
+        }
+        assert_eq!(net.deliver(ad, 0, 1), 1, "a's part holding 5 comes");
+    }
+    assert!(net[d].receiving_snapshot(), "a's snapshot has not ended");
+    net.cut(ad);
+    assert!(!net[d].receiving_snapshot());
+    assert_eq!(net[d].state().get(&5), Some(&5), "what the part merged stays");
+    assert!(net[d].clock().is_empty(), "but the clock claims none of it");
+    events(&mut net[d]);
+
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    let seen = events(&mut net[d]);
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
+        "{seen:?}"
+    );
+    assert_eq!(net[d].stale_floor(), Some(high));
+    assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+
+    net[d].rejoin(Map::default());
+    net.link(b, d);
+    net.pump();
+    assert_eq!(net[d].stale_floor(), None);
+    assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
+    assert_eq!(net[d].state(), net[b].state());
+    assert_eq!(net[d].clock(), net[b].clock());
+    assert_eq!(net[d].floor(), net[b].floor());
+}

@@ -490,6 +490,11 @@ pub(crate) struct Core<T: Reduce> {
     /// collected at: two from different floors are not taken at once
     /// (see `Stream::vet_floor`).
     pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
+    /// The floor of the snapshot whose parts were merged here last, while
+    /// none has ended since: parts of one that was cut stay in the state
+    /// with no clock to say what they hold, so a snapshot from another
+    /// floor finds this replica stale (see `Stream::vet_floor`).
+    pub(crate) parts_floor: Option<Timestamp>,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -1062,6 +1067,9 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
+        // Parts of a cut one, if any, were from this snapshot's floor (see
+        // `Stream::vet_floor`): its clock stands for them now.
+        self.parts_floor = None;
         // It may have brought back our own writes from below the floor we
         // rejoined under (from a peer that had them): up to its clock's
         // entry for us, which `holds_news_below` weighs as it would a
@@ -1246,6 +1254,7 @@ impl<T: Reduce> Replica<T> {
                 own_held: Timestamp::ZERO,
                 declined: BTreeMap::new(),
                 receiving: BTreeMap::new(),
+                parts_floor: None,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1753,6 +1762,7 @@ impl<T: Reduce> Replica<T> {
         core.stale = Timestamp::ZERO;
         core.poisoned = false;
         core.collect_pending = false;
+        core.parts_floor = None;
         core.last = core.last.max(floor);
         core.parents.clear();
         core.demoted.clear();

@@ -943,6 +943,7 @@ impl Stream {
                 if let Some(entries) = hint {
                     core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
+                core.parts_floor = core.receiving.get(&id).copied();
                 core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
                 self.snapshot_in = incoming;
             }
@@ -1156,26 +1157,33 @@ impl Stream {
         if let Some((_, &floor)) = other {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
-        if theirs > ours {
-            // Nothing here predates the floor: the snapshot brings us up,
-            // and the floor follows with the peer's Sync. Nor since a
-            // rejoin below it, whatever came since: a delete below it was
-            // stable before the rejoin (a floor held it), so every peer
-            // that can still write held it, and whatever snapshot or
-            // history came from them since held it too.
-            if core.clock.is_empty() || theirs <= core.fresh_to {
-                return None;
-            }
-            let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
-            if others > 0 {
-                return Some(Refused::Outdated(theirs));
-            }
-            core.stale = core.stale.max(theirs);
-            let peer = self.peer.map_or(core.id, |p| p.id);
-            core.emit(Event::Stale { stream: id, peer, floor: theirs });
-            return Some(Refused::Stale(theirs));
+        // Parts of a snapshot from another floor are in the state, and it
+        // never ended (its link was cut, or it was refused midway): they
+        // may hold what this floor's peers forgot was deleted, or lack
+        // deletes this snapshot no longer holds, and with no clock of
+        // theirs nothing tells which. Only a start over (`Replica::rejoin`)
+        // takes them out.
+        let cut = core.parts_floor.is_some_and(|f| f != theirs);
+        if theirs == ours && !cut {
+            return None;
         }
-        None
+        // Nothing here predates the floor: the snapshot brings us up, and
+        // the floor follows with the peer's Sync. Nor since a rejoin below
+        // it, whatever came since: a delete below it was stable before the
+        // rejoin (a floor held it), so every peer that can still write
+        // held it, and whatever snapshot or history came from them since
+        // held it too.
+        if theirs > ours && !cut && (core.clock.is_empty() || theirs <= core.fresh_to) {
+            return None;
+        }
+        let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
+        if others > 0 {
+            return Some(Refused::Outdated(theirs));
+        }
+        core.stale = core.stale.max(theirs);
+        let peer = self.peer.map_or(core.id, |p| p.id);
+        core.emit(Event::Stale { stream: id, peer, floor: theirs });
+        Some(Refused::Stale(theirs))
     }
 
     /// A snapshot frame this replica does not take: a protocol violation
