@@ -768,38 +768,56 @@ fn a_peer_below_the_floor_lacking_much_is_brought_up_by_history() {
     brought_up_by_history(&seen, &net, nodes, floor);
 }
 
+/// Delivers `a`'s bytes to `d` until its part holding 5 is merged.
+fn merge_the_part_with_five(net: &mut Network<Map>, ad: repred::LinkId, d: NodeId) {
+    while net[d].state().get(&5).is_none() {
+        assert_eq!(net.deliver(ad, 0, 1), 1, "a's part holding 5 comes");
+    }
+}
+
 /// As above, but `a`'s snapshot is cut after its part holding 5 alive was
 /// merged, before its end: `d`'s clock says nothing of that part, so `b`'s
 /// snapshot, from the higher floor, would be taken as by any fresh replica,
 /// and 5 would be back for good (without the rule `d` holds 5 and `b`'s
-/// clock). `d` finds itself stale instead, and a rejoin brings it up
-/// from `b` without 5.
+/// clock). `d` finds itself stale instead, and so does `d` restored from
+/// its log (a store's restart); a rejoin brings it up from `b` without 5.
 #[test]
 fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
     let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
     let high = b_collects_past_the_delete(&mut net, a, b);
-    for _ in 0..1_000_000 {
-        if net[d].state().get(&5).is_some() {
-            break;
-        }
-        assert_eq!(net.deliver(ad, 0, 1), 1, "a's part holding 5 comes");
-    }
+    merge_the_part_with_five(&mut net, ad, d);
     assert!(net[d].receiving_snapshot(), "a's snapshot has not ended");
     net.cut(ad);
     assert!(!net[d].receiving_snapshot());
     assert_eq!(net[d].state().get(&5), Some(&5), "what the part merged stays");
     assert!(net[d].clock().is_empty(), "but the clock claims none of it");
-    events(&mut net[d]);
+    let log: Vec<_> = net[d].entries_from(0).unwrap().map(|(_, e)| e.clone()).collect();
+    let restored = Replica::restore(
+        id("d"),
+        Map::default(),
+        Clock::new(),
+        net[d].last_timestamp(),
+        0,
+        log,
+        Config::default().history_limit(1_000),
+    )
+    .with_life(net[d].life());
+    assert_eq!(restored.state(), net[d].state(), "the log replays the parts");
+    let restored = net.add(restored);
 
-    let bd = net.link(b, d);
-    pump_link(&mut net, bd);
-    let seen = events(&mut net[d]);
-    assert!(
-        seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
-        "{seen:?}"
-    );
-    assert_eq!(net[d].stale_floor(), Some(high));
-    assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+    for d in [d, restored] {
+        events(&mut net[d]);
+        let bd = net.link(b, d);
+        pump_link(&mut net, bd);
+        let seen = events(&mut net[d]);
+        assert!(
+            seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
+            "{seen:?}"
+        );
+        assert_eq!(net[d].stale_floor(), Some(high));
+        assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+        assert_eq!(net[d].state().get(&5), Some(&5));
+    }
 
     net[d].rejoin(Map::default());
     net.link(b, d);
@@ -809,4 +827,23 @@ fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
     assert_eq!(net[d].state(), net[b].state());
     assert_eq!(net[d].clock(), net[b].clock());
     assert_eq!(net[d].floor(), net[b].floor());
+}
+
+/// A cut snapshot sent again from its own floor is taken: parts from one
+/// floor mix with that floor's state (and, with a clock then, the replica
+/// counts them no more).
+#[test]
+fn a_cut_snapshot_is_taken_again_from_its_own_floor() {
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+    merge_the_part_with_five(&mut net, ad, d);
+    net.cut(ad);
+    net.link(a, d);
+    net.link(b, d);
+    net.pump();
+    let seen = events(&mut net[d]);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    assert!(net[d].stats().snapshots >= 1, "a's or b's, both at the one floor");
+    assert_eq!(net[d].state().get(&5), None, "b's delete of 5 came after");
+    assert_eq!(net[d].state(), net[b].state());
+    assert_eq!(net[d].clock(), net[b].clock());
 }

@@ -70,8 +70,8 @@ pub enum Event {
     /// A peer has collected deletes up to `floor`, above this replica's own
     /// [floor](crate::Replica::floor), and this replica holds state: it may
     /// hold what the peer forgot it deleted (it was away past that point;
-    /// or a snapshot from another floor was cut midway, its parts merged
-    /// here, and the peer's snapshot is not to be mixed with them),
+    /// or, fresh, it holds parts of a snapshot from a lower floor that was
+    /// cut midway, which the peer's snapshot is not to be mixed with),
     /// so the stream was closed with [`CloseReason::Stale`], and so will be
     /// every stream to a peer at that floor. Call
     /// [`Replica::rejoin`](crate::Replica::rejoin): the replica starts over

@@ -490,10 +490,12 @@ pub(crate) struct Core<T: Reduce> {
     /// collected at: two from different floors are not taken at once
     /// (see `Stream::vet_floor`).
     pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
-    /// The floor of the snapshot whose parts were merged here last, while
-    /// none has ended since: parts of one that was cut stay in the state
-    /// with no clock to say what they hold, so a snapshot from another
-    /// floor finds this replica stale (see `Stream::vet_floor`).
+    /// The lowest floor of the snapshots whose parts were merged here
+    /// while the clock claimed nothing (none ended since with a clock):
+    /// parts of one that was cut stay in the state with no clock to say
+    /// what they hold, so a snapshot from a higher floor finds this fresh
+    /// replica stale (see `Stream::vet_floor`). A restore that replays
+    /// parts with no end after them takes its own floor, which is lower.
     pub(crate) parts_floor: Option<Timestamp>,
 }
 
@@ -1067,9 +1069,6 @@ impl<T: Reduce> Core<T> {
 
     pub(crate) fn finish_snapshot(&mut self, from: SourceId, clock: &Clock) {
         self.stats.snapshots += 1;
-        // Parts of a cut one, if any, were from this snapshot's floor (see
-        // `Stream::vet_floor`): its clock stands for them now.
-        self.parts_floor = None;
         // It may have brought back our own writes from below the floor we
         // rejoined under (from a peer that had them): up to its clock's
         // entry for us, which `holds_news_below` weighs as it would a
@@ -1086,6 +1085,14 @@ impl<T: Reduce> Core<T> {
             self.own_missing = Timestamp::ZERO;
         }
         self.clock.merge(clock);
+        // Parts of a cut one, if any, were from this snapshot's floor or
+        // above (see `Stream::vet_floor`): they lack none of the deletes
+        // its clock claims. With a clock, the replica is no longer fresh,
+        // and a higher floor finds it stale anyway; with none (the sender
+        // held nothing), it still is, and the parts still count.
+        if !self.clock.is_empty() {
+            self.parts_floor = None;
+        }
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
         self.history.raise_horizon(clock);
@@ -1545,6 +1552,9 @@ impl<T: Reduce> Replica<T> {
         core.history.raise_horizon(&base_clock);
         core.last = last.max(base_clock.max());
         core.clock = base_clock;
+        // Parts of a snapshot replayed with no end after them: it was cut
+        // (or the save was), and they count as such (`parts_floor`).
+        let mut cut = false;
         for entry in entries {
             match &entry {
                 Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
@@ -1563,12 +1573,14 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(stamp.ts);
                 }
                 Entry::Merge { clock, change, .. } => {
+                    cut |= clock.is_empty();
                     core.state.reduce(change.clone());
                     core.clock.merge(clock);
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
                 }
                 Entry::Covered { clock, .. } => {
+                    cut = false;
                     core.clock.merge(clock);
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
@@ -1580,6 +1592,9 @@ impl<T: Reduce> Replica<T> {
                 }
             }
             core.history.push(entry);
+        }
+        if cut {
+            core.parts_floor = Some(core.floor);
         }
         replica
     }

@@ -943,7 +943,8 @@ impl Stream {
                 if let Some(entries) = hint {
                     core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
-                core.parts_floor = core.receiving.get(&id).copied();
+                let floor = core.receiving.get(&id).copied().unwrap_or(core.floor);
+                core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
                 core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
                 self.snapshot_in = incoming;
             }
@@ -1157,33 +1158,36 @@ impl Stream {
         if let Some((_, &floor)) = other {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
-        // Parts of a snapshot from another floor are in the state, and it
-        // never ended (its link was cut, or it was refused midway): they
-        // may hold what this floor's peers forgot was deleted, or lack
-        // deletes this snapshot no longer holds, and with no clock of
-        // theirs nothing tells which. Only a start over (`Replica::rejoin`)
-        // takes them out.
-        let cut = core.parts_floor.is_some_and(|f| f != theirs);
-        if theirs == ours && !cut {
-            return None;
+        if theirs > ours {
+            // Nothing here predates the floor: the snapshot brings us up,
+            // and the floor follows with the peer's Sync. Nor since a
+            // rejoin below it, whatever came since: a delete below it was
+            // stable before the rejoin (a floor held it), so every peer
+            // that can still write held it, and whatever snapshot or
+            // history came from them since held it too.
+            //
+            // Unless parts of a snapshot from a lower floor came here, and
+            // it never ended (its link was cut, or it was refused midway):
+            // they may hold a key alive whose delete this snapshot's
+            // sender collected, and its clock, ours once it is in, would
+            // claim the delete, so no peer would ever send it. (Parts from
+            // this floor or above held every delete this one forgot: those
+            // were stable.) Only a start over (`Replica::rejoin`) takes
+            // them out.
+            let cut = core.parts_floor.is_some_and(|f| f < theirs);
+            if (core.clock.is_empty() && !cut) || theirs <= core.fresh_to {
+                return None;
+            }
+            let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
+            if others > 0 {
+                return Some(Refused::Outdated(theirs));
+            }
+            core.stale = core.stale.max(theirs);
+            let peer = self.peer.map_or(core.id, |p| p.id);
+            core.emit(Event::Stale { stream: id, peer, floor: theirs });
+            return Some(Refused::Stale(theirs));
         }
-        // Nothing here predates the floor: the snapshot brings us up, and
-        // the floor follows with the peer's Sync. Nor since a rejoin below
-        // it, whatever came since: a delete below it was stable before the
-        // rejoin (a floor held it), so every peer that can still write
-        // held it, and whatever snapshot or history came from them since
-        // held it too.
-        if theirs > ours && !cut && (core.clock.is_empty() || theirs <= core.fresh_to) {
-            return None;
-        }
-        let others = core.stats.snapshots - self.snapshots_at_hello - self.snapshots_taken;
-        if others > 0 {
-            return Some(Refused::Outdated(theirs));
-        }
-        core.stale = core.stale.max(theirs);
-        let peer = self.peer.map_or(core.id, |p| p.id);
-        core.emit(Event::Stale { stream: id, peer, floor: theirs });
-        Some(Refused::Stale(theirs))
+        None
     }
 
     /// A snapshot frame this replica does not take: a protocol violation
