@@ -632,11 +632,12 @@ mod tests {
         assert_eq!(decode::<u8>(&[], &mut Vec::new()).unwrap_err(), PeerMisbehaved::EmptyFrame);
         let mut out = Vec::new();
         let mut w = Writer::begin(&mut out, Kind::Hello);
-        w.put(&7u16).unwrap();
+        let unknown = PROTOCOL_VERSION + 1;
+        w.put(&unknown).unwrap();
         w.finish();
         assert_eq!(
             decode::<u8>(&out[4..], &mut Vec::new()).unwrap_err(),
-            PeerMisbehaved::UnknownVersion(7)
+            PeerMisbehaved::UnknownVersion(unknown)
         );
     }
 
