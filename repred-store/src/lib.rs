@@ -935,7 +935,17 @@ impl Store {
                 // now, under a new generation that no header names yet; the
                 // commit makes the header name it.
                 let newest = old.map_or(0, |m| m.parts.generation);
-                let (parts, bytes) = self.stage_parts(name, replica.state(), newest)?;
+                // Parts of a snapshot that never ended, and nothing the
+                // clock claims (Replica::holds_cut_snapshot): saved, they
+                // would load as a fresh replica's state with no sign of
+                // what they are (the log's part records are that sign), and
+                // mix with a higher floor's snapshot. The empty base (the
+                // load's own) loses nothing: the clock claims none of them.
+                let (parts, bytes) = if replica.holds_cut_snapshot() {
+                    (Parts::default(), 0)
+                } else {
+                    self.stage_parts(name, replica.state(), newest)?
+                };
                 let meta = Meta {
                     id: replica.id(),
                     last: Timestamp::ZERO,
@@ -1205,8 +1215,12 @@ impl Store {
             if batch.snapshot {
                 table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false).map_err(storage)?;
                 // Older snapshots' parts, and those of saves that never
-                // committed, go with the header that named them.
-                let g = batch.meta.parts.generation;
+                // committed, go with the header that named them (all of
+                // them for a base of none).
+                let g = match batch.meta.parts.count {
+                    0 => u64::MAX,
+                    _ => batch.meta.parts.generation,
+                };
                 txn.open_table(PARTS)
                     .map_err(storage)?
                     .retain_in((name, 0, 0)..(name, g, 0), |_, _| false)

@@ -270,3 +270,60 @@ fn a_removed_replica_is_gone_from_the_file_and_the_others_stay() {
     assert_ne!(again.id(), gone_id, "made again: a new source id");
     assert!(again.state().is_empty());
 }
+
+/// A fresh replica holding parts of a snapshot that never ended, its
+/// history too short to keep their records: saved, its base is the empty
+/// state (its clock claims none of the parts), so a restart brings back a
+/// truly fresh replica, not one holding them with nothing to say what they
+/// are (which would take a higher floor's snapshot on top of them).
+#[test]
+fn a_cut_snapshot_is_not_saved_as_a_base() {
+    use repred::StreamOpts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let sending = Config::default().history_limit(1).snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    let config = Config::default().history_snapshot_bytes(1 << 10);
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load_or_create::<Numbers>("d", config.clone()).unwrap();
+    store.save("d", &d).unwrap();
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    let mut hello = Vec::new();
+    sender.poll_transmit(p, &mut hello).unwrap();
+    d.handle(s, NOW, &hello).unwrap();
+    let mut reply = Vec::new();
+    d.poll_transmit(s, &mut reply).unwrap();
+    sender.handle(p, NOW, &reply).unwrap();
+    let mut sent = Vec::new();
+    while sender.poll_transmit(p, &mut sent).unwrap() > 0 {}
+    // Every frame but the snapshot's end (kind 13), then the link is cut.
+    let mut rest = sent.as_slice();
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let (frame, after) = rest.split_at(4 + len);
+        if frame[4] != 13 {
+            d.handle(s, NOW, frame).unwrap();
+        }
+        rest = after;
+    }
+    d.abort(s);
+    assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
+    assert!(d.clock().is_empty());
+    assert!(d.holds_cut_snapshot());
+    assert!(d.entries_from(0).is_err(), "the parts' records are gone: a base it is");
+    store.save("d", &d).unwrap();
+    drop((d, store));
+
+    let (parts, _) = stored_parts(&path);
+    assert_eq!(parts, 0, "no part of the cut snapshot is stored");
+    let store = Store::open(&path).unwrap();
+    let d = store.load::<Numbers>("d", config).unwrap().unwrap();
+    assert!(d.state().is_empty(), "{} entries came back", d.state().len());
+    assert!(d.clock().is_empty());
+    assert!(!d.holds_cut_snapshot());
+}

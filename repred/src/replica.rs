@@ -1580,8 +1580,10 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(clock.max());
                 }
                 Entry::Covered { clock, .. } => {
-                    cut = false;
                     core.clock.merge(clock);
+                    // As `finish_snapshot`: an end with no clock (its
+                    // sender held nothing) leaves the parts counted.
+                    cut &= core.clock.is_empty();
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
                 }
@@ -1906,6 +1908,17 @@ impl<T: Reduce> Replica<T> {
     /// QUIC node waits for it, within a bound).
     pub fn receiving_snapshot(&self) -> bool {
         !self.core.receiving.is_empty()
+    }
+
+    /// Whether this replica's state holds parts of a peer's snapshot that
+    /// never ended (its link was cut, or it was refused midway) and its
+    /// clock claims nothing. Such a replica finds a snapshot from a higher
+    /// collection floor stale ([`Event::Stale`](crate::Event::Stale)). A
+    /// durable store saves no such state as a base: the parts would come
+    /// back at the next start with nothing to say what they are, and its
+    /// clock claims none of them, so the empty state loses nothing.
+    pub fn holds_cut_snapshot(&self) -> bool {
+        self.core.parts_floor.is_some() && self.core.clock.is_empty()
     }
 
     /// Whether a local update's `reduce` panicked (or its change could not
