@@ -50,7 +50,7 @@ pub(crate) struct Settings {
     pub(crate) collect_every: Option<Duration>,
     /// How long a member declared down still counts as a writer.
     pub(crate) collect_grace: Duration,
-    /// How long a peer's snapshot may go without a frame of it.
+    /// How long a peer's snapshot may go without a byte of it.
     pub(crate) snapshot_stall: Duration,
 }
 

@@ -39,15 +39,25 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// Sends `bytes` on a "counters" stream to `node` as an admitted peer (a
-/// raw quinn client with the cluster's credentials), and waits until the
-/// node has read them.
-async fn send_as_peer(dir: &std::path::Path, node: &Node, bytes: Vec<u8>) {
+/// A raw quinn client with the cluster's credentials, connected to `node`
+/// as an admitted peer.
+async fn connect_as_peer(
+    dir: &std::path::Path,
+    node: &Node,
+) -> (quinn::Endpoint, quinn::Connection) {
     let credentials = Credentials::load_or_create(dir, 1).unwrap();
     let transport = Arc::new(quinn::TransportConfig::default());
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     client.set_default_client_config(credentials.client_config(transport).unwrap());
     let conn = client.connect(node.addr(), SERVER_NAME).unwrap().await.unwrap();
+    (client, conn)
+}
+
+/// Sends `bytes` on a "counters" stream to `node` as an admitted peer (a
+/// raw quinn client with the cluster's credentials), and waits until the
+/// node has read them.
+async fn send_as_peer(dir: &std::path::Path, node: &Node, bytes: Vec<u8>) {
+    let (client, conn) = connect_as_peer(dir, node).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[b"\x08counters".as_slice(), &bytes].concat()).await.unwrap();
     send.finish().unwrap();
@@ -214,11 +224,7 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
     let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
     let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
     let begin = frame(3, &[size, unsigned].concat());
-    let credentials = Credentials::load_or_create(dir.path(), 1).unwrap();
-    let transport = Arc::new(quinn::TransportConfig::default());
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(credentials.client_config(transport).unwrap());
-    let conn = client.connect(n.addr(), SERVER_NAME).unwrap().await.unwrap();
+    let (client, conn) = connect_as_peer(dir.path(), &n).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
     send.write_all(&opening).await.unwrap();

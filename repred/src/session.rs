@@ -1190,6 +1190,13 @@ impl Stream {
         None
     }
 
+    /// When the snapshot coming in on this stream, if any, is refused as
+    /// stalled (`stall` ms after its last bytes).
+    fn snapshot_deadline(&self, stall: u64) -> Option<u64> {
+        (!self.ended && self.snapshot_in.is_some())
+            .then(|| self.snapshot_heard.saturating_add(stall))
+    }
+
     /// A snapshot frame this replica does not take: a protocol violation
     /// ends the stream as any; an untrusted snapshot is refused (a typed
     /// event) and the stream closed with the reason.
@@ -2201,8 +2208,7 @@ impl<T: Reduce> Replica<T> {
         let stalled: Vec<(StreamId, u64)> = self
             .streams
             .iter()
-            .filter(|(_, s)| !s.ended && s.snapshot_in.is_some())
-            .filter(|(_, s)| s.snapshot_heard.saturating_add(stall) <= now)
+            .filter(|(_, s)| s.snapshot_deadline(stall).is_some_and(|d| d <= now))
             .map(|(&sid, s)| (sid, now.saturating_sub(s.snapshot_heard)))
             .collect();
         for (sid, millis) in stalled {
@@ -2228,11 +2234,7 @@ impl<T: Reduce> Replica<T> {
             .filter(|s| !s.ended && s.sync_frame && !s.sync_received)
             .flat_map(|s| s.heard.values().map(|&(_, deadline)| deadline));
         let stall = self.core.config.snapshot_stall_millis;
-        let snapshots = self
-            .streams
-            .values()
-            .filter(|s| !s.ended && s.snapshot_in.is_some())
-            .map(|s| s.snapshot_heard.saturating_add(stall));
+        let snapshots = self.streams.values().filter_map(|s| s.snapshot_deadline(stall));
         parents.chain(heard).chain(snapshots).min()
     }
 }
