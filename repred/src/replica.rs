@@ -1683,9 +1683,16 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The floor of a peer that found this replica stale
-    /// ([`Event::Stale`]), if one did: [`rejoin`](Replica::rejoin).
+    /// ([`Event::Stale`]), if one did: [`rejoin`](Replica::rejoin). It
+    /// may be this replica's own floor: parts of a snapshot cut below it
+    /// ([`holds_cut_snapshot`](Replica::holds_cut_snapshot)) are not made
+    /// safe by a floor raised over them.
     pub fn stale_floor(&self) -> Option<Timestamp> {
-        (self.core.stale > self.core.floor).then_some(self.core.stale)
+        // A verdict at our own floor counts too when it was for parts cut
+        // below it (see `Stream::vet_floor`): a floor raised by hand over
+        // them does not make them safe.
+        let cut = self.core.parts_floor.is_some_and(|f| f < self.core.stale);
+        (self.core.stale > self.core.floor || cut).then_some(self.core.stale)
     }
 
     /// Starts over after [`Event::Stale`]: the state becomes `fresh` (the
@@ -1912,8 +1919,10 @@ impl<T: Reduce> Replica<T> {
 
     /// Whether this replica's state holds parts of a peer's snapshot that
     /// never ended (its link was cut, or it was refused midway) and its
-    /// clock claims nothing. Such a replica finds a snapshot from a higher
-    /// collection floor stale ([`Event::Stale`](crate::Event::Stale)). A
+    /// clock claims nothing. Such a replica finds a snapshot from a
+    /// collection floor higher than the parts' stale
+    /// ([`Event::Stale`](crate::Event::Stale)), even one its own floor
+    /// was raised to since. A
     /// durable store saves no such state as a base: the parts would come
     /// back at the next start with nothing to say what they are, and its
     /// clock claims none of them, so the empty state loses nothing.

@@ -1158,23 +1158,23 @@ impl Stream {
         if let Some((_, &floor)) = other {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
-        if theirs > ours {
+        // Parts of a snapshot from a lower floor came here, and it never
+        // ended (its link was cut, or it was refused midway): they may
+        // hold a key alive whose delete this snapshot's sender collected,
+        // and its clock, ours once it is in, would claim the delete, so
+        // no peer would ever send it. (Parts from this floor or above held
+        // every delete this one forgot: those were stable.) Whatever our
+        // own floor: one raised since (`Replica::collect` on an empty
+        // clock) forgot deletes, it brought none. Only a start over
+        // (`Replica::rejoin`) takes them out.
+        let cut = core.parts_floor.is_some_and(|f| f < theirs);
+        if theirs > ours || cut {
             // Nothing here predates the floor: the snapshot brings us up,
             // and the floor follows with the peer's Sync. Nor since a
             // rejoin below it, whatever came since: a delete below it was
             // stable before the rejoin (a floor held it), so every peer
             // that can still write held it, and whatever snapshot or
             // history came from them since held it too.
-            //
-            // Unless parts of a snapshot from a lower floor came here, and
-            // it never ended (its link was cut, or it was refused midway):
-            // they may hold a key alive whose delete this snapshot's
-            // sender collected, and its clock, ours once it is in, would
-            // claim the delete, so no peer would ever send it. (Parts from
-            // this floor or above held every delete this one forgot: those
-            // were stable.) Only a start over (`Replica::rejoin`) takes
-            // them out.
-            let cut = core.parts_floor.is_some_and(|f| f < theirs);
             if (core.clock.is_empty() && !cut) || theirs <= core.fresh_to {
                 return None;
             }
