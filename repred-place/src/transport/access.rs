@@ -299,15 +299,12 @@ where
     }
 
     /// A stream of this node ended: if it was the stream of a copy opened
-    /// here with the replica its route goes through, and this node did not
-    /// end it itself (a new route's set of peers, a close, a shutdown),
-    /// the route fails that replica over at once
-    /// ([`Route::handle_failed`]): the replica went away, released the
-    /// object, shut down, refused this node or was refused, or the
-    /// connection to it was lost.
+    /// here with the replica its route goes through, and it ended for
+    /// something the replica did ([`fails_the_replica`]), the route fails
+    /// that replica over at once ([`Route::handle_failed`]).
     pub(super) fn stream_ended(&self, end: &StreamEnded) {
         let Some(peer) = end.peer else { return };
-        if matches!(end.reason, EndReason::Local(CloseReason::Closed | CloseReason::Disposed)) {
+        if !fails_the_replica(&end.reason) {
             return;
         }
         let now = self.now();
@@ -318,5 +315,50 @@ where
         }
         access.route.handle_failed(now, peer);
         self.carry_out(&end.object, access);
+    }
+}
+
+/// Whether a stream's end says the replica at its other end failed: it
+/// went away, released the object, shut down, refused this node, sent
+/// what this node refused (a snapshot that stalled, or untrusted), or the
+/// connection to it was lost. Not when this node ended the stream for
+/// itself: a new route's set of peers, a close, a shutdown; nor when its
+/// copy found itself stale, or declined the replica's snapshot while
+/// another from another floor was coming in ([`CloseReason::Stale`] on
+/// this side): the copy starts over or opens a new stream, and the
+/// replica, healthy, brings it up. Failed over for that, the route
+/// would shun a replica that did nothing wrong and move every copy that
+/// meets a raised floor.
+fn fails_the_replica(reason: &EndReason) -> bool {
+    !matches!(
+        reason,
+        EndReason::Local(CloseReason::Closed | CloseReason::Disposed | CloseReason::Stale { .. })
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use repred::{PeerMisbehaved, SnapshotRefusal, Timestamp};
+
+    use super::*;
+
+    #[test]
+    fn only_what_the_replica_did_fails_it_over() {
+        let stale = CloseReason::Stale { floor: Timestamp::new(5, 0) };
+        let stalled = CloseReason::SnapshotRefused(SnapshotRefusal::Stalled { millis: 30_000 });
+        let misbehaved = CloseReason::Misbehaved(PeerMisbehaved::EmptyFrame);
+        for ours in [CloseReason::Closed, CloseReason::Disposed, stale.clone()] {
+            assert!(!fails_the_replica(&EndReason::Local(ours.clone())), "{ours:?}");
+        }
+        for theirs in [
+            EndReason::Local(stalled),
+            EndReason::Local(misbehaved),
+            EndReason::Remote(stale),
+            EndReason::Remote(CloseReason::Disposed),
+            EndReason::Remote(CloseReason::Closed),
+            EndReason::Aborted,
+        ] {
+            assert!(fails_the_replica(&theirs), "{theirs:?}");
+        }
     }
 }
