@@ -791,19 +791,7 @@ fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
     assert!(!net[d].receiving_snapshot());
     assert_eq!(net[d].state().get(&5), Some(&5), "what the part merged stays");
     assert!(net[d].clock().is_empty(), "but the clock claims none of it");
-    let log: Vec<_> = net[d].entries_from(0).unwrap().map(|(_, e)| e.clone()).collect();
-    let restored = Replica::restore(
-        id("d"),
-        Map::default(),
-        Clock::new(),
-        net[d].last_timestamp(),
-        0,
-        log,
-        Config::default().history_limit(1_000),
-    )
-    .with_life(net[d].life());
-    assert_eq!(restored.state(), net[d].state(), "the log replays the parts");
-    let restored = net.add(restored);
+    let restored = restored_from_log(&mut net, d);
 
     for d in [d, restored] {
         events(&mut net[d]);
@@ -864,21 +852,49 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
     assert_eq!(net[d].clock(), net[b].clock());
 }
 
+/// `d` as a store restarts it: restored from its log alone (a fresh
+/// replica's, whose base is empty), added to the network.
+fn restored_from_log(net: &mut Network<Map>, d: NodeId) -> NodeId {
+    let log: Vec<_> = net[d].entries_from(0).unwrap().map(|(_, e)| e.clone()).collect();
+    let restored = Replica::restore(
+        id("d"),
+        Map::default(),
+        Clock::new(),
+        net[d].last_timestamp(),
+        0,
+        log,
+        Config::default().history_limit(1_000),
+    )
+    .with_life(net[d].life());
+    assert_eq!(restored.state(), net[d].state(), "the log replays the parts");
+    net.add(restored)
+}
+
 /// A cut snapshot sent again from its own floor is taken: parts from one
 /// floor mix with that floor's state (and, with a clock then, the replica
-/// counts them no more).
+/// counts them no more). So it is after a restart: the log names the
+/// floor the parts were from (`Entry::Receiving`), above the fresh
+/// replica's own (without it, the restored replica would assume its own
+/// floor, 0, and find the retry stale).
 #[test]
 fn a_cut_snapshot_is_taken_again_from_its_own_floor() {
     let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
     merge_the_part_with_five(&mut net, ad, d);
     net.cut(ad);
-    net.link(a, d);
-    net.link(b, d);
-    net.pump();
-    let seen = events(&mut net[d]);
-    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
-    assert!(net[d].stats().snapshots >= 1, "a's or b's, both at the one floor");
-    assert_eq!(net[d].state().get(&5), None, "b's delete of 5 came after");
-    assert_eq!(net[d].state(), net[b].state());
-    assert_eq!(net[d].clock(), net[b].clock());
+    assert!(net[a].floor() > Timestamp::ZERO && net[d].floor() == Timestamp::ZERO);
+    let restored = restored_from_log(&mut net, d);
+    for d in [d, restored] {
+        let links = [net.link(a, d), net.link(b, d)];
+        for link in links {
+            pump_link(&mut net, link);
+        }
+        net.pump();
+        let seen = events(&mut net[d]);
+        assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+        assert_eq!(net[d].stale_floor(), None);
+        assert!(net[d].stats().snapshots >= 1, "a's or b's, both at the one floor");
+        assert_eq!(net[d].state().get(&5), None, "b's delete of 5 came after");
+        assert_eq!(net[d].state(), net[b].state());
+        assert_eq!(net[d].clock(), net[b].clock());
+    }
 }

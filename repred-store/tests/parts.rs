@@ -271,6 +271,82 @@ fn a_removed_replica_is_gone_from_the_file_and_the_others_stay() {
     assert!(again.state().is_empty());
 }
 
+/// Delivers what `from` sends on `at` to `to` on `to_at`, frame by frame,
+/// leaving out a snapshot's end (kind 13) if `cut`, until `to` closes the
+/// stream. Returns whether anything went.
+fn deliver(
+    from: &mut repred::Replica<Numbers>,
+    at: repred::StreamId,
+    to: &mut repred::Replica<Numbers>,
+    to_at: repred::StreamId,
+    cut: bool,
+) -> bool {
+    let mut sent = Vec::new();
+    while from.poll_transmit(at, &mut sent).unwrap_or(0) > 0 {}
+    let mut rest = sent.as_slice();
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let (frame, after) = rest.split_at(4 + len);
+        // A stream `to` closed (as stale, say) takes nothing more: the
+        // caller's checks say why.
+        if !(cut && frame[4] == 13) && to.handle(to_at, NOW, frame).is_err() {
+            break;
+        }
+        rest = after;
+    }
+    !sent.is_empty()
+}
+
+/// A fresh replica restarted from its store while a snapshot from its
+/// peer's collection floor, above its own, was coming in: the log names
+/// the floor of the parts it holds (`Entry::Receiving`), so the snapshot
+/// sent again from that floor is taken. (Assuming its own floor, 0, the
+/// restarted replica found the retry stale and had to rejoin.)
+#[test]
+fn a_snapshot_cut_by_a_restart_is_taken_again_from_its_floor() {
+    use repred::StreamOpts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let sending = Config::default().snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    sender.collect(sender.last_timestamp());
+    assert!(sender.floor() > Timestamp::ZERO);
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load_or_create::<Numbers>("d", Config::default()).unwrap();
+    store.save("d", &d).unwrap();
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    for _ in 0..3 {
+        deliver(&mut d, s, &mut sender, p, false);
+        deliver(&mut sender, p, &mut d, s, true);
+    }
+    assert!(d.holds_cut_snapshot(), "{} entries merged", d.state().len());
+    assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
+    store.save("d", &d).unwrap();
+    drop((d, store));
+
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load::<Numbers>("d", Config::default()).unwrap().unwrap();
+    assert!(d.holds_cut_snapshot(), "the parts came back, and what they are");
+    sender.abort(p);
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    let mut rounds = 0;
+    while deliver(&mut d, s, &mut sender, p, false) | deliver(&mut sender, p, &mut d, s, false) {
+        rounds += 1;
+        assert!(rounds < 16, "the exchange ends");
+    }
+    assert_eq!(d.stale_floor(), None);
+    assert_eq!(d.stats().snapshots, 1);
+    assert_eq!(d.state(), sender.state());
+    assert_eq!(d.clock(), sender.clock());
+    assert!(!d.holds_cut_snapshot());
+}
+
 /// A fresh replica holding parts of a snapshot that never ended, its
 /// history too short to keep their records: saved, its base is the empty
 /// state (its clock claims none of the parts), so a restart brings back a

@@ -70,6 +70,19 @@ pub enum Entry<U> {
         /// implicit).
         change: U,
     },
+    // Last: stores hold entries by variant index.
+    /// Parts of a peer's snapshot from collection floor `floor` begin to
+    /// be merged while the clock claims nothing: the [`Entry::Merge`]s
+    /// with empty clocks after it, until an [`Entry::Covered`] with a
+    /// clock, are its parts. A restore that finds them cut knows what
+    /// floor they held (a snapshot from a higher one may not be merged on
+    /// top of them); without it, it assumes its own floor, which is lower.
+    Receiving {
+        /// The peer that sends the snapshot.
+        from: SourceId,
+        /// The floor its sender had collected at.
+        floor: Timestamp,
+    },
 }
 
 impl<U> Entry<U> {
@@ -81,7 +94,10 @@ impl<U> Entry<U> {
             }
             Entry::Advance(stamp) => Some(*stamp),
             Entry::Proven(proof) => Some(proof.stamp),
-            Entry::Merge { .. } | Entry::Covered { .. } | Entry::Collected { .. } => None,
+            Entry::Merge { .. }
+            | Entry::Covered { .. }
+            | Entry::Collected { .. }
+            | Entry::Receiving { .. } => None,
         }
     }
 }

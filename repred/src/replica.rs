@@ -495,7 +495,8 @@ pub(crate) struct Core<T: Reduce> {
     /// parts of one that was cut stay in the state with no clock to say
     /// what they hold, so a snapshot from a higher floor finds this fresh
     /// replica stale (see `Stream::vet_floor`). A restore that replays
-    /// parts with no end after them takes its own floor, which is lower.
+    /// parts with no end after them takes the floor the log names for
+    /// them ([`Entry::Receiving`]), or its own, lower, where none does.
     pub(crate) parts_floor: Option<Timestamp>,
 }
 
@@ -1045,6 +1046,25 @@ impl<T: Reduce> Core<T> {
         }
     }
 
+    /// Merges one part of a peer's snapshot collected at `floor`, and
+    /// counts it among the parts the clock does not claim yet
+    /// (`parts_floor`); the log says so where the floor they hold is new
+    /// ([`Entry::Receiving`]), for a restore to know it.
+    pub(crate) fn receive_part(
+        &mut self,
+        from: SourceId,
+        floor: Timestamp,
+        part: T::Update,
+        bytes: usize,
+    ) {
+        let parts_floor = self.parts_floor.map_or(floor, |f| f.min(floor));
+        if self.clock.is_empty() && self.parts_floor != Some(parts_floor) {
+            self.history.push(Entry::Receiving { from, floor: parts_floor });
+        }
+        self.parts_floor = Some(parts_floor);
+        self.merge_part(from, part, bytes);
+    }
+
     /// Merges one part of a peer's snapshot: the state takes it, the clock
     /// does not move (that waits for the end).
     /// `bytes` is the part as received: what the history counts it for.
@@ -1553,8 +1573,11 @@ impl<T: Reduce> Replica<T> {
         core.last = last.max(base_clock.max());
         core.clock = base_clock;
         // Parts of a snapshot replayed with no end after them: it was cut
-        // (or the save was), and they count as such (`parts_floor`).
+        // (or the save was), and they count as such (`parts_floor`), at
+        // the floor the log names for them (`Entry::Receiving`), or at our
+        // own, lower, for parts it does not (a log from before the record).
         let mut cut = false;
+        let (mut named, mut unnamed) = (None::<Timestamp>, false);
         for entry in entries {
             match &entry {
                 Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
@@ -1574,6 +1597,7 @@ impl<T: Reduce> Replica<T> {
                 }
                 Entry::Merge { clock, change, .. } => {
                     cut |= clock.is_empty();
+                    unnamed |= clock.is_empty() && named.is_none();
                     core.state.reduce(change.clone());
                     core.clock.merge(clock);
                     core.history.raise_horizon(clock);
@@ -1584,6 +1608,9 @@ impl<T: Reduce> Replica<T> {
                     // As `finish_snapshot`: an end with no clock (its
                     // sender held nothing) leaves the parts counted.
                     cut &= core.clock.is_empty();
+                    if !cut {
+                        (named, unnamed) = (None, false);
+                    }
                     core.history.raise_horizon(clock);
                     core.last = core.last.max(clock.max());
                 }
@@ -1592,11 +1619,13 @@ impl<T: Reduce> Replica<T> {
                     core.collect_pending = false;
                     core.state.collect(*floor);
                 }
+                Entry::Receiving { floor, .. } => named = Some(*floor),
             }
             core.history.push(entry);
         }
         if cut {
-            core.parts_floor = Some(core.floor);
+            let own = unnamed.then_some(core.floor);
+            core.parts_floor = named.into_iter().chain(own).min().or(Some(core.floor));
         }
         replica
     }
@@ -2037,7 +2066,8 @@ impl<'a, U> Iterator for Changes<'a, U> {
                 | Entry::Unchanged(_)
                 | Entry::Proven(_)
                 | Entry::Covered { .. }
-                | Entry::Collected { .. } => {
+                | Entry::Collected { .. }
+                | Entry::Receiving { .. } => {
                     continue;
                 }
             };

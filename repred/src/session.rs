@@ -944,8 +944,7 @@ impl Stream {
                     core.state.reserve(entries.min(core.config.max_snapshot_reserve));
                 }
                 let floor = core.receiving.get(&id).copied().unwrap_or(core.floor);
-                core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
-                core.merge_part(peer.map_or(core.id, |p| p.id), state, bytes);
+                core.receive_part(peer.map_or(core.id, |p| p.id), floor, state, bytes);
                 self.snapshot_in = incoming;
             }
             Frame::SnapshotEnd { parts, proof } if self.opts.receives => {
@@ -1615,7 +1614,10 @@ impl Stream {
                         _ => claims.advances.push(*stamp),
                     }
                 }
-                Entry::Merge { .. } | Entry::Covered { .. } | Entry::Collected { .. } => continue,
+                Entry::Merge { .. }
+                | Entry::Covered { .. }
+                | Entry::Collected { .. }
+                | Entry::Receiving { .. } => continue,
             }
             self.known.observe(stamp.source, stamp.ts);
         }
