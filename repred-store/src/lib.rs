@@ -252,6 +252,61 @@ struct Meta {
     /// a snapshot brought back its own writes it lacks, still asks for one
     /// when it comes back.
     rejoin_missing: Timestamp,
+    /// [`Replica::cut_parts_floor`] when the base was taken: the base holds
+    /// parts of a snapshot no clock vouches for, from this floor.
+    cut_parts_floor: Option<Timestamp>,
+}
+
+/// A header as written before the floor of a base's cut snapshot parts
+/// was saved (read only).
+#[derive(Deserialize)]
+struct MetaV6 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+    parts: Parts,
+    rejoined_below: Timestamp,
+    rejoin_brought_back: Timestamp,
+    rejoin_missing: Timestamp,
+}
+
+impl From<MetaV6> for Meta {
+    fn from(v6: MetaV6) -> Self {
+        let MetaV6 {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+        } = v6;
+        Meta {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+            cut_parts_floor: None,
+        }
+    }
 }
 
 /// A header as written before a rejoin's missing writes were saved (read
@@ -339,9 +394,17 @@ impl Meta {
         // Newest first: postcard ignores trailing bytes, so an older layout
         // would read a newer header's prefix, while a newer one runs out of
         // bytes on an older header.
+        postcard::from_bytes(bytes)
+            .or_else(|e| MetaV6::decode(bytes).map(Meta::from).map_err(|_| e))
+    }
+}
+
+impl MetaV6 {
+    /// The header of a version before, newest first as above.
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes).or_else(|e| {
             if let Ok(v5) = postcard::from_bytes::<MetaV5>(bytes) {
-                return Ok(Meta {
+                return Ok(MetaV6 {
                     id: v5.id,
                     last: v5.last,
                     base_seq: v5.base_seq,
@@ -357,7 +420,7 @@ impl Meta {
                 });
             }
             if let Ok(v4) = postcard::from_bytes::<MetaV4>(bytes) {
-                return Ok(Meta {
+                return Ok(MetaV6 {
                     id: v4.id,
                     last: v4.last,
                     base_seq: v4.base_seq,
@@ -373,7 +436,7 @@ impl Meta {
                 });
             }
             if let Ok(v3) = postcard::from_bytes::<MetaV3>(bytes) {
-                return Ok(Meta {
+                return Ok(MetaV6 {
                     id: v3.id,
                     last: v3.last,
                     base_seq: v3.base_seq,
@@ -389,7 +452,7 @@ impl Meta {
                 });
             }
             if let Ok(v2) = postcard::from_bytes::<MetaV2>(bytes) {
-                return Ok(Meta {
+                return Ok(MetaV6 {
                     id: v2.id,
                     last: v2.last,
                     base_seq: v2.base_seq,
@@ -408,7 +471,7 @@ impl Meta {
             // Its life was never written down: any fixed one will do, as
             // no peer of this version met it.
             let life = u64::from_le_bytes(v1.id.as_bytes()[..8].try_into().unwrap_or([1; 8]));
-            Ok(Meta {
+            Ok(MetaV6 {
                 id: v1.id,
                 last: v1.last,
                 base_seq: v1.base_seq,
@@ -763,7 +826,8 @@ impl Store {
             .with_life(meta.life)
             .with_floor(meta.floor)
             .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back)
-            .with_rejoin_missing(meta.rejoin_missing),
+            .with_rejoin_missing(meta.rejoin_missing)
+            .with_cut_parts_floor(meta.cut_parts_floor),
         ))
     }
 
@@ -935,17 +999,14 @@ impl Store {
                 // now, under a new generation that no header names yet; the
                 // commit makes the header name it.
                 let newest = old.map_or(0, |m| m.parts.generation);
-                // Parts of a snapshot that never ended, and nothing the
-                // clock claims (Replica::holds_cut_snapshot): saved, they
-                // would load as a fresh replica's state with no sign of
-                // what they are (the log's part records are that sign), and
-                // mix with a higher floor's snapshot. The empty base (the
-                // load's own) loses nothing: the clock claims none of them.
-                let (parts, bytes) = if replica.holds_cut_snapshot() {
-                    (Parts::default(), 0)
-                } else {
-                    self.stage_parts(name, replica.state(), newest)?
-                };
+                // Parts of a snapshot no clock vouches for go with the
+                // floor they are from (Replica::cut_parts_floor): without
+                // it they would load as a fresh replica's state with no
+                // sign of what they are, and mix with a higher floor's
+                // snapshot. (Not an empty base instead: the snapshot may
+                // end later, its parts sent again changing nothing and
+                // leaving no record, and its clock would then claim them.)
+                let (parts, bytes) = self.stage_parts(name, replica.state(), newest)?;
                 let meta = Meta {
                     id: replica.id(),
                     last: Timestamp::ZERO,
@@ -959,6 +1020,7 @@ impl Store {
                     rejoined_below: replica.rejoined_below(),
                     rejoin_brought_back: replica.rejoin_brought_back(),
                     rejoin_missing: replica.rejoin_missing(),
+                    cut_parts_floor: replica.cut_parts_floor(),
                 };
                 Batch {
                     name: name.to_string(),
@@ -1287,11 +1349,12 @@ fn decode_error(name: &str, what: &'static str, e: postcard::Error) -> StoreErro
 mod tests {
     use super::*;
 
-    /// A header written before `rejoin_missing` was saved still loads, its
-    /// other fields intact: the field is the layout's last, so the older
-    /// header is the newer's encoding without it.
+    /// Headers written before `rejoin_missing`, and before
+    /// `cut_parts_floor`, were saved still load, their other fields intact:
+    /// each field was the layout's last, so the older header is the
+    /// newer's encoding without it.
     #[test]
-    fn a_header_from_before_rejoin_missing_decodes() {
+    fn headers_from_before_the_last_fields_decode() {
         let id = SourceId::new("a").expect("a valid id");
         let meta = Meta {
             id,
@@ -1306,19 +1369,31 @@ mod tests {
             rejoined_below: Timestamp::new(6, 0),
             rejoin_brought_back: Timestamp::new(2, 0),
             rejoin_missing: Timestamp::new(3, 0),
+            cut_parts_floor: Some(Timestamp::new(1, 0)),
         };
         let mut bytes = postcard::to_allocvec(&meta).expect("a header encodes");
-        let tail = postcard::to_allocvec(&meta.rejoin_missing).expect("a stamp encodes");
-        assert!(bytes.ends_with(&tail));
         let newest = Meta::decode(&bytes).expect("the newest header decodes");
+        assert_eq!(newest.cut_parts_floor, meta.cut_parts_floor);
         assert_eq!(newest.rejoin_missing, meta.rejoin_missing);
-        bytes.truncate(bytes.len() - tail.len());
-        let older = Meta::decode(&bytes).expect("the older header decodes");
-        assert_eq!(older.rejoin_missing, Timestamp::ZERO);
-        assert_eq!((older.id, older.life, older.floor), (id, 5, meta.floor));
-        assert_eq!((older.base_seq, older.next_seq), (3, 9));
-        assert_eq!(older.rejoined_below, meta.rejoined_below);
-        assert_eq!(older.rejoin_brought_back, meta.rejoin_brought_back);
-        assert_eq!(older.parts.generation, 2);
+
+        let cut = postcard::to_allocvec(&meta.cut_parts_floor).expect("a floor encodes");
+        assert!(bytes.ends_with(&cut));
+        bytes.truncate(bytes.len() - cut.len());
+        let v6 = Meta::decode(&bytes).expect("the header before cut_parts_floor decodes");
+        assert_eq!(v6.cut_parts_floor, None);
+        assert_eq!(v6.rejoin_missing, meta.rejoin_missing);
+
+        let missing = postcard::to_allocvec(&meta.rejoin_missing).expect("a stamp encodes");
+        assert!(bytes.ends_with(&missing));
+        bytes.truncate(bytes.len() - missing.len());
+        let older = Meta::decode(&bytes).expect("the header before rejoin_missing decodes");
+        assert_eq!((older.rejoin_missing, older.cut_parts_floor), (Timestamp::ZERO, None));
+        for older in [&v6, &older] {
+            assert_eq!((older.id, older.life, older.floor), (id, 5, meta.floor));
+            assert_eq!((older.base_seq, older.next_seq), (3, 9));
+            assert_eq!(older.rejoined_below, meta.rejoined_below);
+            assert_eq!(older.rejoin_brought_back, meta.rejoin_brought_back);
+            assert_eq!(older.parts.generation, 2);
+        }
     }
 }

@@ -347,13 +347,96 @@ fn a_snapshot_cut_by_a_restart_is_taken_again_from_its_floor() {
     assert!(!d.holds_cut_snapshot());
 }
 
-/// A fresh replica holding parts of a snapshot that never ended, its
-/// history too short to keep their records: saved, its base is the empty
-/// state (its clock claims none of the parts), so a restart brings back a
-/// truly fresh replica, not one holding them with nothing to say what they
-/// are (which would take a higher floor's snapshot on top of them).
+/// Parts of a snapshot cut on its way to a replica whose clock claims
+/// something (its own write) do not count as cut parts: its clock makes a
+/// higher floor's snapshot stale anyway, and one from its own floor, once
+/// history has brought it up, is as safe as for any replica with a clock.
+/// Counted, they made such a replica stale at its own floor for good.
 #[test]
-fn a_cut_snapshot_is_not_saved_as_a_base() {
+fn parts_cut_on_their_way_to_a_replica_with_a_clock_are_not_counted() {
+    use repred::StreamOpts;
+    let sending = Config::default().history_limit(1).snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    let mut d = repred::Replica::new(SourceId::new("d").unwrap(), Numbers::default());
+    d.update(NOW, [9_999].into()).unwrap();
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    for _ in 0..3 {
+        deliver(&mut d, s, &mut sender, p, false);
+        deliver(&mut sender, p, &mut d, s, true);
+    }
+    assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
+    assert!(d.receiving_snapshot());
+    d.abort(s);
+    assert_eq!(d.cut_parts_floor(), None);
+    assert!(!d.holds_cut_snapshot());
+}
+
+/// A fresh replica's first snapshot is cut, and saved as a base (its
+/// history too short to keep the parts' records); the snapshot is sent
+/// again and ends, its parts changing nothing (the state holds them), so
+/// the log after the base says only that it ended. A restart brings back
+/// the whole state: a base saved empty would come back with the clock
+/// claiming everything and none of it, lost for good.
+#[test]
+fn a_cut_snapshot_saved_then_ended_loses_nothing_across_a_restart() {
+    use repred::StreamOpts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let sending = Config::default().snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    sender.collect(sender.last_timestamp());
+    let config = Config::default().history_snapshot_bytes(1 << 10);
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load_or_create::<Numbers>("d", config.clone()).unwrap();
+    store.save("d", &d).unwrap();
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    for _ in 0..3 {
+        deliver(&mut d, s, &mut sender, p, false);
+        deliver(&mut sender, p, &mut d, s, true);
+    }
+    assert!(d.holds_cut_snapshot());
+    assert!(d.entries_from(0).is_err(), "the parts' records are gone: a base it is");
+    store.save("d", &d).unwrap();
+
+    d.abort(s);
+    sender.abort(p);
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    let mut rounds = 0;
+    while deliver(&mut d, s, &mut sender, p, false) | deliver(&mut sender, p, &mut d, s, false) {
+        rounds += 1;
+        assert!(rounds < 16, "the exchange ends");
+    }
+    assert_eq!(d.stats().snapshots, 1);
+    assert_eq!(d.state(), sender.state());
+    store.save("d", &d).unwrap();
+    drop((d, store));
+
+    let store = Store::open(&path).unwrap();
+    let d = store.load::<Numbers>("d", config).unwrap().unwrap();
+    assert_eq!(d.clock(), sender.clock());
+    assert_eq!(d.state().len(), sender.state().len(), "the state the clock claims came back");
+    assert_eq!(d.state(), sender.state());
+    assert!(!d.holds_cut_snapshot());
+}
+
+/// A fresh replica holding parts of a snapshot that never ended, its
+/// history too short to keep their records: saved, its base holds them
+/// with the floor they are from, so a restart brings them back as what
+/// they are, not as a fresh replica's state with nothing to say so (which
+/// would take a higher floor's snapshot on top of them).
+#[test]
+fn a_cut_snapshot_is_saved_as_a_base_with_its_floor() {
     use repred::StreamOpts;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
@@ -392,14 +475,17 @@ fn a_cut_snapshot_is_not_saved_as_a_base() {
     assert!(d.clock().is_empty());
     assert!(d.holds_cut_snapshot());
     assert!(d.entries_from(0).is_err(), "the parts' records are gone: a base it is");
+    let (held, floor) = (d.state().clone(), d.cut_parts_floor());
+    assert_eq!(floor, Some(Timestamp::ZERO), "the sender's floor");
     store.save("d", &d).unwrap();
     drop((d, store));
 
     let (parts, _) = stored_parts(&path);
-    assert_eq!(parts, 0, "no part of the cut snapshot is stored");
+    assert!(parts > 0, "the cut snapshot's parts are stored");
     let store = Store::open(&path).unwrap();
-    let d = store.load::<Numbers>("d", config).unwrap().unwrap();
-    assert!(d.state().is_empty(), "{} entries came back", d.state().len());
-    assert!(d.clock().is_empty());
-    assert!(!d.holds_cut_snapshot());
+    let restored = store.load::<Numbers>("d", config).unwrap().unwrap();
+    assert_eq!(restored.state(), &held);
+    assert!(restored.clock().is_empty());
+    assert!(restored.holds_cut_snapshot());
+    assert_eq!(restored.cut_parts_floor(), floor);
 }

@@ -71,12 +71,14 @@ pub enum Entry<U> {
         change: U,
     },
     // Last: stores hold entries by variant index.
-    /// Parts of a peer's snapshot from collection floor `floor` begin to
-    /// be merged while the clock claims nothing: the [`Entry::Merge`]s
-    /// with empty clocks after it, until an [`Entry::Covered`] with a
-    /// clock, are its parts. A restore that finds them cut knows what
-    /// floor they held (a snapshot from a higher one may not be merged on
-    /// top of them); without it, it assumes its own floor, which is lower.
+    /// The [`Entry::Merge`] that follows is a part of a peer's snapshot
+    /// from collection floor `floor`, merged while the clock claimed
+    /// nothing. A restore that finds such parts with no
+    /// [`Entry::Covered`] after them whose clock claims something (the
+    /// snapshot was cut) knows what floor they hold: a snapshot from a
+    /// higher one may not be merged on top of them. For a part without
+    /// this record (a log from before it) it takes the floor then, which
+    /// is no higher.
     Receiving {
         /// The peer that sends the snapshot.
         from: SourceId,

@@ -494,10 +494,14 @@ pub(crate) struct Core<T: Reduce> {
     /// while the clock claimed nothing (none ended since with a clock):
     /// parts of one that was cut stay in the state with no clock to say
     /// what they hold, so a snapshot from a higher floor finds this fresh
-    /// replica stale (see `Stream::vet_floor`). A restore that replays
-    /// parts with no end after them takes the floor the log names for
-    /// them ([`Entry::Receiving`]), or its own, lower, where none does.
+    /// replica stale (see `Stream::vet_floor`). A restore replays it from
+    /// the log ([`Entry::Receiving`]), and a store saves it with a base
+    /// (`Replica::with_cut_parts_floor`).
     pub(crate) parts_floor: Option<Timestamp>,
+    /// A restore replayed the end of a snapshot that left the clock
+    /// claiming something: parts of the base it restored from, if any,
+    /// are vouched for (`Replica::with_cut_parts_floor`).
+    pub(crate) replayed_end: bool,
 }
 
 /// Most peer lives remembered; past it the oldest-keyed are forgotten (a
@@ -1046,10 +1050,27 @@ impl<T: Reduce> Core<T> {
         }
     }
 
-    /// Merges one part of a peer's snapshot collected at `floor`, and
-    /// counts it among the parts the clock does not claim yet
-    /// (`parts_floor`); the log says so where the floor they hold is new
-    /// ([`Entry::Receiving`]), for a restore to know it.
+    /// A replayed record of what a snapshot brought, with the clock it
+    /// stands for: when it `ends` the snapshot, as `finish_snapshot`, a
+    /// clock that claims something now vouches for the parts merged before
+    /// it, the base's too (see `with_cut_parts_floor`).
+    fn replay_snapshot(&mut self, clock: &Clock, ends: bool) {
+        self.clock.merge(clock);
+        if ends && !self.clock.is_empty() {
+            self.parts_floor = None;
+            self.replayed_end = true;
+        }
+        self.history.raise_horizon(clock);
+        self.last = self.last.max(clock.max());
+    }
+
+    /// Merges one part of a peer's snapshot collected at `floor`. While
+    /// the clock claims nothing, the part counts among those no clock
+    /// vouches for (`parts_floor`), and its record in the log is preceded
+    /// by the floor it holds ([`Entry::Receiving`]), for a restore to know
+    /// it. (A replica with a clock is stale for any higher floor anyway.)
+    /// The clock does not move: that waits for the end. `bytes` is the
+    /// part as received: what the history counts it for.
     pub(crate) fn receive_part(
         &mut self,
         from: SourceId,
@@ -1057,19 +1078,14 @@ impl<T: Reduce> Core<T> {
         part: T::Update,
         bytes: usize,
     ) {
-        let parts_floor = self.parts_floor.map_or(floor, |f| f.min(floor));
-        if self.clock.is_empty() && self.parts_floor != Some(parts_floor) {
-            self.history.push(Entry::Receiving { from, floor: parts_floor });
+        let fresh = self.clock.is_empty();
+        if fresh {
+            self.parts_floor = Some(self.parts_floor.map_or(floor, |f| f.min(floor)));
         }
-        self.parts_floor = Some(parts_floor);
-        self.merge_part(from, part, bytes);
-    }
-
-    /// Merges one part of a peer's snapshot: the state takes it, the clock
-    /// does not move (that waits for the end).
-    /// `bytes` is the part as received: what the history counts it for.
-    pub(crate) fn merge_part(&mut self, from: SourceId, part: T::Update, bytes: usize) {
         if let Some(change) = self.state.reduce(part) {
+            if fresh {
+                self.history.push(Entry::Receiving { from, floor });
+            }
             self.history.push_merge(Entry::Merge { from, clock: Clock::new(), change }, bytes);
         }
     }
@@ -1282,6 +1298,7 @@ impl<T: Reduce> Replica<T> {
                 declined: BTreeMap::new(),
                 receiving: BTreeMap::new(),
                 parts_floor: None,
+                replayed_end: false,
             },
             streams: BTreeMap::new(),
             next_stream: 0,
@@ -1573,12 +1590,14 @@ impl<T: Reduce> Replica<T> {
         core.last = last.max(base_clock.max());
         core.clock = base_clock;
         // Parts of a snapshot replayed with no end after them: it was cut
-        // (or the save was), and they count as such (`parts_floor`), at
-        // the floor the log names for them (`Entry::Receiving`), or at our
-        // own, lower, for parts it does not (a log from before the record).
-        let mut cut = false;
-        let (mut named, mut unnamed) = (None::<Timestamp>, false);
+        // (or the save was), and they count as such (`parts_floor`), as
+        // `receive_part` counted them: at the floor the log names for each
+        // (`Entry::Receiving`), or, for one it does not (a log from before
+        // the record), at the floor then, which is no higher (a snapshot
+        // from below the floor is refused).
+        let mut named = false;
         for entry in entries {
+            let part_named = std::mem::take(&mut named);
             match &entry {
                 Entry::Change(e) | Entry::Unchanged(e) | Entry::Relayed { envelope: e, .. } => {
                     // Recorded as they travel, without the stamps that are
@@ -1596,36 +1615,30 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(stamp.ts);
                 }
                 Entry::Merge { clock, change, .. } => {
-                    cut |= clock.is_empty();
-                    unnamed |= clock.is_empty() && named.is_none();
-                    core.state.reduce(change.clone());
-                    core.clock.merge(clock);
-                    core.history.raise_horizon(clock);
-                    core.last = core.last.max(clock.max());
-                }
-                Entry::Covered { clock, .. } => {
-                    core.clock.merge(clock);
-                    // As `finish_snapshot`: an end with no clock (its
-                    // sender held nothing) leaves the parts counted.
-                    cut &= core.clock.is_empty();
-                    if !cut {
-                        (named, unnamed) = (None, false);
+                    if clock.is_empty() && !part_named && core.clock.is_empty() {
+                        let floor = core.floor;
+                        core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
                     }
-                    core.history.raise_horizon(clock);
-                    core.last = core.last.max(clock.max());
+                    core.state.reduce(change.clone());
+                    // With a clock: a whole snapshot, as earlier versions
+                    // recorded one.
+                    core.replay_snapshot(clock, !clock.is_empty());
                 }
+                Entry::Covered { clock, .. } => core.replay_snapshot(clock, true),
                 Entry::Collected { floor } => {
                     core.raise_floor(*floor);
                     core.collect_pending = false;
                     core.state.collect(*floor);
                 }
-                Entry::Receiving { floor, .. } => named = Some(*floor),
+                Entry::Receiving { floor, .. } => {
+                    if core.clock.is_empty() {
+                        let floor = *floor;
+                        core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
+                    }
+                    named = true;
+                }
             }
             core.history.push(entry);
-        }
-        if cut {
-            let own = unnamed.then_some(core.floor);
-            core.parts_floor = named.into_iter().chain(own).min().or(Some(core.floor));
         }
         replica
     }
@@ -1951,12 +1964,36 @@ impl<T: Reduce> Replica<T> {
     /// clock claims nothing. Such a replica finds a snapshot from a
     /// collection floor higher than the parts' stale
     /// ([`Event::Stale`](crate::Event::Stale)), even one its own floor
-    /// was raised to since. A
-    /// durable store saves no such state as a base: the parts would come
-    /// back at the next start with nothing to say what they are, and its
-    /// clock claims none of them, so the empty state loses nothing.
+    /// was raised to since. A durable store saves the parts' floor with
+    /// such a state ([`cut_parts_floor`](Replica::cut_parts_floor)), so
+    /// they come back at the next start as what they are.
     pub fn holds_cut_snapshot(&self) -> bool {
         self.core.parts_floor.is_some() && self.core.clock.is_empty()
+    }
+
+    /// The lowest collection floor of the snapshot parts this replica
+    /// merged while its clock claimed nothing, and that no snapshot ending
+    /// with a clock has vouched for since (`None`: none). A durable store
+    /// saves it with a base state ([`with_cut_parts_floor`](Replica::with_cut_parts_floor)):
+    /// the base holds the parts, and nothing else would say what they are.
+    pub fn cut_parts_floor(&self) -> Option<Timestamp> {
+        self.core.parts_floor
+    }
+
+    /// This replica, restored from a base whose state held snapshot parts
+    /// from `floor` ([`cut_parts_floor`](Replica::cut_parts_floor) when the
+    /// base was saved): for a durable store, right after
+    /// [`restore`](Replica::restore). Unless the log replayed since the
+    /// base ended a snapshot with a clock, which vouches for them, the
+    /// parts count as cut: a snapshot from a higher floor finds the
+    /// replica stale rather than bring back what their keys' deletes were.
+    pub fn with_cut_parts_floor(mut self, floor: Option<Timestamp>) -> Self {
+        if let Some(floor) = floor
+            && !self.core.replayed_end
+        {
+            self.core.parts_floor = Some(self.core.parts_floor.map_or(floor, |f| f.min(floor)));
+        }
+        self
     }
 
     /// Whether a local update's `reduce` panicked (or its change could not
