@@ -348,20 +348,24 @@ fn a_snapshot_cut_by_a_restart_is_taken_again_from_its_floor() {
 }
 
 /// Parts of a snapshot cut on its way to a replica whose clock claims
-/// something (its own write) do not count as cut parts: its clock makes a
-/// higher floor's snapshot stale anyway, and one from its own floor, once
-/// history has brought it up, is as safe as for any replica with a clock.
-/// Counted, they made such a replica stale at its own floor for good.
+/// something (its own write) count as cut parts too: a floor raised to a
+/// higher snapshot's without the deletes it collected (by a Hello from a
+/// peer that holds nothing) must not take that snapshot on top of them.
+/// They count across a restart, and until a snapshot ends whose clock
+/// vouches for them.
 #[test]
-fn parts_cut_on_their_way_to_a_replica_with_a_clock_are_not_counted() {
+fn parts_cut_on_their_way_to_a_replica_with_a_clock_count_until_a_snapshot_ends() {
     use repred::StreamOpts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
     let sending = Config::default().history_limit(1).snapshot_part_bytes(512);
     let mut sender =
         repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
     for i in 0..2_000u64 {
         sender.update(NOW, [i].into()).unwrap();
     }
-    let mut d = repred::Replica::new(SourceId::new("d").unwrap(), Numbers::default());
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load_or_create::<Numbers>("d", Config::default()).unwrap();
     d.update(NOW, [9_999].into()).unwrap();
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
@@ -372,8 +376,25 @@ fn parts_cut_on_their_way_to_a_replica_with_a_clock_are_not_counted() {
     assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
     assert!(d.receiving_snapshot());
     d.abort(s);
-    assert_eq!(d.cut_parts_floor(), None);
-    assert!(!d.holds_cut_snapshot());
+    assert_eq!(d.cut_parts_floor(), Some(Timestamp::ZERO));
+    assert!(!d.holds_cut_snapshot(), "not a fresh replica's");
+    store.save("d", &d).unwrap();
+    drop((d, store));
+
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load::<Numbers>("d", Config::default()).unwrap().unwrap();
+    assert_eq!(d.cut_parts_floor(), Some(Timestamp::ZERO), "counted after a restart");
+    sender.abort(p);
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    let mut rounds = 0;
+    while deliver(&mut d, s, &mut sender, p, false) | deliver(&mut sender, p, &mut d, s, false) {
+        rounds += 1;
+        assert!(rounds < 16, "the exchange ends");
+    }
+    assert_eq!(d.stats().snapshots, 1);
+    assert_eq!(d.cut_parts_floor(), None, "the snapshot's clock vouches for them");
+    assert!(sender.state().iter().all(|n| d.state().contains(n)));
 }
 
 /// A fresh replica's first snapshot is cut, and saved as a base (its

@@ -72,13 +72,12 @@ pub enum Entry<U> {
     },
     // Last: stores hold entries by variant index.
     /// The [`Entry::Merge`] that follows is a part of a peer's snapshot
-    /// from collection floor `floor`, merged while the clock claimed
-    /// nothing. A restore that finds such parts with no
-    /// [`Entry::Covered`] after them whose clock claims something (the
+    /// from collection floor `floor`. A restore that finds such parts with
+    /// no [`Entry::Covered`] after them whose clock claims something (the
     /// snapshot was cut) knows what floor they hold: a snapshot from a
     /// higher one may not be merged on top of them. For a part without
-    /// this record (a log from before it) it takes the floor then, which
-    /// is no higher.
+    /// this record (a log from before it) it takes the floor of the
+    /// replay then, which is no higher.
     Receiving {
         /// The peer that sends the snapshot.
         from: SourceId,

@@ -491,7 +491,7 @@ pub(crate) struct Core<T: Reduce> {
     /// (see `Stream::vet_floor`).
     pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
     /// The lowest floor of the snapshots whose parts were merged here
-    /// while the clock claimed nothing (none ended since with a clock):
+    /// (none ended since with a clock that vouches for them):
     /// parts of one that was cut stay in the state with no clock to say
     /// what they hold, so a snapshot from a higher floor finds this fresh
     /// replica stale (see `Stream::vet_floor`). A restore replays it from
@@ -1050,13 +1050,18 @@ impl<T: Reduce> Core<T> {
         }
     }
 
+    /// Counts parts from `floor` among those no clock vouches for.
+    fn count_parts(&mut self, floor: Timestamp) {
+        self.parts_floor = Some(self.parts_floor.map_or(floor, |f| f.min(floor)));
+    }
+
     /// A replayed record of what a snapshot brought, with the clock it
     /// stands for: when it `ends` the snapshot, as `finish_snapshot`, a
-    /// clock that claims something now vouches for the parts merged before
+    /// clock that claims something vouches for the parts merged before
     /// it, the base's too (see `with_cut_parts_floor`).
     fn replay_snapshot(&mut self, clock: &Clock, ends: bool) {
         self.clock.merge(clock);
-        if ends && !self.clock.is_empty() {
+        if ends && !clock.is_empty() {
             self.parts_floor = None;
             self.replayed_end = true;
         }
@@ -1064,13 +1069,13 @@ impl<T: Reduce> Core<T> {
         self.last = self.last.max(clock.max());
     }
 
-    /// Merges one part of a peer's snapshot collected at `floor`. While
-    /// the clock claims nothing, the part counts among those no clock
-    /// vouches for (`parts_floor`), and its record in the log is preceded
-    /// by the floor it holds ([`Entry::Receiving`]), for a restore to know
-    /// it. (A replica with a clock is stale for any higher floor anyway.)
-    /// The clock does not move: that waits for the end. `bytes` is the
-    /// part as received: what the history counts it for.
+    /// Merges one part of a peer's snapshot collected at `floor`. Until a
+    /// snapshot ends whose clock vouches for it, a part that changed the
+    /// state counts among those no clock does (`parts_floor`), and its
+    /// record in the log is preceded by the floor it holds
+    /// ([`Entry::Receiving`]), for a restore to count it alike. The clock
+    /// does not move: that waits for the end. `bytes` is the part as
+    /// received: what the history counts it for.
     pub(crate) fn receive_part(
         &mut self,
         from: SourceId,
@@ -1078,14 +1083,9 @@ impl<T: Reduce> Core<T> {
         part: T::Update,
         bytes: usize,
     ) {
-        let fresh = self.clock.is_empty();
-        if fresh {
-            self.parts_floor = Some(self.parts_floor.map_or(floor, |f| f.min(floor)));
-        }
         if let Some(change) = self.state.reduce(part) {
-            if fresh {
-                self.history.push(Entry::Receiving { from, floor });
-            }
+            self.count_parts(floor);
+            self.history.push(Entry::Receiving { from, floor });
             self.history.push_merge(Entry::Merge { from, clock: Clock::new(), change }, bytes);
         }
     }
@@ -1123,10 +1123,10 @@ impl<T: Reduce> Core<T> {
         self.clock.merge(clock);
         // Parts of a cut one, if any, were from this snapshot's floor or
         // above (see `Stream::vet_floor`): they lack none of the deletes
-        // its clock claims. With a clock, the replica is no longer fresh,
-        // and a higher floor finds it stale anyway; with none (the sender
-        // held nothing), it still is, and the parts still count.
-        if !self.clock.is_empty() {
+        // its clock claims, whose effects its state brought. A snapshot
+        // whose clock claims nothing (the sender held nothing) vouches for
+        // nothing, even where our own writes make our clock claim some.
+        if !clock.is_empty() {
             self.parts_floor = None;
         }
         self.last = self.last.max(clock.max());
@@ -1593,8 +1593,9 @@ impl<T: Reduce> Replica<T> {
         // (or the save was), and they count as such (`parts_floor`), as
         // `receive_part` counted them: at the floor the log names for each
         // (`Entry::Receiving`), or, for one it does not (a log from before
-        // the record), at the floor then, which is no higher (a snapshot
-        // from below the floor is refused).
+        // the record), at the floor of the replay then, which is no higher
+        // (a snapshot from below the floor is refused; the base's floor
+        // comes after the replay).
         let mut named = false;
         for entry in entries {
             let part_named = std::mem::take(&mut named);
@@ -1615,9 +1616,9 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(stamp.ts);
                 }
                 Entry::Merge { clock, change, .. } => {
-                    if clock.is_empty() && !part_named && core.clock.is_empty() {
+                    if clock.is_empty() && !part_named {
                         let floor = core.floor;
-                        core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
+                        core.count_parts(floor);
                     }
                     core.state.reduce(change.clone());
                     // With a clock: a whole snapshot, as earlier versions
@@ -1631,10 +1632,8 @@ impl<T: Reduce> Replica<T> {
                     core.state.collect(*floor);
                 }
                 Entry::Receiving { floor, .. } => {
-                    if core.clock.is_empty() {
-                        let floor = *floor;
-                        core.parts_floor = Some(core.parts_floor.map_or(floor, |f| f.min(floor)));
-                    }
+                    let floor = *floor;
+                    core.count_parts(floor);
                     named = true;
                 }
             }
@@ -1972,8 +1971,8 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The lowest collection floor of the snapshot parts this replica
-    /// merged while its clock claimed nothing, and that no snapshot ending
-    /// with a clock has vouched for since (`None`: none). A durable store
+    /// merged that no snapshot ending with a clock has vouched for since
+    /// (`None`: none). A durable store
     /// saves it with a base state ([`with_cut_parts_floor`](Replica::with_cut_parts_floor)):
     /// the base holds the parts, and nothing else would say what they are.
     pub fn cut_parts_floor(&self) -> Option<Timestamp> {
@@ -1991,7 +1990,7 @@ impl<T: Reduce> Replica<T> {
         if let Some(floor) = floor
             && !self.core.replayed_end
         {
-            self.core.parts_floor = Some(self.core.parts_floor.map_or(floor, |f| f.min(floor)));
+            self.core.count_parts(floor);
         }
         self
     }
