@@ -463,6 +463,10 @@ pub(crate) struct Core<T: Reduce> {
     /// The highest floor of a peer that found this replica stale, if any
     /// ([`Event::Stale`]).
     pub(crate) stale: Timestamp,
+    /// A peer's snapshot found this replica stale for the parts of a cut
+    /// one it holds (`parts_floor`): stale until a rejoin, even at its own
+    /// floor (see `Stream::vet_floor`).
+    pub(crate) stale_parts: bool,
     /// Since a [`Replica::rejoin`], the floor below which this replica
     /// holds nothing stale: snapshots from up to it may be merged.
     pub(crate) fresh_to: Timestamp,
@@ -491,7 +495,8 @@ pub(crate) struct Core<T: Reduce> {
     /// (see `Stream::vet_floor`).
     pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
     /// The lowest floor of the snapshots whose parts were merged here
-    /// (none ended since with a clock that vouches for them):
+    /// while the clock claimed nothing (none ended since with a clock
+    /// that vouches for them):
     /// parts of one that was cut stay in the state with no clock to say
     /// what they hold, so a snapshot from a higher floor finds this fresh
     /// replica stale (see `Stream::vet_floor`). A restore replays it from
@@ -1069,12 +1074,15 @@ impl<T: Reduce> Core<T> {
         self.last = self.last.max(clock.max());
     }
 
-    /// Merges one part of a peer's snapshot collected at `floor`. Until a
-    /// snapshot ends whose clock vouches for it, a part that changed the
-    /// state counts among those no clock does (`parts_floor`), and its
-    /// record in the log is preceded by the floor it holds
-    /// ([`Entry::Receiving`]), for a restore to count it alike. The clock
-    /// does not move: that waits for the end. `bytes` is the part as
+    /// Merges one part of a peer's snapshot collected at `floor`. While
+    /// the clock claims nothing, a part that changed the state counts
+    /// among those no clock vouches for (`parts_floor`), until a snapshot
+    /// ends whose clock does, and its record in the log is preceded by
+    /// the floor it holds ([`Entry::Receiving`]), for a restore to count
+    /// it alike. (A replica with a clock took its floor from what it
+    /// holds: a snapshot from that floor is as safe on top of its parts as
+    /// on top of the rest, and one from above finds it stale anyway.) The
+    /// clock does not move: that waits for the end. `bytes` is the part as
     /// received: what the history counts it for.
     pub(crate) fn receive_part(
         &mut self,
@@ -1083,9 +1091,12 @@ impl<T: Reduce> Core<T> {
         part: T::Update,
         bytes: usize,
     ) {
+        let fresh = self.clock.is_empty();
         if let Some(change) = self.state.reduce(part) {
-            self.count_parts(floor);
-            self.history.push(Entry::Receiving { from, floor });
+            if fresh {
+                self.count_parts(floor);
+                self.history.push(Entry::Receiving { from, floor });
+            }
             self.history.push_merge(Entry::Merge { from, clock: Clock::new(), change }, bytes);
         }
     }
@@ -1291,6 +1302,7 @@ impl<T: Reduce> Replica<T> {
                 floor: Timestamp::ZERO,
                 collect_pending: false,
                 stale: Timestamp::ZERO,
+                stale_parts: false,
                 fresh_to: Timestamp::ZERO,
                 own_back: Timestamp::ZERO,
                 own_missing: Timestamp::ZERO,
@@ -1616,7 +1628,7 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(stamp.ts);
                 }
                 Entry::Merge { clock, change, .. } => {
-                    if clock.is_empty() && !part_named {
+                    if clock.is_empty() && !part_named && core.clock.is_empty() {
                         let floor = core.floor;
                         core.count_parts(floor);
                     }
@@ -1729,11 +1741,10 @@ impl<T: Reduce> Replica<T> {
     /// ([`holds_cut_snapshot`](Replica::holds_cut_snapshot)) are not made
     /// safe by a floor raised over them.
     pub fn stale_floor(&self) -> Option<Timestamp> {
-        // A verdict at our own floor counts too when it was for parts cut
-        // below it (see `Stream::vet_floor`): a floor raised by hand over
-        // them does not make them safe.
-        let cut = self.core.parts_floor.is_some_and(|f| f < self.core.stale);
-        (self.core.stale > self.core.floor || cut).then_some(self.core.stale)
+        // A verdict for parts of a cut snapshot holds at our own floor too
+        // (see `Stream::vet_floor`): a floor raised over them on an empty
+        // clock does not make them safe.
+        (self.core.stale > self.core.floor || self.core.stale_parts).then_some(self.core.stale)
     }
 
     /// Starts over after [`Event::Stale`]: the state becomes `fresh` (the
@@ -1825,6 +1836,7 @@ impl<T: Reduce> Replica<T> {
         core.own_missing = own_missing;
         core.own_held = Timestamp::ZERO;
         core.stale = Timestamp::ZERO;
+        core.stale_parts = false;
         core.poisoned = false;
         core.collect_pending = false;
         core.parts_floor = None;
@@ -1971,8 +1983,8 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The lowest collection floor of the snapshot parts this replica
-    /// merged that no snapshot ending with a clock has vouched for since
-    /// (`None`: none). A durable store
+    /// merged while its clock claimed nothing, that no snapshot ending
+    /// with a clock has vouched for since (`None`: none). A durable store
     /// saves it with a base state ([`with_cut_parts_floor`](Replica::with_cut_parts_floor)):
     /// the base holds the parts, and nothing else would say what they are.
     pub fn cut_parts_floor(&self) -> Option<Timestamp> {

@@ -1157,16 +1157,18 @@ impl Stream {
         if let Some((_, &floor)) = other {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
-        // Parts of a snapshot from a lower floor came here, and it never
-        // ended (its link was cut, or it was refused midway): they may
-        // hold a key alive whose delete this snapshot's sender collected,
-        // and its clock, ours once it is in, would claim the delete, so
-        // no peer would ever send it. (Parts from this floor or above held
-        // every delete this one forgot: those were stable.) Whatever our
-        // own floor: one raised since (`Replica::collect` on an empty
-        // clock) forgot deletes, it brought none. Only a start over
-        // (`Replica::rejoin`) takes them out.
-        let cut = core.parts_floor.is_some_and(|f| f < theirs);
+        // Parts of a snapshot from a lower floor came here while the clock
+        // claimed nothing, and it never ended (its link was cut, or it was
+        // refused midway): they may hold a key alive whose delete this
+        // snapshot's sender collected, and its clock, ours once it is in,
+        // would claim the delete, so no peer would ever send it. (Parts
+        // from this floor or above held every delete this one forgot:
+        // those were stable.) Whatever our own floor: one raised on an
+        // empty clock (`Replica::collect`, a Hello from a peer holding
+        // nothing) forgot deletes, it brought none. A clock since, taken
+        // from what came (history), holds its floor as any. Only a start
+        // over (`Replica::rejoin`) takes them out.
+        let cut = core.clock.is_empty() && core.parts_floor.is_some_and(|f| f < theirs);
         if theirs > ours || cut {
             // Nothing here predates the floor: the snapshot brings us up,
             // and the floor follows with the peer's Sync. Nor since a
@@ -1182,6 +1184,9 @@ impl Stream {
                 return Some(Refused::Outdated(theirs));
             }
             core.stale = core.stale.max(theirs);
+            // For the parts, the verdict holds until a rejoin whatever
+            // comes (a write of our own, a floor raised to the verdict's).
+            core.stale_parts |= cut;
             let peer = self.peer.map_or(core.id, |p| p.id);
             core.emit(Event::Stale { stream: id, peer, floor: theirs });
             return Some(Refused::Stale(theirs));
