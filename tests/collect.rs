@@ -821,35 +821,44 @@ fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
 /// (`collect` on an empty clock; a Hello from a peer with an empty clock
 /// and that floor does the same): the floors are equal, but the parts are
 /// still from below, and `b`'s snapshot would bring 5 back as before. `d`
-/// is stale at its own floor, and says so until it rejoins.
+/// is stale at its own floor, and says so until it rejoins. So it is
+/// after a write of its own: its clock claims that, and nothing a peer
+/// sent.
 #[test]
 fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
-    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
-    let high = b_collects_past_the_delete(&mut net, a, b);
-    merge_the_part_with_five(&mut net, ad, d);
-    net.cut(ad);
-    net[d].collect(high);
-    assert_eq!(net[d].floor(), high);
-    assert_eq!(net[d].stale_floor(), None, "nothing found it stale yet");
-    events(&mut net[d]);
+    for own_write in [false, true] {
+        let (mut net, [a, b, d], ad) =
+            five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+        let high = b_collects_past_the_delete(&mut net, a, b);
+        merge_the_part_with_five(&mut net, ad, d);
+        net.cut(ad);
+        net[d].collect(high);
+        assert_eq!(net[d].floor(), high);
+        if own_write {
+            net.update(d, LwwMap::set(100, 100)).unwrap();
+        }
+        assert_eq!(net[d].stale_floor(), None, "nothing found it stale yet");
+        events(&mut net[d]);
 
-    let bd = net.link(b, d);
-    pump_link(&mut net, bd);
-    let seen = events(&mut net[d]);
-    assert!(
-        seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
-        "{seen:?}"
-    );
-    assert_eq!(net[d].stale_floor(), Some(high), "at its own floor, for the parts");
-    assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+        let bd = net.link(b, d);
+        pump_link(&mut net, bd);
+        let seen = events(&mut net[d]);
+        assert!(
+            seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
+            "own write {own_write}: {seen:?}"
+        );
+        assert_eq!(net[d].stale_floor(), Some(high), "at its own floor, for the parts");
+        assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+        assert_eq!(net[d].state().get(&5), Some(&5));
 
-    net[d].rejoin(Map::default());
-    net.link(b, d);
-    net.pump();
-    assert_eq!(net[d].stale_floor(), None);
-    assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
-    assert_eq!(net[d].state(), net[b].state());
-    assert_eq!(net[d].clock(), net[b].clock());
+        net[d].rejoin(Map::default());
+        net.link(b, d);
+        net.pump();
+        assert_eq!(net[d].stale_floor(), None);
+        assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
+        assert_eq!(net[d].state(), net[b].state());
+        assert_eq!(net[d].clock(), net[b].clock());
+    }
 }
 
 /// `d` as a store restarts it: restored from its log alone (a fresh

@@ -72,11 +72,12 @@ pub enum Entry<U> {
     },
     // Last: stores hold entries by variant index.
     /// The [`Entry::Merge`] that follows is a part of a peer's snapshot
-    /// from collection floor `floor`. A restore that finds such parts with
+    /// from collection floor `floor`, merged while the clock claimed none
+    /// of the peers' writes. A restore that finds such parts with
     /// no [`Entry::Covered`] after them whose clock claims something (the
     /// snapshot was cut) knows what floor they hold: a snapshot from a
     /// higher one may not be merged on top of them. For a part without
-    /// this record (a log from before it) it takes the floor of the
+    /// this record, from a log before it, it takes the floor of the
     /// replay then, which is no higher.
     Receiving {
         /// The peer that sends the snapshot.

@@ -495,7 +495,8 @@ pub(crate) struct Core<T: Reduce> {
     /// (see `Stream::vet_floor`).
     pub(crate) receiving: BTreeMap<crate::StreamId, Timestamp>,
     /// The lowest floor of the snapshots whose parts were merged here
-    /// while the clock claimed nothing (none ended since with a clock
+    /// while the clock claimed none of the peers' writes (none ended since
+    /// with a clock
     /// that vouches for them):
     /// parts of one that was cut stay in the state with no clock to say
     /// what they hold, so a snapshot from a higher floor finds this fresh
@@ -1055,6 +1056,13 @@ impl<T: Reduce> Core<T> {
         }
     }
 
+    /// Whether the clock claims nothing but our own writes: nothing a
+    /// peer sent vouches for what the state holds, and a floor held then
+    /// was not taken from what the replica holds (see `Stream::vet_floor`).
+    pub(crate) fn claims_only_own(&self) -> bool {
+        self.clock.iter().all(|(source, _)| source == self.id)
+    }
+
     /// Counts parts from `floor` among those no clock vouches for.
     fn count_parts(&mut self, floor: Timestamp) {
         self.parts_floor = Some(self.parts_floor.map_or(floor, |f| f.min(floor)));
@@ -1067,6 +1075,7 @@ impl<T: Reduce> Core<T> {
     fn replay_snapshot(&mut self, clock: &Clock, ends: bool) {
         self.clock.merge(clock);
         if ends && !clock.is_empty() {
+            self.stale_parts = false;
             self.parts_floor = None;
             self.replayed_end = true;
         }
@@ -1075,13 +1084,14 @@ impl<T: Reduce> Core<T> {
     }
 
     /// Merges one part of a peer's snapshot collected at `floor`. While
-    /// the clock claims nothing, a part that changed the state counts
-    /// among those no clock vouches for (`parts_floor`), until a snapshot
-    /// ends whose clock does, and its record in the log is preceded by
-    /// the floor it holds ([`Entry::Receiving`]), for a restore to count
-    /// it alike. (A replica with a clock took its floor from what it
-    /// holds: a snapshot from that floor is as safe on top of its parts as
-    /// on top of the rest, and one from above finds it stale anyway.) The
+    /// the clock claims none of the peers' writes, a part that changed the
+    /// state counts among those no clock vouches for (`parts_floor`),
+    /// until a snapshot ends whose clock does, and its record in the log
+    /// is preceded by the floor it holds ([`Entry::Receiving`]), for a
+    /// restore to count it alike. (A clock that claims peers' writes came
+    /// with what they sent, and the floor with it: a snapshot from that
+    /// floor is as safe on top of the parts as on top of the rest, and one
+    /// from above finds the replica stale anyway.) The
     /// clock does not move: that waits for the end. `bytes` is the part as
     /// received: what the history counts it for.
     pub(crate) fn receive_part(
@@ -1091,7 +1101,7 @@ impl<T: Reduce> Core<T> {
         part: T::Update,
         bytes: usize,
     ) {
-        let fresh = self.clock.is_empty();
+        let fresh = self.claims_only_own();
         if let Some(change) = self.state.reduce(part) {
             if fresh {
                 self.count_parts(floor);
@@ -1132,13 +1142,16 @@ impl<T: Reduce> Core<T> {
             self.own_missing = Timestamp::ZERO;
         }
         self.clock.merge(clock);
-        // Parts of a cut one, if any, were from this snapshot's floor or
-        // above (see `Stream::vet_floor`): they lack none of the deletes
+        // Parts of a cut one counted (merged while the clock claimed none
+        // of the peers' writes), if any, were from this snapshot's floor
+        // or above (see `Stream::vet_floor`): they lack none of the deletes
         // its clock claims, whose effects its state brought. A snapshot
         // whose clock claims nothing (the sender held nothing) vouches for
         // nothing, even where our own writes make our clock claim some.
         if !clock.is_empty() {
             self.parts_floor = None;
+            // What a verdict for them stood on is gone.
+            self.stale_parts = false;
         }
         self.last = self.last.max(clock.max());
         // We now hold effects of updates we have no history for.
@@ -1605,7 +1618,8 @@ impl<T: Reduce> Replica<T> {
         // (or the save was), and they count as such (`parts_floor`), as
         // `receive_part` counted them: at the floor the log names for each
         // (`Entry::Receiving`), or, for one it does not (a log from before
-        // the record), at the floor of the replay then, which is no higher
+        // the record) merged while the clock claimed none of the peers'
+        // writes, at the floor of the replay then, which is no higher
         // (a snapshot from below the floor is refused; the base's floor
         // comes after the replay).
         let mut named = false;
@@ -1628,7 +1642,7 @@ impl<T: Reduce> Replica<T> {
                     core.last = core.last.max(stamp.ts);
                 }
                 Entry::Merge { clock, change, .. } => {
-                    if clock.is_empty() && !part_named && core.clock.is_empty() {
+                    if clock.is_empty() && !part_named && core.claims_only_own() {
                         let floor = core.floor;
                         core.count_parts(floor);
                     }
@@ -1972,18 +1986,19 @@ impl<T: Reduce> Replica<T> {
 
     /// Whether this replica's state holds parts of a peer's snapshot that
     /// never ended (its link was cut, or it was refused midway) and its
-    /// clock claims nothing. Such a replica finds a snapshot from a
+    /// clock claims none of its peers' writes. Such a replica finds a snapshot from a
     /// collection floor higher than the parts' stale
     /// ([`Event::Stale`](crate::Event::Stale)), even one its own floor
     /// was raised to since. A durable store saves the parts' floor with
     /// such a state ([`cut_parts_floor`](Replica::cut_parts_floor)), so
     /// they come back at the next start as what they are.
     pub fn holds_cut_snapshot(&self) -> bool {
-        self.core.parts_floor.is_some() && self.core.clock.is_empty()
+        self.core.parts_floor.is_some() && self.core.claims_only_own()
     }
 
     /// The lowest collection floor of the snapshot parts this replica
-    /// merged while its clock claimed nothing, that no snapshot ending
+    /// merged while its clock claimed none of its peers' writes, that no
+    /// snapshot ending
     /// with a clock has vouched for since (`None`: none). A durable store
     /// saves it with a base state ([`with_cut_parts_floor`](Replica::with_cut_parts_floor)):
     /// the base holds the parts, and nothing else would say what they are.

@@ -1158,17 +1158,18 @@ impl Stream {
             return Some(Refused::Outdated(theirs.max(floor)));
         }
         // Parts of a snapshot from a lower floor came here while the clock
-        // claimed nothing, and it never ended (its link was cut, or it was
+        // claimed none of the peers' writes, and it never ended (its link was cut, or it was
         // refused midway): they may hold a key alive whose delete this
         // snapshot's sender collected, and its clock, ours once it is in,
         // would claim the delete, so no peer would ever send it. (Parts
         // from this floor or above held every delete this one forgot:
-        // those were stable.) Whatever our own floor: one raised on an
-        // empty clock (`Replica::collect`, a Hello from a peer holding
-        // nothing) forgot deletes, it brought none. A clock since, taken
-        // from what came (history), holds its floor as any. Only a start
+        // those were stable.) Whatever our own floor, while the clock
+        // claims none of the peers' writes still: one raised then
+        // (`Replica::collect`, a Hello from a peer holding nothing)
+        // forgot deletes, it brought none. A clock that came with what
+        // peers sent since (history) holds its floor as any. Only a start
         // over (`Replica::rejoin`) takes them out.
-        let cut = core.clock.is_empty() && core.parts_floor.is_some_and(|f| f < theirs);
+        let cut = core.claims_only_own() && core.parts_floor.is_some_and(|f| f < theirs);
         if theirs > ours || cut {
             // Nothing here predates the floor: the snapshot brings us up,
             // and the floor follows with the peer's Sync. Nor since a
