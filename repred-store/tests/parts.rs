@@ -297,6 +297,20 @@ fn deliver(
     !sent.is_empty()
 }
 
+/// Delivers both ways, whole, until neither side has more to send.
+fn exchange(
+    sender: &mut repred::Replica<Numbers>,
+    p: repred::StreamId,
+    d: &mut repred::Replica<Numbers>,
+    s: repred::StreamId,
+) {
+    let mut rounds = 0;
+    while deliver(d, s, sender, p, false) | deliver(sender, p, d, s, false) {
+        rounds += 1;
+        assert!(rounds < 16, "the exchange ends");
+    }
+}
+
 /// A fresh replica restarted from its store while a snapshot from its
 /// peer's collection floor, above its own, was coming in: the log names
 /// the floor of the parts it holds (`Entry::Receiving`), so the snapshot
@@ -335,11 +349,7 @@ fn a_snapshot_cut_by_a_restart_is_taken_again_from_its_floor() {
     sender.abort(p);
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    let mut rounds = 0;
-    while deliver(&mut d, s, &mut sender, p, false) | deliver(&mut sender, p, &mut d, s, false) {
-        rounds += 1;
-        assert!(rounds < 16, "the exchange ends");
-    }
+    exchange(&mut sender, p, &mut d, s);
     assert_eq!(d.stale_floor(), None);
     assert_eq!(d.stats().snapshots, 1);
     assert_eq!(d.state(), sender.state());
@@ -436,11 +446,7 @@ fn a_cut_snapshot_saved_then_ended_loses_nothing_across_a_restart() {
     sender.abort(p);
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    let mut rounds = 0;
-    while deliver(&mut d, s, &mut sender, p, false) | deliver(&mut sender, p, &mut d, s, false) {
-        rounds += 1;
-        assert!(rounds < 16, "the exchange ends");
-    }
+    exchange(&mut sender, p, &mut d, s);
     assert_eq!(d.stats().snapshots, 1);
     assert_eq!(d.state(), sender.state());
     store.save("d", &d).unwrap();
