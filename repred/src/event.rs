@@ -70,9 +70,10 @@ pub enum Event {
     /// A peer has collected deletes up to `floor`, above this replica's own
     /// [floor](crate::Replica::floor), and this replica holds state: it may
     /// hold what the peer forgot it deleted (it was away past that point;
-    /// or, fresh, it holds parts of a snapshot from a lower floor that was
-    /// cut midway, which the peer's snapshot is not to be mixed with, even
-    /// where its own floor was raised to the peer's on an empty clock),
+    /// or, its clock claiming none of the peers' writes, it holds parts of
+    /// a snapshot from a lower floor that was cut midway, which the peer's
+    /// snapshot is not to be mixed with, even where its own floor was
+    /// raised to the peer's since),
     /// so the stream was closed with [`CloseReason::Stale`], and so will be
     /// every stream to a peer at that floor. Call
     /// [`Replica::rejoin`](crate::Replica::rejoin): the replica starts over

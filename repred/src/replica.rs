@@ -464,8 +464,9 @@ pub(crate) struct Core<T: Reduce> {
     /// ([`Event::Stale`]).
     pub(crate) stale: Timestamp,
     /// A peer's snapshot found this replica stale for the parts of a cut
-    /// one it holds (`parts_floor`): stale until a rejoin, even at its own
-    /// floor (see `Stream::vet_floor`).
+    /// one it holds (`parts_floor`): stale even at its own floor, until a
+    /// rejoin or a snapshot whose end vouches for the parts (a clock with
+    /// the peers' writes, see `Stream::vet_floor`).
     pub(crate) stale_parts: bool,
     /// Since a [`Replica::rejoin`], the floor below which this replica
     /// holds nothing stale: snapshots from up to it may be merged.
@@ -1756,8 +1757,8 @@ impl<T: Reduce> Replica<T> {
     /// safe by a floor raised over them.
     pub fn stale_floor(&self) -> Option<Timestamp> {
         // A verdict for parts of a cut snapshot holds at our own floor too
-        // (see `Stream::vet_floor`): a floor raised over them on an empty
-        // clock does not make them safe.
+        // (see `Stream::vet_floor`): a floor raised over them while the
+        // clock claims none of the peers' writes does not make them safe.
         (self.core.stale > self.core.floor || self.core.stale_parts).then_some(self.core.stale)
     }
 

@@ -1167,8 +1167,9 @@ impl Stream {
         // claims none of the peers' writes still: one raised then
         // (`Replica::collect`, a Hello from a peer holding nothing)
         // forgot deletes, it brought none. A clock that came with what
-        // peers sent since (history) holds its floor as any. Only a start
-        // over (`Replica::rejoin`) takes them out.
+        // peers sent since (history) holds its floor as any. A start over
+        // (`Replica::rejoin`) takes them out, as does a snapshot ending
+        // with a clock of the peers' writes (it vouches for what is here).
         let cut = core.claims_only_own() && core.parts_floor.is_some_and(|f| f < theirs);
         if theirs > ours || cut {
             // Nothing here predates the floor: the snapshot brings us up,
@@ -1185,8 +1186,9 @@ impl Stream {
                 return Some(Refused::Outdated(theirs));
             }
             core.stale = core.stale.max(theirs);
-            // For the parts, the verdict holds until a rejoin whatever
-            // comes (a write of our own, a floor raised to the verdict's).
+            // For the parts, the verdict holds whatever comes (a write of
+            // our own, a floor raised to the verdict's) until a rejoin, or
+            // a snapshot that ends with a clock of the peers' writes.
             core.stale_parts |= cut;
             let peer = self.peer.map_or(core.id, |p| p.id);
             core.emit(Event::Stale { stream: id, peer, floor: theirs });
@@ -2703,6 +2705,44 @@ mod tests {
         y.handle(sy, NOW + 10, &out).unwrap();
         assert_eq!(y.floor(), Timestamp::ZERO, "y did not take n's floor");
         assert_eq!(y.stale_floor(), Some(floor), "y is stale");
+    }
+
+    /// A peer holding nothing vouches for nothing below its floor (one
+    /// raised by hand on an empty replica): our clock covers its empty
+    /// one, yet the floor is not taken over a key we hold that a delete
+    /// below it, which we may lack, was collected for; it would let a
+    /// snapshot from that floor be merged over the key. We are stale
+    /// instead (`holds_news_below` counts whatever we hold below it).
+    #[test]
+    fn a_floor_is_not_taken_from_a_peer_holding_nothing_over_what_we_hold() {
+        type Map = crate::LwwMap<String, u32>;
+        let id = |name: &str| SourceId::new(name).unwrap();
+        let mut y = Replica::new(id("y"), Map::default());
+        let set = Envelope::new(id("s"), Timestamp::new(NOW, 0), crate::LwwMap::set("k".into(), 1));
+        assert_eq!(y.apply(NOW, set), Outcome::Applied);
+        let mut empty = Replica::new(id("e"), Map::default());
+        let floor = Timestamp::new(NOW + 5, 0);
+        empty.collect(floor);
+        let (sy, se) = open_pair(&mut y, &mut empty);
+        let mut out = Vec::new();
+        empty.poll_transmit(se, &mut out).unwrap();
+        y.handle(sy, NOW + 10, &out).unwrap();
+        assert_eq!(y.floor(), Timestamp::ZERO, "y did not take the empty peer's floor");
+        assert_eq!(y.stale_floor(), Some(floor), "y holds a write below it: stale");
+        // Holding nothing below it, a replica takes it: nothing here can
+        // come back, and what it lacks comes by snapshot.
+        let above =
+            Envelope::new(id("s"), Timestamp::new(NOW + 6, 0), crate::LwwMap::set("j".into(), 2));
+        let mut z = Replica::new(id("z"), Map::default());
+        assert_eq!(z.apply(NOW + 6, above), Outcome::Applied);
+        let mut empty = Replica::new(id("e"), Map::default());
+        empty.collect(floor);
+        let (sz, se) = open_pair(&mut z, &mut empty);
+        out.clear();
+        empty.poll_transmit(se, &mut out).unwrap();
+        z.handle(sz, NOW + 10, &out).unwrap();
+        assert_eq!(z.floor(), floor);
+        assert_eq!(z.stale_floor(), None);
     }
 
     /// A fresh replica brought up by a snapshot from a peer whose floor

@@ -90,8 +90,8 @@ where
     /// than the peers' [`collect_grace`](crate::Builder::collect_grace),
     /// or one whose connection closed while updates were on their way to
     /// it as the others collected (see
-    /// [`Builder::collect_every`](crate::Builder::collect_every)), or a
-    /// fresh one whose first snapshot was cut midway (its parts merged,
+    /// [`Builder::collect_every`](crate::Builder::collect_every)), or one
+    /// holding none of the peers' writes whose first snapshot was cut midway (its parts merged,
     /// [`Replica::holds_cut_snapshot`](repred::Replica::holds_cut_snapshot))
     /// and whose peers then collected past that snapshot's floor.
     pub fn stale_floor(&self) -> Option<Timestamp> {
