@@ -49,7 +49,7 @@ pub fn run(out: &mut impl Write) -> anyhow::Result<()> {
     // 2. Signed by Mallory's key, in Alice's name.
     let mut wrong_key = unsigned.clone();
     let bytes = postcard::to_allocvec(&forged_change)?;
-    wrong_key.signature = Some(mallory.sign(later, &bytes));
+    wrong_key.signature = Some(Box::new(mallory.sign(later, &bytes)));
     // 3. Alice's real signature, on a change Mallory altered.
     let mut tampered = real.clone();
     tampered.change = forged_change;

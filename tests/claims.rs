@@ -582,6 +582,7 @@ fn unsigned_updates_are_refused_under_an_allow_list_alone() {
         w.stamp = None;
     }
     signed_env.change = change;
-    signed_env.signature = Some(e.sign(ts, &postcard::to_allocvec(&signed_env.change).unwrap()));
+    signed_env.signature =
+        Some(Box::new(e.sign(ts, &postcard::to_allocvec(&signed_env.change).unwrap())));
     assert_eq!(r.apply(NOW, signed_env), repred::Outcome::Applied);
 }

@@ -74,7 +74,7 @@ fn d59_forged_source_with_a_verifier() {
     let bytes = postcard::to_allocvec(&change).unwrap();
     let ts = repred::Timestamp::new(NOW + 10, 0);
     let mut forged = Envelope::new(me.id(), ts, change.clone());
-    forged.signature = Some(mallory.sign(ts, &bytes));
+    forged.signature = Some(Box::new(mallory.sign(ts, &bytes)));
     assert!(matches!(me.apply(NOW, forged), Outcome::Rejected(Rejection::Unverified(_))));
     // Unsigned, in another's name.
     let unsigned = Envelope::new(id("someone"), ts, change);

@@ -42,7 +42,6 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use sha2::{Digest, Sha256};
 
-use crate::envelope::Received;
 use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 
 /// The protocol version this crate speaks; a Hello with another is refused.
@@ -358,7 +357,7 @@ fn decode_all<T: DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, PeerMis
 /// per frame grew by doubling through each frame's thousands of envelopes.
 pub(crate) fn decode<U: DeserializeOwned>(
     frame: &[u8],
-    inbox: &mut Vec<Received<U>>,
+    inbox: &mut Vec<crate::Envelope<U>>,
 ) -> Result<Frame<U>, PeerMisbehaved> {
     let (&kind, body) = frame.split_first().ok_or(PeerMisbehaved::EmptyFrame)?;
     let kind = Kind::from_byte(kind).ok_or(PeerMisbehaved::UnknownFrame(kind))?;
@@ -461,7 +460,9 @@ pub(crate) fn decode<U: DeserializeOwned>(
 /// errors, but the source copied in one piece rather than read as 16
 /// separate elements, and an absent signature read as its one byte: the
 /// fixed part of a small update cost as much to decode as its change.
-fn take_envelope<U: DeserializeOwned>(bytes: &[u8]) -> postcard::Result<(Received<U>, &[u8])> {
+fn take_envelope<U: DeserializeOwned>(
+    bytes: &[u8],
+) -> postcard::Result<(crate::Envelope<U>, &[u8])> {
     let (change, rest) = postcard::take_from_bytes::<U>(bytes)?;
     let (ts, rest) = postcard::take_from_bytes::<u64>(rest)?;
     let (source, rest) =
@@ -470,7 +471,7 @@ fn take_envelope<U: DeserializeOwned>(bytes: &[u8]) -> postcard::Result<(Receive
         Some((0, rest)) => (None, rest),
         _ => postcard::take_from_bytes::<Option<Box<Signature>>>(rest)?,
     };
-    let envelope = Received {
+    let envelope = crate::Envelope {
         change,
         ts: crate::Timestamp::from_raw(ts),
         source: SourceId::from_hash_raw(*source),
@@ -673,13 +674,13 @@ mod tests {
             Envelope::new(SourceId::from_hash_raw([0; 16]), crate::Timestamp::ZERO, vec![]),
             Envelope::new(signed.id(), crate::Timestamp::new(5, 0), vec![9]),
         ];
-        envelopes[2].signature = Some(signed.sign(crate::Timestamp::new(5, 0), b"x"));
+        envelopes[2].signature = Some(Box::new(signed.sign(crate::Timestamp::new(5, 0), b"x")));
         for envelope in &envelopes {
             let bytes = postcard::to_allocvec(envelope).unwrap();
             let mut padded = bytes.clone();
             padded.push(7);
             let (ours, rest) = take_envelope::<Vec<u8>>(&padded).unwrap();
-            assert_eq!((&ours.into_envelope(), rest), (envelope, &[7u8][..]));
+            assert_eq!((&ours, rest), (envelope, &[7u8][..]));
             // Cut anywhere, or with a bad option tag, both fail alike.
             for cut in 0..bytes.len() {
                 let theirs = postcard::take_from_bytes::<Envelope<Vec<u8>>>(&bytes[..cut]);

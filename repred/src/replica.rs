@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::envelope::Received;
 use crate::history::{Entry, History};
 use crate::session::Stream;
 use crate::signing::{ChangeDigest, change_digest};
@@ -409,7 +408,7 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) history: History<T::Update>,
     /// The envelopes of the Updates frame being handled, as decoded
     /// (`frame::decode`); empty between frames.
-    pub(crate) inbox: Vec<Received<T::Update>>,
+    pub(crate) inbox: Vec<Envelope<T::Update>>,
     /// The inbox's envelopes past their checks, awaiting their reduces
     /// ([`Core::stage`]); empty between frames.
     pub(crate) staged: Vec<Staged<T::Update>>,
@@ -856,7 +855,7 @@ impl<T: Reduce> Core<T> {
         &mut self,
         now: u64,
         index: usize,
-        envelope: &mut Received<T::Update>,
+        envelope: &mut Envelope<T::Update>,
         slot: &mut SourceSlot,
     ) -> Result<(), Outcome> {
         let (source, ts) = (envelope.source, envelope.ts);
@@ -932,7 +931,7 @@ impl<T: Reduce> Core<T> {
             // The old and refused were not staged (and those a panic
             // left unreduced no longer are): they go with the inbox.
             if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
-                self.record(envelope.into_envelope(), change);
+                self.record(envelope, change);
             }
         }
         drop(reduced);
@@ -954,7 +953,7 @@ impl<T: Reduce> Core<T> {
     /// clock would claim updates nothing reduced. The caller drops the
     /// inbox and the frame's source table, which holds the raise for the
     /// update whose staging panicked.
-    pub(crate) fn unstage(&mut self, inbox: &[Received<T::Update>]) {
+    pub(crate) fn unstage(&mut self, inbox: &[Envelope<T::Update>]) {
         let staged = std::mem::take(&mut self.staged);
         self.set_back(&staged, inbox);
         self.staged = staged;
@@ -962,7 +961,7 @@ impl<T: Reduce> Core<T> {
     }
 
     /// Gives the clock back for staged updates that were not reduced.
-    fn set_back(&mut self, unreduced: &[Staged<T::Update>], inbox: &[Received<T::Update>]) {
+    fn set_back(&mut self, unreduced: &[Staged<T::Update>], inbox: &[Envelope<T::Update>]) {
         // A source's updates are staged in rising order: its first one
         // unreduced holds what its clock entry was before them.
         let mut done = std::collections::BTreeSet::new();
@@ -1003,7 +1002,7 @@ impl<T: Reduce> Core<T> {
             }
             // Verified only once known to be new: duplicates cost no crypto.
             if let Err(reason) =
-                self.verify(envelope.stamp(), &envelope.change, envelope.signature.as_ref())
+                self.verify(envelope.stamp(), &envelope.change, envelope.signature.as_deref())
             {
                 return Err(self.reject(source, ts, reason));
             }
@@ -1436,7 +1435,7 @@ impl<T: Reduce> Replica<T> {
         let mut envelope = Envelope::new(core.id, ts, change);
         if let Some(identity) = &core.identity {
             match postcard::to_allocvec(&envelope.change) {
-                Ok(bytes) => envelope.signature = Some(identity.sign(ts, &bytes)),
+                Ok(bytes) => envelope.signature = Some(Box::new(identity.sign(ts, &bytes))),
                 Err(e) => {
                     self.poison(ts);
                     return Err(ReplicaError::Encode(e.to_string()));

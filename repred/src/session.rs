@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
-use crate::envelope::Received;
 use crate::frame::{self, ClockSummary, Frame, Hello, Kind, Writer};
 use crate::history::Entry;
 use crate::reconcile::{Range, Reconciliation};
@@ -396,7 +395,7 @@ impl Stream {
         sources: &mut SourceTable,
         now: u64,
         index: usize,
-        envelope: &mut Received<T::Update>,
+        envelope: &mut crate::Envelope<T::Update>,
     ) -> Result<(), Outcome> {
         let (source, ts) = (envelope.source, envelope.ts);
         let known = &self.known;
@@ -2448,7 +2447,7 @@ mod tests {
         let t = |n: u16| Timestamp::new(NOW, n);
         let signed = |who: &Identity, as_: SourceId, ts: Timestamp, value: u64| {
             let mut e = update(as_, ts, value);
-            e.signature = Some(who.sign(ts, &postcard::to_allocvec(&value).unwrap()));
+            e.signature = Some(Box::new(who.sign(ts, &postcard::to_allocvec(&value).unwrap())));
             e
         };
         let me = signer.id();
