@@ -4,8 +4,10 @@ use std::collections::VecDeque;
 
 use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 
+mod evicted;
 mod records;
 
+use evicted::Evicted;
 use records::Records;
 
 /// One entry of a replica's log, in the order the replica took it in: what
@@ -102,6 +104,14 @@ impl<U> Entry<U> {
             | Entry::Receiving { .. } => None,
         }
     }
+
+    /// The record of an envelope taken in, given what its reduce returned.
+    pub(crate) fn taken(envelope: Envelope<U>, change: Option<U>) -> Self {
+        match change {
+            Some(change) => Entry::Relayed { envelope, change },
+            None => Entry::Unchanged(envelope),
+        }
+    }
 }
 
 /// The log of applied changes, bounded by a number of records.
@@ -121,6 +131,8 @@ pub(crate) struct History<U> {
     first_seq: u64,
     horizon: Clock,
     horizon_generation: u64,
+    /// What a [`Run`]'s evictions raise the horizon to, until it ends.
+    evicted: Evicted,
     limit: usize,
     /// The recorded [`Entry::Merge`]s still held, as (sequence, bytes
     /// received), oldest first, and their total: a large snapshot's
@@ -141,6 +153,7 @@ impl<U> History<U> {
             first_seq: 0,
             horizon: Clock::new(),
             horizon_generation: 0,
+            evicted: Evicted::default(),
             limit: limit.max(1),
             merges: VecDeque::new(),
             merge_bytes: 0,
@@ -188,11 +201,28 @@ impl<U> History<U> {
     }
 
     pub(crate) fn push(&mut self, record: Entry<U>) {
+        self.run().push(record);
+    }
+
+    /// Pushes records one after another as [`push`](Self::push) does, but
+    /// the horizon rises for what they evict once, when the run is dropped
+    /// (see [`Evicted`]): for a frame's records. Nothing reads the horizon
+    /// meanwhile: the run holds the log.
+    pub(crate) fn run(&mut self) -> Run<'_, U> {
+        Run { history: self }
+    }
+
+    fn push_deferred(&mut self, record: Entry<U>) {
         // Over the limit after a snapshot kept records: back under it,
         // and the room taken past it goes back once nothing needs it.
         if self.records.len() >= self.limit && !self.kept_for_snapshot() {
             while self.records.len() >= self.limit && !self.kept_for_snapshot() {
-                self.evict_oldest();
+                if let Some(stamp) = self.drop_oldest()
+                    && !self.evicted.note(stamp.source, stamp.ts)
+                    && self.horizon.observe(stamp.source, stamp.ts)
+                {
+                    self.horizon_generation += 1;
+                }
             }
             if self.snapshot_from == u64::MAX
                 && self.records.capacity() > self.limit.saturating_mul(3) / 2
@@ -204,20 +234,25 @@ impl<U> History<U> {
     }
 
     fn evict_oldest(&mut self) {
-        // Dropped where it lies: only its stamp is needed.
-        if let Some(stamp) = self.records.drop_front(Entry::stamp) {
-            if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
-                && let Some((_, bytes)) = self.merges.pop_front()
-            {
-                self.merge_bytes -= bytes;
-            }
-            self.first_seq += 1;
-            if let Some(stamp) = stamp
-                && self.horizon.observe(stamp.source, stamp.ts)
-            {
-                self.horizon_generation += 1;
-            }
+        if let Some(stamp) = self.drop_oldest()
+            && self.horizon.observe(stamp.source, stamp.ts)
+        {
+            self.horizon_generation += 1;
         }
+    }
+
+    /// Drops the oldest record; returns its origin stamp, if it has one,
+    /// for the horizon to rise to.
+    fn drop_oldest(&mut self) -> Option<Stamp> {
+        // Dropped where it lies: only its stamp is needed.
+        let stamp = self.records.drop_front(Entry::stamp)?;
+        if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
+            && let Some((_, bytes)) = self.merges.pop_front()
+        {
+            self.merge_bytes -= bytes;
+        }
+        self.first_seq += 1;
+        stamp
     }
 
     /// Empties the log, leaving a gap of one sequence number: a store
@@ -321,6 +356,28 @@ impl<U> History<U> {
             .collect();
         out.sort_unstable_by_key(|e| (e.ts, e.source));
         out
+    }
+}
+
+/// Records pushed one after another, the horizon rising for what they
+/// evict when the run is dropped ([`History::run`]).
+pub(crate) struct Run<'a, U> {
+    history: &'a mut History<U>,
+}
+
+impl<U> Run<'_, U> {
+    /// As [`History::push`].
+    pub(crate) fn push(&mut self, record: Entry<U>) {
+        self.history.push_deferred(record);
+    }
+}
+
+impl<U> Drop for Run<'_, U> {
+    fn drop(&mut self) {
+        let history = &mut *self.history;
+        if history.evicted.take_into(&mut history.horizon) {
+            history.horizon_generation += 1;
+        }
     }
 }
 
