@@ -138,7 +138,8 @@ fn an_unsigned_snapshot_is_refused_by_a_strict_replica() {
 /// collection until it ends, so a sender that goes quiet midway is bounded
 /// in time: with no byte of it for `snapshot_stall_millis` (any bytes,
 /// even of a frame not yet whole, restart the wait), it is refused with a
-/// typed reason and its stream closed.
+/// typed reason and its stream closed. (Without a minimum rate here: a
+/// few hundred bytes over 13 s are below any; see the next test.)
 #[test]
 fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled() {
     let mut sender =
@@ -146,7 +147,7 @@ fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled() {
     for i in 0..3 {
         sender.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
     }
-    let config = Config::default().snapshot_stall_millis(5_000);
+    let config = Config::default().snapshot_stall_millis(5_000).snapshot_min_rate(0);
     let mut victim = Replica::with_config(id("victim"), Model::default(), config);
     let p = sender.open(StreamOpts::default()).unwrap();
     let s = victim.open(StreamOpts::default()).unwrap();
@@ -206,6 +207,91 @@ fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled() {
     // Half a part is not a part.
     assert_eq!(victim.state().get("k0"), None);
     assert_eq!(victim.stats().snapshots, 0);
+}
+
+/// The snapshot a sender that goes quiet midway begins, with the bytes it
+/// sends after the begin: `writes` keys of a history too short to send.
+fn snapshot_to(victim: &mut Replica<Model>, writes: usize) -> (StreamId, Vec<u8>, Vec<u8>) {
+    let mut sender =
+        Replica::with_config(id("mallory"), Model::default(), Config::default().history_limit(1));
+    for i in 0..writes {
+        sender.update(NOW, Model::set(&format!("key{i:04}"), "a value of some length")).unwrap();
+    }
+    let p = sender.open(StreamOpts::default()).unwrap();
+    let s = victim.open(StreamOpts::default()).unwrap();
+    let mut hello = Vec::new();
+    sender.poll_transmit(p, &mut hello).unwrap();
+    victim.handle(s, NOW, &hello).unwrap();
+    let mut reply = Vec::new();
+    victim.poll_transmit(s, &mut reply).unwrap();
+    sender.handle(p, NOW, &reply).unwrap();
+    let mut sent = Vec::new();
+    while sender.poll_transmit(p, &mut sent).unwrap() > 0 {}
+    let frames = split_frames(&sent);
+    let at = frames.iter().position(|f| f[4] == SNAPSHOT_BEGIN).expect("a snapshot");
+    let (begin, rest) = (frames[at].clone(), frames[at + 1..].concat());
+    (s, begin, rest)
+}
+
+/// A byte now and then restarts the stall wait, but not the minimum
+/// rate's: a sender that trickles its snapshot in (here a byte every 4 s,
+/// under a 5 s stall limit) is refused as too slow once it is behind the
+/// rate past the stall limit, with a typed reason the peer decodes; one
+/// that keeps up the rate is taken however long it takes.
+#[test]
+fn a_snapshot_trickled_in_below_the_minimum_rate_is_refused_as_too_slow() {
+    let config = Config::default().snapshot_stall_millis(5_000).snapshot_min_rate(100);
+    let mut victim = Replica::with_config(id("victim"), Model::default(), config.clone());
+    let (s, begin, rest) = snapshot_to(&mut victim, 3);
+    victim.handle(s, NOW, &begin).unwrap();
+    assert_eq!(victim.poll_timeout(), Some(NOW + 5_000));
+    victim.handle(s, NOW + 4_000, &rest[..1]).unwrap();
+    // 1 byte is 10 ms at 100 B/s: the stall wait moved to NOW + 9,000.
+    assert_eq!(victim.poll_timeout(), Some(NOW + 5_010), "the rate's deadline did not move");
+    victim.handle_timeout(NOW + 5_009);
+    assert!(victim.receiving_snapshot(), "refused before its time");
+    events(&mut victim);
+    victim.handle_timeout(NOW + 5_010);
+    assert!(!victim.receiving_snapshot());
+    let slow = SnapshotRefusal::TooSlow { bytes: 1, millis: 5_010 };
+    let seen = events(&mut victim);
+    assert!(seen.contains(&Event::SnapshotRefused {
+        stream: s,
+        peer: id("mallory"),
+        reason: slow.clone(),
+    }));
+    assert_eq!(
+        ended(&seen, s),
+        Some(&EndReason::Local(CloseReason::SnapshotRefused(slow.clone())))
+    );
+    assert_eq!(victim.poll_timeout(), None, "nothing waits any more");
+    let mut out = Vec::new();
+    victim.poll_transmit(s, &mut out).unwrap();
+    let mut peer: Replica<Model> = Replica::new(id("mallory"), Model::default());
+    let p = peer.open(StreamOpts::default()).unwrap();
+    peer.handle(p, NOW + 5_010, &out).unwrap();
+    assert_eq!(
+        ended(&events(&mut peer), p),
+        Some(&EndReason::Remote(CloseReason::SnapshotRefused(slow)))
+    );
+
+    // 100 bytes every 900 ms, past the stall limit many times over.
+    let mut victim = Replica::with_config(id("victim"), Model::default(), config);
+    let (s, begin, rest) = snapshot_to(&mut victim, 100);
+    assert!(rest.len() > 2_000, "{} bytes: too few to outlast the stall limit", rest.len());
+    victim.handle(s, NOW, &begin).unwrap();
+    let mut now = NOW;
+    for chunk in rest.chunks(100) {
+        now += 900;
+        victim.handle_timeout(now);
+        assert!(victim.receiving_snapshot(), "refused at {} ms", now - NOW);
+        victim.handle(s, now, chunk).unwrap();
+    }
+    assert!(now - NOW > 15_000);
+    assert!(!victim.receiving_snapshot());
+    assert_eq!(victim.stats().snapshots, 1);
+    assert_eq!(victim.stats().snapshots_refused, 0);
+    assert_eq!(victim.state().get("key0099"), Some("a value of some length"));
 }
 
 /// Point 1: an allow-list makes a replica strict: a snapshot signed by a

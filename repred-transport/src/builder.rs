@@ -52,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) collect_grace: Duration,
     /// How long a peer's snapshot may go without a byte of it.
     pub(crate) snapshot_stall: Duration,
+    /// Slowest a peer's snapshot may come in past that, bytes per second.
+    pub(crate) snapshot_min_rate: u64,
 }
 
 /// How long a member declared down still counts as a writer of an object
@@ -137,6 +139,7 @@ impl Default for Builder {
                 collect_every: None,
                 collect_grace: DEFAULT_COLLECT_GRACE,
                 snapshot_stall: Duration::from_millis(Config::default().snapshot_stall_millis),
+                snapshot_min_rate: Config::default().snapshot_min_rate,
             },
         }
     }
@@ -383,6 +386,18 @@ impl Builder {
         self
     }
 
+    /// Slowest a peer's snapshot of an object may come in, in bytes per
+    /// second, once [`snapshot_stall_timeout`](Self::snapshot_stall_timeout)
+    /// has passed since it began: a sender that trickles it in (a byte now
+    /// and then restarts the stall wait) is refused
+    /// ([`SnapshotRefusal::TooSlow`](repred::SnapshotRefusal::TooSlow)), as
+    /// one that goes quiet is, and may send it again on a new stream. Zero:
+    /// no minimum. Default 1,024 B/s ([`Config::snapshot_min_rate`](repred::Config::snapshot_min_rate)).
+    pub fn snapshot_min_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.settings.snapshot_min_rate = bytes_per_sec;
+        self
+    }
+
     /// Forgets old deletes (tombstones of OR-set removes, last-writer-wins
     /// deletes, the history under them) by itself: every `period`, each
     /// object is collected ([`Replica::collect`](repred::Replica::collect))
@@ -554,6 +569,7 @@ impl Builder {
         let config = Config::default()
             .max_frame(s.max_frame)
             .snapshot_stall_millis(u64::try_from(s.snapshot_stall.as_millis()).unwrap_or(u64::MAX))
+            .snapshot_min_rate(s.snapshot_min_rate)
             .require_signatures(self.require_signatures)
             .trust_snapshots_from(self.trust_snapshots_from.iter().copied())
             .lazy_relay(self.lazy_relay);

@@ -739,8 +739,8 @@ where
 /// then that side admits nobody). One that declined a snapshot chosen
 /// against a clock it has left behind is not stale: the stream comes again
 /// at once, its Hello telling the clock now. A snapshot refused as stalled
-/// frees it as well: its sender may have been slow, not lying, and may
-/// send it again.
+/// or too slow frees it as well: its sender may have been slow, not lying,
+/// and may send it again.
 fn released_by(reason: &EndReason) -> Option<Released> {
     let again = |r: &CloseReason| {
         matches!(
@@ -748,7 +748,9 @@ fn released_by(reason: &EndReason) -> Option<Released> {
             CloseReason::Disposed
                 | CloseReason::Closed
                 | CloseReason::Stale { .. }
-                | CloseReason::SnapshotRefused(SnapshotRefusal::Stalled { .. })
+                | CloseReason::SnapshotRefused(
+                    SnapshotRefusal::Stalled { .. } | SnapshotRefusal::TooSlow { .. }
+                )
         )
     };
     match reason {

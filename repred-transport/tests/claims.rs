@@ -269,6 +269,61 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
     n.shutdown().await;
 }
 
+/// A peer that begins a snapshot and trickles it in, a byte every 300 ms:
+/// each byte restarts the stall wait, but the node refuses it as too slow
+/// once it is behind the minimum rate past the stall limit, and closes
+/// the stream with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_trickled_in_is_refused_as_too_slow_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = Duration::from_millis(3_000);
+    let n = fast(dir.path())
+        .snapshot_stall_timeout(stall)
+        .snapshot_min_rate(1_000)
+        .spawn()
+        .await
+        .unwrap();
+    let on_n = n.replicate("counters", Counters::default()).unwrap();
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
+    let begin = frame(3, &[size, unsigned].concat());
+    let (client, conn) = connect_as_peer(dir.path(), &n).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
+    send.write_all(&opening).await.unwrap();
+    // A clock chunk's frame, announced 1 MB long, a byte at a time, for at
+    // most a minute: the node closes the stream long before.
+    let trickle = tokio::spawn(async move {
+        let mut bytes = (1u32 << 20).to_le_bytes().to_vec();
+        bytes.push(14);
+        bytes.resize(200, 0);
+        for byte in bytes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if send.write_all(&[byte]).await.is_err() {
+                break;
+            }
+        }
+        send
+    });
+    let read = tokio::time::timeout(Duration::from_secs(60), recv.read_to_end(1 << 20)).await;
+    assert!(read.is_ok(), "the node never closed the trickling stream");
+    let too_slow = |r: &repred_transport::Refusal| {
+        matches!(
+            r.reason,
+            EndReason::Local(CloseReason::SnapshotRefused(SnapshotRefusal::TooSlow { millis, .. }))
+                if millis >= stall.as_millis() as u64
+        )
+    };
+    let refusals = on_n.refusals();
+    assert!(refusals.iter().any(too_slow), "{refusals:?}");
+    assert_eq!(on_n.stats().snapshots_refused, 1);
+    assert!(!on_n.receiving_snapshot());
+    trickle.abort();
+    conn.close(0u8.into(), b"done");
+    client.wait_idle().await;
+    n.shutdown().await;
+}
+
 /// A stall limit of zero would refuse every snapshot: the builder says so.
 #[tokio::test]
 async fn a_zero_snapshot_stall_timeout_is_refused_by_the_builder() {

@@ -62,7 +62,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 7: a snapshot may be refused as stalled (`SnapshotRefusal::Stalled` in
 /// a Close), which version 6 does not decode.
-pub const PROTOCOL_VERSION: u16 = 7;
+///
+/// 8: or as too slow (`SnapshotRefusal::TooSlow`), which version 7 does
+/// not decode.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;

@@ -54,6 +54,18 @@ pub struct Config {
     /// every snapshot at the next [`Replica::handle_timeout`]. Default
     /// 30,000 ms.
     pub snapshot_stall_millis: u64,
+    /// Slowest a peer's snapshot may come in, in bytes per second, once
+    /// [`snapshot_stall_millis`](Config::snapshot_stall_millis) has passed
+    /// since it began: a snapshot begun at `t` with `b` bytes in is refused
+    /// ([`SnapshotRefusal::TooSlow`]) at `t + stall + b / rate`. A byte
+    /// now and then restarts the stall wait, so without it a sender could
+    /// hold back collection and other floors' snapshots for ever at no
+    /// cost; with it, for as long as it keeps up this much bandwidth, and
+    /// no longer than the snapshot's size at this rate. (As a web server's
+    /// minimum request body rate, e.g. Kestrel's 240 B/s after a 5 s
+    /// grace.) Zero: no minimum. Default 1,024 B/s, under the slowest
+    /// links in use.
+    pub snapshot_min_rate: u64,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
     pub max_events: usize,
@@ -112,6 +124,7 @@ impl Default for Config {
             snapshot_part_bytes: 64 << 10,
             max_snapshot_reserve: 1 << 25,
             snapshot_stall_millis: 30_000,
+            snapshot_min_rate: 1_024,
             history_snapshot_bytes: 32 << 20,
             max_events: 4_096,
             require_signatures: false,
@@ -206,6 +219,12 @@ impl Config {
     /// Sets [`Config::snapshot_stall_millis`].
     pub fn snapshot_stall_millis(mut self, millis: u64) -> Self {
         self.snapshot_stall_millis = millis;
+        self
+    }
+
+    /// Sets [`Config::snapshot_min_rate`] (bytes per second; zero: none).
+    pub fn snapshot_min_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.snapshot_min_rate = bytes_per_sec;
         self
     }
 
@@ -333,6 +352,17 @@ pub enum SnapshotRefusal {
     #[error("no byte of the snapshot came for {millis} ms")]
     Stalled {
         /// How long this replica waited.
+        millis: u64,
+    },
+    /// The snapshot came in slower than [`Config::snapshot_min_rate`]:
+    /// `bytes` in the `millis` ms since it began.
+    #[error(
+        "{bytes} bytes of the snapshot came in {millis} ms, slower than this replica's minimum rate"
+    )]
+    TooSlow {
+        /// Bytes received since the snapshot began.
+        bytes: u64,
+        /// How long since it began.
         millis: u64,
     },
 }

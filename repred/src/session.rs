@@ -169,6 +169,11 @@ pub(crate) struct Stream {
     /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
     /// after.
     snapshot_heard: u64,
+    /// When `snapshot_in` began, and the bytes received since: it is
+    /// refused as too slow once behind
+    /// [`Config::snapshot_min_rate`](crate::Config::snapshot_min_rate).
+    snapshot_begun: u64,
+    snapshot_bytes: u64,
     hello_sent: bool,
     /// Our clock as our Hello summarises it, fixed when the stream opens.
     hello: ClockSummary,
@@ -282,6 +287,8 @@ impl Stream {
             snapshot_out: None,
             snapshot_in: None,
             snapshot_heard: 0,
+            snapshot_begun: 0,
+            snapshot_bytes: 0,
             hello_sent: false,
             sync_sent: false,
             sync_received: false,
@@ -902,6 +909,8 @@ impl Stream {
                         core.receiving.insert(id, self.peer_floor);
                         self.snapshot_in = Some(incoming);
                         self.snapshot_heard = now;
+                        self.snapshot_begun = now;
+                        self.snapshot_bytes = 0;
                         self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
                     }
                     Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
@@ -1196,11 +1205,35 @@ impl Stream {
         None
     }
 
-    /// When the snapshot coming in on this stream, if any, is refused as
-    /// stalled (`stall` ms after its last bytes).
-    fn snapshot_deadline(&self, stall: u64) -> Option<u64> {
-        (!self.ended && self.snapshot_in.is_some())
-            .then(|| self.snapshot_heard.saturating_add(stall))
+    /// When the snapshot coming in on this stream, if any, is refused: as
+    /// stalled (`stall` ms after its last bytes), or as too slow (behind
+    /// `rate` bytes per second once `stall` ms passed since it began).
+    fn snapshot_deadline(&self, stall: u64, rate: u64) -> Option<u64> {
+        (!self.ended && self.snapshot_in.is_some()).then(|| {
+            let silent = self.snapshot_heard.saturating_add(stall);
+            let slow = match rate {
+                0 => u64::MAX,
+                rate => self
+                    .snapshot_begun
+                    .saturating_add(stall)
+                    .saturating_add(self.snapshot_bytes.saturating_mul(1_000) / rate),
+            };
+            silent.min(slow)
+        })
+    }
+
+    /// Why the snapshot coming in is refused at `now`, its deadline
+    /// passed (see [`snapshot_deadline`](Self::snapshot_deadline)).
+    fn snapshot_overdue(&self, now: u64, stall: u64) -> crate::SnapshotRefusal {
+        let silent = now.saturating_sub(self.snapshot_heard);
+        if silent >= stall {
+            crate::SnapshotRefusal::Stalled { millis: silent }
+        } else {
+            crate::SnapshotRefusal::TooSlow {
+                bytes: self.snapshot_bytes,
+                millis: now.saturating_sub(self.snapshot_begun),
+            }
+        }
     }
 
     /// A snapshot frame this replica does not take: a protocol violation
@@ -1811,6 +1844,7 @@ impl<T: Reduce> Replica<T> {
         // long a part takes on a slow link.
         if stream.snapshot_in.is_some() && !bytes.is_empty() {
             stream.snapshot_heard = now;
+            stream.snapshot_bytes = stream.snapshot_bytes.saturating_add(bytes.len() as u64);
         }
         let mut pending = std::mem::take(&mut stream.recv);
         let handled = catch_unwind(AssertUnwindSafe(|| {
@@ -2162,7 +2196,9 @@ impl<T: Reduce> Replica<T> {
     /// A peer's snapshot that went without a byte of it for
     /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
     /// is refused here ([`SnapshotRefusal::Stalled`](crate::SnapshotRefusal::Stalled)),
-    /// closing its stream.
+    /// closing its stream, as is one that comes in slower than
+    /// [`Config::snapshot_min_rate`](crate::Config::snapshot_min_rate)
+    /// ([`SnapshotRefusal::TooSlow`](crate::SnapshotRefusal::TooSlow)).
     pub fn handle_timeout(&mut self, now: u64) {
         self.refuse_stalled_snapshots(now);
         let Replica { core, streams, .. } = self;
@@ -2210,21 +2246,24 @@ impl<T: Reduce> Replica<T> {
 
     /// A snapshot coming in holds back others' from other floors, and
     /// collection (see `vet_floor`, `Replica::collect`): one whose sender
-    /// went quiet midway is refused, so that it holds them no longer than
-    /// the stall limit. What its parts merged stays, as when a link is cut.
+    /// went quiet midway, or trickles it in below the minimum rate, is
+    /// refused, so that it holds them no longer than the stall limit, or
+    /// the snapshot's size at that rate. What its parts merged stays, as
+    /// when a link is cut.
     fn refuse_stalled_snapshots(&mut self, now: u64) {
-        let stall = self.core.config.snapshot_stall_millis;
-        let stalled: Vec<(StreamId, u64)> = self
+        let (stall, rate) =
+            (self.core.config.snapshot_stall_millis, self.core.config.snapshot_min_rate);
+        let stalled: Vec<(StreamId, crate::SnapshotRefusal)> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.snapshot_deadline(stall).is_some_and(|d| d <= now))
-            .map(|(&sid, s)| (sid, now.saturating_sub(s.snapshot_heard)))
+            .filter(|(_, s)| s.snapshot_deadline(stall, rate).is_some_and(|d| d <= now))
+            .map(|(&sid, s)| (sid, s.snapshot_overdue(now, stall)))
             .collect();
-        for (sid, millis) in stalled {
+        for (sid, why) in stalled {
             let Replica { core, streams, .. } = self;
             let Some(stream) = streams.get_mut(&sid) else { continue };
             let peer = stream.peer;
-            let refused = Refused::Untrusted(crate::SnapshotRefusal::Stalled { millis });
+            let refused = Refused::Untrusted(why);
             if let Ok(Flow::Refuse(reason)) = stream.refuse_snapshot(sid, core, peer, refused) {
                 self.end_stream(sid, EndReason::Local(reason));
             }
@@ -2242,8 +2281,9 @@ impl<T: Reduce> Replica<T> {
             .values()
             .filter(|s| !s.ended && s.sync_frame && !s.sync_received)
             .flat_map(|s| s.heard.values().map(|&(_, deadline)| deadline));
-        let stall = self.core.config.snapshot_stall_millis;
-        let snapshots = self.streams.values().filter_map(|s| s.snapshot_deadline(stall));
+        let (stall, rate) =
+            (self.core.config.snapshot_stall_millis, self.core.config.snapshot_min_rate);
+        let snapshots = self.streams.values().filter_map(|s| s.snapshot_deadline(stall, rate));
         parents.chain(heard).chain(snapshots).min()
     }
 }
