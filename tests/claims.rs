@@ -246,14 +246,18 @@ fn a_snapshot_trickled_in_below_the_minimum_rate_is_refused_as_too_slow() {
     victim.handle(s, NOW, &begin).unwrap();
     assert_eq!(victim.poll_timeout(), Some(NOW + 5_000));
     victim.handle(s, NOW + 4_000, &rest[..1]).unwrap();
-    // 1 byte is 10 ms at 100 B/s: the stall wait moved to NOW + 9,000.
-    assert_eq!(victim.poll_timeout(), Some(NOW + 5_010), "the rate's deadline did not move");
-    victim.handle_timeout(NOW + 5_009);
+    // The begin and a byte, 10 ms each at 100 B/s: the stall wait moved
+    // to NOW + 9,000, the rate's deadline only by them.
+    let bytes = begin.len() as u64 + 1;
+    let due = NOW + 5_000 + bytes * 10;
+    assert!(due < NOW + 9_000);
+    assert_eq!(victim.poll_timeout(), Some(due), "the rate's deadline");
+    victim.handle_timeout(due - 1);
     assert!(victim.receiving_snapshot(), "refused before its time");
     events(&mut victim);
-    victim.handle_timeout(NOW + 5_010);
+    victim.handle_timeout(due);
     assert!(!victim.receiving_snapshot());
-    let slow = SnapshotRefusal::TooSlow { bytes: 1, millis: 5_010 };
+    let slow = SnapshotRefusal::TooSlow { bytes, millis: due - NOW };
     let seen = events(&mut victim);
     assert!(seen.contains(&Event::SnapshotRefused {
         stream: s,
@@ -269,7 +273,7 @@ fn a_snapshot_trickled_in_below_the_minimum_rate_is_refused_as_too_slow() {
     victim.poll_transmit(s, &mut out).unwrap();
     let mut peer: Replica<Model> = Replica::new(id("mallory"), Model::default());
     let p = peer.open(StreamOpts::default()).unwrap();
-    peer.handle(p, NOW + 5_010, &out).unwrap();
+    peer.handle(p, due, &out).unwrap();
     assert_eq!(
         ended(&events(&mut peer), p),
         Some(&EndReason::Remote(CloseReason::SnapshotRefused(slow)))

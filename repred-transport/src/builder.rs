@@ -392,7 +392,10 @@ impl Builder {
     /// and then restarts the stall wait) is refused
     /// ([`SnapshotRefusal::TooSlow`](repred::SnapshotRefusal::TooSlow)), as
     /// one that goes quiet is, and may send it again on a new stream. Zero:
-    /// no minimum. Default 1,024 B/s ([`Config::snapshot_min_rate`](repred::Config::snapshot_min_rate)).
+    /// no minimum. The rate is each snapshot's: objects whose snapshots come
+    /// in over one connection share it, so keep the rate under the link's
+    /// speed divided by how many may come at once. Default 256 B/s
+    /// ([`Config::snapshot_min_rate`](repred::Config::snapshot_min_rate)).
     pub fn snapshot_min_rate(mut self, bytes_per_sec: u64) -> Self {
         self.settings.snapshot_min_rate = bytes_per_sec;
         self

@@ -201,7 +201,7 @@ impl<U> History<U> {
     }
 
     pub(crate) fn push(&mut self, record: Entry<U>) {
-        self.run().push(record);
+        self.push_deferred(record, false);
     }
 
     /// Pushes records one after another as [`push`](Self::push) does, but
@@ -212,13 +212,15 @@ impl<U> History<U> {
         Run { history: self }
     }
 
-    fn push_deferred(&mut self, record: Entry<U>) {
+    /// Pushes `record`; what it evicts raises the horizon at once, or,
+    /// `deferred`, once the run it is part of ends.
+    fn push_deferred(&mut self, record: Entry<U>, deferred: bool) {
         // Over the limit after a snapshot kept records: back under it,
         // and the room taken past it goes back once nothing needs it.
         if self.records.len() >= self.limit && !self.kept_for_snapshot() {
             while self.records.len() >= self.limit && !self.kept_for_snapshot() {
                 if let Some(stamp) = self.drop_oldest()
-                    && !self.evicted.note(stamp.source, stamp.ts)
+                    && !(deferred && self.evicted.note(stamp.source, stamp.ts))
                     && self.horizon.observe(stamp.source, stamp.ts)
                 {
                     self.horizon_generation += 1;
@@ -368,7 +370,7 @@ pub(crate) struct Run<'a, U> {
 impl<U> Run<'_, U> {
     /// As [`History::push`].
     pub(crate) fn push(&mut self, record: Entry<U>) {
-        self.history.push_deferred(record);
+        self.history.push_deferred(record, true);
     }
 }
 

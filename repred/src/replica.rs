@@ -63,8 +63,11 @@ pub struct Config {
     /// cost; with it, for as long as it keeps up this much bandwidth, and
     /// no longer than the snapshot's size at this rate. (As a web server's
     /// minimum request body rate, e.g. Kestrel's 240 B/s after a 5 s
-    /// grace.) Zero: no minimum. Default 1,024 B/s, under the slowest
-    /// links in use.
+    /// grace.) The rate is each snapshot's: snapshots sharing a link (a
+    /// fresh node pulling many objects over one connection) each get a
+    /// share of it, and one refused is sent again from the start, so keep
+    /// it under the link's speed divided by the snapshots that may come in
+    /// at once over it. Zero: no minimum. Default 256 B/s.
     pub snapshot_min_rate: u64,
     /// Most undrained events kept; older ones are dropped (and counted in
     /// [`Stats::events_dropped`]). Default 4,096.
@@ -124,7 +127,7 @@ impl Default for Config {
             snapshot_part_bytes: 64 << 10,
             max_snapshot_reserve: 1 << 25,
             snapshot_stall_millis: 30_000,
-            snapshot_min_rate: 1_024,
+            snapshot_min_rate: 256,
             history_snapshot_bytes: 32 << 20,
             max_events: 4_096,
             require_signatures: false,

@@ -1839,13 +1839,6 @@ impl<T: Reduce> Replica<T> {
         // a subscriber has had no chance to read it yet.
         let recorded_from = core.history.end_seq();
         stream.stats.bytes_received += bytes.len() as u64;
-        // Bytes of a part still coming are progress too: a part may be as
-        // large as a frame may, and the stall limit bounds silence, not how
-        // long a part takes on a slow link.
-        if stream.snapshot_in.is_some() && !bytes.is_empty() {
-            stream.snapshot_heard = now;
-            stream.snapshot_bytes = stream.snapshot_bytes.saturating_add(bytes.len() as u64);
-        }
         let mut pending = std::mem::take(&mut stream.recv);
         let handled = catch_unwind(AssertUnwindSafe(|| {
             if pending.is_empty() {
@@ -1872,6 +1865,15 @@ impl<T: Reduce> Replica<T> {
             }
         };
         stream.recv = pending;
+        // Bytes of a part still coming are progress too: a part may be as
+        // large as a frame may, and the stall limit bounds silence, not how
+        // long a part takes on a slow link. Counted once the frames are
+        // handled, for the snapshot coming in then: bytes that began one
+        // count for it (its begin, and what came with it).
+        if stream.snapshot_in.is_some() && !bytes.is_empty() {
+            stream.snapshot_heard = now;
+            stream.snapshot_bytes = stream.snapshot_bytes.saturating_add(bytes.len() as u64);
+        }
         // A frame decoded but not applied (a malformed tail, a frame before
         // Hello, a stream that does not receive) leaves the inbox as large
         // as the frame: keep no more than an applied frame keeps.
@@ -2273,7 +2275,7 @@ impl<T: Reduce> Replica<T> {
     /// When [`handle_timeout`](Replica::handle_timeout) is next due (wall
     /// milliseconds), if anything waits for it: a lazy-relay parent owing
     /// an announced update, a sync waiting for announced updates, or a
-    /// snapshot coming in (its stall limit).
+    /// snapshot coming in (its stall limit, or its minimum rate's).
     pub fn poll_timeout(&self) -> Option<u64> {
         let parents = self.core.parents.values().filter_map(|p| p.due.map(|d| d.deadline));
         let heard = self

@@ -320,7 +320,8 @@ where
 
 /// Whether a stream's end says the replica at its other end failed: it
 /// went away, released the object, shut down, refused this node, sent
-/// what this node refused (a snapshot that stalled, or untrusted), or the
+/// what this node refused (a snapshot that stalled, came too slowly, or
+/// was untrusted), or the
 /// connection to it was lost. Not when this node ended the stream for
 /// itself: a new route's set of peers, a close, a shutdown; nor when its
 /// copy found itself stale, or declined the replica's snapshot while
