@@ -4,10 +4,8 @@ use std::collections::VecDeque;
 
 use crate::{Clock, Envelope, Proof, SourceId, Stamp, Timestamp};
 
-mod evicted;
 mod records;
 
-use evicted::Evicted;
 use records::Records;
 
 /// One entry of a replica's log, in the order the replica took it in: what
@@ -104,14 +102,6 @@ impl<U> Entry<U> {
             | Entry::Receiving { .. } => None,
         }
     }
-
-    /// The record of an envelope taken in, given what its reduce returned.
-    pub(crate) fn taken(envelope: Envelope<U>, change: Option<U>) -> Self {
-        match change {
-            Some(change) => Entry::Relayed { envelope, change },
-            None => Entry::Unchanged(envelope),
-        }
-    }
 }
 
 /// The log of applied changes, bounded by a number of records.
@@ -131,8 +121,6 @@ pub(crate) struct History<U> {
     first_seq: u64,
     horizon: Clock,
     horizon_generation: u64,
-    /// What a [`Run`]'s evictions raise the horizon to, until it ends.
-    evicted: Evicted,
     limit: usize,
     /// The recorded [`Entry::Merge`]s still held, as (sequence, bytes
     /// received), oldest first, and their total: a large snapshot's
@@ -153,7 +141,6 @@ impl<U> History<U> {
             first_seq: 0,
             horizon: Clock::new(),
             horizon_generation: 0,
-            evicted: Evicted::default(),
             limit: limit.max(1),
             merges: VecDeque::new(),
             merge_bytes: 0,
@@ -201,30 +188,11 @@ impl<U> History<U> {
     }
 
     pub(crate) fn push(&mut self, record: Entry<U>) {
-        self.push_deferred(record, false);
-    }
-
-    /// Pushes records one after another as [`push`](Self::push) does, but
-    /// the horizon rises for what they evict once, when the run is dropped
-    /// (see [`Evicted`]): for a frame's records. Nothing reads the horizon
-    /// meanwhile: the run holds the log.
-    pub(crate) fn run(&mut self) -> Run<'_, U> {
-        Run { history: self }
-    }
-
-    /// Pushes `record`; what it evicts raises the horizon at once, or,
-    /// `deferred`, once the run it is part of ends.
-    fn push_deferred(&mut self, record: Entry<U>, deferred: bool) {
         // Over the limit after a snapshot kept records: back under it,
         // and the room taken past it goes back once nothing needs it.
         if self.records.len() >= self.limit && !self.kept_for_snapshot() {
             while self.records.len() >= self.limit && !self.kept_for_snapshot() {
-                if let Some(stamp) = self.drop_oldest()
-                    && !(deferred && self.evicted.note(stamp.source, stamp.ts))
-                    && self.horizon.observe(stamp.source, stamp.ts)
-                {
-                    self.horizon_generation += 1;
-                }
+                self.evict_oldest();
             }
             if self.snapshot_from == u64::MAX
                 && self.records.capacity() > self.limit.saturating_mul(3) / 2
@@ -236,25 +204,20 @@ impl<U> History<U> {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some(stamp) = self.drop_oldest()
-            && self.horizon.observe(stamp.source, stamp.ts)
-        {
-            self.horizon_generation += 1;
-        }
-    }
-
-    /// Drops the oldest record; returns its origin stamp, if it has one,
-    /// for the horizon to rise to.
-    fn drop_oldest(&mut self) -> Option<Stamp> {
         // Dropped where it lies: only its stamp is needed.
-        let stamp = self.records.drop_front(Entry::stamp)?;
-        if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
-            && let Some((_, bytes)) = self.merges.pop_front()
-        {
-            self.merge_bytes -= bytes;
+        if let Some(stamp) = self.records.drop_front(Entry::stamp) {
+            if self.merges.front().is_some_and(|&(seq, _)| seq == self.first_seq)
+                && let Some((_, bytes)) = self.merges.pop_front()
+            {
+                self.merge_bytes -= bytes;
+            }
+            self.first_seq += 1;
+            if let Some(stamp) = stamp
+                && self.horizon.observe(stamp.source, stamp.ts)
+            {
+                self.horizon_generation += 1;
+            }
         }
-        self.first_seq += 1;
-        stamp
     }
 
     /// Empties the log, leaving a gap of one sequence number: a store
@@ -358,28 +321,6 @@ impl<U> History<U> {
             .collect();
         out.sort_unstable_by_key(|e| (e.ts, e.source));
         out
-    }
-}
-
-/// Records pushed one after another, the horizon rising for what they
-/// evict when the run is dropped ([`History::run`]).
-pub(crate) struct Run<'a, U> {
-    history: &'a mut History<U>,
-}
-
-impl<U> Run<'_, U> {
-    /// As [`History::push`].
-    pub(crate) fn push(&mut self, record: Entry<U>) {
-        self.history.push_deferred(record, true);
-    }
-}
-
-impl<U> Drop for Run<'_, U> {
-    fn drop(&mut self) {
-        let history = &mut *self.history;
-        if history.evicted.take_into(&mut history.horizon) {
-            history.horizon_generation += 1;
-        }
     }
 }
 

@@ -608,18 +608,6 @@ pub(crate) struct Staged<U> {
 /// as large as the frame limit allows does not pin its size for ever.
 pub(crate) const KEEP_ENVELOPES: usize = 16_384;
 
-/// Counts a recorded update: taken, or unchanged (its reduce returned
-/// nothing).
-fn count(stats: &mut Stats, applied: bool) -> Outcome {
-    if applied {
-        stats.applied += 1;
-        Outcome::Applied
-    } else {
-        stats.unchanged += 1;
-        Outcome::Unchanged
-    }
-}
-
 /// A new envelope's change stamped for its reduce; leaves the envelope's
 /// `change` as it will be recorded and relayed. The user's `Clone`,
 /// `stamp` and `unstamp` run here.
@@ -972,17 +960,13 @@ impl<T: Reduce> Core<T> {
             }
         }));
         let mut reduced = staged.drain(..).peekable();
-        let mut history = self.history.run();
         for (index, envelope) in inbox.drain(..).enumerate() {
             // The old and refused were not staged (and those a panic
             // left unreduced no longer are): they go with the inbox.
             if let Some(Staged { change, .. }) = reduced.next_if(|s| s.index == index) {
-                let applied = change.is_some();
-                history.push(Entry::taken(envelope, change));
-                count(&mut self.stats, applied);
+                self.record(envelope, change);
             }
         }
-        drop(history);
         drop(reduced);
         // Keep the allocations for the next frame.
         inbox.shrink_to(KEEP_ENVELOPES);
@@ -1088,8 +1072,21 @@ impl<T: Reduce> Core<T> {
     /// did change is kept beside it for subscribers ([`Entry::Relayed`]).
     fn record(&mut self, envelope: Envelope<T::Update>, change: Option<T::Update>) -> Outcome {
         let applied = change.is_some();
-        self.history.push(Entry::taken(envelope, change));
-        count(&mut self.stats, applied)
+        self.history.push(match change {
+            Some(change) => Entry::Relayed { envelope, change },
+            None => Entry::Unchanged(envelope),
+        });
+        self.count(applied)
+    }
+
+    fn count(&mut self, applied: bool) -> Outcome {
+        if applied {
+            self.stats.applied += 1;
+            Outcome::Applied
+        } else {
+            self.stats.unchanged += 1;
+            Outcome::Unchanged
+        }
     }
 
     /// Whether the clock claims nothing but our own writes: nothing a

@@ -167,7 +167,7 @@ impl SourceTable {
 /// A folded multiply of the id's two halves: ids are random bytes or short
 /// names padded with zeros, and either spreads well enough; a peer that
 /// picks colliding ids only falls back to the maps ([`MAX_PROBES`]).
-pub(crate) fn hash(source: &SourceId) -> usize {
+fn hash(source: &SourceId) -> usize {
     let bytes = source.as_bytes();
     let mut lo = [0u8; 8];
     let mut hi = [0u8; 8];
