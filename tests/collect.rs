@@ -819,7 +819,8 @@ fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
 
 /// The same cut parts, and then `d`'s own floor raised to `b`'s by hand
 /// (`collect` on an empty clock; a Hello from a peer with an empty clock
-/// and that floor does the same): the floors are equal, but the parts are
+/// and that floor finds `d` stale at once, see the next test):
+/// the floors are equal, but the parts are
 /// still from below, and `b`'s snapshot would bring 5 back as before. `d`
 /// is stale at its own floor, and says so until it rejoins. So it is
 /// after a write of its own: its clock claims that, and nothing a peer
@@ -859,6 +860,48 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
         assert_eq!(net[d].state(), net[b].state());
         assert_eq!(net[d].clock(), net[b].clock());
     }
+}
+
+/// The same cut parts, then a peer's write by history (so `d`'s clock
+/// claims something a peer sent, and the parts count no more for a
+/// snapshot from `d`'s own floor), then a Hello from a peer holding
+/// nothing at `b`'s floor: `d`'s clock covers its empty one, and `d` holds
+/// no update below that floor, yet the parts do, and may hold a key alive
+/// whose delete the floor collected. Taken, that floor would let `b`'s
+/// snapshot be merged over 5 at equal floors. `d` is stale instead.
+#[test]
+fn a_floor_from_a_peer_holding_nothing_is_not_taken_over_cut_parts() {
+    let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
+    let high = b_collects_past_the_delete(&mut net, a, b);
+    merge_the_part_with_five(&mut net, ad, d);
+    net.cut(ad);
+    net.advance(10);
+    let w = net.add(replica("w", Map::default(), 1_000));
+    net.update(w, LwwMap::set(200, 200)).unwrap();
+    let wd = net.link(w, d);
+    pump_link(&mut net, wd);
+    assert_eq!(net[d].state().get(&200), Some(&200), "w's write came by history");
+    assert!(net[d].clock().get(id("w")) > high);
+    let mut nothing = replica("e", Map::default(), 1_000);
+    nothing.collect(high);
+    let e = net.add(nothing);
+    events(&mut net[d]);
+    let ed = net.link(e, d);
+    pump_link(&mut net, ed);
+    assert_eq!(net[d].floor(), Timestamp::ZERO, "d did not take e's floor");
+    assert_eq!(net[d].stale_floor(), Some(high), "the parts are from below it");
+
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+    net[d].rejoin(Map::default());
+    net.link(b, d);
+    net.link(w, d);
+    net.pump();
+    assert_eq!(net[d].stale_floor(), None);
+    assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
+    assert_eq!(net[d].state().get(&200), Some(&200));
+    assert_eq!(net[d].floor(), high);
 }
 
 /// `d` as a store restarts it: restored from its log alone (a fresh

@@ -1096,6 +1096,13 @@ impl<T: Reduce> Core<T> {
         self.clock.iter().all(|(source, _)| source == self.id)
     }
 
+    /// Whether parts of a cut snapshot from below `floor` are merged here,
+    /// counted while the clock claimed none of the peers' writes, and no
+    /// snapshot's clock has vouched for them since.
+    pub(crate) fn holds_parts_below(&self, floor: Timestamp) -> bool {
+        self.parts_floor.is_some_and(|f| f < floor)
+    }
+
     /// Counts parts from `floor` among those no clock vouches for.
     fn count_parts(&mut self, floor: Timestamp) {
         self.parts_floor = Some(self.parts_floor.map_or(floor, |f| f.min(floor)));

@@ -1100,6 +1100,7 @@ impl Stream {
         if !core.clock.is_empty()
             && hello.clock == self.hello
             && core.clock.digest() == self.hello.hash()
+            && !core.holds_parts_below(hello.floor)
         {
             core.raise_floor(hello.floor);
             return Ok(None);
@@ -1116,8 +1117,12 @@ impl Stream {
     /// Takes the peer's higher `floor`, given its clock and that we hold
     /// all it held: unless we hold updates below the floor that it lacks
     /// (written where it could not hear, while we were away), which it
-    /// refuses ([`Rejection::BelowFloor`](crate::Rejection::BelowFloor)):
-    /// then we are stale, and say so.
+    /// refuses ([`Rejection::BelowFloor`](crate::Rejection::BelowFloor)),
+    /// or parts of a cut snapshot from below it, which no clock vouches
+    /// for (they may hold a key alive whose delete the floor collected,
+    /// and a snapshot from the floor would then be merged over them):
+    /// then we are stale, and say so. (A peer holding nothing proves
+    /// nothing about them: our clock covers its empty one.)
     fn take_floor<T: Reduce>(
         &mut self,
         id: StreamId,
@@ -1125,7 +1130,7 @@ impl Stream {
         peer: &Clock,
         floor: Timestamp,
     ) -> Option<Flow> {
-        if !core.holds_news_below(peer, floor) {
+        if !core.holds_news_below(peer, floor) && !core.holds_parts_below(floor) {
             core.raise_floor(floor);
             return None;
         }
@@ -1172,9 +1177,9 @@ impl Stream {
         // would claim the delete, so no peer would ever send it. (Parts
         // from this floor or above held every delete this one forgot:
         // those were stable.) Whatever our own floor, while the clock
-        // claims none of the peers' writes still: one raised then
-        // (`Replica::collect`, a Hello from a peer holding nothing)
-        // forgot deletes, it brought none. A clock that came with what
+        // claims none of the peers' writes still: one raised then (by
+        // `Replica::collect`; a peer's Hello no longer raises it over
+        // them, see `take_floor`) forgot deletes, it brought none. A clock that came with what
         // peers sent since (history) holds its floor as any. A start over
         // (`Replica::rejoin`) takes them out, as does a snapshot ending
         // with a clock of the peers' writes (it vouches for what is here).
