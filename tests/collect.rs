@@ -890,10 +890,15 @@ fn a_floor_from_a_peer_holding_nothing_is_not_taken_over_cut_parts() {
     pump_link(&mut net, ed);
     assert_eq!(net[d].floor(), Timestamp::ZERO, "d did not take e's floor");
     assert_eq!(net[d].stale_floor(), Some(high), "the parts are from below it");
+    // Its own floor raised to the verdict's by hand, it is stale still,
+    // and b's snapshot is not merged over the parts at equal floors.
+    net[d].collect(high);
+    assert_eq!(net[d].stale_floor(), Some(high), "at its own floor, for the parts");
 
     let bd = net.link(b, d);
     pump_link(&mut net, bd);
     assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+    assert_eq!(net[d].state().get(&5), Some(&5));
     net[d].rejoin(Map::default());
     net.link(b, d);
     net.link(w, d);

@@ -1098,9 +1098,11 @@ impl<T: Reduce> Core<T> {
 
     /// Whether parts of a cut snapshot from below `floor` are merged here,
     /// counted while the clock claimed none of the peers' writes, and no
-    /// snapshot's clock has vouched for them since.
+    /// snapshot's clock has vouched for them since. Not for a floor up to
+    /// the one a rejoin started over below (`fresh_to`): its deletes were
+    /// stable before the rejoin, so the parts held them (as `vet_floor`).
     pub(crate) fn holds_parts_below(&self, floor: Timestamp) -> bool {
-        self.parts_floor.is_some_and(|f| f < floor)
+        self.parts_floor.is_some_and(|f| f < floor) && floor > self.fresh_to
     }
 
     /// Counts parts from `floor` among those no clock vouches for.

@@ -1130,11 +1130,15 @@ impl Stream {
         peer: &Clock,
         floor: Timestamp,
     ) -> Option<Flow> {
-        if !core.holds_news_below(peer, floor) && !core.holds_parts_below(floor) {
+        let parts = core.holds_parts_below(floor);
+        if !core.holds_news_below(peer, floor) && !parts {
             core.raise_floor(floor);
             return None;
         }
         core.stale = core.stale.max(floor);
+        // For the parts, the verdict holds at our own floor too, should it
+        // rise to this one (see `vet_floor`).
+        core.stale_parts |= parts;
         let peer_id = self.peer.map_or(core.id, |p| p.id);
         core.emit(Event::Stale { stream: id, peer: peer_id, floor });
         Some(Flow::Refuse(CloseReason::Stale { floor }))
@@ -1179,11 +1183,17 @@ impl Stream {
         // those were stable.) Whatever our own floor, while the clock
         // claims none of the peers' writes still: one raised then (by
         // `Replica::collect`; a peer's Hello no longer raises it over
-        // them, see `take_floor`) forgot deletes, it brought none. A clock that came with what
-        // peers sent since (history) holds its floor as any. A start over
+        // them, see `take_floor`) forgot deletes, it brought none. A
+        // clock that came with what peers sent since (history) holds its
+        // own floor as any, for a snapshot from that floor (a higher one
+        // taken over the parts on a peer's word would not: `take_floor`
+        // finds the replica stale instead). A start over
         // (`Replica::rejoin`) takes them out, as does a snapshot ending
         // with a clock of the peers' writes (it vouches for what is here).
-        let cut = core.claims_only_own() && core.parts_floor.is_some_and(|f| f < theirs);
+        // So too once a verdict was given for them (`stale_parts`), whatever
+        // the clock claims since: it holds until a rejoin or a vouching end.
+        let cut = (core.claims_only_own() || core.stale_parts)
+            && core.parts_floor.is_some_and(|f| f < theirs);
         if theirs > ours || cut {
             // Nothing here predates the floor: the snapshot brings us up,
             // and the floor follows with the peer's Sync. Nor since a
