@@ -371,11 +371,11 @@ fn as_restored_from_an_earlier_version(replica: &Replica<Model>, config: Config)
                 Some(signature) => {
                     let bytes = postcard::to_allocvec(&e.change).expect("a change encodes");
                     let digest = repred::change_digest(&bytes);
-                    Entry::Proven(Proof {
+                    Entry::Proven(Box::new(Proof {
                         stamp: e.stamp(),
                         digest,
                         signature: (**signature).clone(),
-                    })
+                    }))
                 }
                 None => Entry::Advance(e.stamp()),
             },

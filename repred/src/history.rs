@@ -40,7 +40,10 @@ pub enum Entry<U> {
     /// earlier versions recorded it: peers verified the origin's
     /// signature and moved their clocks without the change. A store may
     /// still hold some; new ones are recorded as [`Entry::Unchanged`].
-    Proven(Proof),
+    /// Boxed (it is stored as the proof itself): its signature would
+    /// otherwise set the size of every record, 152 bytes where a small
+    /// update's takes 48.
+    Proven(Box<Proof>),
     /// A peer's snapshot, whose parts were recorded as [`Entry::Merge`]s
     /// (with empty clocks) as they came, is complete: the replica holds
     /// what this clock names, though it has no history for it.

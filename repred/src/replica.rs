@@ -1238,7 +1238,7 @@ impl<T: Reduce> Core<T> {
         self.clock.observe(source, ts);
         self.last = self.last.max(ts);
         self.stats.unchanged += 1;
-        self.history.push(Entry::Proven(proof));
+        self.history.push(Entry::Proven(Box::new(proof)));
         Outcome::Unchanged
     }
 
@@ -1534,7 +1534,7 @@ impl<T: Reduce> Replica<T> {
                 // Nothing changed: the digest of no bytes.
                 let digest = change_digest(&[]);
                 let signature = identity.sign_digest(ts, &digest);
-                Entry::Proven(Proof { stamp, digest, signature })
+                Entry::Proven(Box::new(Proof { stamp, digest, signature }))
             }
             None => Entry::Advance(stamp),
         };
@@ -1679,9 +1679,11 @@ impl<T: Reduce> Replica<T> {
                     core.clock.observe(e.source, e.ts);
                     core.last = core.last.max(e.ts);
                 }
-                Entry::Advance(stamp) | Entry::Proven(Proof { stamp, .. }) => {
-                    core.clock.observe(stamp.source, stamp.ts);
-                    core.last = core.last.max(stamp.ts);
+                Entry::Advance(_) | Entry::Proven(_) => {
+                    if let Some(stamp) = entry.stamp() {
+                        core.clock.observe(stamp.source, stamp.ts);
+                        core.last = core.last.max(stamp.ts);
+                    }
                 }
                 Entry::Merge { clock, change, .. } => {
                     if clock.is_empty() && !part_named && core.claims_only_own() {

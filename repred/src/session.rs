@@ -1657,7 +1657,7 @@ impl Stream {
                         count = 0;
                     }
                 }
-                Entry::Advance(stamp) | Entry::Proven(Proof { stamp, .. }) => {
+                Entry::Advance(_) | Entry::Proven(_) => {
                     if count > 0 {
                         w.finish();
                         self.stats.frames_sent += 1;
@@ -1666,7 +1666,7 @@ impl Stream {
                     }
                     match record {
                         Entry::Proven(proof) => claims.proofs.push(proof),
-                        _ => claims.advances.push(*stamp),
+                        _ => claims.advances.push(stamp),
                     }
                 }
                 Entry::Merge { .. }
