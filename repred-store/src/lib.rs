@@ -255,6 +255,72 @@ struct Meta {
     /// [`Replica::cut_parts_floor`] when the base was taken: the base holds
     /// parts of a snapshot no clock vouches for, from this floor.
     cut_parts_floor: Option<Timestamp>,
+    /// [`Replica::stale_parts_floor`] at the last save: a verdict for those
+    /// parts that nothing would find again after a restart.
+    stale_parts_floor: Option<Timestamp>,
+}
+
+/// A header as written before a stale verdict for cut snapshot parts was
+/// saved (read only).
+#[derive(Deserialize)]
+struct MetaV7 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+    parts: Parts,
+    rejoined_below: Timestamp,
+    rejoin_brought_back: Timestamp,
+    rejoin_missing: Timestamp,
+    cut_parts_floor: Option<Timestamp>,
+}
+
+impl From<MetaV7> for Meta {
+    fn from(v7: MetaV7) -> Self {
+        let MetaV7 {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+            cut_parts_floor,
+        } = v7;
+        Meta {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+            cut_parts_floor,
+            stale_parts_floor: None,
+        }
+    }
+}
+
+impl MetaV7 {
+    /// The header of a version before, newest first as in `Meta::decode`.
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+            .or_else(|e| MetaV6::decode(bytes).map(MetaV7::from).map_err(|_| e))
+    }
 }
 
 /// A header as written before the floor of a base's cut snapshot parts
@@ -275,7 +341,7 @@ struct MetaV6 {
     rejoin_missing: Timestamp,
 }
 
-impl From<MetaV6> for Meta {
+impl From<MetaV6> for MetaV7 {
     fn from(v6: MetaV6) -> Self {
         let MetaV6 {
             id,
@@ -291,7 +357,7 @@ impl From<MetaV6> for Meta {
             rejoin_brought_back,
             rejoin_missing,
         } = v6;
-        Meta {
+        MetaV7 {
             id,
             last,
             base_seq,
@@ -395,7 +461,7 @@ impl Meta {
         // would read a newer header's prefix, while a newer one runs out of
         // bytes on an older header.
         postcard::from_bytes(bytes)
-            .or_else(|e| MetaV6::decode(bytes).map(Meta::from).map_err(|_| e))
+            .or_else(|e| MetaV7::decode(bytes).map(Meta::from).map_err(|_| e))
     }
 }
 
@@ -827,7 +893,8 @@ impl Store {
             .with_floor(meta.floor)
             .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back)
             .with_rejoin_missing(meta.rejoin_missing)
-            .with_cut_parts_floor(meta.cut_parts_floor),
+            .with_cut_parts_floor(meta.cut_parts_floor)
+            .with_stale_parts_floor(meta.stale_parts_floor),
         ))
     }
 
@@ -1021,6 +1088,7 @@ impl Store {
                     rejoin_brought_back: replica.rejoin_brought_back(),
                     rejoin_missing: replica.rejoin_missing(),
                     cut_parts_floor: replica.cut_parts_floor(),
+                    stale_parts_floor: replica.stale_parts_floor(),
                 };
                 Batch {
                     name: name.to_string(),
@@ -1036,6 +1104,7 @@ impl Store {
         batch.meta.rejoined_below = replica.rejoined_below();
         batch.meta.rejoin_brought_back = replica.rejoin_brought_back();
         batch.meta.rejoin_missing = replica.rejoin_missing();
+        batch.meta.stale_parts_floor = replica.stale_parts_floor();
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)
@@ -1349,8 +1418,9 @@ fn decode_error(name: &str, what: &'static str, e: postcard::Error) -> StoreErro
 mod tests {
     use super::*;
 
-    /// Headers written before `rejoin_missing`, and before
-    /// `cut_parts_floor`, were saved still load, their other fields intact:
+    /// Headers written before `rejoin_missing`, before `cut_parts_floor`,
+    /// and before `stale_parts_floor` were saved still load, their other
+    /// fields intact:
     /// each field was the layout's last, so the older header is the
     /// newer's encoding without it.
     #[test]
@@ -1370,11 +1440,20 @@ mod tests {
             rejoin_brought_back: Timestamp::new(2, 0),
             rejoin_missing: Timestamp::new(3, 0),
             cut_parts_floor: Some(Timestamp::new(1, 0)),
+            stale_parts_floor: Some(Timestamp::new(4, 0)),
         };
         let mut bytes = postcard::to_allocvec(&meta).expect("a header encodes");
         let newest = Meta::decode(&bytes).expect("the newest header decodes");
+        assert_eq!(newest.stale_parts_floor, meta.stale_parts_floor);
         assert_eq!(newest.cut_parts_floor, meta.cut_parts_floor);
         assert_eq!(newest.rejoin_missing, meta.rejoin_missing);
+
+        let stale = postcard::to_allocvec(&meta.stale_parts_floor).expect("a floor encodes");
+        assert!(bytes.ends_with(&stale));
+        bytes.truncate(bytes.len() - stale.len());
+        let v7 = Meta::decode(&bytes).expect("the header before stale_parts_floor decodes");
+        assert_eq!(v7.stale_parts_floor, None);
+        assert_eq!(v7.cut_parts_floor, meta.cut_parts_floor);
 
         let cut = postcard::to_allocvec(&meta.cut_parts_floor).expect("a floor encodes");
         assert!(bytes.ends_with(&cut));

@@ -519,3 +519,59 @@ fn a_cut_snapshot_is_saved_as_a_base_with_its_floor() {
     assert!(restored.holds_cut_snapshot());
     assert_eq!(restored.cut_parts_floor(), floor);
 }
+
+/// A replica found stale for cut parts it holds keeps that verdict across
+/// a restart: it holds at its own floor too, and once that floor rose to
+/// the verdict's (here by hand) and the clock claims a peer's write,
+/// nothing would find it again, so a snapshot from that floor would be
+/// merged over the parts. (The verdict comes from a peer holding nothing,
+/// at a floor above the parts': the replica's clock covers its empty one,
+/// so only the parts tell.)
+#[test]
+fn a_verdict_for_cut_parts_is_kept_across_a_restart() {
+    use repred::StreamOpts;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let sending = Config::default().snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    sender.collect(sender.last_timestamp());
+    let store = Store::open(&path).unwrap();
+    let mut d = store.load_or_create::<Numbers>("d", Config::default()).unwrap();
+    let (p, s) =
+        (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    for _ in 0..3 {
+        deliver(&mut d, s, &mut sender, p, false);
+        deliver(&mut sender, p, &mut d, s, true);
+    }
+    // The link is cut before the end.
+    d.abort(s);
+    assert!(d.holds_cut_snapshot());
+    // A peer's write by history, above the floor to come.
+    let high = Timestamp::new(NOW + 1_000, 0);
+    let mut w = repred::Replica::new(SourceId::new("w").unwrap(), Numbers::default());
+    w.update(NOW + 2_000, [9_999u64].into()).unwrap();
+    let (p, s) = (w.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    exchange(&mut w, p, &mut d, s);
+    assert!(d.clock().get(w.id()) > high);
+    // A peer holding nothing, at a floor above the parts'.
+    let mut nothing = repred::Replica::new(SourceId::new("e").unwrap(), Numbers::default());
+    nothing.collect(high);
+    let (p, s) =
+        (nothing.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
+    exchange(&mut nothing, p, &mut d, s);
+    assert_eq!(d.stale_floor(), Some(high), "the parts are from below it");
+    d.collect(high);
+    assert_eq!(d.stale_floor(), Some(high), "at its own floor too");
+    store.save("d", &d).unwrap();
+    drop((d, store));
+
+    let store = Store::open(&path).unwrap();
+    let d = store.load::<Numbers>("d", Config::default()).unwrap().unwrap();
+    assert!(d.cut_parts_floor().is_some_and(|f| f < high), "the parts came back");
+    assert_eq!(d.floor(), high);
+    assert_eq!(d.stale_floor(), Some(high), "the verdict came back");
+}

@@ -2066,6 +2066,31 @@ impl<T: Reduce> Replica<T> {
         self
     }
 
+    /// The floor of a peer that found this replica stale for the cut
+    /// snapshot parts it holds, if that verdict holds: unlike a verdict
+    /// for its age, it holds at the replica's own floor too, and nothing
+    /// finds it again once the floor rose to it and the clock claims a
+    /// peer's write, so a durable store saves it
+    /// ([`with_stale_parts_floor`](Replica::with_stale_parts_floor)).
+    pub fn stale_parts_floor(&self) -> Option<Timestamp> {
+        self.core.stale_parts.then_some(self.core.stale)
+    }
+
+    /// This replica found stale at `floor` for the cut snapshot parts it
+    /// holds ([`stale_parts_floor`](Replica::stale_parts_floor) when it was
+    /// saved): for a durable store, after
+    /// [`with_cut_parts_floor`](Replica::with_cut_parts_floor). Ignored if
+    /// it holds no such parts (a snapshot since vouched for them).
+    pub fn with_stale_parts_floor(mut self, floor: Option<Timestamp>) -> Self {
+        if let Some(floor) = floor
+            && self.core.parts_floor.is_some()
+        {
+            self.core.stale = self.core.stale.max(floor);
+            self.core.stale_parts = true;
+        }
+        self
+    }
+
     /// Whether a local update's `reduce` panicked (or its change could not
     /// be signed), so the state may hold what no record accounts for:
     /// local updates are refused ([`ReplicaError::Poisoned`]) until
