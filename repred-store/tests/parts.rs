@@ -297,6 +297,32 @@ fn deliver(
     !sent.is_empty()
 }
 
+/// Three rounds of a snapshot from `sender` to `d`, its end left out.
+fn deliver_cut(
+    sender: &mut repred::Replica<Numbers>,
+    p: repred::StreamId,
+    d: &mut repred::Replica<Numbers>,
+    s: repred::StreamId,
+) {
+    for _ in 0..3 {
+        deliver(d, s, sender, p, false);
+        deliver(sender, p, d, s, true);
+    }
+}
+
+/// A sender of 2,000 entries in parts of 512 bytes, collected up to its
+/// last write: a fresh peer is sent a snapshot from that floor.
+fn collected_sender() -> repred::Replica<Numbers> {
+    let sending = Config::default().snapshot_part_bytes(512);
+    let mut sender =
+        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
+    for i in 0..2_000u64 {
+        sender.update(NOW, [i].into()).unwrap();
+    }
+    sender.collect(sender.last_timestamp());
+    sender
+}
+
 /// Delivers both ways, whole, until neither side has more to send.
 fn exchange(
     sender: &mut repred::Replica<Numbers>,
@@ -321,23 +347,14 @@ fn a_snapshot_cut_by_a_restart_is_taken_again_from_its_floor() {
     use repred::StreamOpts;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let sending = Config::default().snapshot_part_bytes(512);
-    let mut sender =
-        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
-    for i in 0..2_000u64 {
-        sender.update(NOW, [i].into()).unwrap();
-    }
-    sender.collect(sender.last_timestamp());
+    let mut sender = collected_sender();
     assert!(sender.floor() > Timestamp::ZERO);
     let store = Store::open(&path).unwrap();
     let mut d = store.load_or_create::<Numbers>("d", Config::default()).unwrap();
     store.save("d", &d).unwrap();
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    for _ in 0..3 {
-        deliver(&mut d, s, &mut sender, p, false);
-        deliver(&mut sender, p, &mut d, s, true);
-    }
+    deliver_cut(&mut sender, p, &mut d, s);
     assert!(d.holds_cut_snapshot(), "{} entries merged", d.state().len());
     assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
     store.save("d", &d).unwrap();
@@ -392,10 +409,7 @@ fn parts_cut_on_their_way_to_a_replica_with_a_clock_are_not_counted() {
     }
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    for _ in 0..3 {
-        deliver(&mut d, s, &mut sender, p, false);
-        deliver(&mut sender, p, &mut d, s, true);
-    }
+    deliver_cut(&mut sender, p, &mut d, s);
     assert!(d.state().len() > 100, "parts merged: {}", d.state().len());
     assert!(d.receiving_snapshot(), "behind the sender's history: a snapshot");
     d.abort(s);
@@ -421,23 +435,14 @@ fn a_cut_snapshot_saved_then_ended_loses_nothing_across_a_restart() {
     use repred::StreamOpts;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let sending = Config::default().snapshot_part_bytes(512);
-    let mut sender =
-        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
-    for i in 0..2_000u64 {
-        sender.update(NOW, [i].into()).unwrap();
-    }
-    sender.collect(sender.last_timestamp());
+    let mut sender = collected_sender();
     let config = Config::default().history_snapshot_bytes(1 << 10);
     let store = Store::open(&path).unwrap();
     let mut d = store.load_or_create::<Numbers>("d", config.clone()).unwrap();
     store.save("d", &d).unwrap();
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    for _ in 0..3 {
-        deliver(&mut d, s, &mut sender, p, false);
-        deliver(&mut sender, p, &mut d, s, true);
-    }
+    deliver_cut(&mut sender, p, &mut d, s);
     assert!(d.holds_cut_snapshot());
     assert!(d.entries_from(0).is_err(), "the parts' records are gone: a base it is");
     store.save("d", &d).unwrap();
@@ -532,21 +537,12 @@ fn a_verdict_for_cut_parts_is_kept_across_a_restart() {
     use repred::StreamOpts;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let sending = Config::default().snapshot_part_bytes(512);
-    let mut sender =
-        repred::Replica::with_config(SourceId::new("a").unwrap(), Numbers::default(), sending);
-    for i in 0..2_000u64 {
-        sender.update(NOW, [i].into()).unwrap();
-    }
-    sender.collect(sender.last_timestamp());
+    let mut sender = collected_sender();
     let store = Store::open(&path).unwrap();
     let mut d = store.load_or_create::<Numbers>("d", Config::default()).unwrap();
     let (p, s) =
         (sender.open(StreamOpts::default()).unwrap(), d.open(StreamOpts::default()).unwrap());
-    for _ in 0..3 {
-        deliver(&mut d, s, &mut sender, p, false);
-        deliver(&mut sender, p, &mut d, s, true);
-    }
+    deliver_cut(&mut sender, p, &mut d, s);
     // The link is cut before the end.
     d.abort(s);
     assert!(d.holds_cut_snapshot());

@@ -53,6 +53,23 @@ async fn connect_as_peer(
     (client, conn)
 }
 
+/// A "counters" stream to `node` from a raw peer "mallory" that said
+/// Hello and began a snapshot (unsigned, a clock of one source to come),
+/// and sent nothing more.
+async fn begin_a_snapshot(
+    dir: &std::path::Path,
+    node: &Node,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
+    let begin = frame(3, &[size, unsigned].concat());
+    let (client, conn) = connect_as_peer(dir, node).await;
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
+    send.write_all(&opening).await.unwrap();
+    (client, conn, send, recv)
+}
+
 /// Sends `bytes` on a "counters" stream to `node` as an admitted peer (a
 /// raw quinn client with the cluster's credentials), and waits until the
 /// node has read them.
@@ -219,15 +236,8 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
     let n = fast(dir.path()).snapshot_stall_timeout(stall).spawn().await.unwrap();
     let on_n = n.replicate("counters", Counters::default()).unwrap();
 
-    // A begin frame (unsigned, a clock of one source to come), and nothing
-    // after it: the stream stays open.
-    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
-    let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
-    let begin = frame(3, &[size, unsigned].concat());
-    let (client, conn) = connect_as_peer(dir.path(), &n).await;
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
-    send.write_all(&opening).await.unwrap();
+    // A begin frame, and nothing after it: the stream stays open.
+    let (client, conn, mut send, mut recv) = begin_a_snapshot(dir.path(), &n).await;
 
     // The node writes its Hello, then the Close, and finishes the stream:
     // reading ends, long before the connection would idle out.
@@ -284,13 +294,7 @@ async fn a_snapshot_trickled_in_is_refused_as_too_slow_over_quic() {
         .await
         .unwrap();
     let on_n = n.replicate("counters", Counters::default()).unwrap();
-    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
-    let size = postcard::to_allocvec(&(1u64, [0u8; 32])).unwrap();
-    let begin = frame(3, &[size, unsigned].concat());
-    let (client, conn) = connect_as_peer(dir.path(), &n).await;
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let opening = [b"\x08counters".as_slice(), &hello("mallory"), &begin].concat();
-    send.write_all(&opening).await.unwrap();
+    let (client, conn, mut send, mut recv) = begin_a_snapshot(dir.path(), &n).await;
     // A clock chunk's frame, announced 1 MB long, a byte at a time, for at
     // most a minute: the node closes the stream long before.
     let trickle = tokio::spawn(async move {
