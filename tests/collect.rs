@@ -817,17 +817,30 @@ fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
     assert_eq!(net[d].floor(), net[b].floor());
 }
 
+/// What comes after `d`'s floor is raised over cut parts, before `b`'s
+/// snapshot.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    Nothing,
+    OwnWrite,
+    /// A peer's write by history: `d`'s clock then claims something a
+    /// peer sent, which alone would let a snapshot from `d`'s own floor
+    /// be merged over the parts.
+    PeersWrite,
+}
+
 /// The same cut parts, and then `d`'s own floor raised to `b`'s by hand
 /// (`collect` on an empty clock; a Hello from a peer with an empty clock
 /// and that floor finds `d` stale at once, see the next test):
 /// the floors are equal, but the parts are
 /// still from below, and `b`'s snapshot would bring 5 back as before. `d`
-/// is stale at its own floor, and says so until it rejoins. So it is
-/// after a write of its own: its clock claims that, and nothing a peer
-/// sent.
+/// is stale at its own floor from the collection on, and says so until
+/// it rejoins, whatever comes between: a write of its own, or a peer's
+/// by history (before the verdict was given at the collection, that made
+/// `b`'s snapshot merge over 5).
 #[test]
 fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
-    for own_write in [false, true] {
+    for then in [Then::Nothing, Then::OwnWrite, Then::PeersWrite] {
         let (mut net, [a, b, d], ad) =
             five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
         let high = b_collects_past_the_delete(&mut net, a, b);
@@ -835,10 +848,25 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
         net.cut(ad);
         net[d].collect(high);
         assert_eq!(net[d].floor(), high);
-        if own_write {
-            net.update(d, LwwMap::set(100, 100)).unwrap();
-        }
-        assert_eq!(net[d].stale_floor(), None, "nothing found it stale yet");
+        assert_eq!(net[d].stale_floor(), Some(high), "{then:?}: stale for the parts at once");
+        assert_eq!(net[d].stale_parts_floor(), Some(high));
+        let w = match then {
+            Then::Nothing => None,
+            Then::OwnWrite => {
+                net.update(d, LwwMap::set(100, 100)).unwrap();
+                None
+            }
+            Then::PeersWrite => {
+                net.advance(10);
+                let w = net.add(replica("w", Map::default(), 1_000));
+                net.update(w, LwwMap::set(200, 200)).unwrap();
+                let wd = net.link(w, d);
+                pump_link(&mut net, wd);
+                assert_eq!(net[d].state().get(&200), Some(&200), "w's write came by history");
+                Some(w)
+            }
+        };
+        assert_eq!(net[d].stale_floor(), Some(high), "{then:?}");
         events(&mut net[d]);
 
         let bd = net.link(b, d);
@@ -846,19 +874,26 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
         let seen = events(&mut net[d]);
         assert!(
             seen.iter().any(|e| matches!(e, Event::Stale { floor, .. } if *floor == high)),
-            "own write {own_write}: {seen:?}"
+            "{then:?}: {seen:?}"
         );
         assert_eq!(net[d].stale_floor(), Some(high), "at its own floor, for the parts");
-        assert_eq!(net[d].stats().snapshots, 0, "b's snapshot is not taken");
+        assert_eq!(net[d].stats().snapshots, 0, "{then:?}: b's snapshot is not taken");
         assert_eq!(net[d].state().get(&5), Some(&5));
 
         net[d].rejoin(Map::default());
         net.link(b, d);
+        if let Some(w) = w {
+            net.link(w, d);
+        }
         net.pump();
         assert_eq!(net[d].stale_floor(), None);
-        assert_eq!(net[d].state().get(&5), None, "5 stays deleted");
-        assert_eq!(net[d].state(), net[b].state());
-        assert_eq!(net[d].clock(), net[b].clock());
+        assert_eq!(net[d].state().get(&5), None, "{then:?}: 5 stays deleted");
+        if w.is_some() {
+            assert_eq!(net[d].state().get(&200), Some(&200));
+        } else {
+            assert_eq!(net[d].state(), net[b].state());
+            assert_eq!(net[d].clock(), net[b].clock());
+        }
     }
 }
 

@@ -1759,7 +1759,11 @@ impl<T: Reduce> Replica<T> {
     /// peer held. A collection waits for the snapshots being sent to
     /// finish (they are cut by position), and for those coming in (their
     /// parts, cut at a lower floor, may hold what the tombstones it drops
-    /// would delete); the floor holds at once.
+    /// would delete); the floor holds at once. A floor raised over parts
+    /// of a cut snapshot from below it
+    /// ([`holds_cut_snapshot`](Replica::holds_cut_snapshot)) makes the
+    /// replica [stale](Replica::stale_floor) at once: nothing vouches that
+    /// the parts hold the deletes the floor forgets.
     ///
     /// **The history goes too.** The oldest records below the floor are
     /// dropped from the history ([`Stats::history_collected`]): every
@@ -1789,6 +1793,16 @@ impl<T: Reduce> Replica<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn collect(&mut self, stable: Timestamp) -> usize {
+        // Parts of a cut snapshot from below `stable` may hold a key alive
+        // whose delete a snapshot from `stable` forgot; merged over them at
+        // equal floors, it would bring the key back. While the clock claims
+        // none of the peers' writes `Stream::vet_floor` refuses it, but a
+        // peer's write by history ends that: the verdict is given here, as
+        // `Stream::take_floor` gives it for a peer's floor.
+        if self.core.holds_parts_below(stable) {
+            self.core.stale = self.core.stale.max(stable);
+            self.core.stale_parts = true;
+        }
         self.core.raise_floor(stable);
         self.collect_if_due()
     }
