@@ -82,6 +82,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+mod config;
 pub mod doc;
 mod envelope;
 mod event;
@@ -91,6 +92,7 @@ pub mod lattice;
 #[cfg(feature = "laws")]
 pub mod laws;
 mod network;
+mod outcome;
 mod reconcile;
 mod reduce;
 mod replica;
@@ -102,6 +104,7 @@ mod source_table;
 mod timestamp;
 
 pub use clock::Clock;
+pub use config::Config;
 pub use envelope::Envelope;
 pub use event::{EndReason, Event, StreamId};
 pub use frame::{
@@ -112,11 +115,9 @@ pub use lattice::{
     EventLog, GCounter, GSet, LatticeMap, LwwMap, LwwRegister, Max, Min, OrSet, PnCounter, Stamped,
 };
 pub use network::{LinkId, Network, NodeId};
+pub use outcome::{Outcome, Rejection, SnapshotRefusal};
 pub use reduce::Reduce;
-pub use replica::{
-    Change, Changes, Config, Delivery, Outcome, Rejection, Replica, ReplicaError, SnapshotRefusal,
-    Stats, Subscription,
-};
+pub use replica::{Change, Changes, Delivery, Replica, ReplicaError, Stats, Subscription};
 pub use session::{SessionError, StreamOpts, StreamStats};
 pub use signing::{
     ChangeDigest, Identity, Proof, Signature, VerifyError, change_digest, source_id_of,
