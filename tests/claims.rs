@@ -521,7 +521,7 @@ fn clock_frames_do_not_grow_a_stream_past_the_limit() {
     assert!(r.open_streams().any(|x| x == s), "a clock is information, not a claim");
     // What the stream remembers shows in what it would send back: nothing
     // here, and no growth beyond the limit is observable from outside, so
-    // the unit test in session.rs checks the count itself.
+    // the unit test in repred/src/session/tests.rs checks the count itself.
     assert_eq!(r.clock().len(), 0);
 }
 
