@@ -1,6 +1,7 @@
 //! A replica's limits and policies.
 
 use crate::SourceId;
+
 #[cfg(doc)]
 use crate::{Event, Replica, SnapshotRefusal, Stats};
 

@@ -1,9 +1,10 @@
 //! What became of what a peer sent: an update's [`Outcome`] and why
 //! it was refused, or why a snapshot was.
 
+use crate::{SourceId, Timestamp, VerifyError};
+
 #[cfg(doc)]
 use crate::{Config, Replica};
-use crate::{SourceId, Timestamp, VerifyError};
 
 /// What became of one remote update.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,13 +1,14 @@
 //! The collection floor: collecting deletes below it, finding a
 //! replica stale against a peer's, and starting over.
 
-#[cfg(doc)]
-use crate::{Delivery, Event, Rejection, Stats, Subscription};
 use std::collections::BTreeMap;
 
 use super::{Core, Replica};
 use crate::history::Entry;
 use crate::{Clock, Reduce, Stamp, StreamId, Timestamp};
+
+#[cfg(doc)]
+use crate::{Delivery, Event, Rejection, Stats, Subscription};
 
 impl<T: Reduce> Core<T> {
     /// From now on, updates below `floor` that are new here are refused;
