@@ -897,6 +897,57 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
     }
 }
 
+/// A fresh replica whose first snapshot was cut midway, then brought up
+/// by history from a peer that held every update: its clock now claims
+/// the peers' writes, which came with every delete the parts might miss,
+/// so a collection at the point stable for every replica leaves it as
+/// safe as the rest. It is not stale (before the verdict of `collect` was
+/// kept to a clock claiming none of the peers' writes, it was, and would
+/// have started over for nothing), and it goes on converging.
+#[test]
+fn a_cut_snapshot_then_a_whole_history_is_safe_to_collect_over() {
+    let mut net = Network::new();
+    // `a` forgot its oldest records, so it sends a fresh replica a
+    // snapshot; `b` holds them all, so it sends history.
+    let a = net.add(replica("a", Map::default(), 16));
+    let b = net.add(replica("b", Map::default(), 1_000));
+    net.link(a, b);
+    for k in 1..40 {
+        net.update(a, LwwMap::set(k, k)).unwrap();
+        net.pump();
+    }
+    net.update(a, LwwMap::delete(5)).unwrap();
+    net.pump();
+    assert!(net[b].horizon().is_empty() && net[a].horizon().get(id("a")) > Timestamp::ZERO);
+    let d = net.add(replica("d", Map::default(), 1_000));
+    let ad = net.link(a, d);
+    net.flush(ad, 1);
+    net.deliver(ad, 1, usize::MAX);
+    net.flush(ad, 0);
+    while net[d].state().get(&1).is_none() {
+        assert_eq!(net.deliver(ad, 0, 1), 1, "a's snapshot part comes");
+    }
+    assert!(net[d].receiving_snapshot(), "a's snapshot has not ended");
+    net.cut(ad);
+    assert!(net[d].holds_cut_snapshot());
+    let bd = net.link(b, d);
+    pump_link(&mut net, bd);
+    assert_eq!(net[d].stats().snapshots, 0, "b sent history");
+    assert_eq!(net[d].clock(), net[b].clock());
+    assert!(!net[d].holds_cut_snapshot(), "the clock claims the peers' writes");
+
+    let stable = collect_all(&mut net, &[a, b, d]);
+    assert!(stable > net[d].cut_parts_floor().unwrap(), "collected over the parts");
+    assert_eq!(net[d].stale_floor(), None);
+    assert_eq!(net[d].state(), net[b].state());
+    net.update(a, LwwMap::set(100, 100)).unwrap();
+    net.link(a, d);
+    net.pump();
+    assert_eq!(net[d].state(), net[a].state());
+    let seen = events(&mut net[d]);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+}
+
 /// The same cut parts, then a peer's write by history (so `d`'s clock
 /// claims something a peer sent, and the parts count no more for a
 /// snapshot from `d`'s own floor), then a Hello from a peer holding

@@ -73,9 +73,9 @@ fn collect(sim: &mut Sim<Set>, members: &[NodeIx]) {
     }
 }
 
-/// Starts over every replica a peer found stale, noting the writes it
-/// lost. Its streams ended, so the node restarts (durably) to connect
-/// afresh.
+/// Starts over every replica found stale (by a peer, whose verdict ended
+/// its streams, or by its own collection), noting the writes it lost.
+/// The node restarts (durably) to connect afresh.
 fn rejoin_stale(sim: &mut Sim<Set>, ledger: &mut Ledger) -> usize {
     let stale: Vec<NodeIx> = sim
         .up_nodes()

@@ -716,11 +716,29 @@ where
         };
         match verdict {
             Ok(point) if point > inner.replica.floor() => {
+                let was_stale = inner.replica.stale_floor().is_some();
                 let dropped = inner.replica.collect(point);
                 inner.collection.runs += 1;
                 inner.collection.blocked = None;
                 tracing::debug!(object = %self.name, point = ?point, dropped, "collected");
                 self.settle(&mut inner);
+                // A floor raised over parts of a cut snapshot, while the
+                // clock claims none of the peers' writes, is a stale verdict
+                // with no peer to say so (`Replica::collect`): the rejoin a
+                // frame would start (`handle`) starts here, as no frame
+                // may come.
+                if !was_stale && inner.replica.stale_floor().is_some() {
+                    tracing::warn!(
+                        object = %self.name,
+                        point = ?point,
+                        "stale: collected over parts of a cut snapshot"
+                    );
+                }
+                let rejoin = self.rejoin_factory(&inner);
+                drop(inner);
+                if let Some(make) = rejoin {
+                    self.rejoin_with(make);
+                }
             }
             Ok(_) => inner.collection.blocked = None,
             Err(blocked) => {

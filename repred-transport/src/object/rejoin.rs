@@ -93,7 +93,9 @@ where
     /// [`Builder::collect_every`](crate::Builder::collect_every)), or one
     /// holding none of the peers' writes whose first snapshot was cut midway (its parts merged,
     /// [`Replica::holds_cut_snapshot`](repred::Replica::holds_cut_snapshot))
-    /// and whose peers then collected past that snapshot's floor.
+    /// and whose peers then collected past that snapshot's floor, or which
+    /// collected past it itself (then at its own floor, and no peer says
+    /// so).
     pub fn stale_floor(&self) -> Option<Timestamp> {
         self.shared.lock().replica.stale_floor()
     }
@@ -140,7 +142,8 @@ where
     }
 
     /// Has the node [rejoin](Handle::rejoin) by itself, from `fresh()`,
-    /// whenever a peer finds the object stale (and at once, if one has):
+    /// whenever the object is found stale (and at once, if it was): by a
+    /// peer, or by its own collection ([`stale_floor`](Handle::stale_floor)):
     /// for an object whose own writes below the peers' floor may be lost,
     /// as a cache's or a view's. Each time is logged (`warn`), with how
     /// many of this node's writes it dropped.

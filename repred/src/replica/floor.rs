@@ -116,10 +116,16 @@ impl<T: Reduce> Replica<T> {
     /// finish (they are cut by position), and for those coming in (their
     /// parts, cut at a lower floor, may hold what the tombstones it drops
     /// would delete); the floor holds at once. A floor raised over parts
-    /// of a cut snapshot from below it
-    /// ([`holds_cut_snapshot`](Replica::holds_cut_snapshot)) makes the
-    /// replica [stale](Replica::stale_floor) at once: nothing vouches that
-    /// the parts hold the deletes the floor forgets.
+    /// of a cut snapshot from below it while the clock claims none of the
+    /// peers' writes ([`holds_cut_snapshot`](Replica::holds_cut_snapshot),
+    /// [`cut_parts_floor`](Replica::cut_parts_floor) below `stable`; not
+    /// up to [`rejoined_below`](Replica::rejoined_below)) makes the
+    /// replica [stale](Replica::stale_floor) at once, with no
+    /// [`Event::Stale`] (no peer said so): nothing vouches that the parts
+    /// hold the deletes the floor forgets. (Such a point is not stable for
+    /// this replica, which holds none of its peers' writes:
+    /// [`Clock::stable_point`] of its clock is zero for every other
+    /// writer.)
     ///
     /// **The history goes too.** The oldest records below the floor are
     /// dropped from the history ([`Stats::history_collected`]): every
@@ -154,24 +160,33 @@ impl<T: Reduce> Replica<T> {
         // equal floors, it would bring the key back. While the clock claims
         // none of the peers' writes `Stream::vet_floor` refuses it, but a
         // peer's write by history ends that: the verdict is given here, as
-        // `Stream::take_floor` gives it for a peer's floor.
-        if self.core.holds_parts_below(stable) {
-            self.core.stale = self.core.stale.max(stable);
+        // `Stream::take_floor` gives it for a peer's floor. Not once the
+        // clock claims peers' writes: those came by history from a peer
+        // that held every update the clock now claims (or with a snapshot,
+        // whose end vouched for the parts), deletes of the parts' keys
+        // among them, so a floor stable for every replica finds the parts
+        // as safe as the rest.
+        if self.core.claims_only_own() && self.core.holds_parts_below(stable) {
+            self.core.stale = self.core.stale.max(stable.max(self.core.floor));
             self.core.stale_parts = true;
         }
         self.core.raise_floor(stable);
         self.collect_if_due()
     }
 
-    /// The floor of a peer that found this replica stale
-    /// ([`Event::Stale`]), if one did: [`rejoin`](Replica::rejoin). It
-    /// may be this replica's own floor: parts of a snapshot cut below it
+    /// The floor at which this replica was found stale, if it was:
+    /// [`rejoin`](Replica::rejoin). Usually a peer's, which said so
+    /// ([`Event::Stale`]). It may be this replica's own floor: parts of a
+    /// snapshot cut below it
     /// ([`holds_cut_snapshot`](Replica::holds_cut_snapshot)) are not made
-    /// safe by a floor raised over them.
+    /// safe by a floor raised over them, whether a peer's Hello or
+    /// snapshot found that (with [`Event::Stale`]) or the replica's own
+    /// [`collect`](Replica::collect) did (without: no peer took part).
     pub fn stale_floor(&self) -> Option<Timestamp> {
         // A verdict for parts of a cut snapshot holds at our own floor too
         // (see `Stream::vet_floor`): a floor raised over them while the
-        // clock claims none of the peers' writes does not make them safe.
+        // clock claimed none of the peers' writes did not make them safe,
+        // whatever the clock claims since.
         (self.core.stale > self.core.floor || self.core.stale_parts).then_some(self.core.stale)
     }
 

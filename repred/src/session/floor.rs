@@ -1,5 +1,6 @@
 //! Collection floors met on a stream: a peer's taken, ours found
-//! stale, a snapshot's vetted, and one coming in too slowly refused.
+//! stale, a snapshot's floor vetted; and a snapshot coming in refused,
+//! for its floor, its trust, or for coming too slowly.
 
 use super::{Flow, Peer, Stream};
 
@@ -125,13 +126,15 @@ impl Stream {
         // would claim the delete, so no peer would ever send it. (Parts
         // from this floor or above held every delete this one forgot:
         // those were stable.) Whatever our own floor, while the clock
-        // claims none of the peers' writes still: one raised then (by
-        // `Replica::collect`; a peer's Hello no longer raises it over
-        // them, see `take_floor`) forgot deletes, it brought none. A
-        // clock that came with what peers sent since (history) holds its
-        // own floor as any, for a snapshot from that floor (a higher one
-        // taken over the parts on a peer's word would not: `take_floor`
-        // finds the replica stale instead). A start over
+        // claims none of the peers' writes still: one raised then forgot
+        // deletes, it brought none (`Replica::collect` gives the verdict
+        // below at once then, and a peer's Hello does not raise it over
+        // them, see `take_floor`). A clock that came with what peers sent
+        // since (history) holds its own floor as any, for a snapshot from
+        // that floor: raised since, it was stable for this replica too,
+        // which then held every delete below it (a higher one taken over
+        // the parts on a peer's word would not be: `take_floor` finds the
+        // replica stale instead). A start over
         // (`Replica::rejoin`) takes them out, as does a snapshot ending
         // with a clock of the peers' writes (it vouches for what is here).
         // So too once a verdict was given for them (`stale_parts`), whatever
