@@ -4,6 +4,11 @@
 use repred::{Clock, SourceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use crate::PARTS;
+#[cfg(doc)]
+use repred::{Reduce, Replica};
+
 /// What is stored of a replica besides its log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Meta {

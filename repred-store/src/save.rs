@@ -1,5 +1,6 @@
 //! Saving a replica: a batch prepared from its log (and a snapshot in
-//! parts when the log was compacted), committed in one transaction.
+//! parts when the log was compacted), committed in one transaction, or
+//! discarded; and removing replicas from the store.
 
 use std::time::Instant;
 

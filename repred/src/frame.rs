@@ -296,7 +296,7 @@ pub(crate) enum Frame<U> {
     SnapshotBegin {
         /// How many sources the snapshot's clock has.
         sources: u64,
-        /// The digest of its clock's entries ([`clock_digest`]).
+        /// The digest of its clock's entries ([`clock_digest_update`]).
         clock: [u8; 32],
         /// What the begin frame's signature covers: the snapshot's id.
         digest: [u8; 32],

@@ -1,20 +1,17 @@
-//! Certificates and keys on disk: PEM parsing and encoding, and files
-//! written whole (created, published or replaced) with their modes.
+//! Certificates and keys on disk: PEM parsing and encoding, files
+//! written whole (created, published or replaced) with their modes, and
+//! the node's signing key.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rcgen::KeyPair;
 use repred::SourceId;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
-use super::{CredentialsError, SERVER_NAME, certificate_id, id_from_public_key, io_err, provider};
+use super::{CredentialsError, certificate_id, id_from_public_key, io_err};
 
 pub(super) fn exists(path: &Path) -> Result<bool, CredentialsError> {
     path.try_exists().map_err(io_err(path))
@@ -81,36 +78,6 @@ pub(super) fn parse_node_pem(
         });
     }
     Ok((cert, key))
-}
-
-/// Whether `cert` chains to `ca` for the cluster's server name, now.
-pub(super) fn verify_node_cert(
-    cert: &CertificateDer<'static>,
-    ca: &CertificateDer<'static>,
-) -> Result<(), rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let name =
-        ServerName::try_from(SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
-    verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now()).map(|_| ())
-}
-
-/// The error for a node certificate this directory's cluster does not
-/// accept, by why.
-pub(super) fn untrusted(path: &Path, e: rustls::Error) -> CredentialsError {
-    let (path, reason) = (path.to_path_buf(), e.to_string());
-    match e {
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. },
-        ) => CredentialsError::Expired { path, reason },
-        _ => CredentialsError::NotIssuedByCluster { path, reason },
-    }
 }
 
 /// PEM armour around `der` (RFC 7468): base64 in lines of 64.
@@ -212,4 +179,37 @@ pub(super) fn replace_file(path: &Path, contents: &[u8]) -> Result<(), Credentia
         let _ = fs::remove_file(&tmp);
         io_err(path)(e)
     })
+}
+
+/// Loads this node's signing key from `path`, or creates it (32 random
+/// bytes, owner-only) the first time.
+pub(crate) fn signing_key(path: &Path) -> Result<repred::Identity, CredentialsError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let secret: [u8; 32] =
+                bytes.as_slice().try_into().map_err(|_| CredentialsError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: format!("a signing key is 32 bytes, found {}", bytes.len()),
+                })?;
+            Ok(repred::Identity::from_secret(secret))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let identity = repred::Identity::generate();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let written = options.open(path).and_then(|mut f| {
+                f.write_all(&identity.secret())?;
+                f.sync_all()
+            });
+            match written {
+                Ok(()) => Ok(identity),
+                // Another process made it first: use theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => signing_key(path),
+                Err(e) => Err(io_err(path)(e)),
+            }
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
 }

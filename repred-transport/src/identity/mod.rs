@@ -50,8 +50,8 @@ pub use revoked::{parse_revoked, revoke};
 pub(crate) use tls::PeerVerifier;
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +67,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use ca::load_or_create_ca;
+pub(crate) use files::signing_key;
 use files::{
     PRIVATE, exists, key_id, key_pair, parse_cert, parse_node_pem, publish_new, replace_file,
-    untrusted, verify_node_cert,
 };
 use revoked::read_revoked;
-use tls::{DenyClients, DenyServers};
+use tls::{DenyClients, DenyServers, untrusted, verify_node_cert};
 
 /// The file holding the cluster's certificate and private key. Whoever holds
 /// it can admit nodes: it is written owner-only (mode 0600).
@@ -542,39 +542,6 @@ pub fn parse_node_id(text: &str) -> Option<SourceId> {
         *byte = u8::from_str_radix(pair, 16).ok()?;
     }
     SourceId::from_bytes(bytes).ok()
-}
-
-/// Loads this node's signing key from `path`, or creates it (32 random
-/// bytes, owner-only) the first time.
-pub(crate) fn signing_key(path: &Path) -> Result<repred::Identity, CredentialsError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let secret: [u8; 32] =
-                bytes.as_slice().try_into().map_err(|_| CredentialsError::Corrupt {
-                    path: path.to_path_buf(),
-                    detail: format!("a signing key is 32 bytes, found {}", bytes.len()),
-                })?;
-            Ok(repred::Identity::from_secret(secret))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let identity = repred::Identity::generate();
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let written = options.open(path).and_then(|mut f| {
-                f.write_all(&identity.secret())?;
-                f.sync_all()
-            });
-            match written {
-                Ok(()) => Ok(identity),
-                // Another process made it first: use theirs.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => signing_key(path),
-                Err(e) => Err(io_err(path)(e)),
-            }
-        }
-        Err(e) => Err(io_err(path)(e)),
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The TLS side of admission: the verifiers that check a peer's
-//! certificate against the cluster and refuse revoked ids.
+//! certificate against the cluster and refuse revoked ids, and the check
+//! of a node certificate against the cluster's at load.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use repred::SourceId;
@@ -9,9 +11,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::certificate_id;
+use super::{CredentialsError, SERVER_NAME, certificate_id, provider};
 
 /// The refusal of a denied peer: TLS says `certificate_revoked`.
 fn refuse_denied(
@@ -155,5 +157,35 @@ impl ServerCertVerifier for DenyServers {
 
     fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
         self.inner.root_hint_subjects()
+    }
+}
+
+/// Whether `cert` chains to `ca` for the cluster's server name, now.
+pub(super) fn verify_node_cert(
+    cert: &CertificateDer<'static>,
+    ca: &CertificateDer<'static>,
+) -> Result<(), rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let name =
+        ServerName::try_from(SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now()).map(|_| ())
+}
+
+/// The error for a node certificate this directory's cluster does not
+/// accept, by why.
+pub(super) fn untrusted(path: &Path, e: rustls::Error) -> CredentialsError {
+    let (path, reason) = (path.to_path_buf(), e.to_string());
+    match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => CredentialsError::Expired { path, reason },
+        _ => CredentialsError::NotIssuedByCluster { path, reason },
     }
 }

@@ -1,7 +1,7 @@
 //! Taking in a peer's updates: the checks, the clock, the reduce and
 //! the record, one by one or a frame's staged at once.
 
-use super::Core;
+use super::{Core, Replica};
 use crate::history::Entry;
 use crate::signing::{ChangeDigest, change_digest};
 use crate::source_table::SourceSlot;
@@ -10,9 +10,12 @@ use crate::{
     VerifyError,
 };
 
+#[cfg(doc)]
+use crate::source_table::SourceTable;
+
 /// An envelope past its checks, the clock moved, awaiting its stamps and
 /// its reduce.
-pub(crate) struct Admitted<U> {
+struct Admitted<U> {
     stamp: Stamp,
     /// Its source's clock entry before it: what the clock goes back to if
     /// its reduce never returns.
@@ -440,5 +443,15 @@ impl<T: Reduce> Core<T> {
         self.stats.unchanged += 1;
         self.history.push(Entry::Proven(Box::new(proof)));
         Outcome::Unchanged
+    }
+}
+
+impl<T: Reduce> Replica<T> {
+    /// Applies an update from elsewhere, as if it had arrived on a stream.
+    ///
+    /// `now` is this replica's wall time, against which forged timestamps
+    /// are judged.
+    pub fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
+        self.core.apply(now, envelope)
     }
 }

@@ -13,8 +13,7 @@ use crate::session::Stream;
 use crate::signing::change_digest;
 use crate::source_table::SourceTable;
 use crate::{
-    Clock, Config, Envelope, Event, Identity, Outcome, Proof, Reduce, SourceId, Stamp, StreamId,
-    Timestamp,
+    Clock, Config, Envelope, Event, Identity, Proof, Reduce, SourceId, Stamp, StreamId, Timestamp,
 };
 
 pub(crate) use apply::{KEEP_ENVELOPES, Staged};
@@ -304,6 +303,18 @@ impl<T: Reduce> Core<T> {
         }
         self.events.push_back(event);
     }
+
+    /// Whether `peer`'s request for a snapshot of its writes after `after`
+    /// still stands refused at `now` (see `declined`).
+    pub(crate) fn declines(&self, peer: SourceId, after: Timestamp, now: u64) -> bool {
+        self.declined.get(&peer).is_some_and(|&(was, until)| was == after && now < until)
+    }
+
+    /// `peer` refused the snapshot it asked for after `after`: not the
+    /// same again for [`DECLINE_MILLIS`].
+    pub(crate) fn decline(&mut self, peer: SourceId, after: Timestamp, now: u64) {
+        insert_bounded(&mut self.declined, peer, (after, now.saturating_add(DECLINE_MILLIS)));
+    }
 }
 
 impl<T: Reduce> Replica<T> {
@@ -583,14 +594,6 @@ impl<T: Reduce> Replica<T> {
         core.clock.observe(core.id, ts);
         core.history.push(entry);
         Ok(stamp)
-    }
-
-    /// Applies an update from elsewhere, as if it had arrived on a stream.
-    ///
-    /// `now` is this replica's wall time, against which forged timestamps
-    /// are judged.
-    pub fn apply(&mut self, now: u64, envelope: Envelope<T::Update>) -> Outcome {
-        self.core.apply(now, envelope)
     }
 
     /// Every recorded change newer than `clock`, ordered by timestamp, then

@@ -1,7 +1,7 @@
 //! A peer's snapshot taken in: vetted, merged part by part, and what
 //! the parts of one that never ended leave behind.
 
-use super::{Core, DECLINE_MILLIS, Replica, insert_bounded};
+use super::{Core, Replica};
 use crate::history::Entry;
 use crate::{Clock, Reduce, SnapshotRefusal, SourceId, Timestamp};
 
@@ -68,18 +68,6 @@ impl<T: Reduce> Core<T> {
             }
             self.history.push_merge(Entry::Merge { from, clock: Clock::new(), change }, bytes);
         }
-    }
-
-    /// Whether `peer`'s request for a snapshot of its writes after `after`
-    /// still stands refused at `now` (see `declined`).
-    pub(crate) fn declines(&self, peer: SourceId, after: Timestamp, now: u64) -> bool {
-        self.declined.get(&peer).is_some_and(|&(was, until)| was == after && now < until)
-    }
-
-    /// `peer` refused the snapshot it asked for after `after`: not the
-    /// same again for [`DECLINE_MILLIS`].
-    pub(crate) fn decline(&mut self, peer: SourceId, after: Timestamp, now: u64) {
-        insert_bounded(&mut self.declined, peer, (after, now.saturating_add(DECLINE_MILLIS)));
     }
 
     /// A peer's snapshot is complete: the clock it stands for is ours too.

@@ -9,6 +9,9 @@ use crate::replica::{Core, Parent};
 use crate::source_table::SourceTable;
 use crate::{Clock, Event, Outcome, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp};
 
+#[cfg(doc)]
+use crate::Replica;
+
 impl Stream {
     pub(super) fn new(opts: StreamOpts, clock: &Clock, floor: Timestamp, snapshots: u64) -> Self {
         let hello = ClockSummary::of(clock);
