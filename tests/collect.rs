@@ -318,9 +318,7 @@ fn five_alive_in_a_snapshot(d: Replica<Map>) -> (Network<Map>, [NodeId; 3], repr
     assert!(collect_all(&mut net, &[a, b]) > Timestamp::ZERO);
     let d = net.add(d);
     let ad = net.link(a, d);
-    net.flush(ad, 1);
-    net.deliver(ad, 1, usize::MAX);
-    net.flush(ad, 0);
+    answer_the_hello(&mut net, ad);
     assert!(!net[d].receiving_snapshot());
     net.advance(10);
     net.update(b, LwwMap::delete(5)).unwrap();
@@ -328,6 +326,14 @@ fn five_alive_in_a_snapshot(d: Replica<Map>) -> (Network<Map>, [NodeId; 3], repr
     net.update(a, LwwMap::set(20, 20)).unwrap();
     pump_link(&mut net, ab);
     (net, [a, b, d], ad)
+}
+
+/// `d`'s Hello reaches `a` (the first end of `ad`), which then writes out
+/// all it has to send.
+fn answer_the_hello(net: &mut Network<Map>, ad: repred::LinkId) {
+    net.flush(ad, 1);
+    net.deliver(ad, 1, usize::MAX);
+    net.flush(ad, 0);
 }
 
 /// Delivers `a`'s bytes to `d` until `a`'s snapshot has begun there.
@@ -768,10 +774,10 @@ fn a_peer_below_the_floor_lacking_much_is_brought_up_by_history() {
     brought_up_by_history(&seen, &net, nodes, floor);
 }
 
-/// Delivers `a`'s bytes to `d` until its part holding 5 is merged.
-fn merge_the_part_with_five(net: &mut Network<Map>, ad: repred::LinkId, d: NodeId) {
-    while net[d].state().get(&5).is_none() {
-        assert_eq!(net.deliver(ad, 0, 1), 1, "a's part holding 5 comes");
+/// Delivers `a`'s bytes to `d` until its part holding `key` is merged.
+fn merge_the_part_holding(net: &mut Network<Map>, ad: repred::LinkId, d: NodeId, key: u32) {
+    while net[d].state().get(&key).is_none() {
+        assert_eq!(net.deliver(ad, 0, 1), 1, "a's part holding {key} comes");
     }
 }
 
@@ -785,7 +791,7 @@ fn merge_the_part_with_five(net: &mut Network<Map>, ad: repred::LinkId, d: NodeI
 fn a_cut_snapshot_from_one_floor_is_not_mixed_with_another_floors() {
     let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
     let high = b_collects_past_the_delete(&mut net, a, b);
-    merge_the_part_with_five(&mut net, ad, d);
+    merge_the_part_holding(&mut net, ad, d, 5);
     assert!(net[d].receiving_snapshot(), "a's snapshot has not ended");
     net.cut(ad);
     assert!(!net[d].receiving_snapshot());
@@ -844,7 +850,7 @@ fn a_cut_snapshot_is_not_mixed_after_the_floor_is_raised_over_it() {
         let (mut net, [a, b, d], ad) =
             five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
         let high = b_collects_past_the_delete(&mut net, a, b);
-        merge_the_part_with_five(&mut net, ad, d);
+        merge_the_part_holding(&mut net, ad, d, 5);
         net.cut(ad);
         net[d].collect(high);
         assert_eq!(net[d].floor(), high);
@@ -921,12 +927,8 @@ fn a_cut_snapshot_then_a_whole_history_is_safe_to_collect_over() {
     assert!(net[b].horizon().is_empty() && net[a].horizon().get(id("a")) > Timestamp::ZERO);
     let d = net.add(replica("d", Map::default(), 1_000));
     let ad = net.link(a, d);
-    net.flush(ad, 1);
-    net.deliver(ad, 1, usize::MAX);
-    net.flush(ad, 0);
-    while net[d].state().get(&1).is_none() {
-        assert_eq!(net.deliver(ad, 0, 1), 1, "a's snapshot part comes");
-    }
+    answer_the_hello(&mut net, ad);
+    merge_the_part_holding(&mut net, ad, d, 1);
     assert!(net[d].receiving_snapshot(), "a's snapshot has not ended");
     net.cut(ad);
     assert!(net[d].holds_cut_snapshot());
@@ -959,7 +961,7 @@ fn a_cut_snapshot_then_a_whole_history_is_safe_to_collect_over() {
 fn a_floor_from_a_peer_holding_nothing_is_not_taken_over_cut_parts() {
     let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
     let high = b_collects_past_the_delete(&mut net, a, b);
-    merge_the_part_with_five(&mut net, ad, d);
+    merge_the_part_holding(&mut net, ad, d, 5);
     net.cut(ad);
     net.advance(10);
     let w = net.add(replica("w", Map::default(), 1_000));
@@ -1022,7 +1024,7 @@ fn restored_from_log(net: &mut Network<Map>, d: NodeId) -> NodeId {
 #[test]
 fn a_cut_snapshot_is_taken_again_from_its_own_floor() {
     let (mut net, [a, b, d], ad) = five_alive_in_a_snapshot(replica("d", Map::default(), 1_000));
-    merge_the_part_with_five(&mut net, ad, d);
+    merge_the_part_holding(&mut net, ad, d, 5);
     net.cut(ad);
     assert!(net[a].floor() > Timestamp::ZERO && net[d].floor() == Timestamp::ZERO);
     let restored = restored_from_log(&mut net, d);
