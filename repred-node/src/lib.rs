@@ -76,14 +76,17 @@
 #![warn(missing_docs)]
 
 mod config;
+mod datagram;
+mod event;
+mod member;
 mod node;
 mod peer;
 mod sync;
 mod timers;
 
 pub use config::NodeConfig;
-pub use node::{
-    CloseWhy, Command, ConnId, DATAGRAM_HEADER, DATAGRAM_MARKER, Datagram, DatagramError,
-    LiveDigest, MemberInfo, MemberState, NodeCore, NodeEvent, NodeStats, sender_of,
-};
+pub use datagram::{DATAGRAM_HEADER, DATAGRAM_MARKER, Datagram, DatagramError, sender_of};
+pub use event::{CloseWhy, Command, NodeEvent};
+pub use member::{LiveDigest, MemberInfo, MemberState};
+pub use node::{ConnId, NodeCore, NodeStats};
 pub use peer::{Address, Peer};

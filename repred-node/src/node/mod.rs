@@ -1,6 +1,6 @@
 //! The node core: membership and connections as one state machine.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
@@ -11,153 +11,19 @@ use repred::SourceId;
 
 use crate::sync::{self, Known, STATE_CHUNK, Sync, Tally};
 use crate::timers::Timers;
-use crate::{Address, NodeConfig, Peer};
+
+mod view;
+
+use crate::{
+    Address, CloseWhy, Command, DATAGRAM_HEADER, DATAGRAM_MARKER, Datagram, DatagramError,
+    LiveDigest, MemberInfo, MemberState, NodeConfig, NodeEvent, Peer, sender_of,
+};
+use view::Backoff;
 
 /// Names a connection; the driver picks the numbers.
 pub type ConnId = u64;
 
-/// The first byte of every membership datagram. QUIC packets always set
-/// the top two bits of their first byte (RFC 9000's long-header and fixed
-/// bits; repred nodes never negotiate greasing them), so a transport can
-/// share one UDP socket between QUIC and membership by this byte alone.
-pub const DATAGRAM_MARKER: u8 = 0x21;
-
-/// From this many members on, the members to dial are drawn at random
-/// positions of the member list instead of filtered from all of it.
-const SAMPLE_ABOVE: usize = 64;
-
-/// Bytes before the membership protocol's own in a datagram: the marker and
-/// the sender's node id.
-pub const DATAGRAM_HEADER: usize = 1 + SourceId::LEN;
-
 type Swim<A> = Foca<Peer<A>, PostcardCodec, Xoshiro256PlusPlus, NoCustomBroadcast>;
-
-/// What the driver should do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command<A> {
-    /// Open a connection to `addr`; `expect` is the node id it should turn
-    /// out to be, when known. Report the outcome with
-    /// [`NodeCore::handle_connected`] or [`NodeCore::handle_dial_failed`].
-    Dial {
-        /// Where.
-        addr: A,
-        /// Who, if known.
-        expect: Option<SourceId>,
-    },
-    /// Close a connection; report it gone with
-    /// [`NodeCore::handle_disconnected`] as for any other.
-    Close {
-        /// Which.
-        conn: ConnId,
-        /// Why.
-        reason: CloseWhy,
-    },
-}
-
-/// Why the node core closes a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseWhy {
-    /// Traded for a connection to another member, so that the graph mixes.
-    Rotated,
-    /// The peer was declared down.
-    PeerDown,
-    /// A second connection to the same peer (both dialed at once): the one
-    /// dialed by the smaller node id stays, on both sides alike.
-    Duplicate,
-    /// More connections than [`NodeConfig::max_connections`].
-    TooMany,
-    /// A connection to this very node.
-    ToSelf,
-}
-
-/// A membership datagram to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Datagram<A> {
-    /// Where to.
-    pub to: A,
-    /// Who should be there, when known: the driver may check the receiver
-    /// is that node (a datagram is only as private as its transport).
-    pub to_id: Option<SourceId>,
-    /// The bytes, starting with [`DATAGRAM_MARKER`] and the sender's id.
-    pub bytes: Vec<u8>,
-}
-
-/// Something the driver or the user may want to know.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NodeEvent<A> {
-    /// A member is up (newly, or again).
-    MemberUp {
-        /// Its node id.
-        id: SourceId,
-        /// Where it listens.
-        addr: A,
-    },
-    /// A member was declared down (or left).
-    MemberDown {
-        /// Its node id.
-        id: SourceId,
-        /// Where it listened.
-        addr: A,
-    },
-    /// This node is known to at least one other member.
-    Joined,
-    /// Every member this node knew is down or gone.
-    Isolated,
-    /// This node was declared down (a partition, a long pause) and rejoined
-    /// under a renewed identity.
-    Rejoined,
-}
-
-/// A member as this node sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberInfo<A> {
-    /// Its node id.
-    pub id: SourceId,
-    /// Where it listens.
-    pub addr: A,
-    /// What this node believes of it.
-    pub state: MemberState,
-}
-
-/// What a node believes of a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum MemberState {
-    /// Answers probes.
-    Alive,
-    /// Someone could not reach it; it has until the suspicion times out to
-    /// refute it.
-    Suspect,
-    /// Declared down (or left).
-    Down,
-}
-
-/// How many members a node counts as up (itself included) and a
-/// fingerprint of which: what two connected nodes compare before they look
-/// for a difference. Two nodes with equal digests see the same live members
-/// (but for a 64-bit collision); comparing them costs nothing like a pass
-/// over the member lists, so a driver can check a large cluster's
-/// convergence this way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LiveDigest {
-    /// How many.
-    pub members: u32,
-    /// Which (a mix of their ids' fingerprints, independent of order).
-    pub fingerprint: u64,
-}
-
-impl LiveDigest {
-    /// The digest of a set of distinct node ids (a node's
-    /// [`live`](NodeCore::live) members, say).
-    pub fn of(ids: impl IntoIterator<Item = SourceId>) -> Self {
-        Self::from_tally(&Tally::of(ids))
-    }
-
-    fn from_tally(tally: &Tally) -> Self {
-        Self { members: tally.members(), fingerprint: tally.digest() }
-    }
-}
 
 /// Counters of a node core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,30 +46,6 @@ pub struct NodeStats {
     pub closes: u64,
 }
 
-/// Why a datagram was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DatagramError {
-    /// It does not start with [`DATAGRAM_MARKER`] and a sender id.
-    #[error("not a membership datagram")]
-    NotMembership,
-    /// The membership protocol could not decode it.
-    #[error("malformed membership datagram: {0}")]
-    Malformed(String),
-    /// Its membership header names another sender than its envelope: a
-    /// node speaking in another's name.
-    #[error("the datagram claims to come from {claimed:?} but was sent by {sender:?}")]
-    WrongSender {
-        /// Who the membership header claims.
-        claimed: Option<SourceId>,
-        /// Who sent it.
-        sender: SourceId,
-    },
-    /// The membership protocol refused it.
-    #[error("membership refused the datagram: {0}")]
-    Refused(String),
-}
-
 #[derive(Debug)]
 enum Timer<A> {
     Swim(foca::Timer<Peer<A>>),
@@ -222,12 +64,6 @@ struct Conn<A> {
     outgoing: bool,
     /// When it came up.
     since: u64,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    failures: u32,
-    until: u64,
 }
 
 /// One node's decisions, with no I/O: who is in the cluster (SWIM, by
@@ -742,130 +578,6 @@ impl<A: Address> NodeCore<A> {
         self.conns.iter().map(|(&k, c)| (k, c.peer, c.outgoing))
     }
 
-    /// How many connections this node wants now.
-    pub fn wanted_connections(&self) -> usize {
-        self.config.active_view(self.swim.num_members() + 1)
-    }
-
-    fn dial_timeout_ms(&self) -> u64 {
-        self.config.dial_timeout.as_millis() as u64
-    }
-
-    fn jitter(&mut self, around: Duration) -> u64 {
-        let ms = around.as_millis() as u64;
-        // Between half and one and a half of it.
-        ms / 2 + self.rng.random_range(0..=ms.max(1))
-    }
-
-    fn schedule_maintain(&mut self, at: u64) {
-        if self.maintain_at.is_some_and(|t| t <= at) {
-            return;
-        }
-        self.maintain_at = Some(at);
-        self.timers.set(at, Timer::Maintain(at));
-    }
-
-    fn close(&mut self, conn: ConnId, reason: CloseWhy) {
-        self.stats.closes += 1;
-        self.commands.push_back(Command::Close { conn, reason });
-    }
-
-    /// Dials members until the active view is full; closes what is too
-    /// much; asks the seeds again while alone.
-    fn maintain(&mut self, now: u64) {
-        let period = self.config.probe_period;
-        let next = now + period.as_millis() as u64;
-        self.schedule_maintain(next);
-        if self.left {
-            return;
-        }
-        let alone = self.swim.num_members() == 0;
-        if !self.active {
-            self.rejoin(now);
-        }
-        let want = self.wanted_connections();
-        let connected: BTreeSet<SourceId> = self.conns.values().map(|c| c.peer).collect();
-        let busy = connected.len() + self.dialing.len();
-        if busy < want {
-            let free = |addr: &A, backoff: &BTreeMap<A, Backoff>, dialing: &BTreeMap<A, u64>| {
-                !dialing.contains_key(addr) && backoff.get(addr).is_none_or(|b| b.until <= now)
-            };
-            let eligible = |m: &Member<Peer<A>>| {
-                let id = m.id().id?;
-                let ok = id != self.id
-                    && matches!(m.state(), foca::State::Alive | foca::State::Suspect)
-                    && !connected.contains(&id)
-                    && free(&m.id().addr, &self.backoff, &self.dialing);
-                ok.then(|| (m.id().addr.clone(), Some(id)))
-            };
-            // A few random members, drawn from foca's list by position
-            // (O(wanted), whatever N); the scan of every member only when
-            // the draws find too few (a small or mostly ineligible list).
-            let mut candidates = if alone {
-                Vec::new()
-            } else {
-                let all = self.swim.iter_membership_state().len();
-                let mut drawn: Vec<(A, Option<SourceId>)> = Vec::new();
-                if all >= SAMPLE_ABOVE {
-                    let need = want - busy;
-                    for _ in 0..need * 16 + 32 {
-                        if drawn.len() == need {
-                            break;
-                        }
-                        let pos = self.rng.random_range(0..all);
-                        let pick = self.swim.iter_membership_state().nth(pos).and_then(eligible);
-                        if let Some(pick) = pick.filter(|p| !drawn.iter().any(|d| d.0 == p.0)) {
-                            drawn.push(pick);
-                        }
-                    }
-                    if drawn.len() < need {
-                        drawn.clear();
-                    }
-                }
-                if drawn.is_empty() {
-                    drawn = self.swim.iter_members().filter_map(eligible).collect();
-                }
-                drawn
-            };
-            if alone {
-                let conn_addrs: BTreeSet<&A> = self.conns.values().map(|c| &c.addr).collect();
-                candidates = self
-                    .bootstrap
-                    .iter()
-                    .filter(|a| !conn_addrs.contains(a) && free(a, &self.backoff, &self.dialing))
-                    .map(|a| (a.clone(), None))
-                    .collect();
-            }
-            for i in 0..candidates.len().min(want - busy) {
-                let pick = self.rng.random_range(i..candidates.len());
-                candidates.swap(i, pick);
-                let (addr, expect) = candidates[i].clone();
-                self.dialing.insert(addr.clone(), now);
-                self.stats.dials += 1;
-                let timeout = now + self.config.dial_timeout.as_millis() as u64;
-                self.timers.set(timeout, Timer::DialTimeout(addr.clone(), now));
-                self.commands.push_back(Command::Dial { addr, expect });
-            }
-        }
-        // Others' dials can pile up on one node (a seed everyone joins
-        // through): past twice the view it sheds incoming connections, at
-        // random, and their dialers pick someone else. The view stays
-        // O(log N) at every node, as in HyParView.
-        let cap = (2 * want).max(want + 4).min(self.config.max_connections);
-        if self.conns.len() > cap {
-            let mut incoming: Vec<ConnId> =
-                self.conns.iter().filter(|(_, c)| !c.outgoing).map(|(&k, _)| k).collect();
-            let extra = (self.conns.len() - cap).min(incoming.len());
-            for i in 0..extra {
-                let pick = self.rng.random_range(i..incoming.len());
-                incoming.swap(i, pick);
-                let conn = incoming[i];
-                self.conns.remove(&conn);
-                self.close(conn, CloseWhy::TooMany);
-            }
-        }
-    }
-
     /// Compares views with one neighbour: a node that missed a change SWIM
     /// has stopped spreading (a join during a storm of joins) catches up
     /// here, for a few bytes when the views are equal.
@@ -898,31 +610,6 @@ impl<A: Address> NodeCore<A> {
             let _ = self.swim.announce(pick, &mut self.runtime);
         }
         self.announce_to_seeds(now);
-    }
-
-    /// Trades one outgoing connection for another member, when the view is
-    /// full and someone is left out.
-    fn rotate(&mut self, now: u64) {
-        let next = now + self.jitter(self.config.rotate_every);
-        self.timers.set(next, Timer::Rotate);
-        if self.left {
-            return;
-        }
-        let connected: BTreeSet<SourceId> = self.conns.values().map(|c| c.peer).collect();
-        if connected.len() < self.wanted_connections() {
-            return;
-        }
-        let spare = self
-            .swim
-            .iter_members()
-            .any(|m| m.id().id.is_some_and(|id| id != self.id && !connected.contains(&id)));
-        let outgoing: Vec<ConnId> =
-            self.conns.iter().filter(|(_, c)| c.outgoing).map(|(&k, _)| k).collect();
-        if !spare || outgoing.is_empty() {
-            return;
-        }
-        let victim = outgoing[self.rng.random_range(0..outgoing.len())];
-        self.close(victim, CloseWhy::Rotated);
     }
 
     /// Moves what the membership protocol asked for into our queues.
@@ -1014,14 +701,4 @@ impl<A: Address> NodeCore<A> {
         let _ = self.swim.apply_many(members.into_iter(), true, &mut self.runtime);
         self.drain(now);
     }
-}
-
-/// The sender id in a membership datagram's envelope, if it is one.
-pub fn sender_of(bytes: &[u8]) -> Option<SourceId> {
-    if bytes.len() < DATAGRAM_HEADER || bytes[0] != DATAGRAM_MARKER {
-        return None;
-    }
-    let mut id = [0u8; SourceId::LEN];
-    id.copy_from_slice(&bytes[1..DATAGRAM_HEADER]);
-    SourceId::from_bytes(id).ok()
 }
