@@ -306,6 +306,30 @@ fn adopt<T: Reduce>(
     Some(sid)
 }
 
+/// Tells the streams that were parents of a source another stream has
+/// taken over (`Core::unwants`) that it is no longer wanted from them, and
+/// lets every stream still waiting for its sync settle: what just happened
+/// may complete it. Returns those streams, for the caller to close if done.
+fn settle_waiting<T: Reduce>(
+    core: &mut Core<T>,
+    streams: &mut BTreeMap<StreamId, Stream>,
+    now: u64,
+) -> Vec<StreamId> {
+    for (to, source) in std::mem::take(&mut core.unwants) {
+        if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
+            s.intents.insert(source, None);
+        }
+    }
+    streams
+        .iter_mut()
+        .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
+        .map(|(&sid, s)| {
+            s.settle(sid, core, now);
+            sid
+        })
+        .collect()
+}
+
 /// Streams: each is one peer's session with this replica.
 impl<T: Reduce> Replica<T> {
     /// Opens a stream to a peer; its Hello is the first thing
@@ -385,20 +409,8 @@ impl<T: Reduce> Replica<T> {
         // Hello, a stream that does not receive) leaves the inbox as large
         // as the frame: keep no more than an applied frame keeps.
         core.inbox.shrink_to(crate::replica::KEEP_ENVELOPES);
-        for (to, source) in std::mem::take(&mut core.unwants) {
-            if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
-                s.intents.insert(source, None);
-            }
-        }
         // What arrived here may complete another stream's sync.
-        let waiting: Vec<StreamId> = streams
-            .iter_mut()
-            .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
-            .map(|(&sid, s)| {
-                s.settle(sid, core, now);
-                sid
-            })
-            .collect();
+        let waiting = settle_waiting(core, streams, now);
         let result = match flow {
             Ok(Flow::Continue) => Ok(()),
             Ok(Flow::Closed(reason)) => {
@@ -735,20 +747,7 @@ impl<T: Reduce> Replica<T> {
                 p.due = None;
             }
         }
-        for (to, source) in std::mem::take(&mut core.unwants) {
-            if let Some(s) = streams.get_mut(&to).filter(|s| !s.ended) {
-                s.intents.insert(source, None);
-            }
-        }
-        let waiting: Vec<StreamId> = streams
-            .iter_mut()
-            .filter(|(_, s)| !s.ended && s.sync_frame && !s.sync_received)
-            .map(|(&sid, s)| {
-                s.settle(sid, core, now);
-                sid
-            })
-            .collect();
-        for sid in waiting {
+        for sid in settle_waiting(core, streams, now) {
             self.close_if_done(sid);
         }
     }
