@@ -376,9 +376,8 @@ impl Node {
     /// `model.set(key, value)` at wall time `now`: returns whether it
     /// changed the map (a write to `__proto__` does not, as in JavaScript).
     ///
-    /// The write's timestamp is a float exactly (see
-    /// [`next_own`](crate::time::next_own)), so it comes back from
-    /// JavaScript peers as the same update.
+    /// The write's timestamp is a float exactly (see `time::next_own`), so
+    /// it comes back from JavaScript peers as the same update.
     pub fn set(&mut self, now: u64, key: &str, value: impl Into<Json>) -> Result<bool, NodeError> {
         let ts = next_own(self.replica.last_timestamp(), now);
         let write = Write {

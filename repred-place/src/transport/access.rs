@@ -194,8 +194,8 @@ where
 {
     /// This node's copy of `name`: its replica if it holds one; else, if
     /// its member list makes it a replica, a new replica held as
-    /// [`Placer::create`] does; else the copy that goes through a replica,
-    /// opened now if it is not yet.
+    /// [`Placer::create`](super::Placer::create) does; else the copy that
+    /// goes through a replica, opened now if it is not yet.
     pub(super) fn copy(&self, name: &str) -> Result<Copy<T>, PlaceError> {
         let mut state = lock(&self.state);
         let state = &mut *state;
