@@ -135,6 +135,7 @@ impl Store {
             .with_floor(meta.floor)
             .with_rejoined_below(meta.rejoined_below, meta.rejoin_brought_back)
             .with_rejoin_missing(meta.rejoin_missing)
+            .with_rejoin_held(meta.rejoin_held)
             .with_cut_parts_floor(meta.cut_parts_floor)
             .with_stale_parts_floor(meta.stale_parts_floor),
         ))

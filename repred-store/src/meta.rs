@@ -51,6 +51,75 @@ pub(crate) struct Meta {
     /// [`Replica::stale_parts_floor`] at the last save: a verdict for those
     /// parts that nothing would find again after a restart.
     pub(crate) stale_parts_floor: Option<Timestamp>,
+    /// [`Replica::rejoin_held`] at the last save: which peers a replica
+    /// still missing its own writes asks for a snapshot when it comes back.
+    pub(crate) rejoin_held: Timestamp,
+}
+
+/// A header as written before [`Replica::rejoin_held`] was saved (read
+/// only).
+#[derive(Deserialize)]
+struct MetaV8 {
+    id: SourceId,
+    last: Timestamp,
+    base_seq: u64,
+    next_seq: u64,
+    base_clock: Clock,
+    base: Vec<u8>,
+    life: u64,
+    floor: Timestamp,
+    parts: Parts,
+    rejoined_below: Timestamp,
+    rejoin_brought_back: Timestamp,
+    rejoin_missing: Timestamp,
+    cut_parts_floor: Option<Timestamp>,
+    stale_parts_floor: Option<Timestamp>,
+}
+
+impl From<MetaV8> for Meta {
+    fn from(v8: MetaV8) -> Self {
+        let MetaV8 {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+            cut_parts_floor,
+            stale_parts_floor,
+        } = v8;
+        Meta {
+            id,
+            last,
+            base_seq,
+            next_seq,
+            base_clock,
+            base,
+            life,
+            floor,
+            parts,
+            rejoined_below,
+            rejoin_brought_back,
+            rejoin_missing,
+            cut_parts_floor,
+            stale_parts_floor,
+            rejoin_held: Timestamp::ZERO,
+        }
+    }
+}
+
+impl MetaV8 {
+    /// The header of a version before, newest first as in `Meta::decode`.
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+            .or_else(|e| MetaV7::decode(bytes).map(MetaV8::from).map_err(|_| e))
+    }
 }
 
 /// A header as written before a stale verdict for cut snapshot parts was
@@ -72,7 +141,7 @@ struct MetaV7 {
     cut_parts_floor: Option<Timestamp>,
 }
 
-impl From<MetaV7> for Meta {
+impl From<MetaV7> for MetaV8 {
     fn from(v7: MetaV7) -> Self {
         let MetaV7 {
             id,
@@ -89,7 +158,7 @@ impl From<MetaV7> for Meta {
             rejoin_missing,
             cut_parts_floor,
         } = v7;
-        Meta {
+        MetaV8 {
             id,
             last,
             base_seq,
@@ -254,7 +323,7 @@ impl Meta {
         // would read a newer header's prefix, while a newer one runs out of
         // bytes on an older header.
         postcard::from_bytes(bytes)
-            .or_else(|e| MetaV7::decode(bytes).map(Meta::from).map_err(|_| e))
+            .or_else(|e| MetaV8::decode(bytes).map(Meta::from).map_err(|_| e))
     }
 }
 
@@ -353,8 +422,8 @@ mod tests {
     use super::*;
 
     /// Headers written before `rejoin_missing`, before `cut_parts_floor`,
-    /// and before `stale_parts_floor` were saved still load, their other
-    /// fields intact:
+    /// before `stale_parts_floor` and before `rejoin_held` were saved still
+    /// load, their other fields intact:
     /// each field was the layout's last, so the older header is the
     /// newer's encoding without it.
     #[test]
@@ -375,10 +444,19 @@ mod tests {
             rejoin_missing: Timestamp::new(3, 0),
             cut_parts_floor: Some(Timestamp::new(1, 0)),
             stale_parts_floor: Some(Timestamp::new(4, 0)),
+            rejoin_held: Timestamp::new(2, 1),
         };
         let mut bytes = postcard::to_allocvec(&meta).expect("a header encodes");
         let newest = Meta::decode(&bytes).expect("the newest header decodes");
+        assert_eq!(newest.rejoin_held, meta.rejoin_held);
         assert_eq!(newest.stale_parts_floor, meta.stale_parts_floor);
+
+        let held = postcard::to_allocvec(&meta.rejoin_held).expect("a stamp encodes");
+        assert!(bytes.ends_with(&held));
+        bytes.truncate(bytes.len() - held.len());
+        let v8 = Meta::decode(&bytes).expect("the header before rejoin_held decodes");
+        assert_eq!(v8.rejoin_held, Timestamp::ZERO);
+        assert_eq!(v8.stale_parts_floor, meta.stale_parts_floor);
         assert_eq!(newest.cut_parts_floor, meta.cut_parts_floor);
         assert_eq!(newest.rejoin_missing, meta.rejoin_missing);
 
@@ -386,7 +464,7 @@ mod tests {
         assert!(bytes.ends_with(&stale));
         bytes.truncate(bytes.len() - stale.len());
         let v7 = Meta::decode(&bytes).expect("the header before stale_parts_floor decodes");
-        assert_eq!(v7.stale_parts_floor, None);
+        assert_eq!((v7.stale_parts_floor, v7.rejoin_held), (None, Timestamp::ZERO));
         assert_eq!(v7.cut_parts_floor, meta.cut_parts_floor);
 
         let cut = postcard::to_allocvec(&meta.cut_parts_floor).expect("a floor encodes");

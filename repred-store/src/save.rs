@@ -138,6 +138,7 @@ impl Store {
                     rejoin_missing: replica.rejoin_missing(),
                     cut_parts_floor: replica.cut_parts_floor(),
                     stale_parts_floor: replica.stale_parts_floor(),
+                    rejoin_held: replica.rejoin_held(),
                 };
                 Batch {
                     name: name.to_string(),
@@ -154,6 +155,7 @@ impl Store {
         batch.meta.rejoin_brought_back = replica.rejoin_brought_back();
         batch.meta.rejoin_missing = replica.rejoin_missing();
         batch.meta.stale_parts_floor = replica.stale_parts_floor();
+        batch.meta.rejoin_held = replica.rejoin_held();
         // Later batches continue from this one, before it is even committed.
         metas.insert(name.to_string(), batch.meta.clone());
         Ok(batch)

@@ -476,3 +476,62 @@ fn a_replica_saved_after_a_rejoin_still_asks_for_its_missing_writes() {
     assert_eq!(net[a2].state(), net[c].state());
     assert_eq!(net[a2].rejoin_missing(), repred::Timestamp::ZERO, "brought up: it asks no more");
 }
+
+/// A replica saved after a rejoin and a snapshot that brought back some of
+/// the own writes it lacked, not all, comes back asking only peers holding
+/// more of them (`Replica::rejoin_held`). Before, the restored replica asked
+/// every peer holding any of its writes, and the one that had already sent
+/// what it had sent its whole state again for nothing.
+#[test]
+fn a_replica_saved_after_a_rejoin_asks_only_peers_holding_more_of_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let id = |name: &str| SourceId::new(name).unwrap();
+    let small = Config::default().history_limit(2);
+    let mut net = Network::starting_at(NOW);
+    let a = net.add(Replica::with_config(id("a"), Numbers::default(), small.clone()));
+    let c = net.add(Replica::new(id("c"), Numbers::default()));
+    let d = net.add(Replica::new(id("d"), Numbers::default()));
+    // d has a's first write only; c has all four.
+    let to_d = net.link(a, d);
+    net.update(a, [1].into()).unwrap();
+    net.pump();
+    net.cut(to_d);
+    let to_c = net.link(a, c);
+    for i in 2..=4 {
+        net.update(a, [i].into()).unwrap();
+    }
+    net.pump();
+    net.cut(to_c);
+    // Its log kept the last two: the first two are gone from it.
+    net[a].rejoin(Numbers::default());
+    assert!(net[a].rejoin_missing() > repred::Timestamp::ZERO);
+    // d, which takes nothing from a, brings back the first write.
+    let takes_nothing = StreamOpts { sends: false, ..StreamOpts::default() };
+    let link = net.link_with(a, takes_nothing.clone(), d, StreamOpts::default());
+    net.pump();
+    net.cut(link);
+    let held = net[a].rejoin_held();
+    assert_eq!(held, net[d].clock().get(id("a")), "what d had of a's writes is back");
+    assert!(net[a].state().contains(&1) && !net[a].state().contains(&2));
+    assert!(net[a].rejoin_missing() > held, "the second write is still missing");
+    {
+        let store = Store::open(&path).unwrap();
+        store.save("a", &net[a]).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let restored = store.load::<Numbers>("a", small).unwrap().unwrap();
+    assert_eq!(restored.rejoin_held(), held);
+    let a2 = net.add(restored);
+    // d holds nothing of a's beyond what came back: no snapshot again.
+    let taken = net[a2].stats().snapshots;
+    net.link_with(a2, takes_nothing, d, StreamOpts::default());
+    net.pump();
+    assert_eq!(net[a2].stats().snapshots, taken, "d sent its state again");
+    // c holds the rest, and is asked.
+    net.link(a2, c);
+    net.pump();
+    assert!(net[a2].state().contains(&2), "the write gone from its log is back");
+    assert_eq!(net[a2].state(), net[c].state());
+    assert_eq!(net[a2].rejoin_missing(), repred::Timestamp::ZERO, "brought up: it asks no more");
+}

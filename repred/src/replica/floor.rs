@@ -343,6 +343,27 @@ impl<T: Reduce> Replica<T> {
         self.core.own_missing
     }
 
+    /// Since the last [`rejoin`](Replica::rejoin), the newest of this
+    /// replica's own writes a snapshot's clock claimed ([`Timestamp::ZERO`]:
+    /// none yet): it holds its own writes up to here, so while
+    /// [`rejoin_missing`](Replica::rejoin_missing) names newer ones its
+    /// Hellos ask only peers holding more than this for a snapshot. A
+    /// durable store saves it.
+    pub fn rejoin_held(&self) -> Timestamp {
+        self.core.own_held
+    }
+
+    /// This replica holding its own writes up to `held`, as
+    /// [`rejoin_held`](Replica::rejoin_held) said: for a durable store
+    /// restoring a replica saved after a rejoin and a snapshot that brought
+    /// back some of what it lacked (without it, the restored replica would
+    /// ask every peer holding any of its writes for a snapshot again, and
+    /// each would send its whole state for what is already here).
+    pub fn with_rejoin_held(mut self, held: Timestamp) -> Self {
+        self.core.own_held = self.core.own_held.max(held);
+        self
+    }
+
     /// This replica lacking its own writes up to `missing`, as
     /// [`rejoin_missing`](Replica::rejoin_missing) said: for a durable
     /// store restoring a replica saved after a rejoin, before a snapshot
