@@ -15,8 +15,18 @@
 //! ranges whose outcome it awaits; when none is left, it knows the peer's
 //! clock: its own entries where the fingerprints matched, the peer's where
 //! they were sent.
+//!
+//! What the peer says is held to the protocol, so that it costs us no more
+//! than it costs the peer: a range it probes must be the root (from the
+//! side that starts, once) or a child of one we probed and it split, each
+//! once; a range it lists for us to answer must be one we probed, holding
+//! at most [`MAX_ITEMS`] of ours (as the protocol's rule for listing
+//! says); and the ranges we send in one reconciliation are bounded by the
+//! size of the clocks involved ([`Reconciliation::new`]). Before, a frame
+//! of small messages each asking for the root's entries had us copy the
+//! whole clock once per message.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +54,22 @@ const MAX_DEPTH: u8 = 32;
 impl Prefix {
     pub(crate) fn root() -> Self {
         Prefix { depth: 0, packed: Vec::new() }
+    }
+
+    /// The range this one is a sixteenth of, and which sixteenth (`None`:
+    /// the root).
+    fn parent(&self) -> Option<(Prefix, u8)> {
+        let depth = self.depth.checked_sub(1)?;
+        let mut packed = self.packed.clone();
+        let nibble = if depth.is_multiple_of(2) {
+            packed.pop().map_or(0, |b| b >> 4)
+        } else {
+            let last = packed.last_mut()?;
+            let nibble = *last & 0x0f;
+            *last &= 0xf0;
+            nibble
+        };
+        Some((Prefix { depth, packed }, nibble))
     }
 
     fn child(&self, nibble: u8) -> Prefix {
@@ -139,10 +165,34 @@ pub(crate) struct Reconciliation {
     /// Whether it has begun (this side started, or the peer spoke): before
     /// that, no open range does not mean done.
     engaged: bool,
+    /// Whether this side started (and so probed the root), or the peer
+    /// did: the root is probed once, by one side.
+    root_probed: bool,
+    /// Ranges we probed that the peer is splitting, with the sixteenths it
+    /// has probed so far (a bit each): each is answered once.
+    splitting: BTreeMap<Prefix, u16>,
+    /// Ranges sent so far, and the most this reconciliation may send.
+    sent: usize,
+    budget: usize,
 }
 
+/// Ranges a reconciliation may send whatever the clocks' sizes.
+const BASE_BUDGET: usize = 4_096;
+
 impl Reconciliation {
+    /// Reconciles `mine` with a peer's clock, remembering at most
+    /// `max_unknown` of its sources we do not know.
+    ///
+    /// It sends at most 4,096 ranges plus two per source of ours and per
+    /// unknown source it may remember: telling two clocks apart takes
+    /// about one range for every [`LEAF`] sources where they differ, a
+    /// sixteenth more per level, so an honest peer stays far below even
+    /// where the clocks differ in every source; a peer that probes on and
+    /// on (claiming counts it does not hold, each forcing a split) is
+    /// refused past it.
     pub(crate) fn new(mine: Clock, max_unknown: usize) -> Self {
+        let budget =
+            BASE_BUDGET.saturating_add(mine.len().saturating_add(max_unknown).saturating_mul(2));
         Self {
             mine,
             theirs: Clock::new(),
@@ -150,21 +200,27 @@ impl Reconciliation {
             unknown: 0,
             max_unknown,
             engaged: false,
+            root_probed: false,
+            splitting: BTreeMap::new(),
+            sent: 0,
+            budget,
         }
     }
 
     /// The first message, from the side that starts.
     pub(crate) fn start(&mut self) -> Vec<Range> {
         self.engaged = true;
+        self.root_probed = true;
         let root = Prefix::root();
         let (fingerprint, count) = root.fingerprint(&self.mine);
         self.open.insert(root.clone());
+        self.sent += 1;
         vec![Range::Probe { prefix: root, fingerprint, count }]
     }
 
     /// Whether the peer's clock is fully known.
     pub(crate) fn is_done(&self) -> bool {
-        self.engaged && self.open.is_empty()
+        self.engaged && self.open.is_empty() && self.splitting.is_empty()
     }
 
     /// The peer's clock, once done.
@@ -183,19 +239,7 @@ impl Reconciliation {
                     if !prefix.is_valid() {
                         return Err("a malformed range");
                     }
-                    // A split of a range we probed answers it.
-                    if prefix.depth > 0 {
-                        let mut parent = prefix.clone();
-                        parent.depth -= 1;
-                        if parent.depth.is_multiple_of(2) {
-                            parent.packed.pop();
-                        } else if let Some(last) = parent.packed.last_mut() {
-                            *last &= 0xf0;
-                        }
-                        self.open.remove(&parent);
-                    } else {
-                        self.open.remove(&prefix);
-                    }
+                    self.take_probe(&prefix)?;
                     self.answer(prefix, fingerprint, count, &mut out);
                 }
                 Range::Equal { prefix } => {
@@ -210,25 +254,66 @@ impl Reconciliation {
                     if items.len() > MAX_ITEMS as usize {
                         return Err("too many entries for one range");
                     }
-                    if reply && !self.open.remove(&prefix) {
-                        continue;
+                    // Listed in answer to our probe, or to our list.
+                    if !self.open.remove(&prefix) {
+                        if reply {
+                            continue;
+                        }
+                        return Err("entries for a range we did not probe");
                     }
-                    self.open.remove(&prefix);
                     self.learn(&prefix, items)?;
                     if !reply {
+                        // The peer lists a range only where ours are few
+                        // enough to list back (see `answer`).
                         let mine: Vec<_> = prefix.entries(&self.mine).collect();
+                        if mine.len() > MAX_ITEMS as usize {
+                            return Err("entries asked for a range too large to list");
+                        }
+                        self.sent += 1;
                         out.push(Range::Items { prefix, items: mine, reply: true });
                     }
                 }
             }
+            if self.sent > self.budget {
+                return Err("more ranges than the clocks call for");
+            }
         }
         Ok(out)
+    }
+
+    /// Accepts the peer's probe of `prefix` if the protocol has it probe
+    /// that range now: the root, by the side that starts, once; or a
+    /// sixteenth of a range we probed, which the peer splits instead of
+    /// answering, each sixteenth once.
+    fn take_probe(&mut self, prefix: &Prefix) -> Result<(), &'static str> {
+        let Some((parent, nibble)) = prefix.parent() else {
+            if std::mem::replace(&mut self.root_probed, true) {
+                return Err("the root probed twice");
+            }
+            return Ok(());
+        };
+        if self.open.remove(&parent) {
+            self.splitting.insert(parent.clone(), 0);
+        }
+        let Some(seen) = self.splitting.get_mut(&parent) else {
+            return Err("a range probed that we did not split");
+        };
+        let bit = 1u16 << nibble;
+        if *seen & bit != 0 {
+            return Err("a range probed twice");
+        }
+        *seen |= bit;
+        if *seen == u16::MAX {
+            self.splitting.remove(&parent);
+        }
+        Ok(())
     }
 
     fn answer(&mut self, prefix: Prefix, fingerprint: u64, count: u32, out: &mut Vec<Range>) {
         let (mine, my_count) = prefix.fingerprint(&self.mine);
         if mine == fingerprint && my_count == count {
             self.settle(&prefix);
+            self.sent += 1;
             out.push(Range::Equal { prefix });
         } else if (my_count <= LEAF && count <= MAX_ITEMS)
             || (count <= LEAF && my_count <= MAX_ITEMS)
@@ -236,6 +321,7 @@ impl Reconciliation {
         {
             let items: Vec<_> = prefix.entries(&self.mine).collect();
             self.open.insert(prefix.clone());
+            self.sent += 1;
             out.push(Range::Items { prefix, items, reply: false });
         } else {
             for nibble in 0..16 {
@@ -244,6 +330,7 @@ impl Reconciliation {
                 self.open.insert(child.clone());
                 out.push(Range::Probe { prefix: child, fingerprint, count });
             }
+            self.sent += 16;
         }
     }
 
@@ -330,6 +417,102 @@ mod tests {
             assert_eq!(a_learned, b);
             assert_eq!(b_learned, a);
         }
+    }
+
+    /// A range asked for again and again: before, each of a frame's
+    /// small messages listing the root for us to answer had us copy our
+    /// whole clock.
+    #[test]
+    fn a_range_is_answered_once() {
+        let mine = clock(5_000, None, None);
+        let mut x = Reconciliation::new(mine.clone(), 100);
+        x.start();
+        let list = || Range::Items { prefix: Prefix::root(), items: Vec::new(), reply: false };
+        // Ours are too many to list back, as the protocol's rule says.
+        assert_eq!(x.handle(vec![list()]), Err("entries asked for a range too large to list"));
+        let mut y = Reconciliation::new(clock(10, None, None), 100);
+        y.start();
+        let answer = y.handle(vec![list()]).expect("an answer to our probe");
+        assert!(
+            matches!(&answer[..], [Range::Items { reply: true, items, .. }] if items.len() == 10)
+        );
+        assert_eq!(y.handle(vec![list()]), Err("entries for a range we did not probe"));
+        // Nor is the root probed twice, or by the side that started.
+        let root = |count| Range::Probe { prefix: Prefix::root(), fingerprint: 1, count };
+        assert_eq!(x.handle(vec![root(2_000)]), Err("the root probed twice"));
+        let mut z = Reconciliation::new(mine, 100);
+        assert!(z.handle(vec![root(2_000)]).is_ok());
+        assert_eq!(z.handle(vec![root(2_000)]), Err("the root probed twice"));
+    }
+
+    /// A peer's probe is of a sixteenth of a range we probed, once each.
+    #[test]
+    fn only_the_sixteenths_of_our_probes_are_taken() {
+        let mut x = Reconciliation::new(clock(5_000, None, None), 100);
+        x.start();
+        let probe = |prefix: Prefix| Range::Probe { prefix, fingerprint: 1, count: 2_000 };
+        let deep = Prefix::root().child(3).child(4);
+        assert_eq!(x.handle(vec![probe(deep)]), Err("a range probed that we did not split"));
+        let child = Prefix::root().child(3);
+        assert!(x.handle(vec![probe(child.clone())]).is_ok());
+        assert_eq!(x.handle(vec![probe(child)]), Err("a range probed twice"));
+    }
+
+    /// A peer that claims thousands of sources in every range we split,
+    /// forcing split after split, is refused once the ranges sent pass
+    /// what the clocks call for: before, each of its probes cost us
+    /// sixteen, down to 32 levels.
+    #[test]
+    fn a_peer_that_splits_for_ever_is_refused() {
+        let mut x = Reconciliation::new(clock(100, None, None), 100);
+        let mut ours = x.start();
+        let mut sent = ours.len();
+        for round in 0.. {
+            assert!(round < 64, "never refused");
+            let split: Vec<Range> = ours
+                .iter()
+                .filter_map(|r| match r {
+                    Range::Probe { prefix, .. } => Some(prefix.clone()),
+                    _ => None,
+                })
+                .flat_map(|p| (0..16).map(move |n| p.child(n)))
+                .take(200_000)
+                .map(|prefix| Range::Probe { prefix, fingerprint: 1, count: 2_000 })
+                .collect();
+            match x.handle(split) {
+                Ok(answer) => {
+                    sent += answer.len();
+                    ours = answer;
+                }
+                Err(e) => {
+                    assert_eq!(e, "more ranges than the clocks call for");
+                    break;
+                }
+            }
+        }
+        assert!(sent <= BASE_BUDGET + 2 * 200 + 16, "{sent} ranges sent");
+    }
+
+    /// A split whose sixteenths come in two messages: the range's outcome
+    /// is known only once all have come.
+    #[test]
+    fn a_split_in_two_messages_is_awaited_whole() {
+        let a = clock(5_000, None, Some(77));
+        let b = clock(5_000, Some(1_234), None);
+        let mut x = Reconciliation::new(a, usize::MAX);
+        let mut y = Reconciliation::new(b.clone(), usize::MAX);
+        let mut to_y = x.start();
+        for _ in 0..200 {
+            let mut to_x = y.handle(std::mem::take(&mut to_y)).expect("y's answer");
+            let rest = to_x.split_off(to_x.len() / 2);
+            to_y = x.handle(to_x).expect("x's answer");
+            assert!(rest.is_empty() || !x.is_done(), "done before the rest came");
+            to_y.extend(x.handle(rest).expect("x's answer"));
+            if to_y.is_empty() && x.is_done() && y.is_done() {
+                break;
+            }
+        }
+        assert_eq!(x.into_theirs(), b);
     }
 
     #[test]
