@@ -134,6 +134,58 @@ fn an_unsigned_snapshot_is_refused_by_a_strict_replica() {
     assert_eq!(net[victim].stats().snapshots, 0);
 }
 
+/// Point 1: a snapshot's clock is held until all of it is in and its
+/// digest checked, so what its begin announces is bounded: past
+/// `max_snapshot_sources` the peer is cut off with a typed reason before
+/// any entry is taken (before, a begin announcing 2^64 sources let a peer
+/// send clock chunks for ever, each entry kept); within it, the clock
+/// comes in and is checked as usual.
+#[test]
+fn a_snapshot_announcing_more_sources_than_the_limit_is_refused() {
+    let config = Config::default().max_snapshot_sources(10);
+    let state: BTreeMap<String, Write> = BTreeMap::new();
+    let clock = |n: usize| -> Clock {
+        invented(n, Timestamp::new(NOW - 1_000, 0)).into_iter().map(|s| (s.source, s.ts)).collect()
+    };
+    let mut r = Replica::with_config(id("r"), Model::default(), config.clone());
+    let s = raw_peer(&mut r, "mallory", NOW);
+    let err = r.handle(s, NOW, &snapshot_frame(&clock(11), &state)).unwrap_err();
+    assert_eq!(
+        err,
+        repred::SessionError::Peer(PeerMisbehaved::SnapshotTooManySources {
+            sources: 11,
+            limit: 10
+        })
+    );
+    assert!(!r.open_streams().any(|x| x == s));
+    assert!(!r.receiving_snapshot());
+    // 2^64 - 1 announced, with the default limit.
+    let mut r: Replica<Model> = Replica::new(id("r"), Model::default());
+    let s = raw_peer(&mut r, "mallory", NOW);
+    let unsigned = postcard::to_allocvec(&None::<repred::Signature>).unwrap();
+    let begin = [postcard::to_allocvec(&(u64::MAX, [0u8; 32])).unwrap(), unsigned].concat();
+    let err = r.handle(s, NOW, &frame(SNAPSHOT_BEGIN, &begin)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            repred::SessionError::Peer(PeerMisbehaved::SnapshotTooManySources {
+                sources: u64::MAX,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    // Within the limit (the digest is not what the clock hashes to, so
+    // the whole clock is in and checked: refused for that instead).
+    let mut r = Replica::with_config(id("r"), Model::default(), config);
+    let s = raw_peer(&mut r, "mallory", NOW);
+    let err = r.handle(s, NOW, &snapshot_frame(&clock(10), &state)).unwrap_err();
+    assert!(
+        matches!(&err, repred::SessionError::Peer(PeerMisbehaved::Malformed { detail, .. }) if detail.contains("digest")),
+        "{err:?}"
+    );
+}
+
 /// A snapshot coming in holds back snapshots from other floors and
 /// collection until it ends, so a sender that goes quiet midway is bounded
 /// in time: with no byte of it for `snapshot_stall_millis` (any bytes,

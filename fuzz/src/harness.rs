@@ -1195,6 +1195,9 @@ impl Oracle {
             }
             (Trust::Only(_), Some(_)) => {}
         }
+        if sources > Config::default().max_snapshot_sources {
+            return Expect::Refused("a begin announcing more sources than the limit");
+        }
         self.begun = Some(Begun {
             id,
             signer,

@@ -38,6 +38,13 @@ pub struct Config {
     /// much and the state grows as parts come beyond it. Default 2^25
     /// (33,554,432).
     pub max_snapshot_reserve: u64,
+    /// Most sources a peer's snapshot's clock may name
+    /// ([`PeerMisbehaved::SnapshotTooManySources`](crate::PeerMisbehaved::SnapshotTooManySources)):
+    /// the clock comes in chunks and is held until all of it is in and its
+    /// digest checked, about 40 bytes a source. Default 2^24 (16,777,216:
+    /// 16 times the million sources a fresh replica is brought up from in
+    /// `tests/digest.rs`, ~700 MB held at most).
+    pub max_snapshot_sources: u64,
     /// How long a peer's snapshot may go without a byte of it once begun,
     /// before this replica refuses it
     /// ([`SnapshotRefusal::Stalled`]) and closes the stream. While one comes
@@ -120,6 +127,7 @@ impl Default for Config {
             batch_bytes: 64 << 10,
             snapshot_part_bytes: 64 << 10,
             max_snapshot_reserve: 1 << 25,
+            max_snapshot_sources: 1 << 24,
             snapshot_stall_millis: 30_000,
             snapshot_min_rate: 256,
             history_snapshot_bytes: 32 << 20,
@@ -210,6 +218,12 @@ impl Config {
     /// Sets [`Config::max_snapshot_reserve`].
     pub fn max_snapshot_reserve(mut self, entries: u64) -> Self {
         self.max_snapshot_reserve = entries;
+        self
+    }
+
+    /// Sets [`Config::max_snapshot_sources`].
+    pub fn max_snapshot_sources(mut self, sources: u64) -> Self {
+        self.max_snapshot_sources = sources;
         self
     }
 

@@ -285,6 +285,20 @@ pub enum PeerMisbehaved {
         /// The receiver's limit.
         limit_millis: u64,
     },
+    /// A snapshot whose clock names more sources than the receiver takes
+    /// ([`Config::max_snapshot_sources`](crate::Config::max_snapshot_sources)):
+    /// its clock is held until all of it is in and its digest checked, so
+    /// an announcement without a bound would let a peer send entries for
+    /// ever.
+    #[error(
+        "a snapshot whose clock names {sources} sources, more than this replica's limit of {limit}"
+    )]
+    SnapshotTooManySources {
+        /// How many the snapshot announced.
+        sources: u64,
+        /// The receiver's limit.
+        limit: u64,
+    },
 }
 
 /// A decoded frame, borrowing its body from the input.

@@ -311,6 +311,10 @@ impl Incoming {
         entries: Option<u64>,
     ) -> Result<Self, Refused> {
         let signer = core.vet_snapshot(&id, proof).map_err(Refused::Untrusted)?;
+        let limit = core.config.max_snapshot_sources;
+        if sources > limit {
+            return Err(PeerMisbehaved::SnapshotTooManySources { sources, limit }.into());
+        }
         Ok(Self {
             id,
             clock: Clock::new(),
