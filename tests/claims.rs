@@ -634,7 +634,9 @@ fn lazy_signed(secret: u8) -> Replica<Model> {
 
 /// Point 4: a false announcement from any stream peer delays a source by
 /// the relay timeout at most: the peer that does not deliver loses the
-/// parent role to one that announced and does.
+/// parent role to one that announced and does, and cannot take it back by
+/// announcing again (before, each new lie took the role back, and each
+/// update of the source waited another relay timeout).
 #[test]
 fn one_false_announcement_delays_a_source_by_the_relay_timeout_at_most() {
     let mut net = Network::new();
@@ -663,9 +665,14 @@ fn one_false_announcement_delays_a_source_by_the_relay_timeout_at_most() {
     net[victim].handle(liar, now, &frame(HAVE, &postcard::to_allocvec(&later).unwrap())).unwrap();
     net.update(origin, Model::set("k", "2")).unwrap();
     net.pump();
+    assert_eq!(net[victim].state().get("k"), Some("2"), "at once: the relay is still the parent");
+    // Nor does the relay owe what the liar claimed, to be demoted for it
+    // in turn, the role going back to the liar.
     net.advance(Config::default().relay_timeout_millis);
     net.pump();
-    assert_eq!(net[victim].state().get("k"), Some("2"));
+    net.update(origin, Model::set("k", "3")).unwrap();
+    net.pump();
+    assert_eq!(net[victim].state().get("k"), Some("3"), "at once, after the liar's deadline too");
 }
 
 /// Point 12: the source itself is a neighbour whose connection died without

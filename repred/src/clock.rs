@@ -76,6 +76,11 @@ impl Clock {
         }
     }
 
+    /// Keeps only the sources `keep` says.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(SourceId) -> bool) {
+        self.0.retain(|&source, _| keep(source));
+    }
+
     /// Raises `source` to `ts` if that is newer and `then` succeeds, in one
     /// lookup; returns whether it was raised. When `then` fails, nothing
     /// changes.

@@ -297,9 +297,13 @@ fn adopt<T: Reduce>(
         .max_by_key(|(_, s)| s.known.get(source))
         .filter(|(_, s)| s.known.get(source) > mine)?;
     let origin = s.peer.is_some_and(|p| p.id == source);
-    let mut parent = Parent::new(sid, s.known.get(source), origin);
+    let has = s.known.get(source);
+    let mut parent = Parent::new(sid, has, origin);
+    // It owes what it announced, not what the peer it replaces claimed:
+    // a false claim would have it demoted in turn, and the role go back
+    // to the peer that made the claim.
     if let Some((ts, now)) = expect {
-        parent.expect(ts, now, core.config.relay_timeout_millis);
+        parent.expect(ts.min(has), now, core.config.relay_timeout_millis);
     }
     core.parents.insert(source, parent);
     s.intents.insert(source, Some(mine));
@@ -706,6 +710,11 @@ impl<T: Reduce> Replica<T> {
             core.parents.remove(&source);
             adopt(core, streams, source, gone, None);
         }
+        // What was refused of a source is kept only while we pull it: a
+        // peer could otherwise grow it by every stream's worth of sources
+        // it made us pull and then sent forged updates of.
+        let parents = &core.parents;
+        core.refused.retain(|source| parents.contains_key(&source));
     }
 
     /// Lazy relay's clock: a parent that owes an announced update past its

@@ -530,3 +530,28 @@ fn announcements_from_a_peer_that_sends_nothing_are_ignored() {
     assert!(r.core.parents.is_empty());
     assert!(r.streams[&s].intents.is_empty());
 }
+
+/// What a stream's peer made us pull and then sent forged proofs of is
+/// forgotten with the stream: each stream could otherwise add another
+/// `max_unknown_sources` to it for good.
+#[test]
+fn refusals_of_what_we_pull_go_with_the_stream() {
+    let (mut r, s) = with_peer();
+    let forger = crate::Identity::from_secret([9; 32]);
+    let announced = bogus(100);
+    r.handle(s, NOW, &frame(Kind::Have, &announced)).unwrap();
+    assert_eq!(r.core.parents.len(), 100);
+    let forged: Vec<crate::Proof> = announced
+        .iter()
+        .map(|&stamp| {
+            let digest = crate::change_digest(b"x");
+            let signature = forger.sign_digest(stamp.ts, &digest);
+            crate::Proof { stamp, digest, signature }
+        })
+        .collect();
+    r.handle(s, NOW, &frame(Kind::Proofs, &forged)).unwrap();
+    assert_eq!(r.core.refused.len(), 100, "refused as unverified while pulled");
+    r.close(s);
+    assert!(r.core.parents.is_empty());
+    assert_eq!(r.core.refused.len(), 0, "kept after the stream ended");
+}
