@@ -594,38 +594,39 @@ fn many_sources(name: &str, sources: usize, salt: u8) -> Replica<Model> {
 /// Point 3: two clocks too large to send whole are reconciled range by
 /// range, and a peer's ranges are held to the protocol: one that asks for
 /// the whole clock's entries over and over (a five-byte message each, in
-/// one frame), where it may ask for a range's entries only once and only
-/// where the protocol lists them, is cut off at once with a typed reason.
-/// Before, each message had the replica copy its whole clock into its
-/// answer: 200,000 of them, a megabyte, to a replica of 10,000 sources
-/// was 48 GB.
+/// one frame) is cut off at once with a typed reason, before the frame is
+/// decoded (more ranges than answer ours), and so is one that asks once,
+/// where the protocol has it list nothing for us to answer. Before, each
+/// message had the replica copy its whole clock into its answer: 200,000
+/// of them, a megabyte, to a replica of 10,000 sources was 48 GB.
 #[test]
 fn a_peer_asking_for_the_whole_clock_over_and_over_is_cut_off() {
-    let mut r = many_sources("r", 2_000, 1);
-    let mut peer = many_sources("mallory", 40, 2);
-    let p = peer.open(StreamOpts::default()).unwrap();
-    let mut hello = Vec::new();
-    peer.poll_transmit(p, &mut hello).unwrap();
-    let s = r.open(StreamOpts::default()).unwrap();
-    r.handle(s, NOW, &hello).unwrap();
-    let mut out = Vec::new();
-    r.poll_transmit(s, &mut out).unwrap();
-    // Items { prefix: the root, items: none, reply: false }, postcard.
-    const RANGES: u8 = 15;
-    let count = 200_000u32;
-    let mut body = postcard::to_allocvec(&count).unwrap();
-    for _ in 0..count {
-        body.extend_from_slice(&[2, 0, 0, 0, 0]);
+    for count in [200_000u32, 1] {
+        let mut r = many_sources("r", 2_000, 1);
+        let mut peer = many_sources("mallory", 40, 2);
+        let p = peer.open(StreamOpts::default()).unwrap();
+        let mut hello = Vec::new();
+        peer.poll_transmit(p, &mut hello).unwrap();
+        let s = r.open(StreamOpts::default()).unwrap();
+        r.handle(s, NOW, &hello).unwrap();
+        let mut out = Vec::new();
+        r.poll_transmit(s, &mut out).unwrap();
+        // Items { prefix: the root, items: none, reply: false }, postcard.
+        const RANGES: u8 = 15;
+        let mut body = postcard::to_allocvec(&count).unwrap();
+        for _ in 0..count {
+            body.extend_from_slice(&[2, 0, 0, 0, 0]);
+        }
+        let err = r.handle(s, NOW, &frame(RANGES, &body)).unwrap_err();
+        assert!(
+            matches!(&err, repred::SessionError::Peer(PeerMisbehaved::Malformed { kind, .. }) if kind == "Ranges"),
+            "{err:?}"
+        );
+        assert!(!r.open_streams().any(|x| x == s));
+        out.clear();
+        while r.poll_transmit(s, &mut out).unwrap_or(0) > 0 {}
+        assert!(out.len() < 4_096, "{} bytes sent back", out.len());
     }
-    let err = r.handle(s, NOW, &frame(RANGES, &body)).unwrap_err();
-    assert!(
-        matches!(&err, repred::SessionError::Peer(PeerMisbehaved::Malformed { kind, .. }) if kind == "Ranges"),
-        "{err:?}"
-    );
-    assert!(!r.open_streams().any(|x| x == s));
-    out.clear();
-    while r.poll_transmit(s, &mut out).unwrap_or(0) > 0 {}
-    assert!(out.len() < 4_096, "{} bytes sent back", out.len());
 }
 
 fn lazy_signed(secret: u8) -> Replica<Model> {

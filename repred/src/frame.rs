@@ -65,7 +65,11 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 8: or as too slow (`SnapshotRefusal::TooSlow`), which version 7 does
 /// not decode.
-pub const PROTOCOL_VERSION: u16 = 8;
+///
+/// 9: a peer may be cut off for a snapshot whose clock names more sources
+/// than the receiver takes (`PeerMisbehaved::SnapshotTooManySources` in a
+/// Close), which version 8 does not decode.
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;

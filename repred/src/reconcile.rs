@@ -218,6 +218,13 @@ impl Reconciliation {
         vec![Range::Probe { prefix: root, fingerprint, count }]
     }
 
+    /// The most ranges the peer's next message may hold: sixteen for each
+    /// range of ours it has yet to answer (a split), and for each it is
+    /// splitting, and the root's probe, if it starts.
+    pub(crate) fn most_ranges_owed(&self) -> usize {
+        self.open.len().saturating_add(self.splitting.len()).saturating_mul(16).saturating_add(1)
+    }
+
     /// Whether the peer's clock is fully known.
     pub(crate) fn is_done(&self) -> bool {
         self.engaged && self.open.is_empty() && self.splitting.is_empty()

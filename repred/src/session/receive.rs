@@ -3,7 +3,7 @@
 use super::{Flow, Peer, Stream};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
-use crate::frame::{self, ClockSummary, Frame};
+use crate::frame::{self, ClockSummary, Frame, Kind};
 use crate::reconcile::Reconciliation;
 use crate::replica::Core;
 use crate::snapshot::Incoming;
@@ -20,6 +20,28 @@ impl Stream {
         now: u64,
         bytes: &[u8],
     ) -> Result<Flow, PeerMisbehaved> {
+        // A Ranges frame's values take about twenty times its bytes once
+        // decoded: one that says nothing this side asked about, or more
+        // than it could answer, is not decoded at all.
+        if bytes.first() == Some(&(Kind::Ranges as u8)) {
+            if self.peer.is_none() {
+                return Err(PeerMisbehaved::BeforeHello("Ranges".into()));
+            }
+            let Some(rec) = &self.reconcile else {
+                self.stats.frames_received += 1;
+                return Ok(Flow::Continue);
+            };
+            let count = postcard::take_from_bytes::<usize>(&bytes[1..]).map_or(0, |(n, _)| n);
+            if count > rec.most_ranges_owed() {
+                return Err(PeerMisbehaved::Malformed {
+                    kind: "Ranges".into(),
+                    detail: format!(
+                        "{count} ranges where at most {} answer ours",
+                        rec.most_ranges_owed()
+                    ),
+                });
+            }
+        }
         let frame = frame::decode::<T::Update>(bytes, &mut core.inbox)?;
         self.stats.frames_received += 1;
         let peer = match (&frame, self.peer) {
