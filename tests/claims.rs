@@ -186,6 +186,57 @@ fn a_snapshot_announcing_more_sources_than_the_limit_is_refused() {
     );
 }
 
+/// A snapshot going out holds back its sender's collection (its later
+/// parts are read from the state as they go), so a peer that asks for one
+/// and then takes none of it (its flow control shut: the driver stops
+/// asking for frames) must not hold it for ever: once
+/// `snapshot_stall_millis` passes without a frame of it written, the stream
+/// ends with a typed reason, no Close left waiting to go out, and the
+/// collection goes ahead. Before, it waited as long as the stream lived.
+#[test]
+fn a_snapshot_its_peer_takes_none_of_ends_and_collection_goes_on() {
+    type Map = repred::LwwMap<String, String>;
+    // A state of ~1 MB, many batches' worth.
+    let mut a = Replica::with_config(id("a"), Map::default(), Config::default().history_limit(2));
+    for i in 0..10_000 {
+        a.update(NOW + i, Map::set(format!("k{i}"), "v".repeat(100))).unwrap();
+    }
+    a.update(NOW + 10_000, Map::delete("k0".into())).unwrap();
+    let mut b = Replica::new(id("b"), Map::default());
+    let (sa, sb) = (a.open(StreamOpts::default()).unwrap(), b.open(StreamOpts::default()).unwrap());
+    let mut hello = Vec::new();
+    b.poll_transmit(sb, &mut hello).unwrap();
+    let now = NOW + 1_000;
+    a.handle(sa, now, &hello).unwrap();
+    // One batch goes out, and b's side takes no more.
+    let mut out = Vec::new();
+    a.poll_transmit(sa, &mut out).unwrap();
+    assert_eq!(a.stream_stats(sa).unwrap().snapshots_sent, 0, "the snapshot went out whole");
+    assert_eq!(
+        a.collect(Timestamp::new(NOW + 10_001, 0)),
+        0,
+        "the collection waits for the snapshot"
+    );
+    let stall = Config::default().snapshot_stall_millis;
+    assert_eq!(a.poll_timeout(), Some(now + stall));
+    let drain = |r: &mut Replica<Map>| std::iter::from_fn(|| r.poll_event()).collect::<Vec<_>>();
+    drain(&mut a);
+    a.handle_timeout(now + stall - 1);
+    assert!(a.open_streams().any(|x| x == sa), "ended before its time");
+    a.handle_timeout(now + stall);
+    assert!(!a.open_streams().any(|x| x == sa));
+    assert_eq!(
+        ended(&drain(&mut a), sa),
+        Some(&EndReason::Local(CloseReason::Misbehaved(PeerMisbehaved::SnapshotUnread {
+            millis: stall
+        })))
+    );
+    out.clear();
+    let _ = a.poll_transmit(sa, &mut out);
+    assert!(out.is_empty(), "a Close left waiting to go out");
+    assert_eq!(a.stats().collected, 1, "the collection went ahead");
+}
+
 /// A snapshot coming in holds back snapshots from other floors and
 /// collection until it ends, so a sender that goes quiet midway is bounded
 /// in time: with no byte of it for `snapshot_stall_millis` (any bytes,

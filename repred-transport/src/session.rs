@@ -265,6 +265,44 @@ async fn await_snapshots(inner: &Inner, object: &dyn Object) {
     }
 }
 
+/// Writes `out` to the peer; `false` when the stream is over. While the
+/// peer's flow control holds the write back, the object's timers run here
+/// too (no other task may be there to run them): a peer that takes none of
+/// a snapshot sent to it is ended by them
+/// ([`PeerMisbehaved::SnapshotUnread`](repred::PeerMisbehaved::SnapshotUnread)),
+/// and the write with it, where it would wait for as long as the peer
+/// likes. (A write is cancelled only where it wrote nothing.)
+async fn write_out(
+    send: &mut SendStream,
+    out: &[u8],
+    object: &dyn Object,
+    stream: repred::StreamId,
+) -> bool {
+    let mut written = 0;
+    while written < out.len() {
+        let timer = object.poll_timeout().map(instant_at);
+        tokio::select! {
+            wrote = send.write(&out[written..]) => match wrote {
+                Ok(n) => written += n,
+                Err(_) => {
+                    object.abort(stream);
+                    return false;
+                }
+            },
+            () = sleep_until_some(timer) => {
+                object.handle_timeout();
+                // Ended meanwhile with no Close to send (what is written
+                // is all it gets): a Close queued is sent as usual.
+                if !object.has_stream(stream) {
+                    let _ = send.reset(CloseCode::Misbehaved.varint());
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Reads a stream's first bytes: the object's name, one length byte first.
 async fn read_preamble(recv: &mut RecvStream) -> Result<String, String> {
     let read = async {
@@ -370,12 +408,22 @@ async fn drive(
         inner.count_violation();
         let _ = recv.stop(CloseCode::from(e).varint());
     };
+    // The writer gave the stream up mid-write (see `write_out`): the
+    // reader stops too, rather than wait for a peer that may never write.
+    let given_up = tokio::sync::Notify::new();
     // Whether the peer sent anything at all.
     let reader = async {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut heard = false;
         loop {
-            match recv.read(&mut buf).await {
+            let read = tokio::select! {
+                read = recv.read(&mut buf) => read,
+                () = given_up.notified() => {
+                    let _ = recv.stop(CloseCode::Misbehaved.varint());
+                    return heard;
+                }
+            };
+            match read {
                 Ok(Some(n)) => {
                     heard |= n > 0;
                     if let Err(e) = object.handle(stream, &buf[..n]) {
@@ -424,8 +472,8 @@ async fn drive(
                 }
             }
             if !out.is_empty() {
-                if send.write_all(&out).await.is_err() {
-                    object.abort(stream);
+                if !write_out(&mut send, &out, object, stream).await {
+                    given_up.notify_one();
                     return;
                 }
                 continue;

@@ -279,6 +279,57 @@ async fn a_snapshot_whose_sender_goes_quiet_is_refused_as_stalled_over_quic() {
     n.shutdown().await;
 }
 
+/// A peer that asks for a snapshot and takes none of it (it reads
+/// nothing, so its flow control shuts): the node ends that stream once
+/// `snapshot_stall_timeout` passes without a frame of it written, with the
+/// reason in its stream ends, since a snapshot going out holds back the
+/// object's collection. Before, the stream's task waited in its write for
+/// as long as the peer liked, and the collection with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_takes_none_of_its_snapshot_is_ended_over_quic() {
+    use repred_transport::StreamExt;
+    type Map = repred::LwwMap<String, String>;
+    let dir = tempfile::tempdir().unwrap();
+    let stall = Duration::from_millis(1_500);
+    let n = fast(dir.path()).snapshot_stall_timeout(stall).spawn().await.unwrap();
+    let on_n = n.replicate("map", Map::default()).unwrap();
+    let mut ends = n.stream_ends();
+    // More writes than the history keeps (65,536): a fresh peer is brought
+    // up by snapshot, in parts (a stock map's), of ~15 MB, far more than
+    // its flow control lets through unread.
+    for i in 0..70_000u64 {
+        on_n.update(Map::set(format!("key-{i:06}"), "x".repeat(200))).await.unwrap();
+    }
+    let (client, conn) = connect_as_peer(dir.path(), &n).await;
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[b"\x03map".as_slice(), &hello("mallory")].concat()).await.unwrap();
+    let unread = |e: &repred_transport::StreamEnded| {
+        matches!(
+            e.reason,
+            EndReason::Local(CloseReason::Misbehaved(PeerMisbehaved::SnapshotUnread { millis }))
+                if millis >= stall.as_millis() as u64
+        )
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(end) = ends.next().await {
+            if let Ok(end) = end
+                && unread(&end)
+            {
+                return end;
+            }
+        }
+        panic!("the node's stream ends stopped");
+    })
+    .await
+    .expect("the stream the peer took nothing of was never ended");
+    assert_eq!(ended.object, "map");
+    assert!(on_n.traffic().bytes_sent < 4_000_000, "{:?}", on_n.traffic());
+    drop(recv);
+    conn.close(0u8.into(), b"done");
+    client.wait_idle().await;
+    n.shutdown().await;
+}
+
 /// A peer that begins a snapshot and trickles it in, a byte every 300 ms:
 /// each byte restarts the stall wait, but the node refuses it as too slow
 /// once it is behind the minimum rate past the stall limit, and closes

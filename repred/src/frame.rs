@@ -68,7 +68,8 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 ///
 /// 9: a peer may be cut off for a snapshot whose clock names more sources
 /// than the receiver takes (`PeerMisbehaved::SnapshotTooManySources` in a
-/// Close), which version 8 does not decode.
+/// Close), or for taking none of one sent to it
+/// (`PeerMisbehaved::SnapshotUnread`), which version 8 does not decode.
 pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Bytes before a frame's body: the length prefix and the kind.
@@ -302,6 +303,15 @@ pub enum PeerMisbehaved {
         sources: u64,
         /// The receiver's limit.
         limit: u64,
+    },
+    /// The receiver of a snapshot took none of it for
+    /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
+    /// (its flow control shut): a snapshot going out holds back the
+    /// sender's collection, which must not wait for ever.
+    #[error("the peer took none of the snapshot sent to it for {millis} ms")]
+    SnapshotUnread {
+        /// How long the sender waited.
+        millis: u64,
     },
 }
 

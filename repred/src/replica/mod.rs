@@ -153,6 +153,10 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) released: Option<u64>,
     /// This replica's life (see [`Replica::life`]).
     pub(crate) life: u64,
+    /// The latest wall time (ms) a call gave this replica
+    /// ([`Replica::handle`], [`Replica::handle_timeout`]): when a snapshot
+    /// going out began, for its deadline (`poll_transmit` is given none).
+    pub(crate) wall: u64,
     /// The lives peers announced in their Hellos, by id: the same id in
     /// another life lost its log. Bounded by [`MAX_LIVES`].
     pub(crate) lives: BTreeMap<SourceId, u64>,
@@ -403,6 +407,7 @@ impl<T: Reduce> Replica<T> {
                 refused: Clock::new(),
                 released: None,
                 life: random_life(),
+                wall: 0,
                 lives: BTreeMap::new(),
                 snapshot_signer: None,
                 demoted: BTreeMap::new(),

@@ -1,6 +1,6 @@
 //! Collection floors met on a stream: a peer's taken, ours found
 //! stale, a snapshot's floor vetted; and a snapshot coming in refused,
-//! for its floor, its trust, or for coming too slowly.
+//! for its floor, its trust, or for coming too slowly (see `deadline`).
 
 use super::{Flow, Peer, Stream};
 
@@ -165,37 +165,6 @@ impl Stream {
             return Some(Refused::Stale(theirs));
         }
         None
-    }
-
-    /// When the snapshot coming in on this stream, if any, is refused: as
-    /// stalled (`stall` ms after its last bytes), or as too slow (behind
-    /// `rate` bytes per second once `stall` ms passed since it began).
-    pub(super) fn snapshot_deadline(&self, stall: u64, rate: u64) -> Option<u64> {
-        (!self.ended && self.snapshot_in.is_some()).then(|| {
-            let silent = self.snapshot_heard.saturating_add(stall);
-            let slow = match rate {
-                0 => u64::MAX,
-                rate => self
-                    .snapshot_begun
-                    .saturating_add(stall)
-                    .saturating_add(self.snapshot_bytes.saturating_mul(1_000) / rate),
-            };
-            silent.min(slow)
-        })
-    }
-
-    /// Why the snapshot coming in is refused at `now`, its deadline
-    /// passed (see [`snapshot_deadline`](Self::snapshot_deadline)).
-    pub(super) fn snapshot_overdue(&self, now: u64, stall: u64) -> crate::SnapshotRefusal {
-        let silent = now.saturating_sub(self.snapshot_heard);
-        if silent >= stall {
-            crate::SnapshotRefusal::Stalled { millis: silent }
-        } else {
-            crate::SnapshotRefusal::TooSlow {
-                bytes: self.snapshot_bytes,
-                millis: now.saturating_sub(self.snapshot_begun),
-            }
-        }
     }
 
     /// A snapshot frame this replica does not take: a protocol violation

@@ -1,5 +1,6 @@
 //! The per-connection protocol: Hello, history or snapshot, Sync, live.
 
+mod deadline;
 mod floor;
 mod receive;
 mod send;
@@ -11,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use crate::frame::ClockSummary;
 use crate::reconcile::{Range, Reconciliation};
 use crate::replica::{Core, Parent};
-use crate::snapshot::{Incoming, Outgoing, Refused};
+use crate::snapshot::{Incoming, Outgoing};
 use crate::{
     Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
     Timestamp,
@@ -167,6 +168,11 @@ pub(crate) struct Stream {
     need_snapshot: bool,
     /// A snapshot being sent, part by part.
     snapshot_out: Option<Outgoing>,
+    /// How many frames of `snapshot_out` had been written when last
+    /// looked at, and when (wall ms): one the peer takes none of for
+    /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
+    /// ends the stream (see `deadline`).
+    snapshot_out_seen: (u64, u64),
     /// A snapshot being received, part by part.
     snapshot_in: Option<Incoming>,
     /// When the last bytes of `snapshot_in` came (its begin, or any bytes
@@ -373,6 +379,7 @@ impl<T: Reduce> Replica<T> {
         // newcomer's history, then the Sync that takes the peer's floor):
         // a subscriber has had no chance to read it yet.
         let recorded_from = core.history.end_seq();
+        core.wall = core.wall.max(now);
         stream.stats.bytes_received += bytes.len() as u64;
         let mut pending = std::mem::take(&mut stream.recv);
         let handled = catch_unwind(AssertUnwindSafe(|| {
@@ -730,7 +737,9 @@ impl<T: Reduce> Replica<T> {
     /// [`Config::snapshot_min_rate`](crate::Config::snapshot_min_rate)
     /// ([`SnapshotRefusal::TooSlow`](crate::SnapshotRefusal::TooSlow)).
     pub fn handle_timeout(&mut self, now: u64) {
+        self.core.wall = self.core.wall.max(now);
         self.refuse_stalled_snapshots(now);
+        self.end_unread_snapshots(now);
         let Replica { core, streams, .. } = self;
         let overdue: Vec<(SourceId, Parent)> = core
             .parents
@@ -761,36 +770,11 @@ impl<T: Reduce> Replica<T> {
         }
     }
 
-    /// A snapshot coming in holds back others' from other floors, and
-    /// collection (see `vet_floor`, `Replica::collect`): one whose sender
-    /// went quiet midway, or trickles it in below the minimum rate, is
-    /// refused, so that it holds them no longer than the stall limit, or
-    /// the snapshot's size at that rate. What its parts merged stays, as
-    /// when a link is cut.
-    fn refuse_stalled_snapshots(&mut self, now: u64) {
-        let (stall, rate) =
-            (self.core.config.snapshot_stall_millis, self.core.config.snapshot_min_rate);
-        let stalled: Vec<(StreamId, crate::SnapshotRefusal)> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.snapshot_deadline(stall, rate).is_some_and(|d| d <= now))
-            .map(|(&sid, s)| (sid, s.snapshot_overdue(now, stall)))
-            .collect();
-        for (sid, why) in stalled {
-            let Replica { core, streams, .. } = self;
-            let Some(stream) = streams.get_mut(&sid) else { continue };
-            let peer = stream.peer;
-            let refused = Refused::Untrusted(why);
-            if let Ok(Flow::Refuse(reason)) = stream.refuse_snapshot(sid, core, peer, refused) {
-                self.end_stream(sid, EndReason::Local(reason));
-            }
-        }
-    }
-
     /// When [`handle_timeout`](Replica::handle_timeout) is next due (wall
     /// milliseconds), if anything waits for it: a lazy-relay parent owing
-    /// an announced update, a sync waiting for announced updates, or a
-    /// snapshot coming in (its stall limit, or its minimum rate's).
+    /// an announced update, a sync waiting for announced updates, a
+    /// snapshot coming in (its stall limit, or its minimum rate's), or one
+    /// going out (its stall limit).
     pub fn poll_timeout(&self) -> Option<u64> {
         let parents = self.core.parents.values().filter_map(|p| p.due.map(|d| d.deadline));
         let heard = self
@@ -801,7 +785,8 @@ impl<T: Reduce> Replica<T> {
         let (stall, rate) =
             (self.core.config.snapshot_stall_millis, self.core.config.snapshot_min_rate);
         let snapshots = self.streams.values().filter_map(|s| s.snapshot_deadline(stall, rate));
-        parents.chain(heard).chain(snapshots).min()
+        let unread = self.streams.values().filter_map(|s| s.unread_deadline(stall));
+        parents.chain(heard).chain(snapshots).chain(unread).min()
     }
 }
 

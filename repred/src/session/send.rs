@@ -213,6 +213,11 @@ impl Stream {
         let before = snapshot.frames();
         let done = snapshot.write(core, out, core.config.batch_bytes)?;
         self.stats.frames_sent += snapshot.frames() - before;
+        if before == 0 {
+            // Begun: what went out with the begin is what the peer has to
+            // take from here (see `Replica::end_unread_snapshots`).
+            self.snapshot_out_seen = (snapshot.frames(), core.wall);
+        }
         if let Some(clock) = done {
             self.stats.frames_sent += 1;
             self.stats.snapshots_sent += 1;

@@ -35,6 +35,7 @@ impl Stream {
             horizon_generation: 0,
             need_snapshot: false,
             snapshot_out: None,
+            snapshot_out_seen: (0, 0),
             snapshot_in: None,
             snapshot_heard: 0,
             snapshot_begun: 0,
