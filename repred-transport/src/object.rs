@@ -78,6 +78,9 @@ pub(crate) trait Object: Send + Sync + 'static {
     /// call for an answer, and applied changes are to be relayed.
     fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError>;
     fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError>;
+    /// Some of the stream's bytes went to the peer: a snapshot going out
+    /// on it is being taken in ([`repred::Replica::sent`]).
+    fn sent(&self, stream: StreamId);
     /// Whether the core still has the stream (open, or with a Close to send).
     fn has_stream(&self, stream: StreamId) -> bool;
     fn close(&self, stream: StreamId);
@@ -464,6 +467,10 @@ where
             self.rejoin_with(make);
         }
         result
+    }
+
+    fn sent(&self, stream: StreamId) {
+        self.lock().replica.sent(stream, now_ms());
     }
 
     fn poll_transmit(&self, stream: StreamId, out: &mut Vec<u8>) -> Result<usize, SessionError> {

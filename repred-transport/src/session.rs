@@ -283,7 +283,11 @@ async fn write_out(
         let timer = object.poll_timeout().map(instant_at);
         tokio::select! {
             wrote = send.write(&out[written..]) => match wrote {
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    // A slow peer is not a gone one (see `Replica::sent`).
+                    object.sent(stream);
+                }
                 Err(_) => {
                     object.abort(stream);
                     return false;

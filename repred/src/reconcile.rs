@@ -179,20 +179,30 @@ pub(crate) struct Reconciliation {
 /// Ranges a reconciliation may send whatever the clocks' sizes.
 const BASE_BUDGET: usize = 4_096;
 
+/// The most of a peer's announced sources its budget counts (the Hello's
+/// count is the peer's word): 2^24, as many as a snapshot's clock may name
+/// by default.
+const MAX_PEER_SOURCES: u64 = 1 << 24;
+
 impl Reconciliation {
-    /// Reconciles `mine` with a peer's clock, remembering at most
-    /// `max_unknown` of its sources we do not know.
+    /// Reconciles `mine` with a peer's clock of `theirs` sources (as its
+    /// Hello says), remembering at most `max_unknown` of its sources we do
+    /// not know.
     ///
-    /// It sends at most 4,096 ranges plus two per source of ours and per
-    /// unknown source it may remember: telling two clocks apart takes
-    /// about one range for every [`LEAF`] sources where they differ, a
-    /// sixteenth more per level, so an honest peer stays far below even
-    /// where the clocks differ in every source; a peer that probes on and
-    /// on (claiming counts it does not hold, each forcing a split) is
-    /// refused past it.
-    pub(crate) fn new(mine: Clock, max_unknown: usize) -> Self {
-        let budget =
-            BASE_BUDGET.saturating_add(mine.len().saturating_add(max_unknown).saturating_mul(2));
+    /// It sends at most 4,096 ranges, plus two per source of ours and per
+    /// unknown source it may remember, plus one per 16 of the peer's
+    /// sources (counted up to [`MAX_PEER_SOURCES`]): telling two clocks
+    /// apart takes about one range for every [`LEAF`] sources where they
+    /// differ, a sixteenth more per level, and a small clock facing a
+    /// large one about one range per [`MAX_ITEMS`] of the large one's
+    /// sources, so an honest peer stays below even where the clocks differ
+    /// in every source; a peer that probes on and on (claiming counts it
+    /// does not hold, each forcing a split) is refused past it.
+    pub(crate) fn new(mine: Clock, theirs: u64, max_unknown: usize) -> Self {
+        let peer = usize::try_from(theirs.min(MAX_PEER_SOURCES)).unwrap_or(usize::MAX) / 16;
+        let budget = BASE_BUDGET
+            .saturating_add(mine.len().saturating_add(max_unknown).saturating_mul(2))
+            .saturating_add(peer);
         Self {
             mine,
             theirs: Clock::new(),
@@ -392,11 +402,17 @@ mod tests {
             .collect()
     }
 
-    /// Runs two reconciliations against each other; returns both results
-    /// and the bytes exchanged.
+    /// Runs two reconciliations against each other, `a`'s side starting;
+    /// returns both results and the bytes exchanged.
     fn run(a: &Clock, b: &Clock) -> (Clock, Clock, usize) {
-        let mut x = Reconciliation::new(a.clone(), usize::MAX);
-        let mut y = Reconciliation::new(b.clone(), usize::MAX);
+        run_remembering(a, b, usize::MAX)
+    }
+
+    /// As [`run`], each side remembering at most `max_unknown` sources it
+    /// does not know.
+    fn run_remembering(a: &Clock, b: &Clock, max_unknown: usize) -> (Clock, Clock, usize) {
+        let mut x = Reconciliation::new(a.clone(), b.len() as u64, max_unknown);
+        let mut y = Reconciliation::new(b.clone(), a.len() as u64, max_unknown);
         let mut to_y = x.start();
         let mut bytes = 0;
         for _ in 0..200 {
@@ -432,12 +448,12 @@ mod tests {
     #[test]
     fn a_range_is_answered_once() {
         let mine = clock(5_000, None, None);
-        let mut x = Reconciliation::new(mine.clone(), 100);
+        let mut x = Reconciliation::new(mine.clone(), 0, 100);
         x.start();
         let list = || Range::Items { prefix: Prefix::root(), items: Vec::new(), reply: false };
         // Ours are too many to list back, as the protocol's rule says.
         assert_eq!(x.handle(vec![list()]), Err("entries asked for a range too large to list"));
-        let mut y = Reconciliation::new(clock(10, None, None), 100);
+        let mut y = Reconciliation::new(clock(10, None, None), 0, 100);
         y.start();
         let answer = y.handle(vec![list()]).expect("an answer to our probe");
         assert!(
@@ -447,7 +463,7 @@ mod tests {
         // Nor is the root probed twice, or by the side that started.
         let root = |count| Range::Probe { prefix: Prefix::root(), fingerprint: 1, count };
         assert_eq!(x.handle(vec![root(2_000)]), Err("the root probed twice"));
-        let mut z = Reconciliation::new(mine, 100);
+        let mut z = Reconciliation::new(mine, 0, 100);
         assert!(z.handle(vec![root(2_000)]).is_ok());
         assert_eq!(z.handle(vec![root(2_000)]), Err("the root probed twice"));
     }
@@ -455,7 +471,7 @@ mod tests {
     /// A peer's probe is of a sixteenth of a range we probed, once each.
     #[test]
     fn only_the_sixteenths_of_our_probes_are_taken() {
-        let mut x = Reconciliation::new(clock(5_000, None, None), 100);
+        let mut x = Reconciliation::new(clock(5_000, None, None), 0, 100);
         x.start();
         let probe = |prefix: Prefix| Range::Probe { prefix, fingerprint: 1, count: 2_000 };
         let deep = Prefix::root().child(3).child(4);
@@ -471,7 +487,7 @@ mod tests {
     /// sixteen, down to 32 levels.
     #[test]
     fn a_peer_that_splits_for_ever_is_refused() {
-        let mut x = Reconciliation::new(clock(100, None, None), 100);
+        let mut x = Reconciliation::new(clock(100, None, None), 0, 100);
         let mut ours = x.start();
         let mut sent = ours.len();
         for round in 0.. {
@@ -506,8 +522,9 @@ mod tests {
     fn a_split_in_two_messages_is_awaited_whole() {
         let a = clock(5_000, None, Some(77));
         let b = clock(5_000, Some(1_234), None);
-        let mut x = Reconciliation::new(a, usize::MAX);
-        let mut y = Reconciliation::new(b.clone(), usize::MAX);
+        let (na, nb) = (a.len() as u64, b.len() as u64);
+        let mut x = Reconciliation::new(a, nb, usize::MAX);
+        let mut y = Reconciliation::new(b.clone(), na, usize::MAX);
         let mut to_y = x.start();
         for _ in 0..200 {
             let mut to_x = y.handle(std::mem::take(&mut to_y)).expect("y's answer");
@@ -520,6 +537,22 @@ mod tests {
             }
         }
         assert_eq!(x.into_theirs(), b);
+    }
+
+    /// A small clock facing a large one sends about one range per
+    /// `MAX_ITEMS` of the large one's sources, whatever it remembers of
+    /// them: its budget counts the peer's size too (before, a replica of
+    /// 40 sources remembering 1,000 unknown ones was cut off by a peer of
+    /// a million).
+    #[test]
+    fn a_small_clock_reconciles_with_a_large_one_whatever_it_remembers() {
+        let large = clock(1_000_000, None, None);
+        let small = clock(40, None, Some(3));
+        // The large side starts; neither cuts the other off.
+        let (of_small, of_large, _) = run_remembering(&large, &small, 1_000);
+        assert_eq!(of_small, small, "the large side learns the small one's clock whole");
+        assert!(of_large.len() <= 40 + 1_000, "{} sources remembered", of_large.len());
+        assert!(small.iter().all(|(s, _)| of_large.get(s) == large.get(s)), "its own sources");
     }
 
     #[test]

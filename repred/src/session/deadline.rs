@@ -50,6 +50,23 @@ impl Stream {
 }
 
 impl<T: Reduce> Replica<T> {
+    /// Tells the replica that the driver handed some of `stream`'s bytes
+    /// to the peer at wall time `now` (its flow control let them through):
+    /// a snapshot going out on it is being taken in, so its deadline
+    /// ([`PeerMisbehaved::SnapshotUnread`]) starts again. A driver that
+    /// writes all [`poll_transmit`](Replica::poll_transmit) returns before
+    /// polling again needs it only for writes that may wait on the peer; a
+    /// slow peer then counts as slow, not gone, as a slow sender does for
+    /// a snapshot coming in (any bytes restart its stall wait).
+    pub fn sent(&mut self, stream: StreamId, now: u64) {
+        self.core.wall = self.core.wall.max(now);
+        if let Some(s) = self.streams.get_mut(&stream)
+            && let Some(snapshot) = &s.snapshot_out
+        {
+            s.snapshot_out_seen = (snapshot.frames(), now);
+        }
+    }
+
     /// A snapshot coming in holds back others' from other floors, and
     /// collection (see `vet_floor`, `Replica::collect`): one whose sender
     /// went quiet midway, or trickles it in below the minimum rate, is
@@ -79,10 +96,14 @@ impl<T: Reduce> Replica<T> {
     /// A snapshot going out holds back collection (its later parts are
     /// read from the state as they go, which must not lose tombstones
     /// meanwhile): one whose peer takes none of it, its flow control shut
-    /// (the driver stops asking for frames), ends its stream
+    /// (the driver stops asking for frames, and says nothing was
+    /// [`sent`](Replica::sent)), ends its stream
     /// once [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
     /// passes without a frame of it written, so that it holds collection
-    /// no longer than that.
+    /// no longer than that. The wait is counted from the first look after
+    /// it began (the time it began is the replica's last known, which may
+    /// be old), so it ends between one and two stall periods after the
+    /// peer stopped.
     pub(super) fn end_unread_snapshots(&mut self, now: u64) {
         let stall = self.core.config.snapshot_stall_millis;
         let mut unread = Vec::new();

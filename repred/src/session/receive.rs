@@ -110,10 +110,10 @@ impl Stream {
                                     .collect(),
                             );
                         }
-                        ClockSummary::Digest { .. } => {
+                        &ClockSummary::Digest { sources, .. } => {
                             let mine = self.hello_clock.take().unwrap_or_default();
                             let limit = core.config.max_unknown_sources;
-                            let mut rec = Reconciliation::new(mine, limit);
+                            let mut rec = Reconciliation::new(mine, sources, limit);
                             if (core.id, core.life) < (hello.id, hello.life) {
                                 self.ranges_out.extend(rec.start());
                             }

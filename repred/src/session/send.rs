@@ -214,9 +214,10 @@ impl Stream {
         let done = snapshot.write(core, out, core.config.batch_bytes)?;
         self.stats.frames_sent += snapshot.frames() - before;
         if before == 0 {
-            // Begun: what went out with the begin is what the peer has to
-            // take from here (see `Replica::end_unread_snapshots`).
-            self.snapshot_out_seen = (snapshot.frames(), core.wall);
+            // Begun. The time is the last known, maybe old: the first look
+            // takes the time anew whatever it finds (see
+            // `Replica::end_unread_snapshots`).
+            self.snapshot_out_seen = (u64::MAX, core.wall);
         }
         if let Some(clock) = done {
             self.stats.frames_sent += 1;

@@ -394,12 +394,6 @@ impl Stream {
                 parent.expect(stamp.ts, now, timeout);
                 return;
             }
-            // A peer that lost the role for not delivering takes it back
-            // by delivering, not by announcing again: each announcement
-            // would otherwise delay the source by another relay timeout.
-            // Nor does the parent owe what it announced: a false claim
-            // would have the parent demoted in turn, for the liar.
-            Some(_) if core.demoted.get(&stamp.source) == Some(&id) => return,
             Some(parent) => {
                 core.unwants.push((parent.stream, stamp.source));
                 *parent = Parent::new(id, stamp.ts, false);
