@@ -437,6 +437,21 @@ fn a_replica_saved_after_a_rejoin_comes_back_ready_to_be_brought_up() {
     assert_eq!(net[a].state().get("new"), Some(&3), "the kept write reached a");
 }
 
+/// `replica` saved as "a" in a store at `path`, the store closed, and loaded
+/// back from a store opened anew: as across a restart.
+fn saved_and_loaded(
+    path: &std::path::Path,
+    replica: &Replica<Numbers>,
+    config: Config,
+) -> Replica<Numbers> {
+    {
+        let store = Store::open(path).unwrap();
+        store.save("a", replica).unwrap();
+    }
+    let store = Store::open(path).unwrap();
+    store.load::<Numbers>("a", config).unwrap().unwrap()
+}
+
 /// A replica saved after a rejoin that left it without some of its own
 /// writes (gone from its log), before a snapshot brought them back, still
 /// asks for one when it comes back (`Replica::rejoin_missing`). Before, the
@@ -462,12 +477,7 @@ fn a_replica_saved_after_a_rejoin_still_asks_for_its_missing_writes() {
     let missing = net[a].rejoin_missing();
     assert!(missing > repred::Timestamp::ZERO);
     assert!(!net[a].state().contains(&1));
-    {
-        let store = Store::open(&path).unwrap();
-        store.save("a", &net[a]).unwrap();
-    }
-    let store = Store::open(&path).unwrap();
-    let restored = store.load::<Numbers>("a", small).unwrap().unwrap();
+    let restored = saved_and_loaded(&path, &net[a], small);
     assert_eq!(restored.rejoin_missing(), missing);
     let a2 = net.add(restored);
     net.link(a2, c);
@@ -515,12 +525,7 @@ fn a_replica_saved_after_a_rejoin_asks_only_peers_holding_more_of_its_writes() {
     assert_eq!(held, net[d].clock().get(id("a")), "what d had of a's writes is back");
     assert!(net[a].state().contains(&1) && !net[a].state().contains(&2));
     assert!(net[a].rejoin_missing() > held, "the second write is still missing");
-    {
-        let store = Store::open(&path).unwrap();
-        store.save("a", &net[a]).unwrap();
-    }
-    let store = Store::open(&path).unwrap();
-    let restored = store.load::<Numbers>("a", small).unwrap().unwrap();
+    let restored = saved_and_loaded(&path, &net[a], small);
     assert_eq!(restored.rejoin_held(), held);
     let a2 = net.add(restored);
     // d holds nothing of a's beyond what came back: no snapshot again.
