@@ -24,6 +24,7 @@
 //! | `repred_snapshots_merged_total` | counter | node, object | peers' snapshots merged |
 //! | `repred_snapshots_refused_total` | counter | node, object | peers' snapshots refused |
 //! | `repred_snapshots_sent_total` | counter | node, object | snapshots sent to peers |
+//! | `repred_relay_demotions_total` | counter | node, object | lazy-relay parents that did not deliver an announced update in time (a peer announcing what it never delivers shows here) |
 //! | `repred_frames_sent_total`, `repred_frames_received_total` | counter | node, object | protocol frames on the object's streams |
 //! | `repred_bytes_sent_total`, `repred_bytes_received_total` | counter | node, object | bytes of those frames |
 //! | `repred_stream_updates_sent_total`, `repred_stream_updates_received_total` | counter | node, object | updates carried by those frames (history and live) |
@@ -64,6 +65,8 @@ pub const UPDATES_REFUSED: &str = "repred_updates_refused_total";
 pub const SNAPSHOTS_MERGED: &str = "repred_snapshots_merged_total";
 /// Peers' snapshots refused.
 pub const SNAPSHOTS_REFUSED: &str = "repred_snapshots_refused_total";
+/// Lazy-relay parents that did not deliver an announced update in time.
+pub const RELAY_DEMOTIONS: &str = "repred_relay_demotions_total";
 /// Snapshots sent to peers.
 pub const SNAPSHOTS_SENT: &str = "repred_snapshots_sent_total";
 /// Frames sent on an object's streams.
@@ -184,6 +187,7 @@ pub(crate) struct ObjectMetrics {
     snapshots_merged: Counter,
     snapshots_refused: Counter,
     snapshots_sent: Counter,
+    relay_demotions: Counter,
     frames_sent: Counter,
     frames_received: Counter,
     bytes_sent: Counter,
@@ -207,6 +211,7 @@ impl ObjectMetrics {
             snapshots_merged: counter!(SNAPSHOTS_MERGED, &labels),
             snapshots_refused: counter!(SNAPSHOTS_REFUSED, &labels),
             snapshots_sent: counter!(SNAPSHOTS_SENT, &labels),
+            relay_demotions: counter!(RELAY_DEMOTIONS, &labels),
             frames_sent: counter!(FRAMES_SENT, &labels),
             frames_received: counter!(FRAMES_RECEIVED, &labels),
             bytes_sent: counter!(BYTES_SENT, &labels),
@@ -228,6 +233,7 @@ impl ObjectMetrics {
         add(&self.refused, old.rejected, new.rejected);
         add(&self.snapshots_merged, old.snapshots, new.snapshots);
         add(&self.snapshots_refused, old.snapshots_refused, new.snapshots_refused);
+        add(&self.relay_demotions, old.relay_demotions, new.relay_demotions);
     }
 
     /// Counts what a stream moved between two readings of its stats.

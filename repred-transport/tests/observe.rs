@@ -132,8 +132,22 @@ async fn connections_syncs_members_and_commits_are_logged_and_counted() {
             series(&text, "repred_members", &[node_a, ("state", "alive")]),
             series(&text, "repred_store_commit_seconds_count", &[node_a]).unwrap_or(0.0) > 0.0,
             series(&text, "repred_udp_bytes_sent_total", &[node_b]).unwrap_or(0.0) > 0.0,
+            // Registered with the object, and nothing to count between
+            // two honest peers.
+            series(&text, "repred_relay_demotions_total", &[node_b, object]),
         );
-        let want = (Some(5.0), Some(5.0), true, true, Some(1.0), Some(1.0), Some(2.0), true, true);
+        let want = (
+            Some(5.0),
+            Some(5.0),
+            true,
+            true,
+            Some(1.0),
+            Some(1.0),
+            Some(2.0),
+            true,
+            true,
+            Some(0.0),
+        );
         (seen == want, seen)
     })
     .await;

@@ -103,8 +103,14 @@ pub struct Config {
     /// How long a peer that announced an update (lazy relay) or was asked
     /// for one may take to deliver it before another peer that has it is
     /// asked instead: one announcement, true or not, delays a source by at
-    /// most this much. Also how long a stream's sync waits for what its peer
-    /// announced. Default 1,000 ms.
+    /// most this much. A peer that failed to deliver cannot take the role
+    /// back by announcing for this long, doubled with each failure in a row
+    /// up to 64 times, until it delivers what it owed; what it announced
+    /// meanwhile and nobody else delivered is asked of it when that ends.
+    /// So a peer that announces and never delivers holds a source back for
+    /// this long ever more rarely, at last once per 65 of these. Also how
+    /// long a stream's sync waits for what its peer announced. Default
+    /// 1,000 ms.
     pub relay_timeout_millis: u64,
     /// Relay other sources' updates lazily on tailing streams: announce them
     /// (a Have frame of `(source, ts)`) and push them only to peers that ask

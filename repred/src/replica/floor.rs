@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{Core, Replica};
 use crate::history::Entry;
+use crate::session::Demotions;
 use crate::{Clock, Reduce, Stamp, StreamId, Timestamp};
 
 #[cfg(doc)]
@@ -285,7 +286,7 @@ impl<T: Reduce> Replica<T> {
         core.parts_floor = None;
         core.last = core.last.max(floor);
         core.parents.clear();
-        core.demoted.clear();
+        core.demoted = Demotions::default();
         core.neighbours.clear();
         core.refused = Clock::new();
         // Every kept write is recorded, even past one whose reduce panics:

@@ -9,7 +9,7 @@ mod subscription;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::history::{Entry, History};
-use crate::session::Stream;
+use crate::session::{Demotions, Parent, Stream};
 use crate::signing::change_digest;
 use crate::source_table::SourceTable;
 use crate::{
@@ -45,6 +45,11 @@ pub struct Stats {
     pub history_collected: u64,
     /// Events dropped because nobody drained them.
     pub events_dropped: u64,
+    /// Lazy-relay parents that had not delivered an announced update by
+    /// the relay timeout, and lost the role to another peer or were left
+    /// waiting for a new announcement
+    /// ([`Config::relay_timeout_millis`](crate::Config::relay_timeout_millis)).
+    pub relay_demotions: u64,
 }
 
 /// Errors of the replica's own API.
@@ -162,10 +167,9 @@ pub(crate) struct Core<T: Reduce> {
     pub(crate) lives: BTreeMap<SourceId, u64>,
     /// Signs the snapshots this replica sends, when set.
     pub(crate) snapshot_signer: Option<Identity>,
-    /// Per source, the stream that lost the parent role by failing to
-    /// deliver in time: it cannot take the role back by announcing, only
-    /// by delivering.
-    pub(crate) demoted: BTreeMap<SourceId, StreamId>,
+    /// Streams that lost a source's parent role by failing to deliver in
+    /// time: barred from taking it back by announcing for a while.
+    pub(crate) demoted: Demotions,
     /// The collection floor: deletes below it are forgotten, and updates
     /// below it that are new here are refused ([`Replica::collect`]).
     pub(crate) floor: Timestamp,
@@ -259,43 +263,6 @@ impl<T: Reduce> Core<T> {
     pub(crate) fn sendable_end(&self) -> u64 {
         let end = self.history.end_seq();
         self.released.map_or(end, |released| released.min(end))
-    }
-}
-
-/// The stream a source's updates come from, and how far it is known to have
-/// them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Parent {
-    pub(crate) stream: StreamId,
-    pub(crate) has: Timestamp,
-    /// The peer is the source itself: it always has the newest.
-    pub(crate) origin: bool,
-    /// An update of the source that some peer announced and this replica
-    /// lacks, and by when the parent must have delivered it (wall
-    /// milliseconds) before another announcer is asked.
-    pub(crate) due: Option<Due>,
-}
-
-/// What a parent owes, and by when.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Due {
-    pub(crate) ts: Timestamp,
-    pub(crate) deadline: u64,
-}
-
-impl Parent {
-    pub(crate) fn new(stream: StreamId, has: Timestamp, origin: bool) -> Self {
-        Self { stream, has, origin, due: None }
-    }
-
-    /// Someone announced `ts` at `now`: the parent owes it within `timeout`
-    /// (the earliest deadline stands, so repeated announcements cannot put
-    /// it off).
-    pub(crate) fn expect(&mut self, ts: Timestamp, now: u64, timeout: u64) {
-        match &mut self.due {
-            Some(due) => due.ts = due.ts.max(ts),
-            None => self.due = Some(Due { ts, deadline: now.saturating_add(timeout) }),
-        }
     }
 }
 
@@ -410,7 +377,7 @@ impl<T: Reduce> Replica<T> {
                 wall: 0,
                 lives: BTreeMap::new(),
                 snapshot_signer: None,
-                demoted: BTreeMap::new(),
+                demoted: Demotions::default(),
                 floor: Timestamp::ZERO,
                 collect_pending: false,
                 stale: Timestamp::ZERO,

@@ -3,6 +3,7 @@
 mod deadline;
 mod floor;
 mod receive;
+mod relay;
 mod send;
 mod stream;
 
@@ -11,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use crate::frame::ClockSummary;
 use crate::reconcile::{Range, Reconciliation};
-use crate::replica::{Core, Parent};
+use crate::replica::Core;
 use crate::snapshot::{Incoming, Outgoing};
 use crate::{
     Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
@@ -19,6 +20,7 @@ use crate::{
 };
 
 use receive::handle_frames;
+pub(crate) use relay::{Demotions, Parent};
 
 /// How a stream takes part.
 ///
@@ -280,40 +282,6 @@ enum Flow {
     Closed(CloseReason),
     /// This side ends it, for a reason that is no protocol violation.
     Refuse(CloseReason),
-}
-
-/// Makes the open stream (other than `except`) that is known to have the
-/// most of `source`, if more than this replica, its parent, and asks it for
-/// the source; with `expect = Some((ts, now))` it owes `ts` within the relay
-/// timeout. Returns the stream chosen.
-fn adopt<T: Reduce>(
-    core: &mut Core<T>,
-    streams: &mut BTreeMap<StreamId, Stream>,
-    source: SourceId,
-    except: StreamId,
-    expect: Option<(Timestamp, u64)>,
-) -> Option<StreamId> {
-    let mine = core.clock.get(source);
-    let (&sid, s) = streams
-        .iter_mut()
-        // A peer that sends nothing would never serve the Want.
-        .filter(|(sid, s)| {
-            **sid != except && !s.ended && s.opts.receives && s.peer.is_some_and(|p| p.sends)
-        })
-        .max_by_key(|(_, s)| s.known.get(source))
-        .filter(|(_, s)| s.known.get(source) > mine)?;
-    let origin = s.peer.is_some_and(|p| p.id == source);
-    let has = s.known.get(source);
-    let mut parent = Parent::new(sid, has, origin);
-    // It owes what it announced, not what the peer it replaces claimed:
-    // a false claim would have it demoted in turn, and the role go back
-    // to the peer that made the claim.
-    if let Some((ts, now)) = expect {
-        parent.expect(ts.min(has), now, core.config.relay_timeout_millis);
-    }
-    core.parents.insert(source, parent);
-    s.intents.insert(source, Some(mine));
-    Some(sid)
 }
 
 /// Tells the streams that were parents of a source another stream has
@@ -704,30 +672,12 @@ impl<T: Reduce> Replica<T> {
         self.collect_if_due();
     }
 
-    /// Lazy relay: the sources `gone` pushed to us are asked for from
-    /// another peer known to have more, if any; otherwise the next Have for
-    /// them picks a parent.
-    fn reparent(&mut self, gone: StreamId) {
-        let Replica { core, streams, .. } = self;
-        core.neighbours.retain(|_, stream| *stream != gone);
-        core.demoted.retain(|_, stream| *stream != gone);
-        let orphans: Vec<SourceId> =
-            core.parents.iter().filter(|(_, p)| p.stream == gone).map(|(&s, _)| s).collect();
-        for source in orphans {
-            core.parents.remove(&source);
-            adopt(core, streams, source, gone, None);
-        }
-        // What was refused of a source is kept only while we pull it: a
-        // peer could otherwise grow it by every stream's worth of sources
-        // it made us pull and then sent forged updates of.
-        let parents = &core.parents;
-        core.refused.retain(|source| parents.contains_key(&source));
-    }
-
     /// Lazy relay's clock: a parent that owes an announced update past its
     /// deadline loses the role to another peer that announced more, and
-    /// cannot take it back by announcing, only by delivering; a sync waits
-    /// no longer for announcements that are overdue. Call it when
+    /// cannot take it back by announcing for a relay timeout, doubled with
+    /// each failure in a row until it delivers (so a peer announcing what
+    /// it never delivers is asked ever more rarely); a sync waits no longer
+    /// for announcements that are overdue. Call it when
     /// [`poll_timeout`](Replica::poll_timeout) says, with the wall time.
     ///
     /// A peer's snapshot that went without a byte of it for
@@ -740,39 +690,14 @@ impl<T: Reduce> Replica<T> {
         self.core.wall = self.core.wall.max(now);
         self.refuse_stalled_snapshots(now);
         self.end_unread_snapshots(now);
-        let Replica { core, streams, .. } = self;
-        let overdue: Vec<(SourceId, Parent)> = core
-            .parents
-            .iter()
-            .filter(|(_, p)| p.due.is_some_and(|d| d.deadline <= now))
-            .map(|(&s, &p)| (s, p))
-            .collect();
-        for (source, parent) in overdue {
-            let Some(due) = parent.due else { continue };
-            if core.clock.has(source, due.ts) {
-                if let Some(p) = core.parents.get_mut(&source) {
-                    p.due = None;
-                }
-                continue;
-            }
-            core.demoted.insert(source, parent.stream);
-            let expect = Some((due.ts, now));
-            if adopt(core, streams, source, parent.stream, expect).is_some() {
-                core.unwants.push((parent.stream, source));
-            } else if let Some(p) = core.parents.get_mut(&source) {
-                // Nobody else has it: stay, and wait for the next
-                // announcement rather than spin.
-                p.due = None;
-            }
-        }
-        for sid in settle_waiting(core, streams, now) {
-            self.close_if_done(sid);
-        }
+        self.relay_timeouts(now);
     }
 
     /// When [`handle_timeout`](Replica::handle_timeout) is next due (wall
     /// milliseconds), if anything waits for it: a lazy-relay parent owing
-    /// an announced update, a sync waiting for announced updates, a
+    /// an announced update, a demoted one whose bar ends with an
+    /// announcement nobody else delivered, a sync waiting for announced
+    /// updates, a
     /// snapshot coming in (its stall limit, or its minimum rate's), or one
     /// going out (its stall limit).
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -786,7 +711,8 @@ impl<T: Reduce> Replica<T> {
             (self.core.config.snapshot_stall_millis, self.core.config.snapshot_min_rate);
         let snapshots = self.streams.values().filter_map(|s| s.snapshot_deadline(stall, rate));
         let unread = self.streams.values().filter_map(|s| s.unread_deadline(stall));
-        parents.chain(heard).chain(snapshots).chain(unread).min()
+        let offers = self.core.demoted.next_offer();
+        parents.chain(heard).chain(snapshots).chain(unread).chain(offers).min()
     }
 }
 

@@ -5,9 +5,9 @@ use super::{Flow, Stream, StreamOpts, StreamStats};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::frame::ClockSummary;
-use crate::replica::{Core, Parent};
+use crate::replica::Core;
 use crate::source_table::SourceTable;
-use crate::{Clock, Event, Outcome, PeerMisbehaved, Reduce, SourceId, Stamp, StreamId, Timestamp};
+use crate::{Clock, Event, Outcome, PeerMisbehaved, Reduce, SourceId, StreamId, Timestamp};
 
 #[cfg(doc)]
 use crate::Replica;
@@ -318,93 +318,5 @@ impl Stream {
         if self.heard.is_empty() {
             self.mark_sync(id, core, false);
         }
-    }
-
-    /// The peer pushed `stamp` to us: it is (or becomes) the source's
-    /// parent if the source has none, or if the peer is the source itself.
-    pub(super) fn track_parent<T: Reduce>(&self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
-        let origin = self.peer.is_some_and(|p| p.id == stamp.source);
-        if core.demoted.get(&stamp.source) == Some(&id) {
-            // It delivers again: it may lead again.
-            core.demoted.remove(&stamp.source);
-        }
-        let parent = core.parents.entry(stamp.source).or_insert(Parent::new(id, stamp.ts, origin));
-        if parent.stream == id {
-            parent.has = parent.has.max(stamp.ts);
-            if parent.due.is_some_and(|due| due.ts <= parent.has) {
-                parent.due = None;
-            }
-        } else if origin && !parent.origin {
-            // The origin pushes its own updates anyway: a relay that also
-            // pushes them would deliver each one twice for good.
-            core.unwants.push((parent.stream, stamp.source));
-            *parent = Parent::new(id, stamp.ts, origin);
-        }
-    }
-
-    /// The peer announced `stamp` (lazy relay): ask for the source from this
-    /// peer unless its current parent is known to have it already.
-    ///
-    /// Whoever is asked owes the update within the relay timeout: if it
-    /// has not delivered by then, another peer that announced it is asked
-    /// instead ([`Replica::handle_timeout`]), so one announcement, true or
-    /// false, delays a source by that much at most.
-    pub(super) fn heard_of<T: Reduce>(
-        &mut self,
-        id: StreamId,
-        core: &mut Core<T>,
-        now: u64,
-        stamp: Stamp,
-    ) {
-        if core.clock.has(stamp.source, stamp.ts) {
-            return;
-        }
-        let timeout = core.config.relay_timeout_millis;
-        if !self.sync_frame {
-            let deadline = now.saturating_add(timeout);
-            let newest = self.heard.entry(stamp.source).or_insert((stamp.ts, deadline));
-            newest.0 = newest.0.max(stamp.ts);
-        }
-        if let Some(&origin) = core.neighbours.get(&stamp.source)
-            && origin != id
-            && core.demoted.get(&stamp.source) != Some(&origin)
-        {
-            // The source itself is a neighbour: it pushes its own updates,
-            // so a relay pushing them too would only send duplicates. It
-            // owes what was announced, though: a neighbour whose connection
-            // died without a word would otherwise hold the source back.
-            let parent =
-                core.parents.entry(stamp.source).or_insert(Parent::new(origin, stamp.ts, true));
-            if parent.stream != origin {
-                core.unwants.push((parent.stream, stamp.source));
-                *parent = Parent::new(origin, stamp.ts, true);
-            }
-            parent.expect(stamp.ts, now, timeout);
-            return;
-        }
-        match core.parents.get_mut(&stamp.source) {
-            // Our parent announces instead of pushing: our Want is still on
-            // its way, or it never had one (its push was a stray, sent before
-            // an Unwant arrived). Ask again; a repeated Want is harmless.
-            Some(parent) if parent.stream == id => {
-                parent.has = parent.has.max(stamp.ts);
-                parent.expect(stamp.ts, now, timeout);
-            }
-            Some(parent) if parent.origin || parent.has >= stamp.ts => {
-                parent.expect(stamp.ts, now, timeout);
-                return;
-            }
-            Some(parent) => {
-                core.unwants.push((parent.stream, stamp.source));
-                *parent = Parent::new(id, stamp.ts, false);
-                parent.expect(stamp.ts, now, timeout);
-            }
-            None => {
-                let mut parent = Parent::new(id, stamp.ts, false);
-                parent.expect(stamp.ts, now, timeout);
-                core.parents.insert(stamp.source, parent);
-            }
-        }
-        self.intents.insert(stamp.source, Some(core.clock.get(stamp.source)));
     }
 }

@@ -36,13 +36,19 @@ fn with_peer() -> (Replica<Max>, StreamId) {
 /// A replica with one stream whose peer said Hello.
 fn with_peer_config(config: Config) -> (Replica<Max>, StreamId) {
     let mut r = Replica::with_config(SourceId::new("me").unwrap(), Max(0), config);
-    let mut peer = Replica::new(SourceId::new("peer").unwrap(), Max(0));
+    let s = peer_stream(&mut r, "peer");
+    (r, s)
+}
+
+/// Opens a stream on `r` whose peer, `name`, said Hello.
+fn peer_stream(r: &mut Replica<Max>, name: &str) -> StreamId {
+    let mut peer = Replica::new(SourceId::new(name).unwrap(), Max(0));
     let p = peer.open(StreamOpts::default()).unwrap();
     let mut hello = Vec::new();
     peer.poll_transmit(p, &mut hello).unwrap();
     let s = r.open(StreamOpts::default()).unwrap();
     r.handle(s, NOW, &hello).unwrap();
-    (r, s)
+    s
 }
 
 fn bogus(n: u64) -> Vec<Stamp> {
@@ -554,4 +560,81 @@ fn refusals_of_what_we_pull_go_with_the_stream() {
     r.close(s);
     assert!(r.core.parents.is_empty());
     assert_eq!(r.core.refused.len(), 0, "kept after the stream ended");
+}
+
+fn have(source: SourceId, ms: u64) -> Vec<u8> {
+    frame(Kind::Have, &vec![Stamp { source, ts: Timestamp::new(ms, 0) }])
+}
+
+/// Which stream `source`'s updates are asked of.
+fn parent(r: &Replica<Max>, source: SourceId) -> Option<StreamId> {
+    r.core.parents.get(&source).map(|p| p.stream)
+}
+
+/// Whether `r` has a Want for `source` to write to stream `s`.
+fn asks(r: &Replica<Max>, s: StreamId, source: SourceId) -> bool {
+    r.streams[&s].intents.get(&source).is_some_and(Option::is_some)
+}
+
+/// A lazy replica with two announcing peers, `p` and `q`: `p` announces
+/// `o`'s update at `NOW + 10` and `q` an older one, and `p` has not
+/// delivered by the relay timeout, so `q` is asked instead.
+fn p_demoted_for_q() -> (Replica<Max>, StreamId, StreamId, SourceId) {
+    let mut r = Replica::with_config(
+        SourceId::new("me").unwrap(),
+        Max(0),
+        Config::default().lazy_relay(true),
+    );
+    let (p, q) = (peer_stream(&mut r, "p"), peer_stream(&mut r, "q"));
+    let o = SourceId::new("o").unwrap();
+    r.handle(p, NOW, &have(o, NOW + 10)).unwrap();
+    r.handle(q, NOW, &have(o, NOW + 5)).unwrap();
+    assert_eq!(parent(&r, o), Some(p));
+    let timeout = r.config().relay_timeout_millis;
+    assert_eq!(r.poll_timeout(), Some(NOW + timeout));
+    r.handle_timeout(NOW + timeout);
+    assert_eq!(parent(&r, o), Some(q), "p did not deliver in time");
+    assert_eq!(r.stats().relay_demotions, 1);
+    (r, p, q, o)
+}
+
+/// A demoted stream's announcements do not take the role back during its
+/// bar, but what it announced then, if still missing, is asked of it when
+/// the bar ends: it may be the only peer holding it (a slow, honest one).
+#[test]
+fn a_demoted_peer_is_asked_again_for_what_it_announced_once_its_bar_ends() {
+    let (mut r, p, q, o) = p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.streams.get_mut(&p).unwrap().intents.clear();
+    r.handle(p, NOW + timeout + 1, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(q), "barred: announcing does not take the role back");
+    assert!(!asks(&r, p, o));
+    // q delivers what it owed, so only the bar's end is due.
+    let mut out = Vec::new();
+    let mut w = Writer::begin(&mut out, Kind::Updates);
+    w.put(&update(o, Timestamp::new(NOW + 5, 0), 5)).unwrap();
+    w.finish();
+    r.handle(q, NOW + timeout + 2, &out).unwrap();
+    assert_eq!(r.poll_timeout(), Some(NOW + 2 * timeout), "the bar's end");
+    r.handle_timeout(NOW + 2 * timeout);
+    assert_eq!(parent(&r, o), Some(p), "asked again for what only it announced");
+    assert!(asks(&r, p, o));
+    assert_eq!(r.stats().relay_demotions, 1, "q delivered");
+}
+
+/// A demoted stream that delivers what it owed is no longer barred: its
+/// next announcement takes the role at once.
+#[test]
+fn a_demoted_peer_that_delivers_what_it_owed_may_lead_again() {
+    let (mut r, p, q, o) = p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    let mut out = Vec::new();
+    let mut w = Writer::begin(&mut out, Kind::Updates);
+    w.put(&update(o, Timestamp::new(NOW + 10, 0), 10)).unwrap();
+    w.finish();
+    r.handle(p, NOW + timeout + 1, &out).unwrap();
+    assert_eq!(r.state().0, 10);
+    r.handle(q, NOW + timeout + 2, &have(o, NOW + 15)).unwrap();
+    r.handle(p, NOW + timeout + 3, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(p), "delivered what it owed: it may lead again");
 }
