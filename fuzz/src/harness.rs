@@ -956,9 +956,11 @@ fn framed(payload: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-/// A Hello frame from `identity(n)` with an empty clock.
+/// A Hello frame from `identity(n)` with an empty clock, signed by it (as
+/// a replica with a key signs its Hellos: a strict replica takes a
+/// snapshot only from a sender whose Hello a trusted signer signed).
 pub fn hello_frame(n: u8) -> Vec<u8> {
-    let hello = Hello {
+    let mut hello = Hello {
         id: identity(n).id(),
         clock: ClockSummary::Full(Clock::new()),
         meta: Vec::new(),
@@ -967,7 +969,9 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         life: 7,
         floor: repred::Timestamp::ZERO,
         missing_own: None,
+        signature: None,
     };
+    hello.signature = Some(identity(n).sign_hello(&hello.claims()));
     let mut payload = vec![1u8];
     payload.extend_from_slice(&encode(&PROTOCOL_VERSION));
     payload.extend_from_slice(&encode(&hello));
@@ -1083,6 +1087,10 @@ struct Oracle {
     /// The peer's floor, as its Hello (zero) and begins said.
     theirs: repred::Timestamp,
     hello: bool,
+    /// Whether the Hello was signed by a signer the replica trusts (a
+    /// strict replica believes the floor of no other sender, and takes
+    /// none of its snapshots).
+    vouched: bool,
     synced: bool,
     ended: bool,
     begun: Option<Begun>,
@@ -1105,6 +1113,7 @@ impl Oracle {
             ours: repred::Timestamp::ZERO,
             theirs: repred::Timestamp::ZERO,
             hello: false,
+            vouched: false,
             synced: false,
             ended: false,
             begun: None,
@@ -1130,6 +1139,15 @@ impl Oracle {
             1 if self.hello => Expect::Refused("a second Hello"),
             1 => {
                 self.hello = true;
+                let signer = postcard::take_from_bytes::<u16>(body)
+                    .ok()
+                    .and_then(|(_, hello)| decode_all::<Hello>(hello))
+                    .and_then(|h| h.signature.as_ref()?.verify_hello(&h.claims()).ok());
+                self.vouched = match self.trust {
+                    Trust::Any => true,
+                    Trust::Nobody => false,
+                    Trust::Only(trusted) => signer == Some(trusted),
+                };
                 Expect::Taken
             }
             4 if !self.hello => Expect::Refused("a Sync before Hello"),
@@ -1192,6 +1210,11 @@ impl Oracle {
             (Trust::Only(_), None) => return Expect::Refused("an unsigned begin"),
             (Trust::Only(trusted), Some(signer)) if signer != trusted => {
                 return Expect::Refused("a begin signed by an untrusted signer");
+            }
+            (Trust::Only(_), Some(_)) if !self.vouched => {
+                return Expect::Refused(
+                    "a begin from a sender whose Hello no trusted signer signed",
+                );
             }
             (Trust::Only(_), Some(_)) => {}
         }

@@ -70,7 +70,13 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 /// than the receiver takes (`PeerMisbehaved::SnapshotTooManySources` in a
 /// Close), or for taking none of one sent to it
 /// (`PeerMisbehaved::SnapshotUnread`), which version 8 does not decode.
-pub const PROTOCOL_VERSION: u16 = 9;
+///
+/// 10: a Hello may be signed by its sender ([`Hello::signature`]), and a
+/// peer cut off for a signature that does not hold
+/// (`PeerMisbehaved::HelloSignature`); a strict replica refuses a snapshot
+/// from a sender that did not prove it is the trusted signer it claims
+/// (`SnapshotRefusal::UnprovenSender`).
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -149,6 +155,28 @@ pub struct Hello {
     /// one claims the newest it lacks
     /// ([`Replica::rejoin_missing`](crate::Replica::rejoin_missing)).
     pub missing_own: Option<crate::Timestamp>,
+    /// A signature over the Hello's [claims](Hello::claims), by the key
+    /// its sender signs snapshots with, if it has one
+    /// ([`Replica::with_identity`](crate::Replica::with_identity),
+    /// [`sign_snapshots_with`](crate::Replica::sign_snapshots_with)). A
+    /// strict replica believes a peer's `life` only when this is made by
+    /// the key of its `id`, and its `floor` only when made by a signer in
+    /// [`Config::trust_snapshots_from`](crate::Config::trust_snapshots_from).
+    /// One that does not hold cuts the peer off, whatever the replica.
+    pub signature: Option<crate::Signature>,
+}
+
+impl Hello {
+    /// What [`signature`](Hello::signature) covers.
+    pub fn claims(&self) -> crate::HelloClaims {
+        crate::HelloClaims {
+            id: self.id,
+            life: self.life,
+            floor: self.floor,
+            clock: self.clock.hash(),
+            missing_own: self.missing_own,
+        }
+    }
 }
 
 /// A clock as a Hello carries it: whole when small, else a fingerprint.
@@ -303,6 +331,14 @@ pub enum PeerMisbehaved {
         sources: u64,
         /// The receiver's limit.
         limit: u64,
+    },
+    /// The Hello's signature does not hold for what it claims.
+    #[error("the signature of the Hello of {id} does not hold: {reason}")]
+    HelloSignature {
+        /// The id the Hello claims.
+        id: SourceId,
+        /// Why it does not hold.
+        reason: crate::VerifyError,
     },
     /// The receiver of a snapshot took none of it for
     /// [`Config::snapshot_stall_millis`](crate::Config::snapshot_stall_millis)
@@ -674,9 +710,10 @@ mod tests {
     }
 
     #[test]
-    fn hello_round_trips() {
-        let hello = Hello {
-            id: SourceId::new("A").unwrap(),
+    fn hello_round_trips_and_its_signature_covers_its_claims() {
+        let identity = crate::Identity::from_secret([7; 32]);
+        let mut hello = Hello {
+            id: identity.id(),
             clock: ClockSummary::Full(Clock::new()),
             meta: b"m".to_vec(),
             sends: true,
@@ -684,15 +721,35 @@ mod tests {
             life: 7,
             floor: crate::Timestamp::new(5, 0),
             missing_own: Some(crate::Timestamp::new(4, 1)),
+            signature: None,
         };
+        hello.signature = Some(identity.sign_hello(&hello.claims()));
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();
         assert_eq!(n, out.len());
         assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()) as usize, n - 4);
-        match decode::<u8>(&out[4..], &mut Vec::new()).unwrap() {
-            Frame::Hello(h) => assert_eq!(h, hello),
+        let decoded = match decode::<u8>(&out[4..], &mut Vec::new()).unwrap() {
+            Frame::Hello(h) => h,
             other => panic!("decoded {other:?}"),
-        }
+        };
+        assert_eq!(decoded, hello);
+        let signature = decoded.signature.as_ref().unwrap();
+        assert_eq!(signature.verify_hello(&decoded.claims()), Ok(identity.id()));
+        let mut claims = hello.claims();
+        claims.floor = crate::Timestamp::new(6, 0);
+        assert!(signature.verify_hello(&claims).is_err(), "another floor");
+        let mut claims = hello.claims();
+        claims.clock = Clock::from_iter([(SourceId::new("B").unwrap(), claims.floor)]).digest();
+        assert!(signature.verify_hello(&claims).is_err(), "another clock");
+        let mut claims = hello.claims();
+        claims.id = SourceId::new("B").unwrap();
+        assert!(signature.verify_hello(&claims).is_err(), "another id");
+        let mut claims = hello.claims();
+        claims.life = 8;
+        assert!(signature.verify_hello(&claims).is_err(), "another life");
+        let mut claims = hello.claims();
+        claims.missing_own = None;
+        assert!(signature.verify_hello(&claims).is_err(), "another ask");
     }
 
     #[test]

@@ -108,4 +108,16 @@ pub enum SnapshotRefusal {
         /// How long since it began.
         millis: u64,
     },
+    /// A strict replica's peer whose Hello was not signed as a signer in
+    /// [`Config::trust_snapshots_from`] sent a snapshot signed by one: a
+    /// trusted signer's snapshot passed on by another peer, whose word on
+    /// the floor the state was collected at is not believed (a false one
+    /// could bring back what was deleted, or find this replica stale).
+    #[error(
+        "the snapshot is signed by {signer}, but its sender did not sign its Hello as a trusted signer"
+    )]
+    UnprovenSender {
+        /// Who signed the snapshot.
+        signer: SourceId,
+    },
 }

@@ -27,6 +27,8 @@ use crate::{SourceId, Timestamp};
 const CONTEXT: &[u8] = b"repred update v2";
 /// The same for snapshots.
 const SNAPSHOT_CONTEXT: &[u8] = b"repred snapshot v1";
+/// The same for a Hello's claims.
+const HELLO_CONTEXT: &[u8] = b"repred hello v1";
 
 /// A signing key pair; its public half names the source.
 ///
@@ -98,6 +100,11 @@ impl Identity {
         self.sign_message(&snapshot_message(body_digest))
     }
 
+    /// Signs what a Hello claims of its sender (see [`HelloClaims`]).
+    pub fn sign_hello(&self, claims: &HelloClaims) -> Signature {
+        self.sign_message(&hello_message(claims))
+    }
+
     fn sign_message(&self, message: &[u8]) -> Signature {
         let sig = self.key.sign(message).to_bytes();
         let mut halves = ([0u8; 32], [0u8; 32]);
@@ -162,6 +169,45 @@ fn snapshot_message(body_digest: &[u8; 32]) -> Vec<u8> {
     [SNAPSHOT_CONTEXT, body_digest.as_slice()].concat()
 }
 
+/// What a signed [`Hello`](crate::Hello) vouches for: who sends it, in
+/// which life, at which collection floor, with which clock (by digest),
+/// and which of its own writes it lacks. A strict replica believes a
+/// peer's life only when its Hello is signed by the key of the id it
+/// claims, and its floor only when signed by a signer it trusts with
+/// snapshots: anyone could claim either. A signed Hello replayed by
+/// another peer tells only what was true of its sender then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloClaims {
+    /// The sender's source id.
+    pub id: SourceId,
+    /// Its life ([`Hello::life`](crate::Hello::life)).
+    pub life: u64,
+    /// Its collection floor ([`Hello::floor`](crate::Hello::floor)).
+    pub floor: Timestamp,
+    /// The [`Clock::digest`](crate::Clock::digest) of the clock the Hello
+    /// summarises.
+    pub clock: [u8; 16],
+    /// [`Hello::missing_own`](crate::Hello::missing_own).
+    pub missing_own: Option<Timestamp>,
+}
+
+fn hello_message(claims: &HelloClaims) -> Vec<u8> {
+    let mut m = HELLO_CONTEXT.to_vec();
+    m.extend_from_slice(&claims.life.to_le_bytes());
+    m.extend_from_slice(&claims.floor.to_raw().to_le_bytes());
+    m.extend_from_slice(&claims.clock);
+    match claims.missing_own {
+        Some(after) => {
+            m.push(1);
+            m.extend_from_slice(&after.to_raw().to_le_bytes());
+        }
+        None => m.push(0),
+    }
+    // Last, so its length needs no prefix.
+    m.extend_from_slice(claims.id.as_bytes());
+    m
+}
+
 /// An origin's signature over an update, with the key it was made with.
 ///
 /// The key travels with every signed update, so a receiver that never met
@@ -223,6 +269,12 @@ impl Signature {
     /// then state) has SHA-256 `body_digest`; returns who signed it.
     pub fn verify_snapshot(&self, body_digest: &[u8; 32]) -> Result<SourceId, VerifyError> {
         self.check(&snapshot_message(body_digest))?;
+        Ok(self.signer())
+    }
+
+    /// Checks this signature over a Hello's `claims`; returns who made it.
+    pub fn verify_hello(&self, claims: &HelloClaims) -> Result<SourceId, VerifyError> {
+        self.check(&hello_message(claims))?;
         Ok(self.signer())
     }
 

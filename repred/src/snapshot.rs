@@ -401,6 +401,11 @@ impl Incoming {
         Ok(self.clock)
     }
 
+    /// Who signed the snapshot, if anyone did.
+    pub(crate) fn signer(&self) -> Option<SourceId> {
+        self.signer
+    }
+
     /// A part or end of a signed snapshot must carry the begin's signer's
     /// signature over its digest; of an unsigned one, none is checked.
     fn vouched(&self, digest: &[u8; 32], proof: Option<&Signature>) -> Result<(), Refused> {

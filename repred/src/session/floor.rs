@@ -23,6 +23,10 @@ impl Stream {
     /// deletes themselves, so it cannot bring anything back; a snapshot
     /// could, so snapshots between different floors are refused instead
     /// (see `vet_floor`).
+    ///
+    /// A strict replica does all this only with a floor it believes (see
+    /// `floor_vouched`): one signed by a signer it trusts with snapshots,
+    /// with the clock the signature covers.
     pub(super) fn compare_floors<T: Reduce>(
         &mut self,
         id: StreamId,
@@ -31,7 +35,7 @@ impl Stream {
         hello: &Hello,
     ) -> Result<Option<Flow>, PeerMisbehaved> {
         self.peer_floor = hello.floor;
-        if hello.floor <= core.floor {
+        if hello.floor <= core.floor || !self.floor_vouched {
             return Ok(None);
         }
         // A floor from the future would make us refuse every update to come.
@@ -56,6 +60,7 @@ impl Stream {
             return Ok(self.take_floor(id, core, clock, hello.floor));
         }
         self.catch_floor = Some(hello.floor);
+        self.floor_digest = hello.clock.hash();
         Ok(None)
     }
 

@@ -249,6 +249,11 @@ pub(crate) struct Stream {
     announced: Clock,
     /// The peer's collection floor, from its Hello.
     peer_floor: Timestamp,
+    /// Whether the peer's floor is believed: always, unless this replica
+    /// is strict; then only from a Hello signed by a trusted signer. One
+    /// not believed only holds back what we send the peer (its loss if it
+    /// lied), never raises ours or finds us stale.
+    floor_vouched: bool,
     /// The peer's Hello asked for a snapshot (`Hello::missing_own`) that
     /// ours can answer, and none has gone out since: one goes when it can
     /// (see [`Stream::honours_wanted`]).
@@ -258,6 +263,11 @@ pub(crate) struct Stream {
     peer_missing: Option<Timestamp>,
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
+    /// The digest of the clock the peer's Hello summarised, which its
+    /// floor came with: a clock found out since (range by range, with
+    /// whoever sent the Hello) that does not match it says nothing of
+    /// what the floor's sender held, and the floor is not taken.
+    floor_digest: [u8; 16],
     /// The peer's clock when it said hello, while `catch_floor` waits.
     floor_clock: Option<Clock>,
     /// The floor, above ours, that the snapshot being received was
@@ -543,9 +553,10 @@ impl<T: Reduce> Replica<T> {
     }
 
     /// The highest collection floor among the peers this replica streams
-    /// with (each one's Hello, or its snapshot's begin, said it).
+    /// with (each one's Hello, or its snapshot's begin, said it), of those
+    /// whose floor it believes.
     pub(crate) fn highest_peer_floor(&self) -> Timestamp {
-        let open = self.streams.values().filter(|s| !s.ended);
+        let open = self.streams.values().filter(|s| !s.ended && s.floor_vouched);
         open.map(|s| s.peer_floor).max().unwrap_or(Timestamp::ZERO)
     }
 

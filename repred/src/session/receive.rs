@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use crate::frame::{self, ClockSummary, Frame, Kind};
 use crate::reconcile::Reconciliation;
 use crate::replica::Core;
-use crate::snapshot::Incoming;
+use crate::snapshot::{Incoming, Refused};
 use crate::{
     Clock, CloseReason, Event, Outcome, PeerMisbehaved, Reduce, Rejection, Stamp, StreamId,
     Timestamp,
@@ -55,7 +55,24 @@ impl Stream {
         };
         match frame {
             Frame::Hello(hello) => {
-                if hello.id != core.id {
+                let signer = match &hello.signature {
+                    Some(signature) => {
+                        Some(signature.verify_hello(&hello.claims()).map_err(|reason| {
+                            PeerMisbehaved::HelloSignature { id: hello.id, reason }
+                        })?)
+                    }
+                    None => None,
+                };
+                // What a strict replica believes only when signed: anyone
+                // could claim another's id in a new life, and have it
+                // refused as reincarnated; or a high floor, and have this
+                // replica forget deletes, refuse old writes, or find
+                // itself stale and rejoin, dropping its own writes below it.
+                let strict = core.config.is_strict();
+                let life_proven = !strict || signer == Some(hello.id);
+                self.floor_vouched = !strict
+                    || signer.is_some_and(|s| core.config.trust_snapshots_from.contains(&s));
+                if hello.id != core.id && life_proven {
                     // Our own id in another life is our own log replayed
                     // (or a twin, which nothing here can tell apart).
                     match core.lives.get(&hello.id) {
@@ -290,20 +307,28 @@ impl Stream {
                     })?;
                     self.peer_floor = floor;
                 }
+                let incoming =
+                    match Incoming::begin(core, sources, clock, digest, proof.as_ref(), entries) {
+                        Ok(incoming) => incoming,
+                        Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
+                    };
+                // A strict replica took it for its trusted signer; but the
+                // floor it was collected at is the sender's word.
+                if !self.floor_vouched
+                    && let Some(signer) = incoming.signer()
+                {
+                    let refusal = crate::SnapshotRefusal::UnprovenSender { signer };
+                    return self.refuse_snapshot(id, core, peer, Refused::Untrusted(refusal));
+                }
                 if let Some(refused) = self.vet_floor(id, core) {
                     return self.refuse_snapshot(id, core, peer, refused);
                 }
-                match Incoming::begin(core, sources, clock, digest, proof.as_ref(), entries) {
-                    Ok(incoming) => {
-                        core.receiving.insert(id, self.peer_floor);
-                        self.snapshot_in = Some(incoming);
-                        self.snapshot_heard = now;
-                        self.snapshot_begun = now;
-                        self.snapshot_bytes = 0;
-                        self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
-                    }
-                    Err(refused) => return self.refuse_snapshot(id, core, peer, refused),
-                }
+                core.receiving.insert(id, self.peer_floor);
+                self.snapshot_in = Some(incoming);
+                self.snapshot_heard = now;
+                self.snapshot_begun = now;
+                self.snapshot_bytes = 0;
+                self.snapshot_floor = Some(self.peer_floor).filter(|&f| f > core.floor);
             }
             Frame::SnapshotClock(entries) if self.opts.receives => {
                 let Some(incoming) = &mut self.snapshot_in else {

@@ -21,7 +21,7 @@ impl Stream {
     ) -> Result<usize, SessionError> {
         let before = out.len();
         if !self.hello_sent {
-            let hello = Hello {
+            let mut hello = Hello {
                 id: core.id,
                 clock: self.hello.clone(),
                 meta: self.opts.meta.clone(),
@@ -47,7 +47,10 @@ impl Stream {
                     && core.clock.get(core.id) > Timestamp::ZERO
                     && (!core.config.is_strict() || !core.config.trust_snapshots_from.is_empty()))
                 .then_some(core.own_held),
+                signature: None,
             };
+            // What a strict peer believes of us only when signed.
+            hello.signature = core.snapshot_signer.as_ref().map(|i| i.sign_hello(&hello.claims()));
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
             self.stats.frames_sent += 1;

@@ -56,9 +56,11 @@ impl Stream {
             intents: BTreeMap::new(),
             announced: Clock::new(),
             peer_floor: Timestamp::ZERO,
+            floor_vouched: false,
             peer_wants_snapshot: false,
             peer_missing: None,
             catch_floor: None,
+            floor_digest: [0; 16],
             floor_clock: None,
             snapshot_floor: None,
             refuse: None,
@@ -238,7 +240,14 @@ impl Stream {
     /// The peer's clock is known: what it has, and so where to start.
     pub(super) fn peer_clock<T: Reduce>(&mut self, core: &Core<T>, clock: &Clock) {
         if self.catch_floor.is_some() && self.floor_clock.is_none() {
-            self.floor_clock = Some(clock.clone());
+            if clock.digest() == self.floor_digest {
+                self.floor_clock = Some(clock.clone());
+            } else {
+                // Not the clock the floor was claimed with (a peer passing
+                // on another's signed Hello, or a clock known only in
+                // part): no proof either way.
+                self.catch_floor = None;
+            }
         }
         self.shown = self.shown.max(clock.max());
         for (source, ts) in clock.iter() {

@@ -638,3 +638,21 @@ fn a_demoted_peer_that_delivers_what_it_owed_may_lead_again() {
     r.handle(p, NOW + timeout + 3, &have(o, NOW + 20)).unwrap();
     assert_eq!(parent(&r, o), Some(p), "delivered what it owed: it may lead again");
 }
+
+/// A floor is taken with the clock its Hello summarised (and signed): a
+/// clock found out since that is another (a peer passing on someone
+/// else's signed Hello, then reconciling a clock of its own) takes none.
+#[test]
+fn a_floor_is_taken_only_with_the_clock_its_hello_summarised() {
+    let (mut r, s) = with_peer();
+    let mut stream = r.streams.remove(&s).unwrap();
+    let claimed = Clock::from_iter([(SourceId::new("a").unwrap(), Timestamp::new(NOW, 0))]);
+    for (clock, kept) in [(Clock::new(), false), (claimed.clone(), true)] {
+        stream.catch_floor = Some(Timestamp::new(NOW, 0));
+        stream.floor_digest = claimed.digest();
+        stream.floor_clock = None;
+        stream.peer_clock(&r.core, &clock);
+        assert_eq!(stream.catch_floor.is_some(), kept, "{clock:?}");
+        assert_eq!(stream.floor_clock.is_some(), kept);
+    }
+}
