@@ -105,7 +105,7 @@ pub struct Config {
     /// asked instead: one announcement, true or not, delays a source by at
     /// most this much. A peer that failed to deliver cannot take the role
     /// back by announcing for this long, doubled with each failure in a row
-    /// up to 64 times, until it delivers what it owed; what it announced
+    /// up to 64 timeouts, until it delivers what it owed; what it announced
     /// meanwhile and nobody else delivered is asked of it when that ends.
     /// So a peer that announces and never delivers holds a source back for
     /// this long ever more rarely, at last once per 65 of these. Also how

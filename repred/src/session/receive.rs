@@ -198,6 +198,12 @@ impl Stream {
                         for (index, envelope) in inbox.iter_mut().enumerate() {
                             let stamp = envelope.stamp();
                             let staged = self.take_update(core, &mut sources, now, index, envelope);
+                            if staged.is_ok() {
+                                // New here: what a demoted peer delivers
+                                // may lift its bar (an update we had, which
+                                // anyone can echo unverified, does not).
+                                core.demoted.delivered(stamp.source, id, stamp.ts);
+                            }
                             if !matches!(staged, Err(Outcome::Rejected(_))) {
                                 self.shown = self.shown.max(stamp.ts);
                             }
@@ -439,6 +445,9 @@ impl Stream {
                         }
                         self.note_known(core, stamp.source, stamp.ts);
                         if track && !rejected {
+                            if matches!(outcome, Outcome::Applied | Outcome::Unchanged) {
+                                core.demoted.delivered(stamp.source, id, stamp.ts);
+                            }
                             self.track_parent(id, core, stamp);
                         }
                     }
@@ -459,6 +468,9 @@ impl Stream {
                         }
                         self.note_known(core, stamp.source, stamp.ts);
                         if track && !rejected {
+                            if matches!(outcome, Outcome::Applied | Outcome::Unchanged) {
+                                core.demoted.delivered(stamp.source, id, stamp.ts);
+                            }
                             self.track_parent(id, core, stamp);
                         }
                     }

@@ -6,13 +6,15 @@
 //! demoted: another stream that announced the source is asked instead, and
 //! the demoted one is barred from taking the role back by announcing, for
 //! a relay timeout that doubles with each failure in a row (up to
-//! [`MAX_BAR_DOUBLINGS`] doublings). Delivering what it owed lifts the bar
-//! and the count. What it announces while barred is not forgotten: should
-//! nobody else deliver it, the role is offered back to it when the bar
-//! ends, since a slow but honest peer may be the only one holding newer
-//! updates. So a peer that keeps announcing what it never delivers holds a
-//! source back for one relay timeout per bar, ever more rarely, instead of
-//! once per lie.
+//! [`MAX_BAR_DOUBLINGS`] doublings). Delivering what it owed, new here,
+//! lifts the bar and the count. What only it is known to hold (what it
+//! owed, or announced while barred) is not forgotten: should nobody else
+//! deliver it, the role is offered back to it when the bar ends (or at
+//! once, when a delivery lifts it), since a slow but honest peer may be
+//! the only one holding newer updates. So a peer that keeps announcing
+//! what it never delivers holds a source back for one relay timeout per
+//! bar, ever more rarely, instead of once per lie; and one lie is asked of
+//! its teller once a bar until the clock passes it.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +105,14 @@ impl Demotions {
             until: now,
             pending: None,
         });
+        // A failure longer after the last bar ended than the longest bar
+        // counts afresh: an honest peer slow now and then is not barred for
+        // a minute for a stumble of an hour ago, and a liar waiting that
+        // long between lies gains nothing over the longest bar.
+        let forgotten = timeout.saturating_mul(1 << MAX_BAR_DOUBLINGS);
+        if now > d.until.saturating_add(forgotten) {
+            d.strikes = 0;
+        }
         d.strikes = d.strikes.saturating_add(1);
         d.owed = d.owed.max(owed);
         let bar = timeout.saturating_mul(1 << (d.strikes - 1).min(MAX_BAR_DOUBLINGS));
@@ -123,10 +133,18 @@ impl Demotions {
         }
     }
 
-    /// `stream` delivered `ts` of `source`: what it owed, or newer, lifts its
-    /// demotion.
-    fn delivered(&mut self, source: SourceId, stream: StreamId, ts: Timestamp) {
-        if !self.0.is_empty() && self.0.get(&(source, stream)).is_some_and(|d| ts >= d.owed) {
+    /// `stream` delivered `ts` of `source`, new here: what it owed, or
+    /// newer, lifts its demotion. What it announced while barred is then
+    /// offered to it at once (at the next timeout), not forgotten: it may
+    /// be the only one holding it.
+    pub(crate) fn delivered(&mut self, source: SourceId, stream: StreamId, ts: Timestamp) {
+        if self.0.is_empty() {
+            return;
+        }
+        let Some(d) = self.0.get_mut(&(source, stream)).filter(|d| ts >= d.owed) else { return };
+        if d.pending.is_some_and(|p| p > ts) {
+            (d.strikes, d.until) = (0, 0);
+        } else {
             self.0.remove(&(source, stream));
         }
     }
@@ -136,13 +154,17 @@ impl Demotions {
         self.0.values().filter(|d| d.pending.is_some()).map(|d| d.until).min()
     }
 
-    /// The pending offers whose bars have ended by `now`, taken.
+    /// The pending offers whose bars have ended by `now`, taken (and the
+    /// demotions lifted by a delivery with them).
     fn take_offers(&mut self, now: u64) -> Vec<(SourceId, StreamId, Timestamp)> {
-        self.0
+        let offers = self
+            .0
             .iter_mut()
             .filter(|(_, d)| d.until <= now)
             .filter_map(|(&(source, stream), d)| d.pending.take().map(|ts| (source, stream, ts)))
-            .collect()
+            .collect();
+        self.0.retain(|_, d| d.strikes > 0);
+        offers
     }
 
     /// Forgets what `stream` was demoted for: it is gone.
@@ -259,14 +281,13 @@ impl Stream {
     /// parent if the source has none, or if the peer is the source itself.
     pub(super) fn track_parent<T: Reduce>(&self, id: StreamId, core: &mut Core<T>, stamp: Stamp) {
         let origin = self.peer.is_some_and(|p| p.id == stamp.source);
-        core.demoted.delivered(stamp.source, id, stamp.ts);
         let parent = core.parents.entry(stamp.source).or_insert(Parent::new(id, stamp.ts, origin));
         if parent.stream == id {
             parent.has = parent.has.max(stamp.ts);
             if parent.due.is_some_and(|due| due.ts <= parent.has) {
                 parent.due = None;
             }
-        } else if origin && !parent.origin {
+        } else if origin && !parent.origin && !core.demoted.barred(stamp.source, id, core.wall) {
             // The origin pushes its own updates anyway: a relay that also
             // pushes them would deliver each one twice for good.
             core.unwants.push((parent.stream, stamp.source));
@@ -350,8 +371,19 @@ impl<T: Reduce> Replica<T> {
             }
             core.demoted.demote(source, parent.stream, due.ts, now, timeout);
             core.stats.relay_demotions += 1;
-            if adopt(core, streams, source, parent.stream, Some(due.ts), now).is_some() {
+            if let Some(adopted) = adopt(core, streams, source, parent.stream, Some(due.ts), now) {
                 core.unwants.push((parent.stream, source));
+                // What only the demoted stream is known to hold is asked of
+                // it again when its bar ends, unless it has come by then:
+                // slow is not lying, and nobody else may ever have it. (A
+                // lie is thus asked of its teller once a bar until the
+                // clock passes it.)
+                let held =
+                    streams.get(&parent.stream).map_or(Timestamp::ZERO, |s| s.known.get(source));
+                let has = streams.get(&adopted).map_or(Timestamp::ZERO, |s| s.known.get(source));
+                if held > has {
+                    core.demoted.hold(source, parent.stream, held);
+                }
             } else if let Some(p) = core.parents.get_mut(&source) {
                 // Nobody else has it: stay, and wait for the next
                 // announcement rather than spin.

@@ -566,6 +566,15 @@ fn have(source: SourceId, ms: u64) -> Vec<u8> {
     frame(Kind::Have, &vec![Stamp { source, ts: Timestamp::new(ms, 0) }])
 }
 
+/// An Updates frame of one update of `source`'s at `ms`.
+fn pushed(source: SourceId, ms: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = Writer::begin(&mut out, Kind::Updates);
+    w.put(&update(source, Timestamp::new(ms, 0), ms - NOW)).unwrap();
+    w.finish();
+    out
+}
+
 /// Which stream `source`'s updates are asked of.
 fn parent(r: &Replica<Max>, source: SourceId) -> Option<StreamId> {
     r.core.parents.get(&source).map(|p| p.stream)
@@ -610,11 +619,7 @@ fn a_demoted_peer_is_asked_again_for_what_it_announced_once_its_bar_ends() {
     assert_eq!(parent(&r, o), Some(q), "barred: announcing does not take the role back");
     assert!(!asks(&r, p, o));
     // q delivers what it owed, so only the bar's end is due.
-    let mut out = Vec::new();
-    let mut w = Writer::begin(&mut out, Kind::Updates);
-    w.put(&update(o, Timestamp::new(NOW + 5, 0), 5)).unwrap();
-    w.finish();
-    r.handle(q, NOW + timeout + 2, &out).unwrap();
+    r.handle(q, NOW + timeout + 2, &pushed(o, NOW + 5)).unwrap();
     assert_eq!(r.poll_timeout(), Some(NOW + 2 * timeout), "the bar's end");
     r.handle_timeout(NOW + 2 * timeout);
     assert_eq!(parent(&r, o), Some(p), "asked again for what only it announced");
@@ -628,15 +633,57 @@ fn a_demoted_peer_is_asked_again_for_what_it_announced_once_its_bar_ends() {
 fn a_demoted_peer_that_delivers_what_it_owed_may_lead_again() {
     let (mut r, p, q, o) = p_demoted_for_q();
     let timeout = r.config().relay_timeout_millis;
-    let mut out = Vec::new();
-    let mut w = Writer::begin(&mut out, Kind::Updates);
-    w.put(&update(o, Timestamp::new(NOW + 10, 0), 10)).unwrap();
-    w.finish();
-    r.handle(p, NOW + timeout + 1, &out).unwrap();
+    r.handle(p, NOW + timeout + 1, &pushed(o, NOW + 10)).unwrap();
     assert_eq!(r.state().0, 10);
     r.handle(q, NOW + timeout + 2, &have(o, NOW + 15)).unwrap();
     r.handle(p, NOW + timeout + 3, &have(o, NOW + 20)).unwrap();
     assert_eq!(parent(&r, o), Some(p), "delivered what it owed: it may lead again");
+}
+
+/// Sending back an update this replica already had lifts no bar: anyone
+/// can echo one (unverified, as it is old), so a liar could otherwise
+/// take the role back with every lie.
+#[test]
+fn an_echoed_update_does_not_lift_a_bar() {
+    let (mut r, p, q, o) = p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(q, NOW + timeout + 1, &pushed(o, NOW + 10)).unwrap();
+    r.handle(p, NOW + timeout + 2, &pushed(o, NOW + 10)).unwrap();
+    r.handle(p, NOW + timeout + 3, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(q), "still barred");
+}
+
+/// A demoted stream that delivers what it owed, having announced more
+/// while barred, is asked for that at once: lifting its bar must not
+/// forget it, since nobody else may hold it.
+#[test]
+fn a_bar_lifted_by_a_delivery_keeps_what_was_announced_under_it() {
+    let (mut r, p, q, o) = p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(p, NOW + timeout + 1, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(q));
+    r.streams.get_mut(&p).unwrap().intents.clear();
+    r.handle(p, NOW + timeout + 2, &pushed(o, NOW + 10)).unwrap();
+    let due = r.poll_timeout().expect("the offer is due");
+    assert!(due <= NOW + timeout + 2, "at once, not at the bar's end");
+    r.handle_timeout(NOW + timeout + 2);
+    assert_eq!(parent(&r, o), Some(p));
+    assert!(asks(&r, p, o));
+}
+
+/// The sole holder of the update it was demoted for, which announces
+/// nothing more, is asked again for it when its bar ends: the stream
+/// adopted instead (q) has less, and nobody else may ever send it.
+#[test]
+fn a_demoted_sole_holder_is_asked_again_when_its_bar_ends() {
+    let (mut r, p, q, o) = p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(q, NOW + timeout + 1, &pushed(o, NOW + 5)).unwrap();
+    r.streams.get_mut(&p).unwrap().intents.clear();
+    assert_eq!(r.poll_timeout(), Some(NOW + 2 * timeout), "the bar's end");
+    r.handle_timeout(NOW + 2 * timeout);
+    assert_eq!(parent(&r, o), Some(p), "asked again for what only it holds");
+    assert!(asks(&r, p, o));
 }
 
 /// A floor is taken with the clock its Hello summarised (and signed): a
