@@ -214,3 +214,34 @@ fn a_trusted_snapshot_from_a_sender_that_did_not_prove_it_is_its_signer_is_refus
         assert_eq!(v.state().get("k0"), proven.then_some("v"));
     }
 }
+
+/// A snapshot's begin says the floor it was collected at unsigned: a
+/// strict replica takes none above the floor its trusted peer's Hello was
+/// signed with, and declines the snapshot without a verdict (the peer's
+/// next Hello says its floor now). Before, a peer passing on a trusted
+/// signer's Hello could write any floor into the begin and have the
+/// replica found stale.
+#[test]
+fn a_strict_replica_takes_no_unsigned_floor_from_a_snapshots_begin() {
+    let config = Config::default().history_limit(1);
+    let mut t = Replica::with_identity(trusted(), Model::default(), config);
+    for i in 0..4 {
+        t.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
+    }
+    let mut v = victim();
+    let p = t.open(StreamOpts::default()).unwrap();
+    let s = v.open(StreamOpts::default()).unwrap();
+    v.handle(s, NOW, &drain(&mut t, p)).unwrap();
+    t.handle(p, NOW, &drain(&mut v, s)).unwrap();
+    // Raised after its Hello went: the begin says so, the Hello did not.
+    let floor = Timestamp::new(NOW - 1, 0);
+    t.collect(floor);
+    v.handle(s, NOW, &drain(&mut t, p)).unwrap();
+    let seen = events(&mut v);
+    assert!(!seen.iter().any(|e| matches!(e, Event::Stale { .. })), "{seen:?}");
+    assert_eq!(v.stale_floor(), None);
+    assert_eq!(v.floor(), Timestamp::ZERO);
+    let end = EndReason::Local(CloseReason::Stale { floor });
+    assert!(seen.contains(&Event::End { stream: s, reason: end }), "declined: {seen:?}");
+    assert_eq!(v.state().get("k0"), None);
+}

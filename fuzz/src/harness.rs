@@ -1194,6 +1194,11 @@ impl Oracle {
             if floor.millis() > self.now + Config::default().max_skew_millis {
                 return Expect::Refused("a begin whose floor is ahead of the clock");
             }
+            // Unsigned: a strict replica takes the floor the Hello was
+            // signed with only.
+            if self.trust != Trust::Any {
+                return Expect::Refused("a begin whose floor rose past the Hello's (strict)");
+            }
             self.theirs = floor;
         }
         if self.theirs > self.ours && self.holds_state {

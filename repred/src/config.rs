@@ -91,7 +91,10 @@ pub struct Config {
     /// stream; if it has fallen behind the history of every trusted peer it
     /// stays behind, saying so, rather than take in anything unverified.
     /// Replicas that are not strict take any snapshot whose signature, if it
-    /// has one, holds. Default: nobody.
+    /// has one, holds. A strict replica also believes the collection floor
+    /// of a peer only when its Hello is signed by one of these, and takes a
+    /// snapshot only from such a peer: one trusting nobody follows no
+    /// peer's floor. Default: nobody.
     pub trust_snapshots_from: std::collections::BTreeSet<SourceId>,
     /// The most sources this replica does not know that one stream may name
     /// in claims it has not backed with updates (announcements, clock

@@ -174,8 +174,10 @@ fn snapshot_message(body_digest: &[u8; 32]) -> Vec<u8> {
 /// and which of its own writes it lacks. A strict replica believes a
 /// peer's life only when its Hello is signed by the key of the id it
 /// claims, and its floor only when signed by a signer it trusts with
-/// snapshots: anyone could claim either. A signed Hello replayed by
-/// another peer tells only what was true of its sender then.
+/// snapshots: anyone could claim either. The claims name no stream nor
+/// receiver: a signed Hello can be replayed by another peer, which then
+/// passes for its signer on that stream (see the README's *What a Hello
+/// claims* for what that still allows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloClaims {
     /// The sender's source id.

@@ -113,7 +113,10 @@ impl<T: Reduce> Replica<T> {
     ///
     /// Floors spread by themselves: a replica that meets a peer with a
     /// higher floor takes it (collecting too) once it holds everything the
-    /// peer held. A collection waits for the snapshots being sent to
+    /// peer held. A [strict](crate::Config::is_strict) replica takes only
+    /// the floors of peers whose Hello a signer in
+    /// [`trust_snapshots_from`](crate::Config::trust_snapshots_from)
+    /// signed: anyone could claim one. A collection waits for the snapshots being sent to
     /// finish (they are cut by position), and for those coming in (their
     /// parts, cut at a lower floor, may hold what the tombstones it drops
     /// would delete); the floor holds at once. A floor raised over parts

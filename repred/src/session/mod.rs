@@ -264,9 +264,13 @@ pub(crate) struct Stream {
     /// A higher floor of the peer's, taken once its history is in.
     catch_floor: Option<Timestamp>,
     /// The digest of the clock the peer's Hello summarised, which its
-    /// floor came with: a clock found out since (range by range, with
-    /// whoever sent the Hello) that does not match it says nothing of
-    /// what the floor's sender held, and the floor is not taken.
+    /// floor came with. A clock found out since that is not that one says
+    /// nothing of what the floor's sender held, and the floor is not
+    /// taken, nor a verdict given: only the part of it owed to us (our
+    /// Hello carried our whole clock, the peer's a digest) would have us
+    /// found stale for every update of another source we hold below the
+    /// floor; and behind a signed Hello passed on by another peer, a clock
+    /// of that peer's own would say what it likes.
     floor_digest: [u8; 16],
     /// The peer's clock when it said hello, while `catch_floor` waits.
     floor_clock: Option<Clock>,

@@ -72,6 +72,10 @@ impl Stream {
                 let life_proven = !strict || signer == Some(hello.id);
                 self.floor_vouched = !strict
                     || signer.is_some_and(|s| core.config.trust_snapshots_from.contains(&s));
+                // Who the peer is, for asking a snapshot of its own writes
+                // back and pushing them as their origin: its id's key, or a
+                // trusted signer, vouches for it (a strict replica's view).
+                let id_vouched = life_proven || self.floor_vouched;
                 if hello.id != core.id && life_proven {
                     // Our own id in another life is our own log replayed
                     // (or a twin, which nothing here can tell apart).
@@ -93,15 +97,17 @@ impl Stream {
                 // send a whole state for nothing, on every stream for as
                 // long as the peer asks. A snapshot already going out, or
                 // sent, holds all the peer asks for.
-                self.peer_wants_snapshot = hello.missing_own.is_some_and(|after| {
-                    core.clock.get(hello.id) > after && !core.declines(hello.id, after, now)
-                }) && self.snapshot_out.is_none()
+                self.peer_wants_snapshot = id_vouched
+                    && hello.missing_own.is_some_and(|after| {
+                        core.clock.get(hello.id) > after && !core.declines(hello.id, after, now)
+                    })
+                    && self.snapshot_out.is_none()
                     && self.stats.snapshots_sent == 0;
-                self.peer_missing = hello.missing_own;
+                self.peer_missing = hello.missing_own.filter(|_| id_vouched);
                 if let Some(flow) = self.compare_floors(id, core, now, &hello)? {
                     return Ok(flow);
                 }
-                if hello.sends && self.opts.receives {
+                if hello.sends && self.opts.receives && id_vouched {
                     core.neighbours.insert(hello.id, id);
                 }
                 let equal = hello.clock.hash() == self.hello.hash();
@@ -311,6 +317,13 @@ impl Stream {
                         kind: "SnapshotBegin".into(),
                         detail: format!("collection floor: {e}"),
                     })?;
+                    // A begin's floor is signed by no one: a strict replica
+                    // takes only the one its peer's Hello was signed with.
+                    // Declined, not stale: the peer's next Hello says its
+                    // floor now.
+                    if core.config.is_strict() {
+                        return self.refuse_snapshot(id, core, peer, Refused::Outdated(floor));
+                    }
                     self.peer_floor = floor;
                 }
                 let incoming =

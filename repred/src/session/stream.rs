@@ -243,9 +243,9 @@ impl Stream {
             if clock.digest() == self.floor_digest {
                 self.floor_clock = Some(clock.clone());
             } else {
-                // Not the clock the floor was claimed with (a peer passing
-                // on another's signed Hello, or a clock known only in
-                // part): no proof either way.
+                // Not the clock the floor was claimed with (known only in
+                // part, or a peer passing on another's signed Hello): no
+                // proof either way.
                 self.catch_floor = None;
             }
         }
