@@ -179,6 +179,17 @@ fn a_life_is_believed_only_from_a_hello_its_ids_key_signed() {
     );
 }
 
+/// The trusted signer, with four writes and a history of one: a peer
+/// that lacks them gets a snapshot.
+fn trusted_writer() -> Replica<Model> {
+    let config = Config::default().history_limit(1);
+    let mut t = Replica::with_identity(trusted(), Model::default(), config);
+    for i in 0..4 {
+        t.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
+    }
+    t
+}
+
 /// A trusted signer's snapshot passed on by a peer that did not sign its
 /// Hello as that signer (here its stream's frames, behind an unsigned
 /// Hello in its name): the snapshot's signature holds, but the floor it
@@ -186,11 +197,7 @@ fn a_life_is_believed_only_from_a_hello_its_ids_key_signed() {
 #[test]
 fn a_trusted_snapshot_from_a_sender_that_did_not_prove_it_is_its_signer_is_refused() {
     for proven in [false, true] {
-        let config = Config::default().history_limit(1);
-        let mut t = Replica::with_identity(trusted(), Model::default(), config);
-        for i in 0..4 {
-            t.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
-        }
+        let mut t = trusted_writer();
         let mut v = victim();
         let p = t.open(StreamOpts::default()).unwrap();
         let s = v.open(StreamOpts::default()).unwrap();
@@ -223,11 +230,7 @@ fn a_trusted_snapshot_from_a_sender_that_did_not_prove_it_is_its_signer_is_refus
 /// replica found stale.
 #[test]
 fn a_strict_replica_takes_no_unsigned_floor_from_a_snapshots_begin() {
-    let config = Config::default().history_limit(1);
-    let mut t = Replica::with_identity(trusted(), Model::default(), config);
-    for i in 0..4 {
-        t.update(NOW, Model::set(&format!("k{i}"), "v")).unwrap();
-    }
+    let mut t = trusted_writer();
     let mut v = victim();
     let p = t.open(StreamOpts::default()).unwrap();
     let s = v.open(StreamOpts::default()).unwrap();

@@ -371,7 +371,7 @@ impl<T: Reduce> Replica<T> {
             }
             core.demoted.demote(source, parent.stream, due.ts, now, timeout);
             core.stats.relay_demotions += 1;
-            if let Some(adopted) = adopt(core, streams, source, parent.stream, Some(due.ts), now) {
+            if adopt(core, streams, source, parent.stream, Some(due.ts), now).is_some() {
                 core.unwants.push((parent.stream, source));
                 // What only the demoted stream is known to hold is asked of
                 // it again when its bar ends, unless it has come by then:
@@ -380,7 +380,7 @@ impl<T: Reduce> Replica<T> {
                 // clock passes it.)
                 let held =
                     streams.get(&parent.stream).map_or(Timestamp::ZERO, |s| s.known.get(source));
-                let has = streams.get(&adopted).map_or(Timestamp::ZERO, |s| s.known.get(source));
+                let has = core.parents.get(&source).map_or(Timestamp::ZERO, |p| p.has);
                 if held > has {
                     core.demoted.hold(source, parent.stream, held);
                 }
