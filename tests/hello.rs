@@ -11,9 +11,9 @@ mod common;
 
 use common::{NOW, drain, events, id};
 use repred::{
-    Clock, ClockSummary, CloseReason, Config, EndReason, Event, Hello, Identity, PROTOCOL_VERSION,
-    PeerMisbehaved, Replica, SessionError, SnapshotRefusal, SourceId, StreamOpts, Timestamp,
-    VerifyError,
+    ChannelBinding, Clock, ClockSummary, CloseReason, Config, EndReason, Event, Hello, Identity,
+    PROTOCOL_VERSION, PeerMisbehaved, Replica, SessionError, SnapshotRefusal, SourceId, StreamOpts,
+    Timestamp, VerifyError,
 };
 use repred_suite::Model;
 
@@ -43,7 +43,7 @@ fn hello(id: SourceId, clock: &Clock, floor: Timestamp) -> Hello {
 }
 
 fn signed_by(mut hello: Hello, signer: &Identity) -> Hello {
-    hello.signature = Some(signer.sign_hello(&hello.claims()));
+    hello.signature = Some(signer.sign_hello(&hello.claims(None)));
     hello
 }
 
@@ -247,4 +247,39 @@ fn a_strict_replica_takes_no_unsigned_floor_from_a_snapshots_begin() {
     let end = EndReason::Local(CloseReason::Stale { floor });
     assert!(seen.contains(&Event::End { stream: s, reason: end }), "declined: {seen:?}");
     assert_eq!(v.state().get("k0"), None);
+}
+
+/// A trusted signer's Hello and snapshot, recorded by the peer it sent
+/// them to and played to a strict replica on another stream: the Hello's
+/// signature covers its stream's binding, so the replay does not verify
+/// and cuts the replayer off before the snapshot. Before, the replayer
+/// passed for the signer (its floor believed, its snapshot taken). On the
+/// stream it was made for, the same recording is taken.
+#[test]
+fn a_signed_hello_replayed_on_another_stream_cuts_its_replayer_off() {
+    let recorded_on = ChannelBinding([1; 32]);
+    let mut t = trusted_writer();
+    let mut m = Replica::with_identity(mallory(), Model::default(), Config::default());
+    let p = t.open(StreamOpts::default().binding(recorded_on)).unwrap();
+    let q = m.open(StreamOpts::default().binding(recorded_on)).unwrap();
+    let mut recorded = drain(&mut t, p);
+    m.handle(q, NOW, &recorded).unwrap();
+    t.handle(p, NOW, &drain(&mut m, q)).unwrap();
+    recorded.extend(drain(&mut t, p));
+    for (played_on, taken) in
+        [(Some(recorded_on), true), (Some(ChannelBinding([2; 32])), false), (None, false)]
+    {
+        let mut v = victim();
+        let s = v.open(StreamOpts { binding: played_on, ..StreamOpts::default() }).unwrap();
+        let played = v.handle(s, NOW, &recorded);
+        if taken {
+            played.expect("its own stream's recording");
+            assert_eq!(v.state().get("k0"), Some("v"));
+        } else {
+            let reason =
+                PeerMisbehaved::HelloSignature { id: t.id(), reason: VerifyError::BadSignature };
+            assert_eq!(played, Err(SessionError::Peer(reason)), "on {played_on:?}");
+            assert_eq!(v.state().get("k0"), None);
+        }
+    }
 }

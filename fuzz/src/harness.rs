@@ -971,7 +971,7 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         missing_own: None,
         signature: None,
     };
-    hello.signature = Some(identity(n).sign_hello(&hello.claims()));
+    hello.signature = Some(identity(n).sign_hello(&hello.claims(None)));
     let mut payload = vec![1u8];
     payload.extend_from_slice(&encode(&PROTOCOL_VERSION));
     payload.extend_from_slice(&encode(&hello));
@@ -1142,7 +1142,7 @@ impl Oracle {
                 let signer = postcard::take_from_bytes::<u16>(body)
                     .ok()
                     .and_then(|(_, hello)| decode_all::<Hello>(hello))
-                    .and_then(|h| h.signature.as_ref()?.verify_hello(&h.claims()).ok());
+                    .and_then(|h| h.signature.as_ref()?.verify_hello(&h.claims(None)).ok());
                 self.vouched = match self.trust {
                     Trust::Any => true,
                     Trust::Nobody => false,

@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use repred::{
-    CloseReason, Delivery, EndReason, Event, Reduce, Replica, ReplicaError, SessionError,
-    SnapshotRefusal, SourceId, Stamp, Stats, StreamId, StreamOpts, StreamStats, Subscription,
+    ChannelBinding, CloseReason, Delivery, EndReason, Event, Reduce, Replica, ReplicaError,
+    SessionError, SnapshotRefusal, SourceId, Stamp, Stats, StreamId, StreamOpts, StreamStats,
+    Subscription,
 };
 use tokio::sync::{broadcast, watch};
 use tracing::Span;
@@ -72,8 +73,13 @@ impl Peers {
 /// What the node's connections need of an object, whatever its type: the
 /// sans-IO replica's stream API, behind a lock, plus a way to wait for work.
 pub(crate) trait Object: Send + Sync + 'static {
-    /// A stream with `peer` (by node id, if its certificate names one).
-    fn open(&self, peer: Option<SourceId>) -> Result<StreamId, ReplicaError>;
+    /// A stream with `peer` (by node id, if its certificate names one),
+    /// its Hellos bound to `binding` ([`StreamOpts::binding`]).
+    fn open(
+        &self,
+        peer: Option<SourceId>,
+        binding: Option<ChannelBinding>,
+    ) -> Result<StreamId, ReplicaError>;
     /// Feeds bytes from the peer. Wakes the writers: the peer's frames may
     /// call for an answer, and applied changes are to be relayed.
     fn handle(&self, stream: StreamId, bytes: &[u8]) -> Result<(), SessionError>;
@@ -434,9 +440,13 @@ where
     T: Reduce + Send + 'static,
     T::Update: Send + Sync + 'static,
 {
-    fn open(&self, peer: Option<SourceId>) -> Result<StreamId, ReplicaError> {
+    fn open(
+        &self,
+        peer: Option<SourceId>,
+        binding: Option<ChannelBinding>,
+    ) -> Result<StreamId, ReplicaError> {
         let mut inner = self.lock();
-        let id = inner.replica.open(StreamOpts::default())?;
+        let id = inner.replica.open(StreamOpts { binding, ..StreamOpts::default() })?;
         inner.stream_peers.insert(id, peer);
         if !inner.admits(peer) {
             // The set dropped the peer while this stream was being taken,

@@ -226,7 +226,8 @@ async fn open_stream(
     if send.write_all(&preamble(&claim.name)).await.is_err() {
         return claim.end(None);
     }
-    let released = drive(&inner, object, peer, send, recv).await;
+    let binding = crate::identity::channel_binding(&conn, &claim.name);
+    let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
 
@@ -360,7 +361,8 @@ async fn accept_stream(
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
     let Some(object) = object else { return claim.end(None) };
-    let released = drive(&inner, object, peer, send, recv).await;
+    let binding = crate::identity::channel_binding(&conn, &name);
+    let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
 
@@ -398,12 +400,13 @@ async fn drive(
     inner: &Inner,
     object: Arc<dyn Object>,
     peer: Option<repred::SourceId>,
+    binding: Option<repred::ChannelBinding>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Option<Released> {
     await_snapshots(inner, &*object).await;
     // Disposed of: the node is releasing it (or shutting down).
-    let Ok(stream) = object.open(peer) else { return Some(Released::Here) };
+    let Ok(stream) = object.open(peer, binding) else { return Some(Released::Here) };
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {

@@ -389,3 +389,63 @@ async fn a_zero_snapshot_stall_timeout_is_refused_by_the_builder() {
     };
     assert!(message.contains("snapshot_stall_timeout"), "{message}");
 }
+
+/// Reads one frame (length, then the frame) off `recv`.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.unwrap();
+    let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+    recv.read_exact(&mut frame).await.unwrap();
+    [len.as_slice(), &frame].concat()
+}
+
+/// A trusted node's signed Hello, recorded by a peer it streams to and
+/// replayed to a strict node on another connection: the signature covers
+/// the first connection's TLS exporter value, so the strict node cuts the
+/// replayer off (`HelloSignature`) instead of taking it for the signer
+/// (believing its floor, taking its snapshots). Between the two nodes
+/// themselves, the same signer's Hellos hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_replayed_on_another_connection_cuts_its_replayer_off_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = fast(dir.path()).signing(true).spawn().await.unwrap();
+    let n = fast(dir.path())
+        .signing(true)
+        .require_signatures(true)
+        .trust_snapshots_from(w.signing_id())
+        .bootstrap([w.addr()])
+        .spawn()
+        .await
+        .unwrap();
+    let on_w = w.replicate("counters", Counters::default()).unwrap();
+    let on_n = n.replicate("counters", Counters::default()).unwrap();
+
+    let (client, conn) = connect_as_peer(dir.path(), &w).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[b"\x08counters".as_slice(), &hello("mallory")].concat()).await.unwrap();
+    let recorded = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+        .await
+        .expect("w says hello");
+    conn.close(0u8.into(), b"done");
+    client.wait_idle().await;
+
+    send_as_peer(dir.path(), &n, recorded).await;
+    let replayed = PeerMisbehaved::HelloSignature {
+        id: on_w.source(),
+        reason: repred::VerifyError::BadSignature,
+    };
+    let refused = EndReason::Local(CloseReason::Misbehaved(replayed));
+    eventually("the replay was refused", Duration::from_secs(10), || {
+        (on_n.refusals().iter().any(|r| r.reason == refused), on_n.refusals())
+    })
+    .await;
+
+    // w's own Hellos hold at n: w's writes arrive.
+    on_w.update(Counters::set("k", 1)).await.unwrap();
+    eventually("n has w's write", Duration::from_secs(20), || {
+        (on_n.read(|c| c.0.get("k") == Some(&1)), on_n.read(Counters::clone))
+    })
+    .await;
+    n.shutdown().await;
+    w.shutdown().await;
+}

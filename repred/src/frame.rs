@@ -76,7 +76,7 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 /// (`PeerMisbehaved::HelloSignature`); a strict replica refuses a snapshot
 /// from a sender that did not prove it is the trusted signer it claims
 /// (`SnapshotRefusal::UnprovenSender`).
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Bytes before a frame's body: the length prefix and the kind.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -167,14 +167,16 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// What [`signature`](Hello::signature) covers.
-    pub fn claims(&self) -> crate::HelloClaims {
+    /// What [`signature`](Hello::signature) covers, on a stream with this
+    /// [`binding`](crate::StreamOpts::binding).
+    pub fn claims(&self, binding: Option<crate::ChannelBinding>) -> crate::HelloClaims {
         crate::HelloClaims {
             id: self.id,
             life: self.life,
             floor: self.floor,
             clock: self.clock.hash(),
             missing_own: self.missing_own,
+            binding,
         }
     }
 }
@@ -723,7 +725,8 @@ mod tests {
             missing_own: Some(crate::Timestamp::new(4, 1)),
             signature: None,
         };
-        hello.signature = Some(identity.sign_hello(&hello.claims()));
+        let on = Some(crate::ChannelBinding([3; 32]));
+        hello.signature = Some(identity.sign_hello(&hello.claims(on)));
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();
         assert_eq!(n, out.len());
@@ -734,22 +737,25 @@ mod tests {
         };
         assert_eq!(decoded, hello);
         let signature = decoded.signature.as_ref().unwrap();
-        assert_eq!(signature.verify_hello(&decoded.claims()), Ok(identity.id()));
-        let mut claims = hello.claims();
+        assert_eq!(signature.verify_hello(&decoded.claims(on)), Ok(identity.id()));
+        let mut claims = hello.claims(on);
         claims.floor = crate::Timestamp::new(6, 0);
         assert!(signature.verify_hello(&claims).is_err(), "another floor");
-        let mut claims = hello.claims();
+        let mut claims = hello.claims(on);
         claims.clock = Clock::from_iter([(SourceId::new("B").unwrap(), claims.floor)]).digest();
         assert!(signature.verify_hello(&claims).is_err(), "another clock");
-        let mut claims = hello.claims();
+        let mut claims = hello.claims(on);
         claims.id = SourceId::new("B").unwrap();
         assert!(signature.verify_hello(&claims).is_err(), "another id");
-        let mut claims = hello.claims();
+        let mut claims = hello.claims(on);
         claims.life = 8;
         assert!(signature.verify_hello(&claims).is_err(), "another life");
-        let mut claims = hello.claims();
+        let mut claims = hello.claims(on);
         claims.missing_own = None;
         assert!(signature.verify_hello(&claims).is_err(), "another ask");
+        let claims = hello.claims(Some(crate::ChannelBinding([4; 32])));
+        assert!(signature.verify_hello(&claims).is_err(), "another stream");
+        assert!(signature.verify_hello(&hello.claims(None)).is_err(), "no stream");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub use reduce::Reduce;
 pub use replica::{Change, Changes, Delivery, Replica, ReplicaError, Stats, Subscription};
 pub use session::{SessionError, StreamOpts, StreamStats};
 pub use signing::{
-    ChangeDigest, HelloClaims, Identity, Proof, Signature, VerifyError, change_digest, source_id_of,
+    ChangeDigest, ChannelBinding, HelloClaims, Identity, Proof, Signature, VerifyError,
+    change_digest, source_id_of,
 };
 pub use source::{InvalidSourceId, SourceId};
 pub use timestamp::{Stamp, Timestamp};

@@ -28,7 +28,7 @@ const CONTEXT: &[u8] = b"repred update v2";
 /// The same for snapshots.
 const SNAPSHOT_CONTEXT: &[u8] = b"repred snapshot v1";
 /// The same for a Hello's claims.
-const HELLO_CONTEXT: &[u8] = b"repred hello v1";
+const HELLO_CONTEXT: &[u8] = b"repred hello v2";
 
 /// A signing key pair; its public half names the source.
 ///
@@ -171,13 +171,18 @@ fn snapshot_message(body_digest: &[u8; 32]) -> Vec<u8> {
 
 /// What a signed [`Hello`](crate::Hello) vouches for: who sends it, in
 /// which life, at which collection floor, with which clock (by digest),
-/// and which of its own writes it lacks. A strict replica believes a
-/// peer's life only when its Hello is signed by the key of the id it
-/// claims, and its floor only when signed by a signer it trusts with
-/// snapshots: anyone could claim either. The claims name no stream nor
-/// receiver: a signed Hello can be replayed by another peer, which then
-/// passes for its signer on that stream (see the README's *What a Hello
-/// claims* for what that still allows).
+/// which of its own writes it lacks, and on which stream. A strict replica
+/// believes a peer's life only when its Hello is signed by the key of the
+/// id it claims, and its floor only when signed by a signer it trusts with
+/// snapshots: anyone could claim either.
+///
+/// The `binding` ties the claims to one stream: both ends pass the same
+/// [`ChannelBinding`] in [`StreamOpts::binding`](crate::StreamOpts::binding),
+/// the sender signs it and the receiver verifies with its own, so a Hello
+/// replayed on another stream does not verify and cuts its replayer off.
+/// Without one (streams in memory, files), a signed Hello can be replayed
+/// by another peer, which then passes for its signer on that stream (see
+/// the README's *What a Hello claims* for what that allows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloClaims {
     /// The sender's source id.
@@ -191,7 +196,37 @@ pub struct HelloClaims {
     pub clock: [u8; 16],
     /// [`Hello::missing_own`](crate::Hello::missing_own).
     pub missing_own: Option<Timestamp>,
+    /// The stream's [`StreamOpts::binding`](crate::StreamOpts::binding):
+    /// not sent, since each end knows it.
+    pub binding: Option<ChannelBinding>,
 }
+
+/// A value both ends of one stream know and nobody can make another
+/// stream share, which a signed Hello covers so that it cannot be replayed
+/// elsewhere ([`HelloClaims`]). Over QUIC it is a TLS exporter value
+/// (RFC 5705, RFC 9266): derived from the connection's secrets, and the
+/// stream's object name, it differs for every connection even when one
+/// peer made both.
+///
+/// ```
+/// use repred::{ChannelBinding, Identity, HelloClaims, Timestamp};
+///
+/// let signer = Identity::from_secret([7; 32]);
+/// let on = |binding| HelloClaims {
+///     id: signer.id(),
+///     life: 1,
+///     floor: Timestamp::ZERO,
+///     clock: [0; 16],
+///     missing_own: None,
+///     binding,
+/// };
+/// let signed = signer.sign_hello(&on(Some(ChannelBinding([1; 32]))));
+/// assert_eq!(signed.verify_hello(&on(Some(ChannelBinding([1; 32])))), Ok(signer.id()));
+/// assert!(signed.verify_hello(&on(Some(ChannelBinding([2; 32])))).is_err(), "another stream");
+/// assert!(signed.verify_hello(&on(None)).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelBinding(pub [u8; 32]);
 
 fn hello_message(claims: &HelloClaims) -> Vec<u8> {
     let mut m = HELLO_CONTEXT.to_vec();
@@ -202,6 +237,13 @@ fn hello_message(claims: &HelloClaims) -> Vec<u8> {
         Some(after) => {
             m.push(1);
             m.extend_from_slice(&after.to_raw().to_le_bytes());
+        }
+        None => m.push(0),
+    }
+    match claims.binding {
+        Some(ChannelBinding(value)) => {
+            m.push(1);
+            m.extend_from_slice(&value);
         }
         None => m.push(0),
     }

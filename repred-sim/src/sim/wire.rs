@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use rand::RngExt;
-use repred::{Reduce, StreamOpts};
+use repred::{ChannelBinding, Reduce, StreamOpts};
 use repred_node::{Command, ConnId};
 
 use super::Sim;
@@ -187,10 +187,16 @@ impl<T: Reduce> Sim<T> {
         if !both {
             return;
         }
+        // As the transport's exporter value: one per connection and
+        // object, the same at both ends, so signed Hellos are bound here too.
+        let mut binding = [0u8; 32];
+        binding[..8].copy_from_slice(&conn.to_le_bytes());
+        binding[8..16].copy_from_slice(&object.to_le_bytes());
+        let opts = StreamOpts::default().binding(ChannelBinding(binding));
         for end in ends {
             let n = &mut self.nodes[end.node as usize];
             let o = n.objects.get_mut(&object).expect("checked above");
-            if let Ok(stream) = o.replica.open(StreamOpts::default()) {
+            if let Ok(stream) = o.replica.open(opts.clone()) {
                 o.streams.insert(conn, stream);
             }
             n.dirty.insert(object);

@@ -511,6 +511,27 @@ pub(crate) fn peer_id(conn: &quinn::Connection) -> Option<SourceId> {
     certificate_id(chain.first()?)
 }
 
+/// What both ends of an object's stream on `conn` share and no other
+/// stream does: a TLS exporter value (RFC 5705) of the connection, with
+/// the object's name as context. Each end's signed Hello covers it
+/// ([`repred::StreamOpts::binding`]), so a Hello recorded on one
+/// connection and replayed on another does not verify, even when one peer
+/// holds both. `None` only if the handshake has no secrets to export from,
+/// which a connection that carries streams always has.
+pub(crate) fn channel_binding(
+    conn: &quinn::Connection,
+    object: &str,
+) -> Option<repred::ChannelBinding> {
+    let mut value = [0u8; 32];
+    match conn.export_keying_material(&mut value, b"EXPORTER-repred-hello", object.as_bytes()) {
+        Ok(()) => Some(repred::ChannelBinding(value)),
+        Err(e) => {
+            tracing::warn!(error = ?e, "no channel binding: the stream's Hellos are unbound");
+            None
+        }
+    }
+}
+
 fn id_from_public_key(spki_der: &[u8]) -> SourceId {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
     let mut bytes = [0u8; SourceId::LEN];

@@ -81,7 +81,7 @@ fn a_sync_that_ends_in_sending_is_logged_at_once() {
         let a = object("a", held);
         let b = object("b", Replica::new(SourceId::new("b").unwrap(), Max::default()));
         a.update(Max::new(7)).expect("a writes");
-        let (on_a, on_b) = (a.open(None).unwrap(), b.open(None).unwrap());
+        let (on_a, on_b) = (a.open(None, None).unwrap(), b.open(None, None).unwrap());
         carry(&a, on_a, &b, on_b);
         carry(&b, on_b, &a, on_a);
         carry(&a, on_a, &b, on_b);
@@ -136,7 +136,7 @@ fn a_write_that_cuts_a_snapshot_short_tells_of_the_end_at_once() {
         a.update(GSet::add(i)).expect("a writes");
     }
     let mut ends = a.ends.subscribe();
-    let (on_a, on_b) = (a.open(None).unwrap(), b.open(None).unwrap());
+    let (on_a, on_b) = (a.open(None, None).unwrap(), b.open(None, None).unwrap());
     carry(&a, on_a, &b, on_b);
     carry(&b, on_b, &a, on_a);
     carry(&a, on_a, &b, on_b);

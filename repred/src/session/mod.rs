@@ -15,8 +15,8 @@ use crate::reconcile::{Range, Reconciliation};
 use crate::replica::Core;
 use crate::snapshot::{Incoming, Outgoing};
 use crate::{
-    Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica, SourceId, StreamId,
-    Timestamp,
+    ChannelBinding, Clock, CloseReason, EndReason, Event, PeerMisbehaved, Reduce, Replica,
+    SourceId, StreamId, Timestamp,
 };
 
 use receive::handle_frames;
@@ -53,11 +53,26 @@ pub struct StreamOpts {
     pub await_clock: bool,
     /// Application bytes sent in the Hello, handed to the peer's `Header`.
     pub meta: Vec<u8>,
+    /// What the transport says both ends of this stream, and no other
+    /// stream, share (a TLS exporter value; see [`ChannelBinding`]). Our
+    /// Hello's signature covers it, and the peer's must: a signed Hello
+    /// replayed from another stream then cuts its replayer off
+    /// ([`PeerMisbehaved::HelloSignature`]) instead of passing for its
+    /// signer. Both ends must pass the same value, or neither; `None` (the
+    /// default) binds nothing.
+    pub binding: Option<ChannelBinding>,
 }
 
 impl Default for StreamOpts {
     fn default() -> Self {
-        Self { sends: true, receives: true, tail: true, await_clock: true, meta: Vec::new() }
+        Self {
+            sends: true,
+            receives: true,
+            tail: true,
+            await_clock: true,
+            meta: Vec::new(),
+            binding: None,
+        }
     }
 }
 
@@ -87,6 +102,12 @@ impl StreamOpts {
     /// Sets [`StreamOpts::await_clock`].
     pub fn await_clock(mut self, await_clock: bool) -> Self {
         self.await_clock = await_clock;
+        self
+    }
+
+    /// Sets [`StreamOpts::binding`].
+    pub fn binding(mut self, binding: ChannelBinding) -> Self {
+        self.binding = Some(binding);
         self
     }
 }

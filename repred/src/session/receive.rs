@@ -57,9 +57,9 @@ impl Stream {
             Frame::Hello(hello) => {
                 let signer = match &hello.signature {
                     Some(signature) => {
-                        Some(signature.verify_hello(&hello.claims()).map_err(|reason| {
-                            PeerMisbehaved::HelloSignature { id: hello.id, reason }
-                        })?)
+                        Some(signature.verify_hello(&hello.claims(self.opts.binding)).map_err(
+                            |reason| PeerMisbehaved::HelloSignature { id: hello.id, reason },
+                        )?)
                     }
                     None => None,
                 };

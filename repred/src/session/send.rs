@@ -50,7 +50,10 @@ impl Stream {
                 signature: None,
             };
             // What a strict peer believes of us only when signed.
-            hello.signature = core.snapshot_signer.as_ref().map(|i| i.sign_hello(&hello.claims()));
+            hello.signature = core
+                .snapshot_signer
+                .as_ref()
+                .map(|i| i.sign_hello(&hello.claims(self.opts.binding)));
             frame::write_hello(out, &hello)?;
             self.hello_sent = true;
             self.stats.frames_sent += 1;
