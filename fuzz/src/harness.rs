@@ -16,8 +16,9 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use repred::{
-    Clock, ClockSummary, Config, Entry, Hello, Identity, LwwMap, OrSet, PROTOCOL_VERSION, Proof,
-    Reduce, Replica, SessionError, Signature, SourceId, StreamId, StreamOpts, Timestamp,
+    ChannelBinding, Clock, ClockSummary, Config, Entry, Hello, Identity, LwwMap, OrSet,
+    PROTOCOL_VERSION, Proof, Reduce, Replica, SessionError, Signature, SourceId, StreamId,
+    StreamOpts, Timestamp,
 };
 use repred_suite::Model;
 
@@ -85,13 +86,18 @@ pub fn target(flags: u8) -> Replica<Model> {
     replica
 }
 
+/// Every stream's channel binding, and the one the Hellos the harness
+/// writes are signed with: as over QUIC, each end of every stream passes
+/// it, so the bound path is what is fuzzed.
+pub const BINDING: ChannelBinding = ChannelBinding([0x42; 32]);
+
 /// A stream's options from two bits of the input.
 pub fn opts(selector: u8) -> StreamOpts {
     match selector & 3 {
-        0 => StreamOpts::default(),
-        1 => StreamOpts::receive_only(),
-        2 => StreamOpts::default().tail(false),
-        _ => StreamOpts::send_only(),
+        0 => StreamOpts::default().binding(BINDING),
+        1 => StreamOpts::receive_only().binding(BINDING),
+        2 => StreamOpts::default().binding(BINDING).tail(false),
+        _ => StreamOpts::send_only().binding(BINDING),
     }
 }
 
@@ -405,8 +411,8 @@ pub fn writes(replica: &mut Replica<Model>, prefix: &str, n: u64) {
 
 /// Links two replicas with one stream each and pumps until quiet.
 pub fn sync(a: &mut Replica<Model>, b: &mut Replica<Model>) {
-    let sa = a.open(StreamOpts::default().tail(false)).expect("open");
-    let sb = b.open(StreamOpts::default().tail(false)).expect("open");
+    let sa = a.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
+    let sb = b.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
     let mut buf = Vec::new();
     for _ in 0..1_000 {
         let mut moved = false;
@@ -496,7 +502,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     // One unsigned peer with a few writes.
     let mut p = peer("p1", None, plain());
     writes(&mut p, "k", 6);
-    out.push(("plain-one-peer", exchange(0, 0, &mut [(p, StreamOpts::default())], None)));
+    out.push((
+        "plain-one-peer",
+        exchange(0, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+    ));
 
     // Two peers; one keeps a history of 2 records, so the target (which
     // has none of it) gets a snapshot from it.
@@ -508,7 +517,15 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     writes(&mut q, "c", 3);
     out.push((
         "plain-snapshot",
-        exchange(0, 0, &mut [(p, StreamOpts::default()), (q, StreamOpts::default())], None),
+        exchange(
+            0,
+            0,
+            &mut [
+                (p, StreamOpts::default().binding(BINDING)),
+                (q, StreamOpts::default().binding(BINDING)),
+            ],
+            None,
+        ),
     ));
 
     // A strict target and a signed peer; an unsigned one is refused.
@@ -518,7 +535,15 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     writes(&mut q, "u", 3);
     out.push((
         "strict-signed",
-        exchange(STRICT, 0, &mut [(p, StreamOpts::default()), (q, StreamOpts::default())], None),
+        exchange(
+            STRICT,
+            0,
+            &mut [
+                (p, StreamOpts::default().binding(BINDING)),
+                (q, StreamOpts::default().binding(BINDING)),
+            ],
+            None,
+        ),
     ));
 
     // Signed snapshots: trusted, then refused.
@@ -526,7 +551,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         let mut p = peer("", Some(2), plain().require_signatures(true).history_limit(2))
             .sign_snapshots_with(identity(2));
         writes(&mut p, "t", 10);
-        out.push((name, exchange(flags, 0, &mut [(p, StreamOpts::default())], None)));
+        out.push((
+            name,
+            exchange(flags, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+        ));
     }
 
     // Lazy relay: three peers that all have the same origin's writes.
@@ -537,7 +565,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         let mut r = peer(name, None, plain().lazy_relay(true));
         sync(&mut r, &mut origin);
         writes(&mut r, &format!("own{n}-"), n);
-        peers.push((r, StreamOpts::default()));
+        peers.push((r, StreamOpts::default().binding(BINDING)));
     }
     out.push(("lazy-three-relays", exchange(LAZY, 0, &mut peers, None)));
 
@@ -548,7 +576,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     for n in [4, 5] {
         let mut r = peer("", Some(n), plain().require_signatures(true).lazy_relay(true));
         sync(&mut r, &mut origin);
-        peers.push((r, StreamOpts::default()));
+        peers.push((r, StreamOpts::default().binding(BINDING)));
     }
     out.push(("strict-lazy-signed", exchange(STRICT | LAZY, 0, &mut peers, None)));
 
@@ -568,7 +596,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         // unsigned, whole when signed; a store written by an earlier
         // version may hold them as proofs, which still go out as such.
         let relay = as_restored_from_an_earlier_version(&relay, strictness);
-        out.push((name, exchange(flags, 0, &mut [(relay, StreamOpts::default())], None)));
+        out.push((
+            name,
+            exchange(flags, 0, &mut [(relay, StreamOpts::default().binding(BINDING))], None),
+        ));
     }
 
     // Many sources against a target that remembers few.
@@ -578,7 +609,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         writes(&mut o, "m", 1);
         sync(&mut p, &mut o);
     }
-    out.push(("few-sources", exchange(FEW_SOURCES, 0, &mut [(p, StreamOpts::default())], None)));
+    out.push((
+        "few-sources",
+        exchange(FEW_SOURCES, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+    ));
 
     // A target with a short history, every stream option, a peer that
     // closes, one that does not tail.
@@ -596,10 +630,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
             SHORT_HISTORY,
             0b11_10_01_00,
             &mut [
-                (p, StreamOpts::default()),
-                (q, StreamOpts::send_only()),
-                (r, StreamOpts::default().tail(false)),
-                (s, StreamOpts::default()),
+                (p, StreamOpts::default().binding(BINDING)),
+                (q, StreamOpts::send_only().binding(BINDING)),
+                (r, StreamOpts::default().binding(BINDING).tail(false)),
+                (s, StreamOpts::default().binding(BINDING)),
             ],
             Some(1),
         ),
@@ -629,8 +663,8 @@ pub const SNAPSHOT_KINDS: [u8; 4] = [SNAPSHOT_BEGIN, SNAPSHOT_CLOCK, SNAPSHOT_PA
 /// a real exchange. Live updates sent between them are left out.
 pub fn snapshot_frames<T: Reduce + Default>(source: &mut Replica<T>) -> Vec<Vec<u8>> {
     let mut sink: Replica<T> = Replica::new(id("sink"), T::default());
-    let a = source.open(StreamOpts::default().tail(false)).expect("open");
-    let b = sink.open(StreamOpts::default().tail(false)).expect("open");
+    let a = source.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
+    let b = sink.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for _ in 0..100 {
@@ -971,7 +1005,7 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         missing_own: None,
         signature: None,
     };
-    hello.signature = Some(identity(n).sign_hello(&hello.claims(None)));
+    hello.signature = Some(identity(n).sign_hello(&hello.claims(Some(BINDING))));
     let mut payload = vec![1u8];
     payload.extend_from_slice(&encode(&PROTOCOL_VERSION));
     payload.extend_from_slice(&encode(&hello));
@@ -1142,7 +1176,9 @@ impl Oracle {
                 let signer = postcard::take_from_bytes::<u16>(body)
                     .ok()
                     .and_then(|(_, hello)| decode_all::<Hello>(hello))
-                    .and_then(|h| h.signature.as_ref()?.verify_hello(&h.claims(None)).ok());
+                    .and_then(|h| {
+                        h.signature.as_ref()?.verify_hello(&h.claims(Some(BINDING))).ok()
+                    });
                 self.vouched = match self.trust {
                     Trust::Any => true,
                     Trust::Nobody => false,
@@ -1456,7 +1492,7 @@ where
         if let Some(seed) = seed.clone() {
             replica.update(NOW - 1_000, seed).expect("a local write");
         }
-        let stream = replica.open(StreamOpts::default()).expect("open");
+        let stream = replica.open(StreamOpts::default().binding(BINDING)).expect("open");
         settle(&mut replica, now, &[stream]);
         let start = (replica.state().clone(), replica.clock().clone());
         let mut oracle = Oracle::new(trust, now, !replica.clock().is_empty());

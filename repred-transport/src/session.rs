@@ -226,7 +226,9 @@ async fn open_stream(
     if send.write_all(&preamble(&claim.name)).await.is_err() {
         return claim.end(None);
     }
-    let binding = crate::identity::channel_binding(&conn, &claim.name);
+    let Some(binding) = crate::identity::channel_binding(&conn, &claim.name) else {
+        return claim.end(None);
+    };
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
@@ -361,7 +363,9 @@ async fn accept_stream(
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
     let Some(object) = object else { return claim.end(None) };
-    let binding = crate::identity::channel_binding(&conn, &name);
+    let Some(binding) = crate::identity::channel_binding(&conn, &name) else {
+        return claim.end(None);
+    };
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
@@ -400,13 +404,13 @@ async fn drive(
     inner: &Inner,
     object: Arc<dyn Object>,
     peer: Option<repred::SourceId>,
-    binding: Option<repred::ChannelBinding>,
+    binding: repred::ChannelBinding,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Option<Released> {
     await_snapshots(inner, &*object).await;
     // Disposed of: the node is releasing it (or shutting down).
-    let Ok(stream) = object.open(peer, binding) else { return Some(Released::Here) };
+    let Ok(stream) = object.open(peer, Some(binding)) else { return Some(Released::Here) };
     let _forget = Forget { object: object.clone(), stream };
     let object = &*object;
     let refuse = |recv: &mut RecvStream, e: &repred::PeerMisbehaved| {

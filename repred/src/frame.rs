@@ -76,6 +76,10 @@ use crate::{Clock, Proof, Signature, SnapshotRefusal, SourceId, Stamp};
 /// (`PeerMisbehaved::HelloSignature`); a strict replica refuses a snapshot
 /// from a sender that did not prove it is the trusted signer it claims
 /// (`SnapshotRefusal::UnprovenSender`).
+///
+/// 11: a Hello's signature covers its stream's channel binding
+/// ([`StreamOpts::binding`](crate::StreamOpts::binding)), which version 10
+/// does not sign: the two would cut each other off.
 pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Bytes before a frame's body: the length prefix and the kind.
@@ -334,7 +338,9 @@ pub enum PeerMisbehaved {
         /// The receiver's limit.
         limit: u64,
     },
-    /// The Hello's signature does not hold for what it claims.
+    /// The Hello's signature does not hold for what it claims, or on this
+    /// stream: a Hello replayed from another stream names its signer's
+    /// id, not the replayer's.
     #[error("the signature of the Hello of {id} does not hold: {reason}")]
     HelloSignature {
         /// The id the Hello claims.

@@ -204,7 +204,7 @@ pub struct HelloClaims {
 /// A value both ends of one stream know and nobody can make another
 /// stream share, which a signed Hello covers so that it cannot be replayed
 /// elsewhere ([`HelloClaims`]). Over QUIC it is a TLS exporter value
-/// (RFC 5705, RFC 9266): derived from the connection's secrets, and the
+/// (RFC 8446 §7.5): derived from the connection's secrets, and the
 /// stream's object name, it differs for every connection even when one
 /// peer made both.
 ///

@@ -512,12 +512,13 @@ pub(crate) fn peer_id(conn: &quinn::Connection) -> Option<SourceId> {
 }
 
 /// What both ends of an object's stream on `conn` share and no other
-/// stream does: a TLS exporter value (RFC 5705) of the connection, with
+/// stream does: a TLS exporter value (RFC 8446 §7.5) of the connection, with
 /// the object's name as context. Each end's signed Hello covers it
 /// ([`repred::StreamOpts::binding`]), so a Hello recorded on one
 /// connection and replayed on another does not verify, even when one peer
 /// holds both. `None` only if the handshake has no secrets to export from,
-/// which a connection that carries streams always has.
+/// which a connection that carries streams always has; the stream is then
+/// not served at all, rather than unbound.
 pub(crate) fn channel_binding(
     conn: &quinn::Connection,
     object: &str,
@@ -526,7 +527,7 @@ pub(crate) fn channel_binding(
     match conn.export_keying_material(&mut value, b"EXPORTER-repred-hello", object.as_bytes()) {
         Ok(()) => Some(repred::ChannelBinding(value)),
         Err(e) => {
-            tracing::warn!(error = ?e, "no channel binding: the stream's Hellos are unbound");
+            tracing::warn!(error = ?e, "no channel binding: the stream is not served");
             None
         }
     }
