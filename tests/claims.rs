@@ -6,9 +6,9 @@ mod common;
 
 use common::{NOW, events, id};
 use repred::{
-    Clock, CloseReason, Config, EndReason, Envelope, Event, Identity, Network, NodeId,
-    PeerMisbehaved, Rejection, Replica, SnapshotRefusal, SourceId, Stamp, StreamId, StreamOpts,
-    Timestamp, VerifyError,
+    ChannelBinding, Clock, CloseReason, Config, EndReason, Envelope, Event, Identity, Network,
+    NodeId, PeerMisbehaved, Rejection, Replica, SnapshotRefusal, SourceId, Stamp, StreamId,
+    StreamOpts, Timestamp, VerifyError,
 };
 use repred_suite::{Model, Write};
 use std::collections::BTreeMap;
@@ -63,11 +63,22 @@ fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 /// A stream on `r` from a peer calling itself `name` that sends and
 /// receives, its Hello handled.
 fn raw_peer(r: &mut Replica<Model>, name: &str, now: u64) -> StreamId {
-    let mut peer: Replica<Model> = Replica::new(id(name), Model::default());
-    let p = peer.open(StreamOpts::default()).unwrap();
+    let mut peer = Replica::new(id(name), Model::default());
+    raw_peer_with(r, &mut peer, now, StreamOpts::default())
+}
+
+/// A stream of `r`'s opened with `opts` on which `peer` said Hello (on a
+/// stream of its own with the same binding).
+fn raw_peer_with(
+    r: &mut Replica<Model>,
+    peer: &mut Replica<Model>,
+    now: u64,
+    opts: StreamOpts,
+) -> StreamId {
+    let p = peer.open(StreamOpts { authenticated_peer: None, ..opts.clone() }).unwrap();
     let mut hello = Vec::new();
     peer.poll_transmit(p, &mut hello).unwrap();
-    let s = r.open(StreamOpts::default()).unwrap();
+    let s = r.open(opts).unwrap();
     r.handle(s, now, &hello).unwrap();
     s
 }
@@ -767,11 +778,35 @@ fn one_false_announcement_delays_a_source_by_the_relay_timeout_at_most() {
     assert_eq!(net[victim].stats().relay_demotions, 2, "the relay was not demoted");
 }
 
+/// How the liar of [`steps_with_a_liar`] comes back after it is demoted.
+#[derive(Clone, Copy, PartialEq)]
+enum Reconnects {
+    /// It keeps its stream.
+    Never,
+    /// On a new stream, as the same peer the transport proved
+    /// (`StreamOpts::authenticated_peer`).
+    Proven,
+    /// On a new stream, its Hello signed by its id's key on a bound stream.
+    Signed,
+    /// On a new stream nobody vouches for.
+    Unproven,
+}
+
 /// Updates of the origin every 100 ms for `steps` steps, with the liar
 /// announcing a false one 59 s ahead before each (`every`) or only before
 /// the first: which steps' updates did not arrive at once, and how many
 /// times the liar was demoted. Every update arrives in the end.
 fn steps_with_a_liar(steps: u16, every: bool) -> (Vec<u16>, u64) {
+    steps_with_a_reconnecting_liar(steps, every, Reconnects::Never)
+}
+
+/// [`steps_with_a_liar`], the liar coming back on a new stream after
+/// each time it is demoted as `reconnects` says.
+fn steps_with_a_reconnecting_liar(
+    steps: u16,
+    every: bool,
+    reconnects: Reconnects,
+) -> (Vec<u16>, u64) {
     // Unsigned: six hundred signatures checked twice each are slow in a
     // debug build, and signing has no part in this.
     let (mut net, [origin, victim], liar) = chain_with_liar(|secret| {
@@ -779,9 +814,30 @@ fn steps_with_a_liar(steps: u16, every: bool) -> (Vec<u16>, u64) {
         Replica::with_config(id(&name), Model::default(), Config::default().lazy_relay(true))
     });
     let source = net[origin].id();
+    let (mut liar, mut demotions) = (liar, 0);
+    let mut mallory = match reconnects {
+        Reconnects::Signed => signed(3, Config::default()),
+        // Not chain_with_liar's "mallory", which said Hello in another life.
+        _ => Replica::new(id("liar"), Model::default()),
+    };
     let mut waited = Vec::new();
     for step in 0..steps {
         let now = net.now();
+        // At the start too: each variant's liar is what it says from
+        // its first lie.
+        let demoted = net[victim].stats().relay_demotions > demotions;
+        if reconnects != Reconnects::Never && (step == 0 || demoted) {
+            demotions = net[victim].stats().relay_demotions;
+            net[victim].close(liar);
+            let opts = match reconnects {
+                Reconnects::Proven => StreamOpts::default().authenticated_peer(id("liar")),
+                Reconnects::Signed => {
+                    StreamOpts::default().binding(ChannelBinding([(step % 256) as u8; 32]))
+                }
+                _ => StreamOpts::default(),
+            };
+            liar = raw_peer_with(&mut net[victim], &mut mallory, now, opts);
+        }
         if every || step == 0 {
             let lie = vec![Stamp { ts: Timestamp::new(now + 59_000, step), source }];
             let have = frame(HAVE, &postcard::to_allocvec(&lie).unwrap());
@@ -814,6 +870,26 @@ fn a_peer_that_keeps_announcing_what_it_never_delivers_is_asked_ever_more_rarely
     assert!((5..=7).contains(&demotions), "the liar held the role {demotions} times in a minute");
     assert!(waited.len() <= 10 * demotions as usize, "{} updates waited", waited.len());
     assert!(waited.iter().all(|&step| step < 400), "none in the last 20 s: {waited:?}");
+}
+
+/// A liar that comes back on a new stream each time it is demoted: as a
+/// peer the transport proved, or one whose Hello its id's key signed on a
+/// bound stream, its bar outlasts its streams, and it holds
+/// the source back no more often than one that keeps its stream. (Bars
+/// were kept per stream: each new stream started again at a bar of one
+/// timeout.) A peer nobody vouches for might be anyone on its next
+/// stream, and still starts afresh.
+#[test]
+fn a_proven_peer_does_not_shed_its_bar_by_reconnecting() {
+    let (waited, demotions) = steps_with_a_reconnecting_liar(600, true, Reconnects::Proven);
+    assert!((5..=7).contains(&demotions), "the liar held the role {demotions} times in a minute");
+    assert!(waited.len() <= 10 * demotions as usize, "{} updates waited", waited.len());
+    assert!(waited.iter().all(|&step| step < 400), "none in the last 20 s: {waited:?}");
+    let (waited, demotions) = steps_with_a_reconnecting_liar(600, true, Reconnects::Signed);
+    assert!((5..=7).contains(&demotions), "signed: held the role {demotions} times");
+    assert!(waited.iter().all(|&step| step < 400), "signed: {waited:?}");
+    let (_, unproven) = steps_with_a_reconnecting_liar(600, true, Reconnects::Unproven);
+    assert!(unproven > 20, "an unproven stream starts afresh: {unproven} demotions");
 }
 
 /// One false announcement, 59 s ahead: what only the demoted peer claims

@@ -446,7 +446,8 @@ where
         binding: Option<ChannelBinding>,
     ) -> Result<StreamId, ReplicaError> {
         let mut inner = self.lock();
-        let id = inner.replica.open(StreamOpts { binding, ..StreamOpts::default() })?;
+        let opts = StreamOpts { binding, authenticated_peer: peer, ..StreamOpts::default() };
+        let id = inner.replica.open(opts)?;
         inner.stream_peers.insert(id, peer);
         if !inner.admits(peer) {
             // The set dropped the peer while this stream was being taken,

@@ -61,6 +61,13 @@ pub struct StreamOpts {
     /// signer. Both ends must pass the same value, or neither; `None` (the
     /// default) binds nothing.
     pub binding: Option<ChannelBinding>,
+    /// Who the transport proved is at the other end (over QUIC, the node
+    /// id its certificate names), if anyone. Lazy relay keeps the bar of a
+    /// peer that did not deliver what it announced for this identity,
+    /// across its streams, so that it cannot shed the bar by reconnecting;
+    /// without one, for the id its Hello names when that Hello is signed by
+    /// the id's key on a bound stream, or else for the stream alone.
+    pub authenticated_peer: Option<SourceId>,
 }
 
 impl Default for StreamOpts {
@@ -72,6 +79,7 @@ impl Default for StreamOpts {
             await_clock: true,
             meta: Vec::new(),
             binding: None,
+            authenticated_peer: None,
         }
     }
 }
@@ -108,6 +116,12 @@ impl StreamOpts {
     /// Sets [`StreamOpts::binding`].
     pub fn binding(mut self, binding: ChannelBinding) -> Self {
         self.binding = Some(binding);
+        self
+    }
+
+    /// Sets [`StreamOpts::authenticated_peer`].
+    pub fn authenticated_peer(mut self, peer: SourceId) -> Self {
+        self.authenticated_peer = Some(peer);
         self
     }
 }
@@ -364,6 +378,9 @@ impl<T: Reduce> Replica<T> {
         }
         if !stream.opts.receives {
             stream.mark_sync(id, &mut self.core, false);
+        }
+        if let Some(peer) = stream.opts.authenticated_peer {
+            self.core.demoted.prove(id, peer);
         }
         self.streams.insert(id, stream);
         Ok(id)

@@ -89,6 +89,14 @@ impl Stream {
                         }
                     }
                 }
+                // Its bars in lazy relay are kept for its id, across its
+                // streams, when the id's key signed this stream's Hello.
+                if signer == Some(hello.id)
+                    && self.opts.binding.is_some()
+                    && self.opts.authenticated_peer.is_none()
+                {
+                    core.demoted.prove(id, hello.id);
+                }
                 let peer = Peer { id: hello.id, sends: hello.sends, receives: hello.receives };
                 self.peer = Some(peer);
                 // Wherever the stream is (one not awaiting the clock has

@@ -14,7 +14,9 @@
 //! the only one holding newer updates. So a peer that keeps announcing
 //! what it never delivers holds a source back for one relay timeout per
 //! bar, ever more rarely, instead of once per lie; and one lie is asked of
-//! its teller once a bar until the clock passes it.
+//! its teller once a bar until the clock passes it. A peer whose identity
+//! is proven keeps its bars across its streams (it cannot shed one by
+//! reconnecting); a stream nobody vouches for keeps its own.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,12 @@ use crate::{Reduce, SourceId, Stamp, StreamId, Timestamp};
 /// timeout of 1 s, a stream that never delivers is asked again at most once
 /// a minute or so (a bar of 64 s after each failed second).
 pub(crate) const MAX_BAR_DOUBLINGS: u32 = 6;
+
+/// How long after its bar ends a failure still counts towards the next
+/// bar: a failure longer after than the longest bar counts afresh.
+fn forgotten(timeout: u64) -> u64 {
+    timeout.saturating_mul(1 << MAX_BAR_DOUBLINGS)
+}
 
 /// The stream a source's updates come from, and how far it is known to have
 /// them.
@@ -82,13 +90,40 @@ struct Demotion {
     pending: Option<Timestamp>,
 }
 
-/// The demoted streams, per source. At most one entry per source and
-/// stream, each made by a deadline that passed, and gone with its stream
-/// ([`Replica::reparent`]).
+/// Whom a bar is kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Relayer {
+    /// A peer whose identity was proven (by the transport, or by a Hello
+    /// signed with its id's key on a bound stream): its bars outlast its
+    /// streams, so it cannot shed one by reconnecting.
+    Proven(SourceId),
+    /// A peer nobody vouched for: its bars go with its stream (another
+    /// stream might be anyone's).
+    Stream(StreamId),
+}
+
+/// The demoted peers, per source. At most one entry per source and peer,
+/// each made by a deadline that passed. A stream's entries go with it
+/// ([`Replica::reparent`]); a proven peer's stay while they may still
+/// count, at most [`MAX_BAR_DOUBLINGS`]-doubled timeouts past their bar.
 #[derive(Debug, Default)]
-pub(crate) struct Demotions(BTreeMap<(SourceId, StreamId), Demotion>);
+pub(crate) struct Demotions {
+    bars: BTreeMap<(SourceId, Relayer), Demotion>,
+    /// The open streams whose peers were proven, and who they are.
+    proven: BTreeMap<StreamId, SourceId>,
+}
 
 impl Demotions {
+    /// `stream`'s peer is `peer`, proven: its bars are kept for the peer,
+    /// across its streams, from now on.
+    pub(crate) fn prove(&mut self, stream: StreamId, peer: SourceId) {
+        self.proven.insert(stream, peer);
+    }
+
+    fn relayer(&self, stream: StreamId) -> Relayer {
+        self.proven.get(&stream).map_or(Relayer::Stream(stream), |&p| Relayer::Proven(p))
+    }
+
     /// `stream` failed to deliver `owed` of `source` by `now`: barred for
     /// `timeout` doubled once per earlier failure in a row.
     fn demote(
@@ -99,7 +134,8 @@ impl Demotions {
         now: u64,
         timeout: u64,
     ) {
-        let d = self.0.entry((source, stream)).or_insert(Demotion {
+        let key = (source, self.relayer(stream));
+        let d = self.bars.entry(key).or_insert(Demotion {
             strikes: 0,
             owed,
             until: now,
@@ -109,8 +145,7 @@ impl Demotions {
         // counts afresh: an honest peer slow now and then is not barred for
         // a minute for a stumble of an hour ago, and a liar waiting that
         // long between lies gains nothing over the longest bar.
-        let forgotten = timeout.saturating_mul(1 << MAX_BAR_DOUBLINGS);
-        if now > d.until.saturating_add(forgotten) {
+        if now > d.until.saturating_add(forgotten(timeout)) {
             d.strikes = 0;
         }
         d.strikes = d.strikes.saturating_add(1);
@@ -122,13 +157,15 @@ impl Demotions {
 
     /// Whether `stream` may not take `source`'s role at `now`.
     fn barred(&self, source: SourceId, stream: StreamId, now: u64) -> bool {
-        !self.0.is_empty() && self.0.get(&(source, stream)).is_some_and(|d| now < d.until)
+        !self.bars.is_empty()
+            && self.bars.get(&(source, self.relayer(stream))).is_some_and(|d| now < d.until)
     }
 
     /// A barred `stream` holds `ts` of `source`: offered the role for it
     /// when the bar ends.
     fn hold(&mut self, source: SourceId, stream: StreamId, ts: Timestamp) {
-        if let Some(d) = self.0.get_mut(&(source, stream)) {
+        let key = (source, self.relayer(stream));
+        if let Some(d) = self.bars.get_mut(&key) {
             d.pending = Some(d.pending.map_or(ts, |p| p.max(ts)));
         }
     }
@@ -138,38 +175,55 @@ impl Demotions {
     /// offered to it at once (at the next timeout), not forgotten: it may
     /// be the only one holding it.
     pub(crate) fn delivered(&mut self, source: SourceId, stream: StreamId, ts: Timestamp) {
-        if self.0.is_empty() {
+        if self.bars.is_empty() {
             return;
         }
-        let Some(d) = self.0.get_mut(&(source, stream)).filter(|d| ts >= d.owed) else { return };
+        let key = (source, self.relayer(stream));
+        let Some(d) = self.bars.get_mut(&key).filter(|d| ts >= d.owed) else { return };
         if d.pending.is_some_and(|p| p > ts) {
             (d.strikes, d.until) = (0, 0);
         } else {
-            self.0.remove(&(source, stream));
+            self.bars.remove(&key);
         }
     }
 
     /// When a bar ends with something pending, if any does.
     pub(crate) fn next_offer(&self) -> Option<u64> {
-        self.0.values().filter(|d| d.pending.is_some()).map(|d| d.until).min()
+        self.bars.values().filter(|d| d.pending.is_some()).map(|d| d.until).min()
     }
 
-    /// The pending offers whose bars have ended by `now`, taken (and the
-    /// demotions lifted by a delivery with them).
-    fn take_offers(&mut self, now: u64) -> Vec<(SourceId, StreamId, Timestamp)> {
-        let offers = self
-            .0
+    /// The pending offers whose bars have ended by `now`, taken, each to
+    /// an open stream of its peer (a proven peer's offer with none open is
+    /// dropped: a stream it opens again announces afresh). Demotions lifted
+    /// by a delivery go with them, as do a proven peer's whose strikes
+    /// would count afresh by now (`forgotten` after their bar).
+    fn take_offers(&mut self, now: u64, forgotten: u64) -> Vec<(SourceId, StreamId, Timestamp)> {
+        let Demotions { bars, proven } = self;
+        let offers = bars
             .iter_mut()
             .filter(|(_, d)| d.until <= now)
-            .filter_map(|(&(source, stream), d)| d.pending.take().map(|ts| (source, stream, ts)))
+            .filter_map(|(&(source, relayer), d)| {
+                let ts = d.pending.take()?;
+                let stream = match relayer {
+                    Relayer::Stream(stream) => stream,
+                    Relayer::Proven(peer) => *proven.iter().find(|(_, p)| **p == peer)?.0,
+                };
+                Some((source, stream, ts))
+            })
             .collect();
-        self.0.retain(|_, d| d.strikes > 0);
+        bars.retain(|&(_, relayer), d| {
+            d.strikes > 0
+                && (matches!(relayer, Relayer::Stream(_))
+                    || now <= d.until.saturating_add(forgotten))
+        });
         offers
     }
 
-    /// Forgets what `stream` was demoted for: it is gone.
+    /// Forgets `stream`: it is gone. Its bars go with it, unless its peer
+    /// was proven, whose bars it may meet again on its next stream.
     fn forget(&mut self, stream: StreamId) {
-        self.0.retain(|&(_, s), _| s != stream);
+        self.proven.remove(&stream);
+        self.bars.retain(|&(_, relayer), _| relayer != Relayer::Stream(stream));
     }
 }
 
@@ -390,7 +444,7 @@ impl<T: Reduce> Replica<T> {
                 p.due = None;
             }
         }
-        for (source, sid, ts) in core.demoted.take_offers(now) {
+        for (source, sid, ts) in core.demoted.take_offers(now, forgotten(timeout)) {
             let open = streams.get(&sid).is_some_and(|s| !s.ended);
             if !open || core.clock.has(source, ts) {
                 continue;
@@ -422,7 +476,7 @@ mod tests {
         for owed in 1..=9 {
             demoted.demote(o, s, Timestamp::new(owed, 0), now, timeout);
             assert!(demoted.barred(o, s, now) && !demoted.barred(o, StreamId(2), now));
-            let until = demoted.0[&(o, s)].until;
+            let until = demoted.bars[&(o, Relayer::Stream(s))].until;
             assert!(demoted.barred(o, s, until - 1) && !demoted.barred(o, s, until));
             bars.push((until - now) / timeout);
             now = until;
@@ -432,16 +486,49 @@ mod tests {
         demoted.hold(o, s, Timestamp::new(20, 0));
         demoted.hold(o, s, Timestamp::new(15, 0));
         assert_eq!(demoted.next_offer(), Some(now));
-        assert_eq!(demoted.take_offers(now - 1), []);
-        assert_eq!(demoted.take_offers(now), [(o, s, Timestamp::new(20, 0))]);
-        assert_eq!(demoted.take_offers(now), [], "taken once");
+        assert_eq!(demoted.take_offers(now - 1, forgotten(timeout)), []);
+        assert_eq!(demoted.take_offers(now, forgotten(timeout)), [(o, s, Timestamp::new(20, 0))]);
+        assert_eq!(demoted.take_offers(now, forgotten(timeout)), [], "taken once");
         demoted.delivered(o, s, Timestamp::new(8, 0));
-        assert!(demoted.0.contains_key(&(o, s)), "older than what it owed");
+        assert!(demoted.bars.contains_key(&(o, Relayer::Stream(s))), "older than what it owed");
         demoted.delivered(o, s, Timestamp::new(9, 0));
-        assert!(demoted.0.is_empty(), "delivered what it owed");
+        assert!(demoted.bars.is_empty(), "delivered what it owed");
         demoted.demote(o, s, Timestamp::new(30, 0), now, timeout);
-        assert_eq!(demoted.0[&(o, s)].until - now, timeout, "counted afresh");
+        assert_eq!(demoted.bars[&(o, Relayer::Stream(s))].until - now, timeout, "counted afresh");
         demoted.forget(s);
-        assert!(demoted.0.is_empty());
+        assert!(demoted.bars.is_empty());
+    }
+
+    /// A proven peer's bar outlasts its stream: its next stream meets it,
+    /// and is offered what it announces under it; an unproven stream's
+    /// goes with it. A gone peer's bar is dropped once its strikes would
+    /// count afresh.
+    #[test]
+    fn a_proven_peers_bar_outlasts_its_stream() {
+        let (o, p) = (SourceId::new("o").unwrap(), SourceId::new("p").unwrap());
+        let (timeout, now) = (1_000, 5_000);
+        let mut demoted = Demotions::default();
+        demoted.prove(StreamId(1), p);
+        demoted.demote(o, StreamId(1), Timestamp::new(1, 0), now, timeout);
+        demoted.demote(o, StreamId(2), Timestamp::new(1, 0), now, timeout);
+        demoted.forget(StreamId(1));
+        demoted.forget(StreamId(2));
+        demoted.prove(StreamId(3), p);
+        assert!(demoted.barred(o, StreamId(3), now), "the proven peer's next stream");
+        assert!(!demoted.barred(o, StreamId(4), now), "the unproven stream's bar went with it");
+        demoted.demote(o, StreamId(3), Timestamp::new(2, 0), now + timeout, timeout);
+        let until = demoted.bars[&(o, Relayer::Proven(p))].until;
+        assert_eq!(until - (now + timeout), 2 * timeout, "a second strike, on another stream");
+        demoted.hold(o, StreamId(3), Timestamp::new(3, 0));
+        demoted.forget(StreamId(3));
+        demoted.prove(StreamId(5), p);
+        let offers = demoted.take_offers(until, forgotten(timeout));
+        assert_eq!(offers, [(o, StreamId(5), Timestamp::new(3, 0))], "to its open stream");
+        demoted.forget(StreamId(5));
+        assert!(demoted.bars.contains_key(&(o, Relayer::Proven(p))));
+        let _ = demoted.take_offers(until + forgotten(timeout), forgotten(timeout));
+        assert!(demoted.bars.contains_key(&(o, Relayer::Proven(p))), "may still count");
+        let _ = demoted.take_offers(until + forgotten(timeout) + 1, forgotten(timeout));
+        assert!(demoted.bars.is_empty(), "would count afresh: dropped");
     }
 }
