@@ -59,7 +59,11 @@ pub struct StreamOpts {
     /// replayed from another stream then cuts its replayer off
     /// ([`PeerMisbehaved::HelloSignature`]) instead of passing for its
     /// signer. Both ends must pass the same value, or neither; `None` (the
-    /// default) binds nothing.
+    /// default) binds nothing. It must differ for every connection: a
+    /// bound Hello signed by its id's key also proves the peer to lazy
+    /// relay (see [`authenticated_peer`](StreamOpts::authenticated_peer)),
+    /// and one replayed where the value repeats would pass the replayer
+    /// off as that peer.
     pub binding: Option<ChannelBinding>,
     /// Who the transport proved is at the other end (over QUIC, the node
     /// id its certificate names), if anyone. Lazy relay keeps the bar of a

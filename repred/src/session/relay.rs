@@ -192,24 +192,27 @@ impl Demotions {
         self.bars.values().filter(|d| d.pending.is_some()).map(|d| d.until).min()
     }
 
-    /// The pending offers whose bars have ended by `now`, taken, each to
-    /// an open stream of its peer (a proven peer's offer with none open is
-    /// dropped: a stream it opens again announces afresh). Demotions lifted
-    /// by a delivery go with them, as do a proven peer's whose strikes
-    /// would count afresh by now (`forgotten` after their bar).
-    fn take_offers(&mut self, now: u64, forgotten: u64) -> Vec<(SourceId, StreamId, Timestamp)> {
-        let Demotions { bars, proven } = self;
+    /// The open streams of `relayer`'s peer, oldest first.
+    fn streams_of(&self, relayer: Relayer) -> Vec<StreamId> {
+        match relayer {
+            Relayer::Stream(stream) => vec![stream],
+            Relayer::Proven(peer) => {
+                self.proven.iter().filter(|&(_, p)| *p == peer).map(|(&s, _)| s).collect()
+            }
+        }
+    }
+
+    /// The pending offers whose bars have ended by `now`, taken (each for
+    /// one of its peer's streams to take up, see `relay_timeouts`).
+    /// Demotions lifted by a delivery go with them, as do a proven peer's
+    /// whose strikes would count afresh by now (`forgotten` after their
+    /// bar).
+    fn take_offers(&mut self, now: u64, forgotten: u64) -> Vec<(SourceId, Relayer, Timestamp)> {
+        let Demotions { bars, .. } = self;
         let offers = bars
             .iter_mut()
             .filter(|(_, d)| d.until <= now)
-            .filter_map(|(&(source, relayer), d)| {
-                let ts = d.pending.take()?;
-                let stream = match relayer {
-                    Relayer::Stream(stream) => stream,
-                    Relayer::Proven(peer) => *proven.iter().find(|(_, p)| **p == peer)?.0,
-                };
-                Some((source, stream, ts))
-            })
+            .filter_map(|(&(source, relayer), d)| d.pending.take().map(|ts| (source, relayer, ts)))
             .collect();
         bars.retain(|&(_, relayer), d| {
             d.strikes > 0
@@ -444,11 +447,26 @@ impl<T: Reduce> Replica<T> {
                 p.due = None;
             }
         }
-        for (source, sid, ts) in core.demoted.take_offers(now, forgotten(timeout)) {
-            let open = streams.get(&sid).is_some_and(|s| !s.ended);
-            if !open || core.clock.has(source, ts) {
+        for (source, relayer, ts) in core.demoted.take_offers(now, forgotten(timeout)) {
+            if core.clock.has(source, ts) {
                 continue;
             }
+            // Of the peer's streams that could serve it (a proven peer may
+            // have two while it reconnects), the one known to hold the
+            // most of the source, the newest on a tie: not the old one
+            // that failed and may be dead. With none open the offer is
+            // dropped: a stream it opens again announces afresh.
+            let best = core
+                .demoted
+                .streams_of(relayer)
+                .into_iter()
+                .filter_map(|sid| {
+                    let s = streams.get(&sid)?;
+                    let serves = !s.ended && s.opts.receives && s.peer.is_some_and(|p| p.sends);
+                    serves.then(|| (s.known.get(source), sid))
+                })
+                .max();
+            let Some((_, sid)) = best else { continue };
             if announced(core, sid, Stamp { source, ts }, now)
                 && let Some(s) = streams.get_mut(&sid)
             {
@@ -487,7 +505,8 @@ mod tests {
         demoted.hold(o, s, Timestamp::new(15, 0));
         assert_eq!(demoted.next_offer(), Some(now));
         assert_eq!(demoted.take_offers(now - 1, forgotten(timeout)), []);
-        assert_eq!(demoted.take_offers(now, forgotten(timeout)), [(o, s, Timestamp::new(20, 0))]);
+        let offer = (o, Relayer::Stream(s), Timestamp::new(20, 0));
+        assert_eq!(demoted.take_offers(now, forgotten(timeout)), [offer]);
         assert_eq!(demoted.take_offers(now, forgotten(timeout)), [], "taken once");
         demoted.delivered(o, s, Timestamp::new(8, 0));
         assert!(demoted.bars.contains_key(&(o, Relayer::Stream(s))), "older than what it owed");
@@ -523,7 +542,8 @@ mod tests {
         demoted.forget(StreamId(3));
         demoted.prove(StreamId(5), p);
         let offers = demoted.take_offers(until, forgotten(timeout));
-        assert_eq!(offers, [(o, StreamId(5), Timestamp::new(3, 0))], "to its open stream");
+        assert_eq!(offers, [(o, Relayer::Proven(p), Timestamp::new(3, 0))]);
+        assert_eq!(demoted.streams_of(Relayer::Proven(p)), [StreamId(5)], "its open stream");
         demoted.forget(StreamId(5));
         assert!(demoted.bars.contains_key(&(o, Relayer::Proven(p))));
         let _ = demoted.take_offers(until + forgotten(timeout), forgotten(timeout));

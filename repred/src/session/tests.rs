@@ -607,6 +607,71 @@ fn p_demoted_for_q() -> (Replica<Max>, StreamId, StreamId, SourceId) {
     (r, p, q, o)
 }
 
+/// A stream of `r`'s whose peer `name` said Hello and whom the transport
+/// proved to be `proven`.
+fn proven_stream(r: &mut Replica<Max>, name: &str, proven: SourceId) -> StreamId {
+    let mut peer = Replica::new(SourceId::new(name).unwrap(), Max(0));
+    let p = peer.open(StreamOpts::default()).unwrap();
+    let mut hello = Vec::new();
+    peer.poll_transmit(p, &mut hello).unwrap();
+    let s = r.open(StreamOpts::default().authenticated_peer(proven)).unwrap();
+    r.handle(s, NOW, &hello).unwrap();
+    s
+}
+
+/// A lazy replica where the stream `old`, whose peer the transport proved
+/// to be `p`, announced `o`'s update at `NOW + 10` and did not deliver it
+/// by the relay timeout, so `q` (announcing an older one) is asked
+/// instead; and `p`'s second stream, opened since (it reconnected, its old
+/// stream not yet ended).
+fn proven_p_demoted_for_q() -> (Replica<Max>, [StreamId; 3], SourceId) {
+    let mut r = Replica::with_config(
+        SourceId::new("me").unwrap(),
+        Max(0),
+        Config::default().lazy_relay(true),
+    );
+    let p = SourceId::new("p").unwrap();
+    let (old, q) = (proven_stream(&mut r, "p1", p), peer_stream(&mut r, "q"));
+    let o = SourceId::new("o").unwrap();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(old, NOW, &have(o, NOW + 10)).unwrap();
+    r.handle(q, NOW, &have(o, NOW + 5)).unwrap();
+    r.handle_timeout(NOW + timeout);
+    assert_eq!(parent(&r, o), Some(q), "the old stream did not deliver in time");
+    let new = proven_stream(&mut r, "p2", p);
+    (r, [old, new, q], o)
+}
+
+/// A proven peer's bar holds on its new stream too, and what it announces
+/// there is asked of the new stream when the bar ends: not of the old one
+/// that failed (and may be dead), which the offer went to before.
+#[test]
+fn a_proven_peers_bar_spans_its_streams_and_its_offer_goes_to_the_one_that_announced() {
+    let (mut r, [old, new, q], o) = proven_p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(new, NOW + timeout + 1, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(q), "the peer is barred on its new stream too");
+    r.handle(q, NOW + timeout + 2, &pushed(o, NOW + 5)).unwrap();
+    r.handle_timeout(NOW + 2 * timeout);
+    assert_eq!(parent(&r, o), Some(new), "asked on the stream that announced it");
+    assert!(asks(&r, new, o));
+    assert_ne!(parent(&r, o), Some(old));
+}
+
+/// A proven peer that delivers on its new stream what its old one owed has
+/// its bar lifted: its next announcement leads at once.
+#[test]
+fn a_proven_peers_delivery_on_another_stream_lifts_its_bar() {
+    let (mut r, [_, new, q], o) = proven_p_demoted_for_q();
+    let timeout = r.config().relay_timeout_millis;
+    r.handle(new, NOW + timeout + 1, &have(o, NOW + 15)).unwrap();
+    assert_eq!(parent(&r, o), Some(q), "barred");
+    r.handle(new, NOW + timeout + 2, &pushed(o, NOW + 10)).unwrap();
+    assert_eq!(r.state().0, 10);
+    r.handle(new, NOW + timeout + 3, &have(o, NOW + 20)).unwrap();
+    assert_eq!(parent(&r, o), Some(new), "delivered what it owed: it may lead again");
+}
+
 /// A demoted stream's announcements do not take the role back during its
 /// bar, but what it announced then, if still missing, is asked of it when
 /// the bar ends: it may be the only peer holding it (a slow, honest one).
