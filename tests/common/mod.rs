@@ -1,7 +1,7 @@
 //! Helpers for the integration tests.
 #![allow(dead_code)]
 
-use repred::{Event, Reduce, Replica, SourceId, StreamId};
+use repred::{Event, Reduce, Replica, SourceId, StreamId, StreamOpts};
 
 /// Wall time used where a test does not care: well after the epoch, so that
 /// hybrid timestamps carry real-looking milliseconds.
@@ -47,4 +47,35 @@ pub fn read<T: Reduce>(
             repred::Delivery::Lagged { missed } => panic!("subscriber lagged by {missed}"),
         })
         .collect()
+}
+
+/// A frame as the wire carries it: length, kind, body.
+pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    out.push(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A stream on `r` from a peer calling itself `name` that sends and
+/// receives, its Hello handled.
+pub fn raw_peer<T: Reduce + Default>(r: &mut Replica<T>, name: &str, now: u64) -> StreamId {
+    let mut peer = Replica::new(id(name), T::default());
+    raw_peer_with(r, &mut peer, now, StreamOpts::default())
+}
+
+/// A stream of `r`'s opened with `opts` on which `peer` said Hello (on a
+/// stream of its own with the same binding).
+pub fn raw_peer_with<T: Reduce>(
+    r: &mut Replica<T>,
+    peer: &mut Replica<T>,
+    now: u64,
+    opts: StreamOpts,
+) -> StreamId {
+    let p = peer.open(StreamOpts { authenticated_peer: None, ..opts.clone() }).unwrap();
+    let mut hello = Vec::new();
+    peer.poll_transmit(p, &mut hello).unwrap();
+    let s = r.open(opts).unwrap();
+    r.handle(s, now, &hello).unwrap();
+    s
 }
