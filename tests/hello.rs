@@ -257,18 +257,21 @@ fn a_strict_replica_takes_no_unsigned_floor_from_a_snapshots_begin() {
 /// stream it was made for, the same recording is taken.
 #[test]
 fn a_signed_hello_replayed_on_another_stream_cuts_its_replayer_off() {
-    let recorded_on = ChannelBinding([1; 32]);
+    let recorded_on = [1; 32];
     let mut t = trusted_writer();
     let mut m = Replica::with_identity(mallory(), Model::default(), Config::default());
-    let p = t.open(StreamOpts::default().binding(recorded_on)).unwrap();
-    let q = m.open(StreamOpts::default().binding(recorded_on)).unwrap();
+    let p = t.open(StreamOpts::default().binding(ChannelBinding::opener(recorded_on))).unwrap();
+    let q = m.open(StreamOpts::default().binding(ChannelBinding::acceptor(recorded_on))).unwrap();
     let mut recorded = drain(&mut t, p);
     m.handle(q, NOW, &recorded).unwrap();
     t.handle(p, NOW, &drain(&mut m, q)).unwrap();
     recorded.extend(drain(&mut t, p));
-    for (played_on, taken) in
-        [(Some(recorded_on), true), (Some(ChannelBinding([2; 32])), false), (None, false)]
-    {
+    for (played_on, taken) in [
+        (Some(ChannelBinding::acceptor(recorded_on)), true),
+        (Some(ChannelBinding::acceptor([2; 32])), false),
+        (Some(ChannelBinding::opener(recorded_on)), false),
+        (None, false),
+    ] {
         let mut v = victim();
         let s = v.open(StreamOpts { binding: played_on, ..StreamOpts::default() }).unwrap();
         let played = v.handle(s, NOW, &recorded);
@@ -282,4 +285,18 @@ fn a_signed_hello_replayed_on_another_stream_cuts_its_replayer_off() {
             assert_eq!(v.state().get("k0"), None);
         }
     }
+}
+
+/// A signed Hello sent back to its signer on its own stream: each end
+/// signs its own side of the binding, so it does not verify there. Before,
+/// it did, and the signer took its peer for itself (honouring its own
+/// snapshot request, say, with a whole state).
+#[test]
+fn a_signed_hello_sent_back_to_its_signer_does_not_verify() {
+    let binding = ChannelBinding::opener([1; 32]);
+    let mut t = trusted_writer();
+    let p = t.open(StreamOpts::default().binding(binding)).unwrap();
+    let own = drain(&mut t, p);
+    let reason = PeerMisbehaved::HelloSignature { id: t.id(), reason: VerifyError::BadSignature };
+    assert_eq!(t.handle(p, NOW, &own), Err(SessionError::Peer(reason)));
 }

@@ -152,9 +152,8 @@ fn steps_with_a_reconnecting_liar(
             net[victim].close(liar);
             let opts = match reconnects {
                 Reconnects::Proven => StreamOpts::default().authenticated_peer(id("liar")),
-                Reconnects::Signed => {
-                    StreamOpts::default().binding(ChannelBinding([(step % 256) as u8; 32]))
-                }
+                Reconnects::Signed => StreamOpts::default()
+                    .binding(ChannelBinding::acceptor([(step % 256) as u8; 32])),
                 _ => StreamOpts::default(),
             };
             liar = raw_peer_with(&mut net[victim], &mut mallory, now, opts);

@@ -86,10 +86,14 @@ pub fn target(flags: u8) -> Replica<Model> {
     replica
 }
 
-/// Every stream's channel binding, and the one the Hellos the harness
-/// writes are signed with: as over QUIC, each end of every stream passes
-/// it, so the bound path is what is fuzzed.
-pub const BINDING: ChannelBinding = ChannelBinding([0x42; 32]);
+/// The channel binding of every stream of a replica under test: as over
+/// QUIC, each end of every stream passes one, so the bound path is what is
+/// fuzzed.
+pub const BINDING: ChannelBinding = ChannelBinding::acceptor([0x42; 32]);
+
+/// The same, at the other end: its peers' streams, and the side the Hellos
+/// the harness writes are signed on.
+pub const PEER_BINDING: ChannelBinding = BINDING.other_end();
 
 /// A stream's options from two bits of the input.
 pub fn opts(selector: u8) -> StreamOpts {
@@ -412,7 +416,7 @@ pub fn writes(replica: &mut Replica<Model>, prefix: &str, n: u64) {
 /// Links two replicas with one stream each and pumps until quiet.
 pub fn sync(a: &mut Replica<Model>, b: &mut Replica<Model>) {
     let sa = a.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
-    let sb = b.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
+    let sb = b.open(StreamOpts::default().binding(PEER_BINDING).tail(false)).expect("open");
     let mut buf = Vec::new();
     for _ in 0..1_000 {
         let mut moved = false;
@@ -504,7 +508,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     writes(&mut p, "k", 6);
     out.push((
         "plain-one-peer",
-        exchange(0, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+        exchange(0, 0, &mut [(p, StreamOpts::default().binding(PEER_BINDING))], None),
     ));
 
     // Two peers; one keeps a history of 2 records, so the target (which
@@ -521,8 +525,8 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
             0,
             0,
             &mut [
-                (p, StreamOpts::default().binding(BINDING)),
-                (q, StreamOpts::default().binding(BINDING)),
+                (p, StreamOpts::default().binding(PEER_BINDING)),
+                (q, StreamOpts::default().binding(PEER_BINDING)),
             ],
             None,
         ),
@@ -539,8 +543,8 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
             STRICT,
             0,
             &mut [
-                (p, StreamOpts::default().binding(BINDING)),
-                (q, StreamOpts::default().binding(BINDING)),
+                (p, StreamOpts::default().binding(PEER_BINDING)),
+                (q, StreamOpts::default().binding(PEER_BINDING)),
             ],
             None,
         ),
@@ -553,7 +557,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         writes(&mut p, "t", 10);
         out.push((
             name,
-            exchange(flags, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+            exchange(flags, 0, &mut [(p, StreamOpts::default().binding(PEER_BINDING))], None),
         ));
     }
 
@@ -565,7 +569,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         let mut r = peer(name, None, plain().lazy_relay(true));
         sync(&mut r, &mut origin);
         writes(&mut r, &format!("own{n}-"), n);
-        peers.push((r, StreamOpts::default().binding(BINDING)));
+        peers.push((r, StreamOpts::default().binding(PEER_BINDING)));
     }
     out.push(("lazy-three-relays", exchange(LAZY, 0, &mut peers, None)));
 
@@ -576,7 +580,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     for n in [4, 5] {
         let mut r = peer("", Some(n), plain().require_signatures(true).lazy_relay(true));
         sync(&mut r, &mut origin);
-        peers.push((r, StreamOpts::default().binding(BINDING)));
+        peers.push((r, StreamOpts::default().binding(PEER_BINDING)));
     }
     out.push(("strict-lazy-signed", exchange(STRICT | LAZY, 0, &mut peers, None)));
 
@@ -598,7 +602,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
         let relay = as_restored_from_an_earlier_version(&relay, strictness);
         out.push((
             name,
-            exchange(flags, 0, &mut [(relay, StreamOpts::default().binding(BINDING))], None),
+            exchange(flags, 0, &mut [(relay, StreamOpts::default().binding(PEER_BINDING))], None),
         ));
     }
 
@@ -611,7 +615,7 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
     }
     out.push((
         "few-sources",
-        exchange(FEW_SOURCES, 0, &mut [(p, StreamOpts::default().binding(BINDING))], None),
+        exchange(FEW_SOURCES, 0, &mut [(p, StreamOpts::default().binding(PEER_BINDING))], None),
     ));
 
     // A target with a short history, every stream option, a peer that
@@ -630,10 +634,10 @@ pub fn transcripts() -> Vec<(&'static str, Vec<u8>)> {
             SHORT_HISTORY,
             0b11_10_01_00,
             &mut [
-                (p, StreamOpts::default().binding(BINDING)),
-                (q, StreamOpts::send_only().binding(BINDING)),
-                (r, StreamOpts::default().binding(BINDING).tail(false)),
-                (s, StreamOpts::default().binding(BINDING)),
+                (p, StreamOpts::default().binding(PEER_BINDING)),
+                (q, StreamOpts::send_only().binding(PEER_BINDING)),
+                (r, StreamOpts::default().binding(PEER_BINDING).tail(false)),
+                (s, StreamOpts::default().binding(PEER_BINDING)),
             ],
             Some(1),
         ),
@@ -664,7 +668,7 @@ pub const SNAPSHOT_KINDS: [u8; 4] = [SNAPSHOT_BEGIN, SNAPSHOT_CLOCK, SNAPSHOT_PA
 pub fn snapshot_frames<T: Reduce + Default>(source: &mut Replica<T>) -> Vec<Vec<u8>> {
     let mut sink: Replica<T> = Replica::new(id("sink"), T::default());
     let a = source.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
-    let b = sink.open(StreamOpts::default().binding(BINDING).tail(false)).expect("open");
+    let b = sink.open(StreamOpts::default().binding(PEER_BINDING).tail(false)).expect("open");
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for _ in 0..100 {
@@ -1005,7 +1009,7 @@ pub fn hello_frame(n: u8) -> Vec<u8> {
         missing_own: None,
         signature: None,
     };
-    hello.signature = Some(identity(n).sign_hello(&hello.claims(Some(BINDING))));
+    hello.signature = Some(identity(n).sign_hello(&hello.claims(Some(PEER_BINDING))));
     let mut payload = vec![1u8];
     payload.extend_from_slice(&encode(&PROTOCOL_VERSION));
     payload.extend_from_slice(&encode(&hello));
@@ -1177,7 +1181,7 @@ impl Oracle {
                     .ok()
                     .and_then(|(_, hello)| decode_all::<Hello>(hello))
                     .and_then(|h| {
-                        h.signature.as_ref()?.verify_hello(&h.claims(Some(BINDING))).ok()
+                        h.signature.as_ref()?.verify_hello(&h.claims(Some(PEER_BINDING))).ok()
                     });
                 self.vouched = match self.trust {
                     Trust::Any => true,

@@ -229,6 +229,7 @@ async fn open_stream(
     let Some(binding) = crate::identity::channel_binding(&conn, &claim.name) else {
         return claim.end(None);
     };
+    let binding = repred::ChannelBinding::opener(binding);
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
@@ -366,6 +367,7 @@ async fn accept_stream(
     let Some(binding) = crate::identity::channel_binding(&conn, &name) else {
         return claim.end(None);
     };
+    let binding = repred::ChannelBinding::acceptor(binding);
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }

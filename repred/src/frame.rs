@@ -731,7 +731,7 @@ mod tests {
             missing_own: Some(crate::Timestamp::new(4, 1)),
             signature: None,
         };
-        let on = Some(crate::ChannelBinding([3; 32]));
+        let on = Some(crate::ChannelBinding::opener([3; 32]));
         hello.signature = Some(identity.sign_hello(&hello.claims(on)));
         let mut out = Vec::new();
         let n = write_hello(&mut out, &hello).unwrap();
@@ -759,8 +759,10 @@ mod tests {
         let mut claims = hello.claims(on);
         claims.missing_own = None;
         assert!(signature.verify_hello(&claims).is_err(), "another ask");
-        let claims = hello.claims(Some(crate::ChannelBinding([4; 32])));
+        let claims = hello.claims(Some(crate::ChannelBinding::opener([4; 32])));
         assert!(signature.verify_hello(&claims).is_err(), "another stream");
+        let claims = hello.claims(Some(crate::ChannelBinding::acceptor([3; 32])));
+        assert!(signature.verify_hello(&claims).is_err(), "the other end");
         assert!(signature.verify_hello(&hello.claims(None)).is_err(), "no stream");
     }
 

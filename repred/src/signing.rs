@@ -176,13 +176,15 @@ fn snapshot_message(body_digest: &[u8; 32]) -> Vec<u8> {
 /// id it claims, and its floor only when signed by a signer it trusts with
 /// snapshots: anyone could claim either.
 ///
-/// The `binding` ties the claims to one stream: both ends pass the same
-/// [`ChannelBinding`] in [`StreamOpts::binding`](crate::StreamOpts::binding),
-/// the sender signs it and the receiver verifies with its own, so a Hello
-/// replayed on another stream does not verify and cuts its replayer off.
-/// Without one (streams in memory, files), a signed Hello can be replayed
-/// by another peer, which then passes for its signer on that stream (see
-/// the README's *What a Hello claims* for what that allows).
+/// The `binding` ties the claims to one end of one stream: both ends pass
+/// the same [`ChannelBinding`] value in
+/// [`StreamOpts::binding`](crate::StreamOpts::binding), each from its own
+/// side; the sender signs its side and the receiver verifies with the
+/// sender's, so a Hello replayed on another stream, or sent back to its
+/// signer, does not verify and cuts its replayer off. Without one (streams
+/// in memory, files), a signed Hello can be replayed by another peer, which
+/// then passes for its signer on that stream (see the README's *What a
+/// Hello claims* for what that allows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloClaims {
     /// The sender's source id.
@@ -196,17 +198,18 @@ pub struct HelloClaims {
     pub clock: [u8; 16],
     /// [`Hello::missing_own`](crate::Hello::missing_own).
     pub missing_own: Option<Timestamp>,
-    /// The stream's [`StreamOpts::binding`](crate::StreamOpts::binding):
-    /// not sent, since each end knows it.
+    /// The stream's [`StreamOpts::binding`](crate::StreamOpts::binding) as
+    /// the sender sees it: not sent, since each end knows it.
     pub binding: Option<ChannelBinding>,
 }
 
 /// A value both ends of one stream know and nobody can make another
-/// stream share, which a signed Hello covers so that it cannot be replayed
-/// elsewhere ([`HelloClaims`]). Over QUIC it is a TLS exporter value
-/// (RFC 8446 §7.5): derived from the connection's secrets, and the
-/// stream's object name, it differs for every connection even when one
-/// peer made both.
+/// stream share, and which end of it this is, which a signed Hello covers
+/// so that it cannot be replayed elsewhere ([`HelloClaims`]). Over QUIC
+/// the value is a TLS exporter value (RFC 8446 §7.5): derived from the
+/// connection's secrets, and the stream's object name, it differs for
+/// every connection even when one peer made both. The side keeps a Hello
+/// from being sent back to its own signer on the same stream.
 ///
 /// ```
 /// use repred::{ChannelBinding, Identity, HelloClaims, Timestamp};
@@ -220,13 +223,40 @@ pub struct HelloClaims {
 ///     missing_own: None,
 ///     binding,
 /// };
-/// let signed = signer.sign_hello(&on(Some(ChannelBinding([1; 32]))));
-/// assert_eq!(signed.verify_hello(&on(Some(ChannelBinding([1; 32])))), Ok(signer.id()));
-/// assert!(signed.verify_hello(&on(Some(ChannelBinding([2; 32])))).is_err(), "another stream");
-/// assert!(signed.verify_hello(&on(None)).is_err());
+/// // The opener signs its Hello; the acceptor checks it as the opener's.
+/// let mine = ChannelBinding::opener([1; 32]);
+/// let signed = signer.sign_hello(&on(Some(mine)));
+/// let at_the_acceptor = ChannelBinding::acceptor([1; 32]);
+/// assert_eq!(signed.verify_hello(&on(Some(at_the_acceptor.other_end()))), Ok(signer.id()));
+/// assert!(signed.verify_hello(&on(Some(mine.other_end()))).is_err(), "sent back to the opener");
+/// let elsewhere = ChannelBinding::acceptor([2; 32]).other_end();
+/// assert!(signed.verify_hello(&on(Some(elsewhere))).is_err(), "another stream");
+/// assert!(signed.verify_hello(&on(None)).is_err(), "an unbound stream");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ChannelBinding(pub [u8; 32]);
+pub struct ChannelBinding {
+    /// What both ends derive.
+    pub value: [u8; 32],
+    /// Whether this end opened the stream; the other end says the opposite.
+    pub opened: bool,
+}
+
+impl ChannelBinding {
+    /// The binding at the end that opened the stream.
+    pub const fn opener(value: [u8; 32]) -> Self {
+        Self { value, opened: true }
+    }
+
+    /// The binding at the end that accepted the stream.
+    pub const fn acceptor(value: [u8; 32]) -> Self {
+        Self { value, opened: false }
+    }
+
+    /// The same binding as the other end sees it.
+    pub const fn other_end(self) -> Self {
+        Self { value: self.value, opened: !self.opened }
+    }
+}
 
 fn hello_message(claims: &HelloClaims) -> Vec<u8> {
     let mut m = HELLO_CONTEXT.to_vec();
@@ -241,9 +271,10 @@ fn hello_message(claims: &HelloClaims) -> Vec<u8> {
         None => m.push(0),
     }
     match claims.binding {
-        Some(ChannelBinding(value)) => {
+        Some(ChannelBinding { value, opened }) => {
             m.push(1);
             m.extend_from_slice(&value);
+            m.push(u8::from(opened));
         }
         None => m.push(0),
     }

@@ -1,7 +1,7 @@
 //! Helpers for the integration tests.
 #![allow(dead_code)]
 
-use repred::{Event, Reduce, Replica, SourceId, StreamId, StreamOpts};
+use repred::{ChannelBinding, Event, Reduce, Replica, SourceId, StreamId, StreamOpts};
 
 /// Wall time used where a test does not care: well after the epoch, so that
 /// hybrid timestamps carry real-looking milliseconds.
@@ -65,14 +65,15 @@ pub fn raw_peer<T: Reduce + Default>(r: &mut Replica<T>, name: &str, now: u64) -
 }
 
 /// A stream of `r`'s opened with `opts` on which `peer` said Hello (on a
-/// stream of its own with the same binding).
+/// stream of its own with the same binding, from the other end).
 pub fn raw_peer_with<T: Reduce>(
     r: &mut Replica<T>,
     peer: &mut Replica<T>,
     now: u64,
     opts: StreamOpts,
 ) -> StreamId {
-    let p = peer.open(StreamOpts { authenticated_peer: None, ..opts.clone() }).unwrap();
+    let binding = opts.binding.map(ChannelBinding::other_end);
+    let p = peer.open(StreamOpts { authenticated_peer: None, binding, ..opts.clone() }).unwrap();
     let mut hello = Vec::new();
     peer.poll_transmit(p, &mut hello).unwrap();
     let s = r.open(opts).unwrap();

@@ -192,11 +192,11 @@ impl<T: Reduce> Sim<T> {
         let mut binding = [0u8; 32];
         binding[..8].copy_from_slice(&conn.to_le_bytes());
         binding[8..16].copy_from_slice(&object.to_le_bytes());
-        let opts = StreamOpts::default().binding(ChannelBinding(binding));
-        for end in ends {
+        let sides = [ChannelBinding::opener(binding), ChannelBinding::acceptor(binding)];
+        for (end, side) in ends.into_iter().zip(sides) {
             let n = &mut self.nodes[end.node as usize];
             let o = n.objects.get_mut(&object).expect("checked above");
-            if let Ok(stream) = o.replica.open(opts.clone()) {
+            if let Ok(stream) = o.replica.open(StreamOpts::default().binding(side)) {
                 o.streams.insert(conn, stream);
             }
             n.dirty.insert(object);

@@ -519,13 +519,10 @@ pub(crate) fn peer_id(conn: &quinn::Connection) -> Option<SourceId> {
 /// holds both. `None` only if the handshake has no secrets to export from,
 /// which a connection that carries streams always has; the stream is then
 /// not served at all, rather than unbound.
-pub(crate) fn channel_binding(
-    conn: &quinn::Connection,
-    object: &str,
-) -> Option<repred::ChannelBinding> {
+pub(crate) fn channel_binding(conn: &quinn::Connection, object: &str) -> Option<[u8; 32]> {
     let mut value = [0u8; 32];
     match conn.export_keying_material(&mut value, b"EXPORTER-repred-hello", object.as_bytes()) {
-        Ok(()) => Some(repred::ChannelBinding(value)),
+        Ok(()) => Some(value),
         Err(e) => {
             tracing::warn!(error = ?e, "no channel binding: the stream is not served");
             None

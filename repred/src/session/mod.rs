@@ -54,12 +54,13 @@ pub struct StreamOpts {
     /// Application bytes sent in the Hello, handed to the peer's `Header`.
     pub meta: Vec<u8>,
     /// What the transport says both ends of this stream, and no other
-    /// stream, share (a TLS exporter value; see [`ChannelBinding`]). Our
-    /// Hello's signature covers it, and the peer's must: a signed Hello
-    /// replayed from another stream then cuts its replayer off
+    /// stream, share (a TLS exporter value; see [`ChannelBinding`]), and
+    /// which end this is. Our Hello's signature covers it from our side,
+    /// and the peer's must from its side: a signed Hello replayed from
+    /// another stream, or sent back to us, then cuts its replayer off
     /// ([`PeerMisbehaved::HelloSignature`]) instead of passing for its
-    /// signer. Both ends must pass the same value, or neither; `None` (the
-    /// default) binds nothing. It must differ for every connection: a
+    /// signer. Both ends must pass the same value from opposite sides, or
+    /// neither; `None` (the default) binds nothing. It must differ for every connection: a
     /// bound Hello signed by its id's key also proves the peer to lazy
     /// relay (see [`authenticated_peer`](StreamOpts::authenticated_peer)),
     /// and one replayed where the value repeats would pass the replayer

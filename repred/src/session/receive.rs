@@ -8,8 +8,8 @@ use crate::reconcile::Reconciliation;
 use crate::replica::Core;
 use crate::snapshot::{Incoming, Refused};
 use crate::{
-    Clock, CloseReason, Event, Outcome, PeerMisbehaved, Reduce, Rejection, Stamp, StreamId,
-    Timestamp,
+    ChannelBinding, Clock, CloseReason, Event, Outcome, PeerMisbehaved, Reduce, Rejection, Stamp,
+    StreamId, Timestamp,
 };
 
 impl Stream {
@@ -56,11 +56,16 @@ impl Stream {
         match frame {
             Frame::Hello(hello) => {
                 let signer = match &hello.signature {
-                    Some(signature) => {
-                        Some(signature.verify_hello(&hello.claims(self.opts.binding)).map_err(
-                            |reason| PeerMisbehaved::HelloSignature { id: hello.id, reason },
-                        )?)
-                    }
+                    Some(signature) => Some(
+                        signature
+                            .verify_hello(
+                                &hello.claims(self.opts.binding.map(ChannelBinding::other_end)),
+                            )
+                            .map_err(|reason| PeerMisbehaved::HelloSignature {
+                                id: hello.id,
+                                reason,
+                            })?,
+                    ),
                     None => None,
                 };
                 // What a strict replica believes only when signed: anyone
