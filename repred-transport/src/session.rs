@@ -226,10 +226,9 @@ async fn open_stream(
     if send.write_all(&preamble(&claim.name)).await.is_err() {
         return claim.end(None);
     }
-    let Some(binding) = crate::identity::channel_binding(&conn, &claim.name) else {
+    let Some(binding) = crate::identity::channel_binding(&conn, send.id(), &claim.name) else {
         return claim.end(None);
     };
-    let binding = repred::ChannelBinding::opener(binding);
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }
@@ -364,10 +363,9 @@ async fn accept_stream(
         _ = phase.wait_for(|p| *p != Phase::Running) => None,
     };
     let Some(object) = object else { return claim.end(None) };
-    let Some(binding) = crate::identity::channel_binding(&conn, &name) else {
+    let Some(binding) = crate::identity::channel_binding(&conn, send.id(), &name) else {
         return claim.end(None);
     };
-    let binding = repred::ChannelBinding::acceptor(binding);
     let released = drive(&inner, object, peer, binding, send, recv).await;
     claim.end(released)
 }

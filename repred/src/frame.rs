@@ -172,7 +172,9 @@ pub struct Hello {
 
 impl Hello {
     /// What [`signature`](Hello::signature) covers, on a stream with this
-    /// [`binding`](crate::StreamOpts::binding).
+    /// [`binding`](crate::StreamOpts::binding) as the Hello's sender sees
+    /// it (a receiver passes the [other end](crate::ChannelBinding::other_end)
+    /// of its own).
     pub fn claims(&self, binding: Option<crate::ChannelBinding>) -> crate::HelloClaims {
         crate::HelloClaims {
             id: self.id,

@@ -511,18 +511,28 @@ pub(crate) fn peer_id(conn: &quinn::Connection) -> Option<SourceId> {
     certificate_id(chain.first()?)
 }
 
-/// What both ends of an object's stream on `conn` share and no other
-/// stream does: a TLS exporter value (RFC 8446 §7.5) of the connection, with
-/// the object's name as context. Each end's signed Hello covers it
-/// ([`repred::StreamOpts::binding`]), so a Hello recorded on one
-/// connection and replayed on another does not verify, even when one peer
-/// holds both. `None` only if the handshake has no secrets to export from,
-/// which a connection that carries streams always has; the stream is then
-/// not served at all, rather than unbound.
-pub(crate) fn channel_binding(conn: &quinn::Connection, object: &str) -> Option<[u8; 32]> {
+/// What both ends of an object's `stream` on `conn` share and no other
+/// stream does, and which end this is: a TLS exporter value (RFC 8446
+/// §7.5) of the connection, with the QUIC stream's id (never reused on a
+/// connection) and the object's name as context; the end that initiated
+/// the stream is its opener. Each end's signed Hello covers it
+/// ([`repred::StreamOpts::binding`]), so a Hello recorded on one stream
+/// and replayed on another does not verify, even when one peer holds both
+/// (two connections, or two streams of one object on one connection with
+/// the roles swapped), nor does one sent back to its signer. `None` only
+/// if the handshake has no secrets to export from, which a connection that
+/// carries streams always has; the stream is then not served at all,
+/// rather than unbound.
+pub(crate) fn channel_binding(
+    conn: &quinn::Connection,
+    stream: quinn::StreamId,
+    object: &str,
+) -> Option<repred::ChannelBinding> {
+    let id = quinn::VarInt::from(stream).into_inner();
+    let context = [id.to_le_bytes().as_slice(), object.as_bytes()].concat();
     let mut value = [0u8; 32];
-    match conn.export_keying_material(&mut value, b"EXPORTER-repred-hello", object.as_bytes()) {
-        Ok(()) => Some(value),
+    match conn.export_keying_material(&mut value, b"EXPORTER-repred-hello", &context) {
+        Ok(()) => Some(repred::ChannelBinding { value, opened: stream.initiator() == conn.side() }),
         Err(e) => {
             tracing::warn!(error = ?e, "no channel binding: the stream is not served");
             None

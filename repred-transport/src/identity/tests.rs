@@ -383,3 +383,49 @@ fn a_corrupt_cluster_file_is_a_typed_error() {
     let err = Credentials::load_or_create(member.path(), 1).unwrap_err();
     assert!(matches!(err, CredentialsError::Corrupt { .. }), "{err}");
 }
+
+/// Over a real QUIC connection: both ends of a stream derive the same
+/// binding value from opposite sides, and every other stream, of the same
+/// object on the same connection too (whichever end opened it), another
+/// value. So a Hello can be replayed neither on a later stream of the
+/// object nor back to its signer with the roles swapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stream_has_its_own_binding_and_its_ends_opposite_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = Credentials::load_or_create(dir.path(), 1).unwrap();
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let server_config = credentials.server_config(transport.clone()).unwrap();
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(credentials.client_config(transport).unwrap());
+    let addr = server.local_addr().unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    let (dialed, accepted) = tokio::time::timeout(wait, async {
+        let incoming = async { server.accept().await.unwrap().await.unwrap() };
+        let dialing = async { client.connect(addr, SERVER_NAME).unwrap().await.unwrap() };
+        tokio::join!(dialing, incoming)
+    })
+    .await
+    .expect("connected");
+    let mut seen = Vec::new();
+    // The dialer opens the first stream, the listener the second.
+    for (opener, acceptor) in [(&dialed, &accepted), (&accepted, &dialed)] {
+        let (mut send, _recv) = opener.open_bi().await.unwrap();
+        // A stream is announced to the peer by its first bytes.
+        send.write_all(b"x").await.unwrap();
+        let (taken, _) = tokio::time::timeout(wait, acceptor.accept_bi())
+            .await
+            .expect("the stream arrives")
+            .unwrap();
+        let here = channel_binding(opener, send.id(), "counters").unwrap();
+        let there = channel_binding(acceptor, taken.id(), "counters").unwrap();
+        assert!(here.opened && !there.opened, "opposite sides");
+        assert_eq!(here.value, there.value, "one value at both ends");
+        let other_object = channel_binding(opener, send.id(), "flags").unwrap();
+        assert_ne!(other_object.value, here.value);
+        seen.push(here.value);
+    }
+    assert_ne!(seen[0], seen[1], "a later stream of the object, its roles swapped");
+    dialed.close(0u8.into(), b"done");
+    client.wait_idle().await;
+}
